@@ -1,0 +1,36 @@
+//! Request limits. Every layer checks against these constants, and
+//! `docs/limits.md` documents them; change both together.
+
+/// Largest vector dimension a collection may have.
+pub const MAX_DIMENSION: u32 = 4096;
+/// Points in one upsert batch.
+pub const MAX_UPSERT_BATCH: usize = 10_000;
+/// Ids in one get or delete request.
+pub const MAX_IDS_PER_REQUEST: usize = 10_000;
+/// Largest `top_k`.
+pub const MAX_TOP_K: u32 = 10_000;
+/// Largest `ef`.
+pub const MAX_EF: u32 = 4_096;
+/// Searches in one batch.
+pub const MAX_SEARCH_BATCH: usize = 1_024;
+/// Largest scroll page.
+pub const MAX_SCROLL_LIMIT: u32 = 10_000;
+/// Default scroll page.
+pub const DEFAULT_SCROLL_LIMIT: u32 = 100;
+/// Largest gRPC message (encoded or decoded) on every server, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Nesting depth of filters.
+pub const MAX_FILTER_DEPTH: usize = 16;
+/// Shards per collection.
+pub const MAX_SHARDS: u32 = 1024;
+/// Collection name length.
+pub const MAX_NAME_LEN: usize = 255;
+/// HNSW `m` range.
+pub const HNSW_M_RANGE: (u32, u32) = (4, 128);
+/// HNSW `ef_construction` range.
+pub const HNSW_EF_CONSTRUCTION_RANGE: (u32, u32) = (8, 4096);
+
+/// Defaults filled in for zero-valued config fields.
+pub const DEFAULT_HNSW_M: u32 = 16;
+pub const DEFAULT_HNSW_EF_CONSTRUCTION: u32 = 128;
+pub const DEFAULT_HNSW_EF_SEARCH: u32 = 64;

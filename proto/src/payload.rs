@@ -1,0 +1,142 @@
+//! Conversions between protobuf payloads ([`Struct`], [`Value`]) and
+//! `serde_json::Value`.
+//!
+//! JSON integers that fit `i64` become `integer_value`; other numbers become
+//! `double_value`. Non-finite doubles (which JSON cannot hold) become `null`.
+use serde_json::{Map, Number};
+
+use crate::v1::{value::Kind, ListValue, NullValue, Struct, Value};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PayloadError {
+    #[error("payload must be a JSON object, got {0}")]
+    NotAnObject(&'static str),
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a bool",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+impl From<&serde_json::Value> for Value {
+    fn from(v: &serde_json::Value) -> Self {
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(NullValue::NullValue as i32),
+            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Kind::IntegerValue(i),
+                None => Kind::DoubleValue(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Array(a) => Kind::ListValue(ListValue { values: a.iter().map(Value::from).collect() }),
+            serde_json::Value::Object(o) => Kind::StructValue(Struct::from(o)),
+        };
+        Value { kind: Some(kind) }
+    }
+}
+
+impl From<&Map<String, serde_json::Value>> for Struct {
+    fn from(o: &Map<String, serde_json::Value>) -> Self {
+        Struct { fields: o.iter().map(|(k, v)| (k.clone(), Value::from(v))).collect() }
+    }
+}
+
+impl TryFrom<&serde_json::Value> for Struct {
+    type Error = PayloadError;
+    fn try_from(v: &serde_json::Value) -> Result<Self, Self::Error> {
+        match v {
+            serde_json::Value::Object(o) => Ok(Struct::from(o)),
+            other => Err(PayloadError::NotAnObject(json_kind(other))),
+        }
+    }
+}
+
+impl From<&Value> for serde_json::Value {
+    fn from(v: &Value) -> Self {
+        match &v.kind {
+            None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+            Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+            Some(Kind::IntegerValue(i)) => serde_json::Value::Number((*i).into()),
+            Some(Kind::DoubleValue(d)) => Number::from_f64(*d).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null),
+            Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+            Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.iter().map(Into::into).collect()),
+            Some(Kind::StructValue(s)) => serde_json::Value::from(s),
+        }
+    }
+}
+
+impl From<&Struct> for serde_json::Value {
+    fn from(s: &Struct) -> Self {
+        let mut keys: Vec<&String> = s.fields.keys().collect();
+        keys.sort();
+        serde_json::Value::Object(keys.into_iter().map(|k| (k.clone(), (&s.fields[k]).into())).collect())
+    }
+}
+
+/// Looks up a dotted path in a payload, flattening arrays on the way: every
+/// value reached is pushed to `out` (arrays at the end of the path are
+/// flattened one level, so conditions test their elements).
+pub fn lookup<'a>(payload: &'a Struct, path: &str, out: &mut Vec<&'a Value>) {
+    let mut parts = path.split('.');
+    let first = parts.next().unwrap_or_default();
+    let rest: Vec<&str> = parts.collect();
+    if let Some(v) = payload.fields.get(first) {
+        walk(v, &rest, out);
+    }
+}
+
+fn walk<'a>(v: &'a Value, rest: &[&str], out: &mut Vec<&'a Value>) {
+    match (&v.kind, rest.split_first()) {
+        (Some(Kind::ListValue(l)), _) => {
+            for e in &l.values {
+                match (&e.kind, rest.is_empty()) {
+                    (Some(Kind::ListValue(_)), true) => out.push(e),
+                    _ => walk(e, rest, out),
+                }
+            }
+        }
+        (_, None) => out.push(v),
+        (Some(Kind::StructValue(s)), Some((head, tail))) => {
+            if let Some(child) = s.fields.get(*head) {
+                walk(child, tail, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_roundtrip() {
+        let j = json!({"a": 1, "b": 2.5, "c": "x", "d": [true, null], "e": {"f": -9007199254740993i64}});
+        let s = Struct::try_from(&j).unwrap();
+        assert_eq!(serde_json::Value::from(&s), j);
+        assert_eq!(Struct::try_from(&json!([1])), Err(PayloadError::NotAnObject("an array")));
+    }
+
+    #[test]
+    fn lookup_paths_and_arrays() {
+        let s = Struct::try_from(&json!({"a": {"b": [1, 2, {"c": 3}]}, "t": ["x", "y"], "n": null})).unwrap();
+        let get = |p: &str| {
+            let mut out = vec![];
+            lookup(&s, p, &mut out);
+            out.into_iter().map(serde_json::Value::from).collect::<Vec<_>>()
+        };
+        assert_eq!(get("t"), vec![json!("x"), json!("y")]);
+        assert_eq!(get("a.b"), vec![json!(1), json!(2), json!({"c": 3})]);
+        assert_eq!(get("a.b.c"), vec![json!(3)]);
+        assert_eq!(get("n"), vec![json!(null)]);
+        assert!(get("missing").is_empty());
+        assert!(get("t.x").is_empty());
+    }
+}

@@ -1,0 +1,268 @@
+//! Request validation shared by the coordinator (which validates every
+//! public request) and the node (which re-checks what reaches a shard).
+//!
+//! Every failure is a [`ValidationError`] naming the offending field, mapped
+//! to `INVALID_ARGUMENT` by the servers.
+use crate::limits::*;
+use crate::v1::{condition, match_condition, CollectionConfig, Condition, Filter, HnswConfig, Metric, PayloadIndexType, VectorStorage};
+use crate::PointKey;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// Path of the offending field, e.g. `points[3].vector`.
+    pub field: String,
+    pub message: String,
+}
+
+pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
+    ValidationError { field: field.into(), message: message.into() }
+}
+
+/// Decodes a metric enum value, rejecting unknown and unspecified ones.
+pub fn metric(raw: i32) -> Result<Metric, ValidationError> {
+    match Metric::try_from(raw) {
+        Ok(Metric::Unspecified) => Err(invalid("metric", "metric is required: METRIC_COSINE, METRIC_DOT or METRIC_L2")),
+        Ok(m) => Ok(m),
+        Err(_) => Err(invalid("metric", format!("unknown metric {raw}: expected METRIC_COSINE (1), METRIC_DOT (2) or METRIC_L2 (3)"))),
+    }
+}
+
+/// Decodes a storage enum value (unspecified means f32).
+pub fn storage(raw: i32) -> Result<VectorStorage, ValidationError> {
+    match VectorStorage::try_from(raw) {
+        Ok(VectorStorage::Unspecified) => Ok(VectorStorage::F32),
+        Ok(s) => Ok(s),
+        Err(_) => Err(invalid("storage", format!("unknown vector storage {raw}: expected VECTOR_STORAGE_F32 (1) or VECTOR_STORAGE_F16 (2)"))),
+    }
+}
+
+pub fn collection_name(name: &str) -> Result<(), ValidationError> {
+    if name.is_empty() {
+        return Err(invalid("name", "collection name is empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(invalid("name", format!("collection name is {} bytes, the limit is {MAX_NAME_LEN}", name.len())));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
+        return Err(invalid("name", format!("collection name {name:?} contains {c:?}; use letters, digits, '_' and '-'")));
+    }
+    Ok(())
+}
+
+fn in_range(field: &str, v: u32, (lo, hi): (u32, u32)) -> Result<u32, ValidationError> {
+    if v < lo || v > hi {
+        return Err(invalid(field, format!("{v} is outside {lo}..={hi}")));
+    }
+    Ok(v)
+}
+
+/// Validates a collection config and returns it with defaults filled in.
+pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, ValidationError> {
+    collection_name(&cfg.name)?;
+    if cfg.dimension == 0 || cfg.dimension > MAX_DIMENSION {
+        return Err(invalid("dimension", format!("dimension {} is outside 1..={MAX_DIMENSION}", cfg.dimension)));
+    }
+    let metric = metric(cfg.metric)?;
+    let storage = storage(cfg.storage)?;
+    let shard_count = if cfg.shard_count == 0 { 1 } else { in_range("shard_count", cfg.shard_count, (1, MAX_SHARDS))? };
+    let replication_factor = cfg.replication_factor.max(1);
+    let h = cfg.hnsw.clone().unwrap_or_default();
+    let hnsw = HnswConfig {
+        m: if h.m == 0 { DEFAULT_HNSW_M } else { in_range("hnsw.m", h.m, HNSW_M_RANGE)? },
+        ef_construction: if h.ef_construction == 0 {
+            DEFAULT_HNSW_EF_CONSTRUCTION
+        } else {
+            in_range("hnsw.ef_construction", h.ef_construction, HNSW_EF_CONSTRUCTION_RANGE)?
+        },
+        ef_search: if h.ef_search == 0 { DEFAULT_HNSW_EF_SEARCH } else { in_range("hnsw.ef_search", h.ef_search, (1, MAX_EF))? },
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in cfg.payload_indexes.iter().enumerate() {
+        let field = format!("payload_indexes[{i}]");
+        if p.key.is_empty() {
+            return Err(invalid(format!("{field}.key"), "payload index key is empty"));
+        }
+        match PayloadIndexType::try_from(p.r#type) {
+            Ok(PayloadIndexType::Unspecified) | Err(_) => {
+                return Err(invalid(format!("{field}.type"), format!("unknown payload index type {}: expected KEYWORD, NUMERIC or BOOL", p.r#type)))
+            }
+            Ok(_) => {}
+        }
+        if !seen.insert(p.key.as_str()) {
+            return Err(invalid(format!("{field}.key"), format!("payload field {:?} is indexed twice", p.key)));
+        }
+    }
+    Ok(CollectionConfig {
+        name: cfg.name.clone(),
+        dimension: cfg.dimension,
+        metric: metric as i32,
+        shard_count,
+        replication_factor,
+        hnsw: Some(hnsw),
+        storage: storage as i32,
+        payload_indexes: cfg.payload_indexes.clone(),
+    })
+}
+
+/// Checks a vector's length and that every component is finite; cosine
+/// vectors must also be non-zero (they are normalised).
+pub fn vector(field: &str, v: &[f32], dimension: u32, metric: Metric) -> Result<(), ValidationError> {
+    if v.len() != dimension as usize {
+        return Err(invalid(field, format!("vector has {} dimensions, the collection has {dimension}", v.len())));
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(invalid(field, format!("component {i} is {} (components must be finite)", v[i])));
+    }
+    if metric == Metric::Cosine && v.iter().all(|x| *x == 0.0) {
+        return Err(invalid(field, "zero vector has no cosine direction"));
+    }
+    Ok(())
+}
+
+/// `top_k` and `ef` of a search.
+pub fn search_params(field: &str, top_k: u32, ef: Option<u32>) -> Result<(), ValidationError> {
+    if top_k == 0 || top_k > MAX_TOP_K {
+        return Err(invalid(format!("{field}top_k"), format!("top_k {top_k} is outside 1..={MAX_TOP_K}")));
+    }
+    if let Some(ef) = ef {
+        if ef == 0 || ef > MAX_EF {
+            return Err(invalid(format!("{field}ef"), format!("ef {ef} is outside 1..={MAX_EF}")));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a filter's structure: depth, keys, bounds, ids.
+pub fn filter(f: &Filter) -> Result<(), ValidationError> {
+    filter_at("filter", f, 1)
+}
+
+fn filter_at(path: &str, f: &Filter, depth: usize) -> Result<(), ValidationError> {
+    if depth > MAX_FILTER_DEPTH {
+        return Err(invalid(path, format!("filter nesting exceeds {MAX_FILTER_DEPTH} levels")));
+    }
+    for (clause, conds) in [("must", &f.must), ("should", &f.should), ("must_not", &f.must_not)] {
+        for (i, c) in conds.iter().enumerate() {
+            condition_at(&format!("{path}.{clause}[{i}]"), c, depth)?;
+        }
+    }
+    Ok(())
+}
+
+fn key(path: &str, k: &str) -> Result<(), ValidationError> {
+    if k.is_empty() || k.split('.').any(str::is_empty) {
+        return Err(invalid(format!("{path}.key"), format!("key {k:?} is not a payload path (like \"a\" or \"a.b\")")));
+    }
+    Ok(())
+}
+
+fn condition_at(path: &str, c: &Condition, depth: usize) -> Result<(), ValidationError> {
+    match &c.kind {
+        None => Err(invalid(path, "condition is empty: set one of filter, match, match_any, range, exists, is_null, has_id")),
+        Some(condition::Kind::Filter(f)) => filter_at(&format!("{path}.filter"), f, depth + 1),
+        Some(condition::Kind::Match(m)) => {
+            key(path, &m.key)?;
+            match &m.value {
+                None => Err(invalid(format!("{path}.match"), "match has no value: set keyword, integer or boolean")),
+                Some(match_condition::Value::Keyword(_) | match_condition::Value::Integer(_) | match_condition::Value::Boolean(_)) => Ok(()),
+            }
+        }
+        Some(condition::Kind::MatchAny(m)) => {
+            key(path, &m.key)?;
+            if m.keywords.is_empty() && m.integers.is_empty() {
+                return Err(invalid(format!("{path}.match_any"), "match_any lists no keywords or integers"));
+            }
+            Ok(())
+        }
+        Some(condition::Kind::Range(r)) => {
+            key(path, &r.key)?;
+            let bounds = [r.gt, r.gte, r.lt, r.lte];
+            if bounds.iter().all(Option::is_none) {
+                return Err(invalid(format!("{path}.range"), "range has no bound: set gt, gte, lt or lte"));
+            }
+            if r.gt.is_some() && r.gte.is_some() {
+                return Err(invalid(format!("{path}.range"), "range sets both gt and gte"));
+            }
+            if r.lt.is_some() && r.lte.is_some() {
+                return Err(invalid(format!("{path}.range"), "range sets both lt and lte"));
+            }
+            if bounds.iter().flatten().any(|b| !b.is_finite()) {
+                return Err(invalid(format!("{path}.range"), "range bounds must be finite"));
+            }
+            Ok(())
+        }
+        Some(condition::Kind::Exists(e)) => key(path, &e.key),
+        Some(condition::Kind::IsNull(e)) => key(path, &e.key),
+        Some(condition::Kind::HasId(h)) => {
+            for (i, id) in h.ids.iter().enumerate() {
+                PointKey::try_from(id).map_err(|e| invalid(format!("{path}.has_id.ids[{i}]"), e.to_string()))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{ExistsCondition, MatchCondition, RangeCondition};
+
+    fn cond(kind: condition::Kind) -> Condition {
+        Condition { kind: Some(kind) }
+    }
+
+    #[test]
+    fn filters_table() {
+        let ok = Filter {
+            must: vec![cond(condition::Kind::Match(MatchCondition { key: "a.b".into(), value: Some(match_condition::Value::Keyword("x".into())) }))],
+            should: vec![cond(condition::Kind::Range(RangeCondition { key: "n".into(), gte: Some(1.0), ..Default::default() }))],
+            must_not: vec![cond(condition::Kind::Exists(ExistsCondition { key: "z".into() }))],
+        };
+        assert!(filter(&ok).is_ok());
+        let bad: Vec<(Filter, &str)> = vec![
+            (Filter { must: vec![Condition { kind: None }], ..Default::default() }, "filter.must[0]"),
+            (Filter { should: vec![cond(condition::Kind::Range(RangeCondition { key: "n".into(), ..Default::default() }))], ..Default::default() }, "filter.should[0].range"),
+            (Filter { must: vec![cond(condition::Kind::Range(RangeCondition { key: "n".into(), gt: Some(1.0), gte: Some(2.0), ..Default::default() }))], ..Default::default() }, "filter.must[0].range"),
+            (Filter { must: vec![cond(condition::Kind::Range(RangeCondition { key: "n".into(), lt: Some(f64::NAN), ..Default::default() }))], ..Default::default() }, "filter.must[0].range"),
+            (Filter { must: vec![cond(condition::Kind::Exists(ExistsCondition { key: "a..b".into() }))], ..Default::default() }, "filter.must[0].key"),
+            (Filter { must: vec![cond(condition::Kind::Match(MatchCondition { key: "a".into(), value: None }))], ..Default::default() }, "filter.must[0].match"),
+        ];
+        for (f, field) in bad {
+            assert_eq!(filter(&f).unwrap_err().field, field);
+        }
+        let mut deep = Filter::default();
+        for _ in 0..MAX_FILTER_DEPTH {
+            deep = Filter { must: vec![cond(condition::Kind::Filter(deep))], ..Default::default() };
+        }
+        assert!(filter(&deep).unwrap_err().message.contains("nesting"));
+    }
+
+    #[test]
+    fn configs_and_vectors() {
+        let mut c = CollectionConfig { name: "docs".into(), dimension: 3, metric: Metric::Cosine as i32, ..Default::default() };
+        let n = collection_config(&c).unwrap();
+        assert_eq!(n.shard_count, 1);
+        assert_eq!(n.hnsw.unwrap().m, DEFAULT_HNSW_M);
+        assert_eq!(n.storage, VectorStorage::F32 as i32);
+        c.metric = 9;
+        assert!(collection_config(&c).unwrap_err().message.contains("unknown metric 9"));
+        c.metric = 0;
+        assert_eq!(collection_config(&c).unwrap_err().field, "metric");
+        c.metric = 1;
+        c.name = "a/b".into();
+        assert_eq!(collection_config(&c).unwrap_err().field, "name");
+        c.name = "ok".into();
+        c.dimension = MAX_DIMENSION + 1;
+        assert_eq!(collection_config(&c).unwrap_err().field, "dimension");
+        assert!(vector("v", &[1.0, f32::NAN], 2, Metric::Dot).unwrap_err().message.contains("component 1 is NaN"));
+        assert!(vector("v", &[1.0, f32::INFINITY], 2, Metric::Dot).is_err());
+        assert!(vector("v", &[1.0], 2, Metric::Dot).unwrap_err().message.contains("1 dimensions"));
+        assert!(vector("v", &[0.0, 0.0], 2, Metric::Cosine).is_err());
+        assert!(vector("v", &[0.0, 0.0], 2, Metric::L2).is_ok());
+        assert!(search_params("", 0, None).is_err());
+        assert!(search_params("", MAX_TOP_K + 1, None).is_err());
+        assert!(search_params("", 10, Some(0)).is_err());
+        assert!(search_params("", 10, Some(64)).is_ok());
+    }
+}
