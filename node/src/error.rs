@@ -1,0 +1,51 @@
+//! The node's error enum. `status.rs` is the one place that turns it into a
+//! gRPC status.
+use shoal_proto::validate::ValidationError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("collection {0:?} not found")]
+    CollectionNotFound(String),
+    #[error("collection {0:?} already exists")]
+    CollectionExists(String),
+    #[error("shard {collection}/{shard} is not hosted on this node")]
+    ShardNotFound { collection: String, shard: u32 },
+    #[error("stale cluster map: request routed with epoch {got}, node has {have}")]
+    StaleEpoch { got: u64, have: u64 },
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("index: {0}")]
+    Index(#[from] IndexError),
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt record {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("usearch: {0}")]
+    Usearch(String),
+    #[error("index file {path}: {detail}")]
+    File { path: String, detail: String },
+    #[error("vector has {got} dimensions, index has {want}")]
+    Dimension { got: usize, want: usize },
+}
+
+impl From<cxx::Exception> for IndexError {
+    fn from(e: cxx::Exception) -> Self {
+        IndexError::Usearch(e.what().to_string())
+    }
+}
+
+pub type Result<T, E = NodeError> = std::result::Result<T, E>;

@@ -1,0 +1,304 @@
+//! Payload filters: in-memory payload indexes and evaluation of a
+//! `shoal.v1.Filter` to the bitmap of point versions (offsets) it allows.
+//!
+//! Indexed conditions (keyword/numeric/bool match, match-any, range on a
+//! field declared in `CollectionConfig.payload_indexes`) are answered from
+//! [`PayloadIndex`]; every other condition scans the shard's stored payloads
+//! once and tests [`matches`] on each point. Both paths implement the same
+//! semantics (documented in `common.proto`); `matches` is also the oracle in
+//! tests.
+use std::collections::{BTreeMap, HashMap};
+
+use roaring::RoaringBitmap;
+use shoal_proto::payload::lookup;
+use shoal_proto::v1::{condition, match_condition, value::Kind, Condition, Filter, PayloadIndexSpec, PayloadIndexType, Struct, Value};
+use shoal_proto::PointKey;
+
+use crate::storage::{IndexEntry, IndexValue};
+
+/// f64 with a total order, for the numeric index.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrdF64(f64);
+impl Eq for OrdF64 {}
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for OrdF64 {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&o.0)
+    }
+}
+
+/// In-memory payload indexes of one shard.
+#[derive(Default)]
+pub struct PayloadIndex {
+    specs: HashMap<String, PayloadIndexType>,
+    keyword: HashMap<String, HashMap<String, RoaringBitmap>>,
+    numeric: HashMap<String, BTreeMap<OrdF64, RoaringBitmap>>,
+    boolean: HashMap<String, [RoaringBitmap; 2]>,
+}
+
+impl PayloadIndex {
+    pub fn new(specs: &[PayloadIndexSpec]) -> Self {
+        let specs = specs
+            .iter()
+            .filter_map(|s| PayloadIndexType::try_from(s.r#type).ok().map(|t| (s.key.clone(), t)))
+            .collect();
+        PayloadIndex { specs, ..Default::default() }
+    }
+
+    /// The index entries a payload produces for point version `offset`.
+    pub fn entries_for(&self, payload: Option<&Struct>, offset: u32) -> Vec<IndexEntry> {
+        let Some(payload) = payload else { return vec![] };
+        let mut out = vec![];
+        let mut vals = vec![];
+        for (field, ty) in &self.specs {
+            vals.clear();
+            lookup(payload, field, &mut vals);
+            for v in &vals {
+                let value = match (ty, &v.kind) {
+                    (PayloadIndexType::Keyword, Some(Kind::StringValue(s))) => IndexValue::Keyword(s.clone()),
+                    (PayloadIndexType::Numeric, Some(Kind::IntegerValue(i))) => IndexValue::Number(*i as f64),
+                    (PayloadIndexType::Numeric, Some(Kind::DoubleValue(d))) if d.is_finite() => IndexValue::Number(*d),
+                    (PayloadIndexType::Bool, Some(Kind::BoolValue(b))) => IndexValue::Bool(*b),
+                    _ => continue,
+                };
+                let e = IndexEntry { field: field.clone(), value, offset };
+                if !out.contains(&e) {
+                    out.push(e);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn insert(&mut self, e: &IndexEntry) {
+        match &e.value {
+            IndexValue::Keyword(s) => {
+                self.keyword.entry(e.field.clone()).or_default().entry(s.clone()).or_default().insert(e.offset);
+            }
+            IndexValue::Number(x) => {
+                self.numeric.entry(e.field.clone()).or_default().entry(OrdF64(*x)).or_default().insert(e.offset);
+            }
+            IndexValue::Bool(b) => {
+                self.boolean.entry(e.field.clone()).or_default()[*b as usize].insert(e.offset);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, e: &IndexEntry) {
+        match &e.value {
+            IndexValue::Keyword(s) => {
+                if let Some(m) = self.keyword.get_mut(&e.field) {
+                    if let Some(b) = m.get_mut(s) {
+                        b.remove(e.offset);
+                        if b.is_empty() {
+                            m.remove(s);
+                        }
+                    }
+                }
+            }
+            IndexValue::Number(x) => {
+                if let Some(m) = self.numeric.get_mut(&e.field) {
+                    if let Some(b) = m.get_mut(&OrdF64(*x)) {
+                        b.remove(e.offset);
+                        if b.is_empty() {
+                            m.remove(&OrdF64(*x));
+                        }
+                    }
+                }
+            }
+            IndexValue::Bool(b) => {
+                if let Some(m) = self.boolean.get_mut(&e.field) {
+                    m[*b as usize].remove(e.offset);
+                }
+            }
+        }
+    }
+
+    fn ty(&self, key: &str) -> Option<PayloadIndexType> {
+        self.specs.get(key).copied()
+    }
+
+    fn numbers(&self, key: &str, lo: std::ops::Bound<f64>, hi: std::ops::Bound<f64>) -> RoaringBitmap {
+        use std::ops::Bound::*;
+        let map = |b: std::ops::Bound<f64>| match b {
+            Included(x) => Included(OrdF64(x)),
+            Excluded(x) => Excluded(OrdF64(x)),
+            Unbounded => Unbounded,
+        };
+        let (lo, hi) = (map(lo), map(hi));
+        if let (Included(a) | Excluded(a), Included(b) | Excluded(b)) = (&lo, &hi) {
+            if a > b {
+                return RoaringBitmap::new();
+            }
+        }
+        let mut out = RoaringBitmap::new();
+        if let Some(m) = self.numeric.get(key) {
+            for (_, b) in m.range((lo, hi)) {
+                out |= b;
+            }
+        }
+        out
+    }
+
+    /// Answers `c` from the indexes, or None if they cannot.
+    pub fn lookup(&self, c: &Condition) -> Option<RoaringBitmap> {
+        use std::ops::Bound::*;
+        match c.kind.as_ref()? {
+            condition::Kind::Match(m) => match (self.ty(&m.key)?, m.value.as_ref()?) {
+                (PayloadIndexType::Keyword, match_condition::Value::Keyword(s)) => {
+                    Some(self.keyword.get(&m.key).and_then(|x| x.get(s)).cloned().unwrap_or_default())
+                }
+                (PayloadIndexType::Numeric, match_condition::Value::Integer(i)) => Some(self.numbers(&m.key, Included(*i as f64), Included(*i as f64))),
+                (PayloadIndexType::Bool, match_condition::Value::Boolean(b)) => {
+                    Some(self.boolean.get(&m.key).map(|x| x[*b as usize].clone()).unwrap_or_default())
+                }
+                _ => None,
+            },
+            condition::Kind::MatchAny(m) => match self.ty(&m.key)? {
+                PayloadIndexType::Keyword if m.integers.is_empty() => {
+                    let idx = self.keyword.get(&m.key);
+                    let mut out = RoaringBitmap::new();
+                    for s in &m.keywords {
+                        if let Some(b) = idx.and_then(|x| x.get(s)) {
+                            out |= b;
+                        }
+                    }
+                    Some(out)
+                }
+                PayloadIndexType::Numeric if m.keywords.is_empty() => {
+                    let mut out = RoaringBitmap::new();
+                    for i in &m.integers {
+                        out |= self.numbers(&m.key, Included(*i as f64), Included(*i as f64));
+                    }
+                    Some(out)
+                }
+                _ => None,
+            },
+            condition::Kind::Range(r) if self.ty(&r.key)? == PayloadIndexType::Numeric => {
+                let lo = r.gt.map(Excluded).or(r.gte.map(Included)).unwrap_or(Unbounded);
+                let hi = r.lt.map(Excluded).or(r.lte.map(Included)).unwrap_or(Unbounded);
+                Some(self.numbers(&r.key, lo, hi))
+            }
+            _ => None,
+        }
+    }
+
+    /// Rough bytes used, for status output.
+    pub fn memory_bytes(&self) -> usize {
+        let kw: usize = self.keyword.values().flat_map(|m| m.iter()).map(|(k, b)| k.len() + b.serialized_size()).sum();
+        let num: usize = self.numeric.values().flat_map(|m| m.values()).map(|b| 8 + b.serialized_size()).sum();
+        kw + num
+    }
+}
+
+fn value_is_integer(v: &Value, i: i64) -> bool {
+    match &v.kind {
+        Some(Kind::IntegerValue(x)) => *x == i,
+        Some(Kind::DoubleValue(d)) => *d == i as f64 && d.fract() == 0.0,
+        _ => false,
+    }
+}
+
+fn number(v: &Value) -> Option<f64> {
+    match &v.kind {
+        Some(Kind::IntegerValue(x)) => Some(*x as f64),
+        Some(Kind::DoubleValue(d)) => Some(*d),
+        _ => None,
+    }
+}
+
+/// Does point (`id`, `payload`) satisfy condition `c`? The reference
+/// semantics of every condition.
+pub fn matches(c: &Condition, id: &PointKey, payload: Option<&Struct>) -> bool {
+    let empty = Struct::default();
+    let payload = payload.unwrap_or(&empty);
+    let mut vals = vec![];
+    let mut get = |key: &str| {
+        vals.clear();
+        lookup(payload, key, &mut vals);
+        vals.clone()
+    };
+    match &c.kind {
+        None => false,
+        Some(condition::Kind::Filter(f)) => filter_matches(f, id, Some(payload)),
+        Some(condition::Kind::Match(m)) => get(&m.key).iter().any(|v| match (&m.value, &v.kind) {
+            (Some(match_condition::Value::Keyword(s)), Some(Kind::StringValue(x))) => s == x,
+            (Some(match_condition::Value::Integer(i)), _) => value_is_integer(v, *i),
+            (Some(match_condition::Value::Boolean(b)), Some(Kind::BoolValue(x))) => b == x,
+            _ => false,
+        }),
+        Some(condition::Kind::MatchAny(m)) => get(&m.key).iter().any(|v| match &v.kind {
+            Some(Kind::StringValue(x)) => m.keywords.iter().any(|k| k == x),
+            _ => m.integers.iter().any(|i| value_is_integer(v, *i)),
+        }),
+        Some(condition::Kind::Range(r)) => get(&r.key).iter().filter_map(|v| number(v)).any(|x| {
+            r.gt.is_none_or(|b| x > b) && r.gte.is_none_or(|b| x >= b) && r.lt.is_none_or(|b| x < b) && r.lte.is_none_or(|b| x <= b)
+        }),
+        Some(condition::Kind::Exists(e)) => get(&e.key).iter().any(|v| !matches!(v.kind, None | Some(Kind::NullValue(_)))),
+        Some(condition::Kind::IsNull(e)) => get(&e.key).iter().any(|v| matches!(v.kind, None | Some(Kind::NullValue(_)))),
+        Some(condition::Kind::HasId(h)) => h.ids.iter().any(|x| PointKey::try_from(x).is_ok_and(|k| k == *id)),
+    }
+}
+
+/// Reference evaluation of a whole filter on one point.
+pub fn filter_matches(f: &Filter, id: &PointKey, payload: Option<&Struct>) -> bool {
+    f.must.iter().all(|c| matches(c, id, payload))
+        && (f.should.is_empty() || f.should.iter().any(|c| matches(c, id, payload)))
+        && !f.must_not.iter().any(|c| matches(c, id, payload))
+}
+
+/// What evaluation needs from a shard besides the payload index.
+pub trait FilterSource {
+    /// All live point versions.
+    fn universe(&self) -> &RoaringBitmap;
+    fn index(&self) -> &PayloadIndex;
+    /// Offset of the live version of `id`, if any.
+    fn offset_of(&self, id: &PointKey) -> Option<u32>;
+    /// Offsets of live points whose payload satisfies `c` (full scan).
+    fn scan(&self, c: &Condition) -> RoaringBitmap;
+}
+
+/// Evaluates `f` to the set of allowed live offsets.
+pub fn evaluate(f: &Filter, src: &dyn FilterSource) -> RoaringBitmap {
+    let mut out = src.universe().clone();
+    for c in &f.must {
+        out &= eval_condition(c, src);
+        if out.is_empty() {
+            return out;
+        }
+    }
+    if !f.should.is_empty() {
+        let mut any = RoaringBitmap::new();
+        for c in &f.should {
+            any |= eval_condition(c, src);
+        }
+        out &= any;
+    }
+    for c in &f.must_not {
+        if out.is_empty() {
+            break;
+        }
+        out -= eval_condition(c, src);
+    }
+    out
+}
+
+fn eval_condition(c: &Condition, src: &dyn FilterSource) -> RoaringBitmap {
+    match &c.kind {
+        Some(condition::Kind::Filter(f)) => evaluate(f, src),
+        Some(condition::Kind::HasId(h)) => {
+            h.ids.iter().filter_map(|x| PointKey::try_from(x).ok()).filter_map(|k| src.offset_of(&k)).collect::<RoaringBitmap>() & src.universe()
+        }
+        _ => match src.index().lookup(c) {
+            Some(b) => b & src.universe(),
+            None => src.scan(c),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

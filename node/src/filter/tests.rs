@@ -1,0 +1,162 @@
+//! Filter evaluation through payload indexes and scans agrees with the
+//! per-point reference semantics, on random payloads and random filters.
+use proptest::prelude::*;
+use serde_json::json;
+use shoal_proto::v1::*;
+
+use super::*;
+
+struct Src {
+    points: Vec<(PointKey, Struct)>,
+    universe: RoaringBitmap,
+    index: PayloadIndex,
+}
+
+impl FilterSource for Src {
+    fn universe(&self) -> &RoaringBitmap {
+        &self.universe
+    }
+    fn index(&self) -> &PayloadIndex {
+        &self.index
+    }
+    fn offset_of(&self, id: &PointKey) -> Option<u32> {
+        self.points.iter().position(|(k, _)| k == id).map(|i| i as u32)
+    }
+    fn scan(&self, c: &Condition) -> RoaringBitmap {
+        self.points.iter().enumerate().filter(|(_, (k, p))| matches(c, k, Some(p))).map(|(i, _)| i as u32).collect()
+    }
+}
+
+fn specs() -> Vec<PayloadIndexSpec> {
+    vec![
+        PayloadIndexSpec { key: "section".into(), r#type: PayloadIndexType::Keyword as i32 },
+        PayloadIndexSpec { key: "size".into(), r#type: PayloadIndexType::Numeric as i32 },
+        PayloadIndexSpec { key: "ok".into(), r#type: PayloadIndexType::Bool as i32 },
+        PayloadIndexSpec { key: "tags".into(), r#type: PayloadIndexType::Keyword as i32 },
+    ]
+}
+
+fn src(payloads: Vec<serde_json::Value>) -> Src {
+    let mut index = PayloadIndex::new(&specs());
+    let points: Vec<(PointKey, Struct)> =
+        payloads.iter().enumerate().map(|(i, p)| (PointKey::Num(i as u64 * 3), Struct::try_from(p).unwrap())).collect();
+    for (i, (_, p)) in points.iter().enumerate() {
+        for e in index.entries_for(Some(p), i as u32) {
+            index.insert(&e);
+        }
+    }
+    Src { universe: (0..points.len() as u32).collect(), points, index }
+}
+
+fn reference(f: &Filter, s: &Src) -> RoaringBitmap {
+    s.points.iter().enumerate().filter(|(_, (k, p))| filter_matches(f, k, Some(p))).map(|(i, _)| i as u32).collect()
+}
+
+fn kw(key: &str, v: &str) -> Condition {
+    Condition { kind: Some(condition::Kind::Match(MatchCondition { key: key.into(), value: Some(match_condition::Value::Keyword(v.into())) })) }
+}
+fn int(key: &str, v: i64) -> Condition {
+    Condition { kind: Some(condition::Kind::Match(MatchCondition { key: key.into(), value: Some(match_condition::Value::Integer(v)) })) }
+}
+fn range(key: &str, gte: Option<f64>, lt: Option<f64>) -> Condition {
+    Condition { kind: Some(condition::Kind::Range(RangeCondition { key: key.into(), gte, lt, ..Default::default() })) }
+}
+fn nested(f: Filter) -> Condition {
+    Condition { kind: Some(condition::Kind::Filter(f)) }
+}
+
+#[test]
+fn semantics_table() {
+    let s = src(vec![
+        json!({"section": "net", "size": 10, "ok": true, "tags": ["a", "b"], "meta": {"lang": "en"}}),
+        json!({"section": "web", "size": 20.5, "ok": false, "tags": [], "n": null}),
+        json!({"section": "net", "size": "big", "meta": {"lang": ["de", "en"]}}),
+        json!({}),
+    ]);
+    let bits = |f: Filter| evaluate(&f, &s).iter().collect::<Vec<_>>();
+    let must = |c: Vec<Condition>| Filter { must: c, ..Default::default() };
+    assert_eq!(bits(Filter::default()), vec![0, 1, 2, 3], "empty filter matches all");
+    assert_eq!(bits(must(vec![kw("section", "net")])), vec![0, 2]);
+    assert_eq!(bits(must(vec![kw("tags", "b")])), vec![0], "array elements match");
+    assert_eq!(bits(must(vec![kw("meta.lang", "en")])), vec![0, 2], "nested path through arrays (unindexed scan)");
+    assert_eq!(bits(must(vec![int("size", 10)])), vec![0]);
+    assert_eq!(bits(must(vec![range("size", Some(10.0), None)])), vec![0, 1], "strings never match a range");
+    assert_eq!(bits(must(vec![range("size", None, Some(10.0))])), Vec::<u32>::new(), "lt is exclusive");
+    assert_eq!(
+        bits(Filter { should: vec![kw("section", "web"), int("size", 10)], must_not: vec![kw("tags", "a")], ..Default::default() }),
+        vec![1]
+    );
+    let exists = |k: &str| Condition { kind: Some(condition::Kind::Exists(ExistsCondition { key: k.into() })) };
+    let is_null = |k: &str| Condition { kind: Some(condition::Kind::IsNull(IsNullCondition { key: k.into() })) };
+    assert_eq!(bits(must(vec![exists("tags")])), vec![0], "empty array does not exist");
+    assert_eq!(bits(must(vec![is_null("n")])), vec![1]);
+    assert_eq!(bits(Filter { must_not: vec![exists("section")], ..Default::default() }), vec![3]);
+    let has = Condition { kind: Some(condition::Kind::HasId(HasIdCondition { ids: vec![3u64.into(), 9u64.into(), 4u64.into()] })) };
+    assert_eq!(bits(must(vec![has])), vec![1, 3]);
+    let ok = Condition { kind: Some(condition::Kind::Match(MatchCondition { key: "ok".into(), value: Some(match_condition::Value::Boolean(false)) })) };
+    assert_eq!(bits(must(vec![ok])), vec![1]);
+    let any = Condition { kind: Some(condition::Kind::MatchAny(MatchAnyCondition { key: "section".into(), keywords: vec!["web".into(), "x".into()], integers: vec![] })) };
+    assert_eq!(bits(must(vec![any])), vec![1]);
+    assert_eq!(bits(must(vec![nested(Filter { should: vec![kw("section", "web"), kw("section", "zzz")], ..Default::default() })])), vec![1]);
+}
+
+#[test]
+fn index_removal_forgets_versions() {
+    let mut s = src(vec![json!({"section": "net", "size": 1}), json!({"section": "net", "size": 1})]);
+    for e in s.index.entries_for(Some(&s.points[0].1.clone()), 0) {
+        s.index.remove(&e);
+    }
+    assert_eq!(s.index.lookup(&kw("section", "net")).unwrap().iter().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(s.index.lookup(&range("size", Some(0.0), None)).unwrap().iter().collect::<Vec<_>>(), vec![1]);
+}
+
+fn arb_payload() -> impl Strategy<Value = serde_json::Value> {
+    (
+        prop::option::of(prop::sample::select(vec!["net", "web", "libs", "x"])),
+        prop::option::of(prop_oneof![(-5i64..50).prop_map(|i| json!(i)), (-5.0f64..50.0).prop_map(|f| json!(f)), Just(json!("s"))]),
+        prop::option::of(any::<bool>()),
+        prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 0..3),
+    )
+        .prop_map(|(sec, size, ok, tags)| {
+            let mut m = serde_json::Map::new();
+            if let Some(s) = sec {
+                m.insert("section".into(), json!(s));
+            }
+            if let Some(s) = size {
+                m.insert("size".into(), s);
+            }
+            if let Some(b) = ok {
+                m.insert("ok".into(), json!(b));
+            }
+            m.insert("tags".into(), json!(tags));
+            serde_json::Value::Object(m)
+        })
+}
+
+fn arb_condition() -> impl Strategy<Value = Condition> {
+    let leaf = prop_oneof![
+        prop::sample::select(vec!["net", "web", "zzz"]).prop_map(|v| kw("section", v)),
+        prop::sample::select(vec!["a", "c"]).prop_map(|v| kw("tags", v)),
+        (-5i64..50).prop_map(|i| int("size", i)),
+        ((-5.0f64..50.0), (0.0f64..30.0)).prop_map(|(a, w)| range("size", Some(a), Some(a + w))),
+        any::<bool>().prop_map(|b| Condition {
+            kind: Some(condition::Kind::Match(MatchCondition { key: "ok".into(), value: Some(match_condition::Value::Boolean(b)) }))
+        }),
+        Just(Condition { kind: Some(condition::Kind::Exists(ExistsCondition { key: "size".into() })) }),
+    ];
+    leaf.prop_recursive(3, 12, 3, |inner| {
+        (prop::collection::vec(inner.clone(), 0..3), prop::collection::vec(inner.clone(), 0..3), prop::collection::vec(inner, 0..2))
+            .prop_map(|(must, should, must_not)| nested(Filter { must, should, must_not }))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Index-backed evaluation equals the per-point reference semantics.
+    #[test]
+    fn indexed_evaluation_equals_reference(payloads in prop::collection::vec(arb_payload(), 1..40), c in arb_condition()) {
+        let s = src(payloads);
+        let f = Filter { must: vec![c], ..Default::default() };
+        prop_assert_eq!(evaluate(&f, &s), reference(&f, &s));
+    }
+}

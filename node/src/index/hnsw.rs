@@ -1,0 +1,287 @@
+//! HNSW index on usearch, storing f32 or f16.
+//!
+//! Per-request `ef`: usearch takes the expansion as an index-wide setting,
+//! but its search uses `max(expansion_search, wanted)` candidates. We keep
+//! `expansion_search = 1` and ask for `max(ef, k)` results, then keep the
+//! best `k`, which is the same candidate list as `expansion_search = ef`
+//! without shared mutable state between concurrent searches.
+//!
+//! Concurrency: usearch serves each concurrent call from a pre-reserved
+//! thread context; [`HnswIndex`] bounds concurrent calls with a semaphore
+//! sized to the reserved contexts, and takes an exclusive lock only to grow
+//! capacity.
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use shoal_proto::v1::Metric;
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+
+use super::{sort_hits, Allowed, Distance, Hit, Precision, VectorIndex};
+use crate::error::IndexError;
+
+/// Build parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct HnswParams {
+    pub dim: usize,
+    pub metric: Metric,
+    pub precision: Precision,
+    pub m: usize,
+    pub ef_construction: usize,
+}
+
+/// Concurrent calls into one index (usearch thread contexts reserved).
+pub fn max_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get()).max(4) * 4
+}
+
+struct Gate {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+struct Permit<'a>(&'a Gate);
+
+impl Gate {
+    fn acquire(&self) -> Permit<'_> {
+        let mut f = self.free.lock();
+        while *f == 0 {
+            self.cv.wait(&mut f);
+        }
+        *f -= 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock() += 1;
+        self.0.cv.notify_one();
+    }
+}
+
+pub struct HnswIndex {
+    params: HnswParams,
+    dist: Distance,
+    index: RwLock<Index>,
+    gate: Gate,
+    live: AtomicUsize,
+}
+
+fn options(p: &HnswParams) -> IndexOptions {
+    IndexOptions {
+        dimensions: p.dim,
+        metric: match p.metric {
+            Metric::Dot => MetricKind::IP,
+            Metric::L2 => MetricKind::L2sq,
+            _ => MetricKind::Cos,
+        },
+        // Set explicitly: usearch's default stores BF16.
+        quantization: match p.precision {
+            Precision::F32 => ScalarKind::F32,
+            Precision::F16 => ScalarKind::F16,
+        },
+        connectivity: p.m,
+        expansion_add: p.ef_construction,
+        expansion_search: 1,
+        multi: false,
+    }
+}
+
+impl HnswIndex {
+    pub fn new(params: HnswParams) -> Result<Self, IndexError> {
+        let index = Index::new(&options(&params))?;
+        index.reserve_capacity_and_threads(1024, max_concurrency())?;
+        Ok(Self::wrap(params, index, 0))
+    }
+
+    fn wrap(params: HnswParams, index: Index, live: usize) -> Self {
+        HnswIndex {
+            params,
+            dist: Distance(params.metric),
+            index: RwLock::new(index),
+            gate: Gate { free: Mutex::new(max_concurrency()), cv: Condvar::new() },
+            live: AtomicUsize::new(live),
+        }
+    }
+
+    /// Loads an index saved by [`VectorIndex::save`]. Fails if the file is
+    /// missing, damaged or was built with other parameters.
+    pub fn load(params: HnswParams, path: &Path) -> Result<Self, IndexError> {
+        let file_err = |d: String| IndexError::File { path: path.display().to_string(), detail: d };
+        let index = Index::new(&options(&params))?;
+        index.load(path.to_str().ok_or_else(|| file_err("non-UTF-8 path".into()))?).map_err(|e| file_err(e.what().to_string()))?;
+        if index.dimensions() != params.dim {
+            return Err(file_err(format!("file has {} dimensions, collection has {}", index.dimensions(), params.dim)));
+        }
+        let size = index.size();
+        index.reserve_capacity_and_threads((size + 1024).max(index.capacity()), max_concurrency())?;
+        Ok(Self::wrap(params, index, size))
+    }
+
+    /// Ensures room for `extra` more vectors.
+    fn grow(&self, extra: usize) -> Result<(), IndexError> {
+        let need = {
+            let g = self.index.read();
+            let need = g.size() + extra;
+            if need <= g.capacity() {
+                return Ok(());
+            }
+            need
+        };
+        let g = self.index.write();
+        if need > g.capacity() {
+            g.reserve_capacity_and_threads((need * 2).max(1024), max_concurrency())?;
+        }
+        Ok(())
+    }
+
+    fn check_dim(&self, v: &[f32]) -> Result<(), IndexError> {
+        if v.len() != self.params.dim {
+            return Err(IndexError::Dimension { got: v.len(), want: self.params.dim });
+        }
+        Ok(())
+    }
+}
+
+impl VectorIndex for HnswIndex {
+    fn dimension(&self) -> usize {
+        self.params.dim
+    }
+
+    fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, key: u64, v: &[f32]) -> Result<(), IndexError> {
+        self.check_dim(v)?;
+        self.grow(1)?;
+        let _p = self.gate.acquire();
+        self.index.read().add(key, v)?;
+        self.live.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn add_batch(&self, items: &[(u64, &[f32])]) -> Result<(), IndexError> {
+        for (_, v) in items {
+            self.check_dim(v)?;
+        }
+        self.grow(items.len())?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len().div_ceil(64)).max(1);
+        if threads == 1 {
+            return items.iter().try_for_each(|(k, v)| self.add(*k, v));
+        }
+        let chunk = items.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = items
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || -> Result<(), IndexError> {
+                        let _p = self.gate.acquire();
+                        let g = self.index.read();
+                        for (k, v) in part {
+                            g.add(*k, v)?;
+                            self.live.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(IndexError::Usearch("index thread panicked".into()))))
+        })
+    }
+
+    fn remove(&self, key: u64) -> Result<(), IndexError> {
+        let _p = self.gate.acquire();
+        let removed = self.index.read().remove(key)?;
+        if removed > 0 {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn contains(&self, key: u64) -> bool {
+        self.index.read().contains(key)
+    }
+
+    fn search(&self, q: &[f32], k: usize, ef: usize, allowed: &Allowed<'_>) -> Result<Vec<Hit>, IndexError> {
+        self.check_dim(q)?;
+        let want = ef.max(k);
+        let _p = self.gate.acquire();
+        let g = self.index.read();
+        let m = match allowed {
+            Allowed::All => g.search(q, want)?,
+            Allowed::Set(_) => g.filtered_search(q, want, |key| allowed.contains(key))?,
+        };
+        let mut hits: Vec<Hit> = m.keys.iter().zip(&m.distances).map(|(k, d)| Hit { key: *k, distance: *d }).collect();
+        sort_hits(&mut hits, k);
+        Ok(hits)
+    }
+
+    fn exact(&self, q: &[f32], k: usize, allowed: &Allowed<'_>) -> Result<Vec<Hit>, IndexError> {
+        self.check_dim(q)?;
+        let _p = self.gate.acquire();
+        let g = self.index.read();
+        let Allowed::Set(set) = allowed else {
+            let m = g.exact_search(q, k)?;
+            let mut hits: Vec<Hit> = m.keys.iter().zip(&m.distances).map(|(k, d)| Hit { key: *k, distance: *d }).collect();
+            sort_hits(&mut hits, k);
+            return Ok(hits);
+        };
+        // Rescore the allowed vectors with simsimd, keeping a bounded heap.
+        let mut buf = vec![0f32; self.params.dim];
+        let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
+        for key in set.iter() {
+            if g.get(key as u64, &mut buf)? == 0 {
+                continue;
+            }
+            let d = self.dist.f32(q, &buf);
+            heap.push(HeapHit(Hit { key: key as u64, distance: d }));
+            if heap.len() > k {
+                heap.pop();
+            }
+        }
+        let mut hits: Vec<Hit> = heap.into_iter().map(|h| h.0).collect();
+        sort_hits(&mut hits, k);
+        Ok(hits)
+    }
+
+    fn get(&self, key: u64, out: &mut [f32]) -> bool {
+        matches!(self.index.read().get(key, out), Ok(n) if n > 0)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.index.read().memory_usage()
+    }
+
+    fn save(&self, path: &Path) -> Result<(), IndexError> {
+        let tmp = path.with_extension("tmp");
+        let file_err = |d: String| IndexError::File { path: path.display().to_string(), detail: d };
+        // Exclusive: no add may race the serialisation.
+        let g = self.index.write();
+        g.save(tmp.to_str().ok_or_else(|| file_err("non-UTF-8 path".into()))?).map_err(|e| file_err(e.what().to_string()))?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| file_err(e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| file_err(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Max-heap by (distance, key): the worst hit is on top.
+struct HeapHit(Hit);
+
+impl PartialEq for HeapHit {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for HeapHit {}
+impl PartialOrd for HeapHit {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for HeapHit {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.distance.total_cmp(&o.0.distance).then(self.0.key.cmp(&o.0.key))
+    }
+}

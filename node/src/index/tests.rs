@@ -1,0 +1,113 @@
+//! Index tests: HNSW against the flat oracle, per metric and precision.
+use rand::{Rng, SeedableRng};
+use roaring::RoaringBitmap;
+use shoal_proto::v1::Metric;
+
+use super::flat::FlatIndex;
+use super::hnsw::{HnswIndex, HnswParams};
+use super::*;
+
+fn data(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    // Clustered Gaussian-ish data: realistic enough for graph recall checks.
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let centers: Vec<Vec<f32>> = (0..16).map(|_| (0..dim).map(|_| r.random_range(-1.0..1.0)).collect()).collect();
+    (0..n)
+        .map(|i| centers[i % 16].iter().map(|c| c + r.random_range(-0.3..0.3)).collect())
+        .collect()
+}
+
+fn params(dim: usize, metric: Metric, precision: Precision) -> HnswParams {
+    HnswParams { dim, metric, precision, m: 16, ef_construction: 128 }
+}
+
+fn recall(a: &[Hit], b: &[Hit]) -> f64 {
+    let want: std::collections::HashSet<u64> = b.iter().map(|h| h.key).collect();
+    a.iter().filter(|h| want.contains(&h.key)).count() as f64 / b.len().max(1) as f64
+}
+
+#[test]
+fn hnsw_recall_against_flat_oracle() {
+    for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+        for precision in [Precision::F32, Precision::F16] {
+            let dim = 24;
+            let v = data(3000, dim, 7);
+            let h = HnswIndex::new(params(dim, metric, precision)).unwrap();
+            let f = FlatIndex::new(dim, Distance(metric), precision);
+            let items: Vec<(u64, &[f32])> = v.iter().enumerate().map(|(i, x)| (i as u64, x.as_slice())).collect();
+            h.add_batch(&items).unwrap();
+            f.add_batch(&items).unwrap();
+            assert_eq!(h.len(), 3000);
+            let qs = data(50, dim, 99);
+            let mut total = 0.0;
+            for q in &qs {
+                let got = h.search(q, 10, 128, &Allowed::All).unwrap();
+                let want = f.exact(q, 10, &Allowed::All).unwrap();
+                total += recall(&got, &want);
+                // Exact search over the HNSW's stored vectors equals the oracle.
+                let all: RoaringBitmap = (0..3000u32).collect();
+                let ex = h.exact(q, 10, &Allowed::Set(&all)).unwrap();
+                for (a, b) in ex.iter().zip(&want) {
+                    assert!((a.distance - b.distance).abs() < 1e-3, "{metric:?} {precision:?}: {a:?} vs {b:?}");
+                }
+            }
+            let r = total / qs.len() as f64;
+            assert!(r >= 0.95, "{metric:?} {precision:?}: recall@10 {r}");
+        }
+    }
+}
+
+#[test]
+fn remove_hides_at_once_and_filters_restrict() {
+    let dim = 8;
+    let v = data(500, dim, 1);
+    for idx in [
+        Box::new(HnswIndex::new(params(dim, Metric::L2, Precision::F32)).unwrap()) as Box<dyn VectorIndex>,
+        Box::new(FlatIndex::new(dim, Distance(Metric::L2), Precision::F32)),
+    ] {
+        for (i, x) in v.iter().enumerate() {
+            idx.add(i as u64, x).unwrap();
+        }
+        let top = idx.search(&v[3], 1, 32, &Allowed::All).unwrap();
+        assert_eq!(top[0].key, 3);
+        idx.remove(3).unwrap();
+        assert!(!idx.contains(3));
+        assert_eq!(idx.len(), 499);
+        let top = idx.search(&v[3], 5, 32, &Allowed::All).unwrap();
+        assert!(top.iter().all(|h| h.key != 3), "removed key returned");
+        // Re-adding the same vector under a new key (the new version) works.
+        idx.add(1000, &v[3]).unwrap();
+        assert_eq!(idx.search(&v[3], 1, 32, &Allowed::All).unwrap()[0].key, 1000);
+        let even: RoaringBitmap = (0..500u32).filter(|k| k % 2 == 0).collect();
+        let hits = idx.search(&v[7], 10, 64, &Allowed::Set(&even)).unwrap();
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|h| h.key % 2 == 0));
+        let mut buf = vec![0.0; dim];
+        assert!(idx.get(1000, &mut buf));
+        assert_eq!(buf, v[3]);
+    }
+}
+
+#[test]
+fn hnsw_save_load_and_damage() {
+    let dim = 16;
+    let v = data(800, dim, 3);
+    let p = params(dim, Metric::Cosine, Precision::F16);
+    let h = HnswIndex::new(p).unwrap();
+    for (i, x) in v.iter().enumerate() {
+        h.add(i as u64, x).unwrap();
+    }
+    h.remove(5).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("i.usearch");
+    h.save(&path).unwrap();
+    let l = HnswIndex::load(p, &path).unwrap();
+    assert!(!l.contains(5));
+    assert!(l.contains(6));
+    for q in v.iter().take(20) {
+        assert_eq!(h.search(q, 10, 50, &Allowed::All).unwrap(), l.search(q, 10, 50, &Allowed::All).unwrap());
+    }
+    l.add(5000, &v[0]).unwrap();
+    std::fs::write(&path, b"garbage").unwrap();
+    assert!(HnswIndex::load(p, &path).is_err(), "damaged file must not load");
+    assert!(HnswIndex::load(p, &dir.path().join("missing")).is_err());
+}

@@ -1,0 +1,533 @@
+//! One shard replica: storage, HNSW index, payload index and id maps.
+//!
+//! ## Write path ([`Shard::write`])
+//! 1. Validate every vector and id; a bad point rejects the whole batch.
+//! 2. Under the shard's writer lock: give every upserted point a fresh
+//!    offset (its version), compute payload-index entries, and write points,
+//!    index entries, the sequence number and the offset counter in ONE
+//!    RocksDB batch, synced to the WAL.
+//! 3. Only then update memory: add new versions to HNSW and the payload
+//!    index, then retire replaced or deleted versions. Searches dedupe by id,
+//!    so a replace is never invisible in between.
+//!
+//! ## Index persistence
+//! The HNSW index is saved to `<index_dir>/<shard>.usearch` with a sidecar
+//! `<shard>.meta` (xxh3 checksum, offset counter at save time). On open the
+//! file is loaded if its checksum holds and reconciled with RocksDB exactly:
+//! live versions missing from the file are added and retired versions
+//! present in it are removed (versions are immutable, so set difference is
+//! enough). A missing or damaged file is rebuilt from RocksDB.
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use roaring::RoaringBitmap;
+use shoal_proto::v1::{CollectionConfig, Condition, Filter, Metric, PointId, PointStruct, RetrievedPoint, ScoredPoint, SearchPointsRequest, VectorStorage};
+use shoal_proto::{validate, PointKey};
+
+use crate::error::{IndexError, NodeError, Result};
+use crate::filter::{self, FilterSource, PayloadIndex};
+use crate::index::hnsw::{HnswIndex, HnswParams};
+use crate::index::{Allowed, Distance, Hit, Precision, VectorIndex};
+use crate::storage::{ShardStore, StoreBatch, StoredPoint};
+
+/// Filtered searches whose filter allows at most this many points scan them
+/// exactly instead of walking the HNSW graph with a predicate. Chosen by
+/// measurement on debian-384 (see docs/benchmarks.md): below it the exact
+/// scan is both faster and exact; above it predicate search wins on time.
+pub const DEFAULT_EXACT_SCAN_THRESHOLD: u64 = 20_000;
+
+const META_SEQ: &str = "seq";
+const META_NEXT_OFFSET: &str = "next_offset";
+
+/// In-memory state guarded by one lock.
+struct State {
+    ids: HashMap<PointKey, u32>,
+    keys: HashMap<u32, PointKey>,
+    live: RoaringBitmap,
+    payload: PayloadIndex,
+    next_offset: u32,
+    seq: u64,
+}
+
+pub struct Shard {
+    pub collection: String,
+    pub shard_id: u32,
+    config: CollectionConfig,
+    dist: Distance,
+    store: ShardStore,
+    index: HnswIndex,
+    state: RwLock<State>,
+    writer: Mutex<()>,
+    index_path: PathBuf,
+    saved_seq: AtomicU64,
+    pub exact_scan_threshold: u64,
+}
+
+/// Outcome of opening a shard, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexOpen {
+    /// Loaded from file; `added`/`removed` versions reconciled.
+    Loaded { added: usize, removed: usize },
+    /// No usable file: rebuilt from storage (reason in the log).
+    Rebuilt,
+}
+
+struct StoreSource<'a> {
+    state: &'a State,
+    store: &'a ShardStore,
+}
+
+impl FilterSource for StoreSource<'_> {
+    fn universe(&self) -> &RoaringBitmap {
+        &self.state.live
+    }
+    fn index(&self) -> &PayloadIndex {
+        &self.state.payload
+    }
+    fn offset_of(&self, id: &PointKey) -> Option<u32> {
+        self.state.ids.get(id).copied()
+    }
+    fn scan(&self, c: &Condition) -> RoaringBitmap {
+        let mut out = RoaringBitmap::new();
+        let res = self.store.scan_points(None, &mut |k, p| {
+            if self.state.live.contains(p.offset) && filter::matches(c, &k, p.payload.as_ref()) {
+                out.insert(p.offset);
+            }
+            true
+        });
+        if let Err(e) = res {
+            tracing::error!(error = %e, "payload scan failed");
+        }
+        out
+    }
+}
+
+fn normalise(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if n > 0.0 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+impl Shard {
+    /// Opens (or creates) a shard over `store`, loading or rebuilding its
+    /// HNSW index from `index_dir`.
+    pub fn open(config: CollectionConfig, shard_id: u32, store: ShardStore, index_dir: &Path) -> Result<(Self, IndexOpen)> {
+        let metric = validate::metric(config.metric)?;
+        let hnsw = config.hnsw.clone().unwrap_or_default();
+        let precision = match VectorStorage::try_from(config.storage) {
+            Ok(VectorStorage::F16) => Precision::F16,
+            _ => Precision::F32,
+        };
+        let params = HnswParams {
+            dim: config.dimension as usize,
+            metric,
+            precision,
+            m: hnsw.m as usize,
+            ef_construction: hnsw.ef_construction as usize,
+        };
+        std::fs::create_dir_all(index_dir).map_err(crate::error::StorageError::from)?;
+        let index_path = index_dir.join(format!("{shard_id}.usearch"));
+        let seq = store.meta_u64(META_SEQ)?;
+        let next_offset = store.meta_u64(META_NEXT_OFFSET)? as u32;
+
+        let (index, file_next) = match load_index(params, &index_path) {
+            Ok(x) => (x.0, Some(x.1)),
+            Err(e) => {
+                if index_path.exists() || seq > 0 {
+                    tracing::warn!(collection = %config.name, shard_id, error = %e, "HNSW index unusable; rebuilding from storage");
+                }
+                (HnswIndex::new(params)?, None)
+            }
+        };
+
+        let mut payload = PayloadIndex::new(&config.payload_indexes);
+        store.scan_index(&mut |e| payload.insert(&e))?;
+
+        let mut state = State { ids: HashMap::new(), keys: HashMap::new(), live: RoaringBitmap::new(), payload, next_offset, seq };
+        let mut pending: Vec<(u64, Vec<f32>)> = Vec::new();
+        let mut added = 0usize;
+        let mut scan_err: Option<IndexError> = None;
+        let flush = |pending: &mut Vec<(u64, Vec<f32>)>| -> std::result::Result<(), IndexError> {
+            let items: Vec<(u64, &[f32])> = pending.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            index.add_batch(&items)?;
+            pending.clear();
+            Ok(())
+        };
+        store.scan_points(None, &mut |k, p| {
+            state.ids.insert(k, p.offset);
+            state.keys.insert(p.offset, k);
+            state.live.insert(p.offset);
+            if !index.contains(p.offset as u64) {
+                pending.push((p.offset as u64, p.vector));
+                added += 1;
+                if pending.len() >= 4096 {
+                    if let Err(e) = flush(&mut pending) {
+                        scan_err = Some(e);
+                        return false;
+                    }
+                }
+            }
+            true
+        })?;
+        if let Some(e) = scan_err {
+            return Err(e.into());
+        }
+        flush(&mut pending)?;
+        let mut removed = 0;
+        if let Some(file_next) = file_next {
+            for off in 0..file_next.max(next_offset) {
+                if !state.live.contains(off) && index.contains(off as u64) {
+                    index.remove(off as u64)?;
+                    removed += 1;
+                }
+            }
+        }
+        let outcome = match file_next {
+            Some(_) => IndexOpen::Loaded { added, removed },
+            None => IndexOpen::Rebuilt,
+        };
+        let saved = if matches!(outcome, IndexOpen::Loaded { added: 0, removed: 0 }) { seq } else { u64::MAX };
+        tracing::info!(collection = %config.name, shard_id, points = state.live.len(), ?outcome, "shard opened");
+        Ok((
+            Shard {
+                collection: config.name.clone(),
+                shard_id,
+                dist: Distance(metric),
+                config,
+                store,
+                index,
+                state: RwLock::new(state),
+                writer: Mutex::new(()),
+                index_path,
+                saved_seq: AtomicU64::new(saved),
+                exact_scan_threshold: DEFAULT_EXACT_SCAN_THRESHOLD,
+            },
+            outcome,
+        ))
+    }
+
+    pub fn config(&self) -> &CollectionConfig {
+        &self.config
+    }
+
+    pub fn len(&self) -> u64 {
+        self.state.read().live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sequence number of the last applied write batch.
+    pub fn seq(&self) -> u64 {
+        self.state.read().seq
+    }
+
+    pub fn index_memory_bytes(&self) -> usize {
+        self.index.memory_bytes() + self.state.read().payload.memory_bytes()
+    }
+
+    fn metric(&self) -> Metric {
+        self.dist.0
+    }
+
+    /// Validates and prepares an upsert: checks the vector, normalises cosine
+    /// vectors.
+    fn prepare(&self, i: usize, p: &PointStruct) -> Result<(PointKey, Vec<f32>)> {
+        let id = p.id.as_ref().ok_or_else(|| validate::invalid(format!("points[{i}].id"), "point id is missing"))?;
+        let key = PointKey::try_from(id).map_err(|e| validate::invalid(format!("points[{i}].id"), e.to_string()))?;
+        validate::vector(&format!("points[{i}].vector"), &p.vector, self.config.dimension, self.metric())?;
+        let mut v = p.vector.clone();
+        if self.metric() == Metric::Cosine {
+            normalise(&mut v);
+        }
+        Ok((key, v))
+    }
+
+    /// Applies upserts and deletes as one durable batch. Returns the number
+    /// of points written plus points actually deleted.
+    pub fn write(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>) -> Result<u64> {
+        // Validate everything before touching anything.
+        let mut prepared = Vec::with_capacity(upserts.len());
+        for (i, p) in upserts.iter().enumerate() {
+            prepared.push(self.prepare(i, p)?);
+        }
+        let mut del_keys = Vec::with_capacity(delete_ids.len());
+        for (i, id) in delete_ids.iter().enumerate() {
+            del_keys.push(PointKey::try_from(id).map_err(|e| validate::invalid(format!("ids[{i}]"), e.to_string()))?);
+        }
+        if let Some(f) = delete_filter {
+            validate::filter(f)?;
+        }
+        // Last write of an id in a batch wins.
+        let mut last: HashMap<PointKey, usize> = HashMap::with_capacity(prepared.len());
+        for (i, (k, _)) in prepared.iter().enumerate() {
+            last.insert(*k, i);
+        }
+
+        let _w = self.writer.lock();
+        let (mut batch, mut retire, mut added) = (StoreBatch::default(), Vec::<(PointKey, u32)>::new(), Vec::<(PointKey, u32, usize)>::new());
+        let mut affected = 0u64;
+        {
+            let st = self.state.read();
+            let mut next = st.next_offset;
+            // Deletes.
+            let mut doomed: HashSet<PointKey> = del_keys.into_iter().collect();
+            if let Some(f) = delete_filter {
+                let allowed = filter::evaluate(f, &StoreSource { state: &st, store: &self.store });
+                doomed.extend(allowed.iter().filter_map(|o| st.keys.get(&o).copied()));
+            }
+            for k in &doomed {
+                if let Some(&off) = st.ids.get(k) {
+                    let old = self.store.get(k)?;
+                    batch.delete_index.extend(st.payload.entries_for(old.as_ref().and_then(|p| p.payload.as_ref()), off));
+                    batch.delete_points.push(*k);
+                    retire.push((*k, off));
+                    affected += 1;
+                }
+            }
+            // Upserts.
+            for (i, (k, v)) in prepared.iter().enumerate() {
+                if last[k] != i {
+                    continue;
+                }
+                if let Some(&off) = st.ids.get(k) {
+                    let old = self.store.get(k)?;
+                    batch.delete_index.extend(st.payload.entries_for(old.as_ref().and_then(|p| p.payload.as_ref()), off));
+                    retire.push((*k, off));
+                }
+                let off = next;
+                next = next.checked_add(1).ok_or_else(|| validate::invalid("points", "shard offset space exhausted; compact the shard"))?;
+                let payload = upserts[i].payload.clone();
+                batch.put_index.extend(st.payload.entries_for(payload.as_ref(), off));
+                batch.put_points.push(StoredPoint { id: Some(k.to_proto()), vector: v.clone(), payload, offset: off });
+                added.push((*k, off, i));
+                affected += 1;
+            }
+            if batch.put_points.is_empty() && batch.delete_points.is_empty() {
+                return Ok(0);
+            }
+            batch.put_meta.push((META_SEQ, (st.seq + 1).to_be_bytes().to_vec()));
+            batch.put_meta.push((META_NEXT_OFFSET, (next as u64).to_be_bytes().to_vec()));
+            let entries_put = batch.put_index.clone();
+            let entries_del = batch.delete_index.clone();
+            drop(st);
+
+            // 1. Durable first.
+            self.store.write(batch, true)?;
+
+            // 2. New versions become searchable.
+            let items: Vec<(u64, &[f32])> = added.iter().map(|(_, off, i)| (*off as u64, prepared[*i].1.as_slice())).collect();
+            self.index.add_batch(&items)?;
+            let mut st = self.state.write();
+            for e in &entries_put {
+                st.payload.insert(e);
+            }
+            for (k, off, _) in &added {
+                st.ids.insert(*k, *off);
+                st.keys.insert(*off, *k);
+                st.live.insert(*off);
+            }
+            // 3. Old versions retire.
+            for e in &entries_del {
+                st.payload.remove(e);
+            }
+            for (k, off) in &retire {
+                st.live.remove(*off);
+                st.keys.remove(off);
+                if st.ids.get(k) == Some(off) {
+                    st.ids.remove(k);
+                }
+            }
+            st.next_offset = next;
+            st.seq += 1;
+        }
+        for (_, off) in &retire {
+            self.index.remove(*off as u64)?;
+        }
+        Ok(affected)
+    }
+
+    fn retrieved(&self, k: PointKey, p: Option<StoredPoint>, with_payload: bool, with_vector: bool) -> RetrievedPoint {
+        let p = p.unwrap_or_default();
+        RetrievedPoint {
+            id: Some(k.to_proto()),
+            vector: if with_vector { p.vector } else { vec![] },
+            payload: if with_payload { Some(p.payload.unwrap_or_default()) } else { None },
+        }
+    }
+
+    /// Points by id, in request order; absent ids are skipped.
+    pub fn get(&self, ids: &[PointId], with_payload: bool, with_vector: bool) -> Result<Vec<RetrievedPoint>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let k = PointKey::try_from(id).map_err(|e| validate::invalid(format!("ids[{i}]"), e.to_string()))?;
+            if let Some(p) = self.store.get(&k)? {
+                out.push(self.retrieved(k, Some(p), with_payload, with_vector));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of live points matching `filter`.
+    pub fn count(&self, filter: Option<&Filter>) -> Result<u64> {
+        let st = self.state.read();
+        Ok(match filter {
+            None => st.live.len(),
+            Some(f) => {
+                validate::filter(f)?;
+                filter::evaluate(f, &StoreSource { state: &st, store: &self.store }).len()
+            }
+        })
+    }
+
+    /// Up to `limit` points from `offset` (inclusive) in id order, and the id
+    /// to continue from.
+    pub fn scroll(&self, offset: Option<&PointId>, limit: u32, filter: Option<&Filter>, with_payload: bool, with_vector: bool) -> Result<(Vec<RetrievedPoint>, Option<PointKey>)> {
+        let from = offset.map(PointKey::try_from).transpose().map_err(|e| validate::invalid("offset", e.to_string()))?;
+        let allowed = match filter {
+            None => None,
+            Some(f) => {
+                validate::filter(f)?;
+                let st = self.state.read();
+                Some(filter::evaluate(f, &StoreSource { state: &st, store: &self.store }))
+            }
+        };
+        let mut out = Vec::new();
+        let mut next = None;
+        self.store.scan_points(from.as_ref(), &mut |k, p| {
+            if allowed.as_ref().is_some_and(|a| !a.contains(p.offset)) {
+                return true;
+            }
+            if out.len() == limit as usize {
+                next = Some(k);
+                return false;
+            }
+            out.push(self.retrieved(k, Some(p), with_payload, with_vector));
+            true
+        })?;
+        Ok((out, next))
+    }
+
+    /// Top-k search. `req` must already be validated for top_k/ef/filter by
+    /// the caller; vectors are re-checked here.
+    pub fn search(&self, req: &SearchPointsRequest) -> Result<Vec<ScoredPoint>> {
+        validate::vector("vector", &req.vector, self.config.dimension, self.metric())?;
+        let mut q = req.vector.clone();
+        if self.metric() == Metric::Cosine {
+            normalise(&mut q);
+        }
+        let k = req.top_k as usize;
+        let ef = req.ef.unwrap_or(self.config.hnsw.as_ref().map_or(64, |h| h.ef_search)) as usize;
+        // Over-fetch a little so that a concurrent replace (two versions of
+        // one id briefly live) cannot push a result out.
+        let fetch = k + 4;
+        let (hits, keys) = {
+            let st = self.state.read();
+            let allowed = match &req.filter {
+                Some(f) if !(f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty()) => {
+                    Some(filter::evaluate(f, &StoreSource { state: &st, store: &self.store }))
+                }
+                _ => None,
+            };
+            let hits = match (&allowed, req.exact) {
+                (Some(a), _) if a.is_empty() => vec![],
+                (Some(a), true) => self.index.exact(&q, fetch, &Allowed::Set(a))?,
+                (None, true) => self.index.exact(&q, fetch, &Allowed::Set(&st.live))?,
+                (Some(a), false) if a.len() <= self.exact_scan_threshold => self.index.exact(&q, fetch, &Allowed::Set(a))?,
+                (Some(a), false) => self.index.search(&q, fetch, ef.max(fetch), &Allowed::Set(a))?,
+                (None, false) => self.index.search(&q, fetch, ef.max(fetch), &Allowed::All)?,
+            };
+            let keys: Vec<Option<PointKey>> = hits.iter().map(|h| st.keys.get(&(h.key as u32)).copied()).collect();
+            (hits, keys)
+        };
+        self.score_hits(req, hits, keys, k)
+    }
+
+    fn score_hits(&self, req: &SearchPointsRequest, hits: Vec<Hit>, keys: Vec<Option<PointKey>>, k: usize) -> Result<Vec<ScoredPoint>> {
+        let mut seen = HashSet::with_capacity(hits.len());
+        let mut out = Vec::with_capacity(k);
+        for (h, key) in hits.into_iter().zip(keys) {
+            let Some(key) = key else { continue };
+            if !seen.insert(key) {
+                continue;
+            }
+            let score = self.dist.score(h.distance);
+            if let Some(t) = req.score_threshold {
+                let keep = if self.dist.higher_is_better() { score >= t } else { score <= t };
+                if !keep {
+                    continue;
+                }
+            }
+            out.push((key, score));
+            if out.len() == k {
+                break;
+            }
+        }
+        let mut scored = Vec::with_capacity(out.len());
+        for (key, score) in out {
+            let (payload, vector) = if req.with_payload || req.with_vector {
+                let p = self.store.get(&key)?.unwrap_or_default();
+                (if req.with_payload { Some(p.payload.unwrap_or_default()) } else { None }, if req.with_vector { p.vector } else { vec![] })
+            } else {
+                (None, vec![])
+            };
+            scored.push(ScoredPoint { id: Some(key.to_proto()), score, payload, vector });
+        }
+        Ok(scored)
+    }
+
+    /// Saves the HNSW index if writes happened since the last save.
+    pub fn save_index(&self) -> Result<bool> {
+        let _w = self.writer.lock();
+        let (seq, next) = {
+            let st = self.state.read();
+            (st.seq, st.next_offset)
+        };
+        if self.saved_seq.load(Ordering::Relaxed) == seq {
+            return Ok(false);
+        }
+        self.index.save(&self.index_path)?;
+        let bytes = std::fs::read(&self.index_path).map_err(crate::error::StorageError::from)?;
+        let meta = format!("{{\"checksum\":{},\"next_offset\":{next},\"seq\":{seq}}}", xxhash_rust::xxh3::xxh3_64(&bytes));
+        let meta_path = self.index_path.with_extension("meta");
+        let tmp = meta_path.with_extension("meta.tmp");
+        std::fs::write(&tmp, meta).and_then(|_| std::fs::rename(&tmp, &meta_path)).map_err(crate::error::StorageError::from)?;
+        self.saved_seq.store(seq, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Deletes the shard's data and index files.
+    pub fn destroy(&self) -> Result<()> {
+        let _w = self.writer.lock();
+        self.store.destroy()?;
+        let _ = std::fs::remove_file(&self.index_path);
+        let _ = std::fs::remove_file(self.index_path.with_extension("meta"));
+        Ok(())
+    }
+}
+
+/// Loads an index file whose sidecar checksum matches; returns it with the
+/// offset counter recorded at save time.
+fn load_index(params: HnswParams, path: &Path) -> std::result::Result<(HnswIndex, u32), NodeError> {
+    let meta_path = path.with_extension("meta");
+    let bad = |d: &str| NodeError::Index(IndexError::File { path: path.display().to_string(), detail: d.to_string() });
+    let meta = std::fs::read_to_string(&meta_path).map_err(|_| bad("no sidecar .meta file"))?;
+    let field = |name: &str| -> Option<u64> {
+        let at = meta.find(&format!("\"{name}\":"))? + name.len() + 3;
+        meta[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    let (Some(sum), Some(next)) = (field("checksum"), field("next_offset")) else { return Err(bad("sidecar is malformed")) };
+    let bytes = std::fs::read(path).map_err(|_| bad("index file missing"))?;
+    if xxhash_rust::xxh3::xxh3_64(&bytes) != sum {
+        return Err(bad("checksum mismatch"));
+    }
+    drop(bytes);
+    Ok((HnswIndex::load(params, path)?, next as u32))
+}
+
+#[cfg(test)]
+mod tests;

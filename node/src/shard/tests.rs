@@ -1,0 +1,223 @@
+//! Shard behaviour over both storage engines: replace and delete semantics,
+//! filtered and exact search against the flat oracle, scroll, and index
+//! persistence with reconciliation and rebuild.
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use shoal_proto::v1::*;
+
+use super::*;
+use crate::index::flat::FlatIndex;
+use crate::storage::{memory::MemoryEngine, rocks::RocksEngine, KvEngine};
+
+fn config(dim: u32, metric: Metric) -> CollectionConfig {
+    validate::collection_config(&CollectionConfig {
+        name: "c".into(),
+        dimension: dim,
+        metric: metric as i32,
+        payload_indexes: vec![PayloadIndexSpec { key: "group".into(), r#type: PayloadIndexType::Keyword as i32 }],
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn vecs(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| (0..dim).map(|_| r.random_range(-1.0..1.0)).collect()).collect()
+}
+
+fn points(vs: &[Vec<f32>], from: u64) -> Vec<PointStruct> {
+    vs.iter()
+        .enumerate()
+        .map(|(i, v)| PointStruct {
+            id: Some((from + i as u64).into()),
+            vector: v.clone(),
+            payload: Some(Struct::try_from(&json!({"group": format!("g{}", (from + i as u64) % 10), "i": from + i as u64})).unwrap()),
+        })
+        .collect()
+}
+
+fn search(q: &[f32], k: u32) -> SearchPointsRequest {
+    SearchPointsRequest { vector: q.to_vec(), top_k: k, ..Default::default() }
+}
+
+fn ids(r: &[ScoredPoint]) -> Vec<u64> {
+    r.iter()
+        .map(|p| match p.id.as_ref().unwrap().kind {
+            Some(point_id::Kind::Num(n)) => n,
+            _ => panic!("uuid"),
+        })
+        .collect()
+}
+
+fn engines() -> Vec<(Arc<dyn KvEngine>, tempfile::TempDir)> {
+    let d = tempfile::tempdir().unwrap();
+    let rocks: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d.path().join("db")).unwrap());
+    vec![(Arc::new(MemoryEngine::new()), tempfile::tempdir().unwrap()), (rocks, d)]
+}
+
+#[test]
+fn upsert_replace_delete_count() {
+    for (engine, dir) in engines() {
+        let (s, _) = Shard::open(config(4, Metric::L2), 0, ShardStore::new(engine, "c", 0), dir.path()).unwrap();
+        let vs = vecs(100, 4, 1);
+        assert_eq!(s.write(&points(&vs, 0), &[], None).unwrap(), 100);
+        assert_eq!(s.count(None).unwrap(), 100);
+        assert_eq!(ids(&s.search(&search(&vs[7], 1)).unwrap()), vec![7]);
+        // Replace point 7 with a far-away vector: its old position is empty at once.
+        let far = vec![50.0, 50.0, 50.0, 50.0];
+        s.write(&[PointStruct { id: Some(7u64.into()), vector: far.clone(), payload: None }], &[], None).unwrap();
+        assert_eq!(s.count(None).unwrap(), 100);
+        assert!(!ids(&s.search(&search(&vs[7], 3)).unwrap()).contains(&7));
+        assert_eq!(ids(&s.search(&search(&far, 1)).unwrap()), vec![7]);
+        let got = s.get(&[7u64.into(), 1000u64.into()], true, true).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].vector, far);
+        assert_eq!(got[0].payload, Some(Struct::default()), "replace drops the old payload");
+        // Delete by id and by filter.
+        assert_eq!(s.write(&[], &[3u64.into(), 999u64.into()], None).unwrap(), 1);
+        assert!(!ids(&s.search(&search(&vs[3], 3)).unwrap()).contains(&3));
+        let g5 = Filter { must: vec![Condition { kind: Some(condition::Kind::Match(MatchCondition { key: "group".into(), value: Some(match_condition::Value::Keyword("g5".into())) })) }], ..Default::default() };
+        assert_eq!(s.count(Some(&g5)).unwrap(), 10);
+        assert_eq!(s.write(&[], &[], Some(&g5)).unwrap(), 10);
+        assert_eq!(s.count(Some(&g5)).unwrap(), 0);
+        assert_eq!(s.count(None).unwrap(), 89);
+        // Duplicate ids in one batch: the last one wins.
+        let a = PointStruct { id: Some(500u64.into()), vector: vec![1.0; 4], payload: None };
+        let b = PointStruct { id: Some(500u64.into()), vector: vec![2.0; 4], payload: None };
+        assert_eq!(s.write(&[a, b], &[], None).unwrap(), 1);
+        assert_eq!(s.get(&[500u64.into()], false, true).unwrap()[0].vector, vec![2.0; 4]);
+    }
+}
+
+#[test]
+fn bad_points_reject_the_whole_batch() {
+    let (engine, dir) = engines().pop().unwrap();
+    let (s, _) = Shard::open(config(3, Metric::Cosine), 0, ShardStore::new(engine, "c", 0), dir.path()).unwrap();
+    let good = PointStruct { id: Some(1u64.into()), vector: vec![1.0, 0.0, 0.0], payload: None };
+    for (bad, field) in [
+        (PointStruct { id: Some(2u64.into()), vector: vec![1.0, 0.0], payload: None }, "points[1].vector"),
+        (PointStruct { id: Some(2u64.into()), vector: vec![1.0, f32::NAN, 0.0], payload: None }, "points[1].vector"),
+        (PointStruct { id: Some(2u64.into()), vector: vec![0.0; 3], payload: None }, "points[1].vector"),
+        (PointStruct { id: None, vector: vec![1.0, 0.0, 0.0], payload: None }, "points[1].id"),
+    ] {
+        match s.write(&[good.clone(), bad], &[], None) {
+            Err(NodeError::Invalid(e)) => assert_eq!(e.field, field),
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+    assert_eq!(s.count(None).unwrap(), 0, "nothing of a rejected batch is written");
+}
+
+#[test]
+fn filtered_and_exact_search_match_the_oracle() {
+    let dim = 16;
+    let (engine, dir) = engines().pop().unwrap();
+    let (mut s, _) = Shard::open(config(dim as u32, Metric::Cosine), 0, ShardStore::new(engine, "c", 0), dir.path()).unwrap();
+    let vs = vecs(2000, dim, 2);
+    for chunk in points(&vs, 0).chunks(500) {
+        s.write(chunk, &[], None).unwrap();
+    }
+    let oracle = FlatIndex::new(dim, Distance(Metric::Cosine), Precision::F32);
+    for (i, v) in vs.iter().enumerate() {
+        let mut n = v.clone();
+        normalise(&mut n);
+        oracle.add(i as u64, &n).unwrap();
+    }
+    let g3: roaring::RoaringBitmap = (0..2000u32).filter(|i| i % 10 == 3).collect();
+    let f = Filter { must: vec![Condition { kind: Some(condition::Kind::Match(MatchCondition { key: "group".into(), value: Some(match_condition::Value::Keyword("g3".into())) })) }], ..Default::default() };
+    for threshold in [0, u64::MAX] {
+        // Both the predicate path (threshold 0) and the exact-scan path.
+        s.exact_scan_threshold = threshold;
+        let mut recall = 0.0;
+        for q in vecs(30, dim, 9) {
+            let want: Vec<u64> = oracle.exact(&q, 10, &Allowed::Set(&g3)).unwrap().iter().map(|h| h.key).collect();
+            let got = ids(&s.search(&SearchPointsRequest { filter: Some(f.clone()), ..search(&q, 10) }).unwrap());
+            assert!(got.iter().all(|i| i % 10 == 3), "filter violated");
+            recall += got.iter().filter(|i| want.contains(i)).count() as f64 / 10.0;
+            let exact = ids(&s.search(&SearchPointsRequest { filter: Some(f.clone()), exact: true, ..search(&q, 10) }).unwrap());
+            assert_eq!(exact, want, "exact filtered search equals the oracle");
+            let all: Vec<u64> = oracle.exact(&q, 10, &Allowed::All).unwrap().iter().map(|h| h.key).collect();
+            assert_eq!(ids(&s.search(&SearchPointsRequest { exact: true, ..search(&q, 10) }).unwrap()), all);
+        }
+        assert!(recall / 30.0 >= 0.9, "threshold {threshold}: filtered recall {}", recall / 30.0);
+    }
+    // Score threshold drops worse results; scores are cosine similarities.
+    let r = s.search(&SearchPointsRequest { score_threshold: Some(0.99), ..search(&vs[0], 5) }).unwrap();
+    assert_eq!(ids(&r), vec![0]);
+    assert!((r[0].score - 1.0).abs() < 1e-4);
+}
+
+#[test]
+fn scroll_pages_cover_every_point_once() {
+    let (engine, dir) = engines().pop().unwrap();
+    let (s, _) = Shard::open(config(2, Metric::Dot), 0, ShardStore::new(engine, "c", 0), dir.path()).unwrap();
+    s.write(&points(&vecs(53, 2, 3), 0), &[], None).unwrap();
+    let mut seen = vec![];
+    let mut cursor: Option<PointId> = None;
+    loop {
+        let (page, next) = s.scroll(cursor.as_ref(), 10, None, false, false).unwrap();
+        seen.extend(page.iter().map(|p| p.id.clone().unwrap()));
+        match next {
+            Some(n) => cursor = Some(n.to_proto()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..53u64).map(PointId::from).collect::<Vec<_>>());
+}
+
+/// A shard reopened after a clean save, after unsaved writes, and after its
+/// index file is damaged serves the same results every time.
+#[test]
+fn index_file_is_reloaded_reconciled_or_rebuilt() {
+    let d = tempfile::tempdir().unwrap();
+    let dim = 8;
+    let vs = vecs(600, dim, 4);
+    let qs = vecs(20, dim, 5);
+    let open = || {
+        let engine: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d.path().join("db")).unwrap());
+        Shard::open(config(dim as u32, Metric::L2), 0, ShardStore::new(engine, "c", 0), &d.path().join("idx")).unwrap()
+    };
+    let results = |s: &Shard| -> Vec<Vec<u64>> { qs.iter().map(|q| ids(&s.search(&SearchPointsRequest { ef: Some(200), ..search(q, 10) }).unwrap())).collect() };
+    let exact = |s: &Shard| -> Vec<Vec<u64>> { qs.iter().map(|q| ids(&s.search(&SearchPointsRequest { exact: true, ..search(q, 10) }).unwrap())).collect() };
+    let (before, exact_before);
+    {
+        let (s, how) = open();
+        assert_eq!(how, IndexOpen::Rebuilt);
+        s.write(&points(&vs[..400], 0), &[], None).unwrap();
+        assert!(s.save_index().unwrap());
+        assert!(!s.save_index().unwrap(), "no writes, no save");
+        // Unsaved: 200 new points, 10 deletes, 5 replaces.
+        s.write(&points(&vs[400..], 400), &[], None).unwrap();
+        s.write(&[], &(0..10u64).map(PointId::from).collect::<Vec<_>>(), None).unwrap();
+        s.write(&points(&vs[100..105], 20), &[], None).unwrap();
+        before = results(&s);
+        exact_before = exact(&s);
+    }
+    {
+        let (s, how) = open();
+        assert_eq!(how, IndexOpen::Loaded { added: 205, removed: 15 });
+        assert_eq!(s.len(), 590);
+        assert_eq!(results(&s), before);
+        s.save_index().unwrap();
+    }
+    {
+        let (s, how) = open();
+        assert_eq!(how, IndexOpen::Loaded { added: 0, removed: 0 });
+        assert_eq!(results(&s), before);
+    }
+    let file = d.path().join("idx").join("0.usearch");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    let (s, how) = open();
+    assert_eq!(how, IndexOpen::Rebuilt);
+    // A rebuilt graph is a different graph: exact results are identical,
+    // approximate ones nearly so.
+    assert_eq!(exact(&s), exact_before);
+    let after = results(&s);
+    let same: usize = after.iter().zip(&before).map(|(a, b)| a.iter().filter(|x| b.contains(x)).count()).sum();
+    assert!(same as f64 / 200.0 >= 0.95, "rebuilt index overlap {same}/200");
+}

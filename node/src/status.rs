@@ -1,0 +1,34 @@
+//! The one place that maps [`NodeError`] to a gRPC [`Status`].
+//!
+//! Codes are part of the contract: coordinators act on them (`NOT_FOUND`
+//! for a missing collection, `FAILED_PRECONDITION` with a `shoal-stale-epoch`
+//! detail to refresh the cluster map, `UNAVAILABLE` to retry elsewhere).
+use tonic::{Code, Status};
+
+use crate::error::NodeError;
+
+/// Metadata key set on statuses caused by a stale cluster map.
+pub const STALE_EPOCH_KEY: &str = "shoal-stale-epoch";
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Self {
+        let msg = e.to_string();
+        match e {
+            NodeError::Invalid(_) => Status::invalid_argument(msg),
+            NodeError::CollectionNotFound(_) | NodeError::ShardNotFound { .. } => Status::not_found(msg),
+            NodeError::CollectionExists(_) => Status::already_exists(msg),
+            NodeError::StaleEpoch { have, .. } => {
+                let mut s = Status::new(Code::FailedPrecondition, msg);
+                if let Ok(v) = have.to_string().parse() {
+                    s.metadata_mut().insert(STALE_EPOCH_KEY, v);
+                }
+                s
+            }
+            NodeError::ShuttingDown => Status::unavailable(msg),
+            NodeError::Storage(_) | NodeError::Index(_) => {
+                tracing::error!(error = %msg, "internal error");
+                Status::internal(msg)
+            }
+        }
+    }
+}

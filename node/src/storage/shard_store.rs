@@ -1,0 +1,268 @@
+//! Shard-scoped records over a [`KvEngine`]: points, payload index entries
+//! and shard metadata, all under the shard's key prefix.
+use std::sync::Arc;
+
+use shoal_proto::v1::{PointId, Struct};
+use shoal_proto::PointKey;
+
+use super::{prefix_end, Cf, KvEngine, KvOp};
+use crate::error::StorageError;
+
+/// A point as stored in the `points` column family.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredPoint {
+    #[prost(message, optional, tag = "1")]
+    pub id: Option<PointId>,
+    /// Original f32 vector (normalised for cosine collections).
+    #[prost(float, repeated, tag = "2")]
+    pub vector: Vec<f32>,
+    #[prost(message, optional, tag = "3")]
+    pub payload: Option<Struct>,
+    /// Internal id of this version of the point in the vector and payload
+    /// indexes. Every upsert gets a fresh offset, so an index file saved at
+    /// any time can be reconciled with storage exactly (see `shard.rs`).
+    #[prost(uint32, tag = "4")]
+    pub offset: u32,
+}
+
+/// A value in a payload index.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexValue {
+    Keyword(String),
+    Number(f64),
+    Bool(bool),
+}
+
+/// One payload index entry: point version `offset` has `value` in `field`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexEntry {
+    pub field: String,
+    pub value: IndexValue,
+    pub offset: u32,
+}
+
+const TAG_KEYWORD: u8 = 1;
+const TAG_NUMBER: u8 = 2;
+const TAG_BOOL: u8 = 3;
+
+/// Order-preserving encoding of an f64 (total order, -0.0 == 0.0 folded).
+fn f64_key(x: f64) -> [u8; 8] {
+    let x = if x == 0.0 { 0.0 } else { x };
+    let b = x.to_bits();
+    let o = if b >> 63 == 1 { !b } else { b | (1 << 63) };
+    o.to_be_bytes()
+}
+
+fn f64_from_key(k: [u8; 8]) -> f64 {
+    let o = u64::from_be_bytes(k);
+    let b = if o >> 63 == 1 { o & !(1 << 63) } else { !o };
+    f64::from_bits(b)
+}
+
+impl IndexEntry {
+    fn encode(&self, prefix: &[u8]) -> Vec<u8> {
+        let mut k = prefix.to_vec();
+        k.extend_from_slice(self.field.as_bytes());
+        k.push(0);
+        match &self.value {
+            IndexValue::Keyword(s) => {
+                k.push(TAG_KEYWORD);
+                k.extend_from_slice(s.as_bytes());
+            }
+            IndexValue::Number(x) => {
+                k.push(TAG_NUMBER);
+                k.extend_from_slice(&f64_key(*x));
+            }
+            IndexValue::Bool(b) => {
+                k.push(TAG_BOOL);
+                k.push(*b as u8);
+            }
+        }
+        k.extend_from_slice(&self.offset.to_be_bytes());
+        k
+    }
+
+    fn decode(rest: &[u8]) -> Result<Self, StorageError> {
+        let bad = || StorageError::Corrupt { what: "payload index key", detail: format!("{rest:?}") };
+        let nul = rest.iter().position(|b| *b == 0).ok_or_else(bad)?;
+        if rest.len() < nul + 2 + 4 {
+            return Err(bad());
+        }
+        let field = String::from_utf8(rest[..nul].to_vec()).map_err(|_| bad())?;
+        let (body, off) = rest[nul + 2..].split_at(rest.len() - nul - 2 - 4);
+        let offset = u32::from_be_bytes(off.try_into().unwrap());
+        let value = match rest[nul + 1] {
+            TAG_KEYWORD => IndexValue::Keyword(String::from_utf8(body.to_vec()).map_err(|_| bad())?),
+            TAG_NUMBER => IndexValue::Number(f64_from_key(body.try_into().map_err(|_| bad())?)),
+            TAG_BOOL if body.len() == 1 => IndexValue::Bool(body[0] == 1),
+            _ => return Err(bad()),
+        };
+        Ok(IndexEntry { field, value, offset })
+    }
+}
+
+/// An atomic group of shard writes.
+#[derive(Debug, Default)]
+pub struct StoreBatch {
+    pub put_points: Vec<StoredPoint>,
+    pub delete_points: Vec<PointKey>,
+    pub put_index: Vec<IndexEntry>,
+    pub delete_index: Vec<IndexEntry>,
+    pub put_meta: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// Handle to one shard's records.
+#[derive(Clone)]
+pub struct ShardStore {
+    engine: Arc<dyn KvEngine>,
+    prefix: Vec<u8>,
+}
+
+/// Node-level metadata keys live under this prefix, which no shard prefix
+/// can start with (shard prefixes start with a u16 length < 0xff00).
+const NODE_PREFIX: &[u8] = b"\xff\xffnode/";
+
+pub fn node_meta_get(engine: &dyn KvEngine, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    engine.get(Cf::Meta, &[NODE_PREFIX, name.as_bytes()].concat())
+}
+
+pub fn node_meta_put(engine: &dyn KvEngine, name: &str, value: Vec<u8>) -> Result<(), StorageError> {
+    engine.write(vec![KvOp::Put(Cf::Meta, [NODE_PREFIX, name.as_bytes()].concat(), value)], true)
+}
+
+impl ShardStore {
+    pub fn new(engine: Arc<dyn KvEngine>, collection: &str, shard: u32) -> Self {
+        let mut prefix = Vec::with_capacity(collection.len() + 6);
+        prefix.extend_from_slice(&(collection.len() as u16).to_be_bytes());
+        prefix.extend_from_slice(collection.as_bytes());
+        prefix.extend_from_slice(&shard.to_be_bytes());
+        ShardStore { engine, prefix }
+    }
+
+    fn key(&self, rest: &[u8]) -> Vec<u8> {
+        [&self.prefix[..], rest].concat()
+    }
+
+    pub fn get(&self, id: &PointKey) -> Result<Option<StoredPoint>, StorageError> {
+        match self.engine.get(Cf::Points, &self.key(&id.to_bytes()))? {
+            None => Ok(None),
+            Some(b) => decode_point(&b).map(Some),
+        }
+    }
+
+    /// Visits points in id order starting at `from` (inclusive) until `visit`
+    /// returns false.
+    pub fn scan_points(&self, from: Option<&PointKey>, visit: &mut dyn FnMut(PointKey, StoredPoint) -> bool) -> Result<(), StorageError> {
+        let start = match from {
+            Some(k) => self.key(&k.to_bytes()),
+            None => self.prefix.clone(),
+        };
+        let end = prefix_end(&self.prefix);
+        let plen = self.prefix.len();
+        let mut err = None;
+        self.engine.scan(Cf::Points, &start, &end, &mut |k, v| {
+            match (PointKey::from_bytes(&k[plen..]), decode_point(v)) {
+                (Ok(id), Ok(p)) => visit(id, p),
+                (Err(e), _) => {
+                    err = Some(StorageError::Corrupt { what: "point key", detail: e.to_string() });
+                    false
+                }
+                (_, Err(e)) => {
+                    err = Some(e);
+                    false
+                }
+            }
+        })?;
+        err.map_or(Ok(()), Err)
+    }
+
+    /// Visits every payload index entry of the shard.
+    pub fn scan_index(&self, visit: &mut dyn FnMut(IndexEntry)) -> Result<(), StorageError> {
+        let end = prefix_end(&self.prefix);
+        let plen = self.prefix.len();
+        let mut err = None;
+        self.engine.scan(Cf::PayloadIndex, &self.prefix, &end, &mut |k, _| match IndexEntry::decode(&k[plen..]) {
+            Ok(e) => {
+                visit(e);
+                true
+            }
+            Err(e) => {
+                err = Some(e);
+                false
+            }
+        })?;
+        err.map_or(Ok(()), Err)
+    }
+
+    pub fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.engine.get(Cf::Meta, &self.key(name.as_bytes()))
+    }
+
+    pub fn meta_u64(&self, name: &str) -> Result<u64, StorageError> {
+        match self.meta_get(name)? {
+            None => Ok(0),
+            Some(b) => Ok(u64::from_be_bytes(
+                b.as_slice().try_into().map_err(|_| StorageError::Corrupt { what: "shard meta", detail: name.to_string() })?,
+            )),
+        }
+    }
+
+    /// Writes `batch` atomically; durable when `sync`.
+    pub fn write(&self, batch: StoreBatch, sync: bool) -> Result<(), StorageError> {
+        let mut ops = Vec::with_capacity(batch.put_points.len() * 2 + batch.delete_points.len() + batch.put_meta.len());
+        for e in &batch.delete_index {
+            ops.push(KvOp::Delete(Cf::PayloadIndex, e.encode(&self.prefix)));
+        }
+        for id in &batch.delete_points {
+            ops.push(KvOp::Delete(Cf::Points, self.key(&id.to_bytes())));
+        }
+        for p in batch.put_points {
+            let id = p.id.as_ref().ok_or(StorageError::Corrupt { what: "point", detail: "point without id".into() })?;
+            let key = PointKey::try_from(id).map_err(|e| StorageError::Corrupt { what: "point id", detail: e.to_string() })?;
+            ops.push(KvOp::Put(Cf::Points, self.key(&key.to_bytes()), prost::Message::encode_to_vec(&p)));
+        }
+        for e in &batch.put_index {
+            ops.push(KvOp::Put(Cf::PayloadIndex, e.encode(&self.prefix), Vec::new()));
+        }
+        for (name, v) in batch.put_meta {
+            ops.push(KvOp::Put(Cf::Meta, self.key(name.as_bytes()), v));
+        }
+        self.engine.write(ops, sync)
+    }
+
+    /// Deletes every record of the shard.
+    pub fn destroy(&self) -> Result<(), StorageError> {
+        let end = prefix_end(&self.prefix);
+        let ops = Cf::ALL.iter().map(|cf| KvOp::DeleteRange(*cf, self.prefix.clone(), end.clone())).collect();
+        self.engine.write(ops, true)
+    }
+}
+
+fn decode_point(b: &[u8]) -> Result<StoredPoint, StorageError> {
+    <StoredPoint as prost::Message>::decode(b).map_err(|e| StorageError::Corrupt { what: "point", detail: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f64_keys_sort_numerically() {
+        let xs = [f64::NEG_INFINITY, -1e300, -2.5, -0.0, 0.0, 1e-300, 3.0, 1e300, f64::INFINITY];
+        for w in xs.windows(2) {
+            assert!(f64_key(w[0]) <= f64_key(w[1]), "{} {}", w[0], w[1]);
+        }
+        for x in xs {
+            assert_eq!(f64_from_key(f64_key(x)), if x == 0.0 { 0.0 } else { x });
+        }
+    }
+
+    #[test]
+    fn index_entry_roundtrip() {
+        for value in [IndexValue::Keyword("a\u{0}b".into()), IndexValue::Number(-3.5), IndexValue::Bool(true), IndexValue::Keyword(String::new())] {
+            let e = IndexEntry { field: "f.g".into(), value, offset: 77 };
+            let k = e.encode(b"P");
+            assert_eq!(IndexEntry::decode(&k[1..]).unwrap(), e);
+        }
+    }
+}
