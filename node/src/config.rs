@@ -1,1 +1,23 @@
-//! todo
+//! Node configuration: defaults, then `SHOAL_*` environment variables, then
+//! command-line flags (clap resolves the last two).
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Node id, unique in the cluster.
+    #[arg(long, env = "SHOAL_NODE_ID", default_value_t = 1)]
+    pub node_id: u64,
+    /// Data directory (RocksDB and index files).
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
+    pub data_dir: PathBuf,
+    /// Internal API listen address (port 0 picks a free port).
+    #[arg(long = "internal-listen", env = "SHOAL_INTERNAL_LISTEN", default_value = "127.0.0.1:7400")]
+    pub internal_listen: String,
+    /// Address peers and coordinators dial; defaults to the bound listen address.
+    #[arg(long, env = "SHOAL_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Seconds between saves of changed HNSW indexes (0 disables; they are
+    /// always saved at shutdown).
+    #[arg(long, env = "SHOAL_INDEX_SAVE_INTERVAL", default_value_t = 60)]
+    pub index_save_interval: u64,
+}

@@ -1,1 +1,62 @@
-//! todo
+//! Wires the internal gRPC server: `Shard`, `Meta`, the standard health
+//! service and server reflection, with the documented message-size limit,
+//! plus the background index saver.
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_proto::internal::v1::meta_server::MetaServer;
+use shoal_proto::internal::v1::shard_server::ShardServer;
+use shoal_proto::limits::MAX_MESSAGE_BYTES;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::engine::Engine;
+use crate::service::{meta::MetaService, shard::ShardService};
+
+/// Device used for search on this node (the GPU issue adds CUDA devices).
+pub fn device() -> String {
+    "cpu".to_string()
+}
+
+/// Serves the internal API on `listener` until `shutdown` resolves, then
+/// saves every changed index.
+pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_every: Duration, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<ShardServer<ShardService>>().await;
+    reporter.set_serving::<MetaServer<MetaService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(shoal_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let shard = ShardServer::new(ShardService::new(engine.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let meta = MetaServer::new(MetaService::new(engine.clone(), device()));
+
+    let saver = (!save_every.is_zero()).then(|| {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(save_every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let e = engine.clone();
+                let _ = tokio::task::spawn_blocking(move || e.save_indexes()).await;
+            }
+        })
+    });
+
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(shard)
+        .add_service(meta)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    if let Some(s) = saver {
+        s.abort();
+    }
+    let e = engine.clone();
+    let saved = tokio::task::spawn_blocking(move || e.save_indexes()).await?;
+    tracing::info!(saved, "internal server stopped; indexes saved");
+    Ok(())
+}

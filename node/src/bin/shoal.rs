@@ -1,1 +1,215 @@
-fn main(){}
+//! `shoal`: the Shoal server.
+//!
+//! - `shoal node`: a data node (internal API).
+//! - `shoal coordinator`: a stateless router serving the public API.
+//! - `shoal dev`: both in one process with embedded defaults: the quickest
+//!   way to a working endpoint, optionally loaded with a sample collection.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shoal_coordinator::CoordinatorConfig;
+use shoal_node::config::NodeArgs;
+use shoal_node::engine::{Engine, EngineConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "shoal", version, about = "Shoal distributed vector database server")]
+struct Cli {
+    /// Log filter, e.g. `info` or `shoal_node=debug` (RUST_LOG syntax).
+    #[arg(long, env = "SHOAL_LOG", default_value = "info", global = true)]
+    log: String,
+    /// Emit logs as JSON lines.
+    #[arg(long, env = "SHOAL_LOG_JSON", global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a data node.
+    Node(NodeArgs),
+    /// Run a coordinator.
+    Coordinator {
+        /// Public API listen address.
+        #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:6333")]
+        listen: String,
+        /// Internal address of the metadata node.
+        #[arg(long, env = "SHOAL_META_ADDR", default_value = "127.0.0.1:7400")]
+        meta: String,
+        /// Deadline for each shard call, in milliseconds.
+        #[arg(long, env = "SHOAL_SHARD_DEADLINE_MS", default_value_t = 30_000)]
+        shard_deadline_ms: u64,
+    },
+    /// Run a coordinator and a node in one process (embedded defaults).
+    Dev {
+        /// Public API listen address (port 0 picks a free port).
+        #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:6333")]
+        listen: String,
+        /// Data directory.
+        #[arg(long, env = "SHOAL_DATA_DIR", default_value = "./shoal-data")]
+        data_dir: PathBuf,
+        /// Load a generated sample collection `sample` with this many points
+        /// (skipped if it already exists).
+        #[arg(long, default_value_t = 0)]
+        sample: u64,
+        /// Keep data in memory only.
+        #[arg(long)]
+        in_memory: bool,
+    },
+}
+
+fn init_logs(filter: &str, json: bool) {
+    let f = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(f).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn wait(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+async fn bind(addr: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let a = l.local_addr()?;
+    Ok((l, a))
+}
+
+async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool) -> anyhow::Result<(tokio::task::JoinHandle<anyhow::Result<()>>, SocketAddr)> {
+    let (listener, addr) = bind(&args.internal_listen).await?;
+    let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory };
+    let engine = tokio::task::spawn_blocking(move || Engine::open(cfg)).await?.context("opening node storage")?;
+    tracing::info!(node_id = args.node_id, %addr, data_dir = %args.data_dir.display(), "node serving internal API");
+    let every = Duration::from_secs(args.index_save_interval);
+    let h = tokio::spawn(shoal_node::server::serve_internal(engine, listener, every, wait(stop)));
+    Ok((h, addr))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs(&cli.log, cli.log_json);
+    let stop = shutdown_signal();
+    match cli.cmd {
+        Cmd::Node(args) => {
+            let (h, addr) = run_node(args, stop, false).await?;
+            println!("shoal node ready: internal={addr}");
+            h.await??;
+        }
+        Cmd::Coordinator { listen, meta, shard_deadline_ms } => {
+            let (listener, addr) = bind(&listen).await?;
+            println!("shoal coordinator ready: public={addr} meta={meta}");
+            let cfg = CoordinatorConfig { meta_addr: meta, shard_deadline: Duration::from_millis(shard_deadline_ms) };
+            shoal_coordinator::serve(cfg, listener, wait(stop)).await?;
+        }
+        Cmd::Dev { listen, data_dir, sample, in_memory } => {
+            let args = NodeArgs { node_id: 1, data_dir, internal_listen: "127.0.0.1:0".into(), advertise: None, index_save_interval: 60 };
+            let (node, internal) = run_node(args, stop.clone(), in_memory).await?;
+            let (listener, public) = bind(&listen).await?;
+            let cfg = CoordinatorConfig { meta_addr: internal.to_string(), shard_deadline: Duration::from_secs(30) };
+            let coord = tokio::spawn(shoal_coordinator::serve(cfg, listener, wait(stop.clone())));
+            sample::wait_ready(public).await?;
+            if sample > 0 {
+                sample::load(public, sample).await?;
+            }
+            println!("shoal dev ready: public={public} internal={internal}");
+            println!("try: cargo run --release --bin shoalctl -- --addr {public} collection list");
+            coord.await??;
+            node.await??;
+        }
+    }
+    Ok(())
+}
+
+mod sample {
+    //! The generated sample collection of `shoal dev --sample N`.
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use rand::{Rng, SeedableRng};
+    use shoal_proto::v1::collections_client::CollectionsClient;
+    use shoal_proto::v1::points_client::PointsClient;
+    use shoal_proto::v1::*;
+
+    pub const DIM: usize = 64;
+
+    /// Polls the public API until it answers.
+    pub async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut c) = CollectionsClient::connect(format!("http://{addr}")).await {
+                if c.list(ListCollectionsRequest {}).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(Instant::now() < deadline, "server did not become ready within 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Creates `sample` (64-d cosine, 2 shards) with `n` clustered vectors
+    /// and payloads `{category, price, in_stock, tags}`, unless it exists.
+    pub async fn load(addr: SocketAddr, n: u64) -> anyhow::Result<()> {
+        let mut cols = CollectionsClient::connect(format!("http://{addr}")).await?;
+        if cols.get(GetCollectionRequest { name: "sample".into() }).await.is_ok() {
+            println!("sample collection already present");
+            return Ok(());
+        }
+        let config = CollectionConfig {
+            name: "sample".into(),
+            dimension: DIM as u32,
+            metric: Metric::Cosine as i32,
+            shard_count: 2,
+            payload_indexes: vec![
+                PayloadIndexSpec { key: "category".into(), r#type: PayloadIndexType::Keyword as i32 },
+                PayloadIndexSpec { key: "price".into(), r#type: PayloadIndexType::Numeric as i32 },
+            ],
+            ..Default::default()
+        };
+        cols.create(CreateCollectionRequest { config: Some(config) }).await?;
+        let mut points = PointsClient::connect(format!("http://{addr}")).await?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        let cats = ["books", "music", "garden", "toys", "tools", "food", "sports", "games"];
+        let centers: Vec<Vec<f32>> = (0..cats.len()).map(|_| (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+        let t = Instant::now();
+        let mut id = 0u64;
+        while id < n {
+            let batch: Vec<PointStruct> = (id..(id + 1000).min(n))
+                .map(|i| {
+                    let c = (i % cats.len() as u64) as usize;
+                    let vector = centers[c].iter().map(|x| x + rng.random_range(-0.5..0.5)).collect();
+                    let payload = serde_json::json!({"category": cats[c], "price": rng.random_range(1..500), "in_stock": rng.random_bool(0.7), "tags": [cats[(c + 1) % cats.len()]]});
+                    PointStruct { id: Some(i.into()), vector, payload: Some(Struct::try_from(&payload).expect("object")) }
+                })
+                .collect();
+            id += batch.len() as u64;
+            points.upsert(UpsertPointsRequest { collection: "sample".into(), points: batch }).await?;
+        }
+        println!("loaded {n} sample points into `sample` in {:.1} s", t.elapsed().as_secs_f64());
+        Ok(())
+    }
+}

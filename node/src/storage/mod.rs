@@ -20,7 +20,7 @@
 pub mod conformance;
 pub mod memory;
 pub mod rocks;
-mod shard_store;
+pub mod shard_store;
 
 pub use shard_store::{IndexEntry, IndexValue, ShardStore, StoreBatch, StoredPoint};
 

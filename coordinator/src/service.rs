@@ -1,0 +1,355 @@
+//! Handlers of the public `shoal.v1` services: validate, route, fan out,
+//! merge.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use futures::future::try_join_all;
+use shoal_proto::internal::v1::*;
+use shoal_proto::limits::*;
+use shoal_proto::v1::collections_server::Collections;
+use shoal_proto::v1::cluster_server::Cluster;
+use shoal_proto::v1::points_server::Points;
+use shoal_proto::v1::*;
+use shoal_proto::validate::{self, invalid};
+use shoal_proto::PointKey;
+use tonic::{Request, Response, Status};
+
+use crate::error::{CoordError, Result};
+use crate::merge;
+use crate::router::{CollectionRoute, Router};
+
+#[derive(Clone)]
+pub struct Api {
+    pub router: Arc<Router>,
+}
+
+fn bad(field: impl Into<String>, msg: impl Into<String>) -> CoordError {
+    CoordError::Invalid(invalid(field, msg))
+}
+
+fn filter_opt(f: &Option<Filter>) -> Result<()> {
+    if let Some(f) = f {
+        validate::filter(f)?;
+    }
+    Ok(())
+}
+
+fn keys(ids: &[PointId], field: &str) -> Result<Vec<PointKey>> {
+    if ids.is_empty() || ids.len() > MAX_IDS_PER_REQUEST {
+        return Err(bad(field, format!("{} ids is outside 1..={MAX_IDS_PER_REQUEST}", ids.len())));
+    }
+    ids.iter().enumerate().map(|(i, id)| PointKey::try_from(id).map_err(|e| bad(format!("{field}[{i}]"), e.to_string()))).collect()
+}
+
+impl Api {
+    async fn route(&self, name: &str) -> Result<Arc<CollectionRoute>> {
+        validate::collection_name(name).map_err(|e| bad("collection", e.message))?;
+        self.router.collection_fresh(name).await
+    }
+
+    fn shard_ids(route: &CollectionRoute) -> Vec<u32> {
+        route.shards.ranges().iter().map(|r| r.shard_id).collect()
+    }
+
+    async fn count_collection(&self, route: &CollectionRoute, filter: Option<Filter>) -> Result<u64> {
+        let name = route.config.name.clone();
+        let calls = Self::shard_ids(route).into_iter().map(|sid| {
+            let (name, filter) = (name.clone(), filter.clone());
+            async move {
+                self.router
+                    .call_shard(&name, sid, |mut c, shard| {
+                        let filter = filter.clone();
+                        async move { c.count(ShardCountRequest { shard: Some(shard), filter, consistency: 0 }).await }
+                    })
+                    .await
+            }
+        });
+        Ok(try_join_all(calls).await?.into_iter().map(|r| r.count).sum())
+    }
+
+    async fn info(&self, route: &CollectionRoute) -> Result<CollectionInfo> {
+        Ok(CollectionInfo { config: Some(route.config.clone()), points_count: self.count_collection(route, None).await?, shard_count: route.shards.ranges().len() as u32 })
+    }
+
+    fn validate_search(route: &CollectionRoute, s: &SearchPointsRequest, field: &str) -> Result<()> {
+        validate::vector(&format!("{field}vector"), &s.vector, route.config.dimension, route.metric)?;
+        validate::search_params(field, s.top_k, s.ef)?;
+        if let Some(t) = s.score_threshold {
+            if !t.is_finite() {
+                return Err(bad(format!("{field}score_threshold"), "score_threshold must be finite"));
+            }
+        }
+        Consistency::try_from(s.consistency).map_err(|_| bad(format!("{field}consistency"), format!("unknown consistency {}", s.consistency)))?;
+        filter_opt(&s.filter)
+    }
+
+    /// Fans `searches` out to every shard and merges each search's results.
+    async fn search_all(&self, route: &CollectionRoute, searches: Vec<SearchPointsRequest>) -> Result<Vec<SearchResult>> {
+        let name = route.config.name.clone();
+        let calls = Self::shard_ids(route).into_iter().map(|sid| {
+            let (name, searches) = (name.clone(), searches.clone());
+            async move {
+                self.router
+                    .call_shard(&name, sid, |mut c, shard| {
+                        let searches = searches.clone();
+                        async move { c.search(ShardSearchRequest { shard: Some(shard), searches }).await }
+                    })
+                    .await
+            }
+        });
+        let per_shard = try_join_all(calls).await?;
+        let higher = route.metric != Metric::L2;
+        Ok(searches
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let lists = per_shard.iter().map(|r| r.results.get(i).map(|x| x.results.clone()).unwrap_or_default()).collect();
+                SearchResult { results: merge::merge_top_k(lists, s.top_k as usize, higher, s.score_threshold) }
+            })
+            .collect())
+    }
+
+    async fn write(&self, route: &CollectionRoute, by_shard: BTreeMap<u32, ShardWriteRequest>) -> Result<u64> {
+        let name = route.config.name.clone();
+        let calls = by_shard.into_iter().map(|(sid, req)| {
+            let name = name.clone();
+            async move {
+                self.router
+                    .call_shard(&name, sid, |mut c, shard| {
+                        let req = ShardWriteRequest { shard: Some(shard), ..req.clone() };
+                        async move { c.write(req).await }
+                    })
+                    .await
+            }
+        });
+        Ok(try_join_all(calls).await?.into_iter().map(|r| r.affected).sum())
+    }
+}
+
+#[tonic::async_trait]
+impl Collections for Api {
+    async fn create(&self, req: Request<CreateCollectionRequest>) -> std::result::Result<Response<CreateCollectionResponse>, Status> {
+        let req = req.into_inner();
+        let config = req.config.as_ref().ok_or_else(|| bad("config", "collection config is missing"))?;
+        validate::collection_config(config).map_err(CoordError::from)?;
+        let map = self.router.meta_client()?.create_collection(req.clone()).await.map_err(|s| CoordError::from_node("create collection", s))?.into_inner();
+        self.router.install(map);
+        let route = self.router.collection(&config.name)?;
+        Ok(Response::new(CreateCollectionResponse { collection: Some(self.info(&route).await?) }))
+    }
+
+    async fn get(&self, req: Request<GetCollectionRequest>) -> std::result::Result<Response<GetCollectionResponse>, Status> {
+        let route = self.route(&req.into_inner().name).await?;
+        Ok(Response::new(GetCollectionResponse { collection: Some(self.info(&route).await?) }))
+    }
+
+    async fn list(&self, _: Request<ListCollectionsRequest>) -> std::result::Result<Response<ListCollectionsResponse>, Status> {
+        self.router.refresh().await?;
+        let mut names: Vec<String> = self.router.map().collections.iter().filter_map(|c| c.config.as_ref().map(|c| c.name.clone())).collect();
+        names.sort();
+        let mut collections = Vec::with_capacity(names.len());
+        for n in names {
+            collections.push(self.info(&*self.router.collection(&n)?).await?);
+        }
+        Ok(Response::new(ListCollectionsResponse { collections }))
+    }
+
+    async fn delete(&self, req: Request<DeleteCollectionRequest>) -> std::result::Result<Response<DeleteCollectionResponse>, Status> {
+        let req = req.into_inner();
+        validate::collection_name(&req.name).map_err(|e| bad("name", e.message))?;
+        let map = self.router.meta_client()?.delete_collection(req).await.map_err(|s| CoordError::from_node("delete collection", s))?.into_inner();
+        self.router.install(map);
+        Ok(Response::new(DeleteCollectionResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl Points for Api {
+    async fn upsert(&self, req: Request<UpsertPointsRequest>) -> std::result::Result<Response<WriteResponse>, Status> {
+        let req = req.into_inner();
+        let route = self.route(&req.collection).await?;
+        if req.points.is_empty() {
+            return Err(bad("points", "upsert batch is empty").into());
+        }
+        if req.points.len() > MAX_UPSERT_BATCH {
+            return Err(bad("points", format!("{} points exceed the batch limit of {MAX_UPSERT_BATCH}; split the batch", req.points.len())).into());
+        }
+        let mut by_shard: BTreeMap<u32, ShardWriteRequest> = BTreeMap::new();
+        for (i, p) in req.points.into_iter().enumerate() {
+            let id = p.id.as_ref().ok_or_else(|| bad(format!("points[{i}].id"), "point id is missing"))?;
+            let key = PointKey::try_from(id).map_err(|e| bad(format!("points[{i}].id"), e.to_string()))?;
+            validate::vector(&format!("points[{i}].vector"), &p.vector, route.config.dimension, route.metric).map_err(CoordError::from)?;
+            by_shard.entry(route.shards.shard_for(&key)).or_default().upserts.push(p);
+        }
+        let affected = self.write(&route, by_shard).await?;
+        Ok(Response::new(WriteResponse { affected }))
+    }
+
+    async fn get(&self, req: Request<GetPointsRequest>) -> std::result::Result<Response<GetPointsResponse>, Status> {
+        let req = req.into_inner();
+        let route = self.route(&req.collection).await?;
+        let ks = keys(&req.ids, "ids")?;
+        let mut by_shard: BTreeMap<u32, Vec<PointId>> = BTreeMap::new();
+        for (k, id) in ks.iter().zip(&req.ids) {
+            by_shard.entry(route.shards.shard_for(k)).or_default().push(id.clone());
+        }
+        let name = route.config.name.clone();
+        let calls = by_shard.into_iter().map(|(sid, ids)| {
+            let name = name.clone();
+            async move {
+                self.router
+                    .call_shard(&name, sid, |mut c, shard| {
+                        let r = ShardGetRequest { shard: Some(shard), ids: ids.clone(), with_payload: req.with_payload, with_vector: req.with_vector, consistency: req.consistency };
+                        async move { c.get(r).await }
+                    })
+                    .await
+            }
+        });
+        let mut found: HashMap<PointKey, RetrievedPoint> = HashMap::new();
+        for r in try_join_all(calls).await? {
+            for p in r.points {
+                if let Some(k) = p.id.as_ref().and_then(|i| PointKey::try_from(i).ok()) {
+                    found.insert(k, p);
+                }
+            }
+        }
+        let points = ks.iter().filter_map(|k| found.remove(k)).collect();
+        Ok(Response::new(GetPointsResponse { points }))
+    }
+
+    async fn delete(&self, req: Request<DeletePointsRequest>) -> std::result::Result<Response<WriteResponse>, Status> {
+        let req = req.into_inner();
+        let route = self.route(&req.collection).await?;
+        let mut by_shard: BTreeMap<u32, ShardWriteRequest> = BTreeMap::new();
+        match req.selector {
+            None => return Err(bad("selector", "delete needs ids or a filter").into()),
+            Some(delete_points_request::Selector::Ids(list)) => {
+                for (k, id) in keys(&list.ids, "ids")?.iter().zip(list.ids) {
+                    by_shard.entry(route.shards.shard_for(k)).or_default().delete_ids.push(id);
+                }
+            }
+            Some(delete_points_request::Selector::Filter(f)) => {
+                validate::filter(&f).map_err(CoordError::from)?;
+                for sid in Self::shard_ids(&route) {
+                    by_shard.insert(sid, ShardWriteRequest { delete_filter: Some(f.clone()), ..Default::default() });
+                }
+            }
+        }
+        let affected = self.write(&route, by_shard).await?;
+        Ok(Response::new(WriteResponse { affected }))
+    }
+
+    async fn count(&self, req: Request<CountPointsRequest>) -> std::result::Result<Response<CountPointsResponse>, Status> {
+        let req = req.into_inner();
+        let route = self.route(&req.collection).await?;
+        filter_opt(&req.filter)?;
+        Ok(Response::new(CountPointsResponse { count: self.count_collection(&route, req.filter).await? }))
+    }
+
+    async fn scroll(&self, req: Request<ScrollPointsRequest>) -> std::result::Result<Response<ScrollPointsResponse>, Status> {
+        let req = req.into_inner();
+        let route = self.route(&req.collection).await?;
+        filter_opt(&req.filter)?;
+        let limit = if req.limit == 0 { DEFAULT_SCROLL_LIMIT } else { req.limit };
+        if limit > MAX_SCROLL_LIMIT {
+            return Err(bad("limit", format!("limit {limit} is outside 1..={MAX_SCROLL_LIMIT}")).into());
+        }
+        if let Some(o) = &req.offset {
+            PointKey::try_from(o).map_err(|e| bad("offset", e.to_string()))?;
+        }
+        let name = route.config.name.clone();
+        let calls = Self::shard_ids(&route).into_iter().map(|sid| {
+            let (name, req) = (name.clone(), req.clone());
+            async move {
+                self.router
+                    .call_shard(&name, sid, |mut c, shard| {
+                        let r = ShardScrollRequest {
+                            shard: Some(shard),
+                            filter: req.filter.clone(),
+                            offset: req.offset.clone(),
+                            limit,
+                            with_payload: req.with_payload,
+                            with_vector: req.with_vector,
+                            consistency: req.consistency,
+                        };
+                        async move { c.scroll(r).await }
+                    })
+                    .await
+            }
+        });
+        let pages = try_join_all(calls)
+            .await?
+            .into_iter()
+            .map(|r| (r.points, r.next_offset.as_ref().and_then(|n| PointKey::try_from(n).ok())))
+            .collect();
+        let (points, next) = merge::merge_scroll(pages, limit as usize);
+        Ok(Response::new(ScrollPointsResponse { points, next_offset: next.map(|k| k.to_proto()) }))
+    }
+
+    async fn search(&self, req: Request<SearchPointsRequest>) -> std::result::Result<Response<SearchPointsResponse>, Status> {
+        let req = req.into_inner();
+        let route = self.route(&req.collection).await?;
+        Self::validate_search(&route, &req, "")?;
+        let mut out = self.search_all(&route, vec![req]).await?;
+        Ok(Response::new(SearchPointsResponse { results: out.pop().map(|r| r.results).unwrap_or_default() }))
+    }
+
+    async fn search_batch(&self, req: Request<SearchBatchRequest>) -> std::result::Result<Response<SearchBatchResponse>, Status> {
+        let req = req.into_inner();
+        let route = self.route(&req.collection).await?;
+        if req.searches.is_empty() || req.searches.len() > MAX_SEARCH_BATCH {
+            return Err(bad("searches", format!("{} searches is outside 1..={MAX_SEARCH_BATCH}", req.searches.len())).into());
+        }
+        for (i, s) in req.searches.iter().enumerate() {
+            if !s.collection.is_empty() && s.collection != req.collection {
+                return Err(bad(format!("searches[{i}].collection"), format!("{:?} differs from the batch's collection {:?}", s.collection, req.collection)).into());
+            }
+            Self::validate_search(&route, s, &format!("searches[{i}]."))?;
+        }
+        let results = self.search_all(&route, req.searches).await?;
+        Ok(Response::new(SearchBatchResponse { results }))
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for Api {
+    async fn status(&self, _: Request<ClusterStatusRequest>) -> std::result::Result<Response<ClusterStatusResponse>, Status> {
+        self.router.refresh().await?;
+        let map = self.router.map();
+        let mut nodes = Vec::new();
+        let mut replica_info: HashMap<(String, u32, u64), ShardReplicaStatus> = HashMap::new();
+        for n in &map.nodes {
+            let status = match shoal_proto::internal::v1::meta_client::MetaClient::connect(format!("http://{}", n.address)).await {
+                Ok(mut c) => tokio::time::timeout(self.router.deadline, c.node_status(NodeStatusRequest {})).await.ok().and_then(|r| r.ok()).map(|r| r.into_inner()),
+                Err(_) => None,
+            };
+            let (state, device, version) = match &status {
+                Some(s) => (NodeState::Up, s.device.clone(), s.version.clone()),
+                None => (NodeState::Unreachable, String::new(), String::new()),
+            };
+            if let Some(s) = status {
+                for r in s.shards {
+                    replica_info.insert((r.collection.clone(), r.shard_id, n.id), r);
+                }
+            }
+            nodes.push(NodeStatus { id: n.id, address: n.address.clone(), state: state as i32, device, version });
+        }
+        let mut shards = Vec::new();
+        for c in &map.collections {
+            let name = c.config.as_ref().map(|c| c.name.clone()).unwrap_or_default();
+            for s in &c.shards {
+                let replicas = s
+                    .replicas
+                    .iter()
+                    .enumerate()
+                    .map(|(i, node)| match replica_info.get(&(name.clone(), s.shard_id, *node)) {
+                        Some(r) => ReplicaStatus { node_id: *node, state: ReplicaState::Active as i32, leader: i == 0 && r.leader, term: r.term, applied_index: r.applied_index, lag: 0, points: r.points },
+                        None => ReplicaStatus { node_id: *node, state: ReplicaState::Unreachable as i32, ..Default::default() },
+                    })
+                    .collect();
+                shards.push(ShardStatus { collection: name.clone(), shard_id: s.shard_id, range_start: s.range_start, range_end: s.range_end, replicas });
+            }
+        }
+        Ok(Response::new(ClusterStatusResponse { epoch: map.epoch, nodes, shards }))
+    }
+}

@@ -1,0 +1,94 @@
+//! `shoal.internal.v1.Shard`: shard-level reads, writes and search.
+use std::sync::Arc;
+
+use shoal_proto::internal::v1::shard_server::Shard as ShardApi;
+use shoal_proto::internal::v1::*;
+use shoal_proto::limits::*;
+use shoal_proto::v1::{Filter, SearchResult};
+use shoal_proto::validate::{self, invalid};
+use tonic::{Request, Response, Status};
+
+use super::blocking;
+use crate::engine::Engine;
+use crate::error::{NodeError, Result};
+use crate::shard::Shard;
+
+pub struct ShardService {
+    engine: Arc<Engine>,
+}
+
+impl ShardService {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        ShardService { engine }
+    }
+
+    fn shard(&self, r: &Option<ShardRef>) -> Result<Arc<Shard>> {
+        let r = r.as_ref().ok_or_else(|| invalid("shard", "shard reference is missing"))?;
+        self.engine.shard(&r.collection, r.shard_id, r.epoch)
+    }
+}
+
+fn non_empty(f: &Option<Filter>) -> Option<&Filter> {
+    f.as_ref().filter(|f| !(f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty()))
+}
+
+#[tonic::async_trait]
+impl ShardApi for ShardService {
+    async fn write(&self, req: Request<ShardWriteRequest>) -> Result<Response<ShardWriteResponse>, Status> {
+        let req = req.into_inner();
+        let shard = self.shard(&req.shard)?;
+        let has_delete = !req.delete_ids.is_empty() || req.delete_filter.is_some();
+        if !req.upserts.is_empty() && has_delete {
+            return Err(NodeError::from(invalid("upserts", "a shard write carries upserts or deletes, not both")).into());
+        }
+        if req.upserts.len() > MAX_UPSERT_BATCH {
+            return Err(NodeError::from(invalid("upserts", format!("{} points exceed the batch limit of {MAX_UPSERT_BATCH}", req.upserts.len()))).into());
+        }
+        let affected = blocking(move || shard.write(&req.upserts, &req.delete_ids, req.delete_filter.as_ref())).await?;
+        Ok(Response::new(ShardWriteResponse { affected }))
+    }
+
+    async fn get(&self, req: Request<ShardGetRequest>) -> Result<Response<ShardGetResponse>, Status> {
+        let req = req.into_inner();
+        let shard = self.shard(&req.shard)?;
+        let points = blocking(move || shard.get(&req.ids, req.with_payload, req.with_vector)).await?;
+        Ok(Response::new(ShardGetResponse { points }))
+    }
+
+    async fn scroll(&self, req: Request<ShardScrollRequest>) -> Result<Response<ShardScrollResponse>, Status> {
+        let req = req.into_inner();
+        let shard = self.shard(&req.shard)?;
+        let limit = if req.limit == 0 { DEFAULT_SCROLL_LIMIT } else { req.limit };
+        if limit > MAX_SCROLL_LIMIT {
+            return Err(NodeError::from(invalid("limit", format!("limit {limit} exceeds {MAX_SCROLL_LIMIT}"))).into());
+        }
+        let (points, next) = blocking(move || shard.scroll(req.offset.as_ref(), limit, non_empty(&req.filter), req.with_payload, req.with_vector)).await?;
+        Ok(Response::new(ShardScrollResponse { points, next_offset: next.map(|k| k.to_proto()) }))
+    }
+
+    async fn count(&self, req: Request<ShardCountRequest>) -> Result<Response<ShardCountResponse>, Status> {
+        let req = req.into_inner();
+        let shard = self.shard(&req.shard)?;
+        let count = blocking(move || shard.count(non_empty(&req.filter))).await?;
+        Ok(Response::new(ShardCountResponse { count }))
+    }
+
+    async fn search(&self, req: Request<ShardSearchRequest>) -> Result<Response<ShardSearchResponse>, Status> {
+        let req = req.into_inner();
+        let shard = self.shard(&req.shard)?;
+        if req.searches.is_empty() || req.searches.len() > MAX_SEARCH_BATCH {
+            return Err(NodeError::from(invalid("searches", format!("{} searches is outside 1..={MAX_SEARCH_BATCH}", req.searches.len()))).into());
+        }
+        for (i, s) in req.searches.iter().enumerate() {
+            validate::search_params(&format!("searches[{i}]."), s.top_k, s.ef).map_err(NodeError::from)?;
+            if let Some(f) = &s.filter {
+                validate::filter(f).map_err(NodeError::from)?;
+            }
+        }
+        let results = blocking(move || {
+            req.searches.iter().map(|s| shard.search(s).map(|results| SearchResult { results })).collect::<Result<Vec<_>>>()
+        })
+        .await?;
+        Ok(Response::new(ShardSearchResponse { results }))
+    }
+}
