@@ -1,1 +1,279 @@
-//! placeholder
+//! # shoal-client: the Rust SDK and the `shoalctl` admin CLI
+//!
+//! ## Layout
+//! - [`Client`] (this file): an async client for the public `shoal.v1` API
+//!   with typed builders ([`CollectionBuilder`], [`SearchBuilder`],
+//!   [`Point`]) and retries with backoff on transient errors (all Shoal
+//!   writes are idempotent, so retrying them is safe).
+//! - [`filter`]: filters from JSON (the neutral form used by dataset
+//!   `filters.json` files and by `shoalctl --filter`).
+//! - [`dataset`]: readers for .fvecs/.ivecs, .npy and JSONL, and benchmark
+//!   dataset folders.
+//! - [`bench`]: `shoalctl bench`: ingest, search QPS/latency/recall, and the
+//!   same workload on in-process usearch for comparison.
+//! - `cli/`: the `shoalctl` commands (`src/bin/shoalctl.rs` is the entry).
+//!
+//! ## Path of a request
+//! `client.search(SearchBuilder::new("docs", v, 10).ef(128))` builds a
+//! `SearchPointsRequest`, sends it over a shared tonic channel, and on
+//! `UNAVAILABLE` retries with exponential backoff up to the policy's limit;
+//! any other status is returned as [`ClientError::Status`].
+use std::time::Duration;
+
+use shoal_proto::v1::cluster_client::ClusterClient;
+use shoal_proto::v1::collections_client::CollectionsClient;
+use shoal_proto::v1::points_client::PointsClient;
+use shoal_proto::v1::*;
+use tonic::transport::{Channel, Endpoint};
+
+pub mod bench;
+pub mod cli;
+pub mod dataset;
+pub mod filter;
+
+pub use shoal_proto;
+pub use shoal_proto::v1::{Filter, Metric, PointId, ScoredPoint};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("cannot connect: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("invalid address {0:?}")]
+    Address(String),
+    #[error("payload: {0}")]
+    Payload(#[from] shoal_proto::payload::PayloadError),
+    #[error("filter: {0}")]
+    Filter(String),
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Retry policy for transient errors (`UNAVAILABLE`, `DEADLINE_EXCEEDED`
+/// on reads).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { attempts: 5, initial_backoff: Duration::from_millis(50), max_backoff: Duration::from_secs(2) }
+    }
+}
+
+/// A point to upsert.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub id: PointId,
+    pub vector: Vec<f32>,
+    pub payload: Option<serde_json::Value>,
+}
+
+impl Point {
+    pub fn new(id: impl Into<PointId>, vector: Vec<f32>) -> Self {
+        Point { id: id.into(), vector, payload: None }
+    }
+    pub fn payload(mut self, p: serde_json::Value) -> Self {
+        self.payload = Some(p);
+        self
+    }
+    fn into_proto(self) -> Result<PointStruct> {
+        let payload = self.payload.as_ref().map(Struct::try_from).transpose()?;
+        Ok(PointStruct { id: Some(self.id), vector: self.vector, payload })
+    }
+}
+
+/// Builder for a collection config.
+#[derive(Debug, Clone)]
+pub struct CollectionBuilder(CollectionConfig);
+
+impl CollectionBuilder {
+    pub fn new(name: impl Into<String>, dimension: u32, metric: Metric) -> Self {
+        CollectionBuilder(CollectionConfig { name: name.into(), dimension, metric: metric as i32, ..Default::default() })
+    }
+    pub fn shards(mut self, n: u32) -> Self {
+        self.0.shard_count = n;
+        self
+    }
+    pub fn replication_factor(mut self, n: u32) -> Self {
+        self.0.replication_factor = n;
+        self
+    }
+    pub fn hnsw(mut self, m: u32, ef_construction: u32, ef_search: u32) -> Self {
+        self.0.hnsw = Some(HnswConfig { m, ef_construction, ef_search });
+        self
+    }
+    pub fn f16(mut self) -> Self {
+        self.0.storage = VectorStorage::F16 as i32;
+        self
+    }
+    pub fn index(mut self, key: impl Into<String>, ty: PayloadIndexType) -> Self {
+        self.0.payload_indexes.push(PayloadIndexSpec { key: key.into(), r#type: ty as i32 });
+        self
+    }
+    pub fn build(self) -> CollectionConfig {
+        self.0
+    }
+}
+
+/// Builder for a search.
+#[derive(Debug, Clone)]
+pub struct SearchBuilder(SearchPointsRequest);
+
+impl SearchBuilder {
+    pub fn new(collection: impl Into<String>, vector: Vec<f32>, top_k: u32) -> Self {
+        SearchBuilder(SearchPointsRequest { collection: collection.into(), vector, top_k, ..Default::default() })
+    }
+    pub fn filter(mut self, f: Filter) -> Self {
+        self.0.filter = Some(f);
+        self
+    }
+    pub fn ef(mut self, ef: u32) -> Self {
+        self.0.ef = Some(ef);
+        self
+    }
+    pub fn exact(mut self, exact: bool) -> Self {
+        self.0.exact = exact;
+        self
+    }
+    pub fn with_payload(mut self) -> Self {
+        self.0.with_payload = true;
+        self
+    }
+    pub fn with_vector(mut self) -> Self {
+        self.0.with_vector = true;
+        self
+    }
+    pub fn score_threshold(mut self, t: f32) -> Self {
+        self.0.score_threshold = Some(t);
+        self
+    }
+    pub fn consistency(mut self, c: Consistency) -> Self {
+        self.0.consistency = c as i32;
+        self
+    }
+    pub fn build(self) -> SearchPointsRequest {
+        self.0
+    }
+}
+
+/// Async client for the public API. Cheap to clone; clones share the
+/// connection.
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+    retry: RetryPolicy,
+}
+
+fn transient(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::Unavailable)
+}
+
+macro_rules! call {
+    ($self:ident, $client:ident, $method:ident, $req:expr) => {{
+        let mut backoff = $self.retry.initial_backoff;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut c = $client::new($self.channel.clone())
+                .max_decoding_message_size(shoal_proto::limits::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(shoal_proto::limits::MAX_MESSAGE_BYTES);
+            match c.$method($req.clone()).await {
+                Ok(r) => break Ok::<_, ClientError>(r.into_inner()),
+                Err(s) if transient(&s) && attempt < $self.retry.attempts => {
+                    tracing::debug!(attempt, status = %s, "retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min($self.retry.max_backoff);
+                }
+                Err(s) => break Err(ClientError::Status(s)),
+            }
+        }
+    }};
+}
+
+impl Client {
+    /// Connects to a coordinator at `host:port` (or a full `http://` URI).
+    pub async fn connect(addr: &str) -> Result<Self> {
+        let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+        let channel = Endpoint::from_shared(uri).map_err(|_| ClientError::Address(addr.to_string()))?.tcp_nodelay(true).connect().await?;
+        Ok(Client { channel, retry: RetryPolicy::default() })
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub async fn create_collection(&self, config: CollectionConfig) -> Result<CollectionInfo> {
+        let req = CreateCollectionRequest { config: Some(config) };
+        let r = call!(self, CollectionsClient, create, req)?;
+        Ok(r.collection.unwrap_or_default())
+    }
+
+    pub async fn get_collection(&self, name: &str) -> Result<CollectionInfo> {
+        let req = GetCollectionRequest { name: name.to_string() };
+        Ok(call!(self, CollectionsClient, get, req)?.collection.unwrap_or_default())
+    }
+
+    pub async fn list_collections(&self) -> Result<Vec<CollectionInfo>> {
+        Ok(call!(self, CollectionsClient, list, ListCollectionsRequest {})?.collections)
+    }
+
+    pub async fn delete_collection(&self, name: &str) -> Result<()> {
+        let req = DeleteCollectionRequest { name: name.to_string() };
+        call!(self, CollectionsClient, delete, req)?;
+        Ok(())
+    }
+
+    /// Upserts points; returns how many were written.
+    pub async fn upsert(&self, collection: &str, points: Vec<Point>) -> Result<u64> {
+        let points = points.into_iter().map(Point::into_proto).collect::<Result<Vec<_>>>()?;
+        self.upsert_raw(UpsertPointsRequest { collection: collection.to_string(), points }).await
+    }
+
+    pub async fn upsert_raw(&self, req: UpsertPointsRequest) -> Result<u64> {
+        Ok(call!(self, PointsClient, upsert, req)?.affected)
+    }
+
+    pub async fn get(&self, collection: &str, ids: Vec<PointId>, with_payload: bool, with_vector: bool) -> Result<Vec<RetrievedPoint>> {
+        let req = GetPointsRequest { collection: collection.to_string(), ids, with_payload, with_vector, consistency: 0 };
+        Ok(call!(self, PointsClient, get, req)?.points)
+    }
+
+    pub async fn delete_ids(&self, collection: &str, ids: Vec<PointId>) -> Result<u64> {
+        let req = DeletePointsRequest { collection: collection.to_string(), selector: Some(delete_points_request::Selector::Ids(PointIdList { ids })) };
+        Ok(call!(self, PointsClient, delete, req)?.affected)
+    }
+
+    pub async fn delete_filter(&self, collection: &str, filter: Filter) -> Result<u64> {
+        let req = DeletePointsRequest { collection: collection.to_string(), selector: Some(delete_points_request::Selector::Filter(filter)) };
+        Ok(call!(self, PointsClient, delete, req)?.affected)
+    }
+
+    pub async fn count(&self, collection: &str, filter: Option<Filter>) -> Result<u64> {
+        let req = CountPointsRequest { collection: collection.to_string(), filter, consistency: 0 };
+        Ok(call!(self, PointsClient, count, req)?.count)
+    }
+
+    pub async fn scroll(&self, req: ScrollPointsRequest) -> Result<ScrollPointsResponse> {
+        call!(self, PointsClient, scroll, req)
+    }
+
+    pub async fn search(&self, s: SearchBuilder) -> Result<Vec<ScoredPoint>> {
+        let req = s.0;
+        Ok(call!(self, PointsClient, search, req)?.results)
+    }
+
+    pub async fn search_batch(&self, collection: &str, searches: Vec<SearchBuilder>) -> Result<Vec<Vec<ScoredPoint>>> {
+        let req = SearchBatchRequest { collection: collection.to_string(), searches: searches.into_iter().map(|s| s.0).collect() };
+        Ok(call!(self, PointsClient, search_batch, req)?.results.into_iter().map(|r| r.results).collect())
+    }
+
+    pub async fn cluster_status(&self) -> Result<ClusterStatusResponse> {
+        call!(self, ClusterClient, status, ClusterStatusRequest {})
+    }
+}

@@ -323,16 +323,16 @@ impl Cluster for Api {
                 Ok(mut c) => tokio::time::timeout(self.router.deadline, c.node_status(NodeStatusRequest {})).await.ok().and_then(|r| r.ok()).map(|r| r.into_inner()),
                 Err(_) => None,
             };
-            let (state, device, version) = match &status {
-                Some(s) => (NodeState::Up, s.device.clone(), s.version.clone()),
-                None => (NodeState::Unreachable, String::new(), String::new()),
+            let (state, device, version, rss_bytes, index_bytes) = match &status {
+                Some(s) => (NodeState::Up, s.device.clone(), s.version.clone(), s.rss_bytes, s.index_bytes),
+                None => (NodeState::Unreachable, String::new(), String::new(), 0, 0),
             };
             if let Some(s) = status {
                 for r in s.shards {
                     replica_info.insert((r.collection.clone(), r.shard_id, n.id), r);
                 }
             }
-            nodes.push(NodeStatus { id: n.id, address: n.address.clone(), state: state as i32, device, version });
+            nodes.push(NodeStatus { id: n.id, address: n.address.clone(), state: state as i32, device, version, rss_bytes, index_bytes });
         }
         let mut shards = Vec::new();
         for c in &map.collections {

@@ -203,6 +203,16 @@ impl Engine {
             })
             .collect();
         shards.sort_by(|a, b| (&a.collection, a.shard_id).cmp(&(&b.collection, b.shard_id)));
-        NodeStatusResponse { node_id: self.cfg.node_id, device: device.to_string(), version: env!("CARGO_PKG_VERSION").to_string(), shards }
+        let index_bytes = self.shards.read().values().map(|s| s.index_memory_bytes() as u64).sum();
+        NodeStatusResponse { node_id: self.cfg.node_id, device: device.to_string(), version: env!("CARGO_PKG_VERSION").to_string(), shards, rss_bytes: rss_bytes(), index_bytes }
     }
+}
+
+/// Resident set size of this process (Linux; 0 elsewhere).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
 }

@@ -1,0 +1,411 @@
+//! `shoalctl bench`: measures a running Shoal against a dataset folder and
+//! against usearch in-process on the same machine, in the same run.
+//!
+//! Steps: create `bench-<dataset>` (deleting an old one), ingest the base
+//! vectors (with payloads when present) through gRPC; build the same HNSW
+//! (same M, ef_construction, metric, f32, same thread count as the server's
+//! batch insert) in-process; for each `ef`, run every query through gRPC at
+//! the given client concurrency and the same queries on the in-process
+//! index with as many threads; then each filtered query set of
+//! `filters.json`, approximate and exact. Writes JSON and a PNG plot.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use shoal_proto::v1::{Metric, PayloadIndexType, PointId, ScoredPoint};
+
+use crate::dataset::Dataset;
+use crate::{filter, Client, CollectionBuilder, Point, SearchBuilder};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Dataset folder (meta.json, base.fvecs, query.fvecs, groundtruth.ivecs, ...).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// ef values to measure.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
+    pub ef: Vec<u32>,
+    /// Concurrent search clients (and in-process search threads).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Upsert requests in flight while ingesting.
+    #[arg(long, default_value_t = 4)]
+    pub ingest_concurrency: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 16)]
+    pub m: u32,
+    #[arg(long, default_value_t = 128)]
+    pub ef_construction: u32,
+    #[arg(long, default_value_t = 1)]
+    pub shards: u32,
+    /// Use only the first N base vectors (recall is then measured against
+    /// an exact ground truth computed here).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a recall-vs-QPS plot as PNG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Skip the in-process usearch comparison.
+    #[arg(long)]
+    pub no_inprocess: bool,
+}
+
+fn metric_of(s: &str) -> Result<Metric> {
+    Ok(match s {
+        "cosine" | "angular" => Metric::Cosine,
+        "dot" | "ip" => Metric::Dot,
+        "l2" | "euclidean" => Metric::L2,
+        other => anyhow::bail!("dataset metric {other:?} is not cosine, dot or l2"),
+    })
+}
+
+fn num_id(id: &Option<PointId>) -> Option<u64> {
+    match id.as_ref()?.kind {
+        Some(shoal_proto::v1::point_id::Kind::Num(n)) => Some(n),
+        _ => None,
+    }
+}
+
+fn recall_at_10(got: &[u64], truth: &[u64]) -> f64 {
+    let t: Vec<u64> = truth.iter().take(10).copied().collect();
+    if t.is_empty() {
+        return 1.0;
+    }
+    got.iter().take(10).filter(|g| t.contains(g)).count() as f64 / t.len() as f64
+}
+
+struct Run {
+    qps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    recall: f64,
+    exact_match: f64,
+}
+
+/// Runs `searches` through gRPC with `conc` concurrent clients.
+async fn grpc_run(client: &Client, searches: Arc<Vec<SearchBuilder>>, truth: Arc<Vec<Vec<u64>>>, conc: usize) -> Result<Run> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (client, searches, next) = (client.clone(), searches.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Histogram::<u64>::new(3).unwrap();
+            let mut got: Vec<(usize, Vec<u64>)> = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= searches.len() {
+                    break;
+                }
+                let s = Instant::now();
+                let r: Vec<ScoredPoint> = client.search(searches[i].clone()).await?;
+                lat.record(s.elapsed().as_micros() as u64).ok();
+                got.push((i, r.iter().filter_map(|p| num_id(&p.id)).collect()));
+            }
+            Ok::<_, crate::ClientError>((lat, got))
+        }));
+    }
+    let mut lat = Histogram::<u64>::new(3).unwrap();
+    let mut results = vec![vec![]; searches.len()];
+    for task in tasks {
+        let (l, got) = task.await??;
+        lat.add(&l).ok();
+        for (i, g) in got {
+            results[i] = g;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let recall = results.iter().zip(truth.iter()).map(|(g, t)| recall_at_10(g, t)).sum::<f64>() / results.len().max(1) as f64;
+    let exact_match = results.iter().zip(truth.iter()).filter(|(g, t)| g.iter().take(10).eq(t.iter().take(10))).count() as f64 / results.len().max(1) as f64;
+    Ok(Run { qps: searches.len() as f64 / secs, p50_ms: lat.value_at_quantile(0.5) as f64 / 1000.0, p99_ms: lat.value_at_quantile(0.99) as f64 / 1000.0, recall, exact_match })
+}
+
+fn usearch_options(dim: usize, metric: Metric, m: u32, efc: u32) -> usearch::IndexOptions {
+    usearch::IndexOptions {
+        dimensions: dim,
+        metric: match metric {
+            Metric::Dot => usearch::MetricKind::IP,
+            Metric::L2 => usearch::MetricKind::L2sq,
+            _ => usearch::MetricKind::Cos,
+        },
+        quantization: usearch::ScalarKind::F32,
+        connectivity: m as usize,
+        expansion_add: efc as usize,
+        expansion_search: 64,
+        multi: false,
+    }
+}
+
+/// Builds the in-process index with `threads` threads; returns it and inserts/s.
+fn inprocess_build(ds: &Dataset, base: &[Vec<f32>], metric: Metric, m: u32, efc: u32, threads: usize) -> Result<(usearch::Index, f64)> {
+    let index = usearch::Index::new(&usearch_options(ds.meta.dim as usize, metric, m, efc))?;
+    index.reserve_capacity_and_threads(base.len(), threads.max(1) * 2)?;
+    let t = Instant::now();
+    let chunk = base.len().div_ceil(threads.max(1));
+    std::thread::scope(|s| {
+        for (c, part) in base.chunks(chunk.max(1)).enumerate() {
+            let index = &index;
+            s.spawn(move || {
+                for (i, v) in part.iter().enumerate() {
+                    index.add((c * chunk + i) as u64, v).expect("in-process add");
+                }
+            });
+        }
+    });
+    Ok((index, base.len() as f64 / t.elapsed().as_secs_f64()))
+}
+
+fn inprocess_qps(index: &usearch::Index, queries: &[Vec<f32>], ef: u32, threads: usize) -> f64 {
+    index.change_expansion_search(ef as usize);
+    let next = AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= queries.len() {
+                    break;
+                }
+                let _ = index.search(&queries[i], 10);
+            });
+        }
+    });
+    queries.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Exact top-100 by brute force (used with --limit).
+fn exact_truth(base: &[Vec<f32>], queries: &[Vec<f32>], metric: Metric) -> Vec<Vec<u64>> {
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    queries
+        .iter()
+        .map(|q| {
+            let qn = norm(q);
+            let mut d: Vec<(f32, u64)> = base
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let dot: f32 = q.iter().zip(b).map(|(x, y)| x * y).sum();
+                    let dist = match metric {
+                        Metric::Cosine => 1.0 - dot / (qn * norm(b)),
+                        Metric::Dot => -dot,
+                        _ => q.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
+                    };
+                    (dist, i as u64)
+                })
+                .collect();
+            d.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            d.truncate(100);
+            d.into_iter().map(|x| x.1).collect()
+        })
+        .collect()
+}
+
+pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
+    let ds = Dataset::load(&a.dataset).with_context(|| format!("loading dataset {}", a.dataset.display()))?;
+    let metric = metric_of(&ds.meta.metric)?;
+    let n = a.limit.unwrap_or(ds.base.len()).min(ds.base.len());
+    let base = &ds.base[..n];
+    let truth: Vec<Vec<u64>> = if n < ds.base.len() {
+        eprintln!("computing exact ground truth for the first {n} vectors");
+        exact_truth(base, &ds.queries, metric)
+    } else {
+        ds.groundtruth.iter().map(|r| r.iter().map(|x| *x as u64).collect()).collect()
+    };
+    let client = Client::connect(addr).await?;
+    let name: String = format!("bench-{}", ds.meta.name).chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
+    let _ = client.delete_collection(&name).await;
+
+    // Payload indexes for the fields the filter sets use.
+    let mut b = CollectionBuilder::new(&name, ds.meta.dim, metric).shards(a.shards).hnsw(a.m, a.ef_construction, 0);
+    if let Some(p) = ds.payloads.as_ref().and_then(|p| p.first()) {
+        let mut keys: Vec<String> = vec![];
+        for s in &ds.filters {
+            collect_keys(&s.filter, &mut keys);
+        }
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            match p.get(&k) {
+                Some(serde_json::Value::String(_)) => b = b.index(k, PayloadIndexType::Keyword),
+                Some(serde_json::Value::Number(_)) => b = b.index(k, PayloadIndexType::Numeric),
+                Some(serde_json::Value::Bool(_)) => b = b.index(k, PayloadIndexType::Bool),
+                _ => {}
+            }
+        }
+    }
+    client.create_collection(b.build()).await?;
+
+    // Ingest.
+    let bar = indicatif::ProgressBar::new(n as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("ingest {bar:40} {pos}/{len} {per_sec} eta {eta}").unwrap());
+    let t = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(a.ingest_concurrency.max(1)));
+    let mut tasks = Vec::new();
+    for start in (0..n).step_by(a.batch) {
+        let end = (start + a.batch).min(n);
+        let points: Vec<Point> = (start..end)
+            .map(|i| {
+                let p = Point::new(i as u64, base[i].clone());
+                match ds.payloads.as_ref().and_then(|ps| ps.get(i)) {
+                    Some(pl) => p.payload(pl.clone()),
+                    None => p,
+                }
+            })
+            .collect();
+        let permit = sem.clone().acquire_owned().await?;
+        let (client, name, bar) = (client.clone(), name.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = client.upsert(&name, points).await;
+            bar.inc((end - start) as u64);
+            drop(permit);
+            r
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    bar.finish_and_clear();
+    let ingest_per_s = n as f64 / t.elapsed().as_secs_f64();
+    eprintln!("ingested {n} vectors: {ingest_per_s:.0}/s");
+    let status = client.cluster_status().await?;
+    let rss: u64 = status.nodes.iter().map(|x| x.rss_bytes).sum();
+    let index_bytes: u64 = status.nodes.iter().map(|x| x.index_bytes).sum();
+
+    let threads = std::thread::available_parallelism().map_or(1, |x| x.get());
+    let inproc = if a.no_inprocess {
+        None
+    } else {
+        let (idx, rate) = inprocess_build(&ds, base, metric, a.m, a.ef_construction, threads)?;
+        eprintln!("in-process usearch insert: {rate:.0}/s");
+        Some((idx, rate))
+    };
+
+    let truth = Arc::new(truth);
+    let mut runs = vec![];
+    for &ef in &a.ef {
+        let searches: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| SearchBuilder::new(&name, q.clone(), 10).ef(ef)).collect());
+        let r = grpc_run(&client, searches, truth.clone(), a.concurrency).await?;
+        let ip = inproc.as_ref().map(|(idx, _)| inprocess_qps(idx, &ds.queries, ef, a.concurrency));
+        eprintln!("ef={ef:<4} recall@10={:.4} qps={:.0} p50={:.2}ms p99={:.2}ms inprocess_qps={:.0}", r.recall, r.qps, r.p50_ms, r.p99_ms, ip.unwrap_or(0.0));
+        runs.push(json!({"ef": ef, "recall_at_10": r.recall, "qps": r.qps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "inprocess_qps": ip, "qps_ratio": ip.map(|x| r.qps / x)}));
+    }
+
+    let mut filtered = vec![];
+    if n == ds.base.len() {
+        for set in &ds.filters {
+            let f = filter::from_json(&set.filter).with_context(|| format!("filter set {}", set.name))?;
+            let gt: Arc<Vec<Vec<u64>>> = Arc::new(set.groundtruth.clone());
+            let mk = |exact: bool| -> Arc<Vec<SearchBuilder>> { Arc::new(ds.queries.iter().map(|q| SearchBuilder::new(&name, q.clone(), 10).filter(f.clone()).exact(exact)).collect()) };
+            let approx = grpc_run(&client, mk(false), gt.clone(), a.concurrency).await?;
+            let exact = grpc_run(&client, mk(true), gt, a.concurrency).await?;
+            eprintln!(
+                "filter {:<28} sel={:.4} recall@10={:.4} qps={:.0} | exact: recall@10={:.4} identical_top10={:.4} qps={:.0}",
+                set.name, set.selectivity, approx.recall, approx.qps, exact.recall, exact.exact_match, exact.qps
+            );
+            filtered.push(json!({"name": set.name, "selectivity": set.selectivity, "recall_at_10": approx.recall, "qps": approx.qps, "p99_ms": approx.p99_ms,
+                "exact_recall_at_10": exact.recall, "exact_identical_top10": exact.exact_match, "exact_qps": exact.qps}));
+        }
+    }
+
+    let default_ef = 64;
+    let raw = ds.meta.dim as f64 * 4.0;
+    let links = 2.0 * a.m as f64 * 4.0;
+    let out = json!({
+        "dataset": ds.meta.name,
+        "vectors": n,
+        "dim": ds.meta.dim,
+        "metric": ds.meta.metric,
+        "m": a.m, "ef_construction": a.ef_construction, "concurrency": a.concurrency, "threads": threads,
+        "ingest_per_s": ingest_per_s,
+        "inprocess_insert_per_s": inproc.as_ref().map(|x| x.1),
+        "ingest_ratio": inproc.as_ref().map(|x| ingest_per_s / x.1),
+        "default_ef": default_ef,
+        "rss_bytes": rss,
+        "rss_bytes_per_vector": rss as f64 / n as f64,
+        "index_bytes_per_vector": index_bytes as f64 / n as f64,
+        "raw_plus_links_bytes_per_vector": raw + links,
+        "runs": runs,
+        "filtered": filtered,
+    });
+    eprintln!(
+        "memory: rss {:.0} B/vector, indexes {:.0} B/vector, raw+links {:.0} B/vector (ratio {:.2})",
+        rss as f64 / n as f64,
+        index_bytes as f64 / n as f64,
+        raw + links,
+        rss as f64 / n as f64 / (raw + links)
+    );
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&out)?)?;
+    }
+    if let Some(p) = &a.plot {
+        plot(p, &ds.meta.name, &out)?;
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn collect_keys(f: &serde_json::Value, out: &mut Vec<String>) {
+    for clause in ["must", "should", "must_not"] {
+        for c in f.get(clause).and_then(|x| x.as_array()).into_iter().flatten() {
+            if let Some(k) = c.get("key").and_then(|k| k.as_str()) {
+                out.push(k.to_string());
+            }
+            if let Some(n) = c.get("filter") {
+                collect_keys(n, out);
+            }
+        }
+    }
+}
+
+const FONT_PATHS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+/// Recall@10 (x) against QPS (y, log) for Shoal and in-process usearch.
+fn plot(path: &std::path::Path, name: &str, out: &serde_json::Value) -> Result<()> {
+    use plotters::prelude::*;
+    let font = FONT_PATHS.iter().find_map(|p| std::fs::read(p).ok());
+    if let Some(bytes) = font {
+        let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, leaked);
+    } else {
+        eprintln!("no TTF font found (install fonts-dejavu-core); plot has no labels");
+    }
+    let runs = out["runs"].as_array().cloned().unwrap_or_default();
+    let pts = |k: &str| -> Vec<(f64, f64)> { runs.iter().filter_map(|r| Some((r["recall_at_10"].as_f64()?, r[k].as_f64()?))).collect() };
+    let (shoal, inproc) = (pts("qps"), {
+        let q: Vec<(f64, f64)> = runs.iter().filter_map(|r| Some((r["recall_at_10"].as_f64()?, r["inprocess_qps"].as_f64()?))).collect();
+        q
+    });
+    let ymax = shoal.iter().chain(&inproc).map(|p| p.1).fold(1.0, f64::max) * 1.5;
+    let xmin = shoal.iter().map(|p| p.0).fold(1.0, f64::min).min(0.9) - 0.02;
+    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{name}: recall@10 vs QPS"), ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(xmin..1.0f64, (1.0f64..ymax).log_scale())?;
+    chart.configure_mesh().x_desc("recall@10").y_desc("queries/s").draw()?;
+    chart.draw_series(LineSeries::new(shoal.clone(), &BLUE))?.label("Shoal (gRPC)").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    chart.draw_series(shoal.iter().map(|p| Circle::new(*p, 4, BLUE.filled())))?;
+    if !inproc.is_empty() {
+        chart.draw_series(LineSeries::new(inproc.clone(), &RED))?.label("usearch in-process").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        chart.draw_series(inproc.iter().map(|p| TriangleMarker::new(*p, 5, RED.filled())))?;
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    let _ = Duration::ZERO;
+    Ok(())
+}

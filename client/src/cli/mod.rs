@@ -1,0 +1,386 @@
+//! `shoalctl` commands. Human tables by default, `-o json` for scripts.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use shoal_proto::v1::*;
+
+use crate::{dataset, filter, Client, CollectionBuilder, Point, SearchBuilder};
+
+#[derive(Parser)]
+#[command(name = "shoalctl", version, about = "Shoal admin CLI")]
+pub struct Cli {
+    /// Coordinator address (host:port).
+    #[arg(long, env = "SHOAL_ADDR", default_value = "127.0.0.1:6333", global = true)]
+    pub addr: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Manage collections.
+    #[command(subcommand)]
+    Collection(CollectionCmd),
+    /// Write points.
+    #[command(subcommand)]
+    Point(PointCmd),
+    /// Search a collection.
+    Search(SearchArgs),
+    /// Cluster operations.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Benchmark a server against a dataset folder (see docs/benchmarks.md).
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum MetricArg {
+    Cosine,
+    Dot,
+    L2,
+}
+
+impl From<MetricArg> for Metric {
+    fn from(m: MetricArg) -> Self {
+        match m {
+            MetricArg::Cosine => Metric::Cosine,
+            MetricArg::Dot => Metric::Dot,
+            MetricArg::L2 => Metric::L2,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum CollectionCmd {
+    /// Create a collection.
+    Create {
+        name: String,
+        #[arg(long)]
+        dim: u32,
+        #[arg(long, value_enum, default_value_t = MetricArg::Cosine)]
+        metric: MetricArg,
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        #[arg(long, default_value_t = 1)]
+        replication_factor: u32,
+        /// HNSW graph degree (0 = default 16).
+        #[arg(long, default_value_t = 0)]
+        m: u32,
+        /// HNSW build candidate list (0 = default 128).
+        #[arg(long, default_value_t = 0)]
+        ef_construction: u32,
+        /// Default search candidate list (0 = default 64).
+        #[arg(long, default_value_t = 0)]
+        ef_search: u32,
+        /// Store vectors in the index as f16.
+        #[arg(long)]
+        f16: bool,
+        /// Payload index, `field:keyword|numeric|bool` (repeatable).
+        #[arg(long = "index")]
+        indexes: Vec<String>,
+    },
+    /// List collections.
+    List,
+    /// Describe one collection.
+    Describe { name: String },
+    /// Delete a collection and its points.
+    Delete { name: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Fvecs,
+    Npy,
+    Jsonl,
+}
+
+#[derive(Subcommand)]
+pub enum PointCmd {
+    /// Import points from .fvecs, .npy or JSONL, in batches.
+    Import {
+        #[arg(long, short)]
+        collection: String,
+        file: PathBuf,
+        /// File format (default: from the extension).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Points per upsert request.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// First id for formats without ids (.fvecs, .npy): row i gets start_id + i.
+        #[arg(long, default_value_t = 0)]
+        start_id: u64,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    #[arg(long, short)]
+    pub collection: String,
+    /// Query vector as comma-separated numbers.
+    #[arg(long)]
+    pub vector: String,
+    #[arg(long, short = 'k', default_value_t = 10)]
+    pub top_k: u32,
+    /// Filter as JSON (see docs/filters.md).
+    #[arg(long)]
+    pub filter: Option<String>,
+    #[arg(long)]
+    pub ef: Option<u32>,
+    #[arg(long)]
+    pub exact: bool,
+    #[arg(long)]
+    pub with_payload: bool,
+    #[arg(long)]
+    pub with_vector: bool,
+    #[arg(long)]
+    pub score_threshold: Option<f32>,
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// Nodes, shards and replicas.
+    Status,
+}
+
+fn print_table(t: Table) {
+    println!("{t}");
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    t
+}
+
+fn metric_name(m: i32) -> &'static str {
+    match Metric::try_from(m) {
+        Ok(Metric::Cosine) => "cosine",
+        Ok(Metric::Dot) => "dot",
+        Ok(Metric::L2) => "l2",
+        _ => "?",
+    }
+}
+
+fn info_json(c: &CollectionInfo) -> serde_json::Value {
+    let cfg = c.config.clone().unwrap_or_default();
+    let h = cfg.hnsw.clone().unwrap_or_default();
+    json!({
+        "name": cfg.name, "dimension": cfg.dimension, "metric": metric_name(cfg.metric), "shards": cfg.shard_count,
+        "replication_factor": cfg.replication_factor, "points": c.points_count,
+        "hnsw": {"m": h.m, "ef_construction": h.ef_construction, "ef_search": h.ef_search},
+        "storage": if cfg.storage == VectorStorage::F16 as i32 { "f16" } else { "f32" },
+        "payload_indexes": cfg.payload_indexes.iter().map(|p| json!({"key": p.key, "type": PayloadIndexType::try_from(p.r#type).map(|t| t.as_str_name()).unwrap_or("?")})).collect::<Vec<_>>(),
+    })
+}
+
+fn id_json(id: &Option<PointId>) -> serde_json::Value {
+    match id.as_ref().and_then(|i| i.kind.clone()) {
+        Some(point_id::Kind::Num(n)) => json!(n),
+        Some(point_id::Kind::Uuid(u)) => json!(u),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn parse_index(s: &str) -> Result<PayloadIndexType> {
+    match s {
+        "keyword" => Ok(PayloadIndexType::Keyword),
+        "numeric" => Ok(PayloadIndexType::Numeric),
+        "bool" => Ok(PayloadIndexType::Bool),
+        _ => bail!("unknown index type {s:?}: use keyword, numeric or bool"),
+    }
+}
+
+fn json_id(v: &serde_json::Value, line: usize) -> Result<PointId> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64().map(PointId::from).with_context(|| format!("record {line}: id {n} is not an unsigned integer")),
+        serde_json::Value::String(s) => Ok(PointId { kind: Some(point_id::Kind::Uuid(s.clone())) }),
+        _ => bail!("record {line}: id must be an unsigned integer or UUID string"),
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    if let Cmd::Bench(args) = cli.cmd {
+        return crate::bench::run(&cli.addr, args).await;
+    }
+    let client = Client::connect(&cli.addr).await.with_context(|| format!("connecting to {}", cli.addr))?;
+    let json_out = cli.output == Output::Json;
+    match cli.cmd {
+        Cmd::Collection(CollectionCmd::Create { name, dim, metric, shards, replication_factor, m, ef_construction, ef_search, f16, indexes }) => {
+            let mut b = CollectionBuilder::new(name, dim, metric.into()).shards(shards).replication_factor(replication_factor).hnsw(m, ef_construction, ef_search);
+            if f16 {
+                b = b.f16();
+            }
+            for spec in indexes {
+                let (field, ty) = spec.split_once(':').with_context(|| format!("--index {spec:?}: expected field:type"))?;
+                b = b.index(field, parse_index(ty)?);
+            }
+            let info = client.create_collection(b.build()).await?;
+            if json_out {
+                println!("{}", info_json(&info));
+            } else {
+                println!("created collection {}", info.config.map(|c| c.name).unwrap_or_default());
+            }
+        }
+        Cmd::Collection(CollectionCmd::List) => {
+            let cols = client.list_collections().await?;
+            if json_out {
+                println!("{}", json!(cols.iter().map(info_json).collect::<Vec<_>>()));
+            } else {
+                let mut t = table(&["NAME", "DIM", "METRIC", "SHARDS", "RF", "POINTS"]);
+                for c in &cols {
+                    let cfg = c.config.clone().unwrap_or_default();
+                    t.add_row(vec![cfg.name, cfg.dimension.to_string(), metric_name(cfg.metric).into(), cfg.shard_count.to_string(), cfg.replication_factor.to_string(), c.points_count.to_string()]);
+                }
+                print_table(t);
+            }
+        }
+        Cmd::Collection(CollectionCmd::Describe { name }) => {
+            let info = client.get_collection(&name).await?;
+            let j = info_json(&info);
+            if json_out {
+                println!("{j}");
+            } else {
+                let mut t = table(&["FIELD", "VALUE"]);
+                for (k, v) in j.as_object().unwrap() {
+                    t.add_row(vec![k.clone(), v.to_string()]);
+                }
+                print_table(t);
+            }
+        }
+        Cmd::Collection(CollectionCmd::Delete { name }) => {
+            client.delete_collection(&name).await?;
+            if json_out {
+                println!("{}", json!({"deleted": name}));
+            } else {
+                println!("deleted collection {name}");
+            }
+        }
+        Cmd::Point(PointCmd::Import { collection, file, format, batch, start_id }) => {
+            anyhow::ensure!((1..=shoal_proto::limits::MAX_UPSERT_BATCH).contains(&batch), "--batch must be 1..={}", shoal_proto::limits::MAX_UPSERT_BATCH);
+            let format = match format {
+                Some(f) => f,
+                None => match file.extension().and_then(|e| e.to_str()) {
+                    Some("fvecs") => Format::Fvecs,
+                    Some("npy") => Format::Npy,
+                    Some("jsonl") | Some("json") => Format::Jsonl,
+                    _ => bail!("cannot tell the format of {}; pass --format", file.display()),
+                },
+            };
+            let points: Vec<Point> = match format {
+                Format::Fvecs => dataset::read_fvecs(&file)?.into_iter().enumerate().map(|(i, v)| Point::new(start_id + i as u64, v)).collect(),
+                Format::Npy => dataset::read_npy(&file)?.into_iter().enumerate().map(|(i, v)| Point::new(start_id + i as u64, v)).collect(),
+                Format::Jsonl => dataset::read_jsonl(&file)?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, r)| Ok(Point { id: json_id(&r.id, i + 1)?, vector: r.vector, payload: r.payload }))
+                    .collect::<Result<_>>()?,
+            };
+            let total = points.len() as u64;
+            let bar = if json_out { ProgressBar::hidden() } else { ProgressBar::new(total) };
+            bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} points {per_sec} eta {eta}").unwrap());
+            let t = Instant::now();
+            let mut done = 0u64;
+            let mut it = points.into_iter().peekable();
+            while it.peek().is_some() {
+                let chunk: Vec<Point> = it.by_ref().take(batch).collect();
+                let n = chunk.len() as u64;
+                client.upsert(&collection, chunk).await.with_context(|| format!("upserting points {done}..{}", done + n))?;
+                done += n;
+                bar.set_position(done);
+            }
+            bar.finish_and_clear();
+            let secs = t.elapsed().as_secs_f64();
+            if json_out {
+                println!("{}", json!({"imported": done, "seconds": secs, "points_per_s": done as f64 / secs}));
+            } else {
+                println!("imported {done} points in {secs:.1} s ({:.0} points/s)", done as f64 / secs);
+            }
+        }
+        Cmd::Search(a) => {
+            let vector = a.vector.split(',').map(|x| x.trim().parse::<f32>().with_context(|| format!("--vector: {x:?} is not a number"))).collect::<Result<Vec<_>>>()?;
+            let mut s = SearchBuilder::new(&a.collection, vector, a.top_k).exact(a.exact);
+            if let Some(f) = &a.filter {
+                s = s.filter(filter::from_json(&serde_json::from_str(f).context("--filter is not JSON")?)?);
+            }
+            if let Some(ef) = a.ef {
+                s = s.ef(ef);
+            }
+            if a.with_payload {
+                s = s.with_payload();
+            }
+            if a.with_vector {
+                s = s.with_vector();
+            }
+            if let Some(t) = a.score_threshold {
+                s = s.score_threshold(t);
+            }
+            let hits = client.search(s).await?;
+            let rows: Vec<serde_json::Value> = hits
+                .iter()
+                .map(|h| json!({"id": id_json(&h.id), "score": h.score, "payload": h.payload.as_ref().map(serde_json::Value::from), "vector": if h.vector.is_empty() { None } else { Some(&h.vector) }}))
+                .collect();
+            if json_out {
+                println!("{}", json!(rows));
+            } else {
+                let mut t = table(&["ID", "SCORE", "PAYLOAD"]);
+                for r in rows {
+                    t.add_row(vec![r["id"].to_string(), format!("{:.4}", r["score"].as_f64().unwrap_or(0.0)), if r["payload"].is_null() { String::new() } else { r["payload"].to_string() }]);
+                }
+                print_table(t);
+            }
+        }
+        Cmd::Cluster(ClusterCmd::Status) => {
+            let s = client.cluster_status().await?;
+            if json_out {
+                let nodes: Vec<_> = s.nodes.iter().map(|n| json!({"id": n.id, "address": n.address, "state": NodeState::try_from(n.state).map(|x| x.as_str_name()).unwrap_or("?"), "device": n.device, "version": n.version})).collect();
+                let shards: Vec<_> = s
+                    .shards
+                    .iter()
+                    .map(|sh| json!({"collection": sh.collection, "shard": sh.shard_id, "range": [sh.range_start, sh.range_end], "replicas": sh.replicas.iter().map(|r| json!({"node": r.node_id, "state": ReplicaState::try_from(r.state).map(|x| x.as_str_name()).unwrap_or("?"), "leader": r.leader, "term": r.term, "applied_index": r.applied_index, "lag": r.lag, "points": r.points})).collect::<Vec<_>>()}))
+                    .collect();
+                println!("{}", json!({"epoch": s.epoch, "nodes": nodes, "shards": shards}));
+            } else {
+                println!("cluster map epoch {}", s.epoch);
+                let mut t = table(&["NODE", "ADDRESS", "STATE", "DEVICE", "VERSION"]);
+                for n in &s.nodes {
+                    t.add_row(vec![n.id.to_string(), n.address.clone(), NodeState::try_from(n.state).map(|x| x.as_str_name()).unwrap_or("?").trim_start_matches("NODE_STATE_").to_string(), n.device.clone(), n.version.clone()]);
+                }
+                print_table(t);
+                let mut t = table(&["COLLECTION", "SHARD", "NODE", "LEADER", "STATE", "TERM", "APPLIED", "LAG", "POINTS"]);
+                for sh in &s.shards {
+                    for r in &sh.replicas {
+                        t.add_row(vec![
+                            sh.collection.clone(),
+                            sh.shard_id.to_string(),
+                            r.node_id.to_string(),
+                            if r.leader { "*".into() } else { String::new() },
+                            ReplicaState::try_from(r.state).map(|x| x.as_str_name()).unwrap_or("?").trim_start_matches("REPLICA_STATE_").to_string(),
+                            r.term.to_string(),
+                            r.applied_index.to_string(),
+                            r.lag.to_string(),
+                            r.points.to_string(),
+                        ]);
+                    }
+                }
+                print_table(t);
+            }
+        }
+        Cmd::Bench(_) => unreachable!("handled above"),
+    }
+    Ok(())
+}
