@@ -145,9 +145,10 @@ fn usearch_options(dim: usize, metric: Metric, m: u32, efc: u32) -> usearch::Ind
 }
 
 /// Builds the in-process index with `threads` threads; returns it and inserts/s.
-fn inprocess_build(ds: &Dataset, base: &[Vec<f32>], metric: Metric, m: u32, efc: u32, threads: usize) -> Result<(usearch::Index, f64)> {
+fn inprocess_build(ds: &Dataset, base: &[Vec<f32>], metric: Metric, m: u32, efc: u32, threads: usize, searchers: usize) -> Result<(usearch::Index, f64)> {
     let index = usearch::Index::new(&usearch_options(ds.meta.dim as usize, metric, m, efc))?;
-    index.reserve_capacity_and_threads(base.len(), threads.max(1) * 2)?;
+    // One usearch thread context per concurrent caller, or calls fail fast.
+    index.reserve_capacity_and_threads(base.len(), threads.max(searchers).max(1) * 2)?;
     let t = Instant::now();
     let chunk = base.len().div_ceil(threads.max(1));
     std::thread::scope(|s| {
@@ -174,7 +175,8 @@ fn inprocess_qps(index: &usearch::Index, queries: &[Vec<f32>], ef: u32, threads:
                 if i >= queries.len() {
                     break;
                 }
-                let _ = index.search(&queries[i], 10);
+                let r = index.search(&queries[i], 10).expect("in-process search");
+                assert!(!r.keys.is_empty(), "in-process search returned nothing");
             });
         }
     });
@@ -283,7 +285,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     let inproc = if a.no_inprocess {
         None
     } else {
-        let (idx, rate) = inprocess_build(&ds, base, metric, a.m, a.ef_construction, threads)?;
+        let (idx, rate) = inprocess_build(&ds, base, metric, a.m, a.ef_construction, threads, a.concurrency)?;
         eprintln!("in-process usearch insert: {rate:.0}/s");
         Some((idx, rate))
     };

@@ -33,6 +33,7 @@ pub async fn serve(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl
         .register_encoded_file_descriptor_set(shoal_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     {
         let (router, reporter) = (router.clone(), reporter.clone());
         tokio::spawn(async move {
@@ -53,7 +54,6 @@ pub async fn serve(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl
             reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
         });
     }
-    reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
