@@ -14,12 +14,12 @@ use anyhow::{bail, Context, Result};
 
 /// Reads all rows of an .fvecs file.
 pub fn read_fvecs(path: &Path) -> Result<Vec<Vec<f32>>> {
-    read_vecs(path, |b| f32::from_le_bytes(b))
+    read_vecs(path, f32::from_le_bytes)
 }
 
 /// Reads all rows of an .ivecs file.
 pub fn read_ivecs(path: &Path) -> Result<Vec<Vec<i32>>> {
-    read_vecs(path, |b| i32::from_le_bytes(b))
+    read_vecs(path, i32::from_le_bytes)
 }
 
 fn read_vecs<T>(path: &Path, conv: fn([u8; 4]) -> T) -> Result<Vec<Vec<T>>> {
@@ -176,6 +176,7 @@ mod tests {
         let p = d.path().join("a.npy");
         let mut buf = vec![];
         {
+            use npyz::WriterBuilder;
             let mut w = npyz::WriteOptions::new().default_dtype().shape(&[2, 3]).writer(&mut buf).begin_nd().unwrap();
             w.extend([1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
             w.finish().unwrap();

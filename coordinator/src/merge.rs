@@ -46,7 +46,7 @@ pub fn merge_scroll(pages: Vec<(Vec<RetrievedPoint>, Option<PointKey>)>, limit: 
         }
         all.extend(points.into_iter().filter_map(|p| key(&p.id).map(|k| (k, p))));
     }
-    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all.sort_by_key(|a| a.0);
     all.dedup_by(|a, b| a.0 == b.0);
     if all.len() > limit {
         let cut = all[limit].0;

@@ -116,7 +116,7 @@ impl Shard {
     /// HNSW index from `index_dir`.
     pub fn open(config: CollectionConfig, shard_id: u32, store: ShardStore, index_dir: &Path) -> Result<(Self, IndexOpen)> {
         let metric = validate::metric(config.metric)?;
-        let hnsw = config.hnsw.clone().unwrap_or_default();
+        let hnsw = config.hnsw.unwrap_or_default();
         let precision = match VectorStorage::try_from(config.storage) {
             Ok(VectorStorage::F16) => Precision::F16,
             _ => Precision::F32,

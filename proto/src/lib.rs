@@ -37,12 +37,14 @@ pub mod validate;
 pub use point_id::PointKey;
 
 /// Public API, package `shoal.v1`.
+#[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("shoal.v1");
 }
 
 /// Node API, package `shoal.internal.v1`.
 pub mod internal {
+    #[allow(clippy::all, clippy::pedantic)]
     pub mod v1 {
         tonic::include_proto!("shoal.internal.v1");
     }

@@ -67,7 +67,7 @@ pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, Val
     let storage = storage(cfg.storage)?;
     let shard_count = if cfg.shard_count == 0 { 1 } else { in_range("shard_count", cfg.shard_count, (1, MAX_SHARDS))? };
     let replication_factor = cfg.replication_factor.max(1);
-    let h = cfg.hnsw.clone().unwrap_or_default();
+    let h = cfg.hnsw.unwrap_or_default();
     let hnsw = HnswConfig {
         m: if h.m == 0 { DEFAULT_HNSW_M } else { in_range("hnsw.m", h.m, HNSW_M_RANGE)? },
         ef_construction: if h.ef_construction == 0 {

@@ -178,7 +178,7 @@ fn metric_name(m: i32) -> &'static str {
 
 fn info_json(c: &CollectionInfo) -> serde_json::Value {
     let cfg = c.config.clone().unwrap_or_default();
-    let h = cfg.hnsw.clone().unwrap_or_default();
+    let h = cfg.hnsw.unwrap_or_default();
     json!({
         "name": cfg.name, "dimension": cfg.dimension, "metric": metric_name(cfg.metric), "shards": cfg.shard_count,
         "replication_factor": cfg.replication_factor, "points": c.points_count,
