@@ -317,7 +317,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
         }
     }
 
-    let default_ef = 64;
+    let default_ef = shoal_proto::limits::DEFAULT_HNSW_EF_SEARCH;
     let raw = ds.meta.dim as f64 * 4.0;
     let links = 2.0 * a.m as f64 * 4.0;
     let out = json!({

@@ -33,4 +33,4 @@ pub const HNSW_EF_CONSTRUCTION_RANGE: (u32, u32) = (8, 4096);
 /// Defaults filled in for zero-valued config fields.
 pub const DEFAULT_HNSW_M: u32 = 16;
 pub const DEFAULT_HNSW_EF_CONSTRUCTION: u32 = 128;
-pub const DEFAULT_HNSW_EF_SEARCH: u32 = 64;
+pub const DEFAULT_HNSW_EF_SEARCH: u32 = 128;

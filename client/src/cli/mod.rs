@@ -83,7 +83,7 @@ pub enum CollectionCmd {
         /// HNSW build candidate list (0 = default 128).
         #[arg(long, default_value_t = 0)]
         ef_construction: u32,
-        /// Default search candidate list (0 = default 64).
+        /// Default search candidate list (0 = default 128).
         #[arg(long, default_value_t = 0)]
         ef_search: u32,
         /// Store vectors in the index as f16.
