@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
@@ -408,6 +408,5 @@ fn plot(path: &std::path::Path, name: &str, out: &serde_json::Value) -> Result<(
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     root.present()?;
-    let _ = Duration::ZERO;
     Ok(())
 }

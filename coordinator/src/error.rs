@@ -28,11 +28,6 @@ impl CoordError {
     pub fn from_node(context: impl Into<String>, s: Status) -> Self {
         CoordError::Node { code: s.code(), context: context.into(), message: s.message().to_string() }
     }
-
-    /// Transient errors a client may retry.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, CoordError::Unreachable { .. } | CoordError::Deadline(_)) || matches!(self, CoordError::Node { code: Code::Unavailable, .. })
-    }
 }
 
 impl From<CoordError> for Status {

@@ -1,5 +1,4 @@
 //! Pure merging of per-shard answers.
-use std::cmp::Ordering;
 use std::collections::HashSet;
 
 use shoal_proto::v1::{RetrievedPoint, ScoredPoint};
@@ -58,12 +57,6 @@ pub fn merge_scroll(pages: Vec<(Vec<RetrievedPoint>, Option<PointKey>)>, limit: 
         all.retain(|(k, _)| *k < n);
     }
     (all.into_iter().map(|(_, p)| p).collect(), next)
-}
-
-/// Orders by score then id, used by callers that need a stable comparison.
-pub fn cmp_scored(a: &ScoredPoint, b: &ScoredPoint, higher_is_better: bool) -> Ordering {
-    let s = if higher_is_better { b.score.total_cmp(&a.score) } else { a.score.total_cmp(&b.score) };
-    s.then(key(&a.id).cmp(&key(&b.id)))
 }
 
 #[cfg(test)]

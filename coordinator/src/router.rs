@@ -22,8 +22,7 @@ use tonic::Code;
 
 use crate::error::{CoordError, Result};
 
-/// Metadata key a node sets on stale-epoch errors (see node `status.rs`).
-pub const STALE_EPOCH_KEY: &str = "shoal-stale-epoch";
+use shoal_proto::STALE_EPOCH_KEY;
 
 /// Routing facts about one collection.
 #[derive(Debug, Clone)]
@@ -91,7 +90,12 @@ impl Router {
     }
 
     pub fn meta_client(&self) -> Result<MetaClient<Channel>> {
-        Ok(MetaClient::new(self.channel(&self.meta_addr)?).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        self.meta_client_at(&self.meta_addr)
+    }
+
+    /// The `Meta` service of the node at `addr`, over the cached channel.
+    pub fn meta_client_at(&self, addr: &str) -> Result<MetaClient<Channel>> {
+        Ok(MetaClient::new(self.channel(addr)?).max_decoding_message_size(MAX_MESSAGE_BYTES))
     }
 
     /// Reloads the cluster map from the metadata node.

@@ -319,7 +319,7 @@ impl Cluster for Api {
         let mut nodes = Vec::new();
         let mut replica_info: HashMap<(String, u32, u64), ShardReplicaStatus> = HashMap::new();
         for n in &map.nodes {
-            let status = match shoal_proto::internal::v1::meta_client::MetaClient::connect(format!("http://{}", n.address)).await {
+            let status = match self.router.meta_client_at(&n.address) {
                 Ok(mut c) => tokio::time::timeout(self.router.deadline, c.node_status(NodeStatusRequest {})).await.ok().and_then(|r| r.ok()).map(|r| r.into_inner()),
                 Err(_) => None,
             };

@@ -49,6 +49,11 @@ impl PayloadIndex {
         PayloadIndex { specs, ..Default::default() }
     }
 
+    /// True when the collection declares no payload index (no entries ever).
+    pub fn is_unindexed(&self) -> bool {
+        self.specs.is_empty()
+    }
+
     /// The index entries a payload produces for point version `offset`.
     pub fn entries_for(&self, payload: Option<&Struct>, offset: u32) -> Vec<IndexEntry> {
         let Some(payload) = payload else { return vec![] };

@@ -247,6 +247,16 @@ impl Shard {
         Ok((key, v))
     }
 
+    /// Payload-index entries of the stored version `off` of `k`, to retire
+    /// with it. Reads the old point only when the collection has indexes.
+    fn old_entries(&self, st: &State, k: &PointKey, off: u32) -> Result<Vec<crate::storage::IndexEntry>> {
+        if st.payload.is_unindexed() {
+            return Ok(vec![]);
+        }
+        let old = self.store.get(k)?;
+        Ok(st.payload.entries_for(old.as_ref().and_then(|p| p.payload.as_ref()), off))
+    }
+
     /// Applies upserts and deletes as one durable batch. Returns the number
     /// of points written plus points actually deleted.
     pub fn write(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>) -> Result<u64> {
@@ -282,8 +292,7 @@ impl Shard {
             }
             for k in &doomed {
                 if let Some(&off) = st.ids.get(k) {
-                    let old = self.store.get(k)?;
-                    batch.delete_index.extend(st.payload.entries_for(old.as_ref().and_then(|p| p.payload.as_ref()), off));
+                    batch.delete_index.extend(self.old_entries(&st, k, off)?);
                     batch.delete_points.push(*k);
                     retire.push((*k, off));
                     affected += 1;
@@ -295,8 +304,7 @@ impl Shard {
                     continue;
                 }
                 if let Some(&off) = st.ids.get(k) {
-                    let old = self.store.get(k)?;
-                    batch.delete_index.extend(st.payload.entries_for(old.as_ref().and_then(|p| p.payload.as_ref()), off));
+                    batch.delete_index.extend(self.old_entries(&st, k, off)?);
                     retire.push((*k, off));
                 }
                 let off = next;

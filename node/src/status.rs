@@ -7,8 +7,7 @@ use tonic::{Code, Status};
 
 use crate::error::NodeError;
 
-/// Metadata key set on statuses caused by a stale cluster map.
-pub const STALE_EPOCH_KEY: &str = "shoal-stale-epoch";
+use shoal_proto::STALE_EPOCH_KEY;
 
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {

@@ -36,6 +36,10 @@ pub mod validate;
 
 pub use point_id::PointKey;
 
+/// gRPC metadata key a node sets on `FAILED_PRECONDITION` when a request
+/// was routed with an older cluster-map epoch; its value is the node's epoch.
+pub const STALE_EPOCH_KEY: &str = "shoal-stale-epoch";
+
 /// Public API, package `shoal.v1`.
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {

@@ -3,12 +3,9 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber_init();
     let cli = shoal_client::cli::Cli::parse();
     if let Err(e) = shoal_client::cli::run(cli).await {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
-
-fn tracing_subscriber_init() {}
