@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// Skip the in-process usearch comparison.
     #[arg(long)]
     pub no_inprocess: bool,
+    /// Repeat the query set until each QPS measurement has run this long
+    /// (recall is scored on the first pass).
+    #[arg(long, default_value_t = 3.0)]
+    pub min_secs: f64,
 }
 
 fn metric_of(s: &str) -> Result<Metric> {
@@ -88,10 +92,28 @@ struct Run {
     p99_ms: f64,
     recall: f64,
     exact_match: f64,
+    lat: Histogram<u64>,
 }
 
-/// Runs `searches` through gRPC with `conc` concurrent clients.
-async fn grpc_run(client: &Client, searches: Arc<Vec<SearchBuilder>>, truth: Arc<Vec<Vec<u64>>>, conc: usize) -> Result<Run> {
+/// Runs `searches` through gRPC with `conc` concurrent clients, in passes
+/// over the set until `min_secs` have elapsed; recall from the first pass.
+async fn grpc_run(client: &Client, searches: Arc<Vec<SearchBuilder>>, truth: Arc<Vec<Vec<u64>>>, conc: usize, min_secs: f64) -> Result<Run> {
+    let t = Instant::now();
+    let mut first = grpc_pass(client, searches.clone(), truth.clone(), conc).await?;
+    let mut done = searches.len();
+    while t.elapsed().as_secs_f64() < min_secs {
+        let r = grpc_pass(client, searches.clone(), truth.clone(), conc).await?;
+        first.lat.add(&r.lat).ok();
+        done += searches.len();
+    }
+    first.qps = done as f64 / t.elapsed().as_secs_f64();
+    first.p50_ms = first.lat.value_at_quantile(0.5) as f64 / 1000.0;
+    first.p99_ms = first.lat.value_at_quantile(0.99) as f64 / 1000.0;
+    Ok(first)
+}
+
+/// One pass over `searches` with `conc` concurrent clients.
+async fn grpc_pass(client: &Client, searches: Arc<Vec<SearchBuilder>>, truth: Arc<Vec<Vec<u64>>>, conc: usize) -> Result<Run> {
     let next = Arc::new(AtomicUsize::new(0));
     let t = Instant::now();
     let mut tasks = Vec::new();
@@ -125,7 +147,7 @@ async fn grpc_run(client: &Client, searches: Arc<Vec<SearchBuilder>>, truth: Arc
     let secs = t.elapsed().as_secs_f64();
     let recall = results.iter().zip(truth.iter()).map(|(g, t)| recall_at_10(g, t)).sum::<f64>() / results.len().max(1) as f64;
     let exact_match = results.iter().zip(truth.iter()).filter(|(g, t)| g.iter().take(10).eq(t.iter().take(10))).count() as f64 / results.len().max(1) as f64;
-    Ok(Run { qps: searches.len() as f64 / secs, p50_ms: lat.value_at_quantile(0.5) as f64 / 1000.0, p99_ms: lat.value_at_quantile(0.99) as f64 / 1000.0, recall, exact_match })
+    Ok(Run { qps: searches.len() as f64 / secs, p50_ms: lat.value_at_quantile(0.5) as f64 / 1000.0, p99_ms: lat.value_at_quantile(0.99) as f64 / 1000.0, recall, exact_match, lat })
 }
 
 fn usearch_options(dim: usize, metric: Metric, m: u32, efc: u32) -> usearch::IndexOptions {
@@ -164,23 +186,28 @@ fn inprocess_build(ds: &Dataset, base: &[Vec<f32>], metric: Metric, m: u32, efc:
     Ok((index, base.len() as f64 / t.elapsed().as_secs_f64()))
 }
 
-fn inprocess_qps(index: &usearch::Index, queries: &[Vec<f32>], ef: u32, threads: usize) -> f64 {
+fn inprocess_qps(index: &usearch::Index, queries: &[Vec<f32>], ef: u32, threads: usize, min_secs: f64) -> f64 {
     index.change_expansion_search(ef as usize);
-    let next = AtomicUsize::new(0);
+    let (next, done, stop_at) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(usize::MAX));
     let t = Instant::now();
+    // Like the gRPC run: whole passes over the set until min_secs.
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= queries.len() {
+                if i > 0 && i % queries.len() == 0 && t.elapsed().as_secs_f64() >= min_secs {
+                    stop_at.fetch_min(i, Ordering::SeqCst);
+                }
+                if i >= stop_at.load(Ordering::SeqCst) {
                     break;
                 }
-                let r = index.search(&queries[i], 10).expect("in-process search");
+                let r = index.search(&queries[i % queries.len()], 10).expect("in-process search");
                 assert!(!r.keys.is_empty(), "in-process search returned nothing");
+                done.fetch_add(1, Ordering::Relaxed);
             });
         }
     });
-    queries.len() as f64 / t.elapsed().as_secs_f64()
+    done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
 }
 
 /// Exact top-100 by brute force (used with --limit).
@@ -294,8 +321,8 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     let mut runs = vec![];
     for &ef in &a.ef {
         let searches: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| SearchBuilder::new(&name, q.clone(), 10).ef(ef)).collect());
-        let r = grpc_run(&client, searches, truth.clone(), a.concurrency).await?;
-        let ip = inproc.as_ref().map(|(idx, _)| inprocess_qps(idx, &ds.queries, ef, a.concurrency));
+        let r = grpc_run(&client, searches, truth.clone(), a.concurrency, a.min_secs).await?;
+        let ip = inproc.as_ref().map(|(idx, _)| inprocess_qps(idx, &ds.queries, ef, a.concurrency, a.min_secs));
         eprintln!("ef={ef:<4} recall@10={:.4} qps={:.0} p50={:.2}ms p99={:.2}ms inprocess_qps={:.0}", r.recall, r.qps, r.p50_ms, r.p99_ms, ip.unwrap_or(0.0));
         runs.push(json!({"ef": ef, "recall_at_10": r.recall, "qps": r.qps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "inprocess_qps": ip, "qps_ratio": ip.map(|x| r.qps / x)}));
     }
@@ -306,8 +333,8 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
             let f = filter::from_json(&set.filter).with_context(|| format!("filter set {}", set.name))?;
             let gt: Arc<Vec<Vec<u64>>> = Arc::new(set.groundtruth.clone());
             let mk = |exact: bool| -> Arc<Vec<SearchBuilder>> { Arc::new(ds.queries.iter().map(|q| SearchBuilder::new(&name, q.clone(), 10).filter(f.clone()).exact(exact)).collect()) };
-            let approx = grpc_run(&client, mk(false), gt.clone(), a.concurrency).await?;
-            let exact = grpc_run(&client, mk(true), gt, a.concurrency).await?;
+            let approx = grpc_run(&client, mk(false), gt.clone(), a.concurrency, 0.0).await?;
+            let exact = grpc_run(&client, mk(true), gt, a.concurrency, 0.0).await?;
             eprintln!(
                 "filter {:<28} sel={:.4} recall@10={:.4} qps={:.0} | exact: recall@10={:.4} identical_top10={:.4} qps={:.0}",
                 set.name, set.selectivity, approx.recall, approx.qps, exact.recall, exact.exact_match, exact.qps

@@ -5,6 +5,10 @@
 //! with a newer map answers `FAILED_PRECONDITION` with the
 //! `shoal-stale-epoch` metadata key; [`Router::call_shard`] then reloads the
 //! map and retries once.
+//!
+//! A node served in the same process ([`LocalNode`], as in `shoal dev`) is
+//! called directly through its service trait: same validation and errors,
+//! no HTTP/2 hop or protobuf round trip.
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -13,7 +17,8 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use shoal_proto::internal::v1::meta_client::MetaClient;
 use shoal_proto::internal::v1::shard_client::ShardClient;
-use shoal_proto::internal::v1::{ClusterMap, GetClusterMapRequest, ShardRef};
+use shoal_proto::internal::v1::shard_server::Shard as ShardApi;
+use shoal_proto::internal::v1::*;
 use shoal_proto::limits::MAX_MESSAGE_BYTES;
 use shoal_proto::routing::{ShardMap, ShardRange};
 use shoal_proto::v1::{CollectionConfig, Metric};
@@ -39,8 +44,67 @@ struct View {
     collections: HashMap<String, Arc<CollectionRoute>>,
 }
 
+/// A node's `Shard` service served in this process (`shoal dev`): calls to
+/// it skip the network and protobuf encoding.
+#[derive(Clone)]
+pub struct LocalNode {
+    /// The node's advertised internal address, as in the cluster map.
+    pub address: String,
+    pub shard: Arc<dyn ShardApi>,
+}
+
+impl std::fmt::Debug for LocalNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalNode").field("address", &self.address).finish_non_exhaustive()
+    }
+}
+
+/// A connection to one node's `Shard` service: over gRPC, or a direct call
+/// when the node runs in this process. Same methods as the generated client.
+#[derive(Clone)]
+pub enum ShardConn {
+    Remote(ShardClient<Channel>),
+    Local(Arc<dyn ShardApi>),
+}
+
+type Reply<T> = std::result::Result<tonic::Response<T>, tonic::Status>;
+
+impl ShardConn {
+    pub async fn write(&mut self, r: ShardWriteRequest) -> Reply<ShardWriteResponse> {
+        match self {
+            ShardConn::Remote(c) => c.write(r).await,
+            ShardConn::Local(s) => s.write(tonic::Request::new(r)).await,
+        }
+    }
+    pub async fn get(&mut self, r: ShardGetRequest) -> Reply<ShardGetResponse> {
+        match self {
+            ShardConn::Remote(c) => c.get(r).await,
+            ShardConn::Local(s) => s.get(tonic::Request::new(r)).await,
+        }
+    }
+    pub async fn scroll(&mut self, r: ShardScrollRequest) -> Reply<ShardScrollResponse> {
+        match self {
+            ShardConn::Remote(c) => c.scroll(r).await,
+            ShardConn::Local(s) => s.scroll(tonic::Request::new(r)).await,
+        }
+    }
+    pub async fn count(&mut self, r: ShardCountRequest) -> Reply<ShardCountResponse> {
+        match self {
+            ShardConn::Remote(c) => c.count(r).await,
+            ShardConn::Local(s) => s.count(tonic::Request::new(r)).await,
+        }
+    }
+    pub async fn search(&mut self, r: ShardSearchRequest) -> Reply<ShardSearchResponse> {
+        match self {
+            ShardConn::Remote(c) => c.search(r).await,
+            ShardConn::Local(s) => s.search(tonic::Request::new(r)).await,
+        }
+    }
+}
+
 pub struct Router {
     meta_addr: String,
+    local: Option<LocalNode>,
     view: RwLock<View>,
     channels: RwLock<HashMap<String, Channel>>,
     pub deadline: Duration,
@@ -76,8 +140,8 @@ fn build_view(map: ClusterMap) -> View {
 }
 
 impl Router {
-    pub fn new(meta_addr: String, deadline: Duration) -> Self {
-        Router { meta_addr, view: RwLock::new(build_view(ClusterMap::default())), channels: RwLock::new(HashMap::new()), deadline }
+    pub fn new(meta_addr: String, deadline: Duration, local: Option<LocalNode>) -> Self {
+        Router { meta_addr, local, view: RwLock::new(build_view(ClusterMap::default())), channels: RwLock::new(HashMap::new()), deadline }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel> {
@@ -146,19 +210,22 @@ impl Router {
         self.view.read().map.nodes.iter().find(|n| n.id == node).map(|n| n.address.clone())
     }
 
-    /// A client for the node holding shard `shard_id`'s leader replica.
-    fn shard_client(&self, route: &CollectionRoute, shard_id: u32) -> Result<(ShardClient<Channel>, u64, String)> {
+    /// A connection to the node holding shard `shard_id`'s leader replica.
+    fn shard_client(&self, route: &CollectionRoute, shard_id: u32) -> Result<(ShardConn, u64, String)> {
         let node = *route.replicas.get(&shard_id).and_then(|r| r.first()).ok_or_else(|| CoordError::Internal(format!("shard {shard_id} has no replicas")))?;
         let addr = self.node_address(node).ok_or_else(|| CoordError::Internal(format!("node {node} is not in the cluster map")))?;
+        if let Some(l) = self.local.as_ref().filter(|l| l.address == addr) {
+            return Ok((ShardConn::Local(l.shard.clone()), node, addr));
+        }
         let client = ShardClient::new(self.channel(&addr)?).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok((client, node, addr))
+        Ok((ShardConn::Remote(client), node, addr))
     }
 
     /// Calls one shard with `f`, under the deadline, refreshing the map and
     /// retrying once on a stale epoch.
     pub async fn call_shard<T, F, Fut>(&self, collection: &str, shard_id: u32, f: F) -> Result<T>
     where
-        F: Fn(ShardClient<Channel>, ShardRef) -> Fut,
+        F: Fn(ShardConn, ShardRef) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         for attempt in 0..2 {

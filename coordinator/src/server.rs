@@ -10,13 +10,15 @@ use shoal_proto::v1::cluster_server::ClusterServer;
 use shoal_proto::v1::collections_server::CollectionsServer;
 use shoal_proto::v1::points_server::PointsServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::router::Router;
 use crate::service::Api;
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
+    /// A node served by this same process, called without the network.
+    pub local: Option<crate::router::LocalNode>,
     /// Internal address of the metadata node.
     pub meta_addr: String,
     /// Deadline for each fan-out call to a shard.
@@ -26,7 +28,7 @@ pub struct CoordinatorConfig {
 /// Serves the public API until `shutdown` resolves. Waits (with retries)
 /// for the metadata node before reporting SERVING on the health service.
 pub async fn serve(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let router = Arc::new(Router::new(cfg.meta_addr.clone(), cfg.shard_deadline));
+    let router = Arc::new(Router::new(cfg.meta_addr.clone(), cfg.shard_deadline, cfg.local.clone()));
     let (reporter, health) = tonic_health::server::health_reporter();
     let api = Api { router: router.clone() };
     let reflection = tonic_reflection::server::Builder::configure()
@@ -60,7 +62,7 @@ pub async fn serve(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl
         .add_service(CollectionsServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(PointsServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(ClusterServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await?;
     Ok(())
 }

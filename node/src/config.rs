@@ -20,4 +20,16 @@ pub struct NodeArgs {
     /// always saved at shutdown).
     #[arg(long, env = "SHOAL_INDEX_SAVE_INTERVAL", default_value_t = 60)]
     pub index_save_interval: u64,
+    /// RocksDB memtable budget in MiB (all column families together).
+    #[arg(long, env = "SHOAL_MEMTABLE_MB", default_value_t = 16)]
+    pub memtable_mb: usize,
+    /// RocksDB block cache in MiB.
+    #[arg(long, env = "SHOAL_BLOCK_CACHE_MB", default_value_t = 8)]
+    pub block_cache_mb: usize,
+}
+
+impl NodeArgs {
+    pub fn rocks(&self) -> crate::storage::rocks::RocksTuning {
+        crate::storage::rocks::RocksTuning { memtable_budget: self.memtable_mb.max(1) << 20, block_cache: self.block_cache_mb << 20 }
+    }
 }

@@ -18,7 +18,7 @@ use shoal_proto::{placement, routing, validate};
 use crate::error::{NodeError, Result, StorageError};
 use crate::shard::Shard;
 use crate::storage::memory::MemoryEngine;
-use crate::storage::rocks::RocksEngine;
+use crate::storage::rocks::{RocksEngine, RocksTuning};
 use crate::storage::{shard_store, KvEngine, ShardStore};
 
 const MAP_KEY: &str = "cluster_map";
@@ -32,6 +32,7 @@ pub struct EngineConfig {
     pub advertise: String,
     /// Keep everything in memory (tests, throwaway dev runs).
     pub in_memory: bool,
+    pub rocks: RocksTuning,
 }
 
 type ShardKey = (String, u32);
@@ -47,7 +48,7 @@ pub struct Engine {
 impl Engine {
     /// Opens the node's storage and every shard replica it hosts.
     pub fn open(cfg: EngineConfig) -> Result<Arc<Self>> {
-        let kv: Arc<dyn KvEngine> = if cfg.in_memory { Arc::new(MemoryEngine::new()) } else { Arc::new(RocksEngine::open(&cfg.data_dir.join("db"))?) };
+        let kv: Arc<dyn KvEngine> = if cfg.in_memory { Arc::new(MemoryEngine::new()) } else { Arc::new(RocksEngine::open_with(&cfg.data_dir.join("db"), cfg.rocks)?) };
         let mut map = match shard_store::node_meta_get(&*kv, MAP_KEY)? {
             Some(b) => ClusterMap::decode(b.as_slice()).map_err(|e| StorageError::Corrupt { what: "cluster map", detail: e.to_string() })?,
             None => ClusterMap::default(),
@@ -79,6 +80,17 @@ impl Engine {
 
     pub fn node_id(&self) -> u64 {
         self.cfg.node_id
+    }
+
+    /// Sum of the shards' write sequence numbers: changes whenever any shard
+    /// applies a write.
+    pub fn write_seq(&self) -> u64 {
+        self.shards.read().values().map(|s| s.seq()).fold(0u64, u64::wrapping_add)
+    }
+
+    /// The internal address this node is known by in the cluster map.
+    pub fn advertise(&self) -> &str {
+        &self.cfg.advertise
     }
 
     fn open_shard(&self, config: &CollectionConfig, shard_id: u32, fresh: bool) -> Result<Arc<Shard>> {
@@ -204,15 +216,7 @@ impl Engine {
             .collect();
         shards.sort_by(|a, b| (&a.collection, a.shard_id).cmp(&(&b.collection, b.shard_id)));
         let index_bytes = self.shards.read().values().map(|s| s.index_memory_bytes() as u64).sum();
-        NodeStatusResponse { node_id: self.cfg.node_id, device: device.to_string(), version: env!("CARGO_PKG_VERSION").to_string(), shards, rss_bytes: rss_bytes(), index_bytes }
+        NodeStatusResponse { node_id: self.cfg.node_id, device: device.to_string(), version: env!("CARGO_PKG_VERSION").to_string(), shards, rss_bytes: crate::memory::rss_bytes(), index_bytes }
     }
 }
 
-/// Resident set size of this process (Linux; 0 elsewhere).
-pub fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * page.max(0) as u64
-}

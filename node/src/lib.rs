@@ -20,6 +20,7 @@
 //!   (single-node metadata authority until the Raft issue).
 //! - [`service`]: gRPC handlers for `Shard` and `Meta`; [`server`] wires
 //!   them with health and reflection.
+//! - [`memory`]: resident size and glibc allocator tuning.
 //! - [`error`] and [`status`]: the node's error enum and its one mapping to
 //!   gRPC status codes.
 //!
@@ -37,6 +38,7 @@ pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod index;
+pub mod memory;
 pub mod server;
 pub mod service;
 pub mod shard;

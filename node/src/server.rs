@@ -9,7 +9,7 @@ use shoal_proto::internal::v1::meta_server::MetaServer;
 use shoal_proto::internal::v1::shard_server::ShardServer;
 use shoal_proto::limits::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::engine::Engine;
 use crate::service::{meta::MetaService, shard::ShardService};
@@ -32,6 +32,22 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
     let shard = ShardServer::new(ShardService::new(engine.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let meta = MetaServer::new(MetaService::new(engine.clone(), device()));
 
+    // Hand pages freed by bulk writes back to the OS (see crate::memory).
+    let trimmer = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut last = u64::MAX;
+            loop {
+                tick.tick().await;
+                let seq = engine.write_seq();
+                if seq != last {
+                    last = seq;
+                    let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
+                }
+            }
+        })
+    };
     let saver = (!save_every.is_zero()).then(|| {
         let engine = engine.clone();
         tokio::spawn(async move {
@@ -50,11 +66,12 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
         .add_service(reflection)
         .add_service(shard)
         .add_service(meta)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await?;
     if let Some(s) = saver {
         s.abort();
     }
+    trimmer.abort();
     let e = engine.clone();
     let saved = tokio::task::spawn_blocking(move || e.save_indexes()).await?;
     tracing::info!(saved, "internal server stopped; indexes saved");

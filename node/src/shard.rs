@@ -43,8 +43,7 @@ const META_NEXT_OFFSET: &str = "next_offset";
 
 /// In-memory state guarded by one lock.
 struct State {
-    ids: HashMap<PointKey, u32>,
-    keys: HashMap<u32, PointKey>,
+    keys: KeyTable,
     live: RoaringBitmap,
     payload: PayloadIndex,
     next_offset: u32,
@@ -87,7 +86,13 @@ impl FilterSource for StoreSource<'_> {
         &self.state.payload
     }
     fn offset_of(&self, id: &PointKey) -> Option<u32> {
-        self.state.ids.get(id).copied()
+        match self.store.get(id) {
+            Ok(p) => p.map(|p| p.offset).filter(|o| self.state.live.contains(*o)),
+            Err(e) => {
+                tracing::error!(error = %e, "has_id lookup failed");
+                None
+            }
+        }
     }
     fn scan(&self, c: &Condition) -> RoaringBitmap {
         let mut out = RoaringBitmap::new();
@@ -146,7 +151,7 @@ impl Shard {
         let mut payload = PayloadIndex::new(&config.payload_indexes);
         store.scan_index(&mut |e| payload.insert(&e))?;
 
-        let mut state = State { ids: HashMap::new(), keys: HashMap::new(), live: RoaringBitmap::new(), payload, next_offset, seq };
+        let mut state = State { keys: KeyTable::default(), live: RoaringBitmap::new(), payload, next_offset, seq };
         let mut pending: Vec<(u64, Vec<f32>)> = Vec::new();
         let mut added = 0usize;
         let mut scan_err: Option<IndexError> = None;
@@ -157,7 +162,6 @@ impl Shard {
             Ok(())
         };
         store.scan_points(None, &mut |k, p| {
-            state.ids.insert(k, p.offset);
             state.keys.insert(p.offset, k);
             state.live.insert(p.offset);
             if !index.contains(p.offset as u64) {
@@ -227,7 +231,8 @@ impl Shard {
     }
 
     pub fn index_memory_bytes(&self) -> usize {
-        self.index.memory_bytes() + self.state.read().payload.memory_bytes()
+        let st = self.state.read();
+        self.index.memory_bytes() + st.payload.memory_bytes() + st.keys.memory_bytes() + st.live.serialized_size()
     }
 
     fn metric(&self) -> Metric {
@@ -247,14 +252,16 @@ impl Shard {
         Ok((key, v))
     }
 
-    /// Payload-index entries of the stored version `off` of `k`, to retire
-    /// with it. Reads the old point only when the collection has indexes.
-    fn old_entries(&self, st: &State, k: &PointKey, off: u32) -> Result<Vec<crate::storage::IndexEntry>> {
-        if st.payload.is_unindexed() {
-            return Ok(vec![]);
+    /// The live stored version of `k`: its offset and the payload-index
+    /// entries to retire with it. RocksDB is the id -> offset map (bloom
+    /// filters make the common miss of a new id cheap).
+    fn old_version(&self, st: &State, k: &PointKey) -> Result<Option<(u32, Vec<crate::storage::IndexEntry>)>> {
+        let Some(old) = self.store.get(k)? else { return Ok(None) };
+        if !st.live.contains(old.offset) {
+            return Ok(None);
         }
-        let old = self.store.get(k)?;
-        Ok(st.payload.entries_for(old.as_ref().and_then(|p| p.payload.as_ref()), off))
+        let entries = if st.payload.is_unindexed() { vec![] } else { st.payload.entries_for(old.payload.as_ref(), old.offset) };
+        Ok(Some((old.offset, entries)))
     }
 
     /// Applies upserts and deletes as one durable batch. Returns the number
@@ -288,11 +295,11 @@ impl Shard {
             let mut doomed: HashSet<PointKey> = del_keys.into_iter().collect();
             if let Some(f) = delete_filter {
                 let allowed = filter::evaluate(f, &StoreSource { state: &st, store: &self.store });
-                doomed.extend(allowed.iter().filter_map(|o| st.keys.get(&o).copied()));
+                doomed.extend(allowed.iter().filter_map(|o| st.keys.get(o)));
             }
             for k in &doomed {
-                if let Some(&off) = st.ids.get(k) {
-                    batch.delete_index.extend(self.old_entries(&st, k, off)?);
+                if let Some((off, entries)) = self.old_version(&st, k)? {
+                    batch.delete_index.extend(entries);
                     batch.delete_points.push(*k);
                     retire.push((*k, off));
                     affected += 1;
@@ -303,8 +310,8 @@ impl Shard {
                 if last[k] != i {
                     continue;
                 }
-                if let Some(&off) = st.ids.get(k) {
-                    batch.delete_index.extend(self.old_entries(&st, k, off)?);
+                if let Some((off, entries)) = self.old_version(&st, k)? {
+                    batch.delete_index.extend(entries);
                     retire.push((*k, off));
                 }
                 let off = next;
@@ -335,7 +342,6 @@ impl Shard {
                 st.payload.insert(e);
             }
             for (k, off, _) in &added {
-                st.ids.insert(*k, *off);
                 st.keys.insert(*off, *k);
                 st.live.insert(*off);
             }
@@ -343,12 +349,9 @@ impl Shard {
             for e in &entries_del {
                 st.payload.remove(e);
             }
-            for (k, off) in &retire {
+            for (_, off) in &retire {
                 st.live.remove(*off);
-                st.keys.remove(off);
-                if st.ids.get(k) == Some(off) {
-                    st.ids.remove(k);
-                }
+                st.keys.remove(*off);
             }
             st.next_offset = next;
             st.seq += 1;
@@ -449,7 +452,7 @@ impl Shard {
                 (Some(a), false) => self.index.search(&q, fetch, ef.max(fetch), &Allowed::Set(a))?,
                 (None, false) => self.index.search(&q, fetch, ef.max(fetch), &Allowed::All)?,
             };
-            let keys: Vec<Option<PointKey>> = hits.iter().map(|h| st.keys.get(&(h.key as u32)).copied()).collect();
+            let keys: Vec<Option<PointKey>> = hits.iter().map(|h| st.keys.get(h.key as u32)).collect();
             (hits, keys)
         };
         self.score_hits(req, hits, keys, k)
@@ -537,5 +540,8 @@ fn load_index(params: HnswParams, path: &Path) -> std::result::Result<(HnswIndex
     Ok((HnswIndex::load(params, path)?, next as u32))
 }
 
+mod keys;
 #[cfg(test)]
 mod tests;
+
+use keys::KeyTable;

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shoal_coordinator::router::LocalNode;
 use shoal_coordinator::CoordinatorConfig;
+use shoal_node::service::shard::ShardService;
 use shoal_node::config::NodeArgs;
 use shoal_node::engine::{Engine, EngineConfig};
 use tokio::net::TcpListener;
@@ -60,6 +62,12 @@ enum Cmd {
         /// Keep data in memory only.
         #[arg(long)]
         in_memory: bool,
+        /// RocksDB memtable budget in MiB.
+        #[arg(long, env = "SHOAL_MEMTABLE_MB", default_value_t = 16)]
+        memtable_mb: usize,
+        /// RocksDB block cache in MiB.
+        #[arg(long, env = "SHOAL_BLOCK_CACHE_MB", default_value_t = 8)]
+        block_cache_mb: usize,
     },
 }
 
@@ -98,39 +106,48 @@ async fn bind(addr: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
     Ok((l, a))
 }
 
-async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool) -> anyhow::Result<(tokio::task::JoinHandle<anyhow::Result<()>>, SocketAddr)> {
+type Served = (tokio::task::JoinHandle<anyhow::Result<()>>, SocketAddr, std::sync::Arc<Engine>);
+
+async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool) -> anyhow::Result<Served> {
     let (listener, addr) = bind(&args.internal_listen).await?;
     let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory };
+    let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory, rocks: args.rocks() };
     let engine = tokio::task::spawn_blocking(move || Engine::open(cfg)).await?.context("opening node storage")?;
     tracing::info!(node_id = args.node_id, %addr, data_dir = %args.data_dir.display(), "node serving internal API");
     let every = Duration::from_secs(args.index_save_interval);
-    let h = tokio::spawn(shoal_node::server::serve_internal(engine, listener, every, wait(stop)));
-    Ok((h, addr))
+    let h = tokio::spawn(shoal_node::server::serve_internal(engine.clone(), listener, every, wait(stop)));
+    Ok((h, addr, engine))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before any thread exists (see shoal_node::memory).
+    shoal_node::memory::tune_allocator();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(&cli.log, cli.log_json);
     let stop = shutdown_signal();
     match cli.cmd {
         Cmd::Node(args) => {
-            let (h, addr) = run_node(args, stop, false).await?;
+            let (h, addr, _) = run_node(args, stop, false).await?;
             println!("shoal node ready: internal={addr}");
             h.await??;
         }
         Cmd::Coordinator { listen, meta, shard_deadline_ms } => {
             let (listener, addr) = bind(&listen).await?;
             println!("shoal coordinator ready: public={addr} meta={meta}");
-            let cfg = CoordinatorConfig { meta_addr: meta, shard_deadline: Duration::from_millis(shard_deadline_ms) };
+            let cfg = CoordinatorConfig { meta_addr: meta, shard_deadline: Duration::from_millis(shard_deadline_ms), local: None };
             shoal_coordinator::serve(cfg, listener, wait(stop)).await?;
         }
-        Cmd::Dev { listen, data_dir, sample, in_memory } => {
-            let args = NodeArgs { node_id: 1, data_dir, internal_listen: "127.0.0.1:0".into(), advertise: None, index_save_interval: 60 };
-            let (node, internal) = run_node(args, stop.clone(), in_memory).await?;
+        Cmd::Dev { listen, data_dir, sample, in_memory, memtable_mb, block_cache_mb } => {
+            let args = NodeArgs { node_id: 1, data_dir, internal_listen: "127.0.0.1:0".into(), advertise: None, index_save_interval: 60, memtable_mb, block_cache_mb };
+            let (node, internal, engine) = run_node(args, stop.clone(), in_memory).await?;
             let (listener, public) = bind(&listen).await?;
-            let cfg = CoordinatorConfig { meta_addr: internal.to_string(), shard_deadline: Duration::from_secs(30) };
+            // The coordinator calls this process's node directly.
+            let local = LocalNode { address: engine.advertise().to_string(), shard: std::sync::Arc::new(ShardService::new(engine)) };
+            let cfg = CoordinatorConfig { meta_addr: internal.to_string(), shard_deadline: Duration::from_secs(30), local: Some(local) };
             let coord = tokio::spawn(shoal_coordinator::serve(cfg, listener, wait(stop.clone())));
             sample::wait_ready(public).await?;
             if sample > 0 {

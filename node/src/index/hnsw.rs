@@ -131,7 +131,7 @@ impl HnswIndex {
         };
         let g = self.index.write();
         if need > g.capacity() {
-            g.reserve_capacity_and_threads((need * 2).max(1024), max_concurrency())?;
+            g.reserve_capacity_and_threads((need + need / 2).max(1024), max_concurrency())?;
         }
         Ok(())
     }

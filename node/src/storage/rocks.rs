@@ -3,29 +3,61 @@
 //! an acknowledged upsert durable.
 use std::path::Path;
 
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use super::{Cf, KvEngine, KvOp};
 use crate::error::StorageError;
+
+/// RocksDB memory, counted in the node's resident size (docs/limits.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RocksTuning {
+    /// Cap on all memtables together; each column family's memtable is a
+    /// quarter of it, so a full one flushes while another fills.
+    pub memtable_budget: usize,
+    /// Shared LRU block cache.
+    pub block_cache: usize,
+}
+
+impl Default for RocksTuning {
+    fn default() -> Self {
+        RocksTuning { memtable_budget: 16 << 20, block_cache: 8 << 20 }
+    }
+}
 
 pub struct RocksEngine {
     db: DB,
 }
 
 impl RocksEngine {
-    /// Opens (creating if needed) the database in `dir`.
+    /// Opens (creating if needed) the database in `dir` with default tuning.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_with(dir, RocksTuning::default())
+    }
+
+    /// Opens (creating if needed) the database in `dir`.
+    pub fn open_with(dir: &Path, tuning: RocksTuning) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir)?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);
+        // Memory is bounded and counted in the vector budget (docs/limits.md):
+        // memtables of all column families share one cap, and one block cache
+        // serves every table.
+        opts.set_db_write_buffer_size(tuning.memtable_budget);
+        let cache = Cache::new_lru_cache(tuning.block_cache)?;
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut o = Options::default();
+            let mut t = BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            o.set_write_buffer_size((tuning.memtable_budget / 4).max(1 << 20));
             if *cf == Cf::Points {
-                o.set_write_buffer_size(64 << 20);
+                // The write path looks every upserted id up (id -> offset
+                // lives here); a bloom filter makes the miss of a new id cheap.
+                t.set_bloom_filter(10.0, false);
             }
+            o.set_block_based_table_factory(&t);
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
