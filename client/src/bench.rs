@@ -29,9 +29,16 @@ pub struct BenchArgs {
     /// ef values to measure.
     #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
     pub ef: Vec<u32>,
-    /// Concurrent search clients (and in-process search threads).
+    /// In-process search threads, and gRPC searches in flight unless
+    /// `--inflight` is given.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// gRPC searches in flight (one connection per 32). A
+    /// network client needs more requests in flight than a thread pool to
+    /// keep the same server cores busy, because each request also waits for
+    /// its round trip.
+    #[arg(long)]
+    pub inflight: Option<usize>,
     /// Upsert requests in flight while ingesting.
     #[arg(long, default_value_t = 4)]
     pub ingest_concurrency: usize,
@@ -97,7 +104,7 @@ struct Run {
 
 /// Runs `searches` through gRPC with `conc` concurrent clients, in passes
 /// over the set until `min_secs` have elapsed; recall from the first pass.
-async fn grpc_run(client: &Client, searches: Arc<Vec<SearchBuilder>>, truth: Arc<Vec<Vec<u64>>>, conc: usize, min_secs: f64) -> Result<Run> {
+async fn grpc_run(client: &[Client], searches: Arc<Vec<SearchBuilder>>, truth: Arc<Vec<Vec<u64>>>, conc: usize, min_secs: f64) -> Result<Run> {
     let t = Instant::now();
     let mut first = grpc_pass(client, searches.clone(), truth.clone(), conc).await?;
     let mut done = searches.len();
@@ -113,12 +120,13 @@ async fn grpc_run(client: &Client, searches: Arc<Vec<SearchBuilder>>, truth: Arc
 }
 
 /// One pass over `searches` with `conc` concurrent clients.
-async fn grpc_pass(client: &Client, searches: Arc<Vec<SearchBuilder>>, truth: Arc<Vec<Vec<u64>>>, conc: usize) -> Result<Run> {
+async fn grpc_pass(client: &[Client], searches: Arc<Vec<SearchBuilder>>, truth: Arc<Vec<Vec<u64>>>, conc: usize) -> Result<Run> {
     let next = Arc::new(AtomicUsize::new(0));
     let t = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..conc {
-        let (client, searches, next) = (client.clone(), searches.clone(), next.clone());
+    for t in 0..conc {
+        // Tasks spread over the connections as a pooled client would.
+        let (client, searches, next) = (client[t % client.len()].clone(), searches.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Histogram::<u64>::new(3).unwrap();
             let mut got: Vec<(usize, Vec<u64>)> = Vec::new();
@@ -249,6 +257,13 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
         ds.groundtruth.iter().map(|r| r.iter().map(|x| *x as u64).collect()).collect()
     };
     let client = Client::connect(addr).await?;
+    // Search clients: one HTTP/2 connection per 32 requests in flight (more
+    // connections measured slower here: each costs client CPU on the same
+    // cores as the server).
+    let mut pool = vec![];
+    for _ in 0..a.inflight.unwrap_or(a.concurrency).div_ceil(32) {
+        pool.push(Client::connect(addr).await?);
+    }
     let name: String = format!("bench-{}", ds.meta.name).chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
     let _ = client.delete_collection(&name).await;
 
@@ -269,6 +284,14 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
                 _ => {}
             }
         }
+    }
+    // The node's resident size before this collection exists: the bench
+    // reports the marginal cost per vector beside the absolute one.
+    let before = client.cluster_status().await?;
+    let rss_before: u64 = before.nodes.iter().map(|x| x.rss_bytes).sum();
+    let other_points: u64 = before.shards.iter().filter_map(|s| s.replicas.first()).map(|r| r.points).sum();
+    if other_points > 0 {
+        eprintln!("note: the cluster already holds {other_points} points of other collections; absolute memory per vector includes them");
     }
     client.create_collection(b.build()).await?;
 
@@ -321,7 +344,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     let mut runs = vec![];
     for &ef in &a.ef {
         let searches: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| SearchBuilder::new(&name, q.clone(), 10).ef(ef)).collect());
-        let r = grpc_run(&client, searches, truth.clone(), a.concurrency, a.min_secs).await?;
+        let r = grpc_run(&pool, searches, truth.clone(), a.inflight.unwrap_or(a.concurrency), a.min_secs).await?;
         let ip = inproc.as_ref().map(|(idx, _)| inprocess_qps(idx, &ds.queries, ef, a.concurrency, a.min_secs));
         eprintln!("ef={ef:<4} recall@10={:.4} qps={:.0} p50={:.2}ms p99={:.2}ms inprocess_qps={:.0}", r.recall, r.qps, r.p50_ms, r.p99_ms, ip.unwrap_or(0.0));
         runs.push(json!({"ef": ef, "recall_at_10": r.recall, "qps": r.qps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "inprocess_qps": ip, "qps_ratio": ip.map(|x| r.qps / x)}));
@@ -333,8 +356,8 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
             let f = filter::from_json(&set.filter).with_context(|| format!("filter set {}", set.name))?;
             let gt: Arc<Vec<Vec<u64>>> = Arc::new(set.groundtruth.clone());
             let mk = |exact: bool| -> Arc<Vec<SearchBuilder>> { Arc::new(ds.queries.iter().map(|q| SearchBuilder::new(&name, q.clone(), 10).filter(f.clone()).exact(exact)).collect()) };
-            let approx = grpc_run(&client, mk(false), gt.clone(), a.concurrency, 0.0).await?;
-            let exact = grpc_run(&client, mk(true), gt, a.concurrency, 0.0).await?;
+            let approx = grpc_run(&pool, mk(false), gt.clone(), a.inflight.unwrap_or(a.concurrency), 0.0).await?;
+            let exact = grpc_run(&pool, mk(true), gt, a.inflight.unwrap_or(a.concurrency), 0.0).await?;
             eprintln!(
                 "filter {:<28} sel={:.4} recall@10={:.4} qps={:.0} | exact: recall@10={:.4} identical_top10={:.4} qps={:.0}",
                 set.name, set.selectivity, approx.recall, approx.qps, exact.recall, exact.exact_match, exact.qps
@@ -352,24 +375,31 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
         "vectors": n,
         "dim": ds.meta.dim,
         "metric": ds.meta.metric,
-        "m": a.m, "ef_construction": a.ef_construction, "concurrency": a.concurrency, "threads": threads,
+        "m": a.m, "ef_construction": a.ef_construction, "concurrency": a.concurrency, "inflight": a.inflight.unwrap_or(a.concurrency), "threads": threads,
         "ingest_per_s": ingest_per_s,
         "inprocess_insert_per_s": inproc.as_ref().map(|x| x.1),
         "ingest_ratio": inproc.as_ref().map(|x| ingest_per_s / x.1),
         "default_ef": default_ef,
         "rss_bytes": rss,
         "rss_bytes_per_vector": rss as f64 / n as f64,
+        "rss_before_ingest_bytes": rss_before,
+        "rss_marginal_bytes_per_vector": rss.saturating_sub(rss_before) as f64 / n as f64,
+        "memory_ratio": rss as f64 / n as f64 / (raw + links),
+        "memory_marginal_ratio": rss.saturating_sub(rss_before) as f64 / n as f64 / (raw + links),
         "index_bytes_per_vector": index_bytes as f64 / n as f64,
         "raw_plus_links_bytes_per_vector": raw + links,
         "runs": runs,
         "filtered": filtered,
     });
     eprintln!(
-        "memory: rss {:.0} B/vector, indexes {:.0} B/vector, raw+links {:.0} B/vector (ratio {:.2})",
+        "memory: rss {:.0} B/vector (ratio {:.2}), marginal {:.0} B/vector over the {:.0} MiB node before ingest (ratio {:.2}); indexes {:.0} B/vector; raw+links {:.0} B/vector",
         rss as f64 / n as f64,
+        rss as f64 / n as f64 / (raw + links),
+        rss.saturating_sub(rss_before) as f64 / n as f64,
+        rss_before as f64 / (1 << 20) as f64,
+        rss.saturating_sub(rss_before) as f64 / n as f64 / (raw + links),
         index_bytes as f64 / n as f64,
         raw + links,
-        rss as f64 / n as f64 / (raw + links)
     );
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_vec_pretty(&out)?)?;

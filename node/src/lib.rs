@@ -21,6 +21,8 @@
 //! - [`service`]: gRPC handlers for `Shard` and `Meta`; [`server`] wires
 //!   them with health and reflection.
 //! - [`memory`]: resident size and glibc allocator tuning.
+//! - [`raft`]: openraft type configuration and the RocksDB-backed Raft log
+//!   shared by every group on the node.
 //! - [`error`] and [`status`]: the node's error enum and its one mapping to
 //!   gRPC status codes.
 //!
@@ -39,6 +41,7 @@ pub mod error;
 pub mod filter;
 pub mod index;
 pub mod memory;
+pub mod raft;
 pub mod server;
 pub mod service;
 pub mod shard;

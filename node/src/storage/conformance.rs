@@ -16,6 +16,7 @@ pub fn run_all(make: &dyn Fn() -> Arc<dyn KvEngine>) {
     kv_scan_bounds_and_order(make());
     kv_batch_is_ordered(make());
     kv_delete_range(make());
+    kv_last_in_range(make());
     shard_points_roundtrip_and_isolation(make());
     shard_scan_from_cursor(make());
     shard_index_entries(make());
@@ -30,6 +31,17 @@ fn collect(e: &dyn KvEngine, cf: Cf, s: &[u8], end: &[u8]) -> Vec<Vec<u8>> {
     })
     .unwrap();
     out
+}
+
+fn kv_last_in_range(e: Arc<dyn KvEngine>) {
+    assert_eq!(e.last(Cf::RaftLog, b"a", b"z").unwrap(), None, "empty range");
+    let ops = ["a1", "a2", "b0", "b5", "c"].iter().map(|k| KvOp::Put(Cf::RaftLog, k.as_bytes().to_vec(), k.as_bytes().to_vec())).collect();
+    e.write(ops, true).unwrap();
+    assert_eq!(e.last(Cf::RaftLog, b"a", b"b").unwrap(), Some((b"a2".to_vec(), b"a2".to_vec())));
+    assert_eq!(e.last(Cf::RaftLog, b"b", b"b5").unwrap().map(|x| x.0), Some(b"b0".to_vec()), "end is exclusive");
+    assert_eq!(e.last(Cf::RaftLog, b"b", b"b6").unwrap().map(|x| x.0), Some(b"b5".to_vec()));
+    assert_eq!(e.last(Cf::RaftLog, b"c0", b"d").unwrap(), None, "start is inclusive and bounds the search");
+    assert_eq!(e.last(Cf::Points, b"a", b"z").unwrap(), None, "column families are separate");
 }
 
 fn kv_put_get_delete(e: Arc<dyn KvEngine>) {

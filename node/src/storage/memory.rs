@@ -5,12 +5,12 @@ use std::ops::Bound;
 
 use parking_lot::RwLock;
 
-use super::{Cf, KvEngine, KvOp};
+use super::{Cf, KeyValue, KvEngine, KvOp};
 use crate::error::StorageError;
 
 #[derive(Default)]
 pub struct MemoryEngine {
-    cfs: RwLock<[BTreeMap<Vec<u8>, Vec<u8>>; 3]>,
+    cfs: RwLock<[BTreeMap<Vec<u8>, Vec<u8>>; 4]>,
 }
 
 fn idx(cf: Cf) -> usize {
@@ -58,6 +58,11 @@ impl KvEngine for MemoryEngine {
             }
         }
         Ok(())
+    }
+
+    fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError> {
+        let cfs = self.cfs.read();
+        Ok(cfs[idx(cf)].range::<[u8], _>((Bound::Included(start), Bound::Excluded(end))).next_back().map(|(k, v)| (k.clone(), v.clone())))
     }
 
     fn flush(&self) -> Result<(), StorageError> {

@@ -14,6 +14,8 @@
 //! - `points`: `prefix ++ PointKey::to_bytes()` -> [`StoredPoint`] (protobuf).
 //! - `payload_index`: `prefix ++ field ++ 0x00 ++ tag ++ value ++ offset u32 BE`
 //!   -> empty; see [`IndexEntry`].
+//! - `raft_log`: `group prefix ++ index u64 BE` -> log entry (see
+//!   [`crate::raft::log_store`]).
 //! - `meta`: `prefix ++ name` -> bytes (shard metadata such as the applied
 //!   sequence number and offset counter), and node-level keys under the
 //!   empty prefix (the cluster map).
@@ -32,18 +34,24 @@ pub enum Cf {
     Points,
     PayloadIndex,
     Meta,
+    /// Raft log entries of every group on the node.
+    RaftLog,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 3] = [Cf::Points, Cf::PayloadIndex, Cf::Meta];
+    pub const ALL: [Cf; 4] = [Cf::Points, Cf::PayloadIndex, Cf::Meta, Cf::RaftLog];
     pub fn name(self) -> &'static str {
         match self {
             Cf::Points => "points",
             Cf::PayloadIndex => "payload_index",
             Cf::Meta => "meta",
+            Cf::RaftLog => "raft_log",
         }
     }
 }
+
+/// An owned key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// One write operation.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +71,8 @@ pub trait KvEngine: Send + Sync + 'static {
     /// Visits keys in `[start, end)` in ascending byte order until `visit`
     /// returns false.
     fn scan(&self, cf: Cf, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StorageError>;
+    /// The greatest key in `[start, end)` and its value.
+    fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError>;
     /// Flushes memtables (used before snapshots and at shutdown).
     fn flush(&self) -> Result<(), StorageError>;
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 
-use super::{Cf, KvEngine, KvOp};
+use super::{Cf, KeyValue, KvEngine, KvOp};
 use crate::error::StorageError;
 
 /// RocksDB memory, counted in the node's resident size (docs/limits.md).
@@ -100,6 +100,20 @@ impl KvEngine for RocksEngine {
             }
         }
         Ok(())
+    }
+
+    fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(start.to_vec());
+        let mut it = self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(end, Direction::Reverse));
+        // `From(end, Reverse)` starts at the last key <= end; skip `end` itself.
+        for item in it.by_ref() {
+            let (k, v) = item?;
+            if &*k < end {
+                return Ok(Some((k.to_vec(), v.to_vec())));
+            }
+        }
+        Ok(None)
     }
 
     fn flush(&self) -> Result<(), StorageError> {
