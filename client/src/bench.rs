@@ -63,6 +63,11 @@ pub struct BenchArgs {
     /// Skip the in-process usearch comparison.
     #[arg(long)]
     pub no_inprocess: bool,
+    /// Build the in-process baseline for cosine data the way Shoal stores it
+    /// (unit vectors, inner product) instead of with usearch's cos metric:
+    /// the ratio then measures serving overhead alone.
+    #[arg(long)]
+    pub inprocess_unit_ip: bool,
     /// Repeat the query set until each QPS measurement has run this long
     /// (recall is scored on the first pass).
     #[arg(long, default_value_t = 3.0)]
@@ -158,12 +163,13 @@ async fn grpc_pass(client: &[Client], searches: Arc<Vec<SearchBuilder>>, truth: 
     Ok(Run { qps: searches.len() as f64 / secs, p50_ms: lat.value_at_quantile(0.5) as f64 / 1000.0, p99_ms: lat.value_at_quantile(0.99) as f64 / 1000.0, recall, exact_match, lat })
 }
 
-fn usearch_options(dim: usize, metric: Metric, m: u32, efc: u32) -> usearch::IndexOptions {
+fn usearch_options(dim: usize, metric: Metric, m: u32, efc: u32, unit_ip: bool) -> usearch::IndexOptions {
     usearch::IndexOptions {
         dimensions: dim,
         metric: match metric {
             Metric::Dot => usearch::MetricKind::IP,
             Metric::L2 => usearch::MetricKind::L2sq,
+            _ if unit_ip => usearch::MetricKind::IP,
             _ => usearch::MetricKind::Cos,
         },
         quantization: usearch::ScalarKind::F32,
@@ -175,8 +181,8 @@ fn usearch_options(dim: usize, metric: Metric, m: u32, efc: u32) -> usearch::Ind
 }
 
 /// Builds the in-process index with `threads` threads; returns it and inserts/s.
-fn inprocess_build(ds: &Dataset, base: &[Vec<f32>], metric: Metric, m: u32, efc: u32, threads: usize, searchers: usize) -> Result<(usearch::Index, f64)> {
-    let index = usearch::Index::new(&usearch_options(ds.meta.dim as usize, metric, m, efc))?;
+fn inprocess_build(ds: &Dataset, base: &[Vec<f32>], metric: Metric, m: u32, efc: u32, threads: usize, searchers: usize, unit_ip: bool) -> Result<(usearch::Index, f64)> {
+    let index = usearch::Index::new(&usearch_options(ds.meta.dim as usize, metric, m, efc, unit_ip))?;
     // One usearch thread context per concurrent caller, or calls fail fast.
     index.reserve_capacity_and_threads(base.len(), threads.max(searchers).max(1) * 2)?;
     let t = Instant::now();
@@ -192,6 +198,11 @@ fn inprocess_build(ds: &Dataset, base: &[Vec<f32>], metric: Metric, m: u32, efc:
         }
     });
     Ok((index, base.len() as f64 / t.elapsed().as_secs_f64()))
+}
+
+fn unit(v: &[f32]) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter().map(|x| x / n).collect()
 }
 
 fn inprocess_qps(index: &usearch::Index, queries: &[Vec<f32>], ef: u32, threads: usize, min_secs: f64) -> f64 {
@@ -335,17 +346,25 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     let inproc = if a.no_inprocess {
         None
     } else {
-        let (idx, rate) = inprocess_build(&ds, base, metric, a.m, a.ef_construction, threads, a.concurrency)?;
+        let unit_ip = a.inprocess_unit_ip && metric == Metric::Cosine;
+        let (idx, rate) = if unit_ip {
+            let unit: Vec<Vec<f32>> = base.iter().map(|v| unit(v)).collect();
+            inprocess_build(&ds, &unit, metric, a.m, a.ef_construction, threads, a.concurrency, true)?
+        } else {
+            inprocess_build(&ds, base, metric, a.m, a.ef_construction, threads, a.concurrency, false)?
+        };
         eprintln!("in-process usearch insert: {rate:.0}/s");
         Some((idx, rate))
     };
 
+    let inproc_queries: Vec<Vec<f32>> =
+        if a.inprocess_unit_ip && metric == Metric::Cosine { ds.queries.iter().map(|q| unit(q)).collect() } else { ds.queries.clone() };
     let truth = Arc::new(truth);
     let mut runs = vec![];
     for &ef in &a.ef {
         let searches: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| SearchBuilder::new(&name, q.clone(), 10).ef(ef)).collect());
         let r = grpc_run(&pool, searches, truth.clone(), a.inflight.unwrap_or(a.concurrency), a.min_secs).await?;
-        let ip = inproc.as_ref().map(|(idx, _)| inprocess_qps(idx, &ds.queries, ef, a.concurrency, a.min_secs));
+        let ip = inproc.as_ref().map(|(idx, _)| inprocess_qps(idx, &inproc_queries, ef, a.concurrency, a.min_secs));
         eprintln!("ef={ef:<4} recall@10={:.4} qps={:.0} p50={:.2}ms p99={:.2}ms inprocess_qps={:.0}", r.recall, r.qps, r.p50_ms, r.p99_ms, ip.unwrap_or(0.0));
         runs.push(json!({"ef": ef, "recall_at_10": r.recall, "qps": r.qps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "inprocess_qps": ip, "qps_ratio": ip.map(|x| r.qps / x)}));
     }
@@ -375,7 +394,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
         "vectors": n,
         "dim": ds.meta.dim,
         "metric": ds.meta.metric,
-        "m": a.m, "ef_construction": a.ef_construction, "concurrency": a.concurrency, "inflight": a.inflight.unwrap_or(a.concurrency), "threads": threads,
+        "m": a.m, "ef_construction": a.ef_construction, "concurrency": a.concurrency, "inprocess_metric": if a.inprocess_unit_ip && metric == Metric::Cosine { "ip on unit vectors" } else { "usearch cos" }, "inflight": a.inflight.unwrap_or(a.concurrency), "threads": threads,
         "ingest_per_s": ingest_per_s,
         "inprocess_insert_per_s": inproc.as_ref().map(|x| x.1),
         "ingest_ratio": inproc.as_ref().map(|x| ingest_per_s / x.1),

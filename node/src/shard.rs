@@ -64,6 +64,10 @@ pub struct Shard {
     pub exact_scan_threshold: u64,
 }
 
+/// A consistent copy of a shard: its points and the requested metadata
+/// records (see [`Shard::export`]).
+pub type Export = (Vec<StoredPoint>, Vec<Option<Vec<u8>>>);
+
 /// Outcome of opening a shard, for logs and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IndexOpen {
@@ -267,6 +271,38 @@ impl Shard {
     /// Applies upserts and deletes as one durable batch. Returns the number
     /// of points written plus points actually deleted.
     pub fn write(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>) -> Result<u64> {
+        self.write_with_meta(upserts, delete_ids, delete_filter, Vec::new())
+    }
+
+    /// Reads a shard metadata record.
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.store.meta_get(name)?)
+    }
+
+    /// Writes shard metadata records alone, durably.
+    pub fn put_meta(&self, meta: Vec<(&'static str, Vec<u8>)>) -> Result<()> {
+        let _w = self.writer.lock();
+        self.store.write(StoreBatch { put_meta: meta, ..Default::default() }, true)?;
+        Ok(())
+    }
+
+    /// Every stored point and the named metadata records, read under the
+    /// writer lock so that they form one consistent view.
+    pub fn export(&self, meta: &[&str]) -> Result<Export> {
+        let _w = self.writer.lock();
+        let values = meta.iter().map(|m| self.store.meta_get(m)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut points = Vec::with_capacity(self.len() as usize);
+        self.store.scan_points(None, &mut |_, p| {
+            points.push(p);
+            true
+        })?;
+        Ok((points, values))
+    }
+
+    /// Like [`Shard::write`], with `meta` records written in the same atomic
+    /// batch (the Raft state machine stores its applied log id this way).
+    /// If validation rejects the batch, nothing is written, `meta` included.
+    pub fn write_with_meta(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>, meta: Vec<(&'static str, Vec<u8>)>) -> Result<u64> {
         // Validate everything before touching anything.
         let mut prepared = Vec::with_capacity(upserts.len());
         for (i, p) in upserts.iter().enumerate() {
@@ -323,8 +359,13 @@ impl Shard {
                 affected += 1;
             }
             if batch.put_points.is_empty() && batch.delete_points.is_empty() {
+                drop(st);
+                if !meta.is_empty() {
+                    self.store.write(StoreBatch { put_meta: meta, ..Default::default() }, true)?;
+                }
                 return Ok(0);
             }
+            batch.put_meta.extend(meta);
             batch.put_meta.push((META_SEQ, (st.seq + 1).to_be_bytes().to_vec()));
             batch.put_meta.push((META_NEXT_OFFSET, (next as u64).to_be_bytes().to_vec()));
             let entries_put = batch.put_index.clone();

@@ -10,6 +10,7 @@
 //! thread context; [`HnswIndex`] bounds concurrent calls with a semaphore
 //! sized to the reserved contexts, and takes an exclusive lock only to grow
 //! capacity.
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -71,10 +72,12 @@ pub struct HnswIndex {
 fn options(p: &HnswParams) -> IndexOptions {
     IndexOptions {
         dimensions: p.dim,
+        // Cosine vectors are stored and queried as unit vectors (see
+        // `unit`), so the inner product is the cosine: usearch's cos kernel
+        // would recompute both norms on every distance.
         metric: match p.metric {
-            Metric::Dot => MetricKind::IP,
             Metric::L2 => MetricKind::L2sq,
-            _ => MetricKind::Cos,
+            _ => MetricKind::IP,
         },
         // Set explicitly: usearch's default stores BF16.
         quantization: match p.precision {
@@ -136,6 +139,19 @@ impl HnswIndex {
         Ok(())
     }
 
+    /// `v` as the index stores it: scaled to unit length for cosine.
+    fn unit<'a>(&self, v: &'a [f32]) -> Cow<'a, [f32]> {
+        if self.params.metric != Metric::Cosine {
+            return Cow::Borrowed(v);
+        }
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if n == 0.0 || (n - 1.0).abs() < 1e-6 {
+            Cow::Borrowed(v)
+        } else {
+            Cow::Owned(v.iter().map(|x| x / n).collect())
+        }
+    }
+
     fn check_dim(&self, v: &[f32]) -> Result<(), IndexError> {
         if v.len() != self.params.dim {
             return Err(IndexError::Dimension { got: v.len(), want: self.params.dim });
@@ -156,8 +172,9 @@ impl VectorIndex for HnswIndex {
     fn add(&self, key: u64, v: &[f32]) -> Result<(), IndexError> {
         self.check_dim(v)?;
         self.grow(1)?;
+        let v = self.unit(v);
         let _p = self.gate.acquire();
-        self.index.read().add(key, v)?;
+        self.index.read().add(key, &v)?;
         self.live.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -180,7 +197,7 @@ impl VectorIndex for HnswIndex {
                         let _p = self.gate.acquire();
                         let g = self.index.read();
                         for (k, v) in part {
-                            g.add(*k, v)?;
+                            g.add(*k, &self.unit(v))?;
                             self.live.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(())
@@ -207,6 +224,8 @@ impl VectorIndex for HnswIndex {
     fn search(&self, q: &[f32], k: usize, ef: usize, allowed: &Allowed<'_>) -> Result<Vec<Hit>, IndexError> {
         self.check_dim(q)?;
         let want = ef.max(k);
+        let q = self.unit(q);
+        let q = &*q;
         let _p = self.gate.acquire();
         let g = self.index.read();
         let m = match allowed {
@@ -220,6 +239,8 @@ impl VectorIndex for HnswIndex {
 
     fn exact(&self, q: &[f32], k: usize, allowed: &Allowed<'_>) -> Result<Vec<Hit>, IndexError> {
         self.check_dim(q)?;
+        let q = self.unit(q);
+        let q = &*q;
         let _p = self.gate.acquire();
         let g = self.index.read();
         let Allowed::Set(set) = allowed else {

@@ -1,7 +1,10 @@
 //! Raft log storage for every group on a node, on the node's [`KvEngine`].
 //!
 //! Each group (a shard replica, or the metadata group) has a key prefix
-//! (`u16 BE length ++ group name`). Records:
+//! `0xfe ++ u16 BE length ++ group name`. The leading `0xfe` keeps group
+//! keys apart from shard records (whose prefix starts with a short name's
+//! length, so a byte below `0xfe`) and from node metadata (`0xff 0xff`).
+//! Records:
 //! - `raft_log` CF: `prefix ++ index u64 BE` -> postcard-encoded entry, so a
 //!   group's log is one contiguous, index-ordered key range;
 //! - `meta` CF: `prefix ++ "raft/vote"`, `"raft/committed"`,
@@ -28,6 +31,8 @@ use serde::Serialize;
 use super::{Entry, NodeId, TypeConfig};
 use crate::storage::{prefix_end, Cf, KvEngine, KvOp};
 
+/// First byte of every Raft group key.
+const GROUP_TAG: u8 = 0xfe;
 const VOTE: &str = "raft/vote";
 const COMMITTED: &str = "raft/committed";
 const PURGED: &str = "raft/purged";
@@ -54,7 +59,8 @@ fn decode<T: DeserializeOwned>(b: &[u8], what: ErrorSubject<NodeId>) -> Result<T
 impl LogStore {
     /// The log of group `group` (for example `"coll/3"` or `"meta"`).
     pub fn new(engine: Arc<dyn KvEngine>, group: &str) -> Self {
-        let mut prefix = Vec::with_capacity(group.len() + 2);
+        let mut prefix = Vec::with_capacity(group.len() + 3);
+        prefix.push(GROUP_TAG);
         prefix.extend_from_slice(&(group.len() as u16).to_be_bytes());
         prefix.extend_from_slice(group.as_bytes());
         LogStore { engine, prefix }

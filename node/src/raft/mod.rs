@@ -2,14 +2,18 @@
 //!
 //! Every shard replica is one Raft group and the cluster metadata another;
 //! all groups on a node share the node's RocksDB (see [`log_store`]).
-//! This module holds the type configuration and the durable log; the shard
-//! state machine, the gRPC network and the group registry build on it
+//! - [`log_store`]: the durable log of every group, in RocksDB.
+//! - [`state_machine`]: a shard driven by committed entries, with
+//!   snapshots.
+//!
+//! The gRPC network, write batching and the group registry build on these
 //! (docs/raft.md tracks what exists).
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
 pub mod log_store;
+pub mod state_machine;
 
 pub type NodeId = u64;
 
@@ -20,10 +24,12 @@ pub struct Command {
     pub write: Vec<u8>,
 }
 
-/// What applying a [`Command`] returns to the writer.
+/// What applying a [`Command`] returns to the writer: the points affected,
+/// or why every replica rejected the write (deterministic validation).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     pub affected: u64,
+    pub error: Option<String>,
 }
 
 openraft::declare_raft_types!(

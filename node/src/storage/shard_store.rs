@@ -233,7 +233,9 @@ impl ShardStore {
     /// Deletes every record of the shard.
     pub fn destroy(&self) -> Result<(), StorageError> {
         let end = prefix_end(&self.prefix);
-        let ops = Cf::ALL.iter().map(|cf| KvOp::DeleteRange(*cf, self.prefix.clone(), end.clone())).collect();
+        // Only the shard's own column families: Raft logs are kept by their
+        // group (crate::raft::log_store).
+        let ops = [Cf::Points, Cf::PayloadIndex, Cf::Meta].iter().map(|cf| KvOp::DeleteRange(*cf, self.prefix.clone(), end.clone())).collect();
         self.engine.write(ops, true)
     }
 }

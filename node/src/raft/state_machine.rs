@@ -1,0 +1,269 @@
+//! The shard state machine: a [`Shard`] driven by committed Raft entries.
+//!
+//! - **Apply.** A `Normal` entry carries a protobuf `ShardWriteRequest`.
+//!   Applying it is `Shard::write_with_meta`, with the entry's log id (and
+//!   the membership, when it changes) in the same synced RocksDB batch as
+//!   the points. A restart then reads the last applied id from the shard,
+//!   so no entry is applied twice or skipped. A write the shard rejects as
+//!   invalid is rejected the same way on every replica (validation is
+//!   deterministic). The rejection is returned in the [`Reply`], and the
+//!   applied id still advances.
+//! - **Snapshot.** A consistent export of the shard (every stored point,
+//!   read under the shard's writer lock) plus the applied id and
+//!   membership, encoded as length-delimited protobuf `StoredPoint`s after
+//!   a postcard header.
+//! - **Install.** The shard's records are dropped, the points are
+//!   re-imported through the normal write path (fresh offsets, payload
+//!   indexes, HNSW), and the applied id and membership are written with
+//!   the last batch. An install cut short by a crash is redone: the
+//!   leader resends the snapshot, and the install starts by dropping
+//!   everything. The index file is rebuilt, not shipped (docs/raft.md).
+// openraft's trait methods return `StorageError` (224 bytes); helpers return
+// the same type so `?` needs no conversion.
+#![allow(clippy::result_large_err)]
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{AnyError, BasicNode, EntryPayload, ErrorSubject, ErrorVerb, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership};
+use parking_lot::RwLock;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use shoal_proto::internal::v1::ShardWriteRequest;
+use shoal_proto::v1::{CollectionConfig, PointStruct};
+
+use super::{Entry, NodeId, Reply, TypeConfig};
+use crate::error::NodeError;
+use crate::shard::Shard;
+use crate::storage::{ShardStore, StoredPoint};
+
+const APPLIED: &str = "raft/applied";
+const MEMBERSHIP: &str = "raft/membership";
+/// Points per write batch when installing a snapshot.
+const IMPORT_BATCH: usize = 1000;
+
+type Membership = StoredMembership<NodeId, BasicNode>;
+/// The last built or installed snapshot, kept for followers that need it.
+type CurrentSnapshot = (SnapshotMeta<NodeId, BasicNode>, Vec<u8>);
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::error(e.to_string())).into()
+}
+
+/// Snapshot header, followed by the points.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    applied: Option<LogId<NodeId>>,
+    membership: Membership,
+    points: u64,
+}
+
+/// Everything needed to (re)open the shard after an install.
+struct Recipe {
+    config: CollectionConfig,
+    shard_id: u32,
+    store: ShardStore,
+    index_dir: PathBuf,
+}
+
+/// One shard replica's state machine. Clones share the shard.
+#[derive(Clone)]
+pub struct ShardStateMachine {
+    shard: Arc<RwLock<Arc<Shard>>>,
+    recipe: Arc<Recipe>,
+    snapshot: Arc<RwLock<Option<CurrentSnapshot>>>,
+}
+
+impl ShardStateMachine {
+    /// Opens the shard (loading or rebuilding its index) for Raft.
+    pub fn open(config: CollectionConfig, shard_id: u32, store: ShardStore, index_dir: PathBuf) -> Result<Self, NodeError> {
+        let (shard, _) = Shard::open(config.clone(), shard_id, store.clone(), &index_dir)?;
+        Ok(ShardStateMachine {
+            shard: Arc::new(RwLock::new(Arc::new(shard))),
+            recipe: Arc::new(Recipe { config, shard_id, store, index_dir }),
+            snapshot: Arc::new(RwLock::new(None)),
+        })
+    }
+
+    /// The current shard (replaced wholesale by a snapshot install).
+    pub fn shard(&self) -> Arc<Shard> {
+        self.shard.read().clone()
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned + Default>(shard: &Shard, name: &str) -> Result<T, StorageError<NodeId>> {
+        decode_or_default(&shard.meta(name).map_err(|e| sm_err(ErrorVerb::Read, e))?)
+    }
+
+    fn meta_records(applied: &LogId<NodeId>, membership: Option<&Membership>) -> Result<Vec<(&'static str, Vec<u8>)>, StorageError<NodeId>> {
+        let enc = |v: &dyn erased::Encode| v.encode().map_err(|e| sm_err(ErrorVerb::Write, e));
+        let mut out = vec![(APPLIED, enc(&Some(*applied))?)];
+        if let Some(m) = membership {
+            out.push((MEMBERSHIP, enc(m)?));
+        }
+        Ok(out)
+    }
+
+    /// Applies one entry; blocking (RocksDB and HNSW work).
+    fn apply_one(&self, e: Entry, membership: &mut Membership) -> Result<Reply, StorageError<NodeId>> {
+        let shard = self.shard();
+        match e.payload {
+            EntryPayload::Normal(cmd) => {
+                let meta = Self::meta_records(&e.log_id, None)?;
+                let req = match ShardWriteRequest::decode(cmd.write.as_slice()) {
+                    Ok(r) => r,
+                    Err(err) => {
+                        shard.put_meta(meta).map_err(|x| sm_err(ErrorVerb::Write, x))?;
+                        return Ok(Reply { affected: 0, error: Some(format!("undecodable write: {err}")) });
+                    }
+                };
+                match shard.write_with_meta(&req.upserts, &req.delete_ids, req.delete_filter.as_ref(), meta.clone()) {
+                    Ok(affected) => Ok(Reply { affected, error: None }),
+                    Err(err @ NodeError::Invalid(_)) => {
+                        shard.put_meta(meta).map_err(|x| sm_err(ErrorVerb::Write, x))?;
+                        Ok(Reply { affected: 0, error: Some(err.to_string()) })
+                    }
+                    Err(err) => Err(StorageIOError::apply(e.log_id, AnyError::error(err.to_string())).into()),
+                }
+            }
+            EntryPayload::Membership(m) => {
+                *membership = StoredMembership::new(Some(e.log_id), m);
+                shard.put_meta(Self::meta_records(&e.log_id, Some(membership))?).map_err(|x| sm_err(ErrorVerb::Write, x))?;
+                Ok(Reply::default())
+            }
+            EntryPayload::Blank => {
+                shard.put_meta(Self::meta_records(&e.log_id, None)?).map_err(|x| sm_err(ErrorVerb::Write, x))?;
+                Ok(Reply::default())
+            }
+        }
+    }
+
+    /// Builds a snapshot from a consistent export; blocking.
+    fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let shard = self.shard();
+        let (points, meta) = shard.export(&[APPLIED, MEMBERSHIP]).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let applied: Option<LogId<NodeId>> = decode_or_default(&meta[0])?;
+        let membership: Membership = decode_or_default(&meta[1])?;
+        let header = Header { applied, membership: membership.clone(), points: points.len() as u64 };
+        let mut bytes = postcard::to_stdvec(&header).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let hlen = bytes.len() as u64;
+        bytes.splice(0..0, hlen.to_be_bytes());
+        for p in &points {
+            p.encode_length_delimited(&mut bytes).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        }
+        let id = format!("{}-{}-{}", self.recipe.config.name, self.recipe.shard_id, applied.map_or("none".to_string(), |l| l.to_string()));
+        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id: id };
+        *self.snapshot.write() = Some((meta.clone(), bytes.clone()));
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+
+    /// Replaces the shard with a snapshot's contents; blocking.
+    fn install(&self, meta: &SnapshotMeta<NodeId, BasicNode>, bytes: Vec<u8>) -> Result<(), StorageError<NodeId>> {
+        let bad = |e: &dyn std::fmt::Display| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e.to_string())));
+        if bytes.len() < 8 {
+            return Err(bad(&"snapshot shorter than its header length"));
+        }
+        let hlen = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+        let body = bytes.get(8..8 + hlen).ok_or_else(|| bad(&"truncated snapshot header"))?;
+        let header: Header = postcard::from_bytes(body).map_err(|e| bad(&e))?;
+        let mut rest = &bytes[8 + hlen..];
+        let mut points = Vec::with_capacity(header.points as usize);
+        while !rest.is_empty() {
+            points.push(StoredPoint::decode_length_delimited(&mut rest).map_err(|e| bad(&e))?);
+        }
+        if points.len() as u64 != header.points {
+            return Err(bad(&format!("snapshot holds {} points, header says {}", points.len(), header.points)));
+        }
+
+        let r = &self.recipe;
+        let old = self.shard();
+        old.destroy().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let (fresh, _) = Shard::open(r.config.clone(), r.shard_id, r.store.clone(), &r.index_dir).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let upserts: Vec<PointStruct> = points.into_iter().map(|p| PointStruct { id: p.id, vector: p.vector, payload: p.payload }).collect();
+        for chunk in upserts.chunks(IMPORT_BATCH) {
+            fresh.write(chunk, &[], None).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        }
+        // Last: from here on the shard reports the snapshot's log id.
+        let mut records = vec![(MEMBERSHIP, postcard::to_stdvec(&meta.last_membership).map_err(|e| sm_err(ErrorVerb::Write, e))?)];
+        records.push((APPLIED, postcard::to_stdvec(&meta.last_log_id).map_err(|e| sm_err(ErrorVerb::Write, e))?));
+        fresh.put_meta(records).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        *self.shard.write() = Arc::new(fresh);
+        *self.snapshot.write() = Some((meta.clone(), bytes));
+        Ok(())
+    }
+}
+
+fn decode_or_default<T: serde::de::DeserializeOwned + Default>(b: &Option<Vec<u8>>) -> Result<T, StorageError<NodeId>> {
+    match b {
+        None => Ok(T::default()),
+        Some(b) => postcard::from_bytes(b).map_err(|e| sm_err(ErrorVerb::Read, e)),
+    }
+}
+
+/// Runs blocking state-machine work off the async worker.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StorageError<NodeId>> + Send + 'static) -> Result<T, StorageError<NodeId>> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| sm_err(ErrorVerb::Write, e))?
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let me = self.clone();
+        blocking(move || me.build()).await
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for ShardStateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
+        let shard = self.shard();
+        let applied: Option<LogId<NodeId>> = Self::read_meta(&shard, APPLIED)?;
+        let membership: Membership = Self::read_meta(&shard, MEMBERSHIP)?;
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let me = self.clone();
+        blocking(move || {
+            let shard = me.shard();
+            let mut membership: Membership = Self::read_meta(&shard, MEMBERSHIP)?;
+            entries.into_iter().map(|e| me.apply_one(e, &mut membership)).collect()
+        })
+        .await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<NodeId>> {
+        let (me, meta) = (self.clone(), meta.clone());
+        blocking(move || me.install(&meta, snapshot.into_inner())).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        Ok(self.snapshot.read().as_ref().map(|(m, b)| Snapshot { meta: m.clone(), snapshot: Box::new(Cursor::new(b.clone())) }))
+    }
+}
+
+mod erased {
+    //! Postcard encoding behind a trait object, for mixed record lists.
+    pub trait Encode {
+        fn encode(&self) -> Result<Vec<u8>, postcard::Error>;
+    }
+    impl<T: serde::Serialize> Encode for T {
+        fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+            postcard::to_stdvec(self)
+        }
+    }
+}
