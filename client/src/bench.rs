@@ -181,8 +181,8 @@ fn usearch_options(dim: usize, metric: Metric, m: u32, efc: u32, unit_ip: bool) 
 }
 
 /// Builds the in-process index with `threads` threads; returns it and inserts/s.
-fn inprocess_build(ds: &Dataset, base: &[Vec<f32>], metric: Metric, m: u32, efc: u32, threads: usize, searchers: usize, unit_ip: bool) -> Result<(usearch::Index, f64)> {
-    let index = usearch::Index::new(&usearch_options(ds.meta.dim as usize, metric, m, efc, unit_ip))?;
+fn inprocess_build(opts: &usearch::IndexOptions, base: &[Vec<f32>], threads: usize, searchers: usize) -> Result<(usearch::Index, f64)> {
+    let index = usearch::Index::new(opts)?;
     // One usearch thread context per concurrent caller, or calls fail fast.
     index.reserve_capacity_and_threads(base.len(), threads.max(searchers).max(1) * 2)?;
     let t = Instant::now();
@@ -349,9 +349,9 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
         let unit_ip = a.inprocess_unit_ip && metric == Metric::Cosine;
         let (idx, rate) = if unit_ip {
             let unit: Vec<Vec<f32>> = base.iter().map(|v| unit(v)).collect();
-            inprocess_build(&ds, &unit, metric, a.m, a.ef_construction, threads, a.concurrency, true)?
+            inprocess_build(&usearch_options(ds.meta.dim as usize, metric, a.m, a.ef_construction, true), &unit, threads, a.concurrency)?
         } else {
-            inprocess_build(&ds, base, metric, a.m, a.ef_construction, threads, a.concurrency, false)?
+            inprocess_build(&usearch_options(ds.meta.dim as usize, metric, a.m, a.ef_construction, false), base, threads, a.concurrency)?
         };
         eprintln!("in-process usearch insert: {rate:.0}/s");
         Some((idx, rate))

@@ -20,6 +20,10 @@ pub enum NodeError {
     Index(#[from] IndexError),
     #[error("node is shutting down")]
     ShuttingDown,
+    #[error("raft group {0:?} is not hosted on this node")]
+    RaftGroupNotFound(String),
+    #[error("raft message could not be decoded: {0}")]
+    RaftCodec(String),
 }
 
 #[derive(Debug, thiserror::Error)]

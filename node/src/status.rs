@@ -14,7 +14,8 @@ impl From<NodeError> for Status {
         let msg = e.to_string();
         match e {
             NodeError::Invalid(_) => Status::invalid_argument(msg),
-            NodeError::CollectionNotFound(_) | NodeError::ShardNotFound { .. } => Status::not_found(msg),
+            NodeError::CollectionNotFound(_) | NodeError::ShardNotFound { .. } | NodeError::RaftGroupNotFound(_) => Status::not_found(msg),
+            NodeError::RaftCodec(_) => Status::invalid_argument(msg),
             NodeError::CollectionExists(_) => Status::already_exists(msg),
             NodeError::StaleEpoch { have, .. } => {
                 let mut s = Status::new(Code::FailedPrecondition, msg);

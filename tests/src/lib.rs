@@ -10,9 +10,15 @@
 //! - `durability.rs`: kill -9 during ingest loses no acknowledged point, and
 //!   restarts serve the same results.
 //!
+//! [`raft_cluster`] is the in-process Raft harness: one shard group on N
+//! nodes with real RocksDB, gRPC and state machines, with stop, restart and
+//! per-direction link cuts; `raft_group.rs` runs its fault scenarios.
+//!
 //! The `shoal` binary is found through `SHOAL_BIN`, or next to the test
 //! executable's target directory (`cargo build --release --bins` first;
 //! `.ci/run` does).
+pub mod raft_cluster;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -13,6 +13,7 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 
 pub type NodeId = u64;
@@ -42,6 +43,23 @@ openraft::declare_raft_types!(
 );
 
 pub type Entry = openraft::Entry<TypeConfig>;
+
+/// Timing of shard groups: heartbeats every 100 ms, elections after 400 to
+/// 800 ms of silence (a failover target under 2 s with margin for slow
+/// fsyncs), a snapshot every 10,000 entries, 1,000 entries kept behind it.
+pub fn default_config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "shoal".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        install_snapshot_timeout: 2_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        purge_batch_size: 256,
+        ..Default::default()
+    }
+}
 
 #[cfg(test)]
 mod tests;

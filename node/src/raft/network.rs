@@ -1,0 +1,217 @@
+//! Raft over gRPC (`shoal.internal.v1.Raft`).
+//!
+//! - Client side: one [`Network`] factory per group. Every group on the node
+//!   shares one lazily connected channel per peer address ([`Peers`]), and
+//!   every request names its group. Transport failures map to openraft's
+//!   `Unreachable`, so openraft backs off; a peer's Raft error comes back as
+//!   `RemoteError`.
+//! - Server side: [`RaftService`] decodes the request, finds the group in
+//!   the node's [`Groups`] and hands it to that group's `Raft`.
+//!
+//! Bodies are postcard-encoded openraft messages (see internal.proto).
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
+use openraft::{BasicNode, Raft};
+use parking_lot::RwLock;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use shoal_proto::internal::v1::raft_client::RaftClient;
+use shoal_proto::internal::v1::raft_server::Raft as RaftApi;
+use shoal_proto::internal::v1::{RaftReply, RaftRequest};
+use shoal_proto::limits::MAX_MESSAGE_BYTES;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use super::{NodeId, TypeConfig};
+use crate::error::NodeError;
+
+/// Lazily connected channels to peer nodes, shared by all groups.
+///
+/// Fault injection: [`Peers::block`] makes every call from this node to a
+/// peer address fail as unreachable (one direction only), which the
+/// cluster harness uses to partition nodes.
+#[derive(Clone, Default)]
+pub struct Peers {
+    channels: Arc<RwLock<HashMap<String, Channel>>>,
+    blocked: Arc<RwLock<std::collections::HashSet<String>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("link to {0} is cut (fault injection)")]
+struct LinkCut(String);
+
+impl Peers {
+    /// Cuts the link from this node to `addr`.
+    pub fn block(&self, addr: &str) {
+        self.blocked.write().insert(addr.to_string());
+    }
+
+    /// Restores the link from this node to `addr`.
+    pub fn unblock(&self, addr: &str) {
+        self.blocked.write().remove(addr);
+    }
+
+    /// Restores every link from this node.
+    pub fn heal(&self) {
+        self.blocked.write().clear();
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        if let Some(c) = self.channels.read().get(addr) {
+            return Ok(c.clone());
+        }
+        let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+        let c = Endpoint::from_shared(uri)?.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect_lazy();
+        self.channels.write().insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+/// The network of one Raft group.
+#[derive(Clone)]
+pub struct Network {
+    group: String,
+    peers: Peers,
+}
+
+impl Network {
+    pub fn new(group: impl Into<String>, peers: Peers) -> Self {
+        Network { group: group.into(), peers }
+    }
+}
+
+/// One peer of one group.
+pub struct Peer {
+    group: String,
+    target: NodeId,
+    addr: String,
+    peers: Peers,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
+        Peer { group: self.group.clone(), target, addr: node.addr.clone(), peers: self.peers.clone() }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl Peer {
+    async fn call<Req, Resp, E>(&self, rpc: Rpc, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        if self.peers.blocked.read().contains(&self.addr) {
+            // Like a dropped packet: the caller waits out its timeout.
+            tokio::time::sleep(option.hard_ttl()).await;
+            return Err(RPCError::Unreachable(Unreachable::new(&LinkCut(self.addr.clone()))));
+        }
+        let payload = postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let channel = self.peers.channel(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut client = RaftClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut request = Request::new(RaftRequest { group: self.group.clone(), payload });
+        request.set_timeout(option.hard_ttl());
+        let reply = match rpc {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|s| match s.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => RPCError::Unreachable(Unreachable::new(&s)),
+            _ => RPCError::Network(NetworkError::new(&s)),
+        })?;
+        let res: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&reply.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(&mut self, rpc: AppendEntriesRequest<TypeConfig>, option: RPCOption) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(Rpc::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(&mut self, rpc: InstallSnapshotRequest<TypeConfig>, option: RPCOption) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(Rpc::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}
+
+/// The Raft groups hosted on this node, by group name.
+#[derive(Clone, Default)]
+pub struct Groups {
+    map: Arc<RwLock<HashMap<String, Raft<TypeConfig>>>>,
+}
+
+impl Groups {
+    pub fn insert(&self, group: impl Into<String>, raft: Raft<TypeConfig>) {
+        self.map.write().insert(group.into(), raft);
+    }
+
+    pub fn get(&self, group: &str) -> Option<Raft<TypeConfig>> {
+        self.map.read().get(group).cloned()
+    }
+
+    pub fn remove(&self, group: &str) -> Option<Raft<TypeConfig>> {
+        self.map.write().remove(group)
+    }
+}
+
+/// Serves `shoal.internal.v1.Raft` for the node's groups.
+pub struct RaftService {
+    groups: Groups,
+}
+
+impl RaftService {
+    pub fn new(groups: Groups) -> Self {
+        RaftService { groups }
+    }
+
+    fn open<T: DeserializeOwned>(&self, req: Request<RaftRequest>) -> Result<(Raft<TypeConfig>, T), Status> {
+        let req = req.into_inner();
+        let raft = self.groups.get(&req.group).ok_or(NodeError::RaftGroupNotFound(req.group))?;
+        let rpc = postcard::from_bytes(&req.payload).map_err(|e| NodeError::RaftCodec(e.to_string()))?;
+        Ok((raft, rpc))
+    }
+}
+
+fn reply<T: Serialize>(res: &T) -> Result<Response<RaftReply>, Status> {
+    let payload = postcard::to_stdvec(res).map_err(|e| Status::from(NodeError::RaftCodec(e.to_string())))?;
+    Ok(Response::new(RaftReply { payload }))
+}
+
+#[tonic::async_trait]
+impl RaftApi for RaftService {
+    async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let (raft, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.open(req)?;
+        reply(&raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let (raft, rpc): (_, VoteRequest<NodeId>) = self.open(req)?;
+        reply(&raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let (raft, rpc): (_, InstallSnapshotRequest<TypeConfig>) = self.open(req)?;
+        reply(&raft.install_snapshot(rpc).await)
+    }
+}

@@ -1,0 +1,231 @@
+//! In-process Raft cluster harness: one shard group replicated on N nodes
+//! inside the test process. Each node has its own RocksDB directory, its own
+//! gRPC server on a free loopback port serving `shoal.internal.v1.Raft`, and
+//! a real `ShardStateMachine`. Nodes can be stopped (server and Raft shut
+//! down, storage kept), restarted on the same storage and address, and cut
+//! off per link direction through the network's fault injection.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use openraft::{BasicNode, Raft, ServerState};
+use prost::Message;
+use shoal_node::raft::log_store::LogStore;
+use shoal_node::raft::network::{Groups, Network, Peers, RaftService};
+use shoal_node::raft::state_machine::ShardStateMachine;
+use shoal_node::raft::{default_config, Command, NodeId, TypeConfig};
+use shoal_node::storage::rocks::RocksEngine;
+use shoal_node::storage::{KvEngine, ShardStore};
+use shoal_proto::internal::v1::raft_server::RaftServer;
+use shoal_proto::internal::v1::ShardWriteRequest;
+use shoal_proto::v1::{CollectionConfig, Metric, PointStruct, Struct};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub const GROUP: &str = "c/0";
+
+/// The shard's collection: 4-d L2 vectors.
+pub fn collection() -> CollectionConfig {
+    let c = CollectionConfig { name: "c".into(), dimension: 4, metric: Metric::L2 as i32, ..Default::default() };
+    shoal_proto::validate::collection_config(&c).expect("valid config")
+}
+
+/// A write of points `ids` (vector derived from the id and `version`).
+pub fn upsert_cmd(ids: impl Iterator<Item = u64>, version: u64) -> Command {
+    let upserts = ids
+        .map(|i| PointStruct {
+            id: Some(i.into()),
+            vector: vec![i as f32, version as f32, 1.0, 2.0],
+            payload: Some(Struct::try_from(&serde_json::json!({"v": version})).expect("object")),
+        })
+        .collect();
+    Command { write: ShardWriteRequest { upserts, ..Default::default() }.encode_to_vec() }
+}
+
+struct Running {
+    raft: Raft<TypeConfig>,
+    sm: ShardStateMachine,
+    server: JoinHandle<()>,
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+    pub peers: Peers,
+    running: Option<Running>,
+}
+
+pub struct RaftCluster {
+    _root: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+}
+
+impl Node {
+    async fn start(&mut self) -> Result<()> {
+        let engine: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&self.dir.join("db"))?);
+        let sm = ShardStateMachine::open(collection(), 0, ShardStore::new(engine.clone(), "c", 0), self.dir.join("index"))?;
+        let log = LogStore::new(engine, GROUP);
+        let config = Arc::new(default_config().validate()?);
+        let raft = Raft::new(self.id, config, Network::new(GROUP, self.peers.clone()), log, sm.clone()).await?;
+        let groups = Groups::default();
+        groups.insert(GROUP, raft.clone());
+        // Same address on restart: the membership records it.
+        let listener = bind_retry(self.addr).await?;
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(RaftServer::new(RaftService::new(groups)))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)))
+                .await;
+        });
+        self.running = Some(Running { raft, sm, server });
+        Ok(())
+    }
+
+    pub fn raft(&self) -> Option<&Raft<TypeConfig>> {
+        self.running.as_ref().map(|r| &r.raft)
+    }
+
+    pub fn sm(&self) -> Option<&ShardStateMachine> {
+        self.running.as_ref().map(|r| &r.sm)
+    }
+}
+
+async fn bind_retry(addr: SocketAddr) -> Result<TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("rebinding {addr}")),
+        }
+    }
+}
+
+impl RaftCluster {
+    /// Starts `n` nodes (ids 1..=n) and initialises the group on node 1.
+    pub async fn start(n: usize) -> Result<Self> {
+        let root = tempfile::tempdir()?;
+        let mut nodes = vec![];
+        for i in 0..n {
+            // Reserve a free port, then let the node bind it.
+            let addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+            let dir = root.path().join(format!("n{}", i + 1));
+            let mut node = Node { id: i as NodeId + 1, addr, dir, peers: Peers::default(), running: None };
+            node.start().await?;
+            nodes.push(node);
+        }
+        let members: BTreeMap<NodeId, BasicNode> = nodes.iter().map(|n| (n.id, BasicNode::new(n.addr))).collect();
+        nodes[0].raft().expect("running").initialize(members).await.map_err(|e| anyhow!("initialize: {e}"))?;
+        Ok(RaftCluster { _root: root, nodes })
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id as usize - 1]
+    }
+
+    /// Waits until the running nodes agree on one running leader.
+    pub async fn leader(&self, within: Duration) -> Result<NodeId> {
+        let deadline = Instant::now() + within;
+        loop {
+            let running: Vec<&Node> = self.nodes.iter().filter(|n| n.running.is_some()).collect();
+            let leaders: BTreeSet<Option<NodeId>> = running.iter().map(|n| n.raft().expect("running").metrics().borrow().current_leader).collect();
+            if let [Some(l)] = leaders.iter().copied().collect::<Vec<_>>()[..] {
+                let ln = self.node(l);
+                if ln.raft().is_some_and(|r| r.metrics().borrow().state == ServerState::Leader) {
+                    return Ok(l);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no single leader within {within:?}: {leaders:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Writes through the current leader, following leader changes until
+    /// `within` runs out. Returns the log index of the committed entry.
+    pub async fn write(&self, cmd: Command, within: Duration) -> Result<u64> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let leader = self.leader(left).await?;
+            let raft = self.node(leader).raft().expect("leader runs").clone();
+            match tokio::time::timeout(left, raft.client_write(cmd.clone())).await {
+                Ok(Ok(r)) => return Ok(r.log_id.index),
+                Ok(Err(e)) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Err(e)) => bail!("write failed: {e}"),
+                Err(_) => bail!("write not committed within {within:?}"),
+            }
+        }
+    }
+
+    /// Stops a node: its server and Raft end, its storage stays.
+    pub async fn stop(&mut self, id: NodeId) {
+        if let Some(r) = self.nodes[id as usize - 1].running.take() {
+            r.server.abort();
+            let _ = r.server.await;
+            let _ = r.raft.shutdown().await;
+        }
+    }
+
+    /// Restarts a stopped node on its storage and address.
+    pub async fn restart(&mut self, id: NodeId) -> Result<()> {
+        self.nodes[id as usize - 1].start().await
+    }
+
+    /// Cuts both directions between `a` and every node in `others`.
+    pub fn partition(&self, a: NodeId, others: &[NodeId]) {
+        for &o in others {
+            self.node(a).peers.block(&self.node(o).addr.to_string());
+            self.node(o).peers.block(&self.node(a).addr.to_string());
+        }
+    }
+
+    pub fn heal(&self) {
+        for n in &self.nodes {
+            n.peers.heal();
+        }
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    pub async fn applied_everywhere(&self, index: u64, within: Duration) -> Result<()> {
+        for n in self.nodes.iter().filter(|n| n.running.is_some()) {
+            n.raft()
+                .expect("running")
+                .wait(Some(within))
+                .applied_index_at_least(Some(index), format!("node {} applies {index}", n.id))
+                .await
+                .map_err(|e| anyhow!("node {}: {e}", n.id))?;
+        }
+        Ok(())
+    }
+
+    /// Per-node digests (sorted id, vector, payload) of the shard.
+    pub fn digests(&self) -> Result<BTreeMap<NodeId, Vec<String>>> {
+        let mut out = BTreeMap::new();
+        for n in self.nodes.iter().filter(|n| n.running.is_some()) {
+            let (points, _) = n.sm().expect("running").shard().export(&[])?;
+            let mut d: Vec<String> = points.iter().map(|p| format!("{:?}|{:?}|{:?}", p.id, p.vector, p.payload)).collect();
+            d.sort();
+            out.insert(n.id, d);
+        }
+        Ok(out)
+    }
+
+    /// Shuts every node down.
+    pub async fn shutdown(mut self) {
+        for id in 1..=self.nodes.len() as NodeId {
+            self.stop(id).await;
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! One shard group replicated on three in-process nodes (real RocksDB, gRPC
+//! and shard state machines): replication, leader loss, restart catch-up
+//! and a minority partition. After every scenario, every acknowledged write
+//! is present and all replicas hold identical contents.
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use shoal_tests::raft_cluster::{upsert_cmd, RaftCluster};
+
+const T: Duration = Duration::from_secs(20);
+
+fn ids_in(digest: &[String]) -> BTreeSet<u64> {
+    digest.iter().filter_map(|d| d.split("Num(").nth(1)?.split(')').next()?.parse().ok()).collect()
+}
+
+/// All running replicas hold the same contents, which contain `acked`.
+fn check_replicas(c: &RaftCluster, acked: &BTreeSet<u64>) {
+    let digests = c.digests().unwrap();
+    let first = digests.values().next().unwrap();
+    for (id, d) in &digests {
+        assert_eq!(d, first, "replica {id} differs");
+    }
+    let have = ids_in(first);
+    let missing: Vec<_> = acked.difference(&have).collect();
+    assert!(missing.is_empty(), "acknowledged ids missing: {missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicates_fails_over_and_catches_up() {
+    let mut c = RaftCluster::start(3).await.unwrap();
+    let mut acked = BTreeSet::new();
+    let mut last = 0;
+    for b in 0..10u64 {
+        last = c.write(upsert_cmd(b * 20..b * 20 + 20, 1), T).await.unwrap();
+        acked.extend(b * 20..b * 20 + 20);
+    }
+    c.applied_everywhere(last, T).await.unwrap();
+    check_replicas(&c, &acked);
+
+    // Stop the leader: the others elect a new one and keep accepting writes.
+    let old = c.leader(T).await.unwrap();
+    c.stop(old).await;
+    let t = Instant::now();
+    let new = c.leader(T).await.unwrap();
+    assert_ne!(new, old);
+    eprintln!("failover: new leader {new} after {:?}", t.elapsed());
+    for b in 10..15u64 {
+        c.write(upsert_cmd(b * 20..b * 20 + 20, 2), T).await.unwrap();
+        acked.extend(b * 20..b * 20 + 20);
+    }
+    // Replacements of acknowledged points also replicate.
+    last = c.write(upsert_cmd(0..20, 3), T).await.unwrap();
+    c.applied_everywhere(last, T).await.unwrap();
+    check_replicas(&c, &acked);
+
+    // The old leader restarts on its storage and catches up.
+    c.restart(old).await.unwrap();
+    c.applied_everywhere(last, T).await.unwrap();
+    check_replicas(&c, &acked);
+    assert_eq!(c.digests().unwrap().len(), 3);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn minority_partition_acknowledges_nothing_and_heals() {
+    let c = RaftCluster::start(3).await.unwrap();
+    let mut acked = BTreeSet::new();
+    let last = c.write(upsert_cmd(0..50, 1), T).await.unwrap();
+    acked.extend(0..50);
+    c.applied_everywhere(last, T).await.unwrap();
+
+    // Cut the leader off from both followers.
+    let old = c.leader(T).await.unwrap();
+    let others: Vec<u64> = (1..=3).filter(|&n| n != old).collect();
+    c.partition(old, &others);
+    // The isolated leader cannot commit: the write is never acknowledged.
+    let isolated = c.node(old).raft().unwrap().clone();
+    let res = tokio::time::timeout(Duration::from_secs(3), isolated.client_write(upsert_cmd(1000..1010, 9))).await;
+    assert!(!matches!(res, Ok(Ok(_))), "a minority leader acknowledged a write");
+
+    // The majority elects a leader and takes writes.
+    let deadline = Instant::now() + T;
+    let new = loop {
+        let m = c.node(others[0]).raft().unwrap().metrics().borrow().clone();
+        if let Some(l) = m.current_leader.filter(|l| *l != old) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "majority elected no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let raft = c.node(new).raft().unwrap().clone();
+    let r = raft.client_write(upsert_cmd(50..100, 2)).await.unwrap();
+    acked.extend(50..100);
+
+    // Heal: the old leader steps down, drops its uncommitted entry and
+    // converges on the majority's log.
+    c.heal();
+    let last = c.write(upsert_cmd(100..110, 3), T).await.unwrap().max(r.log_id.index);
+    acked.extend(100..110);
+    c.applied_everywhere(last, T).await.unwrap();
+    check_replicas(&c, &acked);
+    let digests = c.digests().unwrap();
+    let ids = ids_in(digests.values().next().unwrap());
+    assert!(ids.is_disjoint(&(1000..1010).collect()), "the unacknowledged minority write survived the heal");
+    c.shutdown().await;
+}
