@@ -49,9 +49,11 @@ struct Running {
     raft: Raft<TypeConfig>,
     sm: ShardStateMachine,
     server: JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
 }
 
 pub struct Node {
+    config: Arc<openraft::Config>,
     pub id: NodeId,
     pub addr: SocketAddr,
     dir: PathBuf,
@@ -69,19 +71,21 @@ impl Node {
         let engine: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&self.dir.join("db"))?);
         let sm = ShardStateMachine::open(collection(), 0, ShardStore::new(engine.clone(), "c", 0), self.dir.join("index"))?;
         let log = LogStore::new(engine, GROUP);
-        let config = Arc::new(default_config().validate()?);
-        let raft = Raft::new(self.id, config, Network::new(GROUP, self.peers.clone()), log, sm.clone()).await?;
+        let raft = Raft::new(self.id, self.config.clone(), Network::new(GROUP, self.peers.clone()), log, sm.clone()).await?;
         let groups = Groups::default();
         groups.insert(GROUP, raft.clone());
         // Same address on restart: the membership records it.
         let listener = bind_retry(self.addr).await?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(RaftServer::new(RaftService::new(groups)))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)))
+                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), async {
+                    let _ = stopped.await;
+                })
                 .await;
         });
-        self.running = Some(Running { raft, sm, server });
+        self.running = Some(Running { raft, sm, server, stop });
         Ok(())
     }
 
@@ -109,15 +113,24 @@ async fn bind_retry(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 impl RaftCluster {
-    /// Starts `n` nodes (ids 1..=n) and initialises the group on node 1.
+    /// Starts `n` nodes (ids 1..=n) with the default shard-group timing and
+    /// initialises the group on node 1.
     pub async fn start(n: usize) -> Result<Self> {
+        Self::start_with(n, default_config()).await
+    }
+
+    /// Like [`RaftCluster::start`] with a given Raft configuration.
+    pub async fn start_with(n: usize, config: openraft::Config) -> Result<Self> {
+        // Logs for failing runs: RUST_LOG=openraft=debug,shoal_node=debug.
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+        let config = Arc::new(config.validate()?);
         let root = tempfile::tempdir()?;
         let mut nodes = vec![];
         for i in 0..n {
             // Reserve a free port, then let the node bind it.
             let addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
             let dir = root.path().join(format!("n{}", i + 1));
-            let mut node = Node { id: i as NodeId + 1, addr, dir, peers: Peers::default(), running: None };
+            let mut node = Node { config: config.clone(), id: i as NodeId + 1, addr, dir, peers: Peers::default(), running: None };
             node.start().await?;
             nodes.push(node);
         }
@@ -172,9 +185,15 @@ impl RaftCluster {
     /// Stops a node: its server and Raft end, its storage stays.
     pub async fn stop(&mut self, id: NodeId) {
         if let Some(r) = self.nodes[id as usize - 1].running.take() {
-            r.server.abort();
-            let _ = r.server.await;
+            // The Raft stops first, then the server closes its connections
+            // (as a dead process's would): peers must not keep talking to
+            // the stopped instance over a live HTTP/2 connection.
             let _ = r.raft.shutdown().await;
+            let _ = r.stop.send(());
+            let mut server = r.server;
+            if tokio::time::timeout(Duration::from_secs(5), &mut server).await.is_err() {
+                server.abort();
+            }
         }
     }
 

@@ -104,3 +104,47 @@ async fn minority_partition_acknowledges_nothing_and_heals() {
     assert!(ids.is_disjoint(&(1000..1010).collect()), "the unacknowledged minority write survived the heal");
     c.shutdown().await;
 }
+
+/// A follower down while the leader snapshots and purges its log catches
+/// up by snapshot (streamed in chunks over gRPC) and then by log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lagging_follower_catches_up_by_snapshot() {
+    let config = openraft::Config {
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20),
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        // Small chunks: the transfer takes several install_snapshot calls.
+        snapshot_max_chunk_size: 4096,
+        ..shoal_node::raft::default_config()
+    };
+    let mut c = RaftCluster::start_with(3, config).await.unwrap();
+    let mut acked = BTreeSet::new();
+    c.write(upsert_cmd(0..10, 1), T).await.unwrap();
+    acked.extend(0..10);
+    let leader = c.leader(T).await.unwrap();
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    c.stop(follower).await;
+
+    let mut last = 0;
+    for b in 1..60u64 {
+        last = c.write(upsert_cmd(b * 10..b * 10 + 10, 1), T).await.unwrap();
+        acked.extend(b * 10..b * 10 + 10);
+    }
+    // The leader has purged past what the follower holds.
+    let m = c
+        .node(leader)
+        .raft()
+        .unwrap()
+        .wait(Some(T))
+        .metrics(|m| m.purged.is_some_and(|p| p.index > 20), "leader purges its log")
+        .await
+        .unwrap();
+    eprintln!("leader purged up to {:?}, snapshot {:?}", m.purged, m.snapshot);
+
+    c.restart(follower).await.unwrap();
+    c.applied_everywhere(last, T).await.unwrap();
+    let fm = c.node(follower).raft().unwrap().metrics().borrow().clone();
+    assert!(fm.snapshot.is_some_and(|s| s.index > 20), "follower caught up without a snapshot: {:?}", fm.snapshot);
+    check_replicas(&c, &acked);
+    c.shutdown().await;
+}
