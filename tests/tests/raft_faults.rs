@@ -1,0 +1,163 @@
+//! Randomized fault run on one shard group of three in-process nodes.
+//!
+//! A writer upserts fresh ids and deletes acknowledged ones while a seeded
+//! schedule stops, restarts, partitions and heals nodes (one fault at a
+//! time, so a majority can always make progress). Afterwards every node is
+//! restarted and healed, and the history is checked against every replica:
+//! - every acknowledged upsert not later deleted is present, with its vector;
+//! - every acknowledged delete is absent;
+//! - no id appears that was never written (unacknowledged writes may or may
+//!   not have taken effect);
+//! - all replicas hold identical contents.
+//!
+//! Seeds: `SHOAL_FAULT_SEEDS` (how many, default 2), `SHOAL_FAULT_SEED`
+//! (replay one), `SHOAL_FAULT_STEPS` (faults per seed, default 6). Every
+//! seed is printed so a failure can be replayed.
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use rand::{Rng, SeedableRng};
+use shoal_node::raft::Command;
+use shoal_proto::internal::v1::ShardWriteRequest;
+use shoal_tests::raft_cluster::{upsert_cmd, RaftCluster};
+use tokio::sync::RwLock;
+
+const T: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct History {
+    acked_upserts: BTreeSet<u64>,
+    acked_deletes: BTreeSet<u64>,
+    attempted: BTreeSet<u64>,
+}
+
+fn delete_cmd(ids: &[u64]) -> Command {
+    Command { write: ShardWriteRequest { delete_ids: ids.iter().map(|&i| i.into()).collect(), ..Default::default() }.encode_to_vec() }
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+async fn run_seed(seed: u64, steps: u64) {
+    eprintln!("fault run: seed {seed} ({steps} steps); replay with SHOAL_FAULT_SEED={seed}");
+    let cluster = Arc::new(RwLock::new(RaftCluster::start(3).await.unwrap()));
+    let history = Arc::new(parking_lot::Mutex::new(History::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let writer = {
+        let (cluster, history, stop) = (cluster.clone(), history.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+            let mut next = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let raft = {
+                    let c = cluster.read().await;
+                    match c.leader(Duration::from_millis(500)).await {
+                        Ok(l) => c.node(l).raft().cloned(),
+                        Err(_) => None,
+                    }
+                };
+                let Some(raft) = raft else { continue };
+                let deletable: Vec<u64> = {
+                    let h = history.lock();
+                    h.acked_upserts.difference(&h.acked_deletes).copied().collect()
+                };
+                if !deletable.is_empty() && rng.random_bool(0.2) {
+                    let ids: Vec<u64> = (0..3).map(|_| deletable[rng.random_range(0..deletable.len())]).collect();
+                    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), raft.client_write(delete_cmd(&ids))).await {
+                        history.lock().acked_deletes.extend(ids);
+                    }
+                } else {
+                    let ids = next..next + 10;
+                    next += 10;
+                    history.lock().attempted.extend(ids.clone());
+                    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), raft.client_write(upsert_cmd(ids.clone(), 1))).await {
+                        history.lock().acked_upserts.extend(ids);
+                    }
+                }
+            }
+        })
+    };
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for step in 0..steps {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..800))).await;
+        let victim = rng.random_range(1..=3u64);
+        let partition = rng.random_bool(0.5);
+        {
+            let mut c = cluster.write().await;
+            if partition {
+                let others: Vec<u64> = (1..=3).filter(|&n| n != victim).collect();
+                c.partition(victim, &others);
+            } else {
+                c.stop(victim).await;
+            }
+        }
+        eprintln!("  step {step}: {} node {victim}", if partition { "partition" } else { "stop" });
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        {
+            let mut c = cluster.write().await;
+            if partition {
+                c.heal();
+            } else {
+                c.restart(victim).await.unwrap();
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+
+    let c = cluster.read().await;
+    let last = c.write(upsert_cmd(u64::MAX - 1..u64::MAX, 1), T).await.unwrap();
+    c.applied_everywhere(last, T).await.unwrap();
+    let digests = c.digests().unwrap();
+    let first = digests.values().next().unwrap().clone();
+    for (id, d) in &digests {
+        assert_eq!(d, &first, "seed {seed}: replica {id} differs from replica 1");
+    }
+    let h = history.lock();
+    let mut present: BTreeMap<u64, String> = BTreeMap::new();
+    for d in &first {
+        let id: u64 = d.split("Num(").nth(1).and_then(|x| x.split(')').next()).and_then(|x| x.parse().ok()).expect("numeric id");
+        present.insert(id, d.clone());
+    }
+    present.remove(&(u64::MAX - 1));
+    for id in h.acked_upserts.difference(&h.acked_deletes) {
+        let d = present.get(id).unwrap_or_else(|| panic!("seed {seed}: acknowledged id {id} lost"));
+        assert!(d.contains(&format!("[{}.0, 1.0, 1.0, 2.0]", *id as f32)), "seed {seed}: id {id} has the wrong vector: {d}");
+    }
+    for id in &h.acked_deletes {
+        assert!(!present.contains_key(id), "seed {seed}: acknowledged delete of {id} undone");
+    }
+    for id in present.keys() {
+        assert!(h.attempted.contains(id), "seed {seed}: phantom id {id} was never written");
+    }
+    eprintln!(
+        "  seed {seed}: {} acked upserts, {} acked deletes, {} attempted, {} present, replicas identical",
+        h.acked_upserts.len(),
+        h.acked_deletes.len(),
+        h.attempted.len(),
+        present.len()
+    );
+    drop(h);
+    drop(c);
+    Arc::try_unwrap(cluster).ok().expect("sole owner").into_inner().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn randomized_faults_lose_no_acknowledged_write() {
+    let steps = env("SHOAL_FAULT_STEPS", 6);
+    let seeds: Vec<u64> = match std::env::var("SHOAL_FAULT_SEED").ok().and_then(|v| v.parse().ok()) {
+        Some(s) => vec![s],
+        None => {
+            let base: u64 = rand::rng().random();
+            (0..env("SHOAL_FAULT_SEEDS", 2)).map(|i| base.wrapping_add(i)).collect()
+        }
+    };
+    for seed in seeds {
+        run_seed(seed, steps).await;
+    }
+}
