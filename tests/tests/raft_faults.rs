@@ -118,31 +118,32 @@ async fn run_seed(seed: u64, steps: u64) {
     for (id, d) in &digests {
         assert_eq!(d, &first, "seed {seed}: replica {id} differs from replica 1");
     }
-    let h = history.lock();
-    let mut present: BTreeMap<u64, String> = BTreeMap::new();
-    for d in &first {
-        let id: u64 = d.split("Num(").nth(1).and_then(|x| x.split(')').next()).and_then(|x| x.parse().ok()).expect("numeric id");
-        present.insert(id, d.clone());
+    {
+        let h = history.lock();
+        let mut present: BTreeMap<u64, String> = BTreeMap::new();
+        for d in &first {
+            let id: u64 = d.split("Num(").nth(1).and_then(|x| x.split(')').next()).and_then(|x| x.parse().ok()).expect("numeric id");
+            present.insert(id, d.clone());
+        }
+        present.remove(&(u64::MAX - 1));
+        for id in h.acked_upserts.difference(&h.acked_deletes) {
+            let d = present.get(id).unwrap_or_else(|| panic!("seed {seed}: acknowledged id {id} lost"));
+            assert!(d.contains(&format!("[{}.0, 1.0, 1.0, 2.0]", *id as f32)), "seed {seed}: id {id} has the wrong vector: {d}");
+        }
+        for id in &h.acked_deletes {
+            assert!(!present.contains_key(id), "seed {seed}: acknowledged delete of {id} undone");
+        }
+        for id in present.keys() {
+            assert!(h.attempted.contains(id), "seed {seed}: phantom id {id} was never written");
+        }
+        eprintln!(
+            "  seed {seed}: {} acked upserts, {} acked deletes, {} attempted, {} present, replicas identical",
+            h.acked_upserts.len(),
+            h.acked_deletes.len(),
+            h.attempted.len(),
+            present.len()
+        );
     }
-    present.remove(&(u64::MAX - 1));
-    for id in h.acked_upserts.difference(&h.acked_deletes) {
-        let d = present.get(id).unwrap_or_else(|| panic!("seed {seed}: acknowledged id {id} lost"));
-        assert!(d.contains(&format!("[{}.0, 1.0, 1.0, 2.0]", *id as f32)), "seed {seed}: id {id} has the wrong vector: {d}");
-    }
-    for id in &h.acked_deletes {
-        assert!(!present.contains_key(id), "seed {seed}: acknowledged delete of {id} undone");
-    }
-    for id in present.keys() {
-        assert!(h.attempted.contains(id), "seed {seed}: phantom id {id} was never written");
-    }
-    eprintln!(
-        "  seed {seed}: {} acked upserts, {} acked deletes, {} attempted, {} present, replicas identical",
-        h.acked_upserts.len(),
-        h.acked_deletes.len(),
-        h.attempted.len(),
-        present.len()
-    );
-    drop(h);
     drop(c);
     Arc::try_unwrap(cluster).ok().expect("sole owner").into_inner().shutdown().await;
 }
