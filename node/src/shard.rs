@@ -64,6 +64,18 @@ pub struct Shard {
     pub exact_scan_threshold: u64,
 }
 
+/// When a shard write is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The WAL is fsynced before the write returns (direct writes).
+    Sync,
+    /// Durable with the next synced write on the same RocksDB WAL. The
+    /// Raft state machine uses this: its entries are already durable in
+    /// the Raft log, which shares the WAL and syncs on every append and
+    /// purge. So a crash can lose only applies that the log replays.
+    Deferred,
+}
+
 /// A consistent copy of a shard: its points and the requested metadata
 /// records (see [`Shard::export`]).
 pub type Export = (Vec<StoredPoint>, Vec<Option<Vec<u8>>>);
@@ -271,7 +283,7 @@ impl Shard {
     /// Applies upserts and deletes as one durable batch. Returns the number
     /// of points written plus points actually deleted.
     pub fn write(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>) -> Result<u64> {
-        self.write_with_meta(upserts, delete_ids, delete_filter, Vec::new())
+        self.write_with_meta(upserts, delete_ids, delete_filter, Vec::new(), Durability::Sync)
     }
 
     /// Reads a shard metadata record.
@@ -280,9 +292,9 @@ impl Shard {
     }
 
     /// Writes shard metadata records alone, durably.
-    pub fn put_meta(&self, meta: Vec<(&'static str, Vec<u8>)>) -> Result<()> {
+    pub fn put_meta(&self, meta: Vec<(&'static str, Vec<u8>)>, durability: Durability) -> Result<()> {
         let _w = self.writer.lock();
-        self.store.write(StoreBatch { put_meta: meta, ..Default::default() }, true)?;
+        self.store.write(StoreBatch { put_meta: meta, ..Default::default() }, durability == Durability::Sync)?;
         Ok(())
     }
 
@@ -302,7 +314,15 @@ impl Shard {
     /// Like [`Shard::write`], with `meta` records written in the same atomic
     /// batch (the Raft state machine stores its applied log id this way).
     /// If validation rejects the batch, nothing is written, `meta` included.
-    pub fn write_with_meta(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>, meta: Vec<(&'static str, Vec<u8>)>) -> Result<u64> {
+    pub fn write_with_meta(
+        &self,
+        upserts: &[PointStruct],
+        delete_ids: &[PointId],
+        delete_filter: Option<&Filter>,
+        meta: Vec<(&'static str, Vec<u8>)>,
+        durability: Durability,
+    ) -> Result<u64> {
+        let sync = durability == Durability::Sync;
         // Validate everything before touching anything.
         let mut prepared = Vec::with_capacity(upserts.len());
         for (i, p) in upserts.iter().enumerate() {
@@ -361,7 +381,7 @@ impl Shard {
             if batch.put_points.is_empty() && batch.delete_points.is_empty() {
                 drop(st);
                 if !meta.is_empty() {
-                    self.store.write(StoreBatch { put_meta: meta, ..Default::default() }, true)?;
+                    self.store.write(StoreBatch { put_meta: meta, ..Default::default() }, sync)?;
                 }
                 return Ok(0);
             }
@@ -373,7 +393,7 @@ impl Shard {
             drop(st);
 
             // 1. Durable first.
-            self.store.write(batch, true)?;
+            self.store.write(batch, sync)?;
 
             // 2. New versions become searchable.
             let items: Vec<(u64, &[f32])> = added.iter().map(|(_, off, i)| (*off as u64, prepared[*i].1.as_slice())).collect();

@@ -4,7 +4,10 @@
 //!   Applying it is `Shard::write_with_meta`, with the entry's log id (and
 //!   the membership, when it changes) in the same synced RocksDB batch as
 //!   the points. A restart then reads the last applied id from the shard,
-//!   so no entry is applied twice or skipped. A write the shard rejects as
+//!   so no entry is applied twice or skipped. Applies are not fsynced on
+//!   their own ([`Durability::Deferred`]): the log shares the RocksDB WAL
+//!   and syncs on every append and purge, so a crash loses only applies
+//!   that the log replays. A write the shard rejects as
 //!   invalid is rejected the same way on every replica (validation is
 //!   deterministic). The rejection is returned in the [`Reply`], and the
 //!   applied id still advances.
@@ -36,7 +39,7 @@ use shoal_proto::v1::{CollectionConfig, PointStruct};
 
 use super::{Entry, NodeId, Reply, TypeConfig};
 use crate::error::NodeError;
-use crate::shard::Shard;
+use crate::shard::{Durability, Shard};
 use crate::storage::{ShardStore, StoredPoint};
 
 const APPLIED: &str = "raft/applied";
@@ -114,14 +117,14 @@ impl ShardStateMachine {
                 let req = match ShardWriteRequest::decode(cmd.write.as_slice()) {
                     Ok(r) => r,
                     Err(err) => {
-                        shard.put_meta(meta).map_err(|x| sm_err(ErrorVerb::Write, x))?;
+                        shard.put_meta(meta, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
                         return Ok(Reply { affected: 0, error: Some(format!("undecodable write: {err}")) });
                     }
                 };
-                match shard.write_with_meta(&req.upserts, &req.delete_ids, req.delete_filter.as_ref(), meta.clone()) {
+                match shard.write_with_meta(&req.upserts, &req.delete_ids, req.delete_filter.as_ref(), meta.clone(), Durability::Deferred) {
                     Ok(affected) => Ok(Reply { affected, error: None }),
                     Err(err @ NodeError::Invalid(_)) => {
-                        shard.put_meta(meta).map_err(|x| sm_err(ErrorVerb::Write, x))?;
+                        shard.put_meta(meta, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
                         Ok(Reply { affected: 0, error: Some(err.to_string()) })
                     }
                     Err(err) => Err(StorageIOError::apply(e.log_id, AnyError::error(err.to_string())).into()),
@@ -129,11 +132,11 @@ impl ShardStateMachine {
             }
             EntryPayload::Membership(m) => {
                 *membership = StoredMembership::new(Some(e.log_id), m);
-                shard.put_meta(Self::meta_records(&e.log_id, Some(membership))?).map_err(|x| sm_err(ErrorVerb::Write, x))?;
+                shard.put_meta(Self::meta_records(&e.log_id, Some(membership))?, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
                 Ok(Reply::default())
             }
             EntryPayload::Blank => {
-                shard.put_meta(Self::meta_records(&e.log_id, None)?).map_err(|x| sm_err(ErrorVerb::Write, x))?;
+                shard.put_meta(Self::meta_records(&e.log_id, None)?, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
                 Ok(Reply::default())
             }
         }
@@ -187,7 +190,7 @@ impl ShardStateMachine {
         // Last: from here on the shard reports the snapshot's log id.
         let mut records = vec![(MEMBERSHIP, postcard::to_stdvec(&meta.last_membership).map_err(|e| sm_err(ErrorVerb::Write, e))?)];
         records.push((APPLIED, postcard::to_stdvec(&meta.last_log_id).map_err(|e| sm_err(ErrorVerb::Write, e))?));
-        fresh.put_meta(records).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        fresh.put_meta(records, Durability::Sync).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         *self.shard.write() = Arc::new(fresh);
         *self.snapshot.write() = Some((meta.clone(), bytes));
         Ok(())
