@@ -148,3 +148,27 @@ async fn lagging_follower_catches_up_by_snapshot() {
     check_replicas(&c, &acked);
     c.shutdown().await;
 }
+
+/// Benchmark, not a pass/fail check (run with `--ignored --nocapture`):
+/// time from stopping the leader to the first committed write, over 20
+/// stops, with the default shard-group timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn bench_failover_median() {
+    let mut c = RaftCluster::start(3).await.unwrap();
+    c.write(upsert_cmd(0..10, 1), T).await.unwrap();
+    let mut times = vec![];
+    for round in 0..20u64 {
+        let old = c.leader(T).await.unwrap();
+        let t = Instant::now();
+        c.stop(old).await;
+        c.write(upsert_cmd(100 + round * 10..110 + round * 10, 1), T).await.unwrap();
+        times.push(t.elapsed());
+        c.restart(old).await.unwrap();
+        let last = c.write(upsert_cmd(0..1, 2), T).await.unwrap();
+        c.applied_everywhere(last, T).await.unwrap();
+    }
+    times.sort();
+    eprintln!("failover over {} leader stops: min {:?}, median {:?}, max {:?}", times.len(), times[0], times[times.len() / 2], times[times.len() - 1]);
+    c.shutdown().await;
+}
