@@ -26,6 +26,11 @@ pub struct NodeArgs {
     /// RocksDB block cache in MiB.
     #[arg(long, env = "SHOAL_BLOCK_CACHE_MB", default_value_t = 8)]
     pub block_cache_mb: usize,
+    /// Filtered searches whose filter allows at most this many points scan
+    /// them exactly instead of searching HNSW with a predicate (see
+    /// docs/benchmarks.md for the measurement behind the default).
+    #[arg(long, env = "SHOAL_EXACT_SCAN_THRESHOLD", default_value_t = crate::shard::DEFAULT_EXACT_SCAN_THRESHOLD)]
+    pub exact_scan_threshold: u64,
 }
 
 impl NodeArgs {

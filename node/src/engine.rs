@@ -33,6 +33,8 @@ pub struct EngineConfig {
     /// Keep everything in memory (tests, throwaway dev runs).
     pub in_memory: bool,
     pub rocks: RocksTuning,
+    /// Filtered searches allowing at most this many points scan exactly.
+    pub exact_scan_threshold: u64,
 }
 
 type ShardKey = (String, u32);
@@ -105,7 +107,8 @@ impl Engine {
             let _ = std::fs::remove_file(dir.join(format!("{shard_id}.usearch")));
             let _ = std::fs::remove_file(dir.join(format!("{shard_id}.meta")));
         }
-        let (shard, _) = Shard::open(config.clone(), shard_id, store, &dir)?;
+        let (mut shard, _) = Shard::open(config.clone(), shard_id, store, &dir)?;
+        shard.exact_scan_threshold = self.cfg.exact_scan_threshold;
         let shard = Arc::new(shard);
         self.shards.write().insert((config.name.clone(), shard_id), shard.clone());
         Ok(shard)

@@ -68,6 +68,9 @@ enum Cmd {
         /// RocksDB block cache in MiB.
         #[arg(long, env = "SHOAL_BLOCK_CACHE_MB", default_value_t = 8)]
         block_cache_mb: usize,
+        /// Filtered searches allowing at most this many points scan exactly.
+        #[arg(long, env = "SHOAL_EXACT_SCAN_THRESHOLD", default_value_t = shoal_node::shard::DEFAULT_EXACT_SCAN_THRESHOLD)]
+        exact_scan_threshold: u64,
     },
 }
 
@@ -111,7 +114,7 @@ type Served = (tokio::task::JoinHandle<anyhow::Result<()>>, SocketAddr, std::syn
 async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool) -> anyhow::Result<Served> {
     let (listener, addr) = bind(&args.internal_listen).await?;
     let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory, rocks: args.rocks() };
+    let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory, rocks: args.rocks(), exact_scan_threshold: args.exact_scan_threshold };
     let engine = tokio::task::spawn_blocking(move || Engine::open(cfg)).await?.context("opening node storage")?;
     tracing::info!(node_id = args.node_id, %addr, data_dir = %args.data_dir.display(), "node serving internal API");
     let every = Duration::from_secs(args.index_save_interval);
@@ -141,8 +144,8 @@ async fn run() -> anyhow::Result<()> {
             let cfg = CoordinatorConfig { meta_addr: meta, shard_deadline: Duration::from_millis(shard_deadline_ms), local: None };
             shoal_coordinator::serve(cfg, listener, wait(stop)).await?;
         }
-        Cmd::Dev { listen, data_dir, sample, in_memory, memtable_mb, block_cache_mb } => {
-            let args = NodeArgs { node_id: 1, data_dir, internal_listen: "127.0.0.1:0".into(), advertise: None, index_save_interval: 60, memtable_mb, block_cache_mb };
+        Cmd::Dev { listen, data_dir, sample, in_memory, memtable_mb, block_cache_mb, exact_scan_threshold } => {
+            let args = NodeArgs { node_id: 1, data_dir, internal_listen: "127.0.0.1:0".into(), advertise: None, index_save_interval: 60, memtable_mb, block_cache_mb, exact_scan_threshold };
             let (node, internal, engine) = run_node(args, stop.clone(), in_memory).await?;
             let (listener, public) = bind(&listen).await?;
             // The coordinator calls this process's node directly.
