@@ -1,11 +1,15 @@
 //! The node's shards and the cluster map they are hosted for.
 //!
+//! Every hosted shard replica is a Raft group ([`Replica`]): writes are
+//! proposed to it and applied by its state machine; the groups are served
+//! over `shoal.internal.v1.Raft` from [`Engine::groups`].
+//!
 //! Until the Raft issue moves it behind a metadata Raft group, each node is
 //! its own metadata authority: the cluster map (nodes, collections, shard
 //! ranges, replica placement, epoch) is stored under a node-level key in
 //! RocksDB and every change bumps the epoch. The coordinator caches the map
 //! and refreshes it when a node answers with a stale-epoch error.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,6 +20,10 @@ use shoal_proto::v1::CollectionConfig;
 use shoal_proto::{placement, routing, validate};
 
 use crate::error::{NodeError, Result, StorageError};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{Groups, Network, Peers};
+use crate::raft::state_machine::ShardStateMachine;
+use crate::raft::{default_config, TypeConfig};
 use crate::shard::Shard;
 use crate::storage::memory::MemoryEngine;
 use crate::storage::rocks::{RocksEngine, RocksTuning};
@@ -39,10 +47,33 @@ pub struct EngineConfig {
 
 type ShardKey = (String, u32);
 
+/// One hosted shard replica: its Raft group, state machine and log.
+#[derive(Clone)]
+pub struct Replica {
+    pub group: String,
+    pub raft: openraft::Raft<TypeConfig>,
+    pub sm: ShardStateMachine,
+    pub log: LogStore,
+}
+
+impl Replica {
+    pub fn shard(&self) -> Arc<Shard> {
+        self.sm.shard()
+    }
+}
+
+/// The Raft group name of a shard.
+pub fn group_name(collection: &str, shard_id: u32) -> String {
+    format!("{collection}/{shard_id}")
+}
+
 pub struct Engine {
     cfg: EngineConfig,
     kv: Arc<dyn KvEngine>,
-    shards: RwLock<HashMap<ShardKey, Arc<Shard>>>,
+    shards: RwLock<HashMap<ShardKey, Replica>>,
+    /// Raft groups served by this node's `Raft` service.
+    pub groups: Groups,
+    peers: Peers,
     map: RwLock<ClusterMap>,
     meta: Mutex<()>,
 }
@@ -68,12 +99,20 @@ impl Engine {
             }
         }
         shard_store::node_meta_put(&*kv, MAP_KEY, map.encode_to_vec())?;
-        let engine = Arc::new(Engine { cfg, kv, shards: RwLock::new(HashMap::new()), map: RwLock::new(map.clone()), meta: Mutex::new(()) });
+        let engine = Arc::new(Engine {
+            cfg,
+            kv,
+            shards: RwLock::new(HashMap::new()),
+            groups: Groups::default(),
+            peers: Peers::default(),
+            map: RwLock::new(map.clone()),
+            meta: Mutex::new(()),
+        });
         for c in &map.collections {
             let config = c.config.clone().unwrap_or_default();
             for s in &c.shards {
                 if s.replicas.contains(&engine.cfg.node_id) {
-                    engine.open_shard(&config, s.shard_id, false)?;
+                    engine.open_shard(&config, s, &map, false)?;
                 }
             }
         }
@@ -87,7 +126,7 @@ impl Engine {
     /// Sum of the shards' write sequence numbers: changes whenever any shard
     /// applies a write.
     pub fn write_seq(&self) -> u64 {
-        self.shards.read().values().map(|s| s.seq()).fold(0u64, u64::wrapping_add)
+        self.shards.read().values().map(|r| r.shard().seq()).fold(0u64, u64::wrapping_add)
     }
 
     /// The internal address this node is known by in the cluster map.
@@ -95,23 +134,43 @@ impl Engine {
         &self.cfg.advertise
     }
 
-    fn open_shard(&self, config: &CollectionConfig, shard_id: u32, fresh: bool) -> Result<Arc<Shard>> {
+    /// Opens a hosted shard replica and its Raft group. `fresh` drops any
+    /// leftovers of an earlier collection of the same name and, on the
+    /// preferred leader (first replica), initialises the group. Blocking:
+    /// call off the async workers.
+    fn open_shard(&self, config: &CollectionConfig, placement: &ShardPlacement, map: &ClusterMap, fresh: bool) -> Result<Replica> {
+        let shard_id = placement.shard_id;
+        let group = group_name(&config.name, shard_id);
         let store = ShardStore::new(self.kv.clone(), &config.name, shard_id);
+        let log = LogStore::new(self.kv.clone(), &group);
+        let dir = self.cfg.data_dir.join("index").join(&config.name);
         if fresh {
             // Leftovers of an earlier collection with this name (a crash
             // between the map update and the data drop) must not leak in.
             store.destroy()?;
-        }
-        let dir = self.cfg.data_dir.join("index").join(&config.name);
-        if fresh {
+            log.destroy().map_err(|e| NodeError::Raft(e.to_string()))?;
             let _ = std::fs::remove_file(dir.join(format!("{shard_id}.usearch")));
             let _ = std::fs::remove_file(dir.join(format!("{shard_id}.meta")));
         }
-        let (mut shard, _) = Shard::open(config.clone(), shard_id, store, &dir)?;
-        shard.exact_scan_threshold = self.cfg.exact_scan_threshold;
-        let shard = Arc::new(shard);
-        self.shards.write().insert((config.name.clone(), shard_id), shard.clone());
-        Ok(shard)
+        let sm = ShardStateMachine::open_with(config.clone(), shard_id, store, dir, self.cfg.exact_scan_threshold)?;
+        let config_raft = Arc::new(default_config().validate().map_err(|e| NodeError::Raft(e.to_string()))?);
+        let network = Network::new(group.clone(), self.peers.clone());
+        let handle = tokio::runtime::Handle::current();
+        let raft = handle
+            .block_on(openraft::Raft::new(self.cfg.node_id, config_raft, network, log.clone(), sm.clone()))
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if fresh && placement.replicas.first() == Some(&self.cfg.node_id) {
+            let members: BTreeMap<u64, openraft::BasicNode> = placement
+                .replicas
+                .iter()
+                .filter_map(|id| map.nodes.iter().find(|n| n.id == *id).map(|n| (*id, openraft::BasicNode::new(&n.address))))
+                .collect();
+            handle.block_on(raft.initialize(members)).map_err(|e| NodeError::Raft(e.to_string()))?;
+        }
+        self.groups.insert(group.clone(), raft.clone());
+        let replica = Replica { group, raft, sm, log };
+        self.shards.write().insert((config.name.clone(), shard_id), replica.clone());
+        Ok(replica)
     }
 
     pub fn cluster_map(&self) -> ClusterMap {
@@ -143,7 +202,7 @@ impl Engine {
             .collect();
         for s in &shards {
             if s.replicas.contains(&self.cfg.node_id) {
-                self.open_shard(&config, s.shard_id, true)?;
+                self.open_shard(&config, s, &map, true)?;
             }
         }
         map.collections.push(CollectionEntry { config: Some(config), shards });
@@ -162,13 +221,17 @@ impl Engine {
         }
         map.epoch += 1;
         let map = self.persist(map)?;
-        let doomed: Vec<Arc<Shard>> = {
+        let doomed: Vec<Replica> = {
             let mut shards = self.shards.write();
             let keys: Vec<ShardKey> = shards.keys().filter(|(c, _)| c == name).cloned().collect();
             keys.iter().filter_map(|k| shards.remove(k)).collect()
         };
-        for s in doomed {
-            s.destroy()?;
+        let handle = tokio::runtime::Handle::current();
+        for r in doomed {
+            self.groups.remove(&r.group);
+            let _ = handle.block_on(r.raft.shutdown());
+            r.shard().destroy()?;
+            r.log.destroy().map_err(|e| NodeError::Raft(e.to_string()))?;
         }
         let _ = std::fs::remove_dir_all(self.cfg.data_dir.join("index").join(name));
         Ok(map)
@@ -176,6 +239,11 @@ impl Engine {
 
     /// The local replica of a shard, checking the sender's map epoch.
     pub fn shard(&self, collection: &str, shard_id: u32, epoch: u64) -> Result<Arc<Shard>> {
+        self.replica(collection, shard_id, epoch).map(|r| r.shard())
+    }
+
+    /// The local replica (Raft group and state machine) of a shard.
+    pub fn replica(&self, collection: &str, shard_id: u32, epoch: u64) -> Result<Replica> {
         let have = self.map.read().epoch;
         if epoch != 0 && epoch < have {
             return Err(NodeError::StaleEpoch { got: epoch, have });
@@ -191,7 +259,7 @@ impl Engine {
 
     /// Saves every dirty HNSW index; returns how many were written.
     pub fn save_indexes(&self) -> usize {
-        let shards: Vec<Arc<Shard>> = self.shards.read().values().cloned().collect();
+        let shards: Vec<Arc<Shard>> = self.shards.read().values().map(|r| r.shard()).collect();
         let mut n = 0;
         for s in shards {
             match s.save_index() {
@@ -208,17 +276,21 @@ impl Engine {
             .shards
             .read()
             .values()
-            .map(|s| ShardReplicaStatus {
-                collection: s.collection.clone(),
-                shard_id: s.shard_id,
-                points: s.len(),
-                applied_index: s.seq(),
-                term: 0,
-                leader: true,
+            .map(|r| {
+                let s = r.shard();
+                let m = r.raft.metrics().borrow().clone();
+                ShardReplicaStatus {
+                    collection: s.collection.clone(),
+                    shard_id: s.shard_id,
+                    points: s.len(),
+                    applied_index: m.last_applied.map_or(0, |l| l.index),
+                    term: m.current_term,
+                    leader: m.current_leader == Some(self.cfg.node_id),
+                }
             })
             .collect();
         shards.sort_by(|a, b| (&a.collection, a.shard_id).cmp(&(&b.collection, b.shard_id)));
-        let index_bytes = self.shards.read().values().map(|s| s.index_memory_bytes() as u64).sum();
+        let index_bytes = self.shards.read().values().map(|r| r.shard().index_memory_bytes() as u64).sum();
         NodeStatusResponse { node_id: self.cfg.node_id, device: device.to_string(), version: env!("CARGO_PKG_VERSION").to_string(), shards, rss_bytes: crate::memory::rss_bytes(), index_bytes }
     }
 }

@@ -24,6 +24,12 @@ pub enum NodeError {
     RaftGroupNotFound(String),
     #[error("raft message could not be decoded: {0}")]
     RaftCodec(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("shard {group} has no leader on this node (leader: {leader})")]
+    NotLeader { group: String, leader: String },
+    #[error("{0}")]
+    Rejected(String),
 }
 
 #[derive(Debug, thiserror::Error)]

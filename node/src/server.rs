@@ -1,4 +1,4 @@
-//! Wires the internal gRPC server: `Shard`, `Meta`, the standard health
+//! Wires the internal gRPC server: `Shard`, `Meta`, `Raft`, the standard health
 //! service and server reflection, with the documented message-size limit,
 //! plus the background index saver.
 use std::future::Future;
@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_proto::internal::v1::meta_server::MetaServer;
+use shoal_proto::internal::v1::raft_server::RaftServer;
 use shoal_proto::internal::v1::shard_server::ShardServer;
 use shoal_proto::limits::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::engine::Engine;
+use crate::raft::network::RaftService;
 use crate::service::{meta::MetaService, shard::ShardService};
 
 /// Device used for search on this node (the GPU issue adds CUDA devices).
@@ -25,12 +27,14 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<ShardServer<ShardService>>().await;
     reporter.set_serving::<MetaServer<MetaService>>().await;
+    reporter.set_serving::<RaftServer<RaftService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(shoal_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let shard = ShardServer::new(ShardService::new(engine.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let meta = MetaServer::new(MetaService::new(engine.clone(), device()));
+    let raft = RaftServer::new(RaftService::new(engine.groups.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     // Hand pages freed by bulk writes back to the OS (see crate::memory).
     let trimmer = {
@@ -66,6 +70,7 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
         .add_service(reflection)
         .add_service(shard)
         .add_service(meta)
+        .add_service(raft)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await?;
     if let Some(s) = saver {

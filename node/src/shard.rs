@@ -314,6 +314,21 @@ impl Shard {
         Ok((points, values))
     }
 
+    /// Runs the checks [`Shard::write`] would run, without writing: a leader
+    /// rejects a bad batch before it enters the replicated log.
+    pub fn validate_write(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>) -> Result<()> {
+        for (i, p) in upserts.iter().enumerate() {
+            self.prepare(i, p)?;
+        }
+        for (i, id) in delete_ids.iter().enumerate() {
+            PointKey::try_from(id).map_err(|e| validate::invalid(format!("ids[{i}]"), e.to_string()))?;
+        }
+        if let Some(f) = delete_filter {
+            validate::filter(f)?;
+        }
+        Ok(())
+    }
+
     /// Like [`Shard::write`], with `meta` records written in the same atomic
     /// batch (the Raft state machine stores its applied log id this way).
     /// If validation rejects the batch, nothing is written, `meta` included.

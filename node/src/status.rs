@@ -15,7 +15,8 @@ impl From<NodeError> for Status {
         match e {
             NodeError::Invalid(_) => Status::invalid_argument(msg),
             NodeError::CollectionNotFound(_) | NodeError::ShardNotFound { .. } | NodeError::RaftGroupNotFound(_) => Status::not_found(msg),
-            NodeError::RaftCodec(_) => Status::invalid_argument(msg),
+            NodeError::RaftCodec(_) | NodeError::Rejected(_) => Status::invalid_argument(msg),
+            NodeError::Raft(_) | NodeError::NotLeader { .. } => Status::unavailable(msg),
             NodeError::CollectionExists(_) => Status::already_exists(msg),
             NodeError::StaleEpoch { have, .. } => {
                 let mut s = Status::new(Code::FailedPrecondition, msg);

@@ -69,6 +69,7 @@ struct Recipe {
     shard_id: u32,
     store: ShardStore,
     index_dir: PathBuf,
+    exact_scan_threshold: u64,
 }
 
 /// One shard replica's state machine. Clones share the shard.
@@ -82,10 +83,17 @@ pub struct ShardStateMachine {
 impl ShardStateMachine {
     /// Opens the shard (loading or rebuilding its index) for Raft.
     pub fn open(config: CollectionConfig, shard_id: u32, store: ShardStore, index_dir: PathBuf) -> Result<Self, NodeError> {
-        let (shard, _) = Shard::open(config.clone(), shard_id, store.clone(), &index_dir)?;
+        Self::open_with(config, shard_id, store, index_dir, crate::shard::DEFAULT_EXACT_SCAN_THRESHOLD)
+    }
+
+    /// Like [`ShardStateMachine::open`] with a filtered-search exact-scan
+    /// threshold (kept across snapshot installs).
+    pub fn open_with(config: CollectionConfig, shard_id: u32, store: ShardStore, index_dir: PathBuf, exact_scan_threshold: u64) -> Result<Self, NodeError> {
+        let (mut shard, _) = Shard::open(config.clone(), shard_id, store.clone(), &index_dir)?;
+        shard.exact_scan_threshold = exact_scan_threshold;
         Ok(ShardStateMachine {
             shard: Arc::new(RwLock::new(Arc::new(shard))),
-            recipe: Arc::new(Recipe { config, shard_id, store, index_dir }),
+            recipe: Arc::new(Recipe { config, shard_id, store, index_dir, exact_scan_threshold }),
             snapshot: Arc::new(RwLock::new(None)),
         })
     }
@@ -182,7 +190,8 @@ impl ShardStateMachine {
         let r = &self.recipe;
         let old = self.shard();
         old.destroy().map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let (fresh, _) = Shard::open(r.config.clone(), r.shard_id, r.store.clone(), &r.index_dir).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let (mut fresh, _) = Shard::open(r.config.clone(), r.shard_id, r.store.clone(), &r.index_dir).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        fresh.exact_scan_threshold = r.exact_scan_threshold;
         let upserts: Vec<PointStruct> = points.into_iter().map(|p| PointStruct { id: p.id, vector: p.vector, payload: p.payload }).collect();
         for chunk in upserts.chunks(IMPORT_BATCH) {
             fresh.write(chunk, &[], None).map_err(|e| sm_err(ErrorVerb::Write, e))?;

@@ -9,12 +9,44 @@ use shoal_proto::validate::{self, invalid};
 use tonic::{Request, Response, Status};
 
 use super::blocking;
-use crate::engine::Engine;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use prost::Message;
+
+use crate::engine::{Engine, Replica};
+use crate::raft::{Command, Reply};
 use crate::error::{NodeError, Result};
 use crate::shard::Shard;
 
 /// Write batches at least this large trim the heap when done.
 const BULK_WRITE_POINTS: usize = 256;
+
+/// How long a write waits for its group to elect a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// Proposes `cmd` to the replica's group and waits until it is committed
+/// and applied here. Waits for an election when the group has no leader;
+/// on a follower it answers `NotLeader` with the leader's address.
+async fn propose(replica: &Replica, cmd: Command) -> Result<Reply> {
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    loop {
+        match replica.raft.client_write(cmd.clone()).await {
+            Ok(r) => return Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                if let Some(node) = f.leader_node {
+                    return Err(NodeError::NotLeader { group: replica.group.clone(), leader: node.addr });
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(NodeError::NotLeader { group: replica.group.clone(), leader: "none elected".into() });
+                }
+                let left = deadline - tokio::time::Instant::now();
+                let _ = replica.raft.wait(Some(left)).metrics(|m| m.current_leader.is_some(), "leader elected").await;
+            }
+            Err(e) => return Err(NodeError::Raft(e.to_string())),
+        }
+    }
+}
 
 pub struct ShardService {
     engine: Arc<Engine>,
@@ -39,7 +71,8 @@ fn non_empty(f: &Option<Filter>) -> Option<&Filter> {
 impl ShardApi for ShardService {
     async fn write(&self, req: Request<ShardWriteRequest>) -> Result<Response<ShardWriteResponse>, Status> {
         let req = req.into_inner();
-        let shard = self.shard(&req.shard)?;
+        let r = req.shard.as_ref().ok_or_else(|| NodeError::from(invalid("shard", "shard reference is missing")))?;
+        let replica = self.engine.replica(&r.collection, r.shard_id, r.epoch)?;
         let has_delete = !req.delete_ids.is_empty() || req.delete_filter.is_some();
         if !req.upserts.is_empty() && has_delete {
             return Err(NodeError::from(invalid("upserts", "a shard write carries upserts or deletes, not both")).into());
@@ -47,19 +80,25 @@ impl ShardApi for ShardService {
         if req.upserts.len() > MAX_UPSERT_BATCH {
             return Err(NodeError::from(invalid("upserts", format!("{} points exceed the batch limit of {MAX_UPSERT_BATCH}", req.upserts.len()))).into());
         }
+        // Reject bad input before it enters the replicated log, then encode
+        // the command off the async workers (batches are megabytes).
+        let shard = replica.shard();
         let bulk = req.upserts.len() >= BULK_WRITE_POINTS;
-        let affected = blocking(move || {
-            let r = shard.write(&req.upserts, &req.delete_ids, req.delete_filter.as_ref());
-            // A bulk batch frees megabytes of decoded points: hand the pages
-            // back now rather than at the next periodic trim.
-            drop(req);
-            if bulk {
-                crate::memory::release_free_memory();
-            }
-            r
+        let cmd = blocking(move || {
+            shard.validate_write(&req.upserts, &req.delete_ids, req.delete_filter.as_ref())?;
+            Ok(Command { write: ShardWriteRequest { shard: None, ..req }.encode_to_vec() })
         })
         .await?;
-        Ok(Response::new(ShardWriteResponse { affected }))
+        let reply = propose(&replica, cmd).await?;
+        if bulk {
+            // A bulk batch frees megabytes of decoded points: hand the pages
+            // back now rather than at the next periodic trim.
+            let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
+        }
+        match reply.error {
+            Some(e) => Err(NodeError::Rejected(e).into()),
+            None => Ok(Response::new(ShardWriteResponse { affected: reply.affected })),
+        }
     }
 
     async fn get(&self, req: Request<ShardGetRequest>) -> Result<Response<ShardGetResponse>, Status> {
