@@ -74,6 +74,8 @@ pub struct Engine {
     /// Raft groups served by this node's `Raft` service.
     pub groups: Groups,
     peers: Peers,
+    /// Timing shared by every shard group on the node.
+    raft_config: Arc<openraft::Config>,
     map: RwLock<ClusterMap>,
     meta: Mutex<()>,
 }
@@ -105,6 +107,7 @@ impl Engine {
             shards: RwLock::new(HashMap::new()),
             groups: Groups::default(),
             peers: Peers::default(),
+            raft_config: Arc::new(default_config().validate().map_err(|e| NodeError::Raft(e.to_string()))?),
             map: RwLock::new(map.clone()),
             meta: Mutex::new(()),
         });
@@ -153,11 +156,10 @@ impl Engine {
             let _ = std::fs::remove_file(dir.join(format!("{shard_id}.meta")));
         }
         let sm = ShardStateMachine::open_with(config.clone(), shard_id, store, dir, self.cfg.exact_scan_threshold)?;
-        let config_raft = Arc::new(default_config().validate().map_err(|e| NodeError::Raft(e.to_string()))?);
         let network = Network::new(group.clone(), self.peers.clone());
         let handle = tokio::runtime::Handle::current();
         let raft = handle
-            .block_on(openraft::Raft::new(self.cfg.node_id, config_raft, network, log.clone(), sm.clone()))
+            .block_on(openraft::Raft::new(self.cfg.node_id, self.raft_config.clone(), network, log.clone(), sm.clone()))
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         if fresh && placement.replicas.first() == Some(&self.cfg.node_id) {
             let members: BTreeMap<u64, openraft::BasicNode> = placement
@@ -237,12 +239,8 @@ impl Engine {
         Ok(map)
     }
 
-    /// The local replica of a shard, checking the sender's map epoch.
-    pub fn shard(&self, collection: &str, shard_id: u32, epoch: u64) -> Result<Arc<Shard>> {
-        self.replica(collection, shard_id, epoch).map(|r| r.shard())
-    }
-
-    /// The local replica (Raft group and state machine) of a shard.
+    /// The local replica (Raft group and state machine) of a shard,
+    /// checking the sender's map epoch.
     pub fn replica(&self, collection: &str, shard_id: u32, epoch: u64) -> Result<Replica> {
         let have = self.map.read().epoch;
         if epoch != 0 && epoch < have {

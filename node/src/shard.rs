@@ -261,14 +261,33 @@ impl Shard {
     /// Validates and prepares an upsert: checks the vector, normalises cosine
     /// vectors.
     fn prepare(&self, i: usize, p: &PointStruct) -> Result<(PointKey, Vec<f32>)> {
-        let id = p.id.as_ref().ok_or_else(|| validate::invalid(format!("points[{i}].id"), "point id is missing"))?;
-        let key = PointKey::try_from(id).map_err(|e| validate::invalid(format!("points[{i}].id"), e.to_string()))?;
-        validate::vector(&format!("points[{i}].vector"), &p.vector, self.config.dimension, self.metric())?;
+        let key = self.check(i, p)?;
         let mut v = p.vector.clone();
         if self.metric() == Metric::Cosine {
             normalise(&mut v);
         }
         Ok((key, v))
+    }
+
+    /// Checks one upsert's id and vector; returns its key.
+    fn check(&self, i: usize, p: &PointStruct) -> Result<PointKey> {
+        let id = p.id.as_ref().ok_or_else(|| validate::invalid(format!("points[{i}].id"), "point id is missing"))?;
+        let key = PointKey::try_from(id).map_err(|e| validate::invalid(format!("points[{i}].id"), e.to_string()))?;
+        validate::vector(&format!("points[{i}].vector"), &p.vector, self.config.dimension, self.metric())?;
+        Ok(key)
+    }
+
+    /// Parses the ids to delete and checks the delete filter.
+    fn check_deletes(delete_ids: &[PointId], delete_filter: Option<&Filter>) -> Result<Vec<PointKey>> {
+        let keys = delete_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| PointKey::try_from(id).map_err(|e| validate::invalid(format!("ids[{i}]"), e.to_string())))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        if let Some(f) = delete_filter {
+            validate::filter(f)?;
+        }
+        Ok(keys)
     }
 
     /// The live stored version of `k`: its offset and the payload-index
@@ -318,15 +337,9 @@ impl Shard {
     /// rejects a bad batch before it enters the replicated log.
     pub fn validate_write(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>) -> Result<()> {
         for (i, p) in upserts.iter().enumerate() {
-            self.prepare(i, p)?;
+            self.check(i, p)?;
         }
-        for (i, id) in delete_ids.iter().enumerate() {
-            PointKey::try_from(id).map_err(|e| validate::invalid(format!("ids[{i}]"), e.to_string()))?;
-        }
-        if let Some(f) = delete_filter {
-            validate::filter(f)?;
-        }
-        Ok(())
+        Self::check_deletes(delete_ids, delete_filter).map(|_| ())
     }
 
     /// Like [`Shard::write`], with `meta` records written in the same atomic
@@ -346,13 +359,7 @@ impl Shard {
         for (i, p) in upserts.iter().enumerate() {
             prepared.push(self.prepare(i, p)?);
         }
-        let mut del_keys = Vec::with_capacity(delete_ids.len());
-        for (i, id) in delete_ids.iter().enumerate() {
-            del_keys.push(PointKey::try_from(id).map_err(|e| validate::invalid(format!("ids[{i}]"), e.to_string()))?);
-        }
-        if let Some(f) = delete_filter {
-            validate::filter(f)?;
-        }
+        let del_keys = Self::check_deletes(delete_ids, delete_filter)?;
         // Last write of an id in a batch wins.
         let mut last: HashMap<PointKey, usize> = HashMap::with_capacity(prepared.len());
         for (i, (k, _)) in prepared.iter().enumerate() {

@@ -103,10 +103,7 @@ async fn bind_retry(addr: SocketAddr) -> Result<TcpListener> {
     loop {
         match TcpListener::bind(addr).await {
             Ok(l) => return Ok(l),
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(e) => return Err(e).with_context(|| format!("rebinding {addr}")),
         }
     }
@@ -172,10 +169,8 @@ impl RaftCluster {
             let raft = self.node(leader).raft().expect("leader runs").clone();
             match tokio::time::timeout(left, raft.client_write(cmd.clone())).await {
                 Ok(Ok(r)) => return Ok(r.log_id.index),
-                Ok(Err(e)) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                // Leader changed under the write: retry on the new one.
+                Ok(Err(_)) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
                 Ok(Err(e)) => bail!("write failed: {e}"),
                 Err(_) => bail!("write not committed within {within:?}"),
             }

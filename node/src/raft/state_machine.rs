@@ -107,11 +107,11 @@ impl ShardStateMachine {
         decode_or_default(&shard.meta(name).map_err(|e| sm_err(ErrorVerb::Read, e))?)
     }
 
-    fn meta_records(applied: &LogId<NodeId>, membership: Option<&Membership>) -> Result<Vec<(&'static str, Vec<u8>)>, StorageError<NodeId>> {
-        let enc = |v: &dyn erased::Encode| v.encode().map_err(|e| sm_err(ErrorVerb::Write, e));
-        let mut out = vec![(APPLIED, enc(&Some(*applied))?)];
+    /// The applied-id record, and the membership record when it changes.
+    fn meta_records(applied: Option<LogId<NodeId>>, membership: Option<&Membership>) -> Result<Vec<(&'static str, Vec<u8>)>, StorageError<NodeId>> {
+        let mut out = vec![(APPLIED, encode(&applied)?)];
         if let Some(m) = membership {
-            out.push((MEMBERSHIP, enc(m)?));
+            out.push((MEMBERSHIP, encode(m)?));
         }
         Ok(out)
     }
@@ -121,7 +121,7 @@ impl ShardStateMachine {
         let shard = self.shard();
         match e.payload {
             EntryPayload::Normal(cmd) => {
-                let meta = Self::meta_records(&e.log_id, None)?;
+                let meta = Self::meta_records(Some(e.log_id), None)?;
                 let req = match ShardWriteRequest::decode(cmd.write.as_slice()) {
                     Ok(r) => r,
                     Err(err) => {
@@ -140,11 +140,11 @@ impl ShardStateMachine {
             }
             EntryPayload::Membership(m) => {
                 *membership = StoredMembership::new(Some(e.log_id), m);
-                shard.put_meta(Self::meta_records(&e.log_id, Some(membership))?, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
+                shard.put_meta(Self::meta_records(Some(e.log_id), Some(membership))?, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
                 Ok(Reply::default())
             }
             EntryPayload::Blank => {
-                shard.put_meta(Self::meta_records(&e.log_id, None)?, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
+                shard.put_meta(Self::meta_records(Some(e.log_id), None)?, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
                 Ok(Reply::default())
             }
         }
@@ -157,7 +157,7 @@ impl ShardStateMachine {
         let applied: Option<LogId<NodeId>> = decode_or_default(&meta[0])?;
         let membership: Membership = decode_or_default(&meta[1])?;
         let header = Header { applied, membership: membership.clone(), points: points.len() as u64 };
-        let mut bytes = postcard::to_stdvec(&header).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let mut bytes = encode(&header)?;
         let hlen = bytes.len() as u64;
         bytes.splice(0..0, hlen.to_be_bytes());
         for p in &points {
@@ -197,13 +197,16 @@ impl ShardStateMachine {
             fresh.write(chunk, &[], None).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         }
         // Last: from here on the shard reports the snapshot's log id.
-        let mut records = vec![(MEMBERSHIP, postcard::to_stdvec(&meta.last_membership).map_err(|e| sm_err(ErrorVerb::Write, e))?)];
-        records.push((APPLIED, postcard::to_stdvec(&meta.last_log_id).map_err(|e| sm_err(ErrorVerb::Write, e))?));
+        let records = Self::meta_records(meta.last_log_id, Some(&meta.last_membership))?;
         fresh.put_meta(records, Durability::Sync).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         *self.shard.write() = Arc::new(fresh);
         *self.snapshot.write() = Some((meta.clone(), bytes));
         Ok(())
     }
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StorageError<NodeId>> {
+    postcard::to_stdvec(v).map_err(|e| sm_err(ErrorVerb::Write, e))
 }
 
 fn decode_or_default<T: serde::de::DeserializeOwned + Default>(b: &Option<Vec<u8>>) -> Result<T, StorageError<NodeId>> {
@@ -265,17 +268,5 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         Ok(self.snapshot.read().as_ref().map(|(m, b)| Snapshot { meta: m.clone(), snapshot: Box::new(Cursor::new(b.clone())) }))
-    }
-}
-
-mod erased {
-    //! Postcard encoding behind a trait object, for mixed record lists.
-    pub trait Encode {
-        fn encode(&self) -> Result<Vec<u8>, postcard::Error>;
-    }
-    impl<T: serde::Serialize> Encode for T {
-        fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
-            postcard::to_stdvec(self)
-        }
     }
 }

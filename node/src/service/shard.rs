@@ -57,9 +57,13 @@ impl ShardService {
         ShardService { engine }
     }
 
-    fn shard(&self, r: &Option<ShardRef>) -> Result<Arc<Shard>> {
+    fn replica(&self, r: &Option<ShardRef>) -> Result<Replica> {
         let r = r.as_ref().ok_or_else(|| invalid("shard", "shard reference is missing"))?;
-        self.engine.shard(&r.collection, r.shard_id, r.epoch)
+        self.engine.replica(&r.collection, r.shard_id, r.epoch)
+    }
+
+    fn shard(&self, r: &Option<ShardRef>) -> Result<Arc<Shard>> {
+        self.replica(r).map(|r| r.shard())
     }
 }
 
@@ -71,8 +75,7 @@ fn non_empty(f: &Option<Filter>) -> Option<&Filter> {
 impl ShardApi for ShardService {
     async fn write(&self, req: Request<ShardWriteRequest>) -> Result<Response<ShardWriteResponse>, Status> {
         let req = req.into_inner();
-        let r = req.shard.as_ref().ok_or_else(|| NodeError::from(invalid("shard", "shard reference is missing")))?;
-        let replica = self.engine.replica(&r.collection, r.shard_id, r.epoch)?;
+        let replica = self.replica(&req.shard)?;
         let has_delete = !req.delete_ids.is_empty() || req.delete_filter.is_some();
         if !req.upserts.is_empty() && has_delete {
             return Err(NodeError::from(invalid("upserts", "a shard write carries upserts or deletes, not both")).into());
