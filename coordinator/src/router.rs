@@ -4,13 +4,18 @@
 //! Every call to a node carries the map epoch it was routed with. A node
 //! with a newer map answers `FAILED_PRECONDITION` with the
 //! `shoal-stale-epoch` metadata key; [`Router::call_shard`] then reloads the
-//! map and retries once.
+//! map and retries. Writes and `strong`/`leader` reads go to the shard
+//! leader: the router remembers the leader per shard, follows the
+//! `shoal-leader-id` hint of a node that is not the leader, and moves to
+//! another replica (with backoff) when one is unreachable or electing, all
+//! within the call's deadline. `any` reads rotate over the replicas.
 //!
 //! A node served in the same process ([`LocalNode`], as in `shoal dev`) is
 //! called directly through its service trait: same validation and errors,
 //! no HTTP/2 hop or protobuf round trip.
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +32,7 @@ use tonic::Code;
 
 use crate::error::{CoordError, Result};
 
-use shoal_proto::STALE_EPOCH_KEY;
+use shoal_proto::{LEADER_ID_KEY, STALE_EPOCH_KEY};
 
 /// Routing facts about one collection.
 #[derive(Debug, Clone)]
@@ -102,11 +107,66 @@ impl ShardConn {
     }
 }
 
+/// Which replica a shard call needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The shard leader (writes, `strong` and `leader` reads).
+    Leader,
+    /// Any live replica, spreading load (`any` reads).
+    Any,
+}
+
+impl Target {
+    /// The target a read at `consistency` needs.
+    pub fn for_read(consistency: i32) -> Self {
+        if consistency == shoal_proto::v1::Consistency::Any as i32 {
+            Target::Any
+        } else {
+            Target::Leader
+        }
+    }
+}
+
+/// How a failed shard call is retried.
+enum Retry {
+    /// The map is stale: reload it.
+    Refresh,
+    /// The node named the leader: go there at once.
+    Leader(u64),
+    /// Try another replica after a backoff.
+    Elsewhere,
+}
+
+fn classify(s: &tonic::Status) -> Option<Retry> {
+    if s.code() == Code::FailedPrecondition && s.metadata().get(STALE_EPOCH_KEY).is_some() {
+        return Some(Retry::Refresh);
+    }
+    if let Some(id) = s.metadata().get(LEADER_ID_KEY).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
+        return Some(Retry::Leader(id));
+    }
+    match s.code() {
+        // Transport failures, elections, nodes catching up or opening the
+        // shard, no quorum: all transient.
+        Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => Some(Retry::Elsewhere),
+        Code::Unknown if s.message().contains("transport") || s.message().contains("connection") => Some(Retry::Elsewhere),
+        _ => None,
+    }
+}
+
+/// Per-attempt limit: a node that stopped answering (SIGSTOP, partition)
+/// is given up on after this long and another replica is tried, within
+/// the call's overall deadline.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
 pub struct Router {
-    meta_addr: String,
+    seeds: Vec<String>,
     local: Option<LocalNode>,
     view: RwLock<View>,
     channels: RwLock<HashMap<String, Channel>>,
+    /// Last known leader per (collection, shard).
+    leaders: RwLock<HashMap<(String, u32), u64>>,
+    /// Rotates `any` reads over replicas.
+    spread: AtomicUsize,
     pub deadline: Duration,
 }
 
@@ -114,8 +174,10 @@ fn endpoint(addr: &str) -> Result<Channel> {
     let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
     Ok(Endpoint::from_shared(uri)
         .map_err(|e| CoordError::Internal(format!("bad node address {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(3))
+        .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
         .connect_lazy())
 }
 
@@ -140,8 +202,16 @@ fn build_view(map: ClusterMap) -> View {
 }
 
 impl Router {
-    pub fn new(meta_addr: String, deadline: Duration, local: Option<LocalNode>) -> Self {
-        Router { meta_addr, local, view: RwLock::new(build_view(ClusterMap::default())), channels: RwLock::new(HashMap::new()), deadline }
+    pub fn new(seeds: Vec<String>, deadline: Duration, local: Option<LocalNode>) -> Self {
+        Router {
+            seeds,
+            local,
+            view: RwLock::new(build_view(ClusterMap::default())),
+            channels: RwLock::new(HashMap::new()),
+            leaders: RwLock::new(HashMap::new()),
+            spread: AtomicUsize::new(0),
+            deadline,
+        }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel> {
@@ -153,25 +223,62 @@ impl Router {
         Ok(c)
     }
 
-    pub fn meta_client(&self) -> Result<MetaClient<Channel>> {
-        self.meta_client_at(&self.meta_addr)
-    }
-
     /// The `Meta` service of the node at `addr`, over the cached channel.
     pub fn meta_client_at(&self, addr: &str) -> Result<MetaClient<Channel>> {
         Ok(MetaClient::new(self.channel(addr)?).max_decoding_message_size(MAX_MESSAGE_BYTES))
     }
 
-    /// Reloads the cluster map from the metadata node.
+    /// Seeds first, then every node of the cached map.
+    fn meta_candidates(&self) -> Vec<String> {
+        let mut out = self.seeds.clone();
+        for n in &self.view.read().map.nodes {
+            if !out.contains(&n.address) {
+                out.push(n.address.clone());
+            }
+        }
+        out
+    }
+
+    /// Calls the `Meta` service of the first node that answers (any node
+    /// forwards changes to the metadata leader). Only transport failures
+    /// move on to the next node.
+    pub async fn meta_call<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    where
+        F: Fn(MetaClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut last = None;
+        for addr in self.meta_candidates() {
+            let client = self.meta_client_at(&addr)?;
+            match tokio::time::timeout(self.deadline, f(client)).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) if matches!(classify(&s), Some(Retry::Elsewhere)) && s.metadata().get(LEADER_ID_KEY).is_none() => {
+                    last = Some(CoordError::Unreachable { node: 0, address: addr, detail: s.message().to_string() });
+                }
+                Ok(Err(s)) => return Err(CoordError::from_node(what.to_string(), s)),
+                Err(_) => last = Some(CoordError::Unreachable { node: 0, address: addr, detail: "no answer".into() }),
+            }
+        }
+        Err(last.unwrap_or_else(|| CoordError::NoMap("no node addresses configured".into())))
+    }
+
+    /// Reloads the cluster map: asks every seed and known node at once and
+    /// keeps the newest map (nodes that follow the metadata group may lag
+    /// by a moment).
     pub async fn refresh(&self) -> Result<()> {
-        let map = self
-            .meta_client()?
-            .get_cluster_map(GetClusterMapRequest {})
-            .await
-            .map_err(|s| CoordError::NoMap(format!("{} ({})", s.message(), self.meta_addr)))?
-            .into_inner();
-        self.install(map);
-        Ok(())
+        let calls = self.meta_candidates().into_iter().map(|addr| async move {
+            let mut c = self.meta_client_at(&addr).ok()?;
+            tokio::time::timeout(Duration::from_secs(2), c.get_cluster_map(GetClusterMapRequest {})).await.ok()?.ok().map(|r| r.into_inner())
+        });
+        let maps = futures::future::join_all(calls).await;
+        let best = maps.into_iter().flatten().max_by_key(|m| m.epoch);
+        match best {
+            Some(map) => {
+                self.install(map);
+                Ok(())
+            }
+            None => Err(CoordError::NoMap(format!("no node answered ({})", self.meta_candidates().join(", ")))),
+        }
     }
 
     /// Installs a map if it is newer than the cached one.
@@ -210,40 +317,105 @@ impl Router {
         self.view.read().map.nodes.iter().find(|n| n.id == node).map(|n| n.address.clone())
     }
 
-    /// A connection to the node holding shard `shard_id`'s leader replica.
-    fn shard_client(&self, route: &CollectionRoute, shard_id: u32) -> Result<(ShardConn, u64, String)> {
-        let node = *route.replicas.get(&shard_id).and_then(|r| r.first()).ok_or_else(|| CoordError::Internal(format!("shard {shard_id} has no replicas")))?;
+    /// A connection to node `node`.
+    fn conn(&self, node: u64) -> Result<(ShardConn, String)> {
         let addr = self.node_address(node).ok_or_else(|| CoordError::Internal(format!("node {node} is not in the cluster map")))?;
         if let Some(l) = self.local.as_ref().filter(|l| l.address == addr) {
-            return Ok((ShardConn::Local(l.shard.clone()), node, addr));
+            return Ok((ShardConn::Local(l.shard.clone()), addr));
         }
         let client = ShardClient::new(self.channel(&addr)?).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok((ShardConn::Remote(client), node, addr))
+        Ok((ShardConn::Remote(client), addr))
     }
 
-    /// Calls one shard with `f`, under the deadline, refreshing the map and
-    /// retrying once on a stale epoch.
-    pub async fn call_shard<T, F, Fut>(&self, collection: &str, shard_id: u32, f: F) -> Result<T>
+    /// Picks the replica for attempt `attempt`: the known leader first for
+    /// [`Target::Leader`], then the replicas in turn.
+    fn pick(&self, key: &(String, u32), replicas: &[u64], target: Target, attempt: usize, start: usize) -> u64 {
+        if target == Target::Leader {
+            if let Some(l) = self.leaders.read().get(key).filter(|l| replicas.contains(l)) {
+                if attempt == 0 {
+                    return *l;
+                }
+            }
+        }
+        replicas[(start + attempt) % replicas.len()]
+    }
+
+    /// Calls one shard with `f` under the deadline. Follows leader hints,
+    /// reloads a stale map, and tries other replicas with backoff when one
+    /// is unreachable, electing, or catching up. Writes are idempotent
+    /// (upserts replace, deletes of absent ids are no-ops), so a retried
+    /// write is safe even if an earlier attempt committed.
+    pub async fn call_shard<T, F, Fut>(&self, collection: &str, shard_id: u32, target: Target, f: F) -> Result<T>
     where
         F: Fn(ShardConn, ShardRef) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
-        for attempt in 0..2 {
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        let key = (collection.to_string(), shard_id);
+        let start = match target {
+            Target::Any => self.spread.fetch_add(1, Ordering::Relaxed),
+            Target::Leader => 0,
+        };
+        let mut backoff = Duration::from_millis(25);
+        let mut attempt = 0usize;
+        let mut hinted: Option<u64> = None;
+        let mut last: Option<CoordError> = None;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(last.unwrap_or(CoordError::Deadline(self.deadline)));
+            }
             let route = self.collection(collection)?;
-            let (client, node, addr) = self.shard_client(&route, shard_id)?;
+            let replicas = route.replicas.get(&shard_id).filter(|r| !r.is_empty()).ok_or_else(|| CoordError::Internal(format!("shard {shard_id} has no replicas")))?;
+            let node = match hinted.take().filter(|h| replicas.contains(h)) {
+                Some(h) => h,
+                None => self.pick(&key, replicas, target, attempt, start),
+            };
+            attempt += 1;
+            let (client, addr) = self.conn(node)?;
             let shard = ShardRef { collection: collection.to_string(), shard_id, epoch: self.epoch() };
-            let res = tokio::time::timeout(self.deadline, f(client, shard)).await.map_err(|_| CoordError::Deadline(self.deadline))?;
-            match res {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s) if s.code() == Code::FailedPrecondition && s.metadata().get(STALE_EPOCH_KEY).is_some() && attempt == 0 => {
-                    self.refresh().await?;
+            let res = match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), f(client, shard)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    last = Some(CoordError::Unreachable { node, address: addr, detail: format!("no answer within {:?}", left.min(ATTEMPT_TIMEOUT)) });
+                    self.leaders.write().remove(&key);
+                    continue;
                 }
-                Err(s) if s.code() == Code::Unavailable && s.message().contains("transport") || s.code() == Code::Unknown && s.message().contains("transport") => {
-                    return Err(CoordError::Unreachable { node, address: addr, detail: s.message().to_string() });
+            };
+            let s = match res {
+                Ok(r) => {
+                    if target == Target::Leader {
+                        self.leaders.write().insert(key, node);
+                    }
+                    return Ok(r.into_inner());
                 }
-                Err(s) => return Err(CoordError::from_node(format!("shard {collection}/{shard_id}"), s)),
+                Err(s) => s,
+            };
+            match classify(&s) {
+                Some(Retry::Refresh) => {
+                    let _ = self.refresh().await;
+                }
+                Some(Retry::Leader(id)) if id != node => {
+                    self.leaders.write().insert(key.clone(), id);
+                    hinted = Some(id);
+                    last = Some(CoordError::from_node(format!("shard {collection}/{shard_id}"), s));
+                }
+                Some(_) => {
+                    self.leaders.write().remove(&key);
+                    last = Some(if s.message().contains("transport") || s.message().contains("connect") {
+                        CoordError::Unreachable { node, address: addr, detail: s.message().to_string() }
+                    } else {
+                        CoordError::from_node(format!("shard {collection}/{shard_id}"), s)
+                    });
+                    // A whole round over the replicas failed: back off
+                    // before the next one (elections take a few hundred ms).
+                    if attempt % replicas.len() == 0 {
+                        tokio::time::sleep(backoff.min(left)).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                    }
+                }
+                None => return Err(CoordError::from_node(format!("shard {collection}/{shard_id}"), s)),
             }
         }
-        Err(CoordError::Internal("stale epoch persisted after a refresh".into()))
     }
 }

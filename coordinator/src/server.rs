@@ -19,8 +19,8 @@ use crate::service::Api;
 pub struct CoordinatorConfig {
     /// A node served by this same process, called without the network.
     pub local: Option<crate::router::LocalNode>,
-    /// Internal address of the metadata node.
-    pub meta_addr: String,
+    /// Internal addresses of cluster nodes to load the map from (any node).
+    pub seeds: Vec<String>,
     /// Deadline for each fan-out call to a shard.
     pub shard_deadline: Duration,
 }
@@ -28,7 +28,7 @@ pub struct CoordinatorConfig {
 /// Serves the public API until `shutdown` resolves. Waits (with retries)
 /// for the metadata node before reporting SERVING on the health service.
 pub async fn serve(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let router = Arc::new(Router::new(cfg.meta_addr.clone(), cfg.shard_deadline, cfg.local.clone()));
+    let router = Arc::new(Router::new(cfg.seeds.clone(), cfg.shard_deadline, cfg.local.clone()));
     let (reporter, health) = tonic_health::server::health_reporter();
     let api = Api { router: router.clone() };
     let reflection = tonic_reflection::server::Builder::configure()

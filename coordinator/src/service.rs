@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::{CoordError, Result};
 use crate::merge;
-use crate::router::{CollectionRoute, Router};
+use crate::router::{CollectionRoute, Router, Target};
 
 #[derive(Clone)]
 pub struct Api {
@@ -51,15 +51,15 @@ impl Api {
         route.shards.ranges().iter().map(|r| r.shard_id).collect()
     }
 
-    async fn count_collection(&self, route: &CollectionRoute, filter: Option<Filter>) -> Result<u64> {
+    async fn count_collection(&self, route: &CollectionRoute, filter: Option<Filter>, consistency: i32) -> Result<u64> {
         let name = route.config.name.clone();
         let calls = Self::shard_ids(route).into_iter().map(|sid| {
             let (name, filter) = (name.clone(), filter.clone());
             async move {
                 self.router
-                    .call_shard(&name, sid, |mut c, shard| {
+                    .call_shard(&name, sid, Target::for_read(consistency), |mut c, shard| {
                         let filter = filter.clone();
-                        async move { c.count(ShardCountRequest { shard: Some(shard), filter, consistency: 0 }).await }
+                        async move { c.count(ShardCountRequest { shard: Some(shard), filter, consistency }).await }
                     })
                     .await
             }
@@ -68,7 +68,7 @@ impl Api {
     }
 
     async fn info(&self, route: &CollectionRoute) -> Result<CollectionInfo> {
-        Ok(CollectionInfo { config: Some(route.config.clone()), points_count: self.count_collection(route, None).await?, shard_count: route.shards.ranges().len() as u32 })
+        Ok(CollectionInfo { config: Some(route.config.clone()), points_count: self.count_collection(route, None, Consistency::Leader as i32).await?, shard_count: route.shards.ranges().len() as u32 })
     }
 
     fn validate_search(route: &CollectionRoute, s: &SearchPointsRequest, field: &str) -> Result<()> {
@@ -86,11 +86,13 @@ impl Api {
     /// Fans `searches` out to every shard and merges each search's results.
     async fn search_all(&self, route: &CollectionRoute, searches: Vec<SearchPointsRequest>) -> Result<Vec<SearchResult>> {
         let name = route.config.name.clone();
+        // One consistency per fan-out: the strongest any search asks for.
+        let target = if searches.iter().all(|s| Target::for_read(s.consistency) == Target::Any) { Target::Any } else { Target::Leader };
         let calls = Self::shard_ids(route).into_iter().map(|sid| {
             let (name, searches) = (name.clone(), searches.clone());
             async move {
                 self.router
-                    .call_shard(&name, sid, |mut c, shard| {
+                    .call_shard(&name, sid, target, |mut c, shard| {
                         let searches = searches.clone();
                         async move { c.search(ShardSearchRequest { shard: Some(shard), searches }).await }
                     })
@@ -115,7 +117,7 @@ impl Api {
             let name = name.clone();
             async move {
                 self.router
-                    .call_shard(&name, sid, |mut c, shard| {
+                    .call_shard(&name, sid, Target::Leader, |mut c, shard| {
                         let req = ShardWriteRequest { shard: Some(shard), ..req.clone() };
                         async move { c.write(req).await }
                     })
@@ -132,7 +134,12 @@ impl Collections for Api {
         let req = req.into_inner();
         let config = req.config.as_ref().ok_or_else(|| bad("config", "collection config is missing"))?;
         validate::collection_config(config).map_err(CoordError::from)?;
-        let map = self.router.meta_client()?.create_collection(req.clone()).await.map_err(|s| CoordError::from_node("create collection", s))?.into_inner();
+        let map = self.router
+            .meta_call("create collection", |mut c| {
+                let r = req.clone();
+                async move { c.create_collection(r).await }
+            })
+            .await?;
         self.router.install(map);
         let route = self.router.collection(&config.name)?;
         Ok(Response::new(CreateCollectionResponse { collection: Some(self.info(&route).await?) }))
@@ -157,7 +164,12 @@ impl Collections for Api {
     async fn delete(&self, req: Request<DeleteCollectionRequest>) -> std::result::Result<Response<DeleteCollectionResponse>, Status> {
         let req = req.into_inner();
         validate::collection_name(&req.name).map_err(|e| bad("name", e.message))?;
-        let map = self.router.meta_client()?.delete_collection(req).await.map_err(|s| CoordError::from_node("delete collection", s))?.into_inner();
+        let map = self.router
+            .meta_call("delete collection", |mut c| {
+                let r = req.clone();
+                async move { c.delete_collection(r).await }
+            })
+            .await?;
         self.router.install(map);
         Ok(Response::new(DeleteCollectionResponse {}))
     }
@@ -198,7 +210,7 @@ impl Points for Api {
             let name = name.clone();
             async move {
                 self.router
-                    .call_shard(&name, sid, |mut c, shard| {
+                    .call_shard(&name, sid, Target::for_read(req.consistency), |mut c, shard| {
                         let r = ShardGetRequest { shard: Some(shard), ids: ids.clone(), with_payload: req.with_payload, with_vector: req.with_vector, consistency: req.consistency };
                         async move { c.get(r).await }
                     })
@@ -243,7 +255,7 @@ impl Points for Api {
         let req = req.into_inner();
         let route = self.route(&req.collection).await?;
         filter_opt(&req.filter)?;
-        Ok(Response::new(CountPointsResponse { count: self.count_collection(&route, req.filter).await? }))
+        Ok(Response::new(CountPointsResponse { count: self.count_collection(&route, req.filter, req.consistency).await? }))
     }
 
     async fn scroll(&self, req: Request<ScrollPointsRequest>) -> std::result::Result<Response<ScrollPointsResponse>, Status> {
@@ -262,7 +274,7 @@ impl Points for Api {
             let (name, req) = (name.clone(), req.clone());
             async move {
                 self.router
-                    .call_shard(&name, sid, |mut c, shard| {
+                    .call_shard(&name, sid, Target::for_read(req.consistency), |mut c, shard| {
                         let r = ShardScrollRequest {
                             shard: Some(shard),
                             filter: req.filter.clone(),
@@ -311,6 +323,10 @@ impl Points for Api {
     }
 }
 
+/// A replica more than this many entries behind its leader shows as
+/// catching up in cluster status.
+const CATCHING_UP_LAG: u64 = 100;
+
 #[tonic::async_trait]
 impl Cluster for Api {
     async fn status(&self, _: Request<ClusterStatusRequest>) -> std::result::Result<Response<ClusterStatusResponse>, Status> {
@@ -323,27 +339,36 @@ impl Cluster for Api {
                 Ok(mut c) => tokio::time::timeout(self.router.deadline, c.node_status(NodeStatusRequest {})).await.ok().and_then(|r| r.ok()).map(|r| r.into_inner()),
                 Err(_) => None,
             };
-            let (state, device, version, rss_bytes, index_bytes) = match &status {
-                Some(s) => (NodeState::Up, s.device.clone(), s.version.clone(), s.rss_bytes, s.index_bytes),
-                None => (NodeState::Unreachable, String::new(), String::new(), 0, 0),
+            let (state, device, version, rss_bytes, index_bytes, meta_role) = match &status {
+                Some(s) => (NodeState::Up, s.device.clone(), s.version.clone(), s.rss_bytes, s.index_bytes, s.meta_role.clone()),
+                None => (NodeState::Unreachable, String::new(), String::new(), 0, 0, String::new()),
             };
             if let Some(s) = status {
                 for r in s.shards {
                     replica_info.insert((r.collection.clone(), r.shard_id, n.id), r);
                 }
             }
-            nodes.push(NodeStatus { id: n.id, address: n.address.clone(), state: state as i32, device, version, rss_bytes, index_bytes });
+            nodes.push(NodeStatus { id: n.id, address: n.address.clone(), state: state as i32, device, version, rss_bytes, index_bytes, meta_role });
         }
         let mut shards = Vec::new();
         for c in &map.collections {
             let name = c.config.as_ref().map(|c| c.name.clone()).unwrap_or_default();
             for s in &c.shards {
+                let info = |node: u64| replica_info.get(&(name.clone(), s.shard_id, node));
+                // The leader is the replica that reports leading in the
+                // highest term; lag is measured against its applied index.
+                let leader = s.replicas.iter().filter_map(|n| info(*n).filter(|r| r.leader)).max_by_key(|r| r.term);
+                let head = leader.map(|r| r.applied_index).or_else(|| s.replicas.iter().filter_map(|n| info(*n).map(|r| r.applied_index)).max()).unwrap_or(0);
+                let leader_term = leader.map(|r| r.term);
                 let replicas = s
                     .replicas
                     .iter()
-                    .enumerate()
-                    .map(|(i, node)| match replica_info.get(&(name.clone(), s.shard_id, *node)) {
-                        Some(r) => ReplicaStatus { node_id: *node, state: ReplicaState::Active as i32, leader: i == 0 && r.leader, term: r.term, applied_index: r.applied_index, lag: 0, points: r.points },
+                    .map(|node| match info(*node) {
+                        Some(r) => {
+                            let lag = head.saturating_sub(r.applied_index);
+                            let state = if lag > CATCHING_UP_LAG { ReplicaState::CatchingUp } else { ReplicaState::Active };
+                            ReplicaStatus { node_id: *node, state: state as i32, leader: r.leader && Some(r.term) == leader_term, term: r.term, applied_index: r.applied_index, lag, points: r.points }
+                        }
                         None => ReplicaStatus { node_id: *node, state: ReplicaState::Unreachable as i32, ..Default::default() },
                     })
                     .collect();

@@ -16,6 +16,16 @@ pub struct NodeArgs {
     /// Address peers and coordinators dial; defaults to the bound listen address.
     #[arg(long, env = "SHOAL_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Addresses of nodes of the cluster to join (comma-separated). The node
+    /// registers through the first that answers, at every start.
+    #[arg(long, env = "SHOAL_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Start a new cluster with this node as its first member if it does
+    /// not belong to one yet. Use on exactly one node, once (or run
+    /// `shoalctl cluster init` instead); an empty disk alone never starts a
+    /// cluster.
+    #[arg(long, env = "SHOAL_BOOTSTRAP")]
+    pub bootstrap: bool,
     /// Seconds between saves of changed HNSW indexes (0 disables; they are
     /// always saved at shutdown).
     #[arg(long, env = "SHOAL_INDEX_SAVE_INTERVAL", default_value_t = 60)]

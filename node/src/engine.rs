@@ -1,35 +1,49 @@
-//! The node's shards and the cluster map they are hosted for.
+//! The node's shard replicas and its copy of the cluster map.
 //!
-//! Every hosted shard replica is a Raft group ([`Replica`]): writes are
-//! proposed to it and applied by its state machine; the groups are served
-//! over `shoal.internal.v1.Raft` from [`Engine::groups`].
-//!
-//! Until the Raft issue moves it behind a metadata Raft group, each node is
-//! its own metadata authority: the cluster map (nodes, collections, shard
-//! ranges, replica placement, epoch) is stored under a node-level key in
-//! RocksDB and every change bumps the epoch. The coordinator caches the map
-//! and refreshes it when a node answers with a stale-epoch error.
-use std::collections::{BTreeMap, HashMap};
+//! - **Metadata.** Every node runs the `meta` Raft group ([`crate::raft::meta`]):
+//!   up to three nodes vote, the rest follow as learners, so each node
+//!   applies the same cluster map. Changes (register a node, create or
+//!   delete a collection) are proposed on the metadata leader
+//!   ([`Engine::create_collection`] and friends; the `Meta` service forwards
+//!   to the leader).
+//! - **Replicas.** Every hosted shard replica is a Raft group ([`Replica`]).
+//!   [`Engine::reconcile`] runs whenever the applied map changes: it opens
+//!   the replicas the map places on this node and drops the ones it no
+//!   longer does. A replica opened for a collection it has not seen before
+//!   (by the collection's `uid`) starts empty and initialises its group
+//!   with the placement's members.
+//! - A new cluster starts only through [`Engine::init_cluster`]
+//!   (`shoalctl cluster init` or `shoal node --bootstrap`), never because a
+//!   disk is empty; other nodes join through [`Engine::register_node`].
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
 use parking_lot::{Mutex, RwLock};
-use prost::Message;
-use shoal_proto::internal::v1::{ClusterMap, CollectionEntry, NodeEntry, NodeStatusResponse, ShardPlacement, ShardReplicaStatus};
+use shoal_proto::internal::v1::{ClusterMap, CollectionEntry, NodeStatusResponse, ShardPlacement, ShardReplicaStatus};
 use shoal_proto::v1::CollectionConfig;
 use shoal_proto::{placement, routing, validate};
 
-use crate::error::{NodeError, Result, StorageError};
+use crate::error::{NodeError, Result};
 use crate::raft::log_store::LogStore;
+use crate::raft::meta::{MetaCommand, MetaStateMachine, EXISTS, META_GROUP, META_VOTERS, NOT_FOUND};
 use crate::raft::network::{Groups, Network, Peers};
 use crate::raft::state_machine::ShardStateMachine;
-use crate::raft::{default_config, TypeConfig};
+use crate::raft::{default_config, Command, Reply, TypeConfig};
 use crate::shard::Shard;
 use crate::storage::memory::MemoryEngine;
 use crate::storage::rocks::{RocksEngine, RocksTuning};
 use crate::storage::{shard_store, KvEngine, ShardStore};
 
-const MAP_KEY: &str = "cluster_map";
+/// How long a proposal waits for its group to elect a leader.
+pub const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// A non-first replica of a new shard initialises the group itself when it
+/// has heard nothing from the first replica after this long (the first
+/// replica's node may be down).
+const SECONDARY_INIT_DELAY: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -51,9 +65,11 @@ type ShardKey = (String, u32);
 #[derive(Clone)]
 pub struct Replica {
     pub group: String,
-    pub raft: openraft::Raft<TypeConfig>,
+    pub raft: Raft<TypeConfig>,
     pub sm: ShardStateMachine,
     pub log: LogStore,
+    /// The collection's uid this replica belongs to.
+    pub uid: u64,
 }
 
 impl Replica {
@@ -67,6 +83,34 @@ pub fn group_name(collection: &str, shard_id: u32) -> String {
     format!("{collection}/{shard_id}")
 }
 
+fn uid_key(collection: &str, shard_id: u32) -> String {
+    format!("replica_uid/{collection}/{shard_id}")
+}
+
+/// Proposes `cmd` to `raft` and waits until it is committed and applied
+/// here. Waits for an election when the group has no leader; on a
+/// follower it answers `NotLeader` naming the leader.
+pub async fn propose(raft: &Raft<TypeConfig>, group: &str, cmd: Command) -> Result<Reply> {
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    loop {
+        match raft.client_write(cmd.clone()).await {
+            Ok(r) => return Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                if let (Some(id), Some(node)) = (f.leader_id, f.leader_node) {
+                    return Err(NodeError::NotLeader { group: group.to_string(), leader: Some((id, node.addr)) });
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(NodeError::NotLeader { group: group.to_string(), leader: None });
+                }
+                let left = deadline - tokio::time::Instant::now();
+                let _ = raft.wait(Some(left)).metrics(|m| m.current_leader.is_some(), "leader elected").await;
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => return Err(NodeError::Raft(e.to_string())),
+            Err(e) => return Err(NodeError::Raft(e.to_string())),
+        }
+    }
+}
+
 pub struct Engine {
     cfg: EngineConfig,
     kv: Arc<dyn KvEngine>,
@@ -74,52 +118,64 @@ pub struct Engine {
     /// Raft groups served by this node's `Raft` service.
     pub groups: Groups,
     peers: Peers,
-    /// Timing shared by every shard group on the node.
+    /// Timing shared by every group on the node.
     raft_config: Arc<openraft::Config>,
-    map: RwLock<ClusterMap>,
-    meta: Mutex<()>,
+    meta_raft: Raft<TypeConfig>,
+    meta_sm: MetaStateMachine,
+    /// Serialises metadata proposals on the leader (check, then propose).
+    meta_write: tokio::sync::Mutex<()>,
+    /// One reconcile at a time.
+    reconciling: Mutex<()>,
 }
 
 impl Engine {
-    /// Opens the node's storage and every shard replica it hosts.
+    /// Opens the node's storage, its metadata replica and every shard
+    /// replica its copy of the map places here. Blocking: call off the
+    /// async workers, inside a tokio runtime.
     pub fn open(cfg: EngineConfig) -> Result<Arc<Self>> {
         let kv: Arc<dyn KvEngine> = if cfg.in_memory { Arc::new(MemoryEngine::new()) } else { Arc::new(RocksEngine::open_with(&cfg.data_dir.join("db"), cfg.rocks)?) };
-        let mut map = match shard_store::node_meta_get(&*kv, MAP_KEY)? {
-            Some(b) => ClusterMap::decode(b.as_slice()).map_err(|e| StorageError::Corrupt { what: "cluster map", detail: e.to_string() })?,
-            None => ClusterMap::default(),
-        };
-        let me = NodeEntry { id: cfg.node_id, address: cfg.advertise.clone() };
-        match map.nodes.iter_mut().find(|n| n.id == cfg.node_id) {
-            Some(n) if n.address == me.address => {}
-            Some(n) => {
-                n.address = me.address.clone();
-                map.epoch += 1;
-            }
-            None => {
-                map.nodes.push(me);
-                map.epoch += 1;
-            }
-        }
-        shard_store::node_meta_put(&*kv, MAP_KEY, map.encode_to_vec())?;
+        let raft_config = Arc::new(default_config().validate().map_err(|e| NodeError::Raft(e.to_string()))?);
+        let peers = Peers::default();
+        let meta_sm = MetaStateMachine::open(kv.clone())?;
+        let meta_log = LogStore::new(kv.clone(), META_GROUP);
+        let handle = tokio::runtime::Handle::current();
+        let meta_raft = handle
+            .block_on(Raft::new(cfg.node_id, raft_config.clone(), Network::new(META_GROUP, peers.clone()), meta_log, meta_sm.clone()))
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let groups = Groups::default();
+        groups.insert(META_GROUP, meta_raft.clone());
         let engine = Arc::new(Engine {
             cfg,
             kv,
             shards: RwLock::new(HashMap::new()),
-            groups: Groups::default(),
-            peers: Peers::default(),
-            raft_config: Arc::new(default_config().validate().map_err(|e| NodeError::Raft(e.to_string()))?),
-            map: RwLock::new(map.clone()),
-            meta: Mutex::new(()),
+            groups,
+            peers,
+            raft_config,
+            meta_raft,
+            meta_sm,
+            meta_write: tokio::sync::Mutex::new(()),
+            reconciling: Mutex::new(()),
         });
-        for c in &map.collections {
-            let config = c.config.clone().unwrap_or_default();
-            for s in &c.shards {
-                if s.replicas.contains(&engine.cfg.node_id) {
-                    engine.open_shard(&config, s, &map, false)?;
+        engine.reconcile()?;
+        Ok(engine)
+    }
+
+    /// Runs [`Engine::reconcile`] whenever the applied map changes, until
+    /// the engine is dropped.
+    pub fn watch_map(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let mut rx = self.meta_sm.subscribe();
+        let weak: Weak<Engine> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let Some(engine) = weak.upgrade() else { break };
+                let res = tokio::task::spawn_blocking(move || engine.reconcile()).await;
+                match res {
+                    Ok(Err(e)) => tracing::error!(error = %e, "applying the cluster map failed; retrying at the next change"),
+                    Err(e) => tracing::error!(error = %e, "reconcile task failed"),
+                    Ok(Ok(())) => {}
                 }
             }
-        }
-        Ok(engine)
+        })
     }
 
     pub fn node_id(&self) -> u64 {
@@ -132,64 +188,114 @@ impl Engine {
         self.shards.read().values().map(|r| r.shard().seq()).fold(0u64, u64::wrapping_add)
     }
 
-    /// The internal address this node is known by in the cluster map.
+    /// The internal address this node advertises.
     pub fn advertise(&self) -> &str {
         &self.cfg.advertise
     }
 
-    /// Opens a hosted shard replica and its Raft group. `fresh` drops any
-    /// leftovers of an earlier collection of the same name and, on the
-    /// preferred leader (first replica), initialises the group. Blocking:
-    /// call off the async workers.
-    fn open_shard(&self, config: &CollectionConfig, placement: &ShardPlacement, map: &ClusterMap, fresh: bool) -> Result<Replica> {
-        let shard_id = placement.shard_id;
-        let group = group_name(&config.name, shard_id);
-        let store = ShardStore::new(self.kv.clone(), &config.name, shard_id);
-        let log = LogStore::new(self.kv.clone(), &group);
-        let dir = self.cfg.data_dir.join("index").join(&config.name);
-        if fresh {
-            // Leftovers of an earlier collection with this name (a crash
-            // between the map update and the data drop) must not leak in.
-            store.destroy()?;
-            log.destroy().map_err(|e| NodeError::Raft(e.to_string()))?;
-            let _ = std::fs::remove_file(dir.join(format!("{shard_id}.usearch")));
-            let _ = std::fs::remove_file(dir.join(format!("{shard_id}.meta")));
-        }
-        let sm = ShardStateMachine::open_with(config.clone(), shard_id, store, dir, self.cfg.exact_scan_threshold)?;
-        let network = Network::new(group.clone(), self.peers.clone());
-        let handle = tokio::runtime::Handle::current();
-        let raft = handle
-            .block_on(openraft::Raft::new(self.cfg.node_id, self.raft_config.clone(), network, log.clone(), sm.clone()))
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
-        if fresh && placement.replicas.first() == Some(&self.cfg.node_id) {
-            let members: BTreeMap<u64, openraft::BasicNode> = placement
-                .replicas
-                .iter()
-                .filter_map(|id| map.nodes.iter().find(|n| n.id == *id).map(|n| (*id, openraft::BasicNode::new(&n.address))))
-                .collect();
-            handle.block_on(raft.initialize(members)).map_err(|e| NodeError::Raft(e.to_string()))?;
-        }
-        self.groups.insert(group.clone(), raft.clone());
-        let replica = Replica { group, raft, sm, log };
-        self.shards.write().insert((config.name.clone(), shard_id), replica.clone());
-        Ok(replica)
-    }
-
+    /// This node's copy of the cluster map.
     pub fn cluster_map(&self) -> ClusterMap {
-        self.map.read().clone()
+        self.meta_sm.map()
     }
 
-    fn persist(&self, map: ClusterMap) -> Result<ClusterMap> {
-        shard_store::node_meta_put(&*self.kv, MAP_KEY, map.encode_to_vec())?;
-        *self.map.write() = map.clone();
-        Ok(map)
+    /// The peer links (fault injection in tests).
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// Whether this node belongs to a cluster (its metadata group has a
+    /// membership or has ever voted).
+    pub fn in_cluster(&self) -> bool {
+        let m = self.meta_raft.metrics().borrow().clone();
+        m.membership_config.membership().nodes().next().is_some() || m.current_term > 0
+    }
+
+    /// The metadata leader this node knows of: (id, address).
+    pub fn meta_leader(&self) -> Option<(u64, String)> {
+        let m = self.meta_raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = self.peers.address(id).or_else(|| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()))?;
+        Some((id, addr))
+    }
+
+    pub fn is_meta_leader(&self) -> bool {
+        self.meta_raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// This node's role in the metadata group.
+    pub fn meta_role(&self) -> &'static str {
+        let m = self.meta_raft.metrics().borrow().clone();
+        let me = self.cfg.node_id;
+        if m.state == ServerState::Leader {
+            "leader"
+        } else if m.membership_config.membership().voter_ids().any(|v| v == me) {
+            "voter"
+        } else if m.membership_config.membership().get_node(&me).is_some() {
+            "learner"
+        } else {
+            "none"
+        }
+    }
+
+    /// Waits up to `wait` for the metadata group to know a leader.
+    pub async fn wait_meta_leader(&self, wait: Duration) -> Option<(u64, String)> {
+        let _ = self.meta_raft.wait(Some(wait)).metrics(|m| m.current_leader.is_some(), "metadata leader").await;
+        self.meta_leader()
+    }
+
+    /// Starts a new cluster with this node as the only metadata voter and
+    /// registers it. Refused if the node already belongs to a cluster.
+    pub async fn init_cluster(&self) -> Result<ClusterMap> {
+        if self.in_cluster() {
+            return Err(NodeError::AlreadyInitialized);
+        }
+        let me = BTreeMap::from([(self.cfg.node_id, BasicNode::new(&self.cfg.advertise))]);
+        self.meta_raft.initialize(me).await.map_err(|e| match e {
+            RaftError::APIError(openraft::error::InitializeError::NotAllowed(_)) => NodeError::AlreadyInitialized,
+            e => NodeError::Raft(e.to_string()),
+        })?;
+        self.wait_meta_leader(LEADER_WAIT).await;
+        self.register_node(self.cfg.node_id, self.cfg.advertise.clone()).await
+    }
+
+    async fn propose_meta(&self, cmd: MetaCommand) -> Result<Reply> {
+        propose(&self.meta_raft, META_GROUP, cmd.encode()).await
+    }
+
+    /// Adds node `id` (or updates its address) and makes it a metadata
+    /// learner, or a voter while there are fewer than three. Leader only.
+    pub async fn register_node(&self, id: u64, address: String) -> Result<ClusterMap> {
+        if address.is_empty() {
+            return Err(validate::invalid("address", "node address is empty").into());
+        }
+        let _w = self.meta_write.lock().await;
+        self.propose_meta(MetaCommand::RegisterNode { id, address: address.clone() }).await?;
+        let raft_err = |e: RaftError<u64, ClientWriteError<u64, BasicNode>>| NodeError::Raft(e.to_string());
+        let membership = self.meta_raft.metrics().borrow().membership_config.membership().clone();
+        match membership.get_node(&id) {
+            None => {
+                self.meta_raft.add_learner(id, BasicNode::new(&address), true).await.map_err(raft_err)?;
+            }
+            Some(n) if n.addr != address => {
+                let nodes = BTreeMap::from([(id, BasicNode::new(&address))]);
+                self.meta_raft.change_membership(ChangeMembers::SetNodes(nodes), false).await.map_err(raft_err)?;
+            }
+            Some(_) => {}
+        }
+        let voters: BTreeSet<u64> = self.meta_raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        if voters.len() < META_VOTERS && !voters.contains(&id) {
+            self.meta_raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map_err(raft_err)?;
+            tracing::info!(node = id, "node joined the metadata voters");
+        }
+        Ok(self.cluster_map())
     }
 
     /// Validates, places and creates a collection; returns the new map.
-    pub fn create_collection(&self, config: &CollectionConfig) -> Result<ClusterMap> {
+    /// Leader only.
+    pub async fn create_collection(&self, config: &CollectionConfig) -> Result<ClusterMap> {
         let config = validate::collection_config(config)?;
-        let _m = self.meta.lock();
-        let mut map = self.cluster_map();
+        let _w = self.meta_write.lock().await;
+        let map = self.cluster_map();
         if map.collections.iter().any(|c| c.config.as_ref().is_some_and(|x| x.name == config.name)) {
             return Err(NodeError::CollectionExists(config.name));
         }
@@ -202,55 +308,154 @@ impl Engine {
             .enumerate()
             .map(|(i, ((start, end), replicas))| ShardPlacement { shard_id: i as u32, range_start: start, range_end: end, replicas })
             .collect();
-        for s in &shards {
-            if s.replicas.contains(&self.cfg.node_id) {
-                self.open_shard(&config, s, &map, true)?;
-            }
+        let name = config.name.clone();
+        let entry = CollectionEntry { config: Some(config), shards, uid: 0 };
+        let reply = self.propose_meta(MetaCommand::CreateCollection { entry: prost::Message::encode_to_vec(&entry) }).await?;
+        match reply.error.as_deref() {
+            None => Ok(self.cluster_map()),
+            Some(EXISTS) => Err(NodeError::CollectionExists(name)),
+            Some(e) => Err(NodeError::Rejected(e.to_string())),
         }
-        map.collections.push(CollectionEntry { config: Some(config), shards });
-        map.epoch += 1;
-        self.persist(map)
     }
 
-    /// Removes a collection from the map, then drops its local data.
-    pub fn delete_collection(&self, name: &str) -> Result<ClusterMap> {
-        let _m = self.meta.lock();
-        let mut map = self.cluster_map();
-        let before = map.collections.len();
-        map.collections.retain(|c| c.config.as_ref().is_none_or(|x| x.name != name));
-        if map.collections.len() == before {
+    /// Removes a collection from the map; every replica drops its data
+    /// when it applies the change. Leader only.
+    pub async fn delete_collection(&self, name: &str) -> Result<ClusterMap> {
+        let _w = self.meta_write.lock().await;
+        if !self.cluster_map().collections.iter().any(|c| c.config.as_ref().is_some_and(|x| x.name == name)) {
             return Err(NodeError::CollectionNotFound(name.to_string()));
         }
-        map.epoch += 1;
-        let map = self.persist(map)?;
-        let doomed: Vec<Replica> = {
-            let mut shards = self.shards.write();
-            let keys: Vec<ShardKey> = shards.keys().filter(|(c, _)| c == name).cloned().collect();
-            keys.iter().filter_map(|k| shards.remove(k)).collect()
-        };
-        let handle = tokio::runtime::Handle::current();
-        for r in doomed {
-            self.groups.remove(&r.group);
-            let _ = handle.block_on(r.raft.shutdown());
-            r.shard().destroy()?;
-            r.log.destroy().map_err(|e| NodeError::Raft(e.to_string()))?;
+        let reply = self.propose_meta(MetaCommand::DeleteCollection { name: name.to_string() }).await?;
+        match reply.error.as_deref() {
+            None => Ok(self.cluster_map()),
+            Some(NOT_FOUND) => Err(NodeError::CollectionNotFound(name.to_string())),
+            Some(e) => Err(NodeError::Rejected(e.to_string())),
         }
-        let _ = std::fs::remove_dir_all(self.cfg.data_dir.join("index").join(name));
-        Ok(map)
     }
 
-    /// The local replica (Raft group and state machine) of a shard,
-    /// checking the sender's map epoch.
+    /// Opens the replicas the map places here and drops the ones it no
+    /// longer does. Blocking.
+    pub fn reconcile(&self) -> Result<()> {
+        let _r = self.reconciling.lock();
+        let map = self.cluster_map();
+        self.peers.set_addresses(map.nodes.iter().map(|n| (n.id, n.address.clone())).collect());
+        let me = self.cfg.node_id;
+        let mut wanted: HashMap<ShardKey, (CollectionConfig, ShardPlacement, u64)> = HashMap::new();
+        for c in &map.collections {
+            let Some(config) = c.config.as_ref() else { continue };
+            for s in c.shards.iter().filter(|s| s.replicas.contains(&me)) {
+                wanted.insert((config.name.clone(), s.shard_id), (config.clone(), s.clone(), c.uid));
+            }
+        }
+        let doomed: Vec<Replica> = {
+            let mut shards = self.shards.write();
+            let gone: Vec<ShardKey> = shards.iter().filter(|(k, r)| wanted.get(*k).is_none_or(|w| w.2 != r.uid)).map(|(k, _)| k.clone()).collect();
+            gone.iter().filter_map(|k| shards.remove(k)).collect()
+        };
+        for r in doomed {
+            self.drop_replica(r)?;
+        }
+        let mut first_error = None;
+        for (key, (config, placement, uid)) in wanted {
+            if self.shards.read().contains_key(&key) {
+                continue;
+            }
+            if let Err(e) = self.open_shard(&config, &placement, uid) {
+                tracing::error!(collection = %key.0, shard = key.1, error = %e, "opening replica failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn drop_replica(&self, r: Replica) -> Result<()> {
+        let shard = r.shard();
+        tracing::info!(group = %r.group, "dropping replica no longer placed here");
+        self.groups.remove(&r.group);
+        let _ = tokio::runtime::Handle::current().block_on(r.raft.shutdown());
+        shard.destroy()?;
+        r.log.destroy().map_err(|e| NodeError::Raft(e.to_string()))?;
+        let dir = self.cfg.data_dir.join("index").join(&shard.collection);
+        let _ = std::fs::remove_file(dir.join(format!("{}.usearch", shard.shard_id)));
+        let _ = std::fs::remove_file(dir.join(format!("{}.meta", shard.shard_id)));
+        shard_store::node_meta_delete(&*self.kv, &uid_key(&shard.collection, shard.shard_id))?;
+        Ok(())
+    }
+
+    /// Opens a hosted shard replica and its Raft group. A replica of a
+    /// collection uid not seen here before starts from empty storage and
+    /// initialises its group. Blocking.
+    fn open_shard(&self, config: &CollectionConfig, placement: &ShardPlacement, uid: u64) -> Result<Replica> {
+        let shard_id = placement.shard_id;
+        let group = group_name(&config.name, shard_id);
+        let store = ShardStore::new(self.kv.clone(), &config.name, shard_id);
+        let log = LogStore::new(self.kv.clone(), &group);
+        let dir = self.cfg.data_dir.join("index").join(&config.name);
+        let key = uid_key(&config.name, shard_id);
+        let known = shard_store::node_meta_get(&*self.kv, &key)?.map(|b| b.as_slice() == uid.to_be_bytes());
+        let fresh = known != Some(true);
+        if fresh {
+            // Leftovers of an earlier collection with this name must not
+            // leak into the new one.
+            store.destroy()?;
+            log.destroy().map_err(|e| NodeError::Raft(e.to_string()))?;
+            let _ = std::fs::remove_file(dir.join(format!("{shard_id}.usearch")));
+            let _ = std::fs::remove_file(dir.join(format!("{shard_id}.meta")));
+            shard_store::node_meta_put(&*self.kv, &key, uid.to_be_bytes().to_vec())?;
+        }
+        let sm = ShardStateMachine::open_with(config.clone(), shard_id, store, dir, self.cfg.exact_scan_threshold)?;
+        let network = Network::new(group.clone(), self.peers.clone());
+        let handle = tokio::runtime::Handle::current();
+        let raft = handle
+            .block_on(Raft::new(self.cfg.node_id, self.raft_config.clone(), network, log.clone(), sm.clone()))
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if fresh {
+            let addrs: HashMap<u64, String> = self.cluster_map().nodes.into_iter().map(|n| (n.id, n.address)).collect();
+            let members: BTreeMap<u64, BasicNode> = placement.replicas.iter().map(|id| (*id, BasicNode::new(addrs.get(id).map_or("", |a| a.as_str())))).collect();
+            // Every replica may initialise with the same membership (safe in
+            // openraft); the first does it at once, the others only if the
+            // first has not reached them, so one node being down at creation
+            // does not leave the shard without a leader.
+            let first = placement.replicas.first() == Some(&self.cfg.node_id);
+            let r = raft.clone();
+            handle.spawn(async move {
+                if !first {
+                    tokio::time::sleep(SECONDARY_INIT_DELAY).await;
+                    let m = r.metrics().borrow().clone();
+                    if m.current_term > 0 || m.last_log_index.is_some() {
+                        return;
+                    }
+                }
+                if let Err(e) = r.initialize(members).await {
+                    tracing::debug!(error = %e, "shard group already initialised");
+                }
+            });
+        }
+        self.groups.insert(group.clone(), raft.clone());
+        let replica = Replica { group, raft, sm, log, uid };
+        self.shards.write().insert((config.name.clone(), shard_id), replica.clone());
+        tracing::info!(collection = %config.name, shard = shard_id, fresh, "replica open");
+        Ok(replica)
+    }
+
+    /// The local replica of a shard, checking the sender's map epoch.
     pub fn replica(&self, collection: &str, shard_id: u32, epoch: u64) -> Result<Replica> {
-        let have = self.map.read().epoch;
+        let map = self.meta_sm.map();
+        let have = map.epoch;
         if epoch != 0 && epoch < have {
             return Err(NodeError::StaleEpoch { got: epoch, have });
         }
-        match self.shards.read().get(&(collection.to_string(), shard_id)) {
-            Some(s) => Ok(s.clone()),
-            None if self.map.read().collections.iter().any(|c| c.config.as_ref().is_some_and(|x| x.name == collection)) => {
-                Err(NodeError::ShardNotFound { collection: collection.to_string(), shard: shard_id })
+        if epoch > have {
+            return Err(NodeError::MapBehind { want: epoch, have });
+        }
+        if let Some(s) = self.shards.read().get(&(collection.to_string(), shard_id)) {
+            return Ok(s.clone());
+        }
+        match map.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == collection)) {
+            Some(c) if c.shards.iter().any(|s| s.shard_id == shard_id && s.replicas.contains(&self.cfg.node_id)) => {
+                Err(NodeError::ShardOpening { collection: collection.to_string(), shard: shard_id })
             }
+            Some(_) => Err(NodeError::ShardNotFound { collection: collection.to_string(), shard: shard_id }),
             None => Err(NodeError::CollectionNotFound(collection.to_string())),
         }
     }
@@ -269,7 +474,30 @@ impl Engine {
         n
     }
 
+    /// Stops every Raft group (graceful shutdown).
+    pub async fn shutdown_groups(&self) {
+        let rafts: Vec<Raft<TypeConfig>> = self.shards.read().values().map(|r| r.raft.clone()).chain(std::iter::once(self.meta_raft.clone())).collect();
+        for r in rafts {
+            let _ = r.shutdown().await;
+        }
+    }
+
+    /// Contents digest of a local replica: (points, xxh3-128 hex over the
+    /// records sorted by id, applied index). Blocking.
+    pub fn shard_digest(&self, collection: &str, shard_id: u32) -> Result<(u64, String, u64)> {
+        let r = self.replica(collection, shard_id, 0)?;
+        let applied = r.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let (mut points, _) = r.shard().export(&[])?;
+        points.sort_by_key(|p| p.id.as_ref().map(|i| prost::Message::encode_to_vec(i)));
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for p in &points {
+            h.update(&prost::Message::encode_length_delimited_to_vec(p));
+        }
+        Ok((points.len() as u64, format!("{:032x}", h.digest128()), applied))
+    }
+
     pub fn status(&self, device: &str) -> NodeStatusResponse {
+        let me = self.cfg.node_id;
         let mut shards: Vec<ShardReplicaStatus> = self
             .shards
             .read()
@@ -283,13 +511,22 @@ impl Engine {
                     points: s.len(),
                     applied_index: m.last_applied.map_or(0, |l| l.index),
                     term: m.current_term,
-                    leader: m.current_leader == Some(self.cfg.node_id),
+                    leader: m.current_leader == Some(me),
+                    leader_id: m.current_leader.unwrap_or(0),
                 }
             })
             .collect();
         shards.sort_by(|a, b| (&a.collection, a.shard_id).cmp(&(&b.collection, b.shard_id)));
         let index_bytes = self.shards.read().values().map(|r| r.shard().index_memory_bytes() as u64).sum();
-        NodeStatusResponse { node_id: self.cfg.node_id, device: device.to_string(), version: env!("CARGO_PKG_VERSION").to_string(), shards, rss_bytes: crate::memory::rss_bytes(), index_bytes }
+        NodeStatusResponse {
+            node_id: me,
+            device: device.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            shards,
+            rss_bytes: crate::memory::rss_bytes(),
+            index_bytes,
+            meta_role: self.meta_role().to_string(),
+            meta_leader: self.meta_raft.metrics().borrow().current_leader.unwrap_or(0),
+        }
     }
 }
-

@@ -26,8 +26,18 @@ pub enum NodeError {
     RaftCodec(String),
     #[error("raft: {0}")]
     Raft(String),
-    #[error("shard {group} has no leader on this node (leader: {leader})")]
-    NotLeader { group: String, leader: String },
+    #[error("{}", not_leader_message(group, leader))]
+    NotLeader { group: String, leader: Option<(u64, String)> },
+    #[error("group {group} has no quorum: {detail}")]
+    NoQuorum { group: String, detail: String },
+    #[error("this node's cluster map (epoch {have}) is behind the request's (epoch {want}); it is catching up, retry")]
+    MapBehind { want: u64, have: u64 },
+    #[error("shard {collection}/{shard} is being opened on this node; retry")]
+    ShardOpening { collection: String, shard: u32 },
+    #[error("this node already belongs to a cluster (metadata group initialised)")]
+    AlreadyInitialized,
+    #[error("this node has not joined a cluster yet: start one with `shoalctl cluster init` (or `shoal node --bootstrap`) or join it with `--join SEED`")]
+    NoCluster,
     #[error("{0}")]
     Rejected(String),
 }
@@ -55,6 +65,13 @@ pub enum IndexError {
 impl From<cxx::Exception> for IndexError {
     fn from(e: cxx::Exception) -> Self {
         IndexError::Usearch(e.what().to_string())
+    }
+}
+
+fn not_leader_message(group: &str, leader: &Option<(u64, String)>) -> String {
+    match leader {
+        Some((id, addr)) => format!("this node is not the leader of {group}; the leader is node {id} at {addr}"),
+        None => format!("group {group} has no leader at the moment (election in progress or no quorum)"),
     }
 }
 

@@ -36,6 +36,8 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
     let meta = MetaServer::new(MetaService::new(engine.clone(), device()));
     let raft = RaftServer::new(RaftService::new(engine.groups.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+    // Open and drop shard replicas as the applied cluster map changes.
+    let watcher = engine.watch_map();
     // Hand pages freed by bulk writes back to the OS (see crate::memory).
     let trimmer = {
         let engine = engine.clone();
@@ -77,6 +79,8 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
         s.abort();
     }
     trimmer.abort();
+    watcher.abort();
+    engine.shutdown_groups().await;
     let e = engine.clone();
     let saved = tokio::task::spawn_blocking(move || e.save_indexes()).await?;
     tracing::info!(saved, "internal server stopped; indexes saved");

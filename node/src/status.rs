@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 
 use crate::error::NodeError;
 
-use shoal_proto::STALE_EPOCH_KEY;
+use shoal_proto::{LEADER_ADDR_KEY, LEADER_ID_KEY, STALE_EPOCH_KEY};
 
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
@@ -16,7 +16,18 @@ impl From<NodeError> for Status {
             NodeError::Invalid(_) => Status::invalid_argument(msg),
             NodeError::CollectionNotFound(_) | NodeError::ShardNotFound { .. } | NodeError::RaftGroupNotFound(_) => Status::not_found(msg),
             NodeError::RaftCodec(_) | NodeError::Rejected(_) => Status::invalid_argument(msg),
-            NodeError::Raft(_) | NodeError::NotLeader { .. } => Status::unavailable(msg),
+            NodeError::NotLeader { leader, .. } => {
+                let mut s = Status::unavailable(msg);
+                if let Some((id, addr)) = leader {
+                    if let (Ok(id), Ok(addr)) = (id.to_string().parse(), addr.parse()) {
+                        s.metadata_mut().insert(LEADER_ID_KEY, id);
+                        s.metadata_mut().insert(LEADER_ADDR_KEY, addr);
+                    }
+                }
+                s
+            }
+            NodeError::Raft(_) | NodeError::NoQuorum { .. } | NodeError::MapBehind { .. } | NodeError::ShardOpening { .. } | NodeError::NoCluster => Status::unavailable(msg),
+            NodeError::AlreadyInitialized => Status::failed_precondition(msg),
             NodeError::CollectionExists(_) => Status::already_exists(msg),
             NodeError::StaleEpoch { have, .. } => {
                 let mut s = Status::new(Code::FailedPrecondition, msg);

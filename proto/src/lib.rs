@@ -40,6 +40,16 @@ pub use point_id::PointKey;
 /// was routed with an older cluster-map epoch; its value is the node's epoch.
 pub const STALE_EPOCH_KEY: &str = "shoal-stale-epoch";
 
+/// gRPC metadata keys a node sets on `UNAVAILABLE` when it is not the
+/// leader of the group a request needs: the leader's node id and internal
+/// address, when it knows them. Coordinators go there next.
+pub const LEADER_ID_KEY: &str = "shoal-leader-id";
+pub const LEADER_ADDR_KEY: &str = "shoal-leader-addr";
+
+/// gRPC metadata key on requests a node forwards to the metadata leader, so
+/// a request is forwarded at most once.
+pub const FORWARDED_KEY: &str = "shoal-forwarded";
+
 /// Public API, package `shoal.v1`.
 #[allow(clippy::all, clippy::pedantic)]
 pub mod v1 {

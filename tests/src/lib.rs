@@ -17,6 +17,7 @@
 //! The `shoal` binary is found through `SHOAL_BIN`, or next to the test
 //! executable's target directory (`cargo build --release --bins` first;
 //! `.ci/run` does).
+pub mod procs;
 pub mod raft_cluster;
 
 use std::io::{BufRead, BufReader};

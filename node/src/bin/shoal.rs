@@ -40,9 +40,10 @@ enum Cmd {
         /// Public API listen address.
         #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:6333")]
         listen: String,
-        /// Internal address of the metadata node.
-        #[arg(long, env = "SHOAL_META_ADDR", default_value = "127.0.0.1:7400")]
-        meta: String,
+        /// Internal addresses of cluster nodes to load the cluster map from
+        /// (comma-separated; any node of the cluster will do).
+        #[arg(long, env = "SHOAL_META_ADDR", default_value = "127.0.0.1:7400", value_delimiter = ',')]
+        meta: Vec<String>,
         /// Deadline for each shard call, in milliseconds.
         #[arg(long, env = "SHOAL_SHARD_DEADLINE_MS", default_value_t = 30_000)]
         shard_deadline_ms: u64,
@@ -119,7 +120,52 @@ async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool) 
     tracing::info!(node_id = args.node_id, %addr, data_dir = %args.data_dir.display(), "node serving internal API");
     let every = Duration::from_secs(args.index_save_interval);
     let h = tokio::spawn(shoal_node::server::serve_internal(engine.clone(), listener, every, wait(stop)));
+    if args.bootstrap && !engine.in_cluster() {
+        match engine.init_cluster().await {
+            Ok(map) => tracing::info!(epoch = map.epoch, "started a new cluster"),
+            Err(e) => tracing::error!(error = %e, "bootstrapping the cluster failed"),
+        }
+    }
+    tokio::spawn(join_cluster(engine.clone(), args.join.clone()));
     Ok((h, addr, engine))
+}
+
+/// Registers this node through the first seed that answers, retrying with
+/// backoff until one does. Registration is idempotent and keeps the node's
+/// address current in the map.
+async fn join_cluster(engine: std::sync::Arc<Engine>, seeds: Vec<String>) {
+    use shoal_proto::internal::v1::{meta_client::MetaClient, RegisterNodeRequest};
+    let seeds: Vec<String> = seeds.into_iter().filter(|s| !s.is_empty()).collect();
+    if seeds.is_empty() {
+        if !engine.in_cluster() {
+            tracing::warn!("this node belongs to no cluster: run `shoalctl cluster init` against it, or restart it with --join SEED or --bootstrap");
+        }
+        return;
+    }
+    let req = RegisterNodeRequest { node_id: engine.node_id(), address: engine.advertise().to_string() };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        for seed in &seeds {
+            let uri = if seed.contains("://") { seed.clone() } else { format!("http://{seed}") };
+            let res = async {
+                let mut c = MetaClient::connect(uri).await.map_err(|e| e.to_string())?;
+                c.register_node(req.clone()).await.map_err(|s| s.message().to_string())
+            }
+            .await;
+            match res {
+                Ok(map) => {
+                    tracing::info!(seed = %seed, epoch = map.get_ref().epoch, "registered with the cluster");
+                    return;
+                }
+                Err(e) => tracing::debug!(seed = %seed, error = %e, "registration attempt failed"),
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        if backoff == Duration::from_secs(5) {
+            tracing::warn!(seeds = ?seeds, "still trying to register with the cluster");
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -140,17 +186,28 @@ async fn run() -> anyhow::Result<()> {
         }
         Cmd::Coordinator { listen, meta, shard_deadline_ms } => {
             let (listener, addr) = bind(&listen).await?;
-            println!("shoal coordinator ready: public={addr} meta={meta}");
-            let cfg = CoordinatorConfig { meta_addr: meta, shard_deadline: Duration::from_millis(shard_deadline_ms), local: None };
+            println!("shoal coordinator ready: public={addr} meta={}", meta.join(","));
+            let cfg = CoordinatorConfig { seeds: meta, shard_deadline: Duration::from_millis(shard_deadline_ms), local: None };
             shoal_coordinator::serve(cfg, listener, wait(stop)).await?;
         }
         Cmd::Dev { listen, data_dir, sample, in_memory, memtable_mb, block_cache_mb, exact_scan_threshold } => {
-            let args = NodeArgs { node_id: 1, data_dir, internal_listen: "127.0.0.1:0".into(), advertise: None, index_save_interval: 60, memtable_mb, block_cache_mb, exact_scan_threshold };
+            let args = NodeArgs {
+                node_id: 1,
+                data_dir,
+                internal_listen: "127.0.0.1:0".into(),
+                advertise: None,
+                join: vec![],
+                bootstrap: true,
+                index_save_interval: 60,
+                memtable_mb,
+                block_cache_mb,
+                exact_scan_threshold,
+            };
             let (node, internal, engine) = run_node(args, stop.clone(), in_memory).await?;
             let (listener, public) = bind(&listen).await?;
             // The coordinator calls this process's node directly.
             let local = LocalNode { address: engine.advertise().to_string(), shard: std::sync::Arc::new(ShardService::new(engine)) };
-            let cfg = CoordinatorConfig { meta_addr: internal.to_string(), shard_deadline: Duration::from_secs(30), local: Some(local) };
+            let cfg = CoordinatorConfig { seeds: vec![internal.to_string()], shard_deadline: Duration::from_secs(30), local: Some(local) };
             let coord = tokio::spawn(shoal_coordinator::serve(cfg, listener, wait(stop.clone())));
             sample::wait_ready(public).await?;
             if sample > 0 {

@@ -5,6 +5,8 @@
 //! - [`log_store`]: the durable log of every group, in RocksDB.
 //! - [`state_machine`]: a shard driven by committed entries, with
 //!   snapshots.
+//! - [`meta`]: the cluster map driven by the metadata group.
+//! - [`network`]: Raft RPCs over gRPC, the group registry.
 //!
 //! The gRPC network, write batching and the group registry build on these
 //! (docs/raft.md tracks what exists).
@@ -13,13 +15,16 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 pub mod log_store;
+pub mod meta;
 pub mod network;
 pub mod state_machine;
 
 pub type NodeId = u64;
 
-/// A replicated shard command: one `ShardWriteRequest`, protobuf-encoded
-/// (the wire contract stays the single definition of a write).
+/// A replicated command. In shard groups: one `ShardWriteRequest`,
+/// protobuf-encoded (the wire contract stays the single definition of a
+/// write). In the metadata group: a postcard-encoded
+/// [`meta::MetaCommand`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     pub write: Vec<u8>,

@@ -39,6 +39,10 @@ use crate::error::NodeError;
 pub struct Peers {
     channels: Arc<RwLock<HashMap<String, Channel>>>,
     blocked: Arc<RwLock<std::collections::HashSet<String>>>,
+    /// Node id -> current address, from the cluster map. Preferred over the
+    /// address stored in a group's membership, which is the address the
+    /// node had when it joined that group.
+    book: Arc<RwLock<HashMap<NodeId, String>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,16 @@ impl Peers {
     /// Restores every link from this node.
     pub fn heal(&self) {
         self.blocked.write().clear();
+    }
+
+    /// Replaces the address book (node id -> address).
+    pub fn set_addresses(&self, book: HashMap<NodeId, String>) {
+        *self.book.write() = book;
+    }
+
+    /// The current address of node `id`, if the map knows it.
+    pub fn address(&self, id: NodeId) -> Option<String> {
+        self.book.read().get(&id).cloned()
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -117,13 +131,14 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        if self.peers.blocked.read().contains(&self.addr) {
+        let addr = self.peers.address(self.target).unwrap_or_else(|| self.addr.clone());
+        if self.peers.blocked.read().contains(&addr) {
             // Like a dropped packet: the caller waits out its timeout.
             tokio::time::sleep(option.hard_ttl()).await;
-            return Err(RPCError::Unreachable(Unreachable::new(&LinkCut(self.addr.clone()))));
+            return Err(RPCError::Unreachable(Unreachable::new(&LinkCut(addr))));
         }
         let payload = postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let channel = self.peers.channel(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let channel = self.peers.channel(&addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let mut client = RaftClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut request = Request::new(RaftRequest { group: self.group.clone(), payload });
         request.set_timeout(option.hard_ttl());

@@ -1,15 +1,28 @@
-//! `shoal.internal.v1.Meta`: the cluster map and collection lifecycle.
+//! `shoal.internal.v1.Meta`: the cluster map, collection lifecycle, joins.
+//!
+//! Reads (`GetClusterMap`, `NodeStatus`, `ShardDigest`) answer from this
+//! node. Changes run on the metadata leader: a node that is not the leader
+//! forwards the request there once (marked with `shoal-forwarded`), so
+//! coordinators and `shoalctl` may call any node.
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use shoal_proto::internal::v1::meta_client::MetaClient;
 use shoal_proto::internal::v1::meta_server::Meta;
-use shoal_proto::internal::v1::{ClusterMap, GetClusterMapRequest, NodeStatusRequest, NodeStatusResponse};
+use shoal_proto::internal::v1::*;
 use shoal_proto::v1::{CreateCollectionRequest, DeleteCollectionRequest};
 use shoal_proto::validate::invalid;
+use shoal_proto::FORWARDED_KEY;
+use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use super::blocking;
 use crate::engine::Engine;
 use crate::error::NodeError;
+
+/// How long a change waits for the metadata group to know its leader.
+const META_LEADER_WAIT: Duration = Duration::from_secs(5);
 
 pub struct MetaService {
     engine: Arc<Engine>,
@@ -20,6 +33,43 @@ impl MetaService {
     pub fn new(engine: Arc<Engine>, device: String) -> Self {
         MetaService { engine, device }
     }
+
+    /// Runs `local` here if this node leads the metadata group, else sends
+    /// the request to the leader with `remote`.
+    async fn on_leader<T, R, L, LF, RF, RFut>(&self, req: Request<T>, local: L, remote: RF) -> Result<Response<R>, Status>
+    where
+        T: Clone,
+        L: FnOnce(Arc<Engine>, T) -> LF,
+        LF: Future<Output = crate::error::Result<R>>,
+        RF: FnOnce(MetaClient<tonic::transport::Channel>, Request<T>) -> RFut,
+        RFut: Future<Output = Result<Response<R>, Status>>,
+    {
+        if !self.engine.in_cluster() {
+            return Err(NodeError::NoCluster.into());
+        }
+        let forwarded = req.metadata().contains_key(FORWARDED_KEY);
+        let body = req.into_inner();
+        if self.engine.is_meta_leader() {
+            return Ok(Response::new(local(self.engine.clone(), body).await?));
+        }
+        let leader = self.engine.wait_meta_leader(META_LEADER_WAIT).await;
+        match leader {
+            Some((id, _)) if id == self.engine.node_id() => Ok(Response::new(local(self.engine.clone(), body).await?)),
+            Some((id, addr)) if !forwarded => {
+                let uri = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
+                let channel = Endpoint::from_shared(uri)
+                    .map_err(|e| Status::internal(format!("bad leader address {addr:?}: {e}")))?
+                    .connect_timeout(Duration::from_secs(3))
+                    .connect()
+                    .await
+                    .map_err(|e| Status::unavailable(format!("metadata leader node {id} at {addr} is unreachable: {e}")))?;
+                let mut fwd = Request::new(body);
+                fwd.metadata_mut().insert(FORWARDED_KEY, "1".parse().expect("ascii"));
+                remote(MetaClient::new(channel), fwd).await
+            }
+            leader => Err(NodeError::NotLeader { group: crate::raft::meta::META_GROUP.into(), leader }.into()),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -29,18 +79,40 @@ impl Meta for MetaService {
     }
 
     async fn create_collection(&self, req: Request<CreateCollectionRequest>) -> Result<Response<ClusterMap>, Status> {
-        let config = req.into_inner().config.ok_or_else(|| NodeError::from(invalid("config", "collection config is missing")))?;
-        let engine = self.engine.clone();
-        Ok(Response::new(blocking(move || engine.create_collection(&config)).await?))
+        if req.get_ref().config.is_none() {
+            return Err(NodeError::from(invalid("config", "collection config is missing")).into());
+        }
+        self.on_leader(
+            req,
+            |e, r: CreateCollectionRequest| async move { e.create_collection(&r.config.unwrap_or_default()).await },
+            |mut c, r| async move { c.create_collection(r).await },
+        )
+        .await
     }
 
     async fn delete_collection(&self, req: Request<DeleteCollectionRequest>) -> Result<Response<ClusterMap>, Status> {
-        let name = req.into_inner().name;
-        let engine = self.engine.clone();
-        Ok(Response::new(blocking(move || engine.delete_collection(&name)).await?))
+        self.on_leader(req, |e, r: DeleteCollectionRequest| async move { e.delete_collection(&r.name).await }, |mut c, r| async move { c.delete_collection(r).await }).await
     }
 
     async fn node_status(&self, _: Request<NodeStatusRequest>) -> Result<Response<NodeStatusResponse>, Status> {
         Ok(Response::new(self.engine.status(&self.device)))
+    }
+
+    async fn register_node(&self, req: Request<RegisterNodeRequest>) -> Result<Response<ClusterMap>, Status> {
+        if req.get_ref().node_id == 0 {
+            return Err(NodeError::from(invalid("node_id", "node ids start at 1")).into());
+        }
+        self.on_leader(req, |e, r: RegisterNodeRequest| async move { e.register_node(r.node_id, r.address).await }, |mut c, r| async move { c.register_node(r).await }).await
+    }
+
+    async fn init_cluster(&self, _: Request<InitClusterRequest>) -> Result<Response<ClusterMap>, Status> {
+        Ok(Response::new(self.engine.init_cluster().await?))
+    }
+
+    async fn shard_digest(&self, req: Request<ShardDigestRequest>) -> Result<Response<ShardDigestResponse>, Status> {
+        let r = req.into_inner();
+        let engine = self.engine.clone();
+        let (points, digest, applied_index) = blocking(move || engine.shard_digest(&r.collection, r.shard_id)).await?;
+        Ok(Response::new(ShardDigestResponse { points, digest, applied_index }))
     }
 }

@@ -9,42 +9,42 @@ use shoal_proto::validate::{self, invalid};
 use tonic::{Request, Response, Status};
 
 use super::blocking;
-use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use prost::Message;
+use shoal_proto::v1::Consistency;
 
-use crate::engine::{Engine, Replica};
-use crate::raft::{Command, Reply};
+use crate::engine::{propose, Engine, Replica};
+use crate::raft::Command;
 use crate::error::{NodeError, Result};
 use crate::shard::Shard;
 
 /// Write batches at least this large trim the heap when done.
 const BULK_WRITE_POINTS: usize = 256;
 
-/// How long a write waits for its group to elect a leader.
-const LEADER_WAIT: Duration = Duration::from_secs(10);
-
-/// Proposes `cmd` to the replica's group and waits until it is committed
-/// and applied here. Waits for an election when the group has no leader;
-/// on a follower it answers `NotLeader` with the leader's address.
-async fn propose(replica: &Replica, cmd: Command) -> Result<Reply> {
-    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-    loop {
-        match replica.raft.client_write(cmd.clone()).await {
-            Ok(r) => return Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                if let Some(node) = f.leader_node {
-                    return Err(NodeError::NotLeader { group: replica.group.clone(), leader: node.addr });
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(NodeError::NotLeader { group: replica.group.clone(), leader: "none elected".into() });
-                }
-                let left = deadline - tokio::time::Instant::now();
-                let _ = replica.raft.wait(Some(left)).metrics(|m| m.current_leader.is_some(), "leader elected").await;
+/// Checks that this replica may answer a read at `consistency`:
+/// `STRONG` (the default) confirms leadership with a read-index round
+/// (openraft's `ensure_linearizable`) and waits until the read index is
+/// applied here; `LEADER` checks that this replica believes it leads;
+/// `ANY` answers from whatever this replica has applied.
+async fn read_barrier(replica: &Replica, node_id: u64, consistency: i32) -> Result<()> {
+    use openraft::error::CheckIsLeaderError;
+    let not_leader = |leader: Option<(u64, String)>| NodeError::NotLeader { group: replica.group.clone(), leader };
+    match Consistency::try_from(consistency).unwrap_or(Consistency::Unspecified) {
+        Consistency::Any => Ok(()),
+        Consistency::Leader => {
+            let m = replica.raft.metrics().borrow().clone();
+            if m.current_leader == Some(node_id) {
+                return Ok(());
             }
-            Err(e) => return Err(NodeError::Raft(e.to_string())),
+            Err(not_leader(m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).map(|n| (id, n.addr.clone())))))
         }
+        Consistency::Strong | Consistency::Unspecified => match replica.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f.leader_id.zip(f.leader_node.map(|n| n.addr)))),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(NodeError::NoQuorum { group: replica.group.clone(), detail: q.to_string() }),
+            Err(e) => Err(NodeError::Raft(e.to_string())),
+        },
     }
 }
 
@@ -62,8 +62,12 @@ impl ShardService {
         self.engine.replica(&r.collection, r.shard_id, r.epoch)
     }
 
-    fn shard(&self, r: &Option<ShardRef>) -> Result<Arc<Shard>> {
-        self.replica(r).map(|r| r.shard())
+    /// The shard behind a read, once the read barrier for `consistency`
+    /// has passed.
+    async fn shard(&self, r: &Option<ShardRef>, consistency: i32) -> Result<Arc<Shard>> {
+        let replica = self.replica(r)?;
+        read_barrier(&replica, self.engine.node_id(), consistency).await?;
+        Ok(replica.shard())
     }
 }
 
@@ -92,7 +96,7 @@ impl ShardApi for ShardService {
             Ok(Command { write: ShardWriteRequest { shard: None, ..req }.encode_to_vec() })
         })
         .await?;
-        let reply = propose(&replica, cmd).await?;
+        let reply = propose(&replica.raft, &replica.group, cmd).await?;
         if bulk {
             // A bulk batch frees megabytes of decoded points: hand the pages
             // back now rather than at the next periodic trim.
@@ -106,14 +110,14 @@ impl ShardApi for ShardService {
 
     async fn get(&self, req: Request<ShardGetRequest>) -> Result<Response<ShardGetResponse>, Status> {
         let req = req.into_inner();
-        let shard = self.shard(&req.shard)?;
+        let shard = self.shard(&req.shard, req.consistency).await?;
         let points = blocking(move || shard.get(&req.ids, req.with_payload, req.with_vector)).await?;
         Ok(Response::new(ShardGetResponse { points }))
     }
 
     async fn scroll(&self, req: Request<ShardScrollRequest>) -> Result<Response<ShardScrollResponse>, Status> {
         let req = req.into_inner();
-        let shard = self.shard(&req.shard)?;
+        let shard = self.shard(&req.shard, req.consistency).await?;
         let limit = if req.limit == 0 { DEFAULT_SCROLL_LIMIT } else { req.limit };
         if limit > MAX_SCROLL_LIMIT {
             return Err(NodeError::from(invalid("limit", format!("limit {limit} exceeds {MAX_SCROLL_LIMIT}"))).into());
@@ -124,14 +128,15 @@ impl ShardApi for ShardService {
 
     async fn count(&self, req: Request<ShardCountRequest>) -> Result<Response<ShardCountResponse>, Status> {
         let req = req.into_inner();
-        let shard = self.shard(&req.shard)?;
+        let shard = self.shard(&req.shard, req.consistency).await?;
         let count = blocking(move || shard.count(non_empty(&req.filter))).await?;
         Ok(Response::new(ShardCountResponse { count }))
     }
 
     async fn search(&self, req: Request<ShardSearchRequest>) -> Result<Response<ShardSearchResponse>, Status> {
         let req = req.into_inner();
-        let shard = self.shard(&req.shard)?;
+        let consistency = req.searches.first().map_or(0, |s| s.consistency);
+        let shard = self.shard(&req.shard, consistency).await?;
         if req.searches.is_empty() || req.searches.len() > MAX_SEARCH_BATCH {
             return Err(NodeError::from(invalid("searches", format!("{} searches is outside 1..={MAX_SEARCH_BATCH}", req.searches.len()))).into());
         }

@@ -130,6 +130,10 @@ pub fn node_meta_put(engine: &dyn KvEngine, name: &str, value: Vec<u8>) -> Resul
     engine.write(vec![KvOp::Put(Cf::Meta, [NODE_PREFIX, name.as_bytes()].concat(), value)], true)
 }
 
+pub fn node_meta_delete(engine: &dyn KvEngine, name: &str) -> Result<(), StorageError> {
+    engine.write(vec![KvOp::Delete(Cf::Meta, [NODE_PREFIX, name.as_bytes()].concat())], true)
+}
+
 impl ShardStore {
     pub fn new(engine: Arc<dyn KvEngine>, collection: &str, shard: u32) -> Self {
         let mut prefix = Vec::with_capacity(collection.len() + 6);

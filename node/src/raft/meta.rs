@@ -1,0 +1,279 @@
+//! The metadata state machine: the cluster map, driven by the `meta` group.
+//!
+//! Up to [`META_VOTERS`] nodes vote in the metadata group; every other
+//! registered node follows it as a learner, so every node applies the same
+//! map and reacts to it (the engine opens and drops the shard replicas the
+//! map places on it). Commands are [`MetaCommand`]s, postcard-encoded in
+//! the shared [`Command`](super::Command) type.
+//!
+//! Applying a command is deterministic and bumps the map's epoch when it
+//! changes anything. Preconditions (a collection that exists, one that does
+//! not) are checked by the leader before it proposes and again here, so a
+//! race can only end in a rejected command, never a divergent map.
+//!
+//! State (applied id, membership and map) is one record in the node's
+//! `meta` column family, rewritten on every apply; snapshots are that
+//! record.
+#![allow(clippy::result_large_err)]
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{AnyError, BasicNode, EntryPayload, ErrorSubject, ErrorVerb, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership};
+use parking_lot::Mutex;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use shoal_proto::internal::v1::{ClusterMap, CollectionEntry, NodeEntry};
+use tokio::sync::watch;
+
+use super::{Entry, NodeId, Reply, TypeConfig};
+use crate::storage::{shard_store, KvEngine};
+
+/// Name of the metadata group.
+pub const META_GROUP: &str = "meta";
+/// How many nodes vote in the metadata group (the first ones to join).
+pub const META_VOTERS: usize = 3;
+const STATE_KEY: &str = "meta/state";
+
+type Membership = StoredMembership<NodeId, BasicNode>;
+
+/// A change to the cluster map.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Adds a node, or updates its address.
+    RegisterNode { id: u64, address: String },
+    /// Adds a collection; `entry` is a protobuf `CollectionEntry` whose
+    /// `uid` the apply sets to the entry's log index.
+    CreateCollection { entry: Vec<u8> },
+    DeleteCollection { name: String },
+}
+
+impl MetaCommand {
+    pub fn encode(&self) -> super::Command {
+        super::Command { write: postcard::to_stdvec(self).expect("meta commands always encode") }
+    }
+}
+
+/// Why the metadata state machine rejected a command.
+pub const EXISTS: &str = "exists";
+pub const NOT_FOUND: &str = "not found";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    applied: Option<LogId<NodeId>>,
+    membership: Membership,
+    /// protobuf `ClusterMap`
+    map: Vec<u8>,
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::error(e.to_string())).into()
+}
+
+fn name_of(c: &CollectionEntry) -> &str {
+    c.config.as_ref().map_or("", |c| c.name.as_str())
+}
+
+/// Applies one command to `map`; `Err` is the rejection reason.
+fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u64, String> {
+    match cmd {
+        MetaCommand::RegisterNode { id, address } => match map.nodes.iter_mut().find(|n| n.id == id) {
+            Some(n) if n.address == address => return Ok(0),
+            Some(n) => n.address = address,
+            None => map.nodes.push(NodeEntry { id, address }),
+        },
+        MetaCommand::CreateCollection { entry } => {
+            let mut entry = CollectionEntry::decode(entry.as_slice()).map_err(|e| format!("undecodable collection: {e}"))?;
+            if map.collections.iter().any(|c| name_of(c) == name_of(&entry)) {
+                return Err(EXISTS.into());
+            }
+            entry.uid = index;
+            map.collections.push(entry);
+        }
+        MetaCommand::DeleteCollection { name } => {
+            let before = map.collections.len();
+            map.collections.retain(|c| name_of(c) != name);
+            if map.collections.len() == before {
+                return Err(NOT_FOUND.into());
+            }
+        }
+    }
+    map.epoch += 1;
+    Ok(1)
+}
+
+struct Inner {
+    kv: Arc<dyn KvEngine>,
+    state: Mutex<State>,
+    tx: watch::Sender<ClusterMap>,
+}
+
+/// The metadata group's state machine. Clones share state.
+#[derive(Clone)]
+pub struct MetaStateMachine {
+    inner: Arc<Inner>,
+}
+
+impl MetaStateMachine {
+    /// Loads the applied state from the node's storage.
+    pub fn open(kv: Arc<dyn KvEngine>) -> Result<Self, crate::error::NodeError> {
+        let state: State = match shard_store::node_meta_get(&*kv, STATE_KEY)? {
+            Some(b) => postcard::from_bytes(&b).map_err(|e| crate::error::StorageError::Corrupt { what: "metadata state", detail: e.to_string() })?,
+            None => State::default(),
+        };
+        let map = ClusterMap::decode(state.map.as_slice()).map_err(|e| crate::error::StorageError::Corrupt { what: "cluster map", detail: e.to_string() })?;
+        let (tx, _) = watch::channel(map);
+        Ok(MetaStateMachine { inner: Arc::new(Inner { kv, state: Mutex::new(state), tx }) })
+    }
+
+    /// The current map.
+    pub fn map(&self) -> ClusterMap {
+        self.inner.tx.borrow().clone()
+    }
+
+    /// Notified on every applied change of the map.
+    pub fn subscribe(&self) -> watch::Receiver<ClusterMap> {
+        self.inner.tx.subscribe()
+    }
+
+    fn save(&self, state: &State) -> Result<(), StorageError<NodeId>> {
+        let bytes = postcard::to_stdvec(state).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        shard_store::node_meta_put(&*self.inner.kv, STATE_KEY, bytes).map_err(|e| sm_err(ErrorVerb::Write, e))
+    }
+
+    fn publish(&self, map: ClusterMap) {
+        self.inner.tx.send_if_modified(|m| {
+            let changed = *m != map;
+            *m = map;
+            changed
+        });
+    }
+
+    fn snapshot_of(state: &State) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let bytes = postcard::to_stdvec(state).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let id = format!("meta-{}", state.applied.map_or("none".into(), |l| l.to_string()));
+        let meta = SnapshotMeta { last_log_id: state.applied, last_membership: state.membership.clone(), snapshot_id: id };
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for MetaStateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        Self::snapshot_of(&self.inner.state.lock())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for MetaStateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
+        let s = self.inner.state.lock();
+        Ok((s.applied, s.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut state = self.inner.state.lock().clone();
+        let mut map = ClusterMap::decode(state.map.as_slice()).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let mut replies = Vec::new();
+        for e in entries {
+            state.applied = Some(e.log_id);
+            let reply = match e.payload {
+                EntryPayload::Normal(cmd) => match postcard::from_bytes::<MetaCommand>(&cmd.write) {
+                    Ok(cmd) => match apply_command(&mut map, cmd, e.log_id.index) {
+                        Ok(affected) => Reply { affected, error: None },
+                        Err(why) => Reply { affected: 0, error: Some(why) },
+                    },
+                    Err(err) => Reply { affected: 0, error: Some(format!("undecodable metadata command: {err}")) },
+                },
+                EntryPayload::Membership(m) => {
+                    state.membership = StoredMembership::new(Some(e.log_id), m);
+                    Reply::default()
+                }
+                EntryPayload::Blank => Reply::default(),
+            };
+            replies.push(reply);
+        }
+        state.map = map.encode_to_vec();
+        self.save(&state)?;
+        *self.inner.state.lock() = state;
+        self.publish(map);
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<NodeId>> {
+        let bad = |e: &dyn std::fmt::Display| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e.to_string())));
+        let mut state: State = postcard::from_bytes(snapshot.get_ref()).map_err(|e| bad(&e))?;
+        let map = ClusterMap::decode(state.map.as_slice()).map_err(|e| bad(&e))?;
+        state.applied = meta.last_log_id;
+        state.membership = meta.last_membership.clone();
+        self.save(&state)?;
+        *self.inner.state.lock() = state;
+        self.publish(map);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let s = self.inner.state.lock();
+        if s.applied.is_none() {
+            return Ok(None);
+        }
+        Self::snapshot_of(&s).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::v1::CollectionConfig;
+
+    fn entry(name: &str) -> Vec<u8> {
+        CollectionEntry { config: Some(CollectionConfig { name: name.into(), ..Default::default() }), ..Default::default() }.encode_to_vec()
+    }
+
+    #[test]
+    fn commands_change_the_map_and_its_epoch_deterministically() {
+        let mut m = ClusterMap::default();
+        assert_eq!(apply_command(&mut m, MetaCommand::RegisterNode { id: 1, address: "a:1".into() }, 1), Ok(1));
+        assert_eq!(apply_command(&mut m, MetaCommand::RegisterNode { id: 1, address: "a:1".into() }, 2), Ok(0), "re-registering is a no-op");
+        assert_eq!(m.epoch, 1);
+        assert_eq!(apply_command(&mut m, MetaCommand::RegisterNode { id: 1, address: "b:1".into() }, 3), Ok(1));
+        assert_eq!(m.nodes, vec![NodeEntry { id: 1, address: "b:1".into() }]);
+        assert_eq!(apply_command(&mut m, MetaCommand::CreateCollection { entry: entry("c") }, 7), Ok(1));
+        assert_eq!(m.collections[0].uid, 7, "uid is the creating log index");
+        assert_eq!(apply_command(&mut m, MetaCommand::CreateCollection { entry: entry("c") }, 8), Err(EXISTS.into()));
+        assert_eq!(apply_command(&mut m, MetaCommand::DeleteCollection { name: "c".into() }, 9), Ok(1));
+        assert_eq!(apply_command(&mut m, MetaCommand::DeleteCollection { name: "c".into() }, 10), Err(NOT_FOUND.into()));
+        assert_eq!(m.epoch, 4);
+        assert!(m.collections.is_empty());
+    }
+
+    /// openraft's own storage suite, metadata state machine paired with the
+    /// log store.
+    #[test]
+    fn meta_state_machine_passes_openraft_suite() {
+        use crate::raft::log_store::LogStore;
+        use crate::storage::memory::MemoryEngine;
+        struct Builder;
+        impl openraft::testing::StoreBuilder<TypeConfig, LogStore, MetaStateMachine, ()> for Builder {
+            async fn build(&self) -> Result<((), LogStore, MetaStateMachine), StorageError<NodeId>> {
+                let kv: Arc<dyn KvEngine> = Arc::new(MemoryEngine::new());
+                let sm = MetaStateMachine::open(kv.clone()).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+                Ok(((), LogStore::new(kv, META_GROUP), sm))
+            }
+        }
+        openraft::testing::Suite::test_all(Builder).unwrap();
+    }
+}

@@ -1,0 +1,283 @@
+//! A cluster of real processes on loopback: `shoal node` processes that
+//! form a cluster (the first bootstraps it, the others join through it)
+//! and a `shoal coordinator` over them. Every process listens on a port the
+//! OS picks; a restarted node reuses its address and data directory.
+//!
+//! Faults are real signals: [`NodeProc::kill9`] (SIGKILL),
+//! [`NodeProc::pause`]/[`NodeProc::resume`] (SIGSTOP/SIGCONT),
+//! [`NodeProc::terminate`] (SIGTERM, graceful).
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use shoal_proto::internal::v1::meta_client::MetaClient;
+use shoal_proto::internal::v1::{ClusterMap, GetClusterMapRequest, ShardDigestRequest};
+
+use crate::shoal_bin;
+
+/// Spawns `shoal ARGS`, waits for a stdout line starting with `ready`, and
+/// returns the child and the first word after the prefix.
+fn spawn_ready(args: &[String], ready: &'static str, log: &str) -> Result<(Child, String)> {
+    let bin = shoal_bin();
+    if !bin.exists() {
+        bail!("{} not found: run `cargo build --release --bins` or set SHOAL_BIN", bin.display());
+    }
+    let mut child = Command::new(&bin)
+        .args(args)
+        .env("SHOAL_LOG", log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("spawning {}", bin.display()))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(ready) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(a) => Ok((child, a)),
+        Err(_) => {
+            let _ = child.kill();
+            bail!("`shoal {}` did not become ready within 60 s", args.join(" "))
+        }
+    }
+}
+
+fn signal(child: &Option<Child>, sig: i32) {
+    if let Some(c) = child {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, sig) };
+    }
+}
+
+/// One `shoal node` process.
+pub struct NodeProc {
+    child: Option<Child>,
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// Internal address (fixed after the first start).
+    pub addr: String,
+    join: Vec<String>,
+    bootstrap: bool,
+}
+
+impl NodeProc {
+    /// Starts node `id` on `listen` (`127.0.0.1:0` for a free port).
+    pub fn start(id: u64, data_dir: &Path, listen: &str, bootstrap: bool, join: &[String]) -> Result<Self> {
+        let mut args: Vec<String> = vec!["node".into(), "--node-id".into(), id.to_string(), "--data-dir".into(), data_dir.display().to_string(), "--internal-listen".into(), listen.into()];
+        if bootstrap {
+            args.push("--bootstrap".into());
+        }
+        if !join.is_empty() {
+            args.push("--join".into());
+            args.push(join.join(","));
+        }
+        let log = std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "warn,openraft=off".into());
+        let (child, addr) = spawn_ready(&args, "shoal node ready: internal=", &log)?;
+        Ok(NodeProc { child: Some(child), id, data_dir: data_dir.to_path_buf(), addr, join: join.to_vec(), bootstrap })
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL: no chance to flush or save anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP: the process stays, its sockets stay open, nothing answers.
+    pub fn pause(&self) {
+        signal(&self.child, libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        signal(&self.child, libc::SIGCONT);
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(st) = c.try_wait()? {
+                    anyhow::ensure!(st.success(), "shoal node exited with {st}");
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    bail!("shoal node did not stop within 60 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the node again on the same address and data directory.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        let next = NodeProc::start(self.id, &self.data_dir.clone(), &self.addr.clone(), self.bootstrap, &self.join.clone())?;
+        *self = next;
+        Ok(())
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill9();
+    }
+}
+
+/// A `shoal coordinator` process.
+pub struct CoordProc {
+    child: Option<Child>,
+    pub addr: String,
+}
+
+impl CoordProc {
+    pub fn start(seeds: &[String]) -> Result<Self> {
+        let args: Vec<String> = vec!["coordinator".into(), "--listen".into(), "127.0.0.1:0".into(), "--meta".into(), seeds.join(",")];
+        let (child, addr) = spawn_ready(&args, "shoal coordinator ready: public=", "warn,openraft=off")?;
+        Ok(CoordProc { child: Some(child), addr })
+    }
+}
+
+impl Drop for CoordProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// N nodes and one coordinator.
+pub struct ProcCluster {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    pub nodes: Vec<NodeProc>,
+    pub coordinator: CoordProc,
+}
+
+async fn meta(addr: &str) -> Result<MetaClient<tonic::transport::Channel>> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_timeout(Duration::from_secs(1)).timeout(Duration::from_secs(5)).connect().await?;
+    Ok(MetaClient::new(ch))
+}
+
+impl ProcCluster {
+    /// Starts `n` nodes (node 1 bootstraps, the others join through it),
+    /// waits until every node is in the map and has applied it, then
+    /// starts a coordinator that knows every node.
+    pub async fn start(n: u64) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().to_path_buf();
+        let first = NodeProc::start(1, &root.join("n1"), "127.0.0.1:0", true, &[])?;
+        let seed = vec![first.addr.clone()];
+        let mut nodes = vec![first];
+        for id in 2..=n {
+            nodes.push(NodeProc::start(id, &root.join(format!("n{id}")), "127.0.0.1:0", false, &seed)?);
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+        let coordinator = CoordProc::start(&addrs)?;
+        let c = ProcCluster { _dir: dir, root, nodes, coordinator };
+        c.wait_members(n as usize, Duration::from_secs(60)).await?;
+        Ok(c)
+    }
+
+    /// Adds node `id`, joining through the running nodes.
+    pub async fn add_node(&mut self) -> Result<u64> {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let seeds: Vec<String> = self.nodes.iter().filter(|n| n.is_running()).map(|n| n.addr.clone()).collect();
+        self.nodes.push(NodeProc::start(id, &self.root.join(format!("n{id}")), "127.0.0.1:0", false, &seeds)?);
+        self.wait_members(self.nodes.len(), Duration::from_secs(60)).await?;
+        Ok(id)
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut NodeProc {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    }
+
+    /// The map as node `id` has applied it.
+    pub async fn map_at(&self, id: u64) -> Result<ClusterMap> {
+        let n = self.nodes.iter().find(|n| n.id == id).context("node id")?;
+        Ok(meta(&n.addr).await?.get_cluster_map(GetClusterMapRequest {}).await?.into_inner())
+    }
+
+    /// Waits until every running node's map lists `count` nodes.
+    pub async fn wait_members(&self, count: usize, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut ok = true;
+            for n in self.nodes.iter().filter(|n| n.is_running()) {
+                match self.map_at(n.id).await {
+                    Ok(m) if m.nodes.len() == count => {}
+                    _ => ok = false,
+                }
+            }
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("nodes did not all see {count} members within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Per-replica (points, digest, applied index) of one shard, from every
+    /// running node that hosts it.
+    pub async fn digests(&self, collection: &str, shard_id: u32) -> Result<BTreeMap<u64, (u64, String, u64)>> {
+        let map = self.map_at(self.nodes.iter().find(|n| n.is_running()).context("no node running")?.id).await?;
+        let entry = map.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == collection)).context("collection")?;
+        let placement = entry.shards.iter().find(|s| s.shard_id == shard_id).context("shard")?;
+        let mut out = BTreeMap::new();
+        for id in &placement.replicas {
+            let Some(n) = self.nodes.iter().find(|n| n.id == *id && n.is_running()) else { continue };
+            let d = meta(&n.addr).await?.shard_digest(ShardDigestRequest { collection: collection.into(), shard_id }).await?.into_inner();
+            out.insert(*id, (d.points, d.digest, d.applied_index));
+        }
+        Ok(out)
+    }
+
+    /// Waits until all replicas of every shard of `collection` report the
+    /// same digest; returns the digests per shard.
+    pub async fn converged(&self, collection: &str, shards: u32, within: Duration) -> Result<Vec<BTreeMap<u64, (u64, String, u64)>>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut all = vec![];
+            let mut same = true;
+            for s in 0..shards {
+                match self.digests(collection, s).await {
+                    Ok(d) => {
+                        let distinct: std::collections::BTreeSet<&String> = d.values().map(|v| &v.1).collect();
+                        same &= distinct.len() == 1;
+                        all.push(d);
+                    }
+                    Err(_) => same = false,
+                }
+            }
+            if same {
+                return Ok(all);
+            }
+            if Instant::now() > deadline {
+                bail!("replicas of {collection} did not converge within {within:?}: {all:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
