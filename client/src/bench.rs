@@ -50,6 +50,12 @@ pub struct BenchArgs {
     pub ef_construction: u32,
     #[arg(long, default_value_t = 1)]
     pub shards: u32,
+    /// Replicas per shard (needs as many nodes).
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: u32,
+    /// Read consistency of the searches: strong, leader or any.
+    #[arg(long, default_value = "strong", value_parser = ["strong", "leader", "any"])]
+    pub consistency: String,
     /// Use only the first N base vectors (recall is then measured against
     /// an exact ground truth computed here).
     #[arg(long)]
@@ -279,7 +285,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     let _ = client.delete_collection(&name).await;
 
     // Payload indexes for the fields the filter sets use.
-    let mut b = CollectionBuilder::new(&name, ds.meta.dim, metric).shards(a.shards).hnsw(a.m, a.ef_construction, 0);
+    let mut b = CollectionBuilder::new(&name, ds.meta.dim, metric).shards(a.shards).replication_factor(a.replication_factor).hnsw(a.m, a.ef_construction, 0);
     if let Some(p) = ds.payloads.as_ref().and_then(|p| p.first()) {
         let mut keys: Vec<String> = vec![];
         for s in &ds.filters {
@@ -326,18 +332,22 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
         let permit = sem.clone().acquire_owned().await?;
         let (client, name, bar) = (client.clone(), name.clone(), bar.clone());
         tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
             let r = client.upsert(&name, points).await;
+            let took = sent.elapsed();
             bar.inc((end - start) as u64);
             drop(permit);
-            r
+            r.map(|_| took)
         }));
     }
+    let mut write_lat = Histogram::<u64>::new(3)?;
     for task in tasks {
-        task.await??;
+        write_lat.record(task.await??.as_micros() as u64)?;
     }
     bar.finish_and_clear();
     let ingest_per_s = n as f64 / t.elapsed().as_secs_f64();
-    eprintln!("ingested {n} vectors: {ingest_per_s:.0}/s");
+    let (write_p50_ms, write_p99_ms) = (write_lat.value_at_quantile(0.5) as f64 / 1000.0, write_lat.value_at_quantile(0.99) as f64 / 1000.0);
+    eprintln!("ingested {n} vectors: {ingest_per_s:.0}/s; upsert of {} points p50 {write_p50_ms:.1} ms p99 {write_p99_ms:.1} ms", a.batch);
     let status = client.cluster_status().await?;
     let rss: u64 = status.nodes.iter().map(|x| x.rss_bytes).sum();
     let index_bytes: u64 = status.nodes.iter().map(|x| x.index_bytes).sum();
@@ -360,9 +370,14 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     let inproc_queries: Vec<Vec<f32>> =
         if a.inprocess_unit_ip && metric == Metric::Cosine { ds.queries.iter().map(|q| unit(q)).collect() } else { ds.queries.clone() };
     let truth = Arc::new(truth);
+    let consistency = match a.consistency.as_str() {
+        "any" => shoal_proto::v1::Consistency::Any,
+        "leader" => shoal_proto::v1::Consistency::Leader,
+        _ => shoal_proto::v1::Consistency::Strong,
+    };
     let mut runs = vec![];
     for &ef in &a.ef {
-        let searches: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| SearchBuilder::new(&name, q.clone(), 10).ef(ef)).collect());
+        let searches: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| SearchBuilder::new(&name, q.clone(), 10).ef(ef).consistency(consistency)).collect());
         let r = grpc_run(&pool, searches, truth.clone(), a.inflight.unwrap_or(a.concurrency), a.min_secs).await?;
         let ip = inproc.as_ref().map(|(idx, _)| inprocess_qps(idx, &inproc_queries, ef, a.concurrency, a.min_secs));
         eprintln!("ef={ef:<4} recall@10={:.4} qps={:.0} p50={:.2}ms p99={:.2}ms inprocess_qps={:.0}", r.recall, r.qps, r.p50_ms, r.p99_ms, ip.unwrap_or(0.0));
@@ -396,6 +411,12 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
         "metric": ds.meta.metric,
         "m": a.m, "ef_construction": a.ef_construction, "concurrency": a.concurrency, "inprocess_metric": if a.inprocess_unit_ip && metric == Metric::Cosine { "ip on unit vectors" } else { "usearch cos" }, "inflight": a.inflight.unwrap_or(a.concurrency), "threads": threads,
         "ingest_per_s": ingest_per_s,
+        "write_batch": a.batch,
+        "write_p50_ms": write_p50_ms,
+        "write_p99_ms": write_p99_ms,
+        "replication_factor": a.replication_factor,
+        "shards": a.shards,
+        "consistency": a.consistency,
         "inprocess_insert_per_s": inproc.as_ref().map(|x| x.1),
         "ingest_ratio": inproc.as_ref().map(|x| ingest_per_s / x.1),
         "default_ef": default_ef,

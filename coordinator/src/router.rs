@@ -409,7 +409,7 @@ impl Router {
                     });
                     // A whole round over the replicas failed: back off
                     // before the next one (elections take a few hundred ms).
-                    if attempt % replicas.len() == 0 {
+                    if attempt.is_multiple_of(replicas.len()) {
                         tokio::time::sleep(backoff.min(left)).await;
                         backoff = (backoff * 2).min(Duration::from_millis(500));
                     }

@@ -488,7 +488,7 @@ impl Engine {
         let r = self.replica(collection, shard_id, 0)?;
         let applied = r.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         let (mut points, _) = r.shard().export(&[])?;
-        points.sort_by_key(|p| p.id.as_ref().map(|i| prost::Message::encode_to_vec(i)));
+        points.sort_by_key(|p| p.id.as_ref().map(prost::Message::encode_to_vec));
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         for p in &points {
             h.update(&prost::Message::encode_length_delimited_to_vec(p));

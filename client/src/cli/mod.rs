@@ -153,8 +153,16 @@ pub struct SearchArgs {
 
 #[derive(Subcommand)]
 pub enum ClusterCmd {
-    /// Nodes, shards and replicas.
+    /// Nodes, shards and replicas: leader, term, applied index and lag.
     Status,
+    /// Start a new cluster with one node as its first member. Talks to the
+    /// node's internal address, not the coordinator; refused by a node that
+    /// already belongs to a cluster. Other nodes join with `--join`.
+    Init {
+        /// Internal address of the node (host:port).
+        #[arg(long)]
+        node: String,
+    },
 }
 
 fn print_table(t: Table) {
@@ -344,10 +352,20 @@ pub async fn run(cli: Cli) -> Result<()> {
                 print_table(t);
             }
         }
+        Cmd::Cluster(ClusterCmd::Init { node }) => {
+            let uri = if node.contains("://") { node.clone() } else { format!("http://{node}") };
+            let mut meta = shoal_proto::internal::v1::meta_client::MetaClient::connect(uri).await.map_err(|e| anyhow::anyhow!("cannot reach node {node}: {e}"))?;
+            let map = meta.init_cluster(shoal_proto::internal::v1::InitClusterRequest {}).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
+            if json_out {
+                println!("{}", json!({"epoch": map.epoch, "nodes": map.nodes.iter().map(|n| json!({"id": n.id, "address": n.address})).collect::<Vec<_>>()}));
+            } else {
+                println!("cluster initialised on node {node} (map epoch {}); start the other nodes with --join {node}", map.epoch);
+            }
+        }
         Cmd::Cluster(ClusterCmd::Status) => {
             let s = client.cluster_status().await?;
             if json_out {
-                let nodes: Vec<_> = s.nodes.iter().map(|n| json!({"id": n.id, "address": n.address, "state": NodeState::try_from(n.state).map(|x| x.as_str_name()).unwrap_or("?"), "device": n.device, "version": n.version})).collect();
+                let nodes: Vec<_> = s.nodes.iter().map(|n| json!({"id": n.id, "address": n.address, "state": NodeState::try_from(n.state).map(|x| x.as_str_name()).unwrap_or("?"), "meta_role": n.meta_role, "device": n.device, "version": n.version})).collect();
                 let shards: Vec<_> = s
                     .shards
                     .iter()
@@ -356,9 +374,16 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("{}", json!({"epoch": s.epoch, "nodes": nodes, "shards": shards}));
             } else {
                 println!("cluster map epoch {}", s.epoch);
-                let mut t = table(&["NODE", "ADDRESS", "STATE", "DEVICE", "VERSION"]);
+                let mut t = table(&["NODE", "ADDRESS", "STATE", "META", "DEVICE", "VERSION"]);
                 for n in &s.nodes {
-                    t.add_row(vec![n.id.to_string(), n.address.clone(), NodeState::try_from(n.state).map(|x| x.as_str_name()).unwrap_or("?").trim_start_matches("NODE_STATE_").to_string(), n.device.clone(), n.version.clone()]);
+                    t.add_row(vec![
+                        n.id.to_string(),
+                        n.address.clone(),
+                        NodeState::try_from(n.state).map(|x| x.as_str_name()).unwrap_or("?").trim_start_matches("NODE_STATE_").to_string(),
+                        n.meta_role.clone(),
+                        n.device.clone(),
+                        n.version.clone(),
+                    ]);
                 }
                 print_table(t);
                 let mut t = table(&["COLLECTION", "SHARD", "NODE", "LEADER", "STATE", "TERM", "APPLIED", "LAG", "POINTS"]);

@@ -112,7 +112,10 @@ async fn bind(addr: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
 
 type Served = (tokio::task::JoinHandle<anyhow::Result<()>>, SocketAddr, std::sync::Arc<Engine>);
 
-async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool) -> anyhow::Result<Served> {
+/// Opens and serves a node. With `wait_join` it returns only once the node
+/// is registered in the cluster map (`shoal dev`, whose coordinator needs
+/// the map to name this node's current address).
+async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool, wait_join: bool) -> anyhow::Result<Served> {
     let (listener, addr) = bind(&args.internal_listen).await?;
     let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
     let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory, rocks: args.rocks(), exact_scan_threshold: args.exact_scan_threshold };
@@ -126,7 +129,24 @@ async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool) 
             Err(e) => tracing::error!(error = %e, "bootstrapping the cluster failed"),
         }
     }
-    tokio::spawn(join_cluster(engine.clone(), args.join.clone()));
+    // Register through the seeds; a member whose address changed since
+    // its last start (a new port, a rescheduled pod) re-registers through
+    // its own Meta service, which forwards to the metadata leader.
+    let mut seeds: Vec<String> = args.join.iter().filter(|s| !s.is_empty()).cloned().collect();
+    let listed = engine.cluster_map().nodes.iter().any(|n| n.id == engine.node_id() && n.address == engine.advertise());
+    if engine.in_cluster() && !listed {
+        seeds.push(engine.advertise().to_string());
+    }
+    if seeds.is_empty() {
+        if !engine.in_cluster() {
+            tracing::warn!("this node belongs to no cluster: run `shoalctl cluster init --node {addr}`, or restart it with --join SEED or --bootstrap");
+        }
+    } else {
+        let join = tokio::spawn(join_cluster(engine.clone(), seeds));
+        if wait_join {
+            join.await?;
+        }
+    }
     Ok((h, addr, engine))
 }
 
@@ -135,16 +155,15 @@ async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool) 
 /// address current in the map.
 async fn join_cluster(engine: std::sync::Arc<Engine>, seeds: Vec<String>) {
     use shoal_proto::internal::v1::{meta_client::MetaClient, RegisterNodeRequest};
-    let seeds: Vec<String> = seeds.into_iter().filter(|s| !s.is_empty()).collect();
-    if seeds.is_empty() {
-        if !engine.in_cluster() {
-            tracing::warn!("this node belongs to no cluster: run `shoalctl cluster init` against it, or restart it with --join SEED or --bootstrap");
-        }
-        return;
-    }
     let req = RegisterNodeRequest { node_id: engine.node_id(), address: engine.advertise().to_string() };
     let mut backoff = Duration::from_millis(100);
     loop {
+        if engine.is_meta_leader() {
+            match engine.register_node(req.node_id, req.address.clone()).await {
+                Ok(_) => return,
+                Err(e) => tracing::debug!(error = %e, "registration on this node (the metadata leader) failed"),
+            }
+        }
         for seed in &seeds {
             let uri = if seed.contains("://") { seed.clone() } else { format!("http://{seed}") };
             let res = async {
@@ -180,7 +199,7 @@ async fn run() -> anyhow::Result<()> {
     let stop = shutdown_signal();
     match cli.cmd {
         Cmd::Node(args) => {
-            let (h, addr, _) = run_node(args, stop, false).await?;
+            let (h, addr, _) = run_node(args, stop, false, false).await?;
             println!("shoal node ready: internal={addr}");
             h.await??;
         }
@@ -203,7 +222,7 @@ async fn run() -> anyhow::Result<()> {
                 block_cache_mb,
                 exact_scan_threshold,
             };
-            let (node, internal, engine) = run_node(args, stop.clone(), in_memory).await?;
+            let (node, internal, engine) = run_node(args, stop.clone(), in_memory, true).await?;
             let (listener, public) = bind(&listen).await?;
             // The coordinator calls this process's node directly.
             let local = LocalNode { address: engine.advertise().to_string(), shard: std::sync::Arc::new(ShardService::new(engine)) };
