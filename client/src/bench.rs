@@ -53,9 +53,10 @@ pub struct BenchArgs {
     /// Replicas per shard (needs as many nodes).
     #[arg(long, default_value_t = 1)]
     pub replication_factor: u32,
-    /// Read consistency of the searches: strong, leader or any.
-    #[arg(long, default_value = "strong", value_parser = ["strong", "leader", "any"])]
-    pub consistency: String,
+    /// Read consistencies to measure searches at (strong, leader, any;
+    /// comma-separated: each ef runs once per consistency, side by side).
+    #[arg(long, value_delimiter = ',', default_value = "strong", value_parser = ["strong", "leader", "any"])]
+    pub consistency: Vec<String>,
     /// Use only the first N base vectors (recall is then measured against
     /// an exact ground truth computed here).
     #[arg(long)]
@@ -348,7 +349,20 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     let ingest_per_s = n as f64 / t.elapsed().as_secs_f64();
     let (write_p50_ms, write_p99_ms) = (write_lat.value_at_quantile(0.5) as f64 / 1000.0, write_lat.value_at_quantile(0.99) as f64 / 1000.0);
     eprintln!("ingested {n} vectors: {ingest_per_s:.0}/s; upsert of {} points p50 {write_p50_ms:.1} ms p99 {write_p99_ms:.1} ms", a.batch);
-    let status = client.cluster_status().await?;
+    // Followers index in the background: wait until every replica's graph
+    // holds every point, and report that time too (searches before then
+    // are correct but scan the unindexed points exactly).
+    let mut status = client.cluster_status().await?;
+    loop {
+        let unindexed: u64 = status.shards.iter().flat_map(|s| &s.replicas).map(|r| r.unindexed).sum();
+        if unindexed == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        status = client.cluster_status().await?;
+    }
+    let indexed_after_s = t.elapsed().as_secs_f64();
+    eprintln!("every replica indexed {:.1} s after ingest began ({:.0} vectors/s)", indexed_after_s, n as f64 / indexed_after_s);
     let rss: u64 = status.nodes.iter().map(|x| x.rss_bytes).sum();
     let index_bytes: u64 = status.nodes.iter().map(|x| x.index_bytes).sum();
 
@@ -370,18 +384,18 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     let inproc_queries: Vec<Vec<f32>> =
         if a.inprocess_unit_ip && metric == Metric::Cosine { ds.queries.iter().map(|q| unit(q)).collect() } else { ds.queries.clone() };
     let truth = Arc::new(truth);
-    let consistency = match a.consistency.as_str() {
-        "any" => shoal_proto::v1::Consistency::Any,
-        "leader" => shoal_proto::v1::Consistency::Leader,
-        _ => shoal_proto::v1::Consistency::Strong,
-    };
     let mut runs = vec![];
-    for &ef in &a.ef {
+    for (&ef, cname) in a.ef.iter().flat_map(|ef| a.consistency.iter().map(move |c| (ef, c))) {
+        let consistency = match cname.as_str() {
+            "any" => shoal_proto::v1::Consistency::Any,
+            "leader" => shoal_proto::v1::Consistency::Leader,
+            _ => shoal_proto::v1::Consistency::Strong,
+        };
         let searches: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| SearchBuilder::new(&name, q.clone(), 10).ef(ef).consistency(consistency)).collect());
         let r = grpc_run(&pool, searches, truth.clone(), a.inflight.unwrap_or(a.concurrency), a.min_secs).await?;
         let ip = inproc.as_ref().map(|(idx, _)| inprocess_qps(idx, &inproc_queries, ef, a.concurrency, a.min_secs));
-        eprintln!("ef={ef:<4} recall@10={:.4} qps={:.0} p50={:.2}ms p99={:.2}ms inprocess_qps={:.0}", r.recall, r.qps, r.p50_ms, r.p99_ms, ip.unwrap_or(0.0));
-        runs.push(json!({"ef": ef, "recall_at_10": r.recall, "qps": r.qps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "inprocess_qps": ip, "qps_ratio": ip.map(|x| r.qps / x)}));
+        eprintln!("ef={ef:<4} consistency={cname:<6} recall@10={:.4} qps={:.0} p50={:.2}ms p99={:.2}ms inprocess_qps={:.0}", r.recall, r.qps, r.p50_ms, r.p99_ms, ip.unwrap_or(0.0));
+        runs.push(json!({"ef": ef, "consistency": cname, "recall_at_10": r.recall, "qps": r.qps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "inprocess_qps": ip, "qps_ratio": ip.map(|x| r.qps / x)}));
     }
 
     let mut filtered = vec![];
@@ -411,6 +425,8 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
         "metric": ds.meta.metric,
         "m": a.m, "ef_construction": a.ef_construction, "concurrency": a.concurrency, "inprocess_metric": if a.inprocess_unit_ip && metric == Metric::Cosine { "ip on unit vectors" } else { "usearch cos" }, "inflight": a.inflight.unwrap_or(a.concurrency), "threads": threads,
         "ingest_per_s": ingest_per_s,
+        "indexed_after_s": indexed_after_s,
+        "indexed_per_s": n as f64 / indexed_after_s,
         "write_batch": a.batch,
         "write_p50_ms": write_p50_ms,
         "write_p99_ms": write_p99_ms,

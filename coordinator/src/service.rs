@@ -367,7 +367,7 @@ impl Cluster for Api {
                         Some(r) => {
                             let lag = head.saturating_sub(r.applied_index);
                             let state = if lag > CATCHING_UP_LAG { ReplicaState::CatchingUp } else { ReplicaState::Active };
-                            ReplicaStatus { node_id: *node, state: state as i32, leader: r.leader && Some(r.term) == leader_term, term: r.term, applied_index: r.applied_index, lag, points: r.points }
+                            ReplicaStatus { node_id: *node, state: state as i32, leader: r.leader && Some(r.term) == leader_term, term: r.term, applied_index: r.applied_index, lag, points: r.points, unindexed: r.unindexed }
                         }
                         None => ReplicaStatus { node_id: *node, state: ReplicaState::Unreachable as i32, ..Default::default() },
                     })

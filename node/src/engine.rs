@@ -44,6 +44,8 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// has heard nothing from the first replica after this long (the first
 /// replica's node may be down).
 const SECONDARY_INIT_DELAY: Duration = Duration::from_secs(3);
+/// Pending versions the indexer moves into a graph per step.
+const INDEX_CHUNK: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -157,7 +159,41 @@ impl Engine {
             reconciling: Mutex::new(()),
         });
         engine.reconcile()?;
+        engine.start_indexer();
         Ok(engine)
+    }
+
+    /// Starts the node's indexer: a thread at lower CPU priority (nice 10)
+    /// that moves followers' pending versions into their HNSW graphs, so
+    /// replication competes with the leader's writes only for idle CPU.
+    fn start_indexer(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("shoal-indexer".into()).spawn(move || {
+            // SAFETY: setpriority on the calling thread (Linux: per thread);
+            // threads it spawns (parallel graph inserts) inherit it.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+            loop {
+                let Some(engine) = weak.upgrade() else { break };
+                let shards: Vec<Arc<Shard>> = engine.shards.read().values().map(|r| r.shard()).collect();
+                drop(engine);
+                let mut moved = 0;
+                for s in shards {
+                    match s.index_pending(INDEX_CHUNK) {
+                        Ok(n) => moved += n,
+                        Err(e) => tracing::error!(collection = %s.collection, shard = s.shard_id, error = %e, "indexing pending points failed"),
+                    }
+                }
+                if moved == 0 {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the indexer thread; followers index as they apply");
+            for r in self.shards.read().values() {
+                r.sm.set_defer_index(false);
+            }
+        }
     }
 
     /// Runs [`Engine::reconcile`] whenever the applied map changes, until
@@ -431,6 +467,25 @@ impl Engine {
                 }
             });
         }
+        // Followers defer HNSW inserts to the indexer; the leader indexes
+        // as it applies, so its (strong and leader) searches stay fast.
+        {
+            let (r, sm) = (raft.clone(), sm.clone());
+            handle.spawn(async move {
+                let mut rx = r.metrics();
+                let mut was = None;
+                loop {
+                    let follower = rx.borrow().state != ServerState::Leader;
+                    if was != Some(follower) {
+                        sm.set_defer_index(follower);
+                        was = Some(follower);
+                    }
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         self.groups.insert(group.clone(), raft.clone());
         let replica = Replica { group, raft, sm, log, uid };
         self.shards.write().insert((config.name.clone(), shard_id), replica.clone());
@@ -513,6 +568,7 @@ impl Engine {
                     term: m.current_term,
                     leader: m.current_leader == Some(me),
                     leader_id: m.current_leader.unwrap_or(0),
+                    unindexed: s.unindexed(),
                 }
             })
             .collect();

@@ -10,6 +10,16 @@
 //!    index, then retire replaced or deleted versions. Searches dedupe by id,
 //!    so a replace is never invisible in between.
 //!
+//! ## Deferred indexing (followers)
+//! With [`Shard::set_defer_index`] on (the Raft state machine sets it on
+//! followers), step 3 puts new versions in a pending set instead of the
+//! HNSW graph; [`Shard::index_pending`], called by the node's low-priority
+//! indexer thread, moves them into the graph in chunks. Searches scan the
+//! pending set exactly and merge it with the graph's results, so a lagging
+//! replica answers the same points, only slower. The leader indexes
+//! synchronously, so a replication factor of 3 does not make every write
+//! wait for three graph inserts on the same cores.
+//!
 //! ## Index persistence
 //! The HNSW index is saved to `<index_dir>/<shard>.usearch` with a sidecar
 //! `<shard>.meta` (xxh3 checksum, offset counter at save time). On open the
@@ -19,7 +29,8 @@
 //! enough). A missing or damaged file is rebuilt from RocksDB.
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use roaring::RoaringBitmap;
@@ -64,7 +75,13 @@ pub struct Shard {
     writer: Mutex<()>,
     index_path: PathBuf,
     saved_seq: AtomicU64,
+    /// Pending-set changes moved into the graph since open (forces a save).
+    indexed: AtomicU64,
+    saved_indexed: AtomicU64,
     pub exact_scan_threshold: u64,
+    /// Versions applied but not yet in the graph: offset -> prepared vector.
+    pending: RwLock<BTreeMap<u32, Vec<f32>>>,
+    defer_index: AtomicBool,
 }
 
 /// When a shard write is durable.
@@ -226,7 +243,11 @@ impl Shard {
                 writer: Mutex::new(()),
                 index_path,
                 saved_seq: AtomicU64::new(saved),
+                indexed: AtomicU64::new(0),
+                saved_indexed: AtomicU64::new(0),
                 exact_scan_threshold: DEFAULT_EXACT_SCAN_THRESHOLD,
+                pending: RwLock::new(BTreeMap::new()),
+                defer_index: AtomicBool::new(false),
             },
             outcome,
         ))
@@ -251,7 +272,7 @@ impl Shard {
 
     pub fn index_memory_bytes(&self) -> usize {
         let st = self.state.read();
-        self.index.memory_bytes() + st.payload.memory_bytes() + st.keys.memory_bytes() + st.live.serialized_size()
+        self.index.memory_bytes() + self.pending.read().len() * self.config.dimension as usize * 4 + st.payload.memory_bytes() + st.keys.memory_bytes() + st.live.serialized_size()
     }
 
     fn metric(&self) -> Metric {
@@ -420,9 +441,17 @@ impl Shard {
             // 1. Durable first.
             self.store.write(batch, sync)?;
 
-            // 2. New versions become searchable.
-            let items: Vec<(u64, &[f32])> = added.iter().map(|(_, off, i)| (*off as u64, prepared[*i].1.as_slice())).collect();
-            self.index.add_batch(&items)?;
+            // 2. New versions become searchable: in the graph, or in the
+            //    pending set the indexer drains.
+            if self.defer_index.load(Ordering::Relaxed) {
+                let mut p = self.pending.write();
+                for (_, off, i) in &added {
+                    p.insert(*off, prepared[*i].1.clone());
+                }
+            } else {
+                let items: Vec<(u64, &[f32])> = added.iter().map(|(_, off, i)| (*off as u64, prepared[*i].1.as_slice())).collect();
+                self.index.add_batch(&items)?;
+            }
             let mut st = self.state.write();
             for e in &entries_put {
                 st.payload.insert(e);
@@ -442,10 +471,65 @@ impl Shard {
             st.next_offset = next;
             st.seq += 1;
         }
+        if !retire.is_empty() && !self.pending.read().is_empty() {
+            let mut p = self.pending.write();
+            for (_, off) in &retire {
+                p.remove(off);
+            }
+        }
         for (_, off) in &retire {
             self.index.remove(*off as u64)?;
         }
         Ok(affected)
+    }
+
+    /// Defers graph inserts of new versions to [`Shard::index_pending`]
+    /// (on) or makes them part of every write (off).
+    pub fn set_defer_index(&self, on: bool) {
+        self.defer_index.store(on, Ordering::Relaxed);
+    }
+
+    /// Versions applied but not yet in the HNSW graph.
+    pub fn unindexed(&self) -> u64 {
+        self.pending.read().len() as u64
+    }
+
+    /// Moves up to `max` pending versions into the HNSW graph; returns how
+    /// many. A version retired meanwhile is taken out again, so the graph
+    /// never keeps a dead version.
+    pub fn index_pending(&self, max: usize) -> Result<usize> {
+        let chunk: Vec<(u32, Vec<f32>)> = self.pending.read().iter().take(max).map(|(o, v)| (*o, v.clone())).collect();
+        if chunk.is_empty() {
+            return Ok(0);
+        }
+        let items: Vec<(u64, &[f32])> = chunk.iter().map(|(o, v)| (*o as u64, v.as_slice())).collect();
+        self.index.add_batch(&items)?;
+        {
+            let mut p = self.pending.write();
+            for (o, _) in &chunk {
+                p.remove(o);
+            }
+        }
+        let dead: Vec<u32> = {
+            let st = self.state.read();
+            chunk.iter().map(|(o, _)| *o).filter(|o| !st.live.contains(*o)).collect()
+        };
+        for o in dead {
+            self.index.remove(o as u64)?;
+        }
+        self.indexed.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok(chunk.len())
+    }
+
+    /// Exact distances from `q` to the pending versions `allowed` admits
+    /// (index convention: cosine vectors are unit, scored by inner product).
+    fn pending_hits(&self, q: &[f32], allowed: &RoaringBitmap) -> Vec<Hit> {
+        let p = self.pending.read();
+        if p.is_empty() {
+            return vec![];
+        }
+        let d = Distance(if self.metric() == Metric::Cosine { Metric::Dot } else { self.metric() });
+        p.iter().filter(|(o, _)| allowed.contains(**o)).map(|(o, v)| Hit { key: *o as u64, distance: d.f32(q, v) }).collect()
     }
 
     fn retrieved(&self, k: PointKey, p: Option<StoredPoint>, with_payload: bool, with_vector: bool) -> RetrievedPoint {
@@ -530,7 +614,7 @@ impl Shard {
                 }
                 _ => None,
             };
-            let hits = match (&allowed, req.exact) {
+            let mut hits = match (&allowed, req.exact) {
                 (Some(a), _) if a.is_empty() => vec![],
                 (Some(a), true) => self.index.exact(&q, fetch, &Allowed::Set(a))?,
                 (None, true) => self.index.exact(&q, fetch, &Allowed::Set(&st.live))?,
@@ -538,6 +622,15 @@ impl Shard {
                 (Some(a), false) => self.index.search(&q, fetch, ef.max(fetch), &Allowed::Set(a))?,
                 (None, false) => self.index.search(&q, fetch, ef.max(fetch), &Allowed::All)?,
             };
+            let extra = self.pending_hits(&q, allowed.as_ref().unwrap_or(&st.live));
+            if !extra.is_empty() {
+                // A version being moved into the graph can be in both.
+                hits.extend(extra);
+                crate::index::sort_hits(&mut hits, usize::MAX);
+                let mut seen = HashSet::with_capacity(hits.len());
+                hits.retain(|h| seen.insert(h.key));
+                hits.truncate(fetch);
+            }
             let keys: Vec<Option<PointKey>> = hits.iter().map(|h| st.keys.get(h.key as u32)).collect();
             (hits, keys)
         };
@@ -584,7 +677,8 @@ impl Shard {
             let st = self.state.read();
             (st.seq, st.next_offset)
         };
-        if self.saved_seq.load(Ordering::Relaxed) == seq {
+        let indexed = self.indexed.load(Ordering::Relaxed);
+        if self.saved_seq.load(Ordering::Relaxed) == seq && self.saved_indexed.load(Ordering::Relaxed) == indexed {
             return Ok(false);
         }
         self.index.save(&self.index_path)?;
@@ -594,6 +688,7 @@ impl Shard {
         let tmp = meta_path.with_extension("meta.tmp");
         std::fs::write(&tmp, meta).and_then(|_| std::fs::rename(&tmp, &meta_path)).map_err(crate::error::StorageError::from)?;
         self.saved_seq.store(seq, Ordering::Relaxed);
+        self.saved_indexed.store(indexed, Ordering::Relaxed);
         Ok(true)
     }
 

@@ -280,4 +280,23 @@ impl ProcCluster {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+
+    /// Waits until every replica of a shard is running and within `slack`
+    /// entries of the most advanced one (works under write load, unlike
+    /// [`ProcCluster::converged`]).
+    pub async fn caught_up(&self, collection: &str, shard_id: u32, replicas: usize, slack: u64, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(d) = self.digests(collection, shard_id).await {
+                let max = d.values().map(|v| v.2).max().unwrap_or(0);
+                if d.len() == replicas && d.values().all(|v| v.2 + slack >= max) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("replicas of {collection}/{shard_id} did not catch up within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

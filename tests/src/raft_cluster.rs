@@ -54,6 +54,7 @@ struct Running {
 
 pub struct Node {
     config: Arc<openraft::Config>,
+    collection: CollectionConfig,
     pub id: NodeId,
     pub addr: SocketAddr,
     dir: PathBuf,
@@ -69,7 +70,7 @@ pub struct RaftCluster {
 impl Node {
     async fn start(&mut self) -> Result<()> {
         let engine: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&self.dir.join("db"))?);
-        let sm = ShardStateMachine::open(collection(), 0, ShardStore::new(engine.clone(), "c", 0), self.dir.join("index"))?;
+        let sm = ShardStateMachine::open(self.collection.clone(), 0, ShardStore::new(engine.clone(), "c", 0), self.dir.join("index"))?;
         let log = LogStore::new(engine, GROUP);
         let raft = Raft::new(self.id, self.config.clone(), Network::new(GROUP, self.peers.clone()), log, sm.clone()).await?;
         let groups = Groups::default();
@@ -118,6 +119,11 @@ impl RaftCluster {
 
     /// Like [`RaftCluster::start`] with a given Raft configuration.
     pub async fn start_with(n: usize, config: openraft::Config) -> Result<Self> {
+        Self::start_full(n, config, collection()).await
+    }
+
+    /// Like [`RaftCluster::start_with`] for a given collection (named `c`).
+    pub async fn start_full(n: usize, config: openraft::Config, collection: CollectionConfig) -> Result<Self> {
         // Logs for failing runs: RUST_LOG=openraft=debug,shoal_node=debug.
         let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
         let config = Arc::new(config.validate()?);
@@ -127,7 +133,7 @@ impl RaftCluster {
             // Reserve a free port, then let the node bind it.
             let addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
             let dir = root.path().join(format!("n{}", i + 1));
-            let mut node = Node { config: config.clone(), id: i as NodeId + 1, addr, dir, peers: Peers::default(), running: None };
+            let mut node = Node { config: config.clone(), collection: collection.clone(), id: i as NodeId + 1, addr, dir, peers: Peers::default(), running: None };
             node.start().await?;
             nodes.push(node);
         }
@@ -190,6 +196,15 @@ impl RaftCluster {
                 server.abort();
             }
         }
+    }
+
+    /// Deletes a stopped node's storage: it restarts as a fresh replica
+    /// with the same id and address (a replaced disk), which the leader
+    /// must bring up by snapshot once its log is purged.
+    pub fn wipe(&mut self, id: NodeId) -> Result<()> {
+        let n = &self.nodes[id as usize - 1];
+        anyhow::ensure!(n.running.is_none(), "stop node {id} before wiping it");
+        std::fs::remove_dir_all(&n.dir).with_context(|| format!("wiping {}", n.dir.display()))
     }
 
     /// Restarts a stopped node on its storage and address.

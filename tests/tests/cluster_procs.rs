@@ -235,3 +235,34 @@ async fn whole_cluster_restart_and_node_added() {
     // The first collection is untouched by the join.
     check(&cluster, "r", SHARDS, &acked, &attempted).await;
 }
+
+/// Failover benchmark over processes (not a pass/fail test): 20 times,
+/// kill -9 the leader of a one-shard RF=3 collection while a client writes
+/// to it, and time from the kill to the first acknowledged write; then
+/// restart the node and let it catch up. Prints the median and max.
+/// `cargo test --release -p shoal-tests --test cluster_procs bench_failover_procs -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn bench_failover_procs() {
+    let kills: usize = std::env::var("SHOAL_FAILOVER_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let mut cluster = ProcCluster::start(3).await.unwrap();
+    let addr = cluster.coordinator.addr.clone();
+    create(&addr, "f", 1, 3).await;
+    let load = Load::start(&addr, "f", 1, 0).await;
+    let mut times = vec![];
+    for i in 0..kills {
+        wait_acks(&load, load.acked_len() + 200).await;
+        let victim = leader_of(&addr, "f", 0).await;
+        let t = Instant::now();
+        cluster.node(victim).kill9();
+        let took = acks_resume(&load, t, 1).await;
+        println!("kill {i}: node {victim}, first write after {took:?}");
+        times.push(took);
+        cluster.node(victim).restart().unwrap();
+        cluster.caught_up("f", 0, 3, 20, Duration::from_secs(60)).await.unwrap();
+    }
+    let (acked, attempted) = load.stop().await;
+    check(&cluster, "f", 1, &acked, &attempted).await;
+    times.sort();
+    println!("failover over {kills} kills: median {:?}, max {:?}", times[times.len() / 2], times.last().unwrap());
+}

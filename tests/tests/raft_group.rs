@@ -172,3 +172,55 @@ async fn bench_failover_median() {
     eprintln!("failover over {} leader stops: min {:?}, median {:?}, max {:?}", times.len(), times[0], times[times.len() / 2], times[times.len() - 1]);
     c.shutdown().await;
 }
+
+/// Benchmark, not a pass/fail check (run with `--ignored --nocapture`):
+/// snapshot catch-up of a fresh replica of a 400k-vector shard (50-d f32,
+/// like glove-50). A follower is stopped, the leader ingests the points,
+/// snapshots and purges its log; the follower's storage is wiped and it
+/// restarts empty, so it can only catch up by snapshot. Prints the
+/// snapshot size and the MB/s from restart to fully applied.
+/// `SHOAL_SNAPSHOT_POINTS` changes the size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn bench_snapshot_catch_up() {
+    use shoal_proto::v1::{CollectionConfig, Metric, PointStruct};
+    let points: u64 = std::env::var("SHOAL_SNAPSHOT_POINTS").ok().and_then(|v| v.parse().ok()).unwrap_or(400_000);
+    let dim = 50;
+    let config = openraft::Config {
+        // Snapshot only when asked; keep no log behind it.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: 0,
+        install_snapshot_timeout: 20_000,
+        ..shoal_node::raft::default_config()
+    };
+    let coll = shoal_proto::validate::collection_config(&CollectionConfig { name: "c".into(), dimension: dim, metric: Metric::Cosine as i32, ..Default::default() }).unwrap();
+    let mut c = RaftCluster::start_full(3, config, coll).await.unwrap();
+    let leader = c.leader(T).await.unwrap();
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    c.stop(follower).await;
+    let t = std::time::Instant::now();
+    let mut last = 0;
+    for start in (0..points).step_by(1000) {
+        use prost::Message;
+        let upserts = (start..(start + 1000).min(points)).map(|i| PointStruct { id: Some(i.into()), vector: shoal_tests::vector(i, dim as usize), payload: None }).collect();
+        let cmd = shoal_node::raft::Command { write: shoal_proto::internal::v1::ShardWriteRequest { upserts, ..Default::default() }.encode_to_vec() };
+        last = c.write(cmd, Duration::from_secs(60)).await.unwrap();
+    }
+    eprintln!("ingested {points} points into a 2-of-3 group in {:.1} s", t.elapsed().as_secs_f64());
+    let raft = c.node(leader).raft().unwrap().clone();
+    raft.trigger().snapshot().await.unwrap();
+    let m = raft.wait(Some(Duration::from_secs(120))).metrics(|m| m.snapshot.is_some_and(|s| s.index >= last), "snapshot built").await.unwrap();
+    raft.trigger().purge_log(m.snapshot.unwrap().index).await.unwrap();
+    raft.wait(Some(T)).metrics(|m| m.purged.is_some_and(|p| p.index >= last), "log purged").await.unwrap();
+    let bytes = c.node(leader).sm().unwrap().current_snapshot_bytes();
+    c.wipe(follower).unwrap();
+    let t = std::time::Instant::now();
+    c.restart(follower).await.unwrap();
+    c.node(follower).raft().unwrap().wait(Some(Duration::from_secs(600))).applied_index_at_least(Some(last), "caught up").await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let fm = c.node(follower).raft().unwrap().metrics().borrow().clone();
+    assert!(fm.snapshot.is_some(), "the fresh replica caught up by snapshot");
+    assert_eq!(c.node(follower).sm().unwrap().shard().len(), points);
+    eprintln!("snapshot of {points} points, {:.1} MB: fresh replica caught up in {secs:.1} s = {:.1} MB/s ({:.0} points/s)", bytes as f64 / 1e6, bytes as f64 / 1e6 / secs, points as f64 / secs);
+    c.shutdown().await;
+}

@@ -369,7 +369,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 let shards: Vec<_> = s
                     .shards
                     .iter()
-                    .map(|sh| json!({"collection": sh.collection, "shard": sh.shard_id, "range": [sh.range_start, sh.range_end], "replicas": sh.replicas.iter().map(|r| json!({"node": r.node_id, "state": ReplicaState::try_from(r.state).map(|x| x.as_str_name()).unwrap_or("?"), "leader": r.leader, "term": r.term, "applied_index": r.applied_index, "lag": r.lag, "points": r.points})).collect::<Vec<_>>()}))
+                    .map(|sh| json!({"collection": sh.collection, "shard": sh.shard_id, "range": [sh.range_start, sh.range_end], "replicas": sh.replicas.iter().map(|r| json!({"node": r.node_id, "state": ReplicaState::try_from(r.state).map(|x| x.as_str_name()).unwrap_or("?"), "leader": r.leader, "term": r.term, "applied_index": r.applied_index, "lag": r.lag, "points": r.points, "unindexed": r.unindexed})).collect::<Vec<_>>()}))
                     .collect();
                 println!("{}", json!({"epoch": s.epoch, "nodes": nodes, "shards": shards}));
             } else {
@@ -386,7 +386,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     ]);
                 }
                 print_table(t);
-                let mut t = table(&["COLLECTION", "SHARD", "NODE", "LEADER", "STATE", "TERM", "APPLIED", "LAG", "POINTS"]);
+                let mut t = table(&["COLLECTION", "SHARD", "NODE", "LEADER", "STATE", "TERM", "APPLIED", "LAG", "POINTS", "UNINDEXED"]);
                 for sh in &s.shards {
                     for r in &sh.replicas {
                         t.add_row(vec![
@@ -399,6 +399,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                             r.applied_index.to_string(),
                             r.lag.to_string(),
                             r.points.to_string(),
+                            r.unindexed.to_string(),
                         ]);
                     }
                 }

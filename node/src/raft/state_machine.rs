@@ -76,6 +76,8 @@ struct Recipe {
 #[derive(Clone)]
 pub struct ShardStateMachine {
     shard: Arc<RwLock<Arc<Shard>>>,
+    /// Defer graph inserts (followers); kept across snapshot installs.
+    defer_index: Arc<std::sync::atomic::AtomicBool>,
     recipe: Arc<Recipe>,
     snapshot: Arc<RwLock<Option<CurrentSnapshot>>>,
 }
@@ -93,9 +95,22 @@ impl ShardStateMachine {
         shard.exact_scan_threshold = exact_scan_threshold;
         Ok(ShardStateMachine {
             shard: Arc::new(RwLock::new(Arc::new(shard))),
+            defer_index: Arc::default(),
             recipe: Arc::new(Recipe { config, shard_id, store, index_dir, exact_scan_threshold }),
             snapshot: Arc::new(RwLock::new(None)),
         })
+    }
+
+    /// Defers HNSW inserts of applied writes to the node's indexer (on a
+    /// follower) or makes them part of every apply (on the leader).
+    pub fn set_defer_index(&self, on: bool) {
+        self.defer_index.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.shard().set_defer_index(on);
+    }
+
+    /// Size of the last built or installed snapshot, in bytes (0 if none).
+    pub fn current_snapshot_bytes(&self) -> usize {
+        self.snapshot.read().as_ref().map_or(0, |(_, b)| b.len())
     }
 
     /// The current shard (replaced wholesale by a snapshot install).
@@ -192,6 +207,7 @@ impl ShardStateMachine {
         old.destroy().map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let (mut fresh, _) = Shard::open(r.config.clone(), r.shard_id, r.store.clone(), &r.index_dir).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         fresh.exact_scan_threshold = r.exact_scan_threshold;
+        fresh.set_defer_index(self.defer_index.load(std::sync::atomic::Ordering::Relaxed));
         let upserts: Vec<PointStruct> = points.into_iter().map(|p| PointStruct { id: p.id, vector: p.vector, payload: p.payload }).collect();
         for chunk in upserts.chunks(IMPORT_BATCH) {
             fresh.write(chunk, &[], None).map_err(|e| sm_err(ErrorVerb::Write, e))?;

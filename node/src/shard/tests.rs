@@ -228,3 +228,56 @@ fn index_file_is_reloaded_reconciled_or_rebuilt() {
     let same: usize = after.iter().zip(&before).map(|(a, b)| a.iter().filter(|x| b.contains(x)).count()).sum();
     assert!(same as f64 / 200.0 >= 0.95, "rebuilt index overlap {same}/200");
 }
+
+/// A follower's deferred indexing: points applied with deferral on are
+/// found before the indexer runs (exact and approximate, with filters),
+/// replaces and deletes of pending points take effect, draining moves
+/// everything into the graph, and a reopen finds the same results.
+#[test]
+fn deferred_indexing_serves_pending_points_and_drains() {
+    for metric in [Metric::Cosine, Metric::L2] {
+        let d = tempfile::tempdir().unwrap();
+        let dim = 8;
+        let engine: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d.path().join("db")).unwrap());
+        let (s, _) = Shard::open(config(dim as u32, metric), 0, ShardStore::new(engine.clone(), "c", 0), &d.path().join("idx")).unwrap();
+        let (o, _) = Shard::open(config(dim as u32, metric), 0, ShardStore::new(Arc::new(MemoryEngine::new()), "c", 0), &d.path().join("oracle")).unwrap();
+        let vs = vecs(300, dim, 11);
+        // 200 indexed at once, 100 deferred.
+        s.write(&points(&vs[..200], 0), &[], None).unwrap();
+        s.set_defer_index(true);
+        s.write(&points(&vs[200..], 200), &[], None).unwrap();
+        // Replace one pending and one indexed point; delete two of each.
+        let moved = points(&vecs(2, dim, 12), 0);
+        let replace = vec![PointStruct { id: Some(250u64.into()), ..moved[0].clone() }, PointStruct { id: Some(10u64.into()), ..moved[1].clone() }];
+        s.write(&replace, &[], None).unwrap();
+        let del: Vec<PointId> = [260u64, 261, 20, 21].iter().map(|&i| i.into()).collect();
+        s.write(&[], &del, None).unwrap();
+        assert_eq!(s.unindexed(), 99, "100 deferred, one replaced (its new version pending), two deleted");
+        // The oracle gets the same writes, indexed at once.
+        o.write(&points(&vs, 0), &[], None).unwrap();
+        o.write(&replace, &[], None).unwrap();
+        o.write(&[], &del, None).unwrap();
+        let g3 = Filter { must: vec![Condition { kind: Some(condition::Kind::Match(MatchCondition { key: "group".into(), value: Some(match_condition::Value::Keyword("g3".into())) })) }], ..Default::default() };
+        let queries = vecs(10, dim, 13);
+        let compare = |s: &Shard, when: &str| {
+            for q in &queries {
+                let exact = SearchPointsRequest { exact: true, ..search(q, 10) };
+                assert_eq!(ids(&s.search(&exact).unwrap()), ids(&o.search(&exact).unwrap()), "{metric:?} exact {when}");
+                let filtered = SearchPointsRequest { filter: Some(g3.clone()), exact: true, ..search(q, 5) };
+                assert_eq!(ids(&s.search(&filtered).unwrap()), ids(&o.search(&filtered).unwrap()), "{metric:?} filtered {when}");
+                let approx = SearchPointsRequest { ef: Some(300), ..search(q, 10) };
+                assert_eq!(ids(&s.search(&approx).unwrap()), ids(&o.search(&approx).unwrap()), "{metric:?} ef=300 on 300 points is exact, {when}");
+            }
+        };
+        compare(&s, "with pending points");
+        assert_eq!(s.len(), 296);
+        while s.index_pending(7).unwrap() > 0 {}
+        assert_eq!(s.unindexed(), 0);
+        compare(&s, "after draining");
+        assert!(s.save_index().unwrap(), "drained points are saved");
+        drop(s);
+        let (again, how) = Shard::open(config(dim as u32, metric), 0, ShardStore::new(engine, "c", 0), &d.path().join("idx")).unwrap();
+        assert_eq!(how, IndexOpen::Loaded { added: 0, removed: 0 }, "the saved graph holds every live version and nothing else");
+        compare(&again, "after reopen");
+    }
+}
