@@ -272,7 +272,9 @@ impl VectorIndex for HnswIndex {
     }
 
     fn memory_bytes(&self) -> usize {
-        self.index.read().memory_usage()
+        // Exclusive: usearch walks every node, and a node being added
+        // concurrently is not yet safe to read (it crashed the process).
+        self.index.write().memory_usage()
     }
 
     fn save(&self, path: &Path) -> Result<(), IndexError> {

@@ -120,3 +120,30 @@ fn hnsw_save_load_and_damage() {
     assert!(HnswIndex::load(p, &path).is_err(), "damaged file must not load");
     assert!(HnswIndex::load(p, &dir.path().join("missing")).is_err());
 }
+
+/// Memory accounting (cluster status) while another thread adds and
+/// searches: usearch's node walk once read a node mid-insert and crashed
+/// the process; it must now wait for in-flight adds.
+#[test]
+fn memory_bytes_is_safe_during_concurrent_adds() {
+    let idx = HnswIndex::new(params(16, Metric::Cosine, Precision::F32)).unwrap();
+    let vs = data(20_000, 16, 21);
+    std::thread::scope(|s| {
+        let idx = &idx;
+        let vs = &vs;
+        s.spawn(move || {
+            for (i, chunk) in vs.chunks(500).enumerate() {
+                let items: Vec<(u64, &[f32])> = chunk.iter().enumerate().map(|(j, v)| ((i * 500 + j) as u64, v.as_slice())).collect();
+                idx.add_batch(&items).unwrap();
+            }
+        });
+        let mut calls = 0;
+        while idx.len() < vs.len() {
+            std::hint::black_box(idx.memory_bytes());
+            calls += 1;
+        }
+        assert!(calls > 0, "memory was read while adds ran");
+    });
+    assert_eq!(idx.len(), 20_000);
+    assert!(idx.memory_bytes() >= 20_000 * 16 * 4, "holds at least the raw vectors");
+}
