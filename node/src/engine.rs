@@ -113,6 +113,24 @@ pub async fn propose(raft: &Raft<TypeConfig>, group: &str, cmd: Command) -> Resu
     }
 }
 
+/// Keeps a replica's indexing mode in step with its role: followers defer
+/// HNSW inserts to the node's indexer, the leader indexes as it applies
+/// (its `strong` and `leader` searches stay fast). Ends with the group.
+pub async fn track_role(raft: Raft<TypeConfig>, sm: ShardStateMachine) {
+    let mut rx = raft.metrics();
+    let mut was = None;
+    loop {
+        let follower = rx.borrow().state != ServerState::Leader;
+        if was != Some(follower) {
+            sm.set_defer_index(follower);
+            was = Some(follower);
+        }
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
 pub struct Engine {
     cfg: EngineConfig,
     kv: Arc<dyn KvEngine>,
@@ -467,25 +485,7 @@ impl Engine {
                 }
             });
         }
-        // Followers defer HNSW inserts to the indexer; the leader indexes
-        // as it applies, so its (strong and leader) searches stay fast.
-        {
-            let (r, sm) = (raft.clone(), sm.clone());
-            handle.spawn(async move {
-                let mut rx = r.metrics();
-                let mut was = None;
-                loop {
-                    let follower = rx.borrow().state != ServerState::Leader;
-                    if was != Some(follower) {
-                        sm.set_defer_index(follower);
-                        was = Some(follower);
-                    }
-                    if rx.changed().await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        handle.spawn(track_role(raft.clone(), sm.clone()));
         self.groups.insert(group.clone(), raft.clone());
         let replica = Replica { group, raft, sm, log, uid };
         self.shards.write().insert((config.name.clone(), shard_id), replica.clone());

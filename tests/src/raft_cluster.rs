@@ -73,6 +73,9 @@ impl Node {
         let sm = ShardStateMachine::open(self.collection.clone(), 0, ShardStore::new(engine.clone(), "c", 0), self.dir.join("index"))?;
         let log = LogStore::new(engine, GROUP);
         let raft = Raft::new(self.id, self.config.clone(), Network::new(GROUP, self.peers.clone()), log, sm.clone()).await?;
+        // Followers defer graph inserts, as on a node (tests drain them with
+        // `Shard::index_pending`; searches cover pending points meanwhile).
+        tokio::spawn(shoal_node::engine::track_role(raft.clone(), sm.clone()));
         let groups = Groups::default();
         groups.insert(GROUP, raft.clone());
         // Same address on restart: the membership records it.

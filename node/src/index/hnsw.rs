@@ -67,6 +67,9 @@ pub struct HnswIndex {
     index: RwLock<Index>,
     gate: Gate,
     live: AtomicUsize,
+    /// usearch's memory use as of the last time it could be measured
+    /// without waiting (see `memory_bytes`).
+    memory: AtomicUsize,
 }
 
 fn options(p: &HnswParams) -> IndexOptions {
@@ -105,6 +108,7 @@ impl HnswIndex {
             index: RwLock::new(index),
             gate: Gate { free: Mutex::new(max_concurrency()), cv: Condvar::new() },
             live: AtomicUsize::new(live),
+            memory: AtomicUsize::new(0),
         }
     }
 
@@ -272,9 +276,15 @@ impl VectorIndex for HnswIndex {
     }
 
     fn memory_bytes(&self) -> usize {
-        // Exclusive: usearch walks every node, and a node being added
-        // concurrently is not yet safe to read (it crashed the process).
-        self.index.write().memory_usage()
+        // usearch walks every node, and a node being added concurrently is
+        // not safe to read (it crashed the process), so this needs the
+        // index exclusively. Waiting for it would stall writes and the
+        // indexer behind a status call: measure only when the index is
+        // idle, else report the last measurement.
+        if let Some(g) = self.index.try_write() {
+            self.memory.store(g.memory_usage(), Ordering::Relaxed);
+        }
+        self.memory.load(Ordering::Relaxed)
     }
 
     fn save(&self, path: &Path) -> Result<(), IndexError> {
@@ -282,6 +292,7 @@ impl VectorIndex for HnswIndex {
         let file_err = |d: String| IndexError::File { path: path.display().to_string(), detail: d };
         // Exclusive: no add may race the serialisation.
         let g = self.index.write();
+        self.memory.store(g.memory_usage(), Ordering::Relaxed);
         g.save(tmp.to_str().ok_or_else(|| file_err("non-UTF-8 path".into()))?).map_err(|e| file_err(e.what().to_string()))?;
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| file_err(e.to_string()))?;
         std::fs::rename(&tmp, path).map_err(|e| file_err(e.to_string()))?;
