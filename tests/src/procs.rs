@@ -254,6 +254,19 @@ impl ProcCluster {
         Ok(out)
     }
 
+    /// Applied index of each running replica of a shard (cheap: node
+    /// status, not a digest).
+    pub async fn applied(&self, collection: &str, shard_id: u32) -> Result<BTreeMap<u64, u64>> {
+        let mut out = BTreeMap::new();
+        for n in self.nodes.iter().filter(|n| n.is_running()) {
+            let st = meta(&n.addr).await?.node_status(shoal_proto::internal::v1::NodeStatusRequest {}).await?.into_inner();
+            if let Some(r) = st.shards.iter().find(|r| r.collection == collection && r.shard_id == shard_id) {
+                out.insert(n.id, r.applied_index);
+            }
+        }
+        Ok(out)
+    }
+
     /// Waits until all replicas of every shard of `collection` report the
     /// same digest; returns the digests per shard.
     pub async fn converged(&self, collection: &str, shards: u32, within: Duration) -> Result<Vec<BTreeMap<u64, (u64, String, u64)>>> {
@@ -287,14 +300,18 @@ impl ProcCluster {
     pub async fn caught_up(&self, collection: &str, shard_id: u32, replicas: usize, slack: u64, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            if let Ok(d) = self.digests(collection, shard_id).await {
-                let max = d.values().map(|v| v.2).max().unwrap_or(0);
-                if d.len() == replicas && d.values().all(|v| v.2 + slack >= max) {
-                    return Ok(());
+            let seen = match self.applied(collection, shard_id).await {
+                Ok(d) => {
+                    let max = d.values().max().copied().unwrap_or(0);
+                    if d.len() == replicas && d.values().all(|v| v + slack >= max) {
+                        return Ok(());
+                    }
+                    format!("{d:?}")
                 }
-            }
+                Err(e) => e.to_string(),
+            };
             if Instant::now() > deadline {
-                bail!("replicas of {collection}/{shard_id} did not catch up within {within:?}");
+                bail!("replicas of {collection}/{shard_id} did not catch up within {within:?}; last seen: {seen}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

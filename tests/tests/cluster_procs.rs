@@ -33,9 +33,13 @@ async fn leader_of(addr: &str, collection: &str, shard: u32) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let st = ClusterClient::new(channel(addr).await).status(ClusterStatusRequest {}).await.unwrap().into_inner();
-        let leader = st.shards.iter().find(|s| s.collection == collection && s.shard_id == shard).and_then(|s| s.replicas.iter().find(|r| r.leader)).map(|r| r.node_id);
-        if let Some(l) = leader {
-            return l;
+        // Settled: every replica answers in one term and one of them leads.
+        if let Some(s) = st.shards.iter().find(|s| s.collection == collection && s.shard_id == shard) {
+            let terms: BTreeSet<u64> = s.replicas.iter().map(|r| r.term).collect();
+            let leaders: Vec<u64> = s.replicas.iter().filter(|r| r.leader).map(|r| r.node_id).collect();
+            if terms.len() == 1 && !terms.contains(&0) && leaders.len() == 1 {
+                return leaders[0];
+            }
         }
         assert!(Instant::now() < deadline, "no leader for {collection}/{shard}: {st:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -43,12 +47,12 @@ async fn leader_of(addr: &str, collection: &str, shard: u32) -> u64 {
 }
 
 /// Background writers: each upserts batches of fresh ids through the
-/// coordinator and records the ids of every acknowledged batch, and the
-/// time of each acknowledgement.
+/// coordinator and records the ids of every acknowledged batch, and when
+/// each acknowledged batch was sent and acknowledged.
 struct Load {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<BTreeSet<u64>>>,
-    acked_at: Arc<Mutex<Vec<Instant>>>,
+    acked_at: Arc<Mutex<Vec<(Instant, Instant)>>>,
     attempted: Arc<Mutex<BTreeSet<u64>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -69,10 +73,11 @@ impl Load {
                     let ids: Vec<u64> = (start..start + 20).collect();
                     attempted.lock().unwrap().extend(&ids);
                     let points = ids.iter().map(|&i| PointStruct { id: Some(i.into()), vector: vector(i, DIM), payload: None }).collect();
+                    let sent = Instant::now();
                     match c.upsert(UpsertPointsRequest { collection: collection.clone(), points }).await {
                         Ok(_) => {
                             acked.lock().unwrap().extend(&ids);
-                            acked_at.lock().unwrap().push(Instant::now());
+                            acked_at.lock().unwrap().push((sent, Instant::now()));
                         }
                         Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                     }
@@ -86,9 +91,12 @@ impl Load {
         self.acked.lock().unwrap().len()
     }
 
-    /// Acknowledgements after `t`.
-    fn acks_after(&self, t: Instant) -> usize {
-        self.acked_at.lock().unwrap().iter().filter(|a| **a > t).count()
+    /// Acknowledged batches sent after `t`, and the earliest of their
+    /// acknowledgements.
+    fn acks_after(&self, t: Instant) -> (usize, Option<Instant>) {
+        let a = self.acked_at.lock().unwrap();
+        let after: Vec<Instant> = a.iter().filter(|(sent, _)| *sent > t).map(|(_, at)| *at).collect();
+        (after.len(), after.iter().min().copied())
     }
 
     async fn stop(self) -> (BTreeSet<u64>, BTreeSet<u64>) {
@@ -110,18 +118,14 @@ async fn wait_acks(load: &Load, n: usize) {
     }
 }
 
-/// Waits until at least `n` batches are acknowledged after `t`; returns how
-/// long the first one took.
+/// Waits until at least `n` batches sent after `t` are acknowledged;
+/// returns the time from `t` to the first acknowledgement.
 async fn acks_resume(load: &Load, t: Instant, n: usize) -> Duration {
     let deadline = t + Duration::from_secs(30);
-    let mut first = None;
     loop {
-        let after = load.acks_after(t);
-        if after > 0 && first.is_none() {
-            first = Some(t.elapsed());
-        }
+        let (after, first) = load.acks_after(t);
         if after >= n {
-            return first.unwrap();
+            return first.expect("acknowledged") - t;
         }
         assert!(Instant::now() < deadline, "writes did not resume: {after} acks in 30 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -132,7 +136,7 @@ async fn acks_resume(load: &Load, t: Instant, n: usize) -> Duration {
 /// outside the attempted ids exists, and all replicas hold the same
 /// contents.
 async fn check(cluster: &ProcCluster, collection: &str, shards: u32, acked: &BTreeSet<u64>, attempted: &BTreeSet<u64>) {
-    let digests = cluster.converged(collection, shards, Duration::from_secs(60)).await.unwrap();
+    let digests = cluster.converged(collection, shards, Duration::from_secs(180)).await.unwrap();
     let mut c = PointsClient::new(channel(&cluster.coordinator.addr).await);
     let ids: Vec<u64> = acked.iter().copied().collect();
     for chunk in ids.chunks(1000) {
@@ -259,7 +263,7 @@ async fn bench_failover_procs() {
         println!("kill {i}: node {victim}, first write after {took:?}");
         times.push(took);
         cluster.node(victim).restart().unwrap();
-        cluster.caught_up("f", 0, 3, 20, Duration::from_secs(60)).await.unwrap();
+        cluster.caught_up("f", 0, 3, 50, Duration::from_secs(60)).await.unwrap();
     }
     let (acked, attempted) = load.stop().await;
     check(&cluster, "f", 1, &acked, &attempted).await;
