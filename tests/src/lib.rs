@@ -95,23 +95,10 @@ impl ShoalProcess {
 
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: plain kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                if let Some(st) = c.try_wait()? {
-                    anyhow::ensure!(st.success(), "shoal exited with {st}");
-                    return Ok(());
-                }
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    bail!("shoal did not stop within 60 s of SIGTERM");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        match self.child.take() {
+            Some(c) => terminate_child(c),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Starts a new process on the same data directory.
@@ -126,6 +113,25 @@ impl ShoalProcess {
 impl Drop for ShoalProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Sends SIGTERM to a `shoal` child and waits up to 60 s for a clean exit
+/// (then SIGKILLs it and fails).
+pub fn terminate_child(mut c: Child) -> Result<()> {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = c.try_wait()? {
+            anyhow::ensure!(st.success(), "shoal exited with {st}");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            bail!("shoal did not stop within 60 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

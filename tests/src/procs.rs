@@ -108,23 +108,10 @@ impl NodeProc {
 
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: plain kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                if let Some(st) = c.try_wait()? {
-                    anyhow::ensure!(st.success(), "shoal node exited with {st}");
-                    return Ok(());
-                }
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    bail!("shoal node did not stop within 60 s of SIGTERM");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        match self.child.take() {
+            Some(c) => crate::terminate_child(c),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Starts the node again on the same address and data directory.
