@@ -177,8 +177,12 @@ impl Shard {
         let (index, file_next) = match load_index(params, &index_path) {
             Ok(x) => (x.0, Some(x.1)),
             Err(e) => {
-                if index_path.exists() || seq > 0 {
+                if index_path.exists() {
                     tracing::warn!(collection = %config.name, shard_id, error = %e, "HNSW index unusable; rebuilding from storage");
+                } else if seq > 0 {
+                    // Never saved (saves run every --index-save-interval and
+                    // at shutdown), e.g. after a kill -9: expected.
+                    tracing::info!(collection = %config.name, shard_id, "no saved HNSW index; building it from storage");
                 }
                 (HnswIndex::new(params)?, None)
             }
