@@ -70,6 +70,8 @@ pub struct Replica {
     pub raft: Raft<TypeConfig>,
     pub sm: ShardStateMachine,
     pub log: LogStore,
+    /// Group commit of writes proposed on this replica.
+    pub writes: crate::raft::batch::WriteQueue,
     /// The collection's uid this replica belongs to.
     pub uid: u64,
 }
@@ -487,7 +489,8 @@ impl Engine {
         }
         handle.spawn(track_role(raft.clone(), sm.clone()));
         self.groups.insert(group.clone(), raft.clone());
-        let replica = Replica { group, raft, sm, log, uid };
+        let writes = crate::raft::batch::WriteQueue::start(&handle, raft.clone(), group.clone());
+        let replica = Replica { group, raft, sm, log, writes, uid };
         self.shards.write().insert((config.name.clone(), shard_id), replica.clone());
         tracing::info!(collection = %config.name, shard = shard_id, fresh, "replica open");
         Ok(replica)

@@ -48,6 +48,7 @@ pub fn upsert_cmd(ids: impl Iterator<Item = u64>, version: u64) -> Command {
 struct Running {
     raft: Raft<TypeConfig>,
     sm: ShardStateMachine,
+    log: LogStore,
     server: JoinHandle<()>,
     stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -72,6 +73,7 @@ impl Node {
         let engine: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&self.dir.join("db"))?);
         let sm = ShardStateMachine::open(self.collection.clone(), 0, ShardStore::new(engine.clone(), "c", 0), self.dir.join("index"))?;
         let log = LogStore::new(engine, GROUP);
+        let log_handle = log.clone();
         let raft = Raft::new(self.id, self.config.clone(), Network::new(GROUP, self.peers.clone()), log, sm.clone()).await?;
         // Followers defer graph inserts, as on a node (tests drain them with
         // `Shard::index_pending`; searches cover pending points meanwhile).
@@ -89,12 +91,17 @@ impl Node {
                 })
                 .await;
         });
-        self.running = Some(Running { raft, sm, server, stop });
+        self.running = Some(Running { raft, sm, log: log_handle, server, stop });
         Ok(())
     }
 
     pub fn raft(&self) -> Option<&Raft<TypeConfig>> {
         self.running.as_ref().map(|r| &r.raft)
+    }
+
+    /// The node's log store (append counts).
+    pub fn log(&self) -> Option<&LogStore> {
+        self.running.as_ref().map(|r| &r.log)
     }
 
     pub fn sm(&self) -> Option<&ShardStateMachine> {

@@ -185,10 +185,10 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
             let reply = match e.payload {
                 EntryPayload::Normal(cmd) => match postcard::from_bytes::<MetaCommand>(&cmd.write) {
                     Ok(cmd) => match apply_command(&mut map, cmd, e.log_id.index) {
-                        Ok(affected) => Reply { affected, error: None },
-                        Err(why) => Reply { affected: 0, error: Some(why) },
+                        Ok(affected) => Reply { affected, error: None, parts: vec![] },
+                        Err(why) => Reply { affected: 0, error: Some(why), parts: vec![] },
                     },
-                    Err(err) => Reply { affected: 0, error: Some(format!("undecodable metadata command: {err}")) },
+                    Err(err) => Reply { affected: 0, error: Some(format!("undecodable metadata command: {err}")), parts: vec![] },
                 },
                 EntryPayload::Membership(m) => {
                     state.membership = StoredMembership::new(Some(e.log_id), m);

@@ -7,6 +7,7 @@
 //!   snapshots.
 //! - [`meta`]: the cluster map driven by the metadata group.
 //! - [`network`]: Raft RPCs over gRPC, the group registry.
+//! - [`batch`]: group commit of concurrent writes to one shard.
 //!
 //! The gRPC network, write batching and the group registry build on these
 //! (docs/raft.md tracks what exists).
@@ -14,6 +15,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+pub mod batch;
 pub mod log_store;
 pub mod meta;
 pub mod network;
@@ -36,6 +38,9 @@ pub struct Command {
 pub struct Reply {
     pub affected: u64,
     pub error: Option<String>,
+    /// For a grouped entry (`ShardWriteRequest.batch`): one (affected,
+    /// rejection) per write, in order.
+    pub parts: Vec<(u64, Option<String>)>,
 }
 
 openraft::declare_raft_types!(

@@ -141,14 +141,30 @@ impl ShardStateMachine {
                     Ok(r) => r,
                     Err(err) => {
                         shard.put_meta(meta, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
-                        return Ok(Reply { affected: 0, error: Some(format!("undecodable write: {err}")) });
+                        return Ok(Reply { affected: 0, error: Some(format!("undecodable write: {err}")), parts: vec![] });
                     }
                 };
+                if !req.batch.is_empty() {
+                    // A group of writes: each applied (or rejected) on its
+                    // own, the applied id written after the last. A crash in
+                    // between replays the whole entry, and upserts and
+                    // deletes are idempotent.
+                    let mut parts = Vec::with_capacity(req.batch.len());
+                    for w in &req.batch {
+                        match shard.write_with_meta(&w.upserts, &w.delete_ids, w.delete_filter.as_ref(), vec![], Durability::Deferred) {
+                            Ok(n) => parts.push((n, None)),
+                            Err(err @ NodeError::Invalid(_)) => parts.push((0, Some(err.to_string()))),
+                            Err(err) => return Err(StorageIOError::apply(e.log_id, AnyError::error(err.to_string())).into()),
+                        }
+                    }
+                    shard.put_meta(meta, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
+                    return Ok(Reply { affected: parts.iter().map(|p| p.0).sum(), error: None, parts });
+                }
                 match shard.write_with_meta(&req.upserts, &req.delete_ids, req.delete_filter.as_ref(), meta.clone(), Durability::Deferred) {
-                    Ok(affected) => Ok(Reply { affected, error: None }),
+                    Ok(affected) => Ok(Reply { affected, error: None, parts: vec![] }),
                     Err(err @ NodeError::Invalid(_)) => {
                         shard.put_meta(meta, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
-                        Ok(Reply { affected: 0, error: Some(err.to_string()) })
+                        Ok(Reply { affected: 0, error: Some(err.to_string()), parts: vec![] })
                     }
                     Err(err) => Err(StorageIOError::apply(e.log_id, AnyError::error(err.to_string())).into()),
                 }

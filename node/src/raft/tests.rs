@@ -63,7 +63,7 @@ impl RaftStateMachine<TypeConfig> for TestSm {
                 EntryPayload::Membership(m) => s.membership = StoredMembership::new(Some(e.log_id), m),
                 EntryPayload::Blank => {}
             }
-            out.push(Reply { affected: 1, error: None });
+            out.push(Reply { affected: 1, error: None, parts: vec![] });
         }
         Ok(out)
     }
@@ -203,7 +203,7 @@ fn shard_state_machine_applies_snapshots_and_restarts() {
             .await
             .unwrap();
         assert_eq!(replies.len(), 4, "one reply per entry");
-        assert_eq!(replies[1], Reply { affected: 50, error: None });
+        assert_eq!(replies[1], Reply { affected: 50, error: None, parts: vec![] });
         assert_eq!(replies[2].affected, 23, "20 upserts (10 replaced) + 3 deletes");
         assert!(replies[3].error.as_deref().is_some_and(|e| e.contains("dimension")), "{:?}", replies[3]);
         assert_eq!(sm.shard().len(), 57);

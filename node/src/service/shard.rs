@@ -11,11 +11,9 @@ use tonic::{Request, Response, Status};
 use super::blocking;
 
 use openraft::error::RaftError;
-use prost::Message;
 use shoal_proto::v1::Consistency;
 
-use crate::engine::{propose, Engine, Replica};
-use crate::raft::Command;
+use crate::engine::{Engine, Replica};
 use crate::error::{NodeError, Result};
 use crate::shard::Shard;
 
@@ -91,20 +89,24 @@ impl ShardApi for ShardService {
         // the command off the async workers (batches are megabytes).
         let shard = replica.shard();
         let bulk = req.upserts.len() >= BULK_WRITE_POINTS;
-        let cmd = blocking(move || {
+        if !req.batch.is_empty() {
+            return Err(NodeError::from(invalid("batch", "write groups are formed by the node, not sent to it")).into());
+        }
+        let req = blocking(move || {
             shard.validate_write(&req.upserts, &req.delete_ids, req.delete_filter.as_ref())?;
-            Ok(Command { write: ShardWriteRequest { shard: None, ..req }.encode_to_vec() })
+            Ok(ShardWriteRequest { shard: None, ..req })
         })
         .await?;
-        let reply = propose(&replica.raft, &replica.group, cmd).await?;
+        // Group commit with concurrent writes to this shard (raft::batch).
+        let (affected, error) = replica.writes.submit(req).await?;
         if bulk {
             // A bulk batch frees megabytes of decoded points: hand the pages
             // back now rather than at the next periodic trim.
             let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
         }
-        match reply.error {
+        match error {
             Some(e) => Err(NodeError::Rejected(e).into()),
-            None => Ok(Response::new(ShardWriteResponse { affected: reply.affected })),
+            None => Ok(Response::new(ShardWriteResponse { affected })),
         }
     }
 
