@@ -20,12 +20,11 @@
 pub mod procs;
 pub mod raft_cluster;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 /// Path of the `shoal` binary under test.
 pub fn shoal_bin() -> PathBuf {
@@ -49,35 +48,8 @@ impl ShoalProcess {
     /// Starts `shoal dev` on a free port over `data_dir` and waits until it
     /// prints its ready line.
     pub fn start(data_dir: &Path) -> Result<Self> {
-        let bin = shoal_bin();
-        if !bin.exists() {
-            bail!("{} not found: run `cargo build --release --bins` or set SHOAL_BIN", bin.display());
-        }
-        let mut child = Command::new(&bin)
-            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("SHOAL_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("spawning {}", bin.display()))?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("shoal dev ready: public=") {
-                    let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                bail!("shoal dev did not become ready within 120 s");
-            }
-        };
+        let args = ["dev".to_string(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), data_dir.display().to_string()];
+        let (child, addr) = procs::spawn_ready(&args, "shoal dev ready: public=", "warn")?;
         Ok(ShoalProcess { child: Some(child), data_dir: data_dir.to_path_buf(), addr })
     }
 

@@ -18,9 +18,9 @@ use shoal_proto::internal::v1::{ClusterMap, GetClusterMapRequest, ShardDigestReq
 
 use crate::shoal_bin;
 
-/// Spawns `shoal ARGS`, waits for a stdout line starting with `ready`, and
-/// returns the child and the first word after the prefix.
-fn spawn_ready(args: &[String], ready: &'static str, log: &str) -> Result<(Child, String)> {
+/// Spawns `shoal ARGS`, waits (up to 120 s) for a stdout line starting with
+/// `ready`, and returns the child and the first word after the prefix.
+pub fn spawn_ready(args: &[String], ready: &'static str, log: &str) -> Result<(Child, String)> {
     let bin = shoal_bin();
     if !bin.exists() {
         bail!("{} not found: run `cargo build --release --bins` or set SHOAL_BIN", bin.display());
@@ -41,11 +41,11 @@ fn spawn_ready(args: &[String], ready: &'static str, log: &str) -> Result<(Child
             }
         }
     });
-    match rx.recv_timeout(Duration::from_secs(60)) {
+    match rx.recv_timeout(Duration::from_secs(120)) {
         Ok(a) => Ok((child, a)),
         Err(_) => {
             let _ = child.kill();
-            bail!("`shoal {}` did not become ready within 60 s", args.join(" "))
+            bail!("`shoal {}` did not become ready within 120 s", args.join(" "))
         }
     }
 }

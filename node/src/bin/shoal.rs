@@ -253,12 +253,15 @@ mod sample {
 
     pub const DIM: usize = 64;
 
-    /// Polls the public API until it answers.
+    /// Polls the coordinator's health service until it reports SERVING
+    /// (it has loaded the cluster map), so "ready" means ready.
     pub async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+        use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(mut c) = CollectionsClient::connect(format!("http://{addr}")).await {
-                if c.list(ListCollectionsRequest {}).await.is_ok() {
+            if let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await {
+                let mut h = HealthClient::new(ch);
+                if h.check(HealthCheckRequest { service: String::new() }).await.is_ok_and(|r| r.get_ref().status == ServingStatus::Serving as i32) {
                     return Ok(());
                 }
             }
