@@ -109,7 +109,6 @@ pub async fn propose(raft: &Raft<TypeConfig>, group: &str, cmd: Command) -> Resu
                 let left = deadline - tokio::time::Instant::now();
                 let _ = raft.wait(Some(left)).metrics(|m| m.current_leader.is_some(), "leader elected").await;
             }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => return Err(NodeError::Raft(e.to_string())),
             Err(e) => return Err(NodeError::Raft(e.to_string())),
         }
     }
@@ -416,7 +415,7 @@ impl Engine {
             if self.shards.read().contains_key(&key) {
                 continue;
             }
-            if let Err(e) = self.open_shard(&config, &placement, uid) {
+            if let Err(e) = self.open_shard(&config, &placement, uid, &map) {
                 tracing::error!(collection = %key.0, shard = key.1, error = %e, "opening replica failed");
                 first_error.get_or_insert(e);
             }
@@ -441,7 +440,7 @@ impl Engine {
     /// Opens a hosted shard replica and its Raft group. A replica of a
     /// collection uid not seen here before starts from empty storage and
     /// initialises its group. Blocking.
-    fn open_shard(&self, config: &CollectionConfig, placement: &ShardPlacement, uid: u64) -> Result<Replica> {
+    fn open_shard(&self, config: &CollectionConfig, placement: &ShardPlacement, uid: u64, map: &ClusterMap) -> Result<Replica> {
         let shard_id = placement.shard_id;
         let group = group_name(&config.name, shard_id);
         let store = ShardStore::new(self.kv.clone(), &config.name, shard_id);
@@ -466,8 +465,8 @@ impl Engine {
             .block_on(Raft::new(self.cfg.node_id, self.raft_config.clone(), network, log.clone(), sm.clone()))
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         if fresh {
-            let addrs: HashMap<u64, String> = self.cluster_map().nodes.into_iter().map(|n| (n.id, n.address)).collect();
-            let members: BTreeMap<u64, BasicNode> = placement.replicas.iter().map(|id| (*id, BasicNode::new(addrs.get(id).map_or("", |a| a.as_str())))).collect();
+            let addr = |id: &u64| map.nodes.iter().find(|n| n.id == *id).map_or("", |n| n.address.as_str());
+            let members: BTreeMap<u64, BasicNode> = placement.replicas.iter().map(|id| (*id, BasicNode::new(addr(id)))).collect();
             // Every replica may initialise with the same membership (safe in
             // openraft); the first does it at once, the others only if the
             // first has not reached them, so one node being down at creation
@@ -498,8 +497,8 @@ impl Engine {
 
     /// The local replica of a shard, checking the sender's map epoch.
     pub fn replica(&self, collection: &str, shard_id: u32, epoch: u64) -> Result<Replica> {
-        let map = self.meta_sm.map();
-        let have = map.epoch;
+        // Every shard request passes here: read the map in place, no copy.
+        let have = self.meta_sm.with_map(|m| m.epoch);
         if epoch != 0 && epoch < have {
             return Err(NodeError::StaleEpoch { got: epoch, have });
         }
@@ -509,13 +508,13 @@ impl Engine {
         if let Some(s) = self.shards.read().get(&(collection.to_string(), shard_id)) {
             return Ok(s.clone());
         }
-        match map.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == collection)) {
+        self.meta_sm.with_map(|map| match map.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == collection)) {
             Some(c) if c.shards.iter().any(|s| s.shard_id == shard_id && s.replicas.contains(&self.cfg.node_id)) => {
                 Err(NodeError::ShardOpening { collection: collection.to_string(), shard: shard_id })
             }
             Some(_) => Err(NodeError::ShardNotFound { collection: collection.to_string(), shard: shard_id }),
             None => Err(NodeError::CollectionNotFound(collection.to_string())),
-        }
+        })
     }
 
     /// Saves every dirty HNSW index; returns how many were written.

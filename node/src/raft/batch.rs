@@ -54,20 +54,25 @@ fn shared(e: &NodeError) -> NodeError {
 }
 
 async fn commit(raft: Raft<TypeConfig>, group: String, mut jobs: Vec<Job>) {
-    if jobs.len() == 1 {
+    // A lone write is proposed as itself; several become one group entry.
+    // Either way the (possibly megabytes) encoding runs off the workers.
+    let (req, replies): (ShardWriteRequest, Vec<_>) = if jobs.len() == 1 {
         let job = jobs.pop().expect("one job");
-        let res = propose(&raft, &group, Command { write: job.req.encode_to_vec() }).await.map(|r| (r.affected, r.error));
-        let _ = job.reply.send(res);
-        return;
-    }
-    let (reqs, replies): (Vec<ShardWriteRequest>, Vec<_>) = jobs.into_iter().map(|j| (j.req, j.reply)).unzip();
-    let n = reqs.len();
-    let encoded = tokio::task::spawn_blocking(move || ShardWriteRequest { batch: reqs, ..Default::default() }.encode_to_vec()).await;
-    let res = match encoded {
+        (job.req, vec![job.reply])
+    } else {
+        let (reqs, replies): (Vec<ShardWriteRequest>, Vec<_>) = jobs.into_iter().map(|j| (j.req, j.reply)).unzip();
+        (ShardWriteRequest { batch: reqs, ..Default::default() }, replies)
+    };
+    let grouped = !req.batch.is_empty();
+    let n = replies.len();
+    let res = match tokio::task::spawn_blocking(move || req.encode_to_vec()).await {
         Ok(write) => propose(&raft, &group, Command { write }).await,
-        Err(e) => Err(NodeError::Raft(format!("encoding a write group failed: {e}"))),
+        Err(e) => Err(NodeError::Raft(format!("encoding a write failed: {e}"))),
     };
     match res {
+        Ok(r) if !grouped => {
+            let _ = replies.into_iter().next().expect("one reply").send(Ok((r.affected, r.error)));
+        }
         Ok(r) if r.parts.len() == n => {
             for (reply, part) in replies.into_iter().zip(r.parts) {
                 let _ = reply.send(Ok(part));

@@ -132,6 +132,11 @@ impl MetaStateMachine {
         self.inner.tx.borrow().clone()
     }
 
+    /// Runs `f` on the current map without copying it (hot paths).
+    pub fn with_map<T>(&self, f: impl FnOnce(&ClusterMap) -> T) -> T {
+        f(&self.inner.tx.borrow())
+    }
+
     /// Notified on every applied change of the map.
     pub fn subscribe(&self) -> watch::Receiver<ClusterMap> {
         self.inner.tx.subscribe()

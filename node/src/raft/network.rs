@@ -75,7 +75,9 @@ impl Peers {
         self.book.read().get(&id).cloned()
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    /// The shared, lazily connected channel to `addr` (Raft RPCs, and the
+    /// `Meta` service forwarding changes to the metadata leader).
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         if let Some(c) = self.channels.read().get(addr) {
             return Ok(c.clone());
         }

@@ -14,7 +14,6 @@ use shoal_proto::internal::v1::*;
 use shoal_proto::v1::{CreateCollectionRequest, DeleteCollectionRequest};
 use shoal_proto::validate::invalid;
 use shoal_proto::FORWARDED_KEY;
-use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use super::blocking;
@@ -56,15 +55,9 @@ impl MetaService {
         match leader {
             Some((id, _)) if id == self.engine.node_id() => Ok(Response::new(local(self.engine.clone(), body).await?)),
             Some((id, addr)) if !forwarded => {
-                let uri = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
-                let channel = Endpoint::from_shared(uri)
-                    .map_err(|e| Status::internal(format!("bad leader address {addr:?}: {e}")))?
-                    .connect_timeout(Duration::from_secs(3))
-                    .connect()
-                    .await
-                    .map_err(|e| Status::unavailable(format!("metadata leader node {id} at {addr} is unreachable: {e}")))?;
+                let channel = self.engine.peers().channel(&addr).map_err(|e| Status::internal(format!("bad metadata leader address {addr:?} (node {id}): {e}")))?;
                 let mut fwd = Request::new(body);
-                fwd.metadata_mut().insert(FORWARDED_KEY, "1".parse().expect("ascii"));
+                fwd.metadata_mut().insert(FORWARDED_KEY, tonic::metadata::MetadataValue::from_static("1"));
                 remote(MetaClient::new(channel), fwd).await
             }
             leader => Err(NodeError::NotLeader { group: crate::raft::meta::META_GROUP.into(), leader }.into()),

@@ -31,7 +31,9 @@ async fn read_barrier(replica: &Replica, node_id: u64, consistency: i32) -> Resu
     match Consistency::try_from(consistency).unwrap_or(Consistency::Unspecified) {
         Consistency::Any => Ok(()),
         Consistency::Leader => {
-            let m = replica.raft.metrics().borrow().clone();
+            // Per request: read the metrics in place, no copy.
+            let rx = replica.raft.metrics();
+            let m = rx.borrow();
             if m.current_leader == Some(node_id) {
                 return Ok(());
             }
