@@ -428,12 +428,13 @@ impl Engine {
         tracing::info!(group = %r.group, "dropping replica no longer placed here");
         self.groups.remove(&r.group);
         let _ = tokio::runtime::Handle::current().block_on(r.raft.shutdown());
-        shard.destroy()?;
+        let (collection, shard_id) = (shard.collection.clone(), shard.shard_id);
+        drop(shard);
+        let dir = self.cfg.data_dir.join("index").join(&collection);
+        let store = ShardStore::new(self.kv.clone(), &collection, shard_id);
+        ShardStateMachine::wipe(&store, &collection, shard_id, &dir)?;
         r.log.destroy().map_err(|e| NodeError::Raft(e.to_string()))?;
-        let dir = self.cfg.data_dir.join("index").join(&shard.collection);
-        let _ = std::fs::remove_file(dir.join(format!("{}.usearch", shard.shard_id)));
-        let _ = std::fs::remove_file(dir.join(format!("{}.meta", shard.shard_id)));
-        shard_store::node_meta_delete(&*self.kv, &uid_key(&shard.collection, shard.shard_id))?;
+        shard_store::node_meta_delete(&*self.kv, &uid_key(&collection, shard_id))?;
         Ok(())
     }
 
@@ -452,10 +453,8 @@ impl Engine {
         if fresh {
             // Leftovers of an earlier collection with this name must not
             // leak into the new one.
-            store.destroy()?;
+            ShardStateMachine::wipe(&store, &config.name, shard_id, &dir)?;
             log.destroy().map_err(|e| NodeError::Raft(e.to_string()))?;
-            let _ = std::fs::remove_file(dir.join(format!("{shard_id}.usearch")));
-            let _ = std::fs::remove_file(dir.join(format!("{shard_id}.meta")));
             shard_store::node_meta_put(&*self.kv, &key, uid.to_be_bytes().to_vec())?;
         }
         let sm = ShardStateMachine::open_with(config.clone(), shard_id, store, dir, self.cfg.exact_scan_threshold)?;

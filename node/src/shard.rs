@@ -82,6 +82,8 @@ pub struct Shard {
     /// Versions applied but not yet in the graph: offset -> prepared vector.
     pending: RwLock<BTreeMap<u32, Vec<f32>>>,
     defer_index: AtomicBool,
+    /// How the HNSW graph was obtained at open.
+    opened: IndexOpen,
 }
 
 /// When a shard write is durable.
@@ -99,6 +101,16 @@ pub enum Durability {
 /// A consistent copy of a shard: its points and the requested metadata
 /// records (see [`Shard::export`]).
 pub type Export = (Vec<StoredPoint>, Vec<Option<Vec<u8>>>);
+
+/// What [`Shard::export_to`] wrote: the requested metadata records, the
+/// number of points, and the offset counter and write sequence.
+#[derive(Debug, Clone)]
+pub struct ExportInfo {
+    pub meta: Vec<Option<Vec<u8>>>,
+    pub points: u64,
+    pub next_offset: u32,
+    pub seq: u64,
+}
 
 /// Outcome of opening a shard, for logs and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,7 +182,7 @@ impl Shard {
             ef_construction: hnsw.ef_construction as usize,
         };
         std::fs::create_dir_all(index_dir).map_err(crate::error::StorageError::from)?;
-        let index_path = index_dir.join(format!("{shard_id}.usearch"));
+        let index_path = index_file(index_dir, shard_id);
         let seq = store.meta_u64(META_SEQ)?;
         let next_offset = store.meta_u64(META_NEXT_OFFSET)? as u32;
 
@@ -252,9 +264,15 @@ impl Shard {
                 exact_scan_threshold: DEFAULT_EXACT_SCAN_THRESHOLD,
                 pending: RwLock::new(BTreeMap::new()),
                 defer_index: AtomicBool::new(false),
+                opened: outcome,
             },
             outcome,
         ))
+    }
+
+    /// How the HNSW graph was obtained when the shard was opened.
+    pub fn index_open(&self) -> IndexOpen {
+        self.opened
     }
 
     pub fn config(&self) -> &CollectionConfig {
@@ -356,6 +374,69 @@ impl Shard {
             true
         })?;
         Ok((points, values))
+    }
+
+    /// Streams a consistent copy of the shard for a Raft snapshot: every
+    /// stored point as a `u32 BE length ++ StoredPoint` frame into `points`,
+    /// the HNSW graph saved to `index_path`, and the named metadata
+    /// records, all under the writer lock (about 1 s for a 400k-vector
+    /// glove shard; see docs/raft.md).
+    pub fn export_to(&self, meta: &[&str], points: &mut dyn std::io::Write, index_path: &Path) -> Result<ExportInfo> {
+        use prost::Message;
+        let _w = self.writer.lock();
+        let values = meta.iter().map(|m| self.store.meta_get(m)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let (next_offset, seq) = {
+            let st = self.state.read();
+            (st.next_offset, st.seq)
+        };
+        let mut count = 0u64;
+        let mut io_err = None;
+        let mut buf = Vec::new();
+        self.store.scan_points(None, &mut |_, p| {
+            buf.clear();
+            p.encode(&mut buf).expect("Vec grows");
+            let res = points.write_all(&(buf.len() as u32).to_be_bytes()).and_then(|_| points.write_all(&buf));
+            match res {
+                Ok(()) => {
+                    count += 1;
+                    true
+                }
+                Err(e) => {
+                    io_err = Some(e);
+                    false
+                }
+            }
+        })?;
+        if let Some(e) = io_err {
+            return Err(crate::error::StorageError::from(e).into());
+        }
+        points.flush().map_err(crate::error::StorageError::from)?;
+        self.index.save(index_path)?;
+        Ok(ExportInfo { meta: values, points: count, next_offset, seq })
+    }
+
+    /// Writes snapshot points into an (empty, staging) store as they are,
+    /// offsets included, with their payload-index entries; not synced
+    /// ([`Shard::import_finish`] syncs).
+    pub fn import(store: &ShardStore, config: &CollectionConfig, points: Vec<StoredPoint>) -> Result<()> {
+        let payload = PayloadIndex::new(&config.payload_indexes);
+        let mut batch = StoreBatch::default();
+        for p in points {
+            batch.put_index.extend(payload.entries_for(p.payload.as_ref(), p.offset));
+            batch.put_points.push(p);
+        }
+        store.write(batch, false)?;
+        Ok(())
+    }
+
+    /// Ends an import: the offset counter, the write sequence and `meta`,
+    /// synced together with everything imported before.
+    pub fn import_finish(store: &ShardStore, next_offset: u32, seq: u64, meta: Vec<(&'static str, Vec<u8>)>) -> Result<()> {
+        let mut put_meta = meta;
+        put_meta.push((META_SEQ, seq.to_be_bytes().to_vec()));
+        put_meta.push((META_NEXT_OFFSET, (next_offset as u64).to_be_bytes().to_vec()));
+        store.write(StoreBatch { put_meta, ..Default::default() }, true)?;
+        Ok(())
     }
 
     /// Runs the checks [`Shard::write`] would run, without writing: a leader
@@ -687,10 +768,7 @@ impl Shard {
         }
         self.index.save(&self.index_path)?;
         let bytes = std::fs::read(&self.index_path).map_err(crate::error::StorageError::from)?;
-        let meta = format!("{{\"checksum\":{},\"next_offset\":{next},\"seq\":{seq}}}", xxhash_rust::xxh3::xxh3_64(&bytes));
-        let meta_path = self.index_path.with_extension("meta");
-        let tmp = meta_path.with_extension("meta.tmp");
-        std::fs::write(&tmp, meta).and_then(|_| std::fs::rename(&tmp, &meta_path)).map_err(crate::error::StorageError::from)?;
+        write_sidecar(&self.index_path, xxhash_rust::xxh3::xxh3_64(&bytes), next, seq)?;
         self.saved_seq.store(seq, Ordering::Relaxed);
         self.saved_indexed.store(indexed, Ordering::Relaxed);
         Ok(true)
@@ -704,6 +782,22 @@ impl Shard {
         let _ = std::fs::remove_file(self.index_path.with_extension("meta"));
         Ok(())
     }
+}
+
+/// The HNSW file of shard `shard_id` in `index_dir` (its sidecar has the
+/// extension `meta`).
+pub fn index_file(index_dir: &Path, shard_id: u32) -> PathBuf {
+    index_dir.join(format!("{shard_id}.usearch"))
+}
+
+/// Writes the sidecar that makes `index_path` loadable: its checksum and
+/// the offset counter and write sequence it reflects.
+pub fn write_sidecar(index_path: &Path, checksum: u64, next_offset: u32, seq: u64) -> Result<()> {
+    let meta = format!("{{\"checksum\":{checksum},\"next_offset\":{next_offset},\"seq\":{seq}}}");
+    let meta_path = index_path.with_extension("meta");
+    let tmp = meta_path.with_extension("meta.tmp");
+    std::fs::write(&tmp, meta).and_then(|_| std::fs::rename(&tmp, &meta_path)).map_err(crate::error::StorageError::from)?;
+    Ok(())
 }
 
 /// Loads an index file whose sidecar checksum matches; returns it with the

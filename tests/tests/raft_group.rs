@@ -145,6 +145,9 @@ async fn lagging_follower_catches_up_by_snapshot() {
     c.applied_everywhere(last, T).await.unwrap();
     let fm = c.node(follower).raft().unwrap().metrics().borrow().clone();
     assert!(fm.snapshot.is_some_and(|s| s.index > 20), "follower caught up without a snapshot: {:?}", fm.snapshot);
+    let sm = c.node(follower).sm().unwrap();
+    assert!(sm.generation() >= 1, "the snapshot was installed as a new storage generation");
+    assert!(matches!(sm.shard().index_open(), shoal_node::shard::IndexOpen::Loaded { .. }), "the shipped graph was loaded, not rebuilt: {:?}", sm.shard().index_open());
     check_replicas(&c, &acked);
     c.shutdown().await;
 }
@@ -225,6 +228,7 @@ async fn bench_snapshot_catch_up() {
     eprintln!("snapshot of {points} points, {:.1} MB: fresh replica caught up in {secs:.1} s = {:.1} MB/s ({:.0} points/s)", bytes as f64 / 1e6, bytes as f64 / 1e6 / secs, points as f64 / secs);
     // The follower deferred its graph inserts; drain them as the node's
     // indexer would (here on the test thread, at normal priority).
+    eprintln!("graph on the fresh replica: {:?}", shard.index_open());
     let pending = shard.unindexed();
     let t = std::time::Instant::now();
     while shard.index_pending(1024).unwrap() > 0 {}

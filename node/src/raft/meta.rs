@@ -16,7 +16,6 @@
 //! record.
 #![allow(clippy::result_large_err)]
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
@@ -27,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use shoal_proto::internal::v1::{ClusterMap, CollectionEntry, NodeEntry};
 use tokio::sync::watch;
 
+use super::snapshot::SnapshotData;
 use super::{Entry, NodeId, Reply, TypeConfig};
 use crate::storage::{shard_store, KvEngine};
 
@@ -159,7 +159,7 @@ impl MetaStateMachine {
         let bytes = postcard::to_stdvec(state).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let id = format!("meta-{}", state.applied.map_or("none".into(), |l| l.to_string()));
         let meta = SnapshotMeta { last_log_id: state.applied, last_membership: state.membership.clone(), snapshot_id: id };
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        Ok(Snapshot { meta, snapshot: SnapshotData::memory(bytes) })
     }
 }
 
@@ -214,13 +214,14 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<NodeId>> {
+        Ok(SnapshotData::memory(Vec::new()))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<NodeId>> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, snapshot: Box<SnapshotData>) -> Result<(), StorageError<NodeId>> {
         let bad = |e: &dyn std::fmt::Display| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e.to_string())));
-        let mut state: State = postcard::from_bytes(snapshot.get_ref()).map_err(|e| bad(&e))?;
+        let bytes = snapshot.into_bytes().await.map_err(|e| bad(&e))?;
+        let mut state: State = postcard::from_bytes(&bytes).map_err(|e| bad(&e))?;
         let map = ClusterMap::decode(state.map.as_slice()).map_err(|e| bad(&e))?;
         state.applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();

@@ -7,18 +7,19 @@
 //!   snapshots.
 //! - [`meta`]: the cluster map driven by the metadata group.
 //! - [`network`]: Raft RPCs over gRPC, the group registry.
+//! - [`snapshot`]: snapshot data (memory or file) and the shard snapshot
+//!   file format.
 //! - [`batch`]: group commit of concurrent writes to one shard.
 //!
 //! The gRPC network, write batching and the group registry build on these
 //! (docs/raft.md tracks what exists).
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 pub mod batch;
 pub mod log_store;
 pub mod meta;
 pub mod network;
+pub mod snapshot;
 pub mod state_machine;
 
 pub type NodeId = u64;
@@ -49,7 +50,7 @@ openraft::declare_raft_types!(
         R = Reply,
         NodeId = NodeId,
         Node = openraft::BasicNode,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = snapshot::SnapshotData,
 );
 
 pub type Entry = openraft::Entry<TypeConfig>;

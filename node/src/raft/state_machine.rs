@@ -11,65 +11,114 @@
 //!   invalid is rejected the same way on every replica (validation is
 //!   deterministic). The rejection is returned in the [`Reply`], and the
 //!   applied id still advances.
-//! - **Snapshot.** A consistent export of the shard (every stored point,
-//!   read under the shard's writer lock) plus the applied id and
-//!   membership, encoded as length-delimited protobuf `StoredPoint`s after
-//!   a postcard header.
-//! - **Install.** The shard's records are dropped, the points are
-//!   re-imported through the normal write path (fresh offsets, payload
-//!   indexes, HNSW), and the applied id and membership are written with
-//!   the last batch. An install cut short by a crash is redone: the
-//!   leader resends the snapshot, and the install starts by dropping
-//!   everything. The index file is rebuilt, not shipped (docs/raft.md).
+//! - **Snapshot** (format in [`super::snapshot`]). Under the shard's
+//!   writer lock: every stored point (offsets included) is streamed into a
+//!   file and the HNSW graph is saved beside it; then the two are joined
+//!   with a checksummed header into `<shard>.snapshots/current.snap`.
+//!   openraft streams that file to a follower in chunks.
+//! - **Install, atomic.** The receiver stages the snapshot in a new storage
+//!   *generation*: the points go under a fresh key prefix
+//!   ([`ShardStore::with_generation`]) and the HNSW file into
+//!   `<shard>.gen<N>/`. Both sections are checksummed while they are read.
+//!   Only when everything is synced does one synced write flip the node
+//!   key `replica_gen/<collection>/<shard>` to the new generation: that is
+//!   the commit point. A crash before it leaves the old shard, with its
+//!   old applied id, whole (the staged generation is dropped at the next
+//!   open); a crash after it finds the new one whole. The old generation
+//!   keeps serving reads until the swap, then is deleted. The shipped
+//!   graph is loaded, not rebuilt.
 // openraft's trait methods return `StorageError` (224 bytes); helpers return
 // the same type so `?` needs no conversion.
 #![allow(clippy::result_large_err)]
 
-use std::io::Cursor;
-use std::path::PathBuf;
+use std::io::{BufReader, BufWriter, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{AnyError, BasicNode, EntryPayload, ErrorSubject, ErrorVerb, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership};
 use parking_lot::RwLock;
 use prost::Message;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use shoal_proto::internal::v1::ShardWriteRequest;
-use shoal_proto::v1::{CollectionConfig, PointStruct};
+use shoal_proto::v1::CollectionConfig;
+use tokio::io::AsyncWriteExt;
 
+use super::snapshot::{self, Hashing, Header, SnapshotData, SnapshotFileError};
 use super::{Entry, NodeId, Reply, TypeConfig};
 use crate::error::NodeError;
-use crate::shard::{Durability, Shard};
-use crate::storage::{ShardStore, StoredPoint};
+use crate::shard::{self as shard_mod, Durability, Shard};
+use crate::storage::{shard_store, KvEngine, ShardStore, StoredPoint};
 
 const APPLIED: &str = "raft/applied";
 const MEMBERSHIP: &str = "raft/membership";
 /// Points per write batch when installing a snapshot.
 const IMPORT_BATCH: usize = 1000;
+/// A point frame larger than this is corrupt (64k dimensions of f32 plus
+/// a payload within the message limit).
+const MAX_FRAME: u32 = 64 << 20;
+const CURRENT: &str = "current.snap";
 
 type Membership = StoredMembership<NodeId, BasicNode>;
-/// The last built or installed snapshot, kept for followers that need it.
-type CurrentSnapshot = (SnapshotMeta<NodeId, BasicNode>, Vec<u8>);
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::error(e.to_string())).into()
 }
 
-/// Snapshot header, followed by the points.
-#[derive(Serialize, Deserialize)]
-struct Header {
-    applied: Option<LogId<NodeId>>,
-    membership: Membership,
-    points: u64,
+/// The node key holding a replica's live storage generation.
+fn generation_key(collection: &str, shard_id: u32) -> String {
+    format!("replica_gen/{collection}/{shard_id}")
+}
+
+/// Where generation `g` keeps its HNSW file (generation 0: `index_dir`).
+fn generation_dir(index_dir: &Path, shard_id: u32, g: u64) -> PathBuf {
+    if g == 0 {
+        index_dir.to_path_buf()
+    } else {
+        index_dir.join(format!("{shard_id}.gen{g}"))
+    }
+}
+
+fn snapshot_dir(index_dir: &Path, shard_id: u32) -> PathBuf {
+    index_dir.join(format!("{shard_id}.snapshots"))
+}
+
+/// Deletes generation `g` of a replica: its records and its index files.
+fn drop_generation(store0: &ShardStore, index_dir: &Path, shard_id: u32, g: u64) -> Result<(), NodeError> {
+    store0.with_generation(g).destroy()?;
+    let dir = generation_dir(index_dir, shard_id, g);
+    if g == 0 {
+        let f = shard_mod::index_file(&dir, shard_id);
+        let _ = std::fs::remove_file(f.with_extension("meta"));
+        let _ = std::fs::remove_file(f);
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(())
+}
+
+/// A unique-enough suffix for temporary snapshot files.
+fn nonce() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }
 
 /// Everything needed to (re)open the shard after an install.
 struct Recipe {
     config: CollectionConfig,
     shard_id: u32,
+    /// Generation 0's store; other generations derive from it.
     store: ShardStore,
+    kv: Arc<dyn KvEngine>,
     index_dir: PathBuf,
     exact_scan_threshold: u64,
+    generation: AtomicU64,
+}
+
+impl Recipe {
+    fn snapshot_dir(&self) -> PathBuf {
+        snapshot_dir(&self.index_dir, self.shard_id)
+    }
 }
 
 /// One shard replica's state machine. Clones share the shard.
@@ -77,9 +126,10 @@ struct Recipe {
 pub struct ShardStateMachine {
     shard: Arc<RwLock<Arc<Shard>>>,
     /// Defer graph inserts (followers); kept across snapshot installs.
-    defer_index: Arc<std::sync::atomic::AtomicBool>,
+    defer_index: Arc<AtomicBool>,
     recipe: Arc<Recipe>,
-    snapshot: Arc<RwLock<Option<CurrentSnapshot>>>,
+    /// The meta of `<shard>.snapshots/current.snap`, if there is one.
+    snapshot: Arc<RwLock<Option<SnapshotMeta<NodeId, BasicNode>>>>,
 }
 
 impl ShardStateMachine {
@@ -89,28 +139,85 @@ impl ShardStateMachine {
     }
 
     /// Like [`ShardStateMachine::open`] with a filtered-search exact-scan
-    /// threshold (kept across snapshot installs).
+    /// threshold (kept across snapshot installs). `store` is the replica's
+    /// generation-0 store; the live generation is read from the node key,
+    /// and leftovers of an install cut short (or of the generation it
+    /// replaced) are deleted.
     pub fn open_with(config: CollectionConfig, shard_id: u32, store: ShardStore, index_dir: PathBuf, exact_scan_threshold: u64) -> Result<Self, NodeError> {
-        let (mut shard, _) = Shard::open(config.clone(), shard_id, store.clone(), &index_dir)?;
+        let kv = store.engine();
+        let g = match shard_store::node_meta_get(&*kv, &generation_key(&config.name, shard_id))? {
+            Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| crate::error::StorageError::Corrupt { what: "replica generation", detail: config.name.clone() })?),
+            None => 0,
+        };
+        drop_generation(&store, &index_dir, shard_id, g + 1)?;
+        if g > 0 {
+            drop_generation(&store, &index_dir, shard_id, g - 1)?;
+        }
+        let dir = generation_dir(&index_dir, shard_id, g);
+        let (mut shard, _) = Shard::open(config.clone(), shard_id, store.with_generation(g), &dir)?;
         shard.exact_scan_threshold = exact_scan_threshold;
+        let recipe = Recipe { config, shard_id, store, kv, index_dir, exact_scan_threshold, generation: AtomicU64::new(g) };
+        let snapshot = Self::load_current(&recipe.snapshot_dir());
         Ok(ShardStateMachine {
             shard: Arc::new(RwLock::new(Arc::new(shard))),
             defer_index: Arc::default(),
-            recipe: Arc::new(Recipe { config, shard_id, store, index_dir, exact_scan_threshold }),
-            snapshot: Arc::new(RwLock::new(None)),
+            recipe: Arc::new(recipe),
+            snapshot: Arc::new(RwLock::new(snapshot)),
         })
+    }
+
+    /// Deletes every trace of a replica: all storage generations, index
+    /// files and snapshots. The replica must not be open.
+    pub fn wipe(store: &ShardStore, collection: &str, shard_id: u32, index_dir: &Path) -> Result<(), NodeError> {
+        let kv = store.engine();
+        let key = generation_key(collection, shard_id);
+        let g = shard_store::node_meta_get(&*kv, &key)?.and_then(|b| b.as_slice().try_into().ok()).map_or(0, u64::from_be_bytes);
+        for gen in [Some(0), g.checked_sub(1), Some(g), Some(g + 1)].into_iter().flatten() {
+            drop_generation(store, index_dir, shard_id, gen)?;
+        }
+        let _ = std::fs::remove_dir_all(snapshot_dir(index_dir, shard_id));
+        shard_store::node_meta_delete(&*kv, &key)?;
+        Ok(())
+    }
+
+    /// The meta of a kept snapshot file; temporary files of builds and
+    /// transfers cut short are deleted.
+    fn load_current(dir: &Path) -> Option<SnapshotMeta<NodeId, BasicNode>> {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_name() != CURRENT {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let path = dir.join(CURRENT);
+        let mut f = BufReader::new(std::fs::File::open(&path).ok()?);
+        match snapshot::read_header(&mut f) {
+            Ok((h, _)) => Some(SnapshotMeta { last_log_id: h.applied, last_membership: h.membership, snapshot_id: h.snapshot_id }),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "dropping unreadable snapshot file");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
     }
 
     /// Defers HNSW inserts of applied writes to the node's indexer (on a
     /// follower) or makes them part of every apply (on the leader).
     pub fn set_defer_index(&self, on: bool) {
-        self.defer_index.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.defer_index.store(on, Ordering::Relaxed);
         self.shard().set_defer_index(on);
     }
 
-    /// Size of the last built or installed snapshot, in bytes (0 if none).
-    pub fn current_snapshot_bytes(&self) -> usize {
-        self.snapshot.read().as_ref().map_or(0, |(_, b)| b.len())
+    /// Size of the last built or installed snapshot file, in bytes (0 if
+    /// none).
+    pub fn current_snapshot_bytes(&self) -> u64 {
+        std::fs::metadata(self.recipe.snapshot_dir().join(CURRENT)).map_or(0, |m| m.len())
+    }
+
+    /// The live storage generation (bumped by every snapshot install).
+    pub fn generation(&self) -> u64 {
+        self.recipe.generation.load(Ordering::Relaxed)
     }
 
     /// The current shard (replaced wholesale by a snapshot install).
@@ -181,58 +288,153 @@ impl ShardStateMachine {
         }
     }
 
-    /// Builds a snapshot from a consistent export; blocking.
-    fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let shard = self.shard();
-        let (points, meta) = shard.export(&[APPLIED, MEMBERSHIP]).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        let applied: Option<LogId<NodeId>> = decode_or_default(&meta[0])?;
-        let membership: Membership = decode_or_default(&meta[1])?;
-        let header = Header { applied, membership: membership.clone(), points: points.len() as u64 };
-        let mut bytes = encode(&header)?;
-        let hlen = bytes.len() as u64;
-        bytes.splice(0..0, hlen.to_be_bytes());
-        for p in &points {
-            p.encode_length_delimited(&mut bytes).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        }
-        let id = format!("{}-{}-{}", self.recipe.config.name, self.recipe.shard_id, applied.map_or("none".to_string(), |l| l.to_string()));
-        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id: id };
-        *self.snapshot.write() = Some((meta.clone(), bytes.clone()));
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    /// Builds `current.snap` from a consistent export; blocking.
+    fn build(&self) -> Result<(SnapshotMeta<NodeId, BasicNode>, PathBuf), StorageError<NodeId>> {
+        let werr = |e: &dyn std::fmt::Display| sm_err(ErrorVerb::Write, e);
+        let dir = self.recipe.snapshot_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| werr(&e))?;
+        let n = nonce();
+        let (points_tmp, index_tmp, snap_tmp) = (dir.join(format!("build-{n}.points")), dir.join(format!("build-{n}.usearch")), dir.join(format!("build-{n}.snap")));
+        let cleanup = || {
+            for p in [&points_tmp, &index_tmp, &snap_tmp] {
+                let _ = std::fs::remove_file(p);
+            }
+        };
+        let res = (|| -> Result<(SnapshotMeta<NodeId, BasicNode>, PathBuf), StorageError<NodeId>> {
+            let shard = self.shard();
+            let mut points = Hashing::new(BufWriter::new(std::fs::File::create(&points_tmp).map_err(|e| werr(&e))?));
+            let info = shard.export_to(&[APPLIED, MEMBERSHIP], &mut points, &index_tmp).map_err(|e| werr(&e))?;
+            let (points_bytes, points_checksum) = (points.bytes, points.digest());
+            drop(points);
+            let applied: Option<LogId<NodeId>> = decode_or_default(&info.meta[0])?;
+            let membership: Membership = decode_or_default(&info.meta[1])?;
+            let mut index = Hashing::new(std::io::sink());
+            std::io::copy(&mut std::fs::File::open(&index_tmp).map_err(|e| werr(&e))?, &mut index).map_err(|e| werr(&e))?;
+            let c = &self.recipe;
+            let snapshot_id = format!("{}-{}-{}-{n:x}", c.config.name, c.shard_id, applied.map_or("none".to_string(), |l| l.to_string()));
+            let header = Header {
+                snapshot_id: snapshot_id.clone(),
+                applied,
+                membership: membership.clone(),
+                points: info.points,
+                points_bytes,
+                points_checksum,
+                next_offset: info.next_offset,
+                seq: info.seq,
+                index_bytes: index.bytes,
+                index_checksum: index.digest(),
+                index_next_offset: info.next_offset,
+            };
+            let file = std::fs::File::create(&snap_tmp).map_err(|e| werr(&e))?;
+            let mut out = BufWriter::new(file);
+            snapshot::write_header(&mut out, &header).map_err(|e| werr(&e))?;
+            for part in [&points_tmp, &index_tmp] {
+                std::io::copy(&mut std::fs::File::open(part).map_err(|e| werr(&e))?, &mut out).map_err(|e| werr(&e))?;
+            }
+            out.into_inner().map_err(|e| werr(&e.error().to_string()))?.sync_all().map_err(|e| werr(&e))?;
+            let path = dir.join(CURRENT);
+            std::fs::rename(&snap_tmp, &path).map_err(|e| werr(&e))?;
+            tracing::info!(snapshot = %snapshot_id, points = info.points, bytes = header.file_len(0), "snapshot built");
+            Ok((SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id }, path))
+        })();
+        cleanup();
+        let (meta, path) = res?;
+        *self.snapshot.write() = Some(meta.clone());
+        Ok((meta, path))
     }
 
-    /// Replaces the shard with a snapshot's contents; blocking.
-    fn install(&self, meta: &SnapshotMeta<NodeId, BasicNode>, bytes: Vec<u8>) -> Result<(), StorageError<NodeId>> {
-        let bad = |e: &dyn std::fmt::Display| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e.to_string())));
-        if bytes.len() < 8 {
-            return Err(bad(&"snapshot shorter than its header length"));
+    /// Installs the snapshot file at `path` atomically (see the module
+    /// docs) and keeps it as the current snapshot; blocking.
+    fn install(&self, meta: &SnapshotMeta<NodeId, BasicNode>, path: &Path) -> Result<(), StorageError<NodeId>> {
+        let sig = meta.signature();
+        let bad = |e: &dyn std::fmt::Display| StorageError::from(StorageIOError::read_snapshot(Some(sig.clone()), AnyError::error(e.to_string())));
+        let werr = |e: &dyn std::fmt::Display| sm_err(ErrorVerb::Write, e);
+        let r = &self.recipe;
+        let started = std::time::Instant::now();
+
+        let file = std::fs::File::open(path).map_err(|e| bad(&e))?;
+        let len = file.metadata().map_err(|e| bad(&e))?.len();
+        let mut f = BufReader::with_capacity(1 << 20, file);
+        let (header, hlen) = snapshot::read_header(&mut f).map_err(|e| bad(&e))?;
+        if header.file_len(hlen) != len {
+            return Err(bad(&format!("snapshot file is {len} bytes, its header promises {}", header.file_len(hlen))));
         }
-        let hlen = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-        let body = bytes.get(8..8 + hlen).ok_or_else(|| bad(&"truncated snapshot header"))?;
-        let header: Header = postcard::from_bytes(body).map_err(|e| bad(&e))?;
-        let mut rest = &bytes[8 + hlen..];
-        let mut points = Vec::with_capacity(header.points as usize);
-        while !rest.is_empty() {
-            points.push(StoredPoint::decode_length_delimited(&mut rest).map_err(|e| bad(&e))?);
-        }
-        if points.len() as u64 != header.points {
-            return Err(bad(&format!("snapshot holds {} points, header says {}", points.len(), header.points)));
+        if header.applied != meta.last_log_id {
+            return Err(bad(&format!("snapshot file is at {:?}, openraft expects {:?}", header.applied, meta.last_log_id)));
         }
 
-        let r = &self.recipe;
-        let old = self.shard();
-        old.destroy().map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let (mut fresh, _) = Shard::open(r.config.clone(), r.shard_id, r.store.clone(), &r.index_dir).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        fresh.exact_scan_threshold = r.exact_scan_threshold;
-        fresh.set_defer_index(self.defer_index.load(std::sync::atomic::Ordering::Relaxed));
-        let upserts: Vec<PointStruct> = points.into_iter().map(|p| PointStruct { id: p.id, vector: p.vector, payload: p.payload }).collect();
-        for chunk in upserts.chunks(IMPORT_BATCH) {
-            fresh.write(chunk, &[], None).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        // Stage the new generation.
+        let old_gen = r.generation.load(Ordering::Relaxed);
+        let new_gen = old_gen + 1;
+        drop_generation(&r.store, &r.index_dir, r.shard_id, new_gen).map_err(|e| werr(&e))?;
+        let staging = r.store.with_generation(new_gen);
+        let gen_dir = generation_dir(&r.index_dir, r.shard_id, new_gen);
+        std::fs::create_dir_all(&gen_dir).map_err(|e| werr(&e))?;
+        let staged = (|| -> Result<(), StorageError<NodeId>> {
+            let mut points = Hashing::new((&mut f).take(header.points_bytes));
+            let mut batch = Vec::with_capacity(IMPORT_BATCH);
+            let mut buf = Vec::new();
+            for _ in 0..header.points {
+                let mut n = [0u8; 4];
+                points.read_exact(&mut n).map_err(|e| bad(&SnapshotFileError::Corrupt { section: "points", detail: e.to_string() }))?;
+                let n = u32::from_be_bytes(n);
+                if n > MAX_FRAME {
+                    return Err(bad(&SnapshotFileError::Corrupt { section: "points", detail: format!("frame of {n} bytes") }));
+                }
+                buf.resize(n as usize, 0);
+                points.read_exact(&mut buf).map_err(|e| bad(&SnapshotFileError::Corrupt { section: "points", detail: e.to_string() }))?;
+                batch.push(StoredPoint::decode(buf.as_slice()).map_err(|e| bad(&SnapshotFileError::Corrupt { section: "points", detail: e.to_string() }))?);
+                if batch.len() == IMPORT_BATCH {
+                    Shard::import(&staging, &r.config, std::mem::take(&mut batch)).map_err(|e| werr(&e))?;
+                }
+            }
+            Shard::import(&staging, &r.config, batch).map_err(|e| werr(&e))?;
+            if points.bytes != header.points_bytes || points.digest() != header.points_checksum {
+                return Err(bad(&SnapshotFileError::Corrupt { section: "points", detail: "checksum or length mismatch".into() }));
+            }
+            // The graph: kept only if its checksum holds (else rebuilt at open).
+            let index_path = shard_mod::index_file(&gen_dir, r.shard_id);
+            let mut index = Hashing::new(BufWriter::new(std::fs::File::create(&index_path).map_err(|e| werr(&e))?));
+            std::io::copy(&mut (&mut f).take(header.index_bytes), &mut index).map_err(|e| bad(&e))?;
+            let ok = index.bytes == header.index_bytes && index.digest() == header.index_checksum && header.index_bytes > 0;
+            index.inner.into_inner().map_err(|e| werr(&e.error().to_string()))?.sync_all().map_err(|e| werr(&e))?;
+            if ok {
+                shard_mod::write_sidecar(&index_path, header.index_checksum, header.index_next_offset, header.seq).map_err(|e| werr(&e))?;
+            } else {
+                tracing::warn!(snapshot = %meta.snapshot_id, "snapshot's HNSW file is missing or corrupt; rebuilding the graph from its points");
+                let _ = std::fs::remove_file(&index_path);
+            }
+            let records = Self::meta_records(meta.last_log_id, Some(&meta.last_membership))?;
+            Shard::import_finish(&staging, header.next_offset, header.seq, records).map_err(|e| werr(&e))
+        })();
+        if let Err(e) = staged {
+            let _ = drop_generation(&r.store, &r.index_dir, r.shard_id, new_gen);
+            return Err(e);
         }
-        // Last: from here on the shard reports the snapshot's log id.
-        let records = Self::meta_records(meta.last_log_id, Some(&meta.last_membership))?;
-        fresh.put_meta(records, Durability::Sync).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        *self.shard.write() = Arc::new(fresh);
-        *self.snapshot.write() = Some((meta.clone(), bytes));
+
+        // Commit point: one synced write makes the new generation live.
+        shard_store::node_meta_put(&*r.kv, &generation_key(&r.config.name, r.shard_id), new_gen.to_be_bytes().to_vec()).map_err(|e| werr(&e))?;
+        r.generation.store(new_gen, Ordering::Relaxed);
+        let (mut fresh, outcome) = Shard::open(r.config.clone(), r.shard_id, staging, &gen_dir).map_err(|e| werr(&e))?;
+        fresh.exact_scan_threshold = r.exact_scan_threshold;
+        fresh.set_defer_index(self.defer_index.load(Ordering::Relaxed));
+        let points = fresh.len();
+        let old = std::mem::replace(&mut *self.shard.write(), Arc::new(fresh));
+        drop(old);
+        drop_generation(&r.store, &r.index_dir, r.shard_id, old_gen).map_err(|e| werr(&e))?;
+
+        // Keep the file: this replica may have to send it on as leader.
+        let dir = r.snapshot_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| werr(&e))?;
+        let current = dir.join(CURRENT);
+        if path.parent() == Some(dir.as_path()) {
+            std::fs::rename(path, &current).map_err(|e| werr(&e))?;
+        } else {
+            let tmp = dir.join(format!("copy-{}.snap", nonce()));
+            std::fs::copy(path, &tmp).and_then(|_| std::fs::rename(&tmp, &current)).map_err(|e| werr(&e))?;
+        }
+        *self.snapshot.write() = Some(meta.clone());
+        tracing::info!(snapshot = %meta.snapshot_id, points, bytes = len, generation = new_gen, ?outcome, secs = started.elapsed().as_secs_f64(), "snapshot installed");
         Ok(())
     }
 }
@@ -256,7 +458,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StorageError<
 impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let me = self.clone();
-        blocking(move || me.build()).await
+        let (meta, path) = blocking(move || me.build()).await?;
+        let data = SnapshotData::open(path).await.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        Ok(Snapshot { meta, snapshot: data })
     }
 }
 
@@ -289,16 +493,42 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    /// Chunks from the leader go straight into a file beside the kept one.
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<NodeId>> {
+        let dir = self.recipe.snapshot_dir();
+        let werr = |e: std::io::Error| sm_err(ErrorVerb::Write, e);
+        tokio::fs::create_dir_all(&dir).await.map_err(werr)?;
+        let path = dir.join(format!("recv-{}.snap", nonce()));
+        let file = tokio::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).await.map_err(werr)?;
+        Ok(Box::new(SnapshotData::File { file, path }))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<NodeId>> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, snapshot: Box<SnapshotData>) -> Result<(), StorageError<NodeId>> {
+        let werr = |e: std::io::Error| sm_err(ErrorVerb::Write, e);
+        let path = match *snapshot {
+            SnapshotData::File { mut file, path } => {
+                file.flush().await.map_err(werr)?;
+                file.sync_all().await.map_err(werr)?;
+                path
+            }
+            SnapshotData::Memory(c) => {
+                let dir = self.recipe.snapshot_dir();
+                tokio::fs::create_dir_all(&dir).await.map_err(werr)?;
+                let path = dir.join(format!("recv-{}.snap", nonce()));
+                tokio::fs::write(&path, c.into_inner()).await.map_err(werr)?;
+                path
+            }
+        };
         let (me, meta) = (self.clone(), meta.clone());
-        blocking(move || me.install(&meta, snapshot.into_inner())).await
+        blocking(move || me.install(&meta, &path)).await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.snapshot.read().as_ref().map(|(m, b)| Snapshot { meta: m.clone(), snapshot: Box::new(Cursor::new(b.clone())) }))
+        let Some(meta) = self.snapshot.read().clone() else { return Ok(None) };
+        match SnapshotData::open(self.recipe.snapshot_dir().join(CURRENT)).await {
+            Ok(data) => Ok(Some(Snapshot { meta, snapshot: data })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(sm_err(ErrorVerb::Read, e)),
+        }
     }
 }

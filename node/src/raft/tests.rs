@@ -2,7 +2,7 @@
 //! engines. The suite needs a state machine beside the log; [`TestSm`] is a
 //! minimal in-memory one so that the suite exercises the log store.
 use std::collections::BTreeMap;
-use std::io::Cursor;
+use super::snapshot::SnapshotData;
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, RaftSnapshotBuilder};
@@ -35,7 +35,7 @@ impl RaftSnapshotBuilder<TypeConfig> for TestSm {
         let bytes = postcard::to_stdvec(&s.data).unwrap();
         let meta = SnapshotMeta { last_log_id: s.applied, last_membership: s.membership.clone(), snapshot_id: format!("{:?}", s.applied) };
         s.snapshot = Some((meta.clone(), bytes.clone()));
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        Ok(Snapshot { meta, snapshot: SnapshotData::memory(bytes) })
     }
 }
 
@@ -72,12 +72,12 @@ impl RaftStateMachine<TypeConfig> for TestSm {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(vec![])))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<NodeId>> {
+        Ok(SnapshotData::memory(vec![]))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<NodeId>> {
-        let bytes = snapshot.into_inner();
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, snapshot: Box<SnapshotData>) -> Result<(), StorageError<NodeId>> {
+        let bytes = snapshot.into_bytes().await.unwrap();
         let mut s = self.0.lock();
         s.data = postcard::from_bytes(&bytes).unwrap();
         s.applied = meta.last_log_id;
@@ -88,7 +88,7 @@ impl RaftStateMachine<TypeConfig> for TestSm {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let s = self.0.lock();
-        Ok(s.snapshot.as_ref().map(|(m, b)| Snapshot { meta: m.clone(), snapshot: Box::new(Cursor::new(b.clone())) }))
+        Ok(s.snapshot.as_ref().map(|(m, b)| Snapshot { meta: m.clone(), snapshot: SnapshotData::memory(b.clone()) }))
     }
 }
 
@@ -237,5 +237,86 @@ fn shard_state_machine_applies_snapshots_and_restarts() {
         let q = shoal_proto::v1::SearchPointsRequest { vector: vec![7.0, 1.0, 2.0, 3.0], top_k: 3, exact: true, ..Default::default() };
         assert_eq!(other.shard().search(&q).unwrap(), again.shard().search(&q).unwrap(), "search agrees after install");
         assert_eq!(other.get_current_snapshot().await.unwrap().map(|s| s.meta), Some(snap.meta));
+    });
+}
+
+/// A snapshot install is all or nothing. A file with a corrupt or cut-off
+/// points section is refused and leaves the old replica whole (contents,
+/// applied id, generation), also across a restart. A good file is
+/// installed with the shipped HNSW graph loaded, not rebuilt, and
+/// survives a restart. A corrupt graph section falls back to a rebuild,
+/// and the generation it replaces is deleted.
+#[test]
+fn snapshot_install_is_atomic_and_ships_the_graph() {
+    use crate::shard::IndexOpen;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let d = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d.path().join("db")).unwrap());
+        let mut sm = ShardStateMachine::open(test_config(), 0, ShardStore::new(engine.clone(), "c", 0), d.path().join("index")).unwrap();
+        sm.apply(vec![entry(1, 1, write_cmd(0..300, &[])), entry(1, 2, write_cmd(250..320, &[5, 6]))]).await.unwrap();
+        let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let want = contents(&sm);
+        assert_eq!(want.len(), 318);
+        let path = d.path().join("index/0.snapshots/current.snap");
+        let good = std::fs::read(&path).unwrap();
+        assert_eq!(sm.current_snapshot_bytes(), good.len() as u64);
+        let hlen = u32::from_be_bytes(good[8..12].try_into().unwrap()) as usize;
+        let (header, _) = super::snapshot::read_header(&mut good.as_slice()).unwrap();
+        assert!(header.index_bytes > 0, "the graph travels with the points");
+
+        let d2 = tempfile::tempdir().unwrap();
+        let e2: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d2.path().join("db")).unwrap());
+        let open2 = || ShardStateMachine::open(test_config(), 0, ShardStore::new(e2.clone(), "c", 0), d2.path().join("index")).unwrap();
+        let mut other = open2();
+        other.apply(vec![entry(1, 1, write_cmd(500..510, &[]))]).await.unwrap();
+        let before = contents(&other);
+        let applied_before = other.applied_state().await.unwrap().0;
+
+        let variant = |name: &str, bytes: Vec<u8>| {
+            let p = d2.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let mut flipped = good.clone();
+        flipped[12 + hlen + 10] ^= 0x40;
+        let truncated = good[..good.len() - 100].to_vec();
+        for (name, bytes) in [("flipped.snap", flipped), ("truncated.snap", truncated)] {
+            let data = SnapshotData::open(variant(name, bytes)).await.unwrap();
+            assert!(other.install_snapshot(&snap.meta, data).await.is_err(), "{name} must be refused");
+            assert_eq!(contents(&other), before, "{name}: old contents untouched");
+            assert_eq!(other.applied_state().await.unwrap().0, applied_before, "{name}: old applied id");
+            assert_eq!(other.generation(), 0);
+            assert_eq!(ShardStore::new(e2.clone(), "c", 0).with_generation(1).meta_u64("seq").unwrap(), 0, "{name}: staging dropped");
+        }
+        drop(other);
+        let mut other = open2();
+        assert_eq!(contents(&other), before, "a restart after refused installs finds the old replica");
+
+        let data = SnapshotData::open(variant("good.snap", good.clone())).await.unwrap();
+        other.install_snapshot(&snap.meta, data).await.unwrap();
+        assert_eq!(contents(&other), want);
+        assert_eq!(other.generation(), 1);
+        assert_eq!(other.shard().index_open(), IndexOpen::Loaded { added: 0, removed: 0 }, "shipped graph loaded as is");
+        let q = shoal_proto::v1::SearchPointsRequest { vector: vec![7.0, 1.0, 2.0, 3.0], top_k: 5, ..Default::default() };
+        assert_eq!(other.shard().search(&q).unwrap(), sm.shard().search(&q).unwrap(), "graph search agrees");
+        assert_eq!(ShardStore::new(e2.clone(), "c", 0).meta_u64("seq").unwrap(), 0, "generation 0 deleted");
+
+        drop(other);
+        let mut other = open2();
+        assert_eq!((other.generation(), contents(&other)), (1, want.clone()), "install survives a restart");
+        assert_eq!(other.applied_state().await.unwrap().0, snap.meta.last_log_id);
+        assert_eq!(other.shard().index_open(), IndexOpen::Loaded { added: 0, removed: 0 });
+        assert_eq!(other.get_current_snapshot().await.unwrap().map(|s| s.meta), Some(snap.meta.clone()), "kept to send on");
+
+        let mut bad_graph = good.clone();
+        let last = bad_graph.len() - 1;
+        bad_graph[last] ^= 0x01;
+        let data = SnapshotData::open(variant("bad-graph.snap", bad_graph)).await.unwrap();
+        other.install_snapshot(&snap.meta, data).await.unwrap();
+        assert_eq!((other.generation(), contents(&other)), (2, want.clone()));
+        assert_eq!(other.shard().index_open(), IndexOpen::Rebuilt, "corrupt graph rebuilt from the points");
+        assert_eq!(other.shard().search(&q).unwrap(), sm.shard().search(&q).unwrap());
+        assert_eq!(ShardStore::new(e2.clone(), "c", 0).with_generation(1).meta_u64("seq").unwrap(), 0, "generation 1 deleted");
     });
 }

@@ -143,6 +143,30 @@ impl ShardStore {
         ShardStore { engine, prefix }
     }
 
+    /// The engine this store writes to.
+    pub fn engine(&self) -> Arc<dyn KvEngine> {
+        self.engine.clone()
+    }
+
+    /// The same shard's records in storage generation `generation`: 0 is
+    /// this store; generation g > 0 lives under the collection name
+    /// `name ++ 0x00 ++ g` (collection names cannot hold NUL), so a Raft
+    /// snapshot can be staged beside the live records and swapped in by
+    /// flipping one pointer (see `raft::state_machine`).
+    pub fn with_generation(&self, generation: u64) -> ShardStore {
+        if generation == 0 {
+            return self.clone();
+        }
+        let len = u16::from_be_bytes([self.prefix[0], self.prefix[1]]) as usize;
+        let (name, shard) = (&self.prefix[2..2 + len], &self.prefix[2 + len..]);
+        let staged = [name, b"\0", generation.to_string().as_bytes()].concat();
+        let mut prefix = Vec::with_capacity(staged.len() + 6);
+        prefix.extend_from_slice(&(staged.len() as u16).to_be_bytes());
+        prefix.extend_from_slice(&staged);
+        prefix.extend_from_slice(shard);
+        ShardStore { engine: self.engine.clone(), prefix }
+    }
+
     fn key(&self, rest: &[u8]) -> Vec<u8> {
         [&self.prefix[..], rest].concat()
     }
@@ -261,6 +285,38 @@ mod tests {
         for x in xs {
             assert_eq!(f64_from_key(f64_key(x)), if x == 0.0 { 0.0 } else { x });
         }
+    }
+
+    /// Generations of one shard, and neighbouring shards and collections,
+    /// never see or delete each other's records.
+    #[test]
+    fn generations_are_disjoint() {
+        let engine: Arc<dyn KvEngine> = Arc::new(crate::storage::memory::MemoryEngine::default());
+        let g0 = ShardStore::new(engine.clone(), "c", 1);
+        let (g1, g2) = (g0.with_generation(1), g0.with_generation(2));
+        let others = [ShardStore::new(engine.clone(), "c", 2), ShardStore::new(engine.clone(), "c\u{0}1", 2), ShardStore::new(engine.clone(), "cc", 1)];
+        let put = |s: &ShardStore, id: u64| {
+            let p = StoredPoint { id: Some(id.into()), vector: vec![id as f32], payload: None, offset: id as u32 };
+            s.write(StoreBatch { put_points: vec![p], put_meta: vec![("m", id.to_be_bytes().to_vec())], ..Default::default() }, false).unwrap();
+        };
+        for (i, s) in [&g0, &g1, &g2].into_iter().chain(others.iter()).enumerate() {
+            put(s, i as u64 + 1);
+        }
+        let ids = |s: &ShardStore| {
+            let mut out = vec![];
+            s.scan_points(None, &mut |_, p| {
+                out.push(p.offset);
+                true
+            })
+            .unwrap();
+            out
+        };
+        assert_eq!((ids(&g0), ids(&g1), ids(&g2)), (vec![1], vec![2], vec![3]));
+        assert_eq!(g1.meta_u64("m").unwrap(), 2);
+        g1.destroy().unwrap();
+        assert_eq!((ids(&g0), ids(&g1), ids(&g2)), (vec![1], vec![], vec![3]));
+        assert_eq!(others.iter().map(ids).collect::<Vec<_>>(), vec![vec![4], vec![5], vec![6]]);
+        assert_eq!(g0.with_generation(0).meta_u64("m").unwrap(), 1);
     }
 
     #[test]

@@ -1,0 +1,264 @@
+//! Snapshot data and the shard snapshot file format.
+//!
+//! [`SnapshotData`] is what openraft reads chunks from (on the sender) and
+//! writes chunks into (on the receiver). The metadata group's snapshots are
+//! a few kilobytes and stay in memory; shard snapshots are files, so a
+//! 400k-vector shard is never held in memory whole, and openraft streams
+//! them in `snapshot_max_chunk_size` chunks (3 MiB) over the `Raft` gRPC
+//! service.
+//!
+//! ## Shard snapshot file
+//! ```text
+//! "SHOALSN2"  u32 BE header length  postcard Header
+//! points:  Header.points frames of  u32 BE length ++ protobuf StoredPoint
+//! index:   Header.index_bytes bytes of the usearch file (may be 0)
+//! ```
+//! Both sections carry an xxh3-64 checksum in the header. Points keep their
+//! offsets, so the shipped HNSW file is valid for them as it is: the
+//! receiver loads it instead of rebuilding the graph (and reconciles the
+//! few versions it lacks, as at every open).
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use openraft::{LogId, StoredMembership};
+use serde::{Deserialize, Serialize};
+
+use super::NodeId;
+
+pub const MAGIC: &[u8; 8] = b"SHOALSN2";
+/// A header larger than this is corrupt (it holds a membership and ids).
+pub const MAX_HEADER: u32 = 1 << 20;
+
+/// Snapshot bytes in memory (metadata group) or in a file (shards).
+#[derive(Debug)]
+pub enum SnapshotData {
+    Memory(std::io::Cursor<Vec<u8>>),
+    File { file: tokio::fs::File, path: PathBuf },
+}
+
+impl SnapshotData {
+    pub fn memory(bytes: Vec<u8>) -> Box<Self> {
+        Box::new(SnapshotData::Memory(std::io::Cursor::new(bytes)))
+    }
+
+    /// Opens a finished snapshot file for reading.
+    pub async fn open(path: PathBuf) -> std::io::Result<Box<Self>> {
+        let file = tokio::fs::File::open(&path).await?;
+        Ok(Box::new(SnapshotData::File { file, path }))
+    }
+
+    /// All bytes (the metadata group's snapshots are small).
+    pub async fn into_bytes(self) -> std::io::Result<Vec<u8>> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        match self {
+            SnapshotData::Memory(c) => Ok(c.into_inner()),
+            SnapshotData::File { mut file, .. } => {
+                file.seek(std::io::SeekFrom::Start(0)).await?;
+                let mut out = Vec::new();
+                file.read_to_end(&mut out).await?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for SnapshotData {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            SnapshotData::Memory(c) => Pin::new(c).poll_read(cx, buf),
+            SnapshotData::File { file, .. } => Pin::new(file).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SnapshotData {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            SnapshotData::Memory(c) => Pin::new(c).poll_write(cx, buf),
+            SnapshotData::File { file, .. } => Pin::new(file).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            SnapshotData::Memory(c) => Pin::new(c).poll_flush(cx),
+            SnapshotData::File { file, .. } => Pin::new(file).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            SnapshotData::Memory(c) => Pin::new(c).poll_shutdown(cx),
+            SnapshotData::File { file, .. } => Pin::new(file).poll_shutdown(cx),
+        }
+    }
+}
+
+impl tokio::io::AsyncSeek for SnapshotData {
+    fn start_seek(self: Pin<&mut Self>, position: std::io::SeekFrom) -> std::io::Result<()> {
+        match self.get_mut() {
+            SnapshotData::Memory(c) => Pin::new(c).start_seek(position),
+            SnapshotData::File { file, .. } => Pin::new(file).start_seek(position),
+        }
+    }
+    fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
+        match self.get_mut() {
+            SnapshotData::Memory(c) => Pin::new(c).poll_complete(cx),
+            SnapshotData::File { file, .. } => Pin::new(file).poll_complete(cx),
+        }
+    }
+}
+
+/// The header of a shard snapshot file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub snapshot_id: String,
+    pub applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, openraft::BasicNode>,
+    /// Point frames in the points section, and its length and checksum.
+    pub points: u64,
+    pub points_bytes: u64,
+    pub points_checksum: u64,
+    /// The shard's offset counter and write sequence at export.
+    pub next_offset: u32,
+    pub seq: u64,
+    /// The usearch file: length, checksum, offset counter when saved.
+    pub index_bytes: u64,
+    pub index_checksum: u64,
+    pub index_next_offset: u32,
+}
+
+impl Header {
+    /// Total file length this header promises.
+    pub fn file_len(&self, header_len: usize) -> u64 {
+        (MAGIC.len() + 4 + header_len) as u64 + self.points_bytes + self.index_bytes
+    }
+}
+
+/// Why a snapshot file is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    #[error("snapshot i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a Shoal shard snapshot (bad magic)")]
+    Magic,
+    #[error("snapshot header: {0}")]
+    Header(String),
+    #[error("snapshot {section} section is corrupt: {detail}")]
+    Corrupt { section: &'static str, detail: String },
+}
+
+/// Writes the magic and the header; returns the header's encoded length.
+pub fn write_header(out: &mut impl Write, h: &Header) -> Result<usize, SnapshotFileError> {
+    let body = postcard::to_stdvec(h).map_err(|e| SnapshotFileError::Header(e.to_string()))?;
+    out.write_all(MAGIC)?;
+    out.write_all(&(body.len() as u32).to_be_bytes())?;
+    out.write_all(&body)?;
+    Ok(body.len())
+}
+
+/// Reads the magic and the header; returns it with its encoded length.
+pub fn read_header(r: &mut impl Read) -> Result<(Header, usize), SnapshotFileError> {
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(SnapshotFileError::Magic);
+    }
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len);
+    if len > MAX_HEADER {
+        return Err(SnapshotFileError::Header(format!("header length {len} exceeds {MAX_HEADER}")));
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body)?;
+    let h = postcard::from_bytes(&body).map_err(|e| SnapshotFileError::Header(e.to_string()))?;
+    Ok((h, len as usize))
+}
+
+/// A writer that hashes (xxh3-64) and counts what passes through it.
+pub struct Hashing<W> {
+    pub inner: W,
+    pub hasher: xxhash_rust::xxh3::Xxh3,
+    pub bytes: u64,
+}
+
+impl<W> Hashing<W> {
+    pub fn new(inner: W) -> Self {
+        Hashing { inner, hasher: xxhash_rust::xxh3::Xxh3::new(), bytes: 0 }
+    }
+    pub fn digest(&self) -> u64 {
+        self.hasher.digest()
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_and_rejects_garbage() {
+        let h = Header {
+            snapshot_id: "c-0-1-7".into(),
+            applied: Some(openraft::testing::log_id(1, 1, 7)),
+            membership: StoredMembership::default(),
+            points: 3,
+            points_bytes: 120,
+            points_checksum: 9,
+            next_offset: 5,
+            seq: 4,
+            index_bytes: 1000,
+            index_checksum: 11,
+            index_next_offset: 5,
+        };
+        let mut buf = Vec::new();
+        let n = write_header(&mut buf, &h).unwrap();
+        assert_eq!(buf.len(), 12 + n);
+        assert_eq!(h.file_len(n), buf.len() as u64 + 1120);
+        let (back, m) = read_header(&mut buf.as_slice()).unwrap();
+        assert_eq!((back, m), (h, n));
+
+        let mut bad = buf.clone();
+        bad[0] = b'X';
+        assert!(matches!(read_header(&mut bad.as_slice()), Err(SnapshotFileError::Magic)));
+        let mut huge = buf.clone();
+        huge[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(read_header(&mut huge.as_slice()), Err(SnapshotFileError::Header(_))));
+        assert!(matches!(read_header(&mut &buf[..10]), Err(SnapshotFileError::Io(_))));
+    }
+
+    #[test]
+    fn hashing_matches_one_shot_digest() {
+        let data: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let mut w = Hashing::new(Vec::new());
+        for c in data.chunks(777) {
+            w.write_all(c).unwrap();
+        }
+        assert_eq!(w.digest(), xxhash_rust::xxh3::xxh3_64(&data));
+        assert_eq!(w.bytes, data.len() as u64);
+        let mut r = Hashing::new(data.as_slice());
+        std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+        assert_eq!(r.digest(), xxhash_rust::xxh3::xxh3_64(&data));
+    }
+}
