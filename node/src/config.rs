@@ -41,9 +41,23 @@ pub struct NodeArgs {
     /// docs/benchmarks.md for the measurement behind the default).
     #[arg(long, env = "SHOAL_EXACT_SCAN_THRESHOLD", default_value_t = crate::shard::DEFAULT_EXACT_SCAN_THRESHOLD)]
     pub exact_scan_threshold: u64,
+    /// Build a shard snapshot after this many log entries since the last
+    /// one; the log behind it is then purged (0 never snapshots: the log
+    /// grows without bound).
+    #[arg(long, env = "SHOAL_SNAPSHOT_EVERY", default_value_t = crate::raft::SNAPSHOT_EVERY)]
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, so a follower that is only a
+    /// little behind catches up from the log instead of a snapshot.
+    #[arg(long, env = "SHOAL_SNAPSHOT_KEEP", default_value_t = crate::raft::SNAPSHOT_KEEP)]
+    pub snapshot_keep: u64,
 }
 
 impl NodeArgs {
+    /// Raft timing and log compaction for every group on the node.
+    pub fn raft(&self) -> openraft::Config {
+        crate::raft::config_with(self.snapshot_every, self.snapshot_keep)
+    }
+
     pub fn rocks(&self) -> crate::storage::rocks::RocksTuning {
         crate::storage::rocks::RocksTuning { memtable_budget: self.memtable_mb.max(1) << 20, block_cache: self.block_cache_mb << 20 }
     }

@@ -32,7 +32,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::meta::{MetaCommand, MetaStateMachine, EXISTS, META_GROUP, META_VOTERS, NOT_FOUND};
 use crate::raft::network::{Groups, Network, Peers};
 use crate::raft::state_machine::ShardStateMachine;
-use crate::raft::{default_config, Command, Reply, TypeConfig};
+use crate::raft::{Command, Reply, TypeConfig};
 use crate::shard::Shard;
 use crate::storage::memory::MemoryEngine;
 use crate::storage::rocks::{RocksEngine, RocksTuning};
@@ -59,6 +59,8 @@ pub struct EngineConfig {
     pub rocks: RocksTuning,
     /// Filtered searches allowing at most this many points scan exactly.
     pub exact_scan_threshold: u64,
+    /// Raft timing and snapshot policy of every group on the node.
+    pub raft: openraft::Config,
 }
 
 type ShardKey = (String, u32);
@@ -155,7 +157,7 @@ impl Engine {
     /// async workers, inside a tokio runtime.
     pub fn open(cfg: EngineConfig) -> Result<Arc<Self>> {
         let kv: Arc<dyn KvEngine> = if cfg.in_memory { Arc::new(MemoryEngine::new()) } else { Arc::new(RocksEngine::open_with(&cfg.data_dir.join("db"), cfg.rocks)?) };
-        let raft_config = Arc::new(default_config().validate().map_err(|e| NodeError::Raft(e.to_string()))?);
+        let raft_config = Arc::new(cfg.raft.clone().validate().map_err(|e| NodeError::Raft(e.to_string()))?);
         let peers = Peers::default();
         let meta_sm = MetaStateMachine::open(kv.clone())?;
         let meta_log = LogStore::new(kv.clone(), META_GROUP);

@@ -211,8 +211,10 @@ async fn bench_snapshot_catch_up() {
     }
     eprintln!("ingested {points} points into a 2-of-3 group in {:.1} s", t.elapsed().as_secs_f64());
     let raft = c.node(leader).raft().unwrap().clone();
+    let t = std::time::Instant::now();
     raft.trigger().snapshot().await.unwrap();
     let m = raft.wait(Some(Duration::from_secs(120))).metrics(|m| m.snapshot.is_some_and(|s| s.index >= last), "snapshot built").await.unwrap();
+    eprintln!("leader built the snapshot in {:.2} s (writes to the shard wait for the export part)", t.elapsed().as_secs_f64());
     raft.trigger().purge_log(m.snapshot.unwrap().index).await.unwrap();
     raft.wait(Some(T)).metrics(|m| m.purged.is_some_and(|p| p.index >= last), "log purged").await.unwrap();
     let bytes = c.node(leader).sm().unwrap().current_snapshot_bytes();

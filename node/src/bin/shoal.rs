@@ -118,7 +118,7 @@ type Served = (tokio::task::JoinHandle<anyhow::Result<()>>, SocketAddr, std::syn
 async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool, wait_join: bool) -> anyhow::Result<Served> {
     let (listener, addr) = bind(&args.internal_listen).await?;
     let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory, rocks: args.rocks(), exact_scan_threshold: args.exact_scan_threshold };
+    let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory, rocks: args.rocks(), exact_scan_threshold: args.exact_scan_threshold, raft: args.raft() };
     let engine = tokio::task::spawn_blocking(move || Engine::open(cfg)).await?.context("opening node storage")?;
     tracing::info!(node_id = args.node_id, %addr, data_dir = %args.data_dir.display(), "node serving internal API");
     let every = Duration::from_secs(args.index_save_interval);
@@ -221,6 +221,8 @@ async fn run() -> anyhow::Result<()> {
                 memtable_mb,
                 block_cache_mb,
                 exact_scan_threshold,
+                snapshot_every: shoal_node::raft::SNAPSHOT_EVERY,
+                snapshot_keep: shoal_node::raft::SNAPSHOT_KEEP,
             };
             let (node, internal, engine) = run_node(args, stop.clone(), in_memory, true).await?;
             let (listener, public) = bind(&listen).await?;

@@ -55,18 +55,29 @@ openraft::declare_raft_types!(
 
 pub type Entry = openraft::Entry<TypeConfig>;
 
+/// Default log entries between snapshots (`--snapshot-every`).
+pub const SNAPSHOT_EVERY: u64 = 10_000;
+/// Default log entries kept behind a snapshot (`--snapshot-keep`).
+pub const SNAPSHOT_KEEP: u64 = 1_000;
+
 /// Timing of shard groups: heartbeats every 100 ms, elections after 400 to
 /// 800 ms of silence (a failover target under 2 s with margin for slow
 /// fsyncs), a snapshot every 10,000 entries, 1,000 entries kept behind it.
 pub fn default_config() -> openraft::Config {
+    config_with(SNAPSHOT_EVERY, SNAPSHOT_KEEP)
+}
+
+/// [`default_config`] with another snapshot policy: a snapshot after
+/// `every` entries (0: never), `keep` entries kept behind it.
+pub fn config_with(every: u64, keep: u64) -> openraft::Config {
     openraft::Config {
         cluster_name: "shoal".into(),
         heartbeat_interval: 100,
         election_timeout_min: 400,
         election_timeout_max: 800,
         install_snapshot_timeout: 2_000,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: if every == 0 { openraft::SnapshotPolicy::Never } else { openraft::SnapshotPolicy::LogsSinceLast(every) },
+        max_in_snapshot_log_to_keep: keep,
         purge_batch_size: 256,
         ..Default::default()
     }
