@@ -39,6 +39,13 @@ pub struct BenchArgs {
     /// its round trip.
     #[arg(long)]
     pub inflight: Option<usize>,
+    /// Threads of the bench's search client. 1 (the default) drives every
+    /// search from one current-thread runtime, as a lean client process
+    /// would: on this 2-core machine the client shares the server's cores,
+    /// and a multi-threaded client spends much of its CPU handing requests
+    /// between its threads (see docs/benchmarks.md).
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
     /// Upsert requests in flight while ingesting.
     #[arg(long, default_value_t = 4)]
     pub ingest_concurrency: usize,
@@ -114,9 +121,45 @@ struct Run {
     lat: Histogram<u64>,
 }
 
+/// Where and how the search load runs: the server address, HTTP/2
+/// connections, and the client runtime's threads.
+#[derive(Clone)]
+struct Load {
+    addr: String,
+    connections: usize,
+    threads: usize,
+}
+
+/// Runs [`grpc_run_on`] on a runtime of its own (a thread of its own), so
+/// the load generator's cost does not depend on the CLI's runtime.
+async fn grpc_run(load: &Load, searches: Arc<Vec<SearchBuilder>>, truth: Arc<Vec<Vec<u64>>>, conc: usize, min_secs: f64) -> Result<Run> {
+    let load = load.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("bench-client".into()).spawn(move || {
+        let mut builder = if load.threads <= 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(load.threads);
+            b
+        };
+        let res = builder.enable_all().build().map_err(anyhow::Error::from).and_then(|rt| {
+            rt.block_on(async {
+                let mut pool = vec![];
+                for _ in 0..load.connections.max(1) {
+                    pool.push(Client::connect(&load.addr).await?);
+                }
+                grpc_run_on(&pool, searches, truth, conc, min_secs).await
+            })
+        });
+        let _ = tx.send(res);
+    })?;
+    rx.await.context("bench client thread died")?
+}
+
 /// Runs `searches` through gRPC with `conc` concurrent clients, in passes
 /// over the set until `min_secs` have elapsed; recall from the first pass.
-async fn grpc_run(client: &[Client], searches: Arc<Vec<SearchBuilder>>, truth: Arc<Vec<Vec<u64>>>, conc: usize, min_secs: f64) -> Result<Run> {
+async fn grpc_run_on(client: &[Client], searches: Arc<Vec<SearchBuilder>>, truth: Arc<Vec<Vec<u64>>>, conc: usize, min_secs: f64) -> Result<Run> {
     let t = Instant::now();
     let mut first = grpc_pass(client, searches.clone(), truth.clone(), conc).await?;
     let mut done = searches.len();
@@ -278,10 +321,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     // Search clients: one HTTP/2 connection per 32 requests in flight (more
     // connections measured slower here: each costs client CPU on the same
     // cores as the server).
-    let mut pool = vec![];
-    for _ in 0..a.inflight.unwrap_or(a.concurrency).div_ceil(32) {
-        pool.push(Client::connect(addr).await?);
-    }
+    let pool = Load { addr: addr.to_string(), connections: a.inflight.unwrap_or(a.concurrency).div_ceil(32), threads: a.client_threads };
     let name: String = format!("bench-{}", ds.meta.name).chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
     let _ = client.delete_collection(&name).await;
 
@@ -384,6 +424,16 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     let inproc_queries: Vec<Vec<f32>> =
         if a.inprocess_unit_ip && metric == Metric::Cosine { ds.queries.iter().map(|q| unit(q)).collect() } else { ds.queries.clone() };
     let truth = Arc::new(truth);
+    // Warm-up, not measured: one pass each way. The first measured run
+    // was up to 20% slower without it (caches, and the node settling
+    // after ingest).
+    if let Some(&ef) = a.ef.first() {
+        let warm: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| SearchBuilder::new(&name, q.clone(), 10).ef(ef)).collect());
+        grpc_run(&pool, warm, truth.clone(), a.inflight.unwrap_or(a.concurrency), 0.0).await?;
+        if let Some((idx, _)) = inproc.as_ref() {
+            inprocess_qps(idx, &inproc_queries, ef, a.concurrency, 0.0);
+        }
+    }
     let mut runs = vec![];
     for (&ef, cname) in a.ef.iter().flat_map(|ef| a.consistency.iter().map(move |c| (ef, c))) {
         let consistency = match cname.as_str() {
@@ -423,7 +473,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
         "vectors": n,
         "dim": ds.meta.dim,
         "metric": ds.meta.metric,
-        "m": a.m, "ef_construction": a.ef_construction, "concurrency": a.concurrency, "inprocess_metric": if a.inprocess_unit_ip && metric == Metric::Cosine { "ip on unit vectors" } else { "usearch cos" }, "inflight": a.inflight.unwrap_or(a.concurrency), "threads": threads,
+        "m": a.m, "ef_construction": a.ef_construction, "concurrency": a.concurrency, "inprocess_metric": if a.inprocess_unit_ip && metric == Metric::Cosine { "ip on unit vectors" } else { "usearch cos" }, "inflight": a.inflight.unwrap_or(a.concurrency), "client_threads": a.client_threads, "threads": threads,
         "ingest_per_s": ingest_per_s,
         "indexed_after_s": indexed_after_s,
         "indexed_per_s": n as f64 / indexed_after_s,

@@ -39,6 +39,7 @@ async fn read_barrier(replica: &Replica, node_id: u64, consistency: i32) -> Resu
             }
             Err(not_leader(m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).map(|n| (id, n.addr.clone())))))
         }
+        Consistency::Strong | Consistency::Unspecified if sole_voter(replica, node_id) => Ok(()),
         Consistency::Strong | Consistency::Unspecified => match replica.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f.leader_id.zip(f.leader_node.map(|n| n.addr)))),
@@ -46,6 +47,18 @@ async fn read_barrier(replica: &Replica, node_id: u64, consistency: i32) -> Resu
             Err(e) => Err(NodeError::Raft(e.to_string())),
         },
     }
+}
+
+/// True when this replica leads a group whose only voter is itself (a
+/// replication factor of 1). No other node can then lead or commit, and a
+/// write is acknowledged only after it is applied here, so the local state
+/// already reflects every acknowledged write: a `strong` read needs no
+/// read-index round through the Raft core (measured in docs/benchmarks.md).
+fn sole_voter(replica: &Replica, node_id: u64) -> bool {
+    let rx = replica.raft.metrics();
+    let m = rx.borrow();
+    let joint = m.membership_config.membership().get_joint_config();
+    m.current_leader == Some(node_id) && joint.len() == 1 && joint[0].len() == 1 && joint[0].contains(&node_id)
 }
 
 pub struct ShardService {
