@@ -128,6 +128,10 @@ impl SearchBuilder {
     pub fn new(collection: impl Into<String>, vector: Vec<f32>, top_k: u32) -> Self {
         SearchBuilder(SearchPointsRequest { collection: collection.into(), vector, top_k, ..Default::default() })
     }
+    /// The collection this search targets.
+    pub fn collection(&self) -> &str {
+        &self.0.collection
+    }
     pub fn filter(mut self, f: Filter) -> Self {
         self.0.filter = Some(f);
         self

@@ -21,9 +21,11 @@ pub struct NodeArgs {
     #[arg(long, env = "SHOAL_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
     /// Start a new cluster with this node as its first member if it does
-    /// not belong to one yet. Use on exactly one node, once (or run
-    /// `shoalctl cluster init` instead); an empty disk alone never starts a
-    /// cluster.
+    /// not belong to one yet. Use on exactly one node (or run `shoalctl
+    /// cluster init` instead); an empty disk alone never starts a cluster.
+    /// Given together with `--join` (pod 0 of a StatefulSet), the node
+    /// first asks the seeds and bootstraps only if every one answers and
+    /// none belongs to a cluster; otherwise it joins theirs.
     #[arg(long, env = "SHOAL_BOOTSTRAP")]
     pub bootstrap: bool,
     /// Seconds between saves of changed HNSW indexes (0 disables; they are
@@ -50,9 +52,35 @@ pub struct NodeArgs {
     /// little behind catches up from the log instead of a snapshot.
     #[arg(long, env = "SHOAL_SNAPSHOT_KEEP", default_value_t = crate::raft::SNAPSHOT_KEEP)]
     pub snapshot_keep: u64,
+    /// The pod's name in a StatefulSet (`shoal-2`; Kubernetes sets it from
+    /// `metadata.name`). When given, the node id is the pod's ordinal + 1
+    /// (overriding `--node-id`), and `--bootstrap` acts only on ordinal 0,
+    /// so every pod can run the same command.
+    #[arg(long, env = "SHOAL_POD_NAME")]
+    pub pod_name: Option<String>,
+}
+
+/// The ordinal of a StatefulSet pod name: the number after the last `-`.
+pub fn pod_ordinal(name: &str) -> Option<u64> {
+    let (_, n) = name.rsplit_once('-')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
 }
 
 impl NodeArgs {
+    /// Applies `--pod-name`: node id = ordinal + 1, bootstrap only on
+    /// ordinal 0.
+    pub fn resolve(mut self) -> Result<Self, String> {
+        if let Some(pod) = &self.pod_name {
+            let ordinal = pod_ordinal(pod).ok_or_else(|| format!("--pod-name {pod:?} does not end in -<ordinal> (a StatefulSet pod name such as shoal-0)"))?;
+            self.node_id = ordinal + 1;
+            self.bootstrap &= ordinal == 0;
+        }
+        Ok(self)
+    }
+
     /// Raft timing and log compaction for every group on the node.
     pub fn raft(&self) -> openraft::Config {
         crate::raft::config_with(self.snapshot_every, self.snapshot_keep)
@@ -60,5 +88,19 @@ impl NodeArgs {
 
     pub fn rocks(&self) -> crate::storage::rocks::RocksTuning {
         crate::storage::rocks::RocksTuning { memtable_budget: self.memtable_mb.max(1) << 20, block_cache: self.block_cache_mb << 20 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_ordinals() {
+        assert_eq!(pod_ordinal("shoal-0"), Some(0));
+        assert_eq!(pod_ordinal("my-shoal-12"), Some(12));
+        for bad in ["shoal", "shoal-", "shoal-x1", "shoal-1a", "-"] {
+            assert_eq!(pod_ordinal(bad), None, "{bad}");
+        }
     }
 }

@@ -17,8 +17,10 @@
 //! The `shoal` binary is found through `SHOAL_BIN`, or next to the test
 //! executable's target directory (`cargo build --release --bins` first;
 //! `.ci/run` does).
+pub mod containers;
 pub mod procs;
 pub mod raft_cluster;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::Child;

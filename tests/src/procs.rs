@@ -66,12 +66,20 @@ pub struct NodeProc {
     pub addr: String,
     join: Vec<String>,
     bootstrap: bool,
+    /// Further `shoal node` flags, kept across restarts.
+    extra: Vec<String>,
 }
 
 impl NodeProc {
     /// Starts node `id` on `listen` (`127.0.0.1:0` for a free port).
     pub fn start(id: u64, data_dir: &Path, listen: &str, bootstrap: bool, join: &[String]) -> Result<Self> {
+        Self::start_with(id, data_dir, listen, bootstrap, join, &[])
+    }
+
+    /// [`NodeProc::start`] with further `shoal node` flags.
+    pub fn start_with(id: u64, data_dir: &Path, listen: &str, bootstrap: bool, join: &[String], extra: &[String]) -> Result<Self> {
         let mut args: Vec<String> = vec!["node".into(), "--node-id".into(), id.to_string(), "--data-dir".into(), data_dir.display().to_string(), "--internal-listen".into(), listen.into()];
+        args.extend(extra.iter().cloned());
         if bootstrap {
             args.push("--bootstrap".into());
         }
@@ -81,7 +89,7 @@ impl NodeProc {
         }
         let log = std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "warn,openraft=off".into());
         let (child, addr) = spawn_ready(&args, "shoal node ready: internal=", &log)?;
-        Ok(NodeProc { child: Some(child), id, data_dir: data_dir.to_path_buf(), addr, join: join.to_vec(), bootstrap })
+        Ok(NodeProc { child: Some(child), id, data_dir: data_dir.to_path_buf(), addr, join: join.to_vec(), bootstrap, extra: extra.to_vec() })
     }
 
     pub fn is_running(&self) -> bool {
@@ -117,7 +125,7 @@ impl NodeProc {
     /// Starts the node again on the same address and data directory.
     pub fn restart(&mut self) -> Result<()> {
         self.kill9();
-        let next = NodeProc::start(self.id, &self.data_dir.clone(), &self.addr.clone(), self.bootstrap, &self.join.clone())?;
+        let next = NodeProc::start_with(self.id, &self.data_dir.clone(), &self.addr.clone(), self.bootstrap, &self.join.clone(), &self.extra.clone())?;
         *self = next;
         Ok(())
     }
@@ -171,13 +179,19 @@ impl ProcCluster {
     /// waits until every node is in the map and has applied it, then
     /// starts a coordinator that knows every node.
     pub async fn start(n: u64) -> Result<Self> {
+        Self::start_with(n, &[]).await
+    }
+
+    /// [`ProcCluster::start`] with further flags for every node.
+    pub async fn start_with(n: u64, extra: &[&str]) -> Result<Self> {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let dir = tempfile::tempdir()?;
         let root = dir.path().to_path_buf();
-        let first = NodeProc::start(1, &root.join("n1"), "127.0.0.1:0", true, &[])?;
+        let first = NodeProc::start_with(1, &root.join("n1"), "127.0.0.1:0", true, &[], &extra)?;
         let seed = vec![first.addr.clone()];
         let mut nodes = vec![first];
         for id in 2..=n {
-            nodes.push(NodeProc::start(id, &root.join(format!("n{id}")), "127.0.0.1:0", false, &seed)?);
+            nodes.push(NodeProc::start_with(id, &root.join(format!("n{id}")), "127.0.0.1:0", false, &seed, &extra)?);
         }
         let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
         let coordinator = CoordProc::start(&addrs)?;
@@ -199,19 +213,64 @@ impl ProcCluster {
         self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
     }
 
+    /// The running nodes as a [`Nodes`] view (digests, catch-up, maps).
+    pub fn view(&self) -> Nodes {
+        Nodes(self.nodes.iter().filter(|n| n.is_running()).map(|n| (n.id, n.addr.clone())).collect())
+    }
+
     /// The map as node `id` has applied it.
     pub async fn map_at(&self, id: u64) -> Result<ClusterMap> {
-        let n = self.nodes.iter().find(|n| n.id == id).context("node id")?;
-        Ok(meta(&n.addr).await?.get_cluster_map(GetClusterMapRequest {}).await?.into_inner())
+        self.view().map_at(id).await
     }
 
     /// Waits until every running node's map lists `count` nodes.
     pub async fn wait_members(&self, count: usize, within: Duration) -> Result<()> {
+        self.view().wait_members(count, within).await
+    }
+
+    /// See [`Nodes::digests`].
+    pub async fn digests(&self, collection: &str, shard_id: u32) -> Result<BTreeMap<u64, (u64, String, u64)>> {
+        self.view().digests(collection, shard_id).await
+    }
+
+    /// See [`Nodes::applied`].
+    pub async fn applied(&self, collection: &str, shard_id: u32) -> Result<BTreeMap<u64, u64>> {
+        self.view().applied(collection, shard_id).await
+    }
+
+    /// See [`Nodes::converged`].
+    pub async fn converged(&self, collection: &str, shards: u32, within: Duration) -> Result<Vec<BTreeMap<u64, (u64, String, u64)>>> {
+        self.view().converged(collection, shards, within).await
+    }
+
+    /// See [`Nodes::caught_up`].
+    pub async fn caught_up(&self, collection: &str, shard_id: u32, replicas: usize, slack: u64, within: Duration) -> Result<()> {
+        self.view().caught_up(collection, shard_id, replicas, slack, within).await
+    }
+}
+
+/// The reachable nodes of a cluster, as (id, internal address): the
+/// checks every harness (processes, containers) shares.
+#[derive(Debug, Clone)]
+pub struct Nodes(pub Vec<(u64, String)>);
+
+impl Nodes {
+    fn addr(&self, id: u64) -> Result<&str> {
+        self.0.iter().find(|n| n.0 == id).map(|n| n.1.as_str()).context("node id")
+    }
+
+    /// The map as node `id` has applied it.
+    pub async fn map_at(&self, id: u64) -> Result<ClusterMap> {
+        Ok(meta(self.addr(id)?).await?.get_cluster_map(GetClusterMapRequest {}).await?.into_inner())
+    }
+
+    /// Waits until every node's map lists `count` nodes.
+    pub async fn wait_members(&self, count: usize, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
         loop {
             let mut ok = true;
-            for n in self.nodes.iter().filter(|n| n.is_running()) {
-                match self.map_at(n.id).await {
+            for (id, _) in &self.0 {
+                match self.map_at(*id).await {
                     Ok(m) if m.nodes.len() == count => {}
                     _ => ok = false,
                 }
@@ -227,28 +286,28 @@ impl ProcCluster {
     }
 
     /// Per-replica (points, digest, applied index) of one shard, from every
-    /// running node that hosts it.
+    /// node here that hosts it.
     pub async fn digests(&self, collection: &str, shard_id: u32) -> Result<BTreeMap<u64, (u64, String, u64)>> {
-        let map = self.map_at(self.nodes.iter().find(|n| n.is_running()).context("no node running")?.id).await?;
+        let map = self.map_at(self.0.first().context("no node running")?.0).await?;
         let entry = map.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == collection)).context("collection")?;
         let placement = entry.shards.iter().find(|s| s.shard_id == shard_id).context("shard")?;
         let mut out = BTreeMap::new();
         for id in &placement.replicas {
-            let Some(n) = self.nodes.iter().find(|n| n.id == *id && n.is_running()) else { continue };
-            let d = meta(&n.addr).await?.shard_digest(ShardDigestRequest { collection: collection.into(), shard_id }).await?.into_inner();
+            let Ok(addr) = self.addr(*id) else { continue };
+            let d = meta(addr).await?.shard_digest(ShardDigestRequest { collection: collection.into(), shard_id }).await?.into_inner();
             out.insert(*id, (d.points, d.digest, d.applied_index));
         }
         Ok(out)
     }
 
-    /// Applied index of each running replica of a shard (cheap: node
-    /// status, not a digest).
+    /// Applied index of each replica of a shard here (cheap: node status,
+    /// not a digest).
     pub async fn applied(&self, collection: &str, shard_id: u32) -> Result<BTreeMap<u64, u64>> {
         let mut out = BTreeMap::new();
-        for n in self.nodes.iter().filter(|n| n.is_running()) {
-            let st = meta(&n.addr).await?.node_status(shoal_proto::internal::v1::NodeStatusRequest {}).await?.into_inner();
+        for (id, addr) in &self.0 {
+            let st = meta(addr).await?.node_status(shoal_proto::internal::v1::NodeStatusRequest {}).await?.into_inner();
             if let Some(r) = st.shards.iter().find(|r| r.collection == collection && r.shard_id == shard_id) {
-                out.insert(n.id, r.applied_index);
+                out.insert(*id, r.applied_index);
             }
         }
         Ok(out)
@@ -281,9 +340,9 @@ impl ProcCluster {
         }
     }
 
-    /// Waits until every replica of a shard is running and within `slack`
+    /// Waits until every replica of a shard is reachable and within `slack`
     /// entries of the most advanced one (works under write load, unlike
-    /// [`ProcCluster::converged`]).
+    /// [`Nodes::converged`]).
     pub async fn caught_up(&self, collection: &str, shard_id: u32, replicas: usize, slack: u64, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
         loop {

@@ -123,7 +123,10 @@ async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool, 
     tracing::info!(node_id = args.node_id, %addr, data_dir = %args.data_dir.display(), "node serving internal API");
     let every = Duration::from_secs(args.index_save_interval);
     let h = tokio::spawn(shoal_node::server::serve_internal(engine.clone(), listener, every, wait(stop)));
-    if args.bootstrap && !engine.in_cluster() {
+    let others: Vec<String> = args.join.iter().filter(|s| !s.is_empty() && s.as_str() != engine.advertise()).cloned().collect();
+    if args.bootstrap && !engine.in_cluster() && !others.is_empty() && seeds_have_cluster(&others).await {
+        tracing::warn!(seeds = ?others, "--bootstrap ignored: the seeds already form a cluster (this node lost its data or starts late); joining it");
+    } else if args.bootstrap && !engine.in_cluster() {
         match engine.init_cluster().await {
             Ok(map) => tracing::info!(epoch = map.epoch, "started a new cluster"),
             Err(e) => tracing::error!(error = %e, "bootstrapping the cluster failed"),
@@ -148,6 +151,39 @@ async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool, 
         }
     }
     Ok((h, addr, engine))
+}
+
+/// Decides, for a node started with both `--bootstrap` and `--join` (pod 0
+/// of a StatefulSet, `shoal-0` in compose), whether a cluster exists
+/// already: true as soon as one seed answers with a map that lists nodes;
+/// false only once every seed has answered and none belongs to a cluster.
+/// Seeds that do not answer are asked again every 2 s, never guessed
+/// about, so an empty pod 0 never starts a second cluster beside a running
+/// one.
+async fn seeds_have_cluster(seeds: &[String]) -> bool {
+    use shoal_proto::internal::v1::{meta_client::MetaClient, GetClusterMapRequest};
+    let started = std::time::Instant::now();
+    let mut warned = false;
+    loop {
+        let mut silent = vec![];
+        for seed in seeds {
+            let uri = if seed.contains("://") { seed.clone() } else { format!("http://{seed}") };
+            let ask = async move { MetaClient::connect(uri).await.ok()?.get_cluster_map(GetClusterMapRequest {}).await.ok() };
+            match tokio::time::timeout(Duration::from_secs(2), ask).await {
+                Ok(Some(map)) if !map.get_ref().nodes.is_empty() => return true,
+                Ok(Some(_)) => {}
+                _ => silent.push(seed.as_str()),
+            }
+        }
+        if silent.is_empty() {
+            return false;
+        }
+        if !warned && started.elapsed() > Duration::from_secs(10) {
+            tracing::warn!(seeds = ?silent, "waiting for these seeds to answer before deciding whether to bootstrap a new cluster");
+            warned = true;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// Registers this node through the first seed that answers, retrying with
@@ -199,6 +235,7 @@ async fn run() -> anyhow::Result<()> {
     let stop = shutdown_signal();
     match cli.cmd {
         Cmd::Node(args) => {
+            let args = args.resolve().map_err(anyhow::Error::msg)?;
             let (h, addr, _) = run_node(args, stop, false, false).await?;
             println!("shoal node ready: internal={addr}");
             h.await??;
@@ -223,6 +260,7 @@ async fn run() -> anyhow::Result<()> {
                 exact_scan_threshold,
                 snapshot_every: shoal_node::raft::SNAPSHOT_EVERY,
                 snapshot_keep: shoal_node::raft::SNAPSHOT_KEEP,
+                pod_name: None,
             };
             let (node, internal, engine) = run_node(args, stop.clone(), in_memory, true).await?;
             let (listener, public) = bind(&listen).await?;

@@ -128,8 +128,9 @@ pub struct ShardStateMachine {
     /// Defer graph inserts (followers); kept across snapshot installs.
     defer_index: Arc<AtomicBool>,
     recipe: Arc<Recipe>,
-    /// The meta of `<shard>.snapshots/current.snap`, if there is one.
-    snapshot: Arc<RwLock<Option<SnapshotMeta<NodeId, BasicNode>>>>,
+    /// Serialises replacing `current.snap` (a build may finish while an
+    /// install runs); held only around the rename.
+    current: Arc<parking_lot::Mutex<()>>,
 }
 
 impl ShardStateMachine {
@@ -157,12 +158,12 @@ impl ShardStateMachine {
         let (mut shard, _) = Shard::open(config.clone(), shard_id, store.with_generation(g), &dir)?;
         shard.exact_scan_threshold = exact_scan_threshold;
         let recipe = Recipe { config, shard_id, store, kv, index_dir, exact_scan_threshold, generation: AtomicU64::new(g) };
-        let snapshot = Self::load_current(&recipe.snapshot_dir());
+        Self::load_current(&recipe.snapshot_dir());
         Ok(ShardStateMachine {
             shard: Arc::new(RwLock::new(Arc::new(shard))),
             defer_index: Arc::default(),
             recipe: Arc::new(recipe),
-            snapshot: Arc::new(RwLock::new(snapshot)),
+            current: Arc::default(),
         })
     }
 
@@ -180,9 +181,9 @@ impl ShardStateMachine {
         Ok(())
     }
 
-    /// The meta of a kept snapshot file; temporary files of builds and
-    /// transfers cut short are deleted.
-    fn load_current(dir: &Path) -> Option<SnapshotMeta<NodeId, BasicNode>> {
+    /// Deletes temporary files of builds and transfers cut short, and a
+    /// kept snapshot file whose header is unreadable.
+    fn load_current(dir: &Path) {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
                 if e.file_name() != CURRENT {
@@ -190,16 +191,35 @@ impl ShardStateMachine {
                 }
             }
         }
-        let path = dir.join(CURRENT);
-        let mut f = BufReader::new(std::fs::File::open(&path).ok()?);
-        match snapshot::read_header(&mut f) {
-            Ok((h, _)) => Some(SnapshotMeta { last_log_id: h.applied, last_membership: h.membership, snapshot_id: h.snapshot_id }),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "dropping unreadable snapshot file");
-                let _ = std::fs::remove_file(&path);
-                None
+        if let Err(e) = Self::open_current(&dir.join(CURRENT)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "dropping unreadable snapshot file");
+                let _ = std::fs::remove_file(dir.join(CURRENT));
             }
         }
+    }
+
+    /// Opens a snapshot file and reads its meta from its own header, so the
+    /// meta always describes the bytes served (the file may be replaced by
+    /// a rename at any time; an open handle keeps its version).
+    fn open_current(path: &Path) -> std::io::Result<(SnapshotMeta<NodeId, BasicNode>, std::fs::File)> {
+        use std::io::Seek;
+        let mut file = std::fs::File::open(path)?;
+        let (h, _) = snapshot::read_header(&mut BufReader::new(&mut file)).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        file.rewind()?;
+        Ok((SnapshotMeta { last_log_id: h.applied, last_membership: h.membership, snapshot_id: h.snapshot_id }, file))
+    }
+
+    /// Makes `from` the kept snapshot unless the kept one is newer.
+    fn keep(&self, from: &Path, applied: Option<LogId<NodeId>>) -> std::io::Result<()> {
+        let _g = self.current.lock();
+        let to = self.recipe.snapshot_dir().join(CURRENT);
+        if let Ok((kept, _)) = Self::open_current(&to) {
+            if kept.last_log_id > applied {
+                return std::fs::remove_file(from);
+            }
+        }
+        std::fs::rename(from, to)
     }
 
     /// Defers HNSW inserts of applied writes to the node's indexer (on a
@@ -289,7 +309,7 @@ impl ShardStateMachine {
     }
 
     /// Builds `current.snap` from a consistent export; blocking.
-    fn build(&self) -> Result<(SnapshotMeta<NodeId, BasicNode>, PathBuf), StorageError<NodeId>> {
+    fn build(&self) -> Result<(SnapshotMeta<NodeId, BasicNode>, std::fs::File, PathBuf), StorageError<NodeId>> {
         let werr = |e: &dyn std::fmt::Display| sm_err(ErrorVerb::Write, e);
         let dir = self.recipe.snapshot_dir();
         std::fs::create_dir_all(&dir).map_err(|e| werr(&e))?;
@@ -300,7 +320,7 @@ impl ShardStateMachine {
                 let _ = std::fs::remove_file(p);
             }
         };
-        let res = (|| -> Result<(SnapshotMeta<NodeId, BasicNode>, PathBuf), StorageError<NodeId>> {
+        let res = (|| -> Result<(SnapshotMeta<NodeId, BasicNode>, std::fs::File, PathBuf), StorageError<NodeId>> {
             let shard = self.shard();
             let mut points = Hashing::new(BufWriter::new(std::fs::File::create(&points_tmp).map_err(|e| werr(&e))?));
             let info = shard.export_to(&[APPLIED, MEMBERSHIP], &mut points, &index_tmp).map_err(|e| werr(&e))?;
@@ -332,15 +352,15 @@ impl ShardStateMachine {
                 std::io::copy(&mut std::fs::File::open(part).map_err(|e| werr(&e))?, &mut out).map_err(|e| werr(&e))?;
             }
             out.into_inner().map_err(|e| werr(&e.error().to_string()))?.sync_all().map_err(|e| werr(&e))?;
-            let path = dir.join(CURRENT);
-            std::fs::rename(&snap_tmp, &path).map_err(|e| werr(&e))?;
-            tracing::info!(snapshot = %snapshot_id, points = info.points, bytes = header.file_len(0), "snapshot built");
-            Ok((SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id }, path))
+            // Opened before the rename: the handle keeps this version even
+            // if an install replaces the kept file meanwhile.
+            let served = std::fs::File::open(&snap_tmp).map_err(|e| werr(&e))?;
+            self.keep(&snap_tmp, applied).map_err(|e| werr(&e))?;
+            tracing::info!(snapshot = %snapshot_id, points = info.points, "snapshot built");
+            Ok((SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id }, served, dir.join(CURRENT)))
         })();
         cleanup();
-        let (meta, path) = res?;
-        *self.snapshot.write() = Some(meta.clone());
-        Ok((meta, path))
+        res
     }
 
     /// Installs the snapshot file at `path` atomically (see the module
@@ -426,14 +446,12 @@ impl ShardStateMachine {
         // Keep the file: this replica may have to send it on as leader.
         let dir = r.snapshot_dir();
         std::fs::create_dir_all(&dir).map_err(|e| werr(&e))?;
-        let current = dir.join(CURRENT);
         if path.parent() == Some(dir.as_path()) {
-            std::fs::rename(path, &current).map_err(|e| werr(&e))?;
+            self.keep(path, meta.last_log_id).map_err(|e| werr(&e))?;
         } else {
             let tmp = dir.join(format!("copy-{}.snap", nonce()));
-            std::fs::copy(path, &tmp).and_then(|_| std::fs::rename(&tmp, &current)).map_err(|e| werr(&e))?;
+            std::fs::copy(path, &tmp).and_then(|_| self.keep(&tmp, meta.last_log_id)).map_err(|e| werr(&e))?;
         }
-        *self.snapshot.write() = Some(meta.clone());
         tracing::info!(snapshot = %meta.snapshot_id, points, bytes = len, generation = new_gen, ?outcome, secs = started.elapsed().as_secs_f64(), "snapshot installed");
         Ok(())
     }
@@ -458,9 +476,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StorageError<
 impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let me = self.clone();
-        let (meta, path) = blocking(move || me.build()).await?;
-        let data = SnapshotData::open(path).await.map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        Ok(Snapshot { meta, snapshot: data })
+        let (meta, file, path) = blocking(move || me.build()).await?;
+        Ok(Snapshot { meta, snapshot: Box::new(SnapshotData::File { file: tokio::fs::File::from_std(file), path }) })
     }
 }
 
@@ -524,9 +541,10 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let Some(meta) = self.snapshot.read().clone() else { return Ok(None) };
-        match SnapshotData::open(self.recipe.snapshot_dir().join(CURRENT)).await {
-            Ok(data) => Ok(Some(Snapshot { meta, snapshot: data })),
+        let path = self.recipe.snapshot_dir().join(CURRENT);
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || Self::open_current(&p)).await.map_err(|e| sm_err(ErrorVerb::Read, e))? {
+            Ok((meta, file)) => Ok(Some(Snapshot { meta, snapshot: Box::new(SnapshotData::File { file: tokio::fs::File::from_std(file), path }) })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(sm_err(ErrorVerb::Read, e)),
         }

@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""The k8s checks catch what they claim to: each broken copy of the real
+manifests yields the expected problem, and the real ones yield none.
+Usage: python3 .ci/k8s_checks_test.py deploy/k8s/*.yaml"""
+import copy
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import k8s_checks  # noqa: E402
+
+docs = k8s_checks.load([p for p in sys.argv[1:] if not p.endswith("kustomization.yaml")])
+assert k8s_checks.check(docs) == [], k8s_checks.check(docs)
+
+
+def broken(kind, mutate, expect, name=None):
+    d2 = copy.deepcopy(docs)
+    target = next(d for _, d in d2 if d.get("kind") == kind and name in (None, d["metadata"]["name"]))
+    mutate(target)
+    problems = k8s_checks.check(d2)
+    assert any(expect in p for p in problems), f"{kind}: expected {expect!r} in {problems}"
+    print(f"caught: {kind}: {expect}")
+
+
+broken("StatefulSet", lambda d: d["spec"]["selector"]["matchLabels"].update({"app.kubernetes.io/component": "other"}), "does not match pod labels")
+broken("StatefulSet", lambda d: d["spec"].update({"serviceName": "nope"}), "is not a Service here")
+broken("StatefulSet", lambda d: d["metadata"].update({"name": "Shoal_Nodes"}), "DNS-1123")
+broken("Service", lambda d: d["spec"].pop("clusterIP"), "is not headless", "shoal-headless")
+broken("Service", lambda d: d["spec"].pop("publishNotReadyAddresses"), "publish not-ready", "shoal-headless")
+broken("Service", lambda d: d["spec"]["selector"].update({"app.kubernetes.io/component": "gone"}), "selects no workload", "shoal")
+broken("PodDisruptionBudget", lambda d: d["spec"].update({"minAvailable": 2}), "exactly one of")
+broken("PodDisruptionBudget", lambda d: d["spec"].pop("maxUnavailable"), "exactly one of")
+broken("PodDisruptionBudget", lambda d: d["spec"]["selector"]["matchLabels"].update({"x": "y"}), "selects no workload")
+broken("Deployment", lambda d: d["spec"]["template"]["metadata"]["labels"].update({"app.kubernetes.io/component": "z"}), "does not match pod labels")
+print("k8s checks self-test passed")

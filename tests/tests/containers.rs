@@ -1,0 +1,135 @@
+//! Container fault suite: three `shoal node` containers on a private
+//! Docker network and a coordinator, with writers and `any`-consistency
+//! searchers running throughout. One fault per phase:
+//! 1. kill -9 of a shard leader's container, then start it again;
+//! 2. `docker pause` of a shard leader, then unpause;
+//! 3. a partition: a shard leader disconnected from the network, then
+//!    reconnected;
+//! 4. a rolling restart of every node, each caught up before the next.
+//!
+//! After each phase the load stops and the check runs: every acknowledged
+//! write is readable with `strong` reads and every replica's digest is
+//! identical. Each phase prints the write pause and the searchers' error
+//! rate and longest gap.
+//!
+//! Needs Docker and builds the image from the binaries under test, so it is
+//! `#[ignore]`d; `.ci/run` runs it when `docker info` works:
+//! `cargo test --release --workspace --test containers -- --ignored --nocapture`.
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use shoal_tests::containers::{build_image, DockerCluster};
+use shoal_tests::workload::{self, acks_resume, create, leader_of, wait_acks, Availability, Load, Searchers};
+
+const SHARDS: u32 = 2;
+const IMAGE: &str = "shoal:test";
+
+/// Every write acknowledged or attempted so far, across phases.
+#[derive(Default)]
+struct Ledger {
+    acked: BTreeSet<u64>,
+    attempted: BTreeSet<u64>,
+    next_base: u64,
+}
+
+impl Ledger {
+    /// Starts writers (on fresh ids) and searchers; waits for some acks.
+    async fn load(&mut self, addr: &str) -> (Load, Searchers) {
+        let load = Load::start(addr, "c", 3, self.next_base).await;
+        self.next_base += 10_000_000;
+        let searchers = Searchers::start(addr, "c", 2).await;
+        wait_acks(&load, 300).await;
+        (load, searchers)
+    }
+
+    /// Stops the load, checks everything acknowledged so far, and reports
+    /// the phase.
+    async fn finish(&mut self, cluster: &DockerCluster, name: &str, (load, searchers): (Load, Searchers), from: Instant, write_pause: Option<Duration>) -> Availability {
+        let avail = searchers.since(from);
+        let write_gap = load.longest_ack_gap(from);
+        searchers.stop().await;
+        let (acked, attempted) = load.stop().await;
+        self.acked.extend(acked);
+        self.attempted.extend(attempted);
+        workload::check(&cluster.view(), cluster.coordinator(), "c", SHARDS, &self.acked, &self.attempted).await;
+        println!(
+            "{name}: writes resumed after {write_pause:?}, longest write gap {write_gap:?}; `any` searches: {} answered, {} failed (error rate {:.2}%), longest gap {:?}; {} acknowledged ids all readable, replicas identical",
+            avail.answered,
+            avail.failed,
+            avail.error_rate() * 100.0,
+            avail.longest_gap,
+            self.acked.len()
+        );
+        avail
+    }
+}
+
+/// Waits until every replica of every shard is within 200 entries of its
+/// leader (the cluster is whole again).
+async fn whole(cluster: &DockerCluster, id: u64) {
+    for s in 0..SHARDS {
+        cluster.view().caught_up("c", s, 3, 200, Duration::from_secs(120)).await.unwrap_or_else(|e| panic!("{e}\nlast log lines of node {id}:\n{}", cluster.logs(id)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn container_faults() {
+    build_image(IMAGE).unwrap();
+    let mut cluster = DockerCluster::start(3, IMAGE).await.unwrap();
+    let addr = cluster.coordinator().to_string();
+    create(&addr, "c", SHARDS, 3).await;
+    let mut ledger = Ledger::default();
+    let mut results = vec![];
+
+    // 1. kill -9 of the container leading shard 0.
+    let running = ledger.load(&addr).await;
+    let victim = leader_of(&addr, "c", 0).await;
+    let t = Instant::now();
+    cluster.kill9(victim).unwrap();
+    let pause = acks_resume(&running.0, t, 20).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.start_again(victim).unwrap();
+    whole(&cluster, victim).await;
+    results.push(("kill -9", ledger.finish(&cluster, "kill -9 of a leader container", running, t, Some(pause)).await));
+
+    // 2. docker pause of the container leading shard 1.
+    let running = ledger.load(&addr).await;
+    let victim = leader_of(&addr, "c", 1).await;
+    let t = Instant::now();
+    cluster.pause(victim).unwrap();
+    let pause = acks_resume(&running.0, t, 20).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.unpause(victim).unwrap();
+    whole(&cluster, victim).await;
+    results.push(("pause", ledger.finish(&cluster, "docker pause of a leader", running, t, Some(pause)).await));
+
+    // 3. Partition: the leader of shard 0 cut off the network; the rest
+    //    elect a new leader and go on; the node catches up after the heal.
+    let running = ledger.load(&addr).await;
+    let victim = leader_of(&addr, "c", 0).await;
+    let t = Instant::now();
+    cluster.disconnect(victim).unwrap();
+    let pause = acks_resume(&running.0, t, 20).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.connect(victim).unwrap();
+    whole(&cluster, victim).await;
+    results.push(("partition", ledger.finish(&cluster, "partition of a leader", running, t, Some(pause)).await));
+
+    // 4. Rolling restart: each node restarted gracefully and caught up
+    //    before the next.
+    let running = ledger.load(&addr).await;
+    let t = Instant::now();
+    for id in 1..=3 {
+        cluster.restart(id).unwrap();
+        whole(&cluster, id).await;
+    }
+    let took = t.elapsed();
+    results.push(("rolling restart", ledger.finish(&cluster, &format!("rolling restart of 3 nodes in {took:?}"), running, t, None).await));
+
+    // Searches with `any` kept answering through every single-node fault.
+    for (name, a) in &results {
+        assert!(a.answered > 0, "{name}: no search answered");
+        assert!(a.longest_gap < Duration::from_secs(15), "{name}: `any` searches stopped answering for {:?}", a.longest_gap);
+    }
+}
