@@ -88,6 +88,7 @@ impl DockerCluster {
         let subnet = subnet.context("no free 10.231.x.0/24 subnet for the test network")?;
         let nodes: Vec<Container> = (1..=n).map(|id| Container { id, name: format!("{prefix}-n{id}"), ip: format!("{subnet}.{}", 10 + id), up: false, connected: true }).collect();
         let seed = nodes[0].addr();
+        let others = nodes[1..].iter().map(Container::addr).collect::<Vec<_>>().join(",");
         let mut c = DockerCluster { prefix, network, nodes, coordinator: None };
         for i in 0..c.nodes.len() {
             let node = c.nodes[i].clone();
@@ -97,8 +98,11 @@ impl DockerCluster {
                 .collect();
             args.extend(["-v".into(), format!("{}:/data", node.name), "-e".into(), "SHOAL_LOG=info,openraft=warn".into(), "--stop-timeout".into(), "10".into(), image.into()]);
             args.extend(["node", "--node-id", &node.id.to_string(), "--data-dir", "/data", "--internal-listen", &format!("0.0.0.0:{INTERNAL_PORT}"), "--advertise", &node.addr()].iter().map(|s| s.to_string()));
+            // As in compose and the StatefulSet: node 1 may bootstrap, but
+            // only once every other node answers that it has no cluster.
             if node.id == 1 {
                 args.push("--bootstrap".into());
+                args.extend(["--join".into(), others.clone()]);
             } else {
                 args.extend(["--join".into(), seed.clone()]);
             }

@@ -116,6 +116,32 @@ async fn whole_cluster_restart_and_node_added() {
     check(&cluster, "r", SHARDS, &acked, &attempted).await;
 }
 
+/// Node 1 (the bootstrap node) loses its disk and restarts with
+/// `--bootstrap --join` (as pod 0 of a StatefulSet does): it must join the
+/// running cluster, not start a second one. Its map then lists all three
+/// nodes and the collection created before, and writes and reads work.
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_bootstrap_node_joins_the_running_cluster() {
+    let mut cluster = ProcCluster::start(3).await.unwrap();
+    let addr = cluster.coordinator.addr.clone();
+    create(&addr, "b", 1, 2).await;
+    let before = cluster.map_at(2).await.unwrap();
+    let n1 = cluster.node(1);
+    n1.kill9();
+    let (dir, listen) = (n1.data_dir.clone(), n1.addr.clone());
+    std::fs::remove_dir_all(&dir).unwrap();
+    let seeds: Vec<String> = cluster.nodes.iter().filter(|n| n.id != 1).map(|n| n.addr.clone()).collect();
+    cluster.nodes[0] = shoal_tests::procs::NodeProc::start_with(1, &dir, &listen, true, &seeds, &[]).unwrap();
+    cluster.wait_members(3, Duration::from_secs(60)).await.unwrap();
+    let after = cluster.map_at(1).await.unwrap();
+    assert!(after.epoch >= before.epoch, "node 1 has the running cluster's map (epoch {} < {})", after.epoch, before.epoch);
+    assert!(after.collections.iter().any(|c| c.config.as_ref().is_some_and(|x| x.name == "b")), "node 1 sees the collection made before: {after:?}");
+    let load = Load::start(&addr, "b", 1, 0).await;
+    wait_acks(&load, 200).await;
+    let (acked, attempted) = load.stop().await;
+    check(&cluster, "b", 1, &acked, &attempted).await;
+}
+
 /// Failover benchmark over processes (not a pass/fail test): 20 times,
 /// kill -9 the leader of a one-shard RF=3 collection while a client writes
 /// to it, and time from the kill to the first acknowledged write; then

@@ -72,6 +72,43 @@ async fn whole(cluster: &DockerCluster, id: u64) {
     }
 }
 
+/// A single-node fault and its repair.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// `docker kill --signal KILL`, then `docker start`.
+    Kill9,
+    /// `docker pause`, then `docker unpause`.
+    Pause,
+    /// `docker network disconnect`, then `connect` with the same IP.
+    Partition,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill9 => "kill -9 of a leader container",
+            Fault::Pause => "docker pause of a leader",
+            Fault::Partition => "partition of a leader",
+        }
+    }
+
+    fn apply(self, c: &mut DockerCluster, id: u64) -> anyhow::Result<()> {
+        match self {
+            Fault::Kill9 => c.kill9(id),
+            Fault::Pause => c.pause(id),
+            Fault::Partition => c.disconnect(id),
+        }
+    }
+
+    fn heal(self, c: &mut DockerCluster, id: u64) -> anyhow::Result<()> {
+        match self {
+            Fault::Kill9 => c.start_again(id),
+            Fault::Pause => c.unpause(id),
+            Fault::Partition => c.connect(id),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore]
 async fn container_faults() {
@@ -82,39 +119,18 @@ async fn container_faults() {
     let mut ledger = Ledger::default();
     let mut results = vec![];
 
-    // 1. kill -9 of the container leading shard 0.
-    let running = ledger.load(&addr).await;
-    let victim = leader_of(&addr, "c", 0).await;
-    let t = Instant::now();
-    cluster.kill9(victim).unwrap();
-    acks_resume(&running.0, t, 20).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    cluster.start_again(victim).unwrap();
-    whole(&cluster, victim).await;
-    results.push(("kill -9", ledger.finish(&cluster, "kill -9 of a leader container", running, t).await));
-
-    // 2. docker pause of the container leading shard 1.
-    let running = ledger.load(&addr).await;
-    let victim = leader_of(&addr, "c", 1).await;
-    let t = Instant::now();
-    cluster.pause(victim).unwrap();
-    acks_resume(&running.0, t, 20).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    cluster.unpause(victim).unwrap();
-    whole(&cluster, victim).await;
-    results.push(("pause", ledger.finish(&cluster, "docker pause of a leader", running, t).await));
-
-    // 3. Partition: the leader of shard 0 cut off the network; the rest
-    //    elect a new leader and go on; the node catches up after the heal.
-    let running = ledger.load(&addr).await;
-    let victim = leader_of(&addr, "c", 0).await;
-    let t = Instant::now();
-    cluster.disconnect(victim).unwrap();
-    acks_resume(&running.0, t, 20).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster.connect(victim).unwrap();
-    whole(&cluster, victim).await;
-    results.push(("partition", ledger.finish(&cluster, "partition of a leader", running, t).await));
+    // 1-3. One leader at a time: killed, paused, cut off; then healed.
+    for (fault, shard) in [(Fault::Kill9, 0), (Fault::Pause, 1), (Fault::Partition, 0)] {
+        let running = ledger.load(&addr).await;
+        let victim = leader_of(&addr, "c", shard).await;
+        let t = Instant::now();
+        fault.apply(&mut cluster, victim).unwrap();
+        acks_resume(&running.0, t, 20).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        fault.heal(&mut cluster, victim).unwrap();
+        whole(&cluster, victim).await;
+        results.push((fault.name(), ledger.finish(&cluster, &format!("{} (node {victim}, leader of shard {shard})", fault.name()), running, t).await));
+    }
 
     // 4. Rolling restart: each node restarted gracefully and caught up
     //    before the next.
