@@ -157,6 +157,12 @@ fn classify(s: &tonic::Status) -> Option<Retry> {
 /// is given up on after this long and another replica is tried, within
 /// the call's overall deadline.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A node that timed out or could not be reached is passed over for this
+/// long: replicas are tried before it, and leader hints naming it (a
+/// follower that has not heard of the election yet) are not followed.
+/// Without this, requests kept returning to a frozen or cut-off leader and
+/// waited out a second attempt timeout (docs/raft.md).
+const SUSPECT_FOR: Duration = Duration::from_secs(3);
 
 pub struct Router {
     seeds: Vec<String>,
@@ -167,6 +173,8 @@ pub struct Router {
     leaders: RwLock<HashMap<(String, u32), u64>>,
     /// Rotates `any` reads over replicas.
     spread: AtomicUsize,
+    /// Nodes that recently timed out or were unreachable, until when.
+    suspects: RwLock<HashMap<u64, std::time::Instant>>,
     pub deadline: Duration,
 }
 
@@ -210,7 +218,22 @@ impl Router {
             channels: RwLock::new(HashMap::new()),
             leaders: RwLock::new(HashMap::new()),
             spread: AtomicUsize::new(0),
+            suspects: RwLock::new(HashMap::new()),
             deadline,
+        }
+    }
+
+    fn suspect(&self, node: u64) {
+        self.suspects.write().insert(node, std::time::Instant::now() + SUSPECT_FOR);
+    }
+
+    fn is_suspect(&self, node: u64) -> bool {
+        self.suspects.read().get(&node).is_some_and(|until| *until > std::time::Instant::now())
+    }
+
+    fn cleared(&self, node: u64) {
+        if self.suspects.read().contains_key(&node) {
+            self.suspects.write().remove(&node);
         }
     }
 
@@ -332,12 +355,15 @@ impl Router {
     fn pick(&self, key: &(String, u32), replicas: &[u64], target: Target, attempt: usize, start: usize) -> u64 {
         if target == Target::Leader {
             if let Some(l) = self.leaders.read().get(key).filter(|l| replicas.contains(l)) {
-                if attempt == 0 {
+                if attempt == 0 && !self.is_suspect(*l) {
                     return *l;
                 }
             }
         }
-        replicas[(start + attempt) % replicas.len()]
+        // Round-robin from `start + attempt`, passing over suspects unless
+        // every replica is one.
+        let n = replicas.len();
+        (0..n).map(|i| replicas[(start + attempt + i) % n]).find(|r| !self.is_suspect(*r)).unwrap_or(replicas[(start + attempt) % n])
     }
 
     /// Calls one shard with `f` under the deadline. Follows leader hints,
@@ -379,11 +405,13 @@ impl Router {
                 Err(_) => {
                     last = Some(CoordError::Unreachable { node, address: addr, detail: format!("no answer within {:?}", left.min(ATTEMPT_TIMEOUT)) });
                     self.leaders.write().remove(&key);
+                    self.suspect(node);
                     continue;
                 }
             };
             let s = match res {
                 Ok(r) => {
+                    self.cleared(node);
                     if target == Target::Leader {
                         self.leaders.write().insert(key, node);
                     }
@@ -395,14 +423,18 @@ impl Router {
                 Some(Retry::Refresh) => {
                     let _ = self.refresh().await;
                 }
-                Some(Retry::Leader(id)) if id != node => {
+                Some(Retry::Leader(id)) if id != node && !self.is_suspect(id) => {
                     self.leaders.write().insert(key.clone(), id);
                     hinted = Some(id);
                     last = Some(CoordError::from_node(format!("shard {collection}/{shard_id}"), s));
                 }
                 Some(_) => {
                     self.leaders.write().remove(&key);
-                    last = Some(if s.message().contains("transport") || s.message().contains("connect") {
+                    let unreachable = s.message().contains("transport") || s.message().contains("connect");
+                    if unreachable {
+                        self.suspect(node);
+                    }
+                    last = Some(if unreachable {
                         CoordError::Unreachable { node, address: addr, detail: s.message().to_string() }
                     } else {
                         CoordError::from_node(format!("shard {collection}/{shard_id}"), s)
@@ -417,5 +449,30 @@ impl Router {
                 None => return Err(CoordError::from_node(format!("shard {collection}/{shard_id}"), s)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Suspects are passed over by the rotation and by the cached leader,
+    /// unless every replica is one; an answer clears a node.
+    #[test]
+    fn pick_passes_over_suspects() {
+        let r = Router::new(vec![], Duration::from_secs(1), None);
+        let key = ("c".to_string(), 0);
+        let reps = [1, 2, 3];
+        let picks = |r: &Router, target| (0..3).map(|a| r.pick(&key, &reps, target, a, 0)).collect::<Vec<_>>();
+        assert_eq!(picks(&r, Target::Any), vec![1, 2, 3]);
+        r.suspect(2);
+        assert_eq!(picks(&r, Target::Any), vec![1, 3, 3], "2 is passed over");
+        r.leaders.write().insert(key.clone(), 2);
+        assert_eq!(r.pick(&key, &reps, Target::Leader, 0, 0), 1, "a suspect cached leader is not tried first");
+        r.suspect(1);
+        r.suspect(3);
+        assert_eq!(picks(&r, Target::Any), vec![1, 2, 3], "all suspects: plain rotation");
+        r.cleared(2);
+        assert_eq!(r.pick(&key, &reps, Target::Leader, 0, 0), 2, "cleared by an answer");
     }
 }
