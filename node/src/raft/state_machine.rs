@@ -537,7 +537,16 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             }
         };
         let (me, meta) = (self.clone(), meta.clone());
-        blocking(move || me.install(&meta, &path)).await
+        let own = path.parent() == Some(self.recipe.snapshot_dir().as_path());
+        blocking(move || {
+            let res = me.install(&meta, &path);
+            if res.is_err() && own && path.exists() {
+                // A refused transfer is not kept; the leader sends again.
+                let _ = std::fs::remove_file(&path);
+            }
+            res
+        })
+        .await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
