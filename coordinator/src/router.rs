@@ -423,7 +423,11 @@ impl Router {
                 Some(Retry::Refresh) => {
                     let _ = self.refresh().await;
                 }
-                Some(Retry::Leader(id)) if id != node && !self.is_suspect(id) => {
+                // A hint naming a suspect is followed only after two whole
+                // rounds over the replicas (with their backoff) still point
+                // to it: a slow but live leader is not passed over for long.
+                Some(Retry::Leader(id)) if id != node && (!self.is_suspect(id) || attempt >= 2 * replicas.len()) => {
+                    self.cleared(id);
                     self.leaders.write().insert(key.clone(), id);
                     hinted = Some(id);
                     last = Some(CoordError::from_node(format!("shard {collection}/{shard_id}"), s));

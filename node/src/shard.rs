@@ -84,6 +84,10 @@ pub struct Shard {
     defer_index: AtomicBool,
     /// How the HNSW graph was obtained at open.
     opened: IndexOpen,
+    /// Destroyed (e.g. replaced by a snapshot install): later saves and
+    /// exports through stale handles must not recreate files or read the
+    /// deleted records as if they were the shard.
+    retired: AtomicBool,
 }
 
 /// When a shard write is durable.
@@ -265,6 +269,7 @@ impl Shard {
                 pending: RwLock::new(BTreeMap::new()),
                 defer_index: AtomicBool::new(false),
                 opened: outcome,
+                retired: AtomicBool::new(false),
             },
             outcome,
         ))
@@ -384,6 +389,9 @@ impl Shard {
     pub fn export_to(&self, meta: &[&str], points: &mut dyn std::io::Write, index_path: &Path) -> Result<ExportInfo> {
         use prost::Message;
         let _w = self.writer.lock();
+        if self.retired.load(Ordering::Relaxed) {
+            return Err(NodeError::Raft("shard was replaced by a snapshot install; export the new one".into()));
+        }
         let values = meta.iter().map(|m| self.store.meta_get(m)).collect::<std::result::Result<Vec<_>, _>>()?;
         let (next_offset, seq) = {
             let st = self.state.read();
@@ -758,6 +766,9 @@ impl Shard {
     /// Saves the HNSW index if writes happened since the last save.
     pub fn save_index(&self) -> Result<bool> {
         let _w = self.writer.lock();
+        if self.retired.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
         let (seq, next) = {
             let st = self.state.read();
             (st.seq, st.next_offset)
@@ -777,6 +788,7 @@ impl Shard {
     /// Deletes the shard's data and index files.
     pub fn destroy(&self) -> Result<()> {
         let _w = self.writer.lock();
+        self.retired.store(true, Ordering::Relaxed);
         self.store.destroy()?;
         let _ = std::fs::remove_file(&self.index_path);
         let _ = std::fs::remove_file(self.index_path.with_extension("meta"));

@@ -150,9 +150,29 @@ impl ShardStateMachine {
             Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| crate::error::StorageError::Corrupt { what: "replica generation", detail: config.name.clone() })?),
             None => 0,
         };
+        // Leftovers: an install cut short (g + 1), the generation an install
+        // replaced (g - 1), and any index directory or generation-0 file
+        // that a stale handle wrote after its generation was dropped.
         drop_generation(&store, &index_dir, shard_id, g + 1)?;
         if g > 0 {
             drop_generation(&store, &index_dir, shard_id, g - 1)?;
+            drop_generation(&store, &index_dir, shard_id, 0)?;
+        }
+        if let Ok(entries) = std::fs::read_dir(&index_dir) {
+            let live = format!("{shard_id}.gen{g}");
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{shard_id}.gen")) && name != live {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        // The snapshot of the live generation, if an install was cut short
+        // between its commit and keeping the file.
+        let snaps = snapshot_dir(&index_dir, shard_id);
+        let gen_file = snaps.join(format!("gen{g}.snap"));
+        if gen_file.exists() {
+            let _ = std::fs::rename(&gen_file, snaps.join(CURRENT));
         }
         let dir = generation_dir(&index_dir, shard_id, g);
         let (mut shard, _) = Shard::open(config.clone(), shard_id, store.with_generation(g), &dir)?;
@@ -213,6 +233,9 @@ impl ShardStateMachine {
     /// Makes `from` the kept snapshot unless the kept one is newer.
     fn keep(&self, from: &Path, applied: Option<LogId<NodeId>>) -> std::io::Result<()> {
         let _g = self.current.lock();
+        if applied.is_none() {
+            return std::fs::remove_file(from);
+        }
         let to = self.recipe.snapshot_dir().join(CURRENT);
         if let Ok((kept, _)) = Self::open_current(&to) {
             if kept.last_log_id > applied {
@@ -321,11 +344,19 @@ impl ShardStateMachine {
             }
         };
         let res = (|| -> Result<(SnapshotMeta<NodeId, BasicNode>, std::fs::File, PathBuf), StorageError<NodeId>> {
-            let shard = self.shard();
-            let mut points = Hashing::new(BufWriter::new(std::fs::File::create(&points_tmp).map_err(|e| werr(&e))?));
-            let info = shard.export_to(&[APPLIED, MEMBERSHIP], &mut points, &index_tmp).map_err(|e| werr(&e))?;
-            let (points_bytes, points_checksum) = (points.bytes, points.digest());
-            drop(points);
+            // An install may swap the shard while this export runs (openraft
+            // builds in a task of its own): export again from the new one.
+            let (info, points_bytes, points_checksum) = loop {
+                let generation = self.generation();
+                let shard = self.shard();
+                let mut points = Hashing::new(BufWriter::new(std::fs::File::create(&points_tmp).map_err(|e| werr(&e))?));
+                match shard.export_to(&[APPLIED, MEMBERSHIP], &mut points, &index_tmp) {
+                    Ok(info) if self.generation() == generation => break (info, points.bytes, points.digest()),
+                    Ok(_) => {}
+                    Err(e) if self.generation() == generation => return Err(werr(&e)),
+                    Err(_) => {}
+                }
+            };
             let applied: Option<LogId<NodeId>> = decode_or_default(&info.meta[0])?;
             let membership: Membership = decode_or_default(&info.meta[1])?;
             let mut index = Hashing::new(std::io::sink());
@@ -432,6 +463,18 @@ impl ShardStateMachine {
             return Err(e);
         }
 
+        // The file becomes this generation's snapshot before the commit, so
+        // whichever side of the commit a crash falls on, the kept snapshot
+        // matches the live state (`open_with` promotes it).
+        let dir = r.snapshot_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| werr(&e))?;
+        let gen_file = dir.join(format!("gen{new_gen}.snap"));
+        if path.parent() == Some(dir.as_path()) {
+            std::fs::rename(path, &gen_file).map_err(|e| werr(&e))?;
+        } else {
+            std::fs::copy(path, &gen_file).map_err(|e| werr(&e))?;
+        }
+
         // Commit point: one synced write makes the new generation live.
         shard_store::node_meta_put(&*r.kv, &generation_key(&r.config.name, r.shard_id), new_gen.to_be_bytes().to_vec()).map_err(|e| werr(&e))?;
         r.generation.store(new_gen, Ordering::Relaxed);
@@ -440,18 +483,12 @@ impl ShardStateMachine {
         fresh.set_defer_index(self.defer_index.load(Ordering::Relaxed));
         let points = fresh.len();
         let old = std::mem::replace(&mut *self.shard.write(), Arc::new(fresh));
-        drop(old);
+        // Under the old shard's writer lock, so an export running on it
+        // finishes first; stale handles see it retired.
+        old.destroy().map_err(|e| werr(&e))?;
         drop_generation(&r.store, &r.index_dir, r.shard_id, old_gen).map_err(|e| werr(&e))?;
-
-        // Keep the file: this replica may have to send it on as leader.
-        let dir = r.snapshot_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| werr(&e))?;
-        if path.parent() == Some(dir.as_path()) {
-            self.keep(path, meta.last_log_id).map_err(|e| werr(&e))?;
-        } else {
-            let tmp = dir.join(format!("copy-{}.snap", nonce()));
-            std::fs::copy(path, &tmp).and_then(|_| self.keep(&tmp, meta.last_log_id)).map_err(|e| werr(&e))?;
-        }
+        // Kept to send on if this replica leads later.
+        self.keep(&gen_file, meta.last_log_id).map_err(|e| werr(&e))?;
         tracing::info!(snapshot = %meta.snapshot_id, points, bytes = len, generation = new_gen, ?outcome, secs = started.elapsed().as_secs_f64(), "snapshot installed");
         Ok(())
     }
@@ -515,6 +552,15 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         let dir = self.recipe.snapshot_dir();
         let werr = |e: std::io::Error| sm_err(ErrorVerb::Write, e);
         tokio::fs::create_dir_all(&dir).await.map_err(werr)?;
+        // One transfer at a time: a file left by one openraft dropped (a new
+        // snapshot id, or one already covered by the log) goes.
+        if let Ok(mut entries) = tokio::fs::read_dir(&dir).await {
+            while let Ok(Some(e)) = entries.next_entry().await {
+                if e.file_name().to_string_lossy().starts_with("recv-") {
+                    let _ = tokio::fs::remove_file(e.path()).await;
+                }
+            }
+        }
         let path = dir.join(format!("recv-{}.snap", nonce()));
         let file = tokio::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).await.map_err(werr)?;
         Ok(Box::new(SnapshotData::File { file, path }))
@@ -541,7 +587,8 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         blocking(move || {
             let res = me.install(&meta, &path);
             if res.is_err() && own && path.exists() {
-                // A refused transfer is not kept; the leader sends again.
+                // A refused transfer is not kept. (openraft 0.9 stops the
+                // group on this error until the node restarts; docs/raft.md.)
                 let _ = std::fs::remove_file(&path);
             }
             res

@@ -302,6 +302,10 @@ fn snapshot_install_is_atomic_and_ships_the_graph() {
         assert_eq!(other.shard().search(&q).unwrap(), sm.shard().search(&q).unwrap(), "graph search agrees");
         assert_eq!(ShardStore::new(e2.clone(), "c", 0).meta_u64("seq").unwrap(), 0, "generation 0 deleted");
 
+        // As if the process died after the commit but before the received
+        // file became `current.snap`: it is still the live generation's.
+        let snaps = d2.path().join("index/0.snapshots");
+        std::fs::rename(snaps.join("current.snap"), snaps.join("gen1.snap")).unwrap();
         drop(other);
         let mut other = open2();
         assert_eq!((other.generation(), contents(&other)), (1, want.clone()), "install survives a restart");
