@@ -38,6 +38,8 @@ use crate::storage::memory::MemoryEngine;
 use crate::storage::rocks::{RocksEngine, RocksTuning};
 use crate::storage::{shard_store, KvEngine, ShardStore};
 
+pub mod ops;
+
 /// How long a proposal waits for its group to elect a leader.
 pub const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// A non-first replica of a new shard initialises the group itself when it
@@ -76,6 +78,9 @@ pub struct Replica {
     pub writes: crate::raft::batch::WriteQueue,
     /// The collection's uid this replica belongs to.
     pub uid: u64,
+    /// A leadership transfer is under way: new writes wait (they answer
+    /// UNAVAILABLE and are retried) so the followers' lease can run out.
+    pub transfer: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Replica {
@@ -149,6 +154,8 @@ pub struct Engine {
     meta_write: tokio::sync::Mutex<()>,
     /// One reconcile at a time.
     reconciling: Mutex<()>,
+    /// The operation driver's progress (see [`ops`]).
+    ops: ops::OpsState,
 }
 
 impl Engine {
@@ -178,6 +185,7 @@ impl Engine {
             meta_sm,
             meta_write: tokio::sync::Mutex::new(()),
             reconciling: Mutex::new(()),
+            ops: ops::OpsState::default(),
         });
         engine.reconcile()?;
         engine.start_indexer();
@@ -363,7 +371,7 @@ impl Engine {
             .into_iter()
             .zip(placement)
             .enumerate()
-            .map(|(i, ((start, end), replicas))| ShardPlacement { shard_id: i as u32, range_start: start, range_end: end, replicas })
+            .map(|(i, ((start, end), replicas))| ShardPlacement { shard_id: i as u32, range_start: start, range_end: end, replicas, ..Default::default() })
             .collect();
         let name = config.name.clone();
         let entry = CollectionEntry { config: Some(config), shards, uid: 0 };
@@ -400,7 +408,7 @@ impl Engine {
         let mut wanted: HashMap<ShardKey, (CollectionConfig, ShardPlacement, u64)> = HashMap::new();
         for c in &map.collections {
             let Some(config) = c.config.as_ref() else { continue };
-            for s in c.shards.iter().filter(|s| s.replicas.contains(&me)) {
+            for s in c.shards.iter().filter(|s| s.replicas.contains(&me) || s.learners.contains(&me)) {
                 wanted.insert((config.name.clone(), s.shard_id), (config.clone(), s.clone(), c.uid));
             }
         }
@@ -465,7 +473,9 @@ impl Engine {
         let raft = handle
             .block_on(Raft::new(self.cfg.node_id, self.raft_config.clone(), network, log.clone(), sm.clone()))
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        if fresh {
+        // Only the members a shard was created with initialise its group;
+        // a replica added later (a move) waits for the leader to add it.
+        if fresh && placement.changes == 0 && placement.replicas.contains(&self.cfg.node_id) {
             let addr = |id: &u64| map.nodes.iter().find(|n| n.id == *id).map_or("", |n| n.address.as_str());
             let members: BTreeMap<u64, BasicNode> = placement.replicas.iter().map(|id| (*id, BasicNode::new(addr(id)))).collect();
             // Every replica may initialise with the same membership (safe in
@@ -490,7 +500,7 @@ impl Engine {
         handle.spawn(track_role(raft.clone(), sm.clone()));
         self.groups.insert(group.clone(), raft.clone());
         let writes = crate::raft::batch::WriteQueue::start(&handle, raft.clone(), group.clone());
-        let replica = Replica { group, raft, sm, log, writes, uid };
+        let replica = Replica { group, raft, sm, log, writes, uid, transfer: Default::default() };
         self.shards.write().insert((config.name.clone(), shard_id), replica.clone());
         tracing::info!(collection = %config.name, shard = shard_id, fresh, "replica open");
         Ok(replica)

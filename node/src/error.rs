@@ -40,6 +40,9 @@ pub enum NodeError {
     NoCluster,
     #[error("{0}")]
     Rejected(String),
+    /// An operation that the cluster's state does not allow now.
+    #[error("{0}")]
+    Precondition(String),
 }
 
 #[derive(Debug, thiserror::Error)]

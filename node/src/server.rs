@@ -38,6 +38,8 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
 
     // Open and drop shard replicas as the applied cluster map changes.
     let watcher = engine.watch_map();
+    // Drive cluster operations while this node leads the metadata group.
+    let driver = engine.drive_operations();
     // Hand pages freed by bulk writes back to the OS (see crate::memory).
     let trimmer = {
         let engine = engine.clone();
@@ -80,6 +82,7 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
     }
     trimmer.abort();
     watcher.abort();
+    driver.abort();
     engine.shutdown_groups().await;
     let e = engine.clone();
     let saved = tokio::task::spawn_blocking(move || e.save_indexes()).await?;

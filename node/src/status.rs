@@ -27,7 +27,7 @@ impl From<NodeError> for Status {
                 s
             }
             NodeError::Raft(_) | NodeError::NoQuorum { .. } | NodeError::MapBehind { .. } | NodeError::ShardOpening { .. } | NodeError::NoCluster => Status::unavailable(msg),
-            NodeError::AlreadyInitialized => Status::failed_precondition(msg),
+            NodeError::AlreadyInitialized | NodeError::Precondition(_) => Status::failed_precondition(msg),
             NodeError::CollectionExists(_) => Status::already_exists(msg),
             NodeError::StaleEpoch { have, .. } => {
                 let mut s = Status::new(Code::FailedPrecondition, msg);

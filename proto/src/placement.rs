@@ -5,6 +5,11 @@
 //! sorted node list. The first replica is the preferred leader, so leaders
 //! rotate over the nodes and every node holds `shards * rf / n` replicas
 //! (±1).
+//!
+//! [`plan`] is the rebalance planner behind `shoalctl cluster rebalance`
+//! and `drain`: from the current replica sets it proposes replica moves
+//! and leadership transfers that empty excluded (draining) nodes and even
+//! out replicas, then preferred leaders, over the others.
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlacementError {
@@ -29,9 +34,156 @@ pub fn place(nodes: &[u64], shards: u32, rf: u32) -> Result<Vec<Vec<u64>>, Place
     Ok((0..shards as usize).map(|s| (0..rf as usize).map(|r| sorted[(s + r) % n]).collect()).collect())
 }
 
+/// One step of a rebalance plan, on the shard at index `shard` of the
+/// planner's input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Move the replica on `from` to `to` (it keeps its position, so a
+    /// preferred leader's replica stays the preferred leader).
+    Move { shard: usize, from: u64, to: u64 },
+    /// Make `to`, already a replica, the preferred leader.
+    Leader { shard: usize, to: u64 },
+}
+
+fn count(shards: &[Vec<u64>], n: u64) -> usize {
+    shards.iter().filter(|r| r.contains(&n)).count()
+}
+
+fn leads(shards: &[Vec<u64>], n: u64) -> usize {
+    shards.iter().filter(|r| r.first() == Some(&n)).count()
+}
+
+/// Plans moves so that no replica stays on an `excluded` node and the
+/// replica counts of the other `nodes` differ by at most one (counted over
+/// all `shards` given, one entry per shard: its replica set, preferred
+/// leader first); then leadership transfers that even out preferred
+/// leaders as far as the replica sets allow. Pure and deterministic (ties
+/// go to the lowest node id); returns the steps in order and the replica
+/// sets they lead to.
+pub fn plan(nodes: &[u64], excluded: &[u64], shards: &[Vec<u64>]) -> Result<(Vec<Step>, Vec<Vec<u64>>), PlacementError> {
+    let mut eligible: Vec<u64> = nodes.iter().copied().filter(|n| !excluded.contains(n)).collect();
+    eligible.sort_unstable();
+    eligible.dedup();
+    let widest = shards.iter().map(Vec::len).max().unwrap_or(0);
+    if widest > eligible.len() {
+        return Err(PlacementError::NotEnoughNodes { rf: widest as u32, nodes: eligible.len() });
+    }
+    let mut cur = shards.to_vec();
+    let mut steps = Vec::new();
+    // 1. Empty the excluded (and unknown) nodes.
+    for i in 0..cur.len() {
+        for pos in 0..cur[i].len() {
+            let from = cur[i][pos];
+            if eligible.contains(&from) {
+                continue;
+            }
+            let to = *eligible.iter().filter(|n| !cur[i].contains(n)).min_by_key(|n| (count(&cur, **n), **n)).expect("enough eligible nodes");
+            cur[i][pos] = to;
+            steps.push(Step::Move { shard: i, from, to });
+        }
+    }
+    // 2. Even out replicas: move one from the fullest node to the emptiest
+    // until they differ by at most one (each move lowers the sum of
+    // squared counts, so this ends).
+    if !eligible.is_empty() {
+        loop {
+            let max = *eligible.iter().max_by_key(|n| (count(&cur, **n), std::cmp::Reverse(**n))).expect("nodes");
+            let min = *eligible.iter().min_by_key(|n| (count(&cur, **n), **n)).expect("nodes");
+            if count(&cur, max) <= count(&cur, min) + 1 {
+                break;
+            }
+            // Some shard on `max` lacks `min`, or `min` would hold as many.
+            let Some(i) = (0..cur.len()).find(|&i| cur[i].contains(&max) && !cur[i].contains(&min)) else { break };
+            let pos = cur[i].iter().position(|n| *n == max).expect("replica");
+            cur[i][pos] = min;
+            steps.push(Step::Move { shard: i, from: max, to: min });
+        }
+        // 3. Even out preferred leaders where a replica set allows it.
+        loop {
+            let max = *eligible.iter().max_by_key(|n| (leads(&cur, **n), std::cmp::Reverse(**n))).expect("nodes");
+            let min = *eligible.iter().min_by_key(|n| (leads(&cur, **n), **n)).expect("nodes");
+            if leads(&cur, max) <= leads(&cur, min) + 1 {
+                break;
+            }
+            let Some(i) = (0..cur.len()).find(|&i| cur[i].first() == Some(&max) && cur[i].contains(&min)) else { break };
+            let pos = cur[i].iter().position(|n| *n == min).expect("replica");
+            cur[i].swap(0, pos);
+            steps.push(Step::Leader { shard: i, to: min });
+        }
+    }
+    Ok((steps, cur))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Replays `steps` on `shards`, checking each is legal.
+    fn replay(shards: &[Vec<u64>], steps: &[Step]) -> Vec<Vec<u64>> {
+        let mut cur = shards.to_vec();
+        for s in steps {
+            match *s {
+                Step::Move { shard, from, to } => {
+                    assert!(!cur[shard].contains(&to), "{s:?} onto a node that holds the shard");
+                    let pos = cur[shard].iter().position(|n| *n == from).expect("move from a replica");
+                    cur[shard][pos] = to;
+                }
+                Step::Leader { shard, to } => {
+                    let pos = cur[shard].iter().position(|n| *n == to).expect("leader is a replica");
+                    cur[shard].swap(0, pos);
+                }
+            }
+        }
+        cur
+    }
+
+    #[test]
+    fn drains_and_evens_out() {
+        // Everything on nodes 1-3; node 4 joined; node 2 drains.
+        let shards = place(&[1, 2, 3], 6, 2).unwrap();
+        let (steps, after) = plan(&[1, 2, 3, 4], &[2], &shards).unwrap();
+        assert_eq!(replay(&shards, &steps), after);
+        assert_eq!(count(&after, 2), 0);
+        for n in [1, 3, 4] {
+            assert_eq!(count(&after, n), 4, "{after:?}");
+            assert_eq!(leads(&after, n), 2, "{after:?}");
+        }
+        // A balanced placement needs nothing.
+        assert_eq!(plan(&[1, 2, 3], &[], &shards).unwrap().0, vec![]);
+        // Too few nodes left for rf 3.
+        assert_eq!(plan(&[1, 2, 3], &[3], &place(&[1, 2, 3], 1, 3).unwrap()), Err(PlacementError::NotEnoughNodes { rf: 3, nodes: 2 }));
+    }
+
+    proptest! {
+        #[test]
+        fn plans_are_legal_and_balanced(nodes in 1usize..7, extra in 0usize..3, shards in 1u32..12, rf in 1usize..4, drained in 0usize..2) {
+            let rf = rf.min(nodes);
+            let old: Vec<u64> = (1..=nodes as u64).collect();
+            let before = place(&old, shards, rf as u32).unwrap();
+            let all: Vec<u64> = (1..=(nodes + extra) as u64).collect();
+            let excluded: Vec<u64> = all.iter().copied().take(drained).collect();
+            match plan(&all, &excluded, &before) {
+                Err(PlacementError::NotEnoughNodes { .. }) => prop_assert!(all.len() - excluded.len() < rf),
+                Err(e) => prop_assert!(false, "{e}"),
+                Ok((steps, after)) => {
+                    prop_assert_eq!(replay(&before, &steps), after.clone());
+                    let eligible: Vec<u64> = all.iter().copied().filter(|n| !excluded.contains(n)).collect();
+                    let counts: Vec<usize> = eligible.iter().map(|n| count(&after, *n)).collect();
+                    prop_assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1, "{:?}", after);
+                    for e in &excluded { prop_assert_eq!(count(&after, *e), 0); }
+                    for r in &after {
+                        let mut d = r.clone();
+                        d.sort_unstable();
+                        d.dedup();
+                        prop_assert_eq!(d.len(), rf);
+                    }
+                    // Re-planning a plan's result changes nothing.
+                    prop_assert_eq!(plan(&all, &excluded, &after).unwrap().0, vec![]);
+                }
+            }
+        }
+    }
 
     #[test]
     fn table() {

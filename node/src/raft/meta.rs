@@ -23,7 +23,7 @@ use openraft::{AnyError, BasicNode, EntryPayload, ErrorSubject, ErrorVerb, LogId
 use parking_lot::Mutex;
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use shoal_proto::internal::v1::{ClusterMap, CollectionEntry, NodeEntry};
+use shoal_proto::internal::v1::{ClusterMap, CollectionEntry, NodeEntry, OperationState, SubmitOperationsRequest};
 use tokio::sync::watch;
 
 use super::snapshot::SnapshotData;
@@ -47,6 +47,18 @@ pub enum MetaCommand {
     /// `uid` the apply sets to the entry's log index.
     CreateCollection { entry: Vec<u8> },
     DeleteCollection { name: String },
+    /// Records operations (protobuf `SubmitOperationsRequest`); the apply
+    /// assigns their ids and marks them pending.
+    SubmitOps { request: Vec<u8> },
+    /// Sets one shard's voting replicas and learners (a step of a move);
+    /// `uid` guards against a re-created collection of the same name.
+    SetPlacement { collection: String, uid: u64, shard_id: u32, replicas: Vec<u64>, learners: Vec<u64> },
+    /// Ends operation `id`: done, or failed with `error`.
+    FinishOp { id: u64, error: Option<String> },
+    /// Sets a collection's replication factor (after its moves).
+    SetReplication { collection: String, uid: u64, replication_factor: u32 },
+    /// Removes a node that holds no replicas.
+    RemoveNode { id: u64 },
 }
 
 impl MetaCommand {
@@ -58,6 +70,9 @@ impl MetaCommand {
 /// Why the metadata state machine rejected a command.
 pub const EXISTS: &str = "exists";
 pub const NOT_FOUND: &str = "not found";
+pub const IN_USE: &str = "in use";
+/// Finished operations kept in the map (the oldest go first).
+pub const FINISHED_KEPT: usize = 100;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct State {
@@ -97,6 +112,66 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
             if map.collections.len() == before {
                 return Err(NOT_FOUND.into());
             }
+        }
+        MetaCommand::SubmitOps { request } => {
+            let req = SubmitOperationsRequest::decode(request.as_slice()).map_err(|e| format!("undecodable operations: {e}"))?;
+            let first = map.next_operation.max(1);
+            for mut op in req.operations {
+                map.next_operation = map.next_operation.max(1);
+                op.id = map.next_operation;
+                map.next_operation += 1;
+                op.state = OperationState::Pending as i32;
+                op.detail.clear();
+                op.progress_done = 0;
+                op.progress_total = 0;
+                op.batch = req.batch.clone();
+                map.operations.push(op);
+            }
+            map.epoch += 1;
+            // The reply carries the first id; the others follow in order.
+            return Ok(first);
+        }
+        MetaCommand::SetPlacement { collection, uid, shard_id, replicas, learners } => {
+            let c = map.collections.iter_mut().find(|c| name_of(c) == collection && c.uid == uid).ok_or(NOT_FOUND)?;
+            let s = c.shards.iter_mut().find(|s| s.shard_id == shard_id).ok_or(NOT_FOUND)?;
+            if s.replicas == replicas && s.learners == learners {
+                return Ok(0);
+            }
+            s.replicas = replicas;
+            s.learners = learners;
+            s.changes += 1;
+        }
+        MetaCommand::FinishOp { id, error } => {
+            let op = map.operations.iter_mut().find(|o| o.id == id).ok_or(NOT_FOUND)?;
+            if op.state != OperationState::Pending as i32 {
+                return Ok(0);
+            }
+            op.state = if error.is_some() { OperationState::Failed } else { OperationState::Done } as i32;
+            op.detail = error.unwrap_or_default();
+            let finished = map.operations.iter().filter(|o| o.state != OperationState::Pending as i32).count();
+            let mut excess = finished.saturating_sub(FINISHED_KEPT);
+            map.operations.retain(|o| {
+                let drop = excess > 0 && o.state != OperationState::Pending as i32;
+                excess -= drop as usize;
+                !drop
+            });
+        }
+        MetaCommand::SetReplication { collection, uid, replication_factor } => {
+            let c = map.collections.iter_mut().find(|c| name_of(c) == collection && c.uid == uid).ok_or(NOT_FOUND)?;
+            let config = c.config.as_mut().ok_or(NOT_FOUND)?;
+            if config.replication_factor == replication_factor {
+                return Ok(0);
+            }
+            config.replication_factor = replication_factor;
+        }
+        MetaCommand::RemoveNode { id } => {
+            if !map.nodes.iter().any(|n| n.id == id) {
+                return Err(NOT_FOUND.into());
+            }
+            if map.collections.iter().flat_map(|c| &c.shards).any(|s| s.replicas.contains(&id) || s.learners.contains(&id)) {
+                return Err(IN_USE.into());
+            }
+            map.nodes.retain(|n| n.id != id);
         }
     }
     map.epoch += 1;

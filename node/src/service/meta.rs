@@ -102,6 +102,32 @@ impl Meta for MetaService {
         Ok(Response::new(self.engine.init_cluster().await?))
     }
 
+    async fn submit_operations(&self, req: Request<SubmitOperationsRequest>) -> Result<Response<SubmitOperationsResponse>, Status> {
+        self.on_leader(
+            req,
+            |e, r: SubmitOperationsRequest| async move { e.submit_operations(r).await.map(|ids| SubmitOperationsResponse { ids }) },
+            |mut c, r| async move { c.submit_operations(r).await },
+        )
+        .await
+    }
+
+    async fn list_operations(&self, req: Request<ListOperationsRequest>) -> Result<Response<ListOperationsResponse>, Status> {
+        self.on_leader(
+            req,
+            |e, _: ListOperationsRequest| async move { Ok(ListOperationsResponse { operations: e.list_operations() }) },
+            |mut c, r| async move { c.list_operations(r).await },
+        )
+        .await
+    }
+
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<ClusterMap>, Status> {
+        self.on_leader(req, |e, r: RemoveNodeRequest| async move { e.remove_node(r.node_id).await }, |mut c, r| async move { c.remove_node(r).await }).await
+    }
+
+    async fn shard_members(&self, req: Request<ShardMembersRequest>) -> Result<Response<ShardMembersResponse>, Status> {
+        Ok(Response::new(self.engine.shard_members(req.into_inner()).await?))
+    }
+
     async fn shard_digest(&self, req: Request<ShardDigestRequest>) -> Result<Response<ShardDigestResponse>, Status> {
         let r = req.into_inner();
         let engine = self.engine.clone();

@@ -93,6 +93,10 @@ impl ShardApi for ShardService {
     async fn write(&self, req: Request<ShardWriteRequest>) -> Result<Response<ShardWriteResponse>, Status> {
         let req = req.into_inner();
         let replica = self.replica(&req.shard)?;
+        if replica.transfer.load(std::sync::atomic::Ordering::Acquire) {
+            // Leadership is being handed over: the coordinator retries.
+            return Err(NodeError::NotLeader { group: replica.group.clone(), leader: None }.into());
+        }
         let has_delete = !req.delete_ids.is_empty() || req.delete_filter.is_some();
         if !req.upserts.is_empty() && has_delete {
             return Err(NodeError::from(invalid("upserts", "a shard write carries upserts or deletes, not both")).into());
