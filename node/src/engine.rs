@@ -303,9 +303,19 @@ impl Engine {
     }
 
     /// Waits up to `wait` for the metadata group to know a leader.
+    /// A leader known by id whose address this node cannot resolve (it
+    /// was just removed) counts as none: an election follows.
     pub async fn wait_meta_leader(&self, wait: Duration) -> Option<(u64, String)> {
-        let _ = self.meta_raft.wait(Some(wait)).metrics(|m| m.current_leader.is_some(), "metadata leader").await;
-        self.meta_leader()
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let _ = self.meta_raft.wait(Some(left)).metrics(|m| m.current_leader.is_some(), "metadata leader").await;
+            let leader = self.meta_leader();
+            if leader.is_some() || tokio::time::Instant::now() >= deadline {
+                return leader;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Starts a new cluster with this node as the only metadata voter and

@@ -114,6 +114,38 @@ pub fn plan(nodes: &[u64], excluded: &[u64], shards: &[Vec<u64>]) -> Result<(Vec
     Ok((steps, cur))
 }
 
+/// Replica additions (`from` 0) and removals (`to` 0) that bring every
+/// shard to `rf` replicas: added on the nodes holding the fewest replicas,
+/// removed from the fullest nodes, never the preferred leader. Greedy per
+/// shard, so counts may end uneven: follow with [`plan`] on the result.
+/// Pure; returns the steps and the replica sets they lead to.
+pub fn resize(nodes: &[u64], shards: &[Vec<u64>], rf: u32) -> Result<(Vec<Step>, Vec<Vec<u64>>), PlacementError> {
+    if rf == 0 {
+        return Err(PlacementError::ZeroReplication);
+    }
+    let mut sorted = nodes.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if rf as usize > sorted.len() {
+        return Err(PlacementError::NotEnoughNodes { rf, nodes: sorted.len() });
+    }
+    let mut cur = shards.to_vec();
+    let mut steps = Vec::new();
+    for i in 0..cur.len() {
+        while cur[i].len() < rf as usize {
+            let to = *sorted.iter().filter(|n| !cur[i].contains(n)).min_by_key(|n| (count(&cur, **n), **n)).expect("enough nodes");
+            cur[i].push(to);
+            steps.push(Step::Move { shard: i, from: 0, to });
+        }
+        while cur[i].len() > rf as usize {
+            let from = *cur[i][1..].iter().max_by_key(|n| (count(&cur, **n), std::cmp::Reverse(**n))).expect("more than one replica");
+            cur[i].retain(|n| *n != from);
+            steps.push(Step::Move { shard: i, from, to: 0 });
+        }
+    }
+    Ok((steps, cur))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +156,10 @@ mod tests {
         let mut cur = shards.to_vec();
         for s in steps {
             match *s {
+                Step::Move { shard, from: 0, to } => {
+                    assert!(!cur[shard].contains(&to), "{s:?} onto a node that holds the shard");
+                    cur[shard].push(to);
+                }
                 Step::Move { shard, from, to } => {
                     assert!(!cur[shard].contains(&to), "{s:?} onto a node that holds the shard");
                     let pos = cur[shard].iter().position(|n| *n == from).expect("move from a replica");
@@ -153,6 +189,39 @@ mod tests {
         assert_eq!(plan(&[1, 2, 3], &[], &shards).unwrap().0, vec![]);
         // Too few nodes left for rf 3.
         assert_eq!(plan(&[1, 2, 3], &[3], &place(&[1, 2, 3], 1, 3).unwrap()), Err(PlacementError::NotEnoughNodes { rf: 3, nodes: 2 }));
+    }
+
+    #[test]
+    fn resize_adds_to_the_emptiest_and_removes_from_the_fullest() {
+        let shards = place(&[1, 2, 3], 3, 1).unwrap();
+        let (steps, up) = resize(&[1, 2, 3], &shards, 2).unwrap();
+        assert_eq!(steps.len(), 3);
+        assert_eq!(replay(&shards, &steps), up);
+        for (before, after) in shards.iter().zip(&up) {
+            assert_eq!(after[0], before[0], "the preferred leader stays first");
+            assert_eq!(after.len(), 2);
+            assert_ne!(after[0], after[1]);
+        }
+        // Then the planner evens the counts out.
+        let (_, even) = plan(&[1, 2, 3], &[], &up).unwrap();
+        for n in [1, 2, 3] {
+            assert_eq!(count(&even, n), 2, "{even:?}");
+        }
+        let three = place(&[1, 2, 3], 3, 3).unwrap();
+        let (down, _) = resize(&[1, 2, 3], &three, 2).unwrap();
+        assert_eq!(down.len(), 3);
+        let mut after = three.clone();
+        for s in &down {
+            let Step::Move { shard, from, to: 0 } = *s else { panic!("{s:?}") };
+            assert_ne!(after[shard][0], from, "the preferred leader stays");
+            after[shard].retain(|n| *n != from);
+        }
+        let (_, even) = plan(&[1, 2, 3], &[], &after).unwrap();
+        for n in [1, 2, 3] {
+            assert_eq!(count(&even, n), 2, "{even:?}");
+        }
+        assert_eq!(resize(&[1, 2], &shards, 3), Err(PlacementError::NotEnoughNodes { rf: 3, nodes: 2 }));
+        assert_eq!(resize(&[1, 2, 3], &three, 3).unwrap().0, vec![]);
     }
 
     proptest! {

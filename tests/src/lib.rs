@@ -39,6 +39,21 @@ pub fn shoal_bin() -> PathBuf {
     profile_dir.join("shoal")
 }
 
+/// The `shoalctl` binary next to `shoal` (`SHOALCTL_BIN` overrides).
+pub fn shoalctl_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SHOALCTL_BIN") {
+        return PathBuf::from(p);
+    }
+    shoal_bin().with_file_name("shoalctl")
+}
+
+/// Runs `shoalctl ARGS`; returns whether it succeeded, its stdout and its
+/// stderr.
+pub fn shoalctl(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(shoalctl_bin()).args(args).output().expect("run shoalctl");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// A `shoal dev` process (coordinator + node).
 pub struct ShoalProcess {
     child: Option<Child>,

@@ -11,6 +11,8 @@ use shoal_proto::v1::*;
 
 use crate::{dataset, filter, Client, CollectionBuilder, Point, SearchBuilder};
 
+mod cluster;
+
 #[derive(Parser)]
 #[command(name = "shoalctl", version, about = "Shoal admin CLI")]
 pub struct Cli {
@@ -163,6 +165,8 @@ pub enum ClusterCmd {
         #[arg(long)]
         node: String,
     },
+    #[command(flatten)]
+    Ops(cluster::OpsCmd),
 }
 
 fn print_table(t: Table) {
@@ -222,9 +226,12 @@ fn json_id(v: &serde_json::Value, line: usize) -> Result<PointId> {
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
-    if let Cmd::Bench(args) = cli.cmd {
-        return crate::bench::run(&cli.addr, args).await;
-    }
+    let cmd = match cli.cmd {
+        Cmd::Bench(args) => return crate::bench::run(&cli.addr, args).await,
+        Cmd::Cluster(ClusterCmd::Ops(c)) => return cluster::run(c, cli.output).await,
+        cmd => cmd,
+    };
+    let cli = Cli { cmd, ..cli };
     let client = Client::connect(&cli.addr).await.with_context(|| format!("connecting to {}", cli.addr))?;
     let json_out = cli.output == Output::Json;
     match cli.cmd {
@@ -406,7 +413,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 print_table(t);
             }
         }
-        Cmd::Bench(_) => unreachable!("handled above"),
+        Cmd::Bench(_) | Cmd::Cluster(ClusterCmd::Ops(_)) => unreachable!("handled above"),
     }
     Ok(())
 }

@@ -243,7 +243,10 @@ impl Engine {
             }
         }
         if in_group {
-            self.meta_raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await.map_err(raft_err)?;
+            // A voter leaves through a joint change (not kept as a
+            // learner); a learner is simply dropped.
+            let change = if voters.contains(&id) { ChangeMembers::RemoveVoters(BTreeSet::from([id])) } else { ChangeMembers::RemoveNodes(BTreeSet::from([id])) };
+            self.meta_raft.change_membership(change, false).await.map_err(raft_err)?;
             tracing::info!(node = id, "node removed from the cluster");
         }
         Ok(self.cluster_map())

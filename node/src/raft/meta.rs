@@ -341,6 +341,42 @@ mod tests {
         assert!(m.collections.is_empty());
     }
 
+    #[test]
+    fn operations_and_placements_apply_deterministically() {
+        use shoal_proto::internal::v1::{Operation, ShardPlacement};
+        let mut m = ClusterMap::default();
+        apply_command(&mut m, MetaCommand::RegisterNode { id: 1, address: "a:1".into() }, 1).unwrap();
+        apply_command(&mut m, MetaCommand::RegisterNode { id: 2, address: "b:1".into() }, 2).unwrap();
+        let e = CollectionEntry { config: Some(shoal_proto::v1::CollectionConfig { name: "c".into(), ..Default::default() }), shards: vec![ShardPlacement { replicas: vec![1], ..Default::default() }], uid: 0 };
+        apply_command(&mut m, MetaCommand::CreateCollection { entry: e.encode_to_vec() }, 3).unwrap();
+        let req = SubmitOperationsRequest { operations: vec![Operation::default(), Operation::default()], batch: "b".into() };
+        assert_eq!(apply_command(&mut m, MetaCommand::SubmitOps { request: req.encode_to_vec() }, 4), Ok(1), "the reply is the first id");
+        assert_eq!(apply_command(&mut m, MetaCommand::SubmitOps { request: req.encode_to_vec() }, 5), Ok(3));
+        assert!(m.operations.iter().all(|o| o.state == OperationState::Pending as i32 && o.batch == "b"));
+        // Placement changes count, and a stale uid is refused.
+        let place = |uid, replicas: Vec<u64>, learners: Vec<u64>| MetaCommand::SetPlacement { collection: "c".into(), uid, shard_id: 0, replicas, learners };
+        assert_eq!(apply_command(&mut m, place(3, vec![1], vec![2]), 6), Ok(1));
+        assert_eq!(apply_command(&mut m, place(3, vec![1], vec![2]), 7), Ok(0), "the same placement again is a no-op");
+        assert_eq!(apply_command(&mut m, place(99, vec![2], vec![]), 8), Err(NOT_FOUND.into()));
+        assert_eq!(m.collections[0].shards[0].changes, 1);
+        assert_eq!(apply_command(&mut m, MetaCommand::RemoveNode { id: 2 }, 9), Err(IN_USE.into()), "a learner's node stays");
+        apply_command(&mut m, place(3, vec![1], vec![]), 10).unwrap();
+        assert_eq!(apply_command(&mut m, MetaCommand::RemoveNode { id: 2 }, 11), Ok(1));
+        assert_eq!(m.nodes.len(), 1);
+        // Finishing twice changes nothing; old finished ones are pruned.
+        assert_eq!(apply_command(&mut m, MetaCommand::FinishOp { id: 1, error: Some("no".into()) }, 12), Ok(1));
+        assert_eq!(apply_command(&mut m, MetaCommand::FinishOp { id: 1, error: None }, 13), Ok(0));
+        assert_eq!(m.operations[0].state, OperationState::Failed as i32);
+        let many = SubmitOperationsRequest { operations: vec![Operation::default(); FINISHED_KEPT + 5], batch: String::new() };
+        let first = apply_command(&mut m, MetaCommand::SubmitOps { request: many.encode_to_vec() }, 14).unwrap();
+        for id in first..first + FINISHED_KEPT as u64 + 5 {
+            apply_command(&mut m, MetaCommand::FinishOp { id, error: None }, 15).unwrap();
+        }
+        let finished = m.operations.iter().filter(|o| o.state != OperationState::Pending as i32).count();
+        assert_eq!(finished, FINISHED_KEPT);
+        assert_eq!(m.operations.iter().filter(|o| o.state == OperationState::Pending as i32).map(|o| o.id).collect::<Vec<_>>(), vec![2, 3, 4], "pending ones stay");
+    }
+
     /// openraft's own storage suite, metadata state machine paired with the
     /// log store.
     #[test]

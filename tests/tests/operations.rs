@@ -1,0 +1,120 @@
+//! Cluster operations on a running cluster of `shoal node` processes under
+//! continuous write load, driven through `shoalctl` as an operator would:
+//! a node added, a leader replica moved onto it, leadership transferred,
+//! a rebalance, a drain and removal of the bootstrap node, and a
+//! replication factor change. Ends with every acknowledged write readable,
+//! identical replica digests and the replica counts each step promised.
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use shoal_proto::internal::v1::ClusterMap;
+use shoal_tests::procs::ProcCluster;
+use shoal_tests::shoalctl;
+use shoal_tests::workload::{self, create, leader_of, wait_acks, Load};
+
+const SHARDS: u32 = 2;
+
+fn replicas(map: &ClusterMap, shard: u32) -> Vec<u64> {
+    map.collections[0].shards.iter().find(|s| s.shard_id == shard).expect("shard").replicas.clone()
+}
+
+/// Replicas per node over the whole map.
+fn per_node(map: &ClusterMap) -> BTreeMap<u64, usize> {
+    let mut out: BTreeMap<u64, usize> = map.nodes.iter().map(|n| (n.id, 0)).collect();
+    for s in map.collections.iter().flat_map(|c| &c.shards) {
+        for r in &s.replicas {
+            *out.entry(*r).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// Runs `shoalctl` against node `via`; panics with its output on failure.
+fn ctl(via: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["-o", "json"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--node", via]);
+    let t = Instant::now();
+    let (ok, out, err) = shoalctl(&all);
+    assert!(ok, "shoalctl {args:?} failed:\n{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or("null")).unwrap_or(serde_json::Value::Null);
+    let n = v["operations"].as_array().map_or(0, Vec::len);
+    println!("shoalctl {} took {:.1} s ({n} operations)", args.join(" "), t.elapsed().as_secs_f64());
+    v
+}
+
+fn ctl_fails(via: &str, args: &[&str], why: &str) {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--node", via]);
+    let (ok, out, err) = shoalctl(&all);
+    assert!(!ok, "shoalctl {args:?} should fail:\n{out}");
+    assert!(err.contains(why), "shoalctl {args:?}: expected {why:?} in:\n{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn moves_transfer_rebalance_drain_and_replication_under_write_load() {
+    let mut cluster = ProcCluster::start(3).await.unwrap();
+    let addr = cluster.coordinator.addr.clone();
+    create(&addr, "o", SHARDS, 2).await;
+    let load = Load::start(&addr, "o", 3, 0).await;
+    wait_acks(&load, 500).await;
+    let id4 = cluster.add_node().await.unwrap();
+    let via = cluster.node(2).addr.clone();
+
+    // Refusals: a target that holds the shard, a node with replicas.
+    let map = cluster.map_at(2).await.unwrap();
+    let r0 = replicas(&map, 0);
+    ctl_fails(&via, &["cluster", "move", "--collection", "o", "--shard", "0", "--from", &r0[0].to_string(), "--to", &r0[1].to_string()], "already holds a replica");
+    ctl_fails(&via, &["cluster", "remove-node", "--node-id", &r0[0].to_string()], "drain it first");
+
+    // Move shard 0's leader replica onto the new node.
+    let leader = leader_of(&addr, "o", 0).await;
+    let out = ctl(&via, &["cluster", "move", "--collection", "o", "--shard", "0", "--from", &leader.to_string(), "--to", &id4.to_string()]);
+    assert_eq!(out["operations"][0]["state"], "done", "{out}");
+    let r0 = replicas(&cluster.map_at(2).await.unwrap(), 0);
+    assert!(r0.contains(&id4) && !r0.contains(&leader) && r0.len() == 2, "{r0:?}");
+    wait_acks(&load, load.acked_len() + 300).await;
+
+    // Hand shard 1's leadership to its other replica.
+    let leader1 = leader_of(&addr, "o", 1).await;
+    let other = *replicas(&cluster.map_at(2).await.unwrap(), 1).iter().find(|n| **n != leader1).unwrap();
+    ctl(&via, &["cluster", "transfer-leader", "--collection", "o", "--shard", "1", "--to", &other.to_string()]);
+    assert_eq!(leader_of(&addr, "o", 1).await, other, "leadership moved");
+    assert_eq!(replicas(&cluster.map_at(2).await.unwrap(), 1)[0], other, "and it is the preferred leader");
+
+    // Rebalance: 4 replicas over 4 nodes, one each.
+    ctl(&via, &["cluster", "rebalance"]);
+    let counts = per_node(&cluster.map_at(2).await.unwrap());
+    assert!(counts.values().all(|c| *c == 1), "{counts:?}");
+    wait_acks(&load, load.acked_len() + 300).await;
+
+    // Drain the bootstrap node (it may lead the metadata group), remove it,
+    // stop it.
+    ctl(&via, &["cluster", "drain", "--node-id", "1"]);
+    let map = cluster.map_at(2).await.unwrap();
+    assert_eq!(per_node(&map).get(&1), Some(&0), "{map:?}");
+    ctl(&via, &["cluster", "remove-node", "--node-id", "1"]);
+    cluster.node(1).terminate().unwrap();
+    cluster.wait_members(3, Duration::from_secs(30)).await.unwrap();
+    wait_acks(&load, load.acked_len() + 300).await;
+
+    // Replication factor 2 -> 3 on the three nodes left.
+    ctl(&via, &["cluster", "set-replication", "--collection", "o", "--rf", "3"]);
+    let map = cluster.map_at(2).await.unwrap();
+    assert_eq!(map.collections[0].config.as_ref().unwrap().replication_factor, 3);
+    for s in 0..SHARDS {
+        let mut r = replicas(&map, s);
+        r.sort_unstable();
+        assert_eq!(r, vec![2, 3, id4], "shard {s}");
+    }
+    let ops = ctl(&via, &["cluster", "ops"]);
+    assert!(ops["operations"].as_array().unwrap().iter().all(|o| o["state"] == "done"), "{ops}");
+
+    wait_acks(&load, load.acked_len() + 300).await;
+    let (acked, attempted) = load.stop().await;
+    workload::check(&cluster.view(), &addr, "o", SHARDS, &acked, &attempted).await;
+    for s in 0..SHARDS {
+        assert_eq!(cluster.digests("o", s).await.unwrap().len(), 3, "three replicas of shard {s} answered");
+    }
+    println!("{} acknowledged writes checked", acked.len());
+}
