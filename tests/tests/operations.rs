@@ -118,3 +118,68 @@ async fn moves_transfer_rebalance_drain_and_replication_under_write_load() {
     }
     println!("{} acknowledged writes checked", acked.len());
 }
+
+/// The id of the node leading the metadata group (the operation driver).
+async fn meta_leader(cluster: &ProcCluster) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for n in cluster.nodes.iter().filter(|n| n.is_running()) {
+            let ch = workload::channel(&n.addr).await;
+            let st = shoal_proto::internal::v1::meta_client::MetaClient::new(ch).node_status(shoal_proto::internal::v1::NodeStatusRequest {}).await.unwrap().into_inner();
+            if st.meta_role == "leader" {
+                return n.id;
+            }
+        }
+        assert!(Instant::now() < deadline, "no metadata leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A move survives a kill -9 of the node driving it: the operation is in
+/// the replicated map, the next metadata leader finds it and finishes it
+/// (each step checks what is already done), then the killed node returns.
+/// Runs twice, killing at once and after the move has started.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_move_resumes_after_its_driver_is_killed() {
+    let mut cluster = ProcCluster::start_with(4, &["--snapshot-every", "200", "--snapshot-keep", "0"]).await.unwrap();
+    let addr = cluster.coordinator.addr.clone();
+    create(&addr, "r", SHARDS, 2).await;
+    let load = Load::start(&addr, "r", 3, 0).await;
+    wait_acks(&load, 3000).await;
+    for delay_ms in [0u64, 300] {
+        let driver = meta_leader(&cluster).await;
+        let map = cluster.map_at(driver).await.unwrap();
+        // A shard and a move that do not involve the driver's node, so
+        // killing it stops the driver and nothing else.
+        let (shard, from, to) = (0..SHARDS)
+            .find_map(|s| {
+                let r = replicas(&map, s);
+                let to = map.nodes.iter().map(|n| n.id).find(|n| !r.contains(n) && *n != driver)?;
+                let from = *r.iter().find(|n| **n != driver)?;
+                (!r.contains(&driver)).then_some((s, from, to))
+            })
+            .or_else(|| {
+                (0..SHARDS).find_map(|s| {
+                    let r = replicas(&map, s);
+                    let to = map.nodes.iter().map(|n| n.id).find(|n| !r.contains(n) && *n != driver)?;
+                    Some((s, *r.iter().find(|n| **n != driver)?, to))
+                })
+            })
+            .expect("a move avoiding the driver");
+        let via = cluster.nodes.iter().find(|n| n.id != driver && n.is_running()).unwrap().addr.clone();
+        let (ok, out, err) = shoalctl(&["-o", "json", "cluster", "move", "--collection", "r", "--shard", &shard.to_string(), "--from", &from.to_string(), "--to", &to.to_string(), "--no-wait", "--node", &via]);
+        assert!(ok, "{out}{err}");
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        cluster.node(driver).kill9();
+        let t = Instant::now();
+        let (ok, out, err) = shoalctl(&["-o", "json", "cluster", "ops", "--watch", "--node", &via]);
+        assert!(ok, "the move did not finish after its driver died:\n{out}\n{err}");
+        println!("driver node {driver} killed {delay_ms} ms into moving {shard} from {from} to {to}; done {:.1} s later", t.elapsed().as_secs_f64());
+        let r = replicas(&cluster.map_at(to).await.unwrap(), shard);
+        assert!(r.contains(&to) && !r.contains(&from), "{r:?}");
+        cluster.node(driver).restart().unwrap();
+        wait_acks(&load, load.acked_len() + 500).await;
+    }
+    let (acked, attempted) = load.stop().await;
+    workload::check(&cluster.view(), &addr, "r", SHARDS, &acked, &attempted).await;
+}
