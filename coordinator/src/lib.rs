@@ -16,6 +16,8 @@
 //! - [`server`]: the tonic server with health, reflection and limits.
 //! - [`error`]: the coordinator's error enum and its one mapping to gRPC
 //!   status (and from node statuses back).
+//! - [`telemetry`]: metrics, trace propagation and the log/trace
+//!   subscriber, shared with the node crate (every server process).
 //!
 //! ## Path of a request
 //! `Points/Search` -> [`service`] validates the vector against the
@@ -29,5 +31,6 @@ pub mod merge;
 pub mod router;
 pub mod server;
 pub mod service;
+pub mod telemetry;
 
 pub use server::{serve, CoordinatorConfig};

@@ -77,31 +77,31 @@ type Reply<T> = std::result::Result<tonic::Response<T>, tonic::Status>;
 impl ShardConn {
     pub async fn write(&mut self, r: ShardWriteRequest) -> Reply<ShardWriteResponse> {
         match self {
-            ShardConn::Remote(c) => c.write(r).await,
+            ShardConn::Remote(c) => c.write(crate::telemetry::request(r)).await,
             ShardConn::Local(s) => s.write(tonic::Request::new(r)).await,
         }
     }
     pub async fn get(&mut self, r: ShardGetRequest) -> Reply<ShardGetResponse> {
         match self {
-            ShardConn::Remote(c) => c.get(r).await,
+            ShardConn::Remote(c) => c.get(crate::telemetry::request(r)).await,
             ShardConn::Local(s) => s.get(tonic::Request::new(r)).await,
         }
     }
     pub async fn scroll(&mut self, r: ShardScrollRequest) -> Reply<ShardScrollResponse> {
         match self {
-            ShardConn::Remote(c) => c.scroll(r).await,
+            ShardConn::Remote(c) => c.scroll(crate::telemetry::request(r)).await,
             ShardConn::Local(s) => s.scroll(tonic::Request::new(r)).await,
         }
     }
     pub async fn count(&mut self, r: ShardCountRequest) -> Reply<ShardCountResponse> {
         match self {
-            ShardConn::Remote(c) => c.count(r).await,
+            ShardConn::Remote(c) => c.count(crate::telemetry::request(r)).await,
             ShardConn::Local(s) => s.count(tonic::Request::new(r)).await,
         }
     }
     pub async fn search(&mut self, r: ShardSearchRequest) -> Reply<ShardSearchResponse> {
         match self {
-            ShardConn::Remote(c) => c.search(r).await,
+            ShardConn::Remote(c) => c.search(crate::telemetry::request(r)).await,
             ShardConn::Local(s) => s.search(tonic::Request::new(r)).await,
         }
     }

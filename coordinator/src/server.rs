@@ -57,6 +57,8 @@ pub async fn serve(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl
         });
     }
     tonic::transport::Server::builder()
+        .trace_fn(crate::telemetry::server_span)
+        .layer(crate::telemetry::RpcMetricsLayer)
         .add_service(health)
         .add_service(reflection)
         .add_service(CollectionsServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))

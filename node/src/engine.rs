@@ -577,6 +577,14 @@ impl Engine {
         Ok((points.len() as u64, format!("{:032x}", h.digest128()), applied))
     }
 
+    /// Raft metrics of every group on this node: `meta` and each hosted
+    /// shard replica.
+    pub fn group_metrics(&self) -> Vec<(String, openraft::RaftMetrics<u64, BasicNode>)> {
+        let mut out = vec![(META_GROUP.to_string(), self.meta_raft.metrics().borrow().clone())];
+        out.extend(self.shards.read().values().map(|r| (r.group.clone(), r.raft.metrics().borrow().clone())));
+        out
+    }
+
     pub fn status(&self, device: &str) -> NodeStatusResponse {
         let me = self.cfg.node_id;
         let mut shards: Vec<ShardReplicaStatus> = self

@@ -41,6 +41,7 @@ pub mod error;
 pub mod filter;
 pub mod index;
 pub mod memory;
+pub mod metrics;
 pub mod raft;
 pub mod server;
 pub mod service;

@@ -70,6 +70,8 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
     });
 
     tonic::transport::Server::builder()
+        .trace_fn(shoal_coordinator::telemetry::server_span)
+        .layer(shoal_coordinator::telemetry::RpcMetricsLayer)
         .add_service(health)
         .add_service(reflection)
         .add_service(shard)

@@ -27,6 +27,14 @@ struct Cli {
     /// Emit logs as JSON lines.
     #[arg(long, env = "SHOAL_LOG_JSON", global = true)]
     log_json: bool,
+    /// Export traces over OTLP/gRPC to this endpoint (e.g.
+    /// `http://otel-collector:4317`). Off when unset.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    otlp_endpoint: Option<String>,
+    /// Serve Prometheus metrics on `http://ADDR/metrics` (e.g.
+    /// `0.0.0.0:9400`; port 0 picks a free one). Off when unset.
+    #[arg(long, env = "SHOAL_METRICS_LISTEN", global = true)]
+    metrics_listen: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -75,14 +83,23 @@ enum Cmd {
     },
 }
 
-fn init_logs(filter: &str, json: bool) {
-    let f = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(f).with_writer(std::io::stderr);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
-    }
+/// Serves `/metrics` on `addr` if set; `collect` refreshes the process's
+/// gauges before each scrape. Prints the address ("metrics=").
+async fn serve_metrics(addr: Option<&str>, collect: std::sync::Arc<dyn Fn() + Send + Sync>, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let Some(addr) = addr.filter(|a| !a.is_empty()) else { return Ok(()) };
+    let (listener, bound) = bind(addr).await?;
+    println!("shoal metrics ready: metrics=http://{bound}/metrics");
+    tokio::spawn(async move {
+        if let Err(e) = shoal_coordinator::telemetry::serve_metrics(listener, collect, wait(stop)).await {
+            tracing::error!(error = %e, "metrics endpoint failed");
+        }
+    });
+    Ok(())
+}
+
+fn node_collector(engine: std::sync::Arc<Engine>) -> std::sync::Arc<dyn Fn() + Send + Sync> {
+    let device = shoal_node::server::device();
+    std::sync::Arc::new(move || shoal_node::metrics::collect(&engine, &device))
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -231,17 +248,39 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logs(&cli.log, cli.log_json);
+    let (service, instance) = match &cli.cmd {
+        Cmd::Node(a) => ("shoal-node", a.pod_name.clone().unwrap_or_else(|| format!("node-{}", a.node_id))),
+        Cmd::Coordinator { listen, .. } => ("shoal-coordinator", listen.clone()),
+        Cmd::Dev { listen, .. } => ("shoal-dev", listen.clone()),
+    };
+    let telemetry_cfg = shoal_coordinator::telemetry::TelemetryConfig {
+        service: service.into(),
+        instance,
+        filter: cli.log.clone(),
+        json: cli.log_json,
+        otlp_endpoint: cli.otlp_endpoint.clone(),
+    };
+    let mut telemetry = shoal_coordinator::telemetry::init(&telemetry_cfg)?;
+    let res = serve(cli).await;
+    // Export the last spans (blocking: off the async workers).
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    res
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     let stop = shutdown_signal();
+    let metrics = cli.metrics_listen.clone();
     match cli.cmd {
         Cmd::Node(args) => {
             let args = args.resolve().map_err(anyhow::Error::msg)?;
-            let (h, addr, _) = run_node(args, stop, false, false).await?;
+            let (h, addr, engine) = run_node(args, stop.clone(), false, false).await?;
+            serve_metrics(metrics.as_deref(), node_collector(engine), stop).await?;
             println!("shoal node ready: internal={addr}");
             h.await??;
         }
         Cmd::Coordinator { listen, meta, shard_deadline_ms } => {
             let (listener, addr) = bind(&listen).await?;
+            serve_metrics(metrics.as_deref(), std::sync::Arc::new(|| {}), stop.clone()).await?;
             println!("shoal coordinator ready: public={addr} meta={}", meta.join(","));
             let cfg = CoordinatorConfig { seeds: meta, shard_deadline: Duration::from_millis(shard_deadline_ms), local: None };
             shoal_coordinator::serve(cfg, listener, wait(stop)).await?;
@@ -263,6 +302,7 @@ async fn run() -> anyhow::Result<()> {
                 pod_name: None,
             };
             let (node, internal, engine) = run_node(args, stop.clone(), in_memory, true).await?;
+            serve_metrics(metrics.as_deref(), node_collector(engine.clone()), stop.clone()).await?;
             let (listener, public) = bind(&listen).await?;
             // The coordinator calls this process's node directly.
             let local = LocalNode { address: engine.advertise().to_string(), shard: std::sync::Arc::new(ShardService::new(engine)) };

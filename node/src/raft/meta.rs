@@ -240,6 +240,7 @@ impl MetaStateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for MetaStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        crate::metrics::SNAPSHOT_BUILDS.with_label_values(&["meta"]).inc();
         Self::snapshot_of(&self.inner.state.lock())
     }
 }
@@ -296,6 +297,8 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, snapshot: Box<SnapshotData>) -> Result<(), StorageError<NodeId>> {
         let bad = |e: &dyn std::fmt::Display| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e.to_string())));
         let bytes = snapshot.into_bytes().await.map_err(|e| bad(&e))?;
+        crate::metrics::SNAPSHOT_INSTALLS.with_label_values(&["meta"]).inc();
+        crate::metrics::SNAPSHOT_INSTALL_BYTES.with_label_values(&["meta"]).inc_by(bytes.len() as u64);
         let mut state: State = postcard::from_bytes(&bytes).map_err(|e| bad(&e))?;
         let map = ClusterMap::decode(state.map.as_slice()).map_err(|e| bad(&e))?;
         state.applied = meta.last_log_id;

@@ -514,6 +514,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let me = self.clone();
         let (meta, file, path) = blocking(move || me.build()).await?;
+        crate::metrics::SNAPSHOT_BUILDS.with_label_values(&["shard"]).inc();
         Ok(Snapshot { meta, snapshot: Box::new(SnapshotData::File { file: tokio::fs::File::from_std(file), path }) })
     }
 }
@@ -585,7 +586,12 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         let (me, meta) = (self.clone(), meta.clone());
         let own = path.parent() == Some(self.recipe.snapshot_dir().as_path());
         blocking(move || {
+            let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
             let res = me.install(&meta, &path);
+            if res.is_ok() {
+                crate::metrics::SNAPSHOT_INSTALLS.with_label_values(&["shard"]).inc();
+                crate::metrics::SNAPSHOT_INSTALL_BYTES.with_label_values(&["shard"]).inc_by(bytes);
+            }
             if res.is_err() && own && path.exists() {
                 // A refused transfer is not kept. (openraft 0.9 stops the
                 // group on this error until the node restarts; docs/raft.md.)
