@@ -230,7 +230,13 @@ pub struct TelemetryConfig {
     pub json: bool,
     /// OTLP/gRPC endpoint (`http://collector:4317`); none: no export.
     pub otlp_endpoint: Option<String>,
+    /// Which spans are exported ([`DEFAULT_TRACE_FILTER`] when empty).
+    pub trace_filter: String,
 }
+
+/// Spans exported by default: Shoal's own at `info` (one per request and
+/// the steps under it), other crates' only at `warn`.
+pub const DEFAULT_TRACE_FILTER: &str = "warn,shoal_coordinator=info,shoal_node=info";
 
 /// Flushes and stops span export when dropped (at the end of `main`).
 pub struct Telemetry {
@@ -275,7 +281,11 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<Telemetry> {
             Some(tracing_opentelemetry::layer().with_tracer(tracer))
         }
     };
-    tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
+    // The log filter applies to logs only: spans are exported at their own
+    // level (Shoal's request spans; libraries' spans only when they warn),
+    // so quiet logs do not silence traces.
+    let trace_filter = tracing_subscriber::EnvFilter::try_new(&cfg.trace_filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_TRACE_FILTER));
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel.map(|o| o.with_filter(trace_filter))).try_init()?;
     Ok(Telemetry { provider })
 }
 

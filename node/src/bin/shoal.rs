@@ -31,6 +31,9 @@ struct Cli {
     /// `http://otel-collector:4317`). Off when unset.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
     otlp_endpoint: Option<String>,
+    /// Which spans are exported (RUST_LOG syntax), independent of `--log`.
+    #[arg(long, env = "SHOAL_TRACE_FILTER", default_value = shoal_coordinator::telemetry::DEFAULT_TRACE_FILTER, global = true)]
+    trace_filter: String,
     /// Serve Prometheus metrics on `http://ADDR/metrics` (e.g.
     /// `0.0.0.0:9400`; port 0 picks a free one). Off when unset.
     #[arg(long, env = "SHOAL_METRICS_LISTEN", global = true)]
@@ -259,6 +262,7 @@ async fn run() -> anyhow::Result<()> {
         filter: cli.log.clone(),
         json: cli.log_json,
         otlp_endpoint: cli.otlp_endpoint.clone(),
+        trace_filter: cli.trace_filter.clone(),
     };
     let mut telemetry = shoal_coordinator::telemetry::init(&telemetry_cfg)?;
     let res = serve(cli).await;
