@@ -617,6 +617,7 @@ impl Engine {
             index_bytes,
             meta_role: self.meta_role().to_string(),
             meta_leader: self.meta_raft.metrics().borrow().current_leader.unwrap_or(0),
+            ..Default::default()
         }
     }
 }

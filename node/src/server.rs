@@ -17,6 +17,11 @@ use crate::raft::network::RaftService;
 use crate::service::{meta::MetaService, shard::ShardService};
 
 /// Device used for search on this node (the GPU issue adds CUDA devices).
+/// Health service name that reports SERVING only while the node is caught
+/// up ([`Engine::readiness`]); the plain health check ("") means the
+/// process serves.
+pub const READY_SERVICE: &str = "shoal.ready";
+
 pub fn device() -> String {
     "cpu".to_string()
 }
@@ -40,6 +45,27 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
     let watcher = engine.watch_map();
     // Drive cluster operations while this node leads the metadata group.
     let driver = engine.drive_operations();
+    // `shoal.ready`: SERVING once caught up (the Kubernetes readiness
+    // probe), rechecked every second.
+    let readiness = {
+        let (engine, reporter) = (engine.clone(), reporter.clone());
+        tokio::spawn(async move {
+            let mut was = None;
+            loop {
+                let ready = engine.readiness().await;
+                if was.as_ref() != Some(&ready) {
+                    match &ready {
+                        Ok(()) => tracing::info!("node is caught up and ready"),
+                        Err(why) => tracing::info!(why = %why, "node is not ready"),
+                    }
+                    let status = if ready.is_ok() { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+                    reporter.set_service_status(READY_SERVICE, status).await;
+                    was = Some(ready);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
     // Hand pages freed by bulk writes back to the OS (see crate::memory).
     let trimmer = {
         let engine = engine.clone();
@@ -85,6 +111,7 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
     trimmer.abort();
     watcher.abort();
     driver.abort();
+    readiness.abort();
     engine.shutdown_groups().await;
     let e = engine.clone();
     let saved = tokio::task::spawn_blocking(move || e.save_indexes()).await?;

@@ -183,3 +183,68 @@ async fn a_move_resumes_after_its_driver_is_killed() {
     let (acked, attempted) = load.stop().await;
     workload::check(&cluster.view(), &addr, "r", SHARDS, &acked, &attempted).await;
 }
+
+/// `shoal.ready` health status of a node.
+async fn ready(addr: &str) -> bool {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_secs(1)).connect().await else { return false };
+    matches!(HealthClient::new(ch).check(HealthCheckRequest { service: "shoal.ready".into() }).await, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32)
+}
+
+async fn wait_ready(addr: &str, want: bool, within: Duration) {
+    let deadline = Instant::now() + within;
+    while ready(addr).await != want {
+        assert!(Instant::now() < deadline, "node {addr} did not become {} within {within:?}", if want { "ready" } else { "not ready" });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `shoal handoff` (the Kubernetes preStop hook) moves every shard
+/// leadership off a node under write load; readiness (`shoal.ready`)
+/// follows whether a node's replicas have a leader to catch up with.
+#[tokio::test(flavor = "multi_thread")]
+async fn handoff_moves_leaderships_and_readiness_follows_the_groups() {
+    let mut cluster = ProcCluster::start(3).await.unwrap();
+    let addr = cluster.coordinator.addr.clone();
+    create(&addr, "h", SHARDS, 3).await;
+    let load = Load::start(&addr, "h", 3, 0).await;
+    wait_acks(&load, 1000).await;
+    for n in &cluster.nodes {
+        wait_ready(&n.addr, true, Duration::from_secs(30)).await;
+    }
+    // Make one node lead both shards, then hand off.
+    let node = leader_of(&addr, "h", 0).await;
+    let via = cluster.node(node).addr.clone();
+    if leader_of(&addr, "h", 1).await != node {
+        ctl(&via, &["cluster", "transfer-leader", "--collection", "h", "--shard", "1", "--to", &node.to_string()]);
+    }
+    let t = Instant::now();
+    let out = std::process::Command::new(shoal_tests::shoal_bin()).args(["handoff", "--node", &via]).output().unwrap();
+    let took = t.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("moved ")).count(), 2, "both leaderships moved:\n{text}");
+    for s in 0..SHARDS {
+        assert_ne!(leader_of(&addr, "h", s).await, node, "shard {s} still led by node {node}");
+    }
+    wait_acks(&load, load.acked_len() + 500).await;
+    println!("handoff of 2 shard leaderships took {:.2} s; longest write gap since: {:?}", took.as_secs_f64(), load.longest_ack_gap(t));
+
+    // Two of three nodes down: the survivor's groups have no leader, so it
+    // is not ready; it is again once they return.
+    let survivor = cluster.nodes[0].id;
+    let down: Vec<u64> = cluster.nodes.iter().map(|n| n.id).filter(|id| *id != survivor).collect();
+    for id in &down {
+        cluster.node(*id).kill9();
+    }
+    let survivor_addr = cluster.node(survivor).addr.clone();
+    wait_ready(&survivor_addr, false, Duration::from_secs(30)).await;
+    for id in &down {
+        cluster.node(*id).restart().unwrap();
+    }
+    for n in &cluster.nodes {
+        wait_ready(&n.addr, true, Duration::from_secs(60)).await;
+    }
+    let (acked, attempted) = load.stop().await;
+    workload::check(&cluster.view(), &addr, "h", SHARDS, &acked, &attempted).await;
+}

@@ -59,6 +59,14 @@ enum Cmd {
         #[arg(long, env = "SHOAL_SHARD_DEADLINE_MS", default_value_t = 30_000)]
         shard_deadline_ms: u64,
     },
+    /// Hand the shard leaderships of a running node to its followers
+    /// (before a planned stop: the Kubernetes preStop hook). Exits 0 even
+    /// when some did not move; the stop then costs an election for those.
+    Handoff {
+        /// Internal address of the node.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        node: String,
+    },
     /// Run a coordinator and a node in one process (embedded defaults).
     Dev {
         /// Public API listen address (port 0 picks a free port).
@@ -255,6 +263,7 @@ async fn run() -> anyhow::Result<()> {
         Cmd::Node(a) => ("shoal-node", a.pod_name.clone().unwrap_or_else(|| format!("node-{}", a.node_id))),
         Cmd::Coordinator { listen, .. } => ("shoal-coordinator", listen.clone()),
         Cmd::Dev { listen, .. } => ("shoal-dev", listen.clone()),
+        Cmd::Handoff { node } => ("shoal-handoff", node.clone()),
     };
     let telemetry_cfg = shoal_coordinator::telemetry::TelemetryConfig {
         service: service.into(),
@@ -288,6 +297,17 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             println!("shoal coordinator ready: public={addr} meta={}", meta.join(","));
             let cfg = CoordinatorConfig { seeds: meta, shard_deadline: Duration::from_millis(shard_deadline_ms), local: None };
             shoal_coordinator::serve(cfg, listener, wait(stop)).await?;
+        }
+        Cmd::Handoff { node } => {
+            use shoal_proto::internal::v1::{meta_client::MetaClient, HandOffRequest};
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{node}"))?.connect_timeout(Duration::from_secs(3)).connect().await.with_context(|| format!("cannot reach node {node}"))?;
+            let r = MetaClient::new(ch).hand_off(HandOffRequest {}).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
+            for m in &r.moved {
+                println!("moved {m}");
+            }
+            for f in &r.failed {
+                println!("kept {f}");
+            }
         }
         Cmd::Dev { listen, data_dir, sample, in_memory, memtable_mb, block_cache_mb, exact_scan_threshold } => {
             let args = NodeArgs {

@@ -366,7 +366,8 @@ impl Engine {
         let shard = r.shard();
         let req = ShardMembersRequest { shard: Some(ShardRef { collection: shard.collection.clone(), shard_id: shard.shard_id, epoch: 0 }), action: Some(Action::Elect(true)) };
         MetaClient::new(channel).shard_members(req).await.map_err(|s| NodeError::Raft(format!("node {to} could not stand for election: {}", s.message())))?;
-        let _ = r.raft.wait(Some(Duration::from_secs(3))).metrics(|m| m.current_leader != Some(me), "leadership handed over").await;
+        // Stepping down clears the leader; the new one's first message names it.
+        let _ = r.raft.wait(Some(Duration::from_secs(3))).metrics(|m| m.current_leader.is_some_and(|l| l != me), "leadership handed over").await;
         let now = r.raft.metrics().borrow().current_leader;
         match now {
             Some(l) if l == to => {
@@ -578,6 +579,81 @@ impl Engine {
                 }
             }
         })
+    }
+}
+
+/// A follower at most this many entries behind its leader counts as
+/// caught up for readiness (one snapshot interval).
+pub const READY_LAG: u64 = crate::raft::SNAPSHOT_EVERY;
+
+impl Engine {
+    /// Whether this node is caught up and serving; `Err` says why not.
+    /// Asks each hosted replica's leader how far behind it is.
+    pub async fn readiness(&self) -> std::result::Result<(), String> {
+        if !self.in_cluster() {
+            return Err("not in a cluster yet".into());
+        }
+        let me = self.cfg.node_id;
+        let map = self.cluster_map();
+        if !map.nodes.iter().any(|n| n.id == me) {
+            return Err("not in the cluster map yet".into());
+        }
+        for c in &map.collections {
+            let Some(name) = c.config.as_ref().map(|x| x.name.as_str()) else { continue };
+            for s in c.shards.iter().filter(|s| s.replicas.contains(&me)) {
+                let r = self.replica(name, s.shard_id, 0).map_err(|e| e.to_string())?;
+                let m = r.raft.metrics().borrow().clone();
+                let Some(leader) = m.current_leader else { return Err(format!("{} has no leader", r.group)) };
+                if leader == me {
+                    // openraft 0.9 leaders do not step down without a
+                    // quorum: look at when a quorum last acknowledged.
+                    let stale = m.millis_since_quorum_ack.is_none_or(|ms| ms > 2 * self.raft_config.election_timeout_max);
+                    let alone = m.membership_config.membership().voter_ids().count() == 1;
+                    if stale && !alone {
+                        return Err(format!("{} leads without a quorum (last acknowledged {:?} ms ago)", r.group, m.millis_since_quorum_ack));
+                    }
+                    continue;
+                }
+                // One quick question to the leader this replica follows.
+                let addr = self.peers.address(leader).ok_or_else(|| format!("{}: leader node {leader} has no known address", r.group))?;
+                let ch = self.peers.channel(&addr).map_err(|e| e.to_string())?;
+                let req = ShardMembersRequest { shard: Some(ShardRef { collection: name.to_string(), shard_id: s.shard_id, epoch: 0 }), action: Some(Action::Status(true)) };
+                let st = match tokio::time::timeout(Duration::from_secs(2), MetaClient::new(ch).shard_members(req)).await {
+                    Ok(Ok(st)) => st.into_inner(),
+                    Ok(Err(e)) => return Err(format!("{}: leader node {leader}: {}", r.group, e.message())),
+                    Err(_) => return Err(format!("{}: leader node {leader} did not answer within 2 s", r.group)),
+                };
+                let behind = st.last_index.saturating_sub(st.matched.get(&me).copied().unwrap_or(0));
+                if behind > READY_LAG {
+                    return Err(format!("{} is {behind} entries behind its leader", r.group));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands each shard leadership held here to the voter with the highest
+    /// matched index, all shards at once; returns (moved, failed).
+    pub async fn hand_off(&self) -> (Vec<String>, Vec<String>) {
+        let me = self.cfg.node_id;
+        let led: Vec<Replica> = self.shards.read().values().filter(|r| r.raft.metrics().borrow().current_leader == Some(me)).cloned().collect();
+        let jobs = led.into_iter().map(|r| async move {
+            let st = self.members_status(&r);
+            let target = st.voters.iter().filter(|v| **v != me).max_by_key(|v| (st.matched.get(v).copied().unwrap_or(0), std::cmp::Reverse(**v))).copied();
+            match target {
+                None => Err(format!("{}: no other voter", r.group)),
+                Some(to) => self.transfer_leader(&r, to).await.map(|()| format!("{} -> node {to}", r.group)).map_err(|e| format!("{}: {e}", r.group)),
+            }
+        });
+        let mut moved = vec![];
+        let mut failed = vec![];
+        for res in futures::future::join_all(jobs).await {
+            match res {
+                Ok(m) => moved.push(m),
+                Err(f) => failed.push(f),
+            }
+        }
+        (moved, failed)
     }
 }
 

@@ -87,10 +87,6 @@ impl Meta for MetaService {
         self.on_leader(req, |e, r: DeleteCollectionRequest| async move { e.delete_collection(&r.name).await }, |mut c, r| async move { c.delete_collection(r).await }).await
     }
 
-    async fn node_status(&self, _: Request<NodeStatusRequest>) -> Result<Response<NodeStatusResponse>, Status> {
-        Ok(Response::new(self.engine.status(&self.device)))
-    }
-
     async fn register_node(&self, req: Request<RegisterNodeRequest>) -> Result<Response<ClusterMap>, Status> {
         if req.get_ref().node_id == 0 {
             return Err(NodeError::from(invalid("node_id", "node ids start at 1")).into());
@@ -126,6 +122,21 @@ impl Meta for MetaService {
 
     async fn shard_members(&self, req: Request<ShardMembersRequest>) -> Result<Response<ShardMembersResponse>, Status> {
         Ok(Response::new(self.engine.shard_members(req.into_inner()).await?))
+    }
+
+    async fn hand_off(&self, _: Request<HandOffRequest>) -> Result<Response<HandOffResponse>, Status> {
+        let (moved, failed) = self.engine.hand_off().await;
+        tracing::info!(?moved, ?failed, "leadership handed off");
+        Ok(Response::new(HandOffResponse { moved, failed }))
+    }
+
+    async fn node_status(&self, _: Request<NodeStatusRequest>) -> Result<Response<NodeStatusResponse>, Status> {
+        let mut st = self.engine.status(&self.device);
+        match self.engine.readiness().await {
+            Ok(()) => st.ready = true,
+            Err(why) => st.not_ready = why,
+        }
+        Ok(Response::new(st))
     }
 
     async fn shard_digest(&self, req: Request<ShardDigestRequest>) -> Result<Response<ShardDigestResponse>, Status> {
