@@ -51,10 +51,27 @@ def check(docs):
             labels = d["spec"]["template"]["metadata"].get("labels", {})
             if not selects(sel, labels):
                 problems.append(f"{where}: selector {sel} does not match pod labels {labels}")
+            ann = d["spec"]["template"]["metadata"].get("annotations", {})
             for c in d["spec"]["template"]["spec"].get("containers", []):
                 if not DNS1123_LABEL.match(c["name"]):
                     problems.append(f"{where}: container name {c['name']!r} is not a DNS-1123 label")
+                # The scrape annotation names a port the container serves
+                # metrics on (SHOAL_METRICS_LISTEN).
+                ports = {str(p.get("containerPort")) for p in c.get("ports", [])}
+                env = {e["name"]: e.get("value", "") for e in c.get("env", [])}
+                if ann.get("prometheus.io/scrape") == "true":
+                    port = str(ann.get("prometheus.io/port", ""))
+                    if port not in ports or not env.get("SHOAL_METRICS_LISTEN", "").endswith(":" + port):
+                        problems.append(f"{where}: prometheus.io/port {port} is not a container port served by SHOAL_METRICS_LISTEN")
         if kind == "StatefulSet":
+            for c in d["spec"]["template"]["spec"].get("containers", []):
+                probe = c.get("readinessProbe", {}).get("grpc", {})
+                if probe.get("service") != "shoal.ready":
+                    problems.append(f"{where}: readiness must probe the shoal.ready health service (caught up), not {probe.get('service')!r}")
+                pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+                internal = str(probe.get("port", ""))
+                if "handoff" not in pre or not any(a.endswith(":" + internal) for a in pre):
+                    problems.append(f"{where}: preStop must hand leadership off (`shoal handoff --node 127.0.0.1:{internal}`), got {pre}")
             svc = services.get(d["spec"].get("serviceName", ""))
             if svc is None:
                 problems.append(f"{where}: serviceName {d['spec'].get('serviceName')!r} is not a Service here")

@@ -32,4 +32,7 @@ broken("PodDisruptionBudget", lambda d: d["spec"].update({"minAvailable": 2}), "
 broken("PodDisruptionBudget", lambda d: d["spec"].pop("maxUnavailable"), "exactly one of")
 broken("PodDisruptionBudget", lambda d: d["spec"]["selector"]["matchLabels"].update({"x": "y"}), "selects no workload")
 broken("Deployment", lambda d: d["spec"]["template"]["metadata"]["labels"].update({"app.kubernetes.io/component": "z"}), "does not match pod labels")
+broken("StatefulSet", lambda d: d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"].pop("service"), "shoal.ready")
+broken("StatefulSet", lambda d: d["spec"]["template"]["spec"]["containers"][0].pop("lifecycle"), "preStop must hand leadership off")
+broken("StatefulSet", lambda d: d["spec"]["template"]["metadata"]["annotations"].update({"prometheus.io/port": "9999"}), "prometheus.io/port")
 print("k8s checks self-test passed")

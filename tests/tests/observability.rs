@@ -165,6 +165,24 @@ fn metrics_endpoint_exposes_every_family() {
     ] {
         assert!(text.contains(family), "/metrics lacks {family}:\n{text}");
     }
+    // Every metric the Grafana dashboard queries is one the process serves
+    // (event counters show once their first event happened).
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/shoal-dashboard.json")).unwrap()).unwrap();
+    let after_first_event = ["shoal_snapshot_builds_total", "shoal_snapshot_installs_total", "shoal_snapshot_install_bytes_total"];
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("shoal_") {
+                let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                queried += 1;
+                if !after_first_event.contains(&name.as_str()) {
+                    assert!(text.contains(&format!("\n{name}")), "dashboard panel {:?} queries {name}, which /metrics does not serve", panel["title"]);
+                }
+            }
+        }
+    }
+    assert!(queried >= 12, "the dashboard queries Shoal's metrics ({queried})");
     let upserts: u64 = text.lines().filter(|l| l.starts_with("shoal_rpc_requests_total{code=\"0\",rpc=\"shoal.v1.Points/Upsert\"}")).filter_map(|l| l.rsplit(' ').next()?.trim().parse::<u64>().ok()).sum();
     assert!(upserts >= 1, "the sample's upserts are counted:\n{text}");
 }
