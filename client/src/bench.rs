@@ -86,6 +86,11 @@ pub struct BenchArgs {
     /// Skip the in-process usearch comparison.
     #[arg(long)]
     pub no_inprocess: bool,
+    /// Keep `bench-<dataset>` if it already holds the points and measure
+    /// searches only (before and after a cluster operation); ingest
+    /// figures are then null.
+    #[arg(long)]
+    pub reuse: bool,
     /// Build the in-process baseline for cosine data the way Shoal stores it
     /// (unit vectors, inner product) instead of with usearch's cos metric:
     /// the ratio then measures serving overhead alone.
@@ -351,7 +356,12 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     // cores as the server).
     let pool = Load { addr: addr.to_string(), connections: a.inflight.unwrap_or(a.concurrency).div_ceil(32), threads: a.client_threads, batch: a.search_batch as usize };
     let name: String = format!("bench-{}", ds.meta.name).chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
-    let _ = client.delete_collection(&name).await;
+    let reuse = a.reuse && client.count(&name, None).await.ok() == Some(n as u64);
+    if reuse {
+        eprintln!("reusing {name}: it holds the {n} points; ingest skipped");
+    } else {
+        let _ = client.delete_collection(&name).await;
+    }
 
     // Payload indexes for the fields the filter sets use.
     let mut b = CollectionBuilder::new(&name, ds.meta.dim, metric).shards(a.shards).replication_factor(a.replication_factor).hnsw(a.m, a.ef_construction, 0);
@@ -379,7 +389,9 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     if other_points > 0 {
         eprintln!("note: the cluster already holds {other_points} points of other collections; absolute memory per vector includes them");
     }
-    client.create_collection(b.build()).await?;
+    if !reuse {
+        client.create_collection(b.build()).await?;
+    }
 
     // Ingest.
     let bar = indicatif::ProgressBar::new(n as u64);
@@ -387,7 +399,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     let t = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(a.ingest_concurrency.max(1)));
     let mut tasks = Vec::new();
-    for start in (0..n).step_by(a.batch) {
+    for start in (0..n).step_by(a.batch).filter(|_| !reuse) {
         let end = (start + a.batch).min(n);
         let points: Vec<Point> = (start..end)
             .map(|i| {
@@ -414,7 +426,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
         write_lat.record(task.await??.as_micros() as u64)?;
     }
     bar.finish_and_clear();
-    let ingest_per_s = n as f64 / t.elapsed().as_secs_f64();
+    let ingest_per_s = if reuse { f64::NAN } else { n as f64 / t.elapsed().as_secs_f64() };
     let (write_p50_ms, write_p99_ms) = (write_lat.value_at_quantile(0.5) as f64 / 1000.0, write_lat.value_at_quantile(0.99) as f64 / 1000.0);
     eprintln!("ingested {n} vectors: {ingest_per_s:.0}/s; upsert of {} points p50 {write_p50_ms:.1} ms p99 {write_p99_ms:.1} ms", a.batch);
     // Followers index in the background: wait until every replica's graph
