@@ -58,6 +58,11 @@ pub struct NodeArgs {
     /// so every pod can run the same command.
     #[arg(long, env = "SHOAL_POD_NAME")]
     pub pod_name: Option<String>,
+    /// Directory backups are written to and restored from: one filesystem
+    /// shared by every node, mounted at the same path (backups are off
+    /// without it).
+    #[arg(long, env = "SHOAL_BACKUP_ROOT")]
+    pub backup_root: Option<PathBuf>,
 }
 
 /// The ordinal of a StatefulSet pod name: the number after the last `-`.

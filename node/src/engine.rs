@@ -38,6 +38,7 @@ use crate::storage::memory::MemoryEngine;
 use crate::storage::rocks::{RocksEngine, RocksTuning};
 use crate::storage::{shard_store, KvEngine, ShardStore};
 
+pub mod backup;
 pub mod ops;
 
 /// How long a proposal waits for its group to elect a leader.
@@ -63,6 +64,8 @@ pub struct EngineConfig {
     pub exact_scan_threshold: u64,
     /// Raft timing and snapshot policy of every group on the node.
     pub raft: openraft::Config,
+    /// Shared directory for backups (none: backups refused).
+    pub backup_root: Option<PathBuf>,
 }
 
 type ShardKey = (String, u32);
@@ -156,6 +159,8 @@ pub struct Engine {
     reconciling: Mutex<()>,
     /// The operation driver's progress (see [`ops`]).
     ops: ops::OpsState,
+    /// The last readiness check (see [`Engine::readiness`]).
+    pub last_ready: Mutex<std::result::Result<(), String>>,
 }
 
 impl Engine {
@@ -186,6 +191,7 @@ impl Engine {
             meta_write: tokio::sync::Mutex::new(()),
             reconciling: Mutex::new(()),
             ops: ops::OpsState::default(),
+            last_ready: Mutex::new(Err("not checked yet".into())),
         });
         engine.reconcile()?;
         engine.start_indexer();

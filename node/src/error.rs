@@ -43,6 +43,14 @@ pub enum NodeError {
     /// An operation that the cluster's state does not allow now.
     #[error("{0}")]
     Precondition(String),
+    #[error("backup: {0}")]
+    Backup(String),
+    #[error("backup {0:?} already exists")]
+    BackupExists(String),
+    #[error("backup {0:?} not found (no manifest.json under the backup root)")]
+    BackupNotFound(String),
+    #[error("backup is damaged: {0}")]
+    BackupCorrupt(String),
 }
 
 #[derive(Debug, thiserror::Error)]

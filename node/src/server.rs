@@ -53,6 +53,7 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
             let mut was = None;
             loop {
                 let ready = engine.readiness().await;
+                *engine.last_ready.lock() = ready.clone();
                 if was.as_ref() != Some(&ready) {
                     match &ready {
                         Ok(()) => tracing::info!("node is caught up and ready"),

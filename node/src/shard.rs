@@ -381,6 +381,34 @@ impl Shard {
         Ok((points, values))
     }
 
+    /// Writes every point as a `u32 BE length ++ shoal.v1.PointStruct`
+    /// frame (a backup), under the writer lock: a consistent copy as of
+    /// one moment. Returns the number of points.
+    pub fn backup_to(&self, out: &mut dyn std::io::Write) -> Result<u64> {
+        use prost::Message;
+        let _w = self.writer.lock();
+        let mut n = 0u64;
+        let mut failed = None;
+        self.store.scan_points(None, &mut |_, p| {
+            let frame = shoal_proto::v1::PointStruct { id: p.id, vector: p.vector, payload: p.payload }.encode_to_vec();
+            let res = out.write_all(&(frame.len() as u32).to_be_bytes()).and_then(|()| out.write_all(&frame));
+            match res {
+                Ok(()) => {
+                    n += 1;
+                    true
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        })?;
+        match failed {
+            Some(e) => Err(crate::error::StorageError::Io(e).into()),
+            None => Ok(n),
+        }
+    }
+
     /// Streams a consistent copy of the shard for a Raft snapshot: every
     /// stored point as a `u32 BE length ++ StoredPoint` frame into `points`,
     /// the HNSW graph saved to `index_path`, and the named metadata

@@ -37,6 +37,13 @@ impl From<NodeError> for Status {
                 s
             }
             NodeError::ShuttingDown => Status::unavailable(msg),
+            NodeError::BackupExists(_) => Status::already_exists(msg),
+            NodeError::BackupNotFound(_) => Status::not_found(msg),
+            NodeError::BackupCorrupt(_) => Status::data_loss(msg),
+            NodeError::Backup(_) => {
+                tracing::error!(error = %msg, "backup failed");
+                Status::internal(msg)
+            }
             NodeError::Storage(_) | NodeError::Index(_) => {
                 tracing::error!(error = %msg, "internal error");
                 Status::internal(msg)

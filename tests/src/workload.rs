@@ -91,6 +91,11 @@ impl Load {
         self.acked.lock().unwrap().len()
     }
 
+    /// The ids acknowledged so far.
+    pub fn acked_ids(&self) -> BTreeSet<u64> {
+        self.acked.lock().unwrap().clone()
+    }
+
     /// Acknowledged batches sent after `t`, and the earliest of their
     /// acknowledgements.
     pub fn acks_after(&self, t: Instant) -> (usize, Option<Instant>) {

@@ -248,3 +248,58 @@ async fn handoff_moves_leaderships_and_readiness_follows_the_groups() {
     let (acked, attempted) = load.stop().await;
     workload::check(&cluster.view(), &addr, "h", SHARDS, &acked, &attempted).await;
 }
+
+/// A backup taken under write load holds every point acknowledged before it
+/// began and nothing never written; it restores on a cluster of another
+/// size with another shard count; bad names and damaged files are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_under_write_load_restores_on_a_cluster_of_another_size() {
+    use shoal_proto::v1::points_client::PointsClient;
+    use shoal_proto::v1::{point_id, CountPointsRequest, GetPointsRequest};
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().display().to_string();
+    let cluster = ProcCluster::start_with(3, &["--backup-root", &r]).await.unwrap();
+    let addr = cluster.coordinator.addr.clone();
+    create(&addr, "b", SHARDS, 3).await;
+    let load = Load::start(&addr, "b", 3, 0).await;
+    wait_acks(&load, 2000).await;
+    let via = cluster.nodes[1].addr.clone();
+    ctl_fails(&via, &["backup", "create", "--collection", "b", "--name", "../evil"], "must be 1 to 128 characters");
+    let acked_before = load.acked_ids();
+    let manifest = ctl(&via, &["backup", "create", "--collection", "b", "--name", "nightly"]);
+    ctl_fails(&via, &["backup", "create", "--collection", "b", "--name", "nightly"], "already exists");
+    wait_acks(&load, load.acked_len() + 500).await;
+    let (acked, attempted) = load.stop().await;
+    workload::check(&cluster.view(), &addr, "b", SHARDS, &acked, &attempted).await;
+    let total: u64 = manifest["shards"].as_array().unwrap().iter().map(|s| s["points"].as_u64().unwrap()).sum();
+    assert!(total as usize >= acked_before.len() && total as usize <= attempted.len(), "backup holds {total} points; {} were acknowledged before it, {} attempted", acked_before.len(), attempted.len());
+
+    // Another cluster: one node, sharing the backup root; 3 shards, rf 1.
+    let other = ProcCluster::start_with(1, &["--backup-root", &r]).await.unwrap();
+    let out = ctl(&other.nodes[0].addr, &["--addr", &other.coordinator.addr, "backup", "restore", "--name", "nightly", "--collection", "restored", "--shards", "3", "--replication-factor", "1"]);
+    assert_eq!(out["points"].as_u64(), Some(total), "{out}");
+    let mut c = PointsClient::new(workload::channel(&other.coordinator.addr).await);
+    let count = c.count(CountPointsRequest { collection: "restored".into(), ..Default::default() }).await.unwrap().into_inner().count;
+    assert_eq!(count, total);
+    let ids: Vec<u64> = acked_before.iter().copied().collect();
+    for chunk in ids.chunks(1000) {
+        let got = c.get(GetPointsRequest { collection: "restored".into(), ids: chunk.iter().map(|&i| i.into()).collect(), with_vector: true, ..Default::default() }).await.unwrap().into_inner().points;
+        assert_eq!(got.len(), chunk.len(), "points acknowledged before the backup are in the restore");
+        for p in got {
+            let Some(point_id::Kind::Num(i)) = p.id.and_then(|i| i.kind) else { panic!("bad id") };
+            assert_eq!(p.vector, shoal_tests::vector(i, workload::DIM), "point {i}");
+        }
+    }
+    ctl_fails(&other.nodes[0].addr, &["--addr", &other.coordinator.addr, "backup", "restore", "--name", "nightly", "--collection", "restored"], "pass --resume");
+
+    // A flipped byte is refused with the file named.
+    let file = root.path().join("nightly").join("shard-0.pts");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&file, bytes).unwrap();
+    ctl_fails(&other.nodes[0].addr, &["--addr", &other.coordinator.addr, "backup", "restore", "--name", "nightly", "--collection", "broken", "--replication-factor", "1"], "backup is damaged");
+    let listed = shoal_tests::shoalctl(&["--addr", &other.coordinator.addr, "-o", "json", "collection", "list"]).1;
+    assert!(!listed.contains("broken"), "a damaged backup creates no collection: {listed}");
+    println!("backup of {total} points under load ({} acknowledged before it) restored onto 1 node, 3 shards", acked_before.len());
+}

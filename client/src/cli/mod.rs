@@ -45,6 +45,9 @@ pub enum Cmd {
     /// Cluster operations.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Back collections up and restore them (docs/operations.md#backups).
+    #[command(subcommand)]
+    Backup(cluster::BackupCmd),
     /// Benchmark a server against a dataset folder (see docs/benchmarks.md).
     Bench(crate::bench::BenchArgs),
 }
@@ -229,6 +232,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let cmd = match cli.cmd {
         Cmd::Bench(args) => return crate::bench::run(&cli.addr, args).await,
         Cmd::Cluster(ClusterCmd::Ops(c)) => return cluster::run(c, cli.output).await,
+        Cmd::Backup(c) => return cluster::run_backup(c, &cli.addr, cli.output).await,
         cmd => cmd,
     };
     let cli = Cli { cmd, ..cli };
@@ -413,7 +417,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 print_table(t);
             }
         }
-        Cmd::Bench(_) | Cmd::Cluster(ClusterCmd::Ops(_)) => unreachable!("handled above"),
+        Cmd::Bench(_) | Cmd::Backup(_) | Cmd::Cluster(ClusterCmd::Ops(_)) => unreachable!("handled above"),
     }
     Ok(())
 }

@@ -39,6 +39,9 @@ use crate::raft::meta::{MetaCommand, NOT_FOUND};
 /// A learner that gains nothing for this long fails its move (the move
 /// can be submitted again; it resumes from where it stopped).
 const CATCH_UP_STALL: Duration = Duration::from_secs(120);
+/// Points a new replica may still have to index when it is promoted
+/// (one indexer step, `engine::INDEX_CHUNK`).
+const INDEXED_SLACK: u64 = 1024;
 /// A step that fails this many times in a row fails its operation.
 const MAX_ATTEMPTS: u32 = 30;
 /// A membership call tries the shard's replicas for this long.
@@ -477,6 +480,10 @@ impl Engine {
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            // Holding the log is enough for safety; serving well needs the
+            // entries applied and the HNSW graph built, so the new voter
+            // does not answer its first searches by exact scans.
+            self.wait_applied_and_indexed(id, c, s, to, target).await?;
         }
         let (uid, p) = self.placement(c, s).ok_or_else(|| StepError::Fatal(format!("{c}/{s} no longer exists")))?;
         let voters = next_voters(&p.replicas, from, to);
@@ -487,6 +494,35 @@ impl Engine {
         self.call_shard_leader(c, s, Action::SetVoters(VoterSet { ids: voters.clone() })).await?;
         let learners: Vec<u64> = p.learners.iter().copied().filter(|l| *l != to).collect();
         self.set_placement(c, uid, s, voters, learners).await
+    }
+
+    /// Waits until node `to`'s replica of `c/s` has applied `target` and
+    /// indexed every applied point (progress: applied, then indexed).
+    async fn wait_applied_and_indexed(&self, id: u64, c: &str, s: u32, to: u64, target: u64) -> std::result::Result<(), StepError> {
+        let addr = self.peers.address(to).ok_or_else(|| StepError::Retry(format!("node {to} has no known address")))?;
+        let (mut best, mut since) = ((0, u64::MAX), Instant::now());
+        loop {
+            let ch = self.peers.channel(&addr).map_err(|e| StepError::Retry(e.to_string()))?;
+            let st = MetaClient::new(ch).node_status(NodeStatusRequest {}).await.map_err(|e| StepError::Retry(format!("node {to}: {}", e.message())))?.into_inner();
+            let r = st.shards.iter().find(|r| r.collection == c && r.shard_id == s).ok_or_else(|| StepError::Retry(format!("node {to} has not opened {c}/{s} yet")))?;
+            // Under write load a follower always has a few points waiting
+            // for its indexer: one indexer step's worth is caught up.
+            if r.applied_index >= target && r.unindexed <= INDEXED_SLACK {
+                return Ok(());
+            }
+            if r.applied_index < target {
+                self.note(id, r.applied_index, target, "learner applying");
+            } else {
+                self.note(id, r.points.saturating_sub(r.unindexed), r.points, "learner indexing");
+            }
+            let now = (r.applied_index, r.unindexed);
+            if now.0 > best.0 || now.1 < best.1 {
+                (best, since) = (now, Instant::now());
+            } else if since.elapsed() > CATCH_UP_STALL {
+                return Err(StepError::Fatal(format!("node {to} made no progress applying or indexing {c}/{s} for {CATCH_UP_STALL:?}; submit the move again to resume")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     async fn drive_transfer(&self, id: u64, t: &TransferLeader) -> std::result::Result<(), StepError> {

@@ -124,6 +124,33 @@ impl Meta for MetaService {
         Ok(Response::new(self.engine.shard_members(req.into_inner()).await?))
     }
 
+    async fn create_backup(&self, req: Request<CreateBackupRequest>) -> Result<Response<BackupManifest>, Status> {
+        self.on_leader(
+            req,
+            |e, r: CreateBackupRequest| async move {
+                let m = e.create_backup(&r.collection, &r.name).await?;
+                Ok(BackupManifest { json: serde_json::to_string_pretty(&m).unwrap_or_default() })
+            },
+            |mut c, r| async move { c.create_backup(r).await },
+        )
+        .await
+    }
+
+    async fn backup_shard(&self, req: Request<BackupShardRequest>) -> Result<Response<BackupShardResponse>, Status> {
+        Ok(Response::new(self.engine.backup_shard(req.into_inner()).await?))
+    }
+
+    async fn get_backup(&self, req: Request<GetBackupRequest>) -> Result<Response<BackupManifest>, Status> {
+        let m = self.engine.get_backup(&req.into_inner().name)?;
+        Ok(Response::new(BackupManifest { json: serde_json::to_string_pretty(&m).unwrap_or_default() }))
+    }
+
+    async fn read_backup(&self, req: Request<ReadBackupRequest>) -> Result<Response<ReadBackupResponse>, Status> {
+        let r = req.into_inner();
+        let engine = self.engine.clone();
+        Ok(Response::new(blocking(move || engine.read_backup(&r)).await?))
+    }
+
     async fn hand_off(&self, _: Request<HandOffRequest>) -> Result<Response<HandOffResponse>, Status> {
         let (moved, failed) = self.engine.hand_off().await;
         tracing::info!(?moved, ?failed, "leadership handed off");
@@ -132,7 +159,8 @@ impl Meta for MetaService {
 
     async fn node_status(&self, _: Request<NodeStatusRequest>) -> Result<Response<NodeStatusResponse>, Status> {
         let mut st = self.engine.status(&self.device);
-        match self.engine.readiness().await {
+        // As of the last check (every second, see server.rs).
+        match self.engine.last_ready.lock().clone() {
             Ok(()) => st.ready = true,
             Err(why) => st.not_ready = why,
         }
