@@ -42,6 +42,9 @@ const CATCH_UP_STALL: Duration = Duration::from_secs(120);
 /// Points a new replica may still have to index when it is promoted
 /// (one indexer step, `engine::INDEX_CHUNK`).
 const INDEXED_SLACK: u64 = 1024;
+/// How long a move waits for the new replica's graph once it has applied
+/// everything.
+const INDEXING_WAIT: Duration = Duration::from_secs(20);
 /// A step that fails this many times in a row fails its operation.
 const MAX_ATTEMPTS: u32 = 30;
 /// A membership call tries the shard's replicas for this long.
@@ -501,6 +504,7 @@ impl Engine {
     async fn wait_applied_and_indexed(&self, id: u64, c: &str, s: u32, to: u64, target: u64) -> std::result::Result<(), StepError> {
         let addr = self.peers.address(to).ok_or_else(|| StepError::Retry(format!("node {to} has no known address")))?;
         let (mut best, mut since) = ((0, u64::MAX), Instant::now());
+        let mut indexing_started: Option<Instant> = None;
         loop {
             let ch = self.peers.channel(&addr).map_err(|e| StepError::Retry(e.to_string()))?;
             let st = MetaClient::new(ch).node_status(NodeStatusRequest {}).await.map_err(|e| StepError::Retry(format!("node {to}: {}", e.message())))?.into_inner();
@@ -508,6 +512,13 @@ impl Engine {
             // Under write load a follower always has a few points waiting
             // for its indexer: one indexer step's worth is caught up.
             if r.applied_index >= target && r.unindexed <= INDEXED_SLACK {
+                return Ok(());
+            }
+            // The indexer runs at low priority: on a busy node it may not
+            // catch up with the writes. Promote anyway after a while (the
+            // replica answers correctly meanwhile, scanning the rest).
+            if r.applied_index >= target && indexing_started.get_or_insert_with(Instant::now).elapsed() > INDEXING_WAIT {
+                tracing::info!(op = id, node = to, unindexed = r.unindexed, "promoting before the graph caught up with the writes");
                 return Ok(());
             }
             if r.applied_index < target {
