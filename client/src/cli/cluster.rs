@@ -572,7 +572,7 @@ pub async fn run_backup(cmd: BackupCmd, addr: &str, output: Output) -> Result<()
                     let page = meta.read_backup(ReadBackupRequest { name: name.clone(), shard_id, cursor, max_points: 1000 }).await.map_err(status_err)?.into_inner();
                     let n = page.points.len() as u64;
                     if n > 0 {
-                        client.upsert_raw(shoal_proto::v1::UpsertPointsRequest { collection: collection.clone(), points: page.points, ..Default::default() }).await?;
+                        client.upsert_raw(shoal_proto::v1::UpsertPointsRequest { collection: collection.clone(), points: page.points }).await?;
                     }
                     restored += n;
                     bar.inc(n);
