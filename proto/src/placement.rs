@@ -19,8 +19,8 @@ pub enum PlacementError {
     ZeroReplication,
 }
 
-/// Replica node ids for each of `shards` shards.
-pub fn place(nodes: &[u64], shards: u32, rf: u32) -> Result<Vec<Vec<u64>>, PlacementError> {
+/// The distinct node ids, sorted, if they can hold `rf` replicas of a shard.
+fn nodes_for(nodes: &[u64], rf: u32) -> Result<Vec<u64>, PlacementError> {
     if rf == 0 {
         return Err(PlacementError::ZeroReplication);
     }
@@ -30,6 +30,12 @@ pub fn place(nodes: &[u64], shards: u32, rf: u32) -> Result<Vec<Vec<u64>>, Place
     if rf as usize > sorted.len() {
         return Err(PlacementError::NotEnoughNodes { rf, nodes: sorted.len() });
     }
+    Ok(sorted)
+}
+
+/// Replica node ids for each of `shards` shards.
+pub fn place(nodes: &[u64], shards: u32, rf: u32) -> Result<Vec<Vec<u64>>, PlacementError> {
+    let sorted = nodes_for(nodes, rf)?;
     let n = sorted.len();
     Ok((0..shards as usize).map(|s| (0..rf as usize).map(|r| sorted[(s + r) % n]).collect()).collect())
 }
@@ -120,15 +126,7 @@ pub fn plan(nodes: &[u64], excluded: &[u64], shards: &[Vec<u64>]) -> Result<(Vec
 /// shard, so counts may end uneven: follow with [`plan`] on the result.
 /// Pure; returns the steps and the replica sets they lead to.
 pub fn resize(nodes: &[u64], shards: &[Vec<u64>], rf: u32) -> Result<(Vec<Step>, Vec<Vec<u64>>), PlacementError> {
-    if rf == 0 {
-        return Err(PlacementError::ZeroReplication);
-    }
-    let mut sorted = nodes.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    if rf as usize > sorted.len() {
-        return Err(PlacementError::NotEnoughNodes { rf, nodes: sorted.len() });
-    }
+    let sorted = nodes_for(nodes, rf)?;
     let mut cur = shards.to_vec();
     let mut steps = Vec::new();
     for i in 0..cur.len() {
