@@ -28,6 +28,7 @@ use prometheus::{Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, 
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer as _;
 
 /// The process's metrics registry.
 pub fn registry() -> &'static Registry {
@@ -289,7 +290,6 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<Telemetry> {
     Ok(Telemetry { provider })
 }
 
-use tracing_subscriber::Layer as _;
 
 #[cfg(test)]
 mod tests {

@@ -17,7 +17,7 @@
 //!
 //! Membership steps run on the shard group's leader through the
 //! `ShardMembers` RPC ([`Engine::shard_members`]), wherever it is.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -711,20 +711,6 @@ fn shard_of(op: &Operation) -> Option<(&str, u32)> {
         Some(Kind::Transfer(t)) => Some((t.collection.as_str(), t.shard_id)),
         _ => None,
     }
-}
-
-/// Shard counts and preferred leaders per node of a map (for tests and
-/// `shoalctl`).
-pub fn replicas_per_node(map: &ClusterMap) -> BTreeMap<u64, (usize, usize)> {
-    let mut out: BTreeMap<u64, (usize, usize)> = map.nodes.iter().map(|n| (n.id, (0, 0))).collect();
-    for s in map.collections.iter().flat_map(|c| &c.shards) {
-        for (i, r) in s.replicas.iter().enumerate() {
-            let e = out.entry(*r).or_default();
-            e.0 += 1;
-            e.1 += (i == 0) as usize;
-        }
-    }
-    out
 }
 
 #[cfg(test)]
