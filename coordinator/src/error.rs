@@ -19,6 +19,10 @@ pub enum CoordError {
     NoMap(String),
     #[error("internal: {0}")]
     Internal(String),
+    /// The collection's shard layout changed (a split) while a request was
+    /// routed with the old one: the caller plans it again.
+    #[error("collection {0:?} was resharded while the request was routed; retry")]
+    Rerouted(String),
 }
 
 pub type Result<T, E = CoordError> = std::result::Result<T, E>;
@@ -41,7 +45,7 @@ impl From<CoordError> for Status {
                 Code::InvalidArgument | Code::NotFound | Code::AlreadyExists => Status::new(code, message),
                 _ => Status::new(code, msg),
             },
-            CoordError::Unreachable { .. } | CoordError::NoMap(_) => Status::unavailable(msg),
+            CoordError::Unreachable { .. } | CoordError::NoMap(_) | CoordError::Rerouted(_) => Status::unavailable(msg),
             CoordError::Deadline(_) => Status::deadline_exceeded(msg),
             CoordError::Internal(_) => Status::internal(msg),
         }

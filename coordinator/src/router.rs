@@ -192,15 +192,19 @@ fn endpoint(addr: &str) -> Result<Channel> {
 fn build_view(map: ClusterMap) -> View {
     let mut collections = HashMap::new();
     for c in &map.collections {
-        let Some(config) = c.config.clone() else { continue };
-        let ranges = c.shards.iter().map(|s| ShardRange { shard_id: s.shard_id, start: s.range_start, end: s.range_end }).collect();
+        let Some(config) = c.config.clone() else {
+            continue;
+        };
+        // A shard being split off is not routed until the split commits.
+        let routed: Vec<&ShardPlacement> = c.shards.iter().filter(|s| !s.splitting).collect();
+        let ranges = routed.iter().map(|s| ShardRange { shard_id: s.shard_id, start: s.range_start, end: s.range_end }).collect();
         let Ok(shards) = ShardMap::new(ranges) else {
             tracing::error!(collection = %config.name, "cluster map has an invalid shard map; collection unroutable");
             continue;
         };
         let route = CollectionRoute {
             metric: Metric::try_from(config.metric).unwrap_or(Metric::Cosine),
-            replicas: c.shards.iter().map(|s| (s.shard_id, s.replicas.clone())).collect(),
+            replicas: routed.iter().map(|s| (s.shard_id, s.replicas.clone())).collect(),
             shards,
             config: config.clone(),
         };
@@ -371,11 +375,16 @@ impl Router {
     /// is unreachable, electing, or catching up. Writes are idempotent
     /// (upserts replace, deletes of absent ids are no-ops), so a retried
     /// write is safe even if an earlier attempt committed.
-    pub async fn call_shard<T, F, Fut>(&self, collection: &str, shard_id: u32, target: Target, f: F) -> Result<T>
+    ///
+    /// `route` is the layout the caller planned with: when the map shows
+    /// another one (a split committed), the call ends with
+    /// [`CoordError::Rerouted`] and the caller plans again.
+    pub async fn call_shard<T, F, Fut>(&self, route: &CollectionRoute, shard_id: u32, target: Target, f: F) -> Result<T>
     where
         F: Fn(ShardConn, ShardRef) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
+        let collection = route.config.name.as_str();
         let deadline = tokio::time::Instant::now() + self.deadline;
         let key = (collection.to_string(), shard_id);
         let start = match target {
@@ -391,8 +400,11 @@ impl Router {
             if left.is_zero() {
                 return Err(last.unwrap_or(CoordError::Deadline(self.deadline)));
             }
-            let route = self.collection(collection)?;
-            let replicas = route.replicas.get(&shard_id).filter(|r| !r.is_empty()).ok_or_else(|| CoordError::Internal(format!("shard {shard_id} has no replicas")))?;
+            let now = self.collection(collection)?;
+            if now.shards != route.shards {
+                return Err(CoordError::Rerouted(collection.to_string()));
+            }
+            let replicas = now.replicas.get(&shard_id).filter(|r| !r.is_empty()).ok_or_else(|| CoordError::Internal(format!("shard {shard_id} has no replicas")))?;
             let node = match hinted.take().filter(|h| replicas.contains(h)) {
                 Some(h) => h,
                 None => self.pick(&key, replicas, target, attempt, start),
@@ -421,7 +433,15 @@ impl Router {
             };
             match classify(&s) {
                 Some(Retry::Refresh) => {
+                    let before = self.epoch();
                     let _ = self.refresh().await;
+                    last = Some(CoordError::from_node(format!("shard {collection}/{shard_id}"), s));
+                    if self.epoch() == before {
+                        // The node knows of a change the metadata group has
+                        // not published yet (a split in progress): wait.
+                        tokio::time::sleep(backoff.min(left)).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                    }
                 }
                 // A hint naming a suspect is followed only after two whole
                 // rounds over the replicas (with their backoff) still point

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use futures::future::try_join_all;
 use shoal_proto::internal::v1::*;
 use shoal_proto::limits::*;
-use shoal_proto::v1::collections_server::Collections;
 use shoal_proto::v1::cluster_server::Cluster;
+use shoal_proto::v1::collections_server::Collections;
 use shoal_proto::v1::points_server::Points;
 use shoal_proto::v1::*;
 use shoal_proto::validate::{self, invalid};
@@ -47,17 +47,35 @@ impl Api {
         self.router.collection_fresh(name).await
     }
 
+    /// Runs `op` with the collection's current layout, and again with the
+    /// new one when a split changes it under the request
+    /// ([`CoordError::Rerouted`]), within the deadline. Every `op` is safe
+    /// to repeat: reads are, and writes are idempotent.
+    async fn routed<T, F, Fut>(&self, name: &str, op: F) -> Result<T>
+    where
+        F: Fn(Arc<CollectionRoute>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.router.deadline;
+        loop {
+            let route = self.route(name).await?;
+            match op(route).await {
+                Err(CoordError::Rerouted(_)) if tokio::time::Instant::now() < deadline => {}
+                r => return r,
+            }
+        }
+    }
+
     fn shard_ids(route: &CollectionRoute) -> Vec<u32> {
         route.shards.ranges().iter().map(|r| r.shard_id).collect()
     }
 
     async fn count_collection(&self, route: &CollectionRoute, filter: Option<Filter>, consistency: i32) -> Result<u64> {
-        let name = route.config.name.clone();
         let calls = Self::shard_ids(route).into_iter().map(|sid| {
-            let (name, filter) = (name.clone(), filter.clone());
+            let filter = filter.clone();
             async move {
                 self.router
-                    .call_shard(&name, sid, Target::for_read(consistency), |mut c, shard| {
+                    .call_shard(route, sid, Target::for_read(consistency), |mut c, shard| {
                         let filter = filter.clone();
                         async move { c.count(ShardCountRequest { shard: Some(shard), filter, consistency }).await }
                     })
@@ -85,14 +103,13 @@ impl Api {
 
     /// Fans `searches` out to every shard and merges each search's results.
     async fn search_all(&self, route: &CollectionRoute, searches: Vec<SearchPointsRequest>) -> Result<Vec<SearchResult>> {
-        let name = route.config.name.clone();
         // One consistency per fan-out: the strongest any search asks for.
         let target = if searches.iter().all(|s| Target::for_read(s.consistency) == Target::Any) { Target::Any } else { Target::Leader };
         let calls = Self::shard_ids(route).into_iter().map(|sid| {
-            let (name, searches) = (name.clone(), searches.clone());
+            let searches = searches.clone();
             async move {
                 self.router
-                    .call_shard(&name, sid, target, |mut c, shard| {
+                    .call_shard(route, sid, target, |mut c, shard| {
                         let searches = searches.clone();
                         async move { c.search(ShardSearchRequest { shard: Some(shard), searches }).await }
                     })
@@ -112,17 +129,13 @@ impl Api {
     }
 
     async fn write(&self, route: &CollectionRoute, by_shard: BTreeMap<u32, ShardWriteRequest>) -> Result<u64> {
-        let name = route.config.name.clone();
-        let calls = by_shard.into_iter().map(|(sid, req)| {
-            let name = name.clone();
-            async move {
-                self.router
-                    .call_shard(&name, sid, Target::Leader, |mut c, shard| {
-                        let req = ShardWriteRequest { shard: Some(shard), ..req.clone() };
-                        async move { c.write(req).await }
-                    })
-                    .await
-            }
+        let calls = by_shard.into_iter().map(|(sid, req)| async move {
+            self.router
+                .call_shard(route, sid, Target::Leader, |mut c, shard| {
+                    let req = ShardWriteRequest { shard: Some(shard), ..req.clone() };
+                    async move { c.write(req).await }
+                })
+                .await
         });
         Ok(try_join_all(calls).await?.into_iter().map(|r| r.affected).sum())
     }
@@ -134,20 +147,22 @@ impl Collections for Api {
         let req = req.into_inner();
         let config = req.config.as_ref().ok_or_else(|| bad("config", "collection config is missing"))?;
         validate::collection_config(config).map_err(CoordError::from)?;
-        let map = self.router
+        let map = self
+            .router
             .meta_call("create collection", |mut c| {
                 let r = req.clone();
                 async move { c.create_collection(r).await }
             })
             .await?;
         self.router.install(map);
-        let route = self.router.collection(&config.name)?;
-        Ok(Response::new(CreateCollectionResponse { collection: Some(self.info(&route).await?) }))
+        let info = self.routed(&config.name, |route| async move { self.info(&route).await }).await?;
+        Ok(Response::new(CreateCollectionResponse { collection: Some(info) }))
     }
 
     async fn get(&self, req: Request<GetCollectionRequest>) -> std::result::Result<Response<GetCollectionResponse>, Status> {
-        let route = self.route(&req.into_inner().name).await?;
-        Ok(Response::new(GetCollectionResponse { collection: Some(self.info(&route).await?) }))
+        let name = req.into_inner().name;
+        let info = self.routed(&name, |route| async move { self.info(&route).await }).await?;
+        Ok(Response::new(GetCollectionResponse { collection: Some(info) }))
     }
 
     async fn list(&self, _: Request<ListCollectionsRequest>) -> std::result::Result<Response<ListCollectionsResponse>, Status> {
@@ -156,7 +171,7 @@ impl Collections for Api {
         names.sort();
         let mut collections = Vec::with_capacity(names.len());
         for n in names {
-            collections.push(self.info(&*self.router.collection(&n)?).await?);
+            collections.push(self.routed(&n, |route| async move { self.info(&route).await }).await?);
         }
         Ok(Response::new(ListCollectionsResponse { collections }))
     }
@@ -164,7 +179,8 @@ impl Collections for Api {
     async fn delete(&self, req: Request<DeleteCollectionRequest>) -> std::result::Result<Response<DeleteCollectionResponse>, Status> {
         let req = req.into_inner();
         validate::collection_name(&req.name).map_err(|e| bad("name", e.message))?;
-        let map = self.router
+        let map = self
+            .router
             .meta_call("delete collection", |mut c| {
                 let r = req.clone();
                 async move { c.delete_collection(r).await }
@@ -179,88 +195,105 @@ impl Collections for Api {
 impl Points for Api {
     async fn upsert(&self, req: Request<UpsertPointsRequest>) -> std::result::Result<Response<WriteResponse>, Status> {
         let req = req.into_inner();
-        let route = self.route(&req.collection).await?;
         if req.points.is_empty() {
             return Err(bad("points", "upsert batch is empty").into());
         }
         if req.points.len() > MAX_UPSERT_BATCH {
             return Err(bad("points", format!("{} points exceed the batch limit of {MAX_UPSERT_BATCH}; split the batch", req.points.len())).into());
         }
-        let mut by_shard: BTreeMap<u32, ShardWriteRequest> = BTreeMap::new();
-        for (i, p) in req.points.into_iter().enumerate() {
-            let id = p.id.as_ref().ok_or_else(|| bad(format!("points[{i}].id"), "point id is missing"))?;
-            let key = PointKey::try_from(id).map_err(|e| bad(format!("points[{i}].id"), e.to_string()))?;
-            validate::vector(&format!("points[{i}].vector"), &p.vector, route.config.dimension, route.metric).map_err(CoordError::from)?;
-            by_shard.entry(route.shards.shard_for(&key)).or_default().upserts.push(p);
-        }
-        let affected = self.write(&route, by_shard).await?;
+        let points = &req.points;
+        let affected = self
+            .routed(&req.collection, |route| async move {
+                let mut by_shard: BTreeMap<u32, ShardWriteRequest> = BTreeMap::new();
+                for (i, p) in points.iter().enumerate() {
+                    let id = p.id.as_ref().ok_or_else(|| bad(format!("points[{i}].id"), "point id is missing"))?;
+                    let key = PointKey::try_from(id).map_err(|e| bad(format!("points[{i}].id"), e.to_string()))?;
+                    validate::vector(&format!("points[{i}].vector"), &p.vector, route.config.dimension, route.metric).map_err(CoordError::from)?;
+                    by_shard.entry(route.shards.shard_for(&key)).or_default().upserts.push(p.clone());
+                }
+                self.write(&route, by_shard).await
+            })
+            .await?;
         Ok(Response::new(WriteResponse { affected }))
     }
 
     async fn get(&self, req: Request<GetPointsRequest>) -> std::result::Result<Response<GetPointsResponse>, Status> {
         let req = req.into_inner();
-        let route = self.route(&req.collection).await?;
         let ks = keys(&req.ids, "ids")?;
-        let mut by_shard: BTreeMap<u32, Vec<PointId>> = BTreeMap::new();
-        for (k, id) in ks.iter().zip(&req.ids) {
-            by_shard.entry(route.shards.shard_for(k)).or_default().push(id.clone());
-        }
-        let name = route.config.name.clone();
-        let calls = by_shard.into_iter().map(|(sid, ids)| {
-            let name = name.clone();
-            async move {
-                self.router
-                    .call_shard(&name, sid, Target::for_read(req.consistency), |mut c, shard| {
-                        let r = ShardGetRequest { shard: Some(shard), ids: ids.clone(), with_payload: req.with_payload, with_vector: req.with_vector, consistency: req.consistency };
-                        async move { c.get(r).await }
-                    })
-                    .await
-            }
-        });
-        let mut found: HashMap<PointKey, RetrievedPoint> = HashMap::new();
-        for r in try_join_all(calls).await? {
-            for p in r.points {
-                if let Some(k) = p.id.as_ref().and_then(|i| PointKey::try_from(i).ok()) {
-                    found.insert(k, p);
+        let (ks, req) = (&ks, &req);
+        let points = self
+            .routed(&req.collection, |route| async move {
+                let mut by_shard: BTreeMap<u32, Vec<PointId>> = BTreeMap::new();
+                for (k, id) in ks.iter().zip(&req.ids) {
+                    by_shard.entry(route.shards.shard_for(k)).or_default().push(id.clone());
                 }
-            }
-        }
-        let points = ks.iter().filter_map(|k| found.remove(k)).collect();
+                let route = &*route;
+                let calls = by_shard.into_iter().map(|(sid, ids)| async move {
+                    self.router
+                        .call_shard(route, sid, Target::for_read(req.consistency), |mut c, shard| {
+                            let r = ShardGetRequest { shard: Some(shard), ids: ids.clone(), with_payload: req.with_payload, with_vector: req.with_vector, consistency: req.consistency };
+                            async move { c.get(r).await }
+                        })
+                        .await
+                });
+                let mut found: HashMap<PointKey, RetrievedPoint> = HashMap::new();
+                for r in try_join_all(calls).await? {
+                    for p in r.points {
+                        if let Some(k) = p.id.as_ref().and_then(|i| PointKey::try_from(i).ok()) {
+                            found.insert(k, p);
+                        }
+                    }
+                }
+                Ok(ks.iter().filter_map(|k| found.remove(k)).collect())
+            })
+            .await?;
         Ok(Response::new(GetPointsResponse { points }))
     }
 
     async fn delete(&self, req: Request<DeletePointsRequest>) -> std::result::Result<Response<WriteResponse>, Status> {
         let req = req.into_inner();
-        let route = self.route(&req.collection).await?;
-        let mut by_shard: BTreeMap<u32, ShardWriteRequest> = BTreeMap::new();
-        match req.selector {
-            None => return Err(bad("selector", "delete needs ids or a filter").into()),
-            Some(delete_points_request::Selector::Ids(list)) => {
-                for (k, id) in keys(&list.ids, "ids")?.iter().zip(list.ids) {
-                    by_shard.entry(route.shards.shard_for(k)).or_default().delete_ids.push(id);
-                }
+        let selector = req.selector.as_ref().ok_or_else(|| bad("selector", "delete needs ids or a filter"))?;
+        let ids = match selector {
+            delete_points_request::Selector::Ids(list) => Some(keys(&list.ids, "ids")?.into_iter().zip(list.ids.iter().cloned()).collect::<Vec<_>>()),
+            delete_points_request::Selector::Filter(f) => {
+                validate::filter(f).map_err(CoordError::from)?;
+                None
             }
-            Some(delete_points_request::Selector::Filter(f)) => {
-                validate::filter(&f).map_err(CoordError::from)?;
-                for sid in Self::shard_ids(&route) {
-                    by_shard.insert(sid, ShardWriteRequest { delete_filter: Some(f.clone()), ..Default::default() });
+        };
+        let ids = &ids;
+        let affected = self
+            .routed(&req.collection, |route| async move {
+                let mut by_shard: BTreeMap<u32, ShardWriteRequest> = BTreeMap::new();
+                match (ids, selector) {
+                    (Some(ids), _) => {
+                        for (k, id) in ids {
+                            by_shard.entry(route.shards.shard_for(k)).or_default().delete_ids.push(id.clone());
+                        }
+                    }
+                    (None, delete_points_request::Selector::Filter(f)) => {
+                        for sid in Self::shard_ids(&route) {
+                            by_shard.insert(sid, ShardWriteRequest { delete_filter: Some(f.clone()), ..Default::default() });
+                        }
+                    }
+                    (None, _) => return Err(bad("selector", "delete needs ids or a filter")),
                 }
-            }
-        }
-        let affected = self.write(&route, by_shard).await?;
+                self.write(&route, by_shard).await
+            })
+            .await?;
         Ok(Response::new(WriteResponse { affected }))
     }
 
     async fn count(&self, req: Request<CountPointsRequest>) -> std::result::Result<Response<CountPointsResponse>, Status> {
         let req = req.into_inner();
-        let route = self.route(&req.collection).await?;
         filter_opt(&req.filter)?;
-        Ok(Response::new(CountPointsResponse { count: self.count_collection(&route, req.filter, req.consistency).await? }))
+        let req = &req;
+        let count = self.routed(&req.collection, |route| async move { self.count_collection(&route, req.filter.clone(), req.consistency).await }).await?;
+        Ok(Response::new(CountPointsResponse { count }))
     }
 
     async fn scroll(&self, req: Request<ScrollPointsRequest>) -> std::result::Result<Response<ScrollPointsResponse>, Status> {
         let req = req.into_inner();
-        let route = self.route(&req.collection).await?;
+        validate::collection_name(&req.collection).map_err(|e| bad("collection", e.message))?;
         filter_opt(&req.filter)?;
         let limit = if req.limit == 0 { DEFAULT_SCROLL_LIMIT } else { req.limit };
         if limit > MAX_SCROLL_LIMIT {
@@ -269,56 +302,62 @@ impl Points for Api {
         if let Some(o) = &req.offset {
             PointKey::try_from(o).map_err(|e| bad("offset", e.to_string()))?;
         }
-        let name = route.config.name.clone();
-        let calls = Self::shard_ids(&route).into_iter().map(|sid| {
-            let (name, req) = (name.clone(), req.clone());
-            async move {
-                self.router
-                    .call_shard(&name, sid, Target::for_read(req.consistency), |mut c, shard| {
-                        let r = ShardScrollRequest {
-                            shard: Some(shard),
-                            filter: req.filter.clone(),
-                            offset: req.offset.clone(),
-                            limit,
-                            with_payload: req.with_payload,
-                            with_vector: req.with_vector,
-                            consistency: req.consistency,
-                        };
-                        async move { c.scroll(r).await }
-                    })
-                    .await
-            }
-        });
-        let pages = try_join_all(calls)
-            .await?
-            .into_iter()
-            .map(|r| (r.points, r.next_offset.as_ref().and_then(|n| PointKey::try_from(n).ok())))
-            .collect();
-        let (points, next) = merge::merge_scroll(pages, limit as usize);
+        let req = &req;
+        let (points, next) = self
+            .routed(&req.collection, |route| async move {
+                let route = &*route;
+                let calls = Self::shard_ids(route).into_iter().map(|sid| async move {
+                    self.router
+                        .call_shard(route, sid, Target::for_read(req.consistency), |mut c, shard| {
+                            let r = ShardScrollRequest {
+                                shard: Some(shard),
+                                filter: req.filter.clone(),
+                                offset: req.offset.clone(),
+                                limit,
+                                with_payload: req.with_payload,
+                                with_vector: req.with_vector,
+                                consistency: req.consistency,
+                            };
+                            async move { c.scroll(r).await }
+                        })
+                        .await
+                });
+                let pages = try_join_all(calls).await?.into_iter().map(|r| (r.points, r.next_offset.as_ref().and_then(|n| PointKey::try_from(n).ok()))).collect();
+                Ok(merge::merge_scroll(pages, limit as usize))
+            })
+            .await?;
         Ok(Response::new(ScrollPointsResponse { points, next_offset: next.map(|k| k.to_proto()) }))
     }
 
     async fn search(&self, req: Request<SearchPointsRequest>) -> std::result::Result<Response<SearchPointsResponse>, Status> {
         let req = req.into_inner();
-        let route = self.route(&req.collection).await?;
-        Self::validate_search(&route, &req, "")?;
-        let mut out = self.search_all(&route, vec![req]).await?;
+        let req = &req;
+        let mut out = self
+            .routed(&req.collection, |route| async move {
+                Self::validate_search(&route, req, "")?;
+                self.search_all(&route, vec![req.clone()]).await
+            })
+            .await?;
         Ok(Response::new(SearchPointsResponse { results: out.pop().map(|r| r.results).unwrap_or_default() }))
     }
 
     async fn search_batch(&self, req: Request<SearchBatchRequest>) -> std::result::Result<Response<SearchBatchResponse>, Status> {
         let req = req.into_inner();
-        let route = self.route(&req.collection).await?;
         if req.searches.is_empty() || req.searches.len() > MAX_SEARCH_BATCH {
             return Err(bad("searches", format!("{} searches is outside 1..={MAX_SEARCH_BATCH}", req.searches.len())).into());
         }
-        for (i, s) in req.searches.iter().enumerate() {
-            if !s.collection.is_empty() && s.collection != req.collection {
-                return Err(bad(format!("searches[{i}].collection"), format!("{:?} differs from the batch's collection {:?}", s.collection, req.collection)).into());
-            }
-            Self::validate_search(&route, s, &format!("searches[{i}]."))?;
-        }
-        let results = self.search_all(&route, req.searches).await?;
+        let req = &req;
+        let results = self
+            .routed(&req.collection, |route| async move {
+                for (i, s) in req.searches.iter().enumerate() {
+                    if !s.collection.is_empty() && s.collection != req.collection {
+                        return Err(bad(format!("searches[{i}].collection"), format!("{:?} differs from the batch's collection {:?}", s.collection, req.collection)));
+                    }
+                    Self::validate_search(&route, s, &format!("searches[{i}]."))?;
+                }
+                self.search_all(&route, req.searches.clone()).await
+            })
+            .await?;
         Ok(Response::new(SearchBatchResponse { results }))
     }
 }
@@ -367,7 +406,16 @@ impl Cluster for Api {
                         Some(r) => {
                             let lag = head.saturating_sub(r.applied_index);
                             let state = if lag > CATCHING_UP_LAG { ReplicaState::CatchingUp } else { ReplicaState::Active };
-                            ReplicaStatus { node_id: *node, state: state as i32, leader: r.leader && Some(r.term) == leader_term, term: r.term, applied_index: r.applied_index, lag, points: r.points, unindexed: r.unindexed }
+                            ReplicaStatus {
+                                node_id: *node,
+                                state: state as i32,
+                                leader: r.leader && Some(r.term) == leader_term,
+                                term: r.term,
+                                applied_index: r.applied_index,
+                                lag,
+                                points: r.points,
+                                unindexed: r.unindexed,
+                            }
                         }
                         None => ReplicaStatus { node_id: *node, state: ReplicaState::Unreachable as i32, ..Default::default() },
                     })

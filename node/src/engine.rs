@@ -31,7 +31,7 @@ use crate::error::{NodeError, Result};
 use crate::raft::log_store::LogStore;
 use crate::raft::meta::{MetaCommand, MetaStateMachine, EXISTS, META_GROUP, META_VOTERS, NOT_FOUND};
 use crate::raft::network::{Groups, Network, Peers};
-use crate::raft::state_machine::ShardStateMachine;
+use crate::raft::state_machine::{uid_key, ShardStateMachine, CHILD_LOCK};
 use crate::raft::{Command, Reply, TypeConfig};
 use crate::shard::Shard;
 use crate::storage::memory::MemoryEngine;
@@ -40,6 +40,7 @@ use crate::storage::{shard_store, KvEngine, ShardStore};
 
 pub mod backup;
 pub mod ops;
+pub mod split;
 
 /// How long a proposal waits for its group to elect a leader.
 pub const LEADER_WAIT: Duration = Duration::from_secs(10);
@@ -95,10 +96,6 @@ impl Replica {
 /// The Raft group name of a shard.
 pub fn group_name(collection: &str, shard_id: u32) -> String {
     format!("{collection}/{shard_id}")
-}
-
-fn uid_key(collection: &str, shard_id: u32) -> String {
-    format!("replica_uid/{collection}/{shard_id}")
 }
 
 /// Proposes `cmd` to `raft` and waits until it is committed and applied
@@ -161,6 +158,8 @@ pub struct Engine {
     ops: ops::OpsState,
     /// The last readiness check (see [`Engine::readiness`]).
     pub last_ready: Mutex<std::result::Result<(), String>>,
+    /// Notified when a split created a child replica here.
+    split_created: Arc<tokio::sync::Notify>,
 }
 
 impl Engine {
@@ -174,9 +173,7 @@ impl Engine {
         let meta_sm = MetaStateMachine::open(kv.clone())?;
         let meta_log = LogStore::new(kv.clone(), META_GROUP);
         let handle = tokio::runtime::Handle::current();
-        let meta_raft = handle
-            .block_on(Raft::new(cfg.node_id, raft_config.clone(), Network::new(META_GROUP, peers.clone()), meta_log, meta_sm.clone()))
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let meta_raft = handle.block_on(Raft::new(cfg.node_id, raft_config.clone(), Network::new(META_GROUP, peers.clone()), meta_log, meta_sm.clone())).map_err(|e| NodeError::Raft(e.to_string()))?;
         let groups = Groups::default();
         groups.insert(META_GROUP, meta_raft.clone());
         let engine = Arc::new(Engine {
@@ -192,6 +189,7 @@ impl Engine {
             reconciling: Mutex::new(()),
             ops: ops::OpsState::default(),
             last_ready: Mutex::new(Err("not checked yet".into())),
+            split_created: Arc::default(),
         });
         engine.reconcile()?;
         engine.start_indexer();
@@ -236,12 +234,19 @@ impl Engine {
     pub fn watch_map(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let mut rx = self.meta_sm.subscribe();
         let weak: Weak<Engine> = Arc::downgrade(self);
+        let split = self.split_created.clone();
         tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
+            loop {
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { break },
+                    () = split.notified() => {}
+                }
                 let Some(engine) = weak.upgrade() else { break };
                 let res = tokio::task::spawn_blocking(move || engine.reconcile()).await;
                 match res {
-                    Ok(Err(e)) => tracing::error!(error = %e, "applying the cluster map failed; retrying at the next change"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "applying the cluster map failed; retrying at the next change")
+                    }
                     Err(e) => tracing::error!(error = %e, "reconcile task failed"),
                     Ok(Ok(())) => {}
                 }
@@ -381,8 +386,7 @@ impl Engine {
             return Err(NodeError::CollectionExists(config.name));
         }
         let nodes: Vec<u64> = map.nodes.iter().map(|n| n.id).collect();
-        let placement = placement::place(&nodes, config.shard_count, config.replication_factor)
-            .map_err(|e| validate::invalid("replication_factor", e.to_string()))?;
+        let placement = placement::place(&nodes, config.shard_count, config.replication_factor).map_err(|e| validate::invalid("replication_factor", e.to_string()))?;
         let shards: Vec<ShardPlacement> = routing::uniform_ranges(config.shard_count)
             .into_iter()
             .zip(placement)
@@ -423,8 +427,16 @@ impl Engine {
         let me = self.cfg.node_id;
         let mut wanted: HashMap<ShardKey, (CollectionConfig, ShardPlacement, u64)> = HashMap::new();
         for c in &map.collections {
-            let Some(config) = c.config.as_ref() else { continue };
+            let Some(config) = c.config.as_ref() else {
+                continue;
+            };
             for s in c.shards.iter().filter(|s| s.replicas.contains(&me) || s.learners.contains(&me)) {
+                // A child being split off opens once this node's replica
+                // of the parent has created it (the split entry), never
+                // empty: until the split commits it may only be created.
+                if s.splitting && !self.holds_uid(&config.name, s.shard_id, c.uid) && !self.shards.read().contains_key(&(config.name.clone(), s.shard_id)) {
+                    continue;
+                }
                 wanted.insert((config.name.clone(), s.shard_id), (config.clone(), s.clone(), c.uid));
             }
         }
@@ -447,6 +459,12 @@ impl Engine {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Whether local replica data of `collection/shard_id` belongs to the
+    /// collection created as `uid`.
+    fn holds_uid(&self, collection: &str, shard_id: u32, uid: u64) -> bool {
+        shard_store::node_meta_get(&*self.kv, &uid_key(collection, shard_id)).ok().flatten().is_some_and(|b| b.as_slice() == uid.to_be_bytes())
     }
 
     fn drop_replica(&self, r: Replica) -> Result<()> {
@@ -474,21 +492,25 @@ impl Engine {
         let log = LogStore::new(self.kv.clone(), &group);
         let dir = self.cfg.data_dir.join("index").join(&config.name);
         let key = uid_key(&config.name, shard_id);
-        let known = shard_store::node_meta_get(&*self.kv, &key)?.map(|b| b.as_slice() == uid.to_be_bytes());
-        let fresh = known != Some(true);
-        if fresh {
-            // Leftovers of an earlier collection with this name must not
-            // leak into the new one.
-            ShardStateMachine::wipe(&store, &config.name, shard_id, &dir)?;
-            log.destroy().map_err(|e| NodeError::Raft(e.to_string()))?;
-            shard_store::node_meta_put(&*self.kv, &key, uid.to_be_bytes().to_vec())?;
-        }
+        let fresh = {
+            // Checked and set under the lock a split's child creation takes.
+            let _g = CHILD_LOCK.lock();
+            let known = shard_store::node_meta_get(&*self.kv, &key)?.map(|b| b.as_slice() == uid.to_be_bytes());
+            let fresh = known != Some(true);
+            if fresh {
+                // Leftovers of an earlier collection with this name must not
+                // leak into the new one.
+                ShardStateMachine::wipe(&store, &config.name, shard_id, &dir)?;
+                log.destroy().map_err(|e| NodeError::Raft(e.to_string()))?;
+                shard_store::node_meta_put(&*self.kv, &key, uid.to_be_bytes().to_vec())?;
+            }
+            fresh
+        };
         let sm = ShardStateMachine::open_with(config.clone(), shard_id, store, dir, self.cfg.exact_scan_threshold)?;
+        sm.set_split_hook(self.split_created.clone());
         let network = Network::new(group.clone(), self.peers.clone());
         let handle = tokio::runtime::Handle::current();
-        let raft = handle
-            .block_on(Raft::new(self.cfg.node_id, self.raft_config.clone(), network, log.clone(), sm.clone()))
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let raft = handle.block_on(Raft::new(self.cfg.node_id, self.raft_config.clone(), network, log.clone(), sm.clone())).map_err(|e| NodeError::Raft(e.to_string()))?;
         // Only the members a shard was created with initialise its group;
         // a replica added later (a move) waits for the leader to add it.
         if fresh && placement.changes == 0 && placement.replicas.contains(&self.cfg.node_id) {
@@ -522,6 +544,25 @@ impl Engine {
         Ok(replica)
     }
 
+    /// The local replica of a shard for a read, and whether the read must
+    /// leave out the frozen copies of a pending split: the map the read
+    /// was routed with (the node's own, the epochs being equal) already
+    /// routes them to the child.
+    pub fn replica_for_read(&self, collection: &str, shard_id: u32, epoch: u64) -> Result<(Replica, bool)> {
+        let r = self.replica(collection, shard_id, epoch)?;
+        let hide = match r.shard().pending_split() {
+            None => false,
+            Some(p) => self.meta_sm.with_map(|m| {
+                m.collections
+                    .iter()
+                    .find(|c| c.config.as_ref().is_some_and(|x| x.name == collection))
+                    .and_then(|c| c.shards.iter().find(|s| s.shard_id == shard_id))
+                    .is_some_and(|s| s.range_end < p.mid)
+            }),
+        };
+        Ok((r, hide))
+    }
+
     /// The local replica of a shard, checking the sender's map epoch.
     pub fn replica(&self, collection: &str, shard_id: u32, epoch: u64) -> Result<Replica> {
         // Every shard request passes here: read the map in place, no copy.
@@ -552,7 +593,9 @@ impl Engine {
             match s.save_index() {
                 Ok(true) => n += 1,
                 Ok(false) => {}
-                Err(e) => tracing::error!(collection = %s.collection, shard = s.shard_id, error = %e, "saving index failed"),
+                Err(e) => {
+                    tracing::error!(collection = %s.collection, shard = s.shard_id, error = %e, "saving index failed")
+                }
             }
         }
         n

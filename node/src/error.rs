@@ -40,6 +40,10 @@ pub enum NodeError {
     NoCluster,
     #[error("{0}")]
     Rejected(String),
+    /// The write or read belongs to a hash range this shard no longer
+    /// serves (a split moved it): the sender reloads the map and re-routes.
+    #[error("{0}")]
+    RangeMoved(String),
     /// An operation that the cluster's state does not allow now.
     #[error("{0}")]
     Precondition(String),
@@ -81,8 +85,12 @@ impl From<cxx::Exception> for IndexError {
 
 fn not_leader_message(group: &str, leader: &Option<(u64, String)>) -> String {
     match leader {
-        Some((id, addr)) => format!("this node is not the leader of {group}; the leader is node {id} at {addr}"),
-        None => format!("group {group} has no leader at the moment (election in progress or no quorum)"),
+        Some((id, addr)) => {
+            format!("this node is not the leader of {group}; the leader is node {id} at {addr}")
+        }
+        None => {
+            format!("group {group} has no leader at the moment (election in progress or no quorum)")
+        }
     }
 }
 

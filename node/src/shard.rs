@@ -27,9 +27,9 @@
 //! live versions missing from the file are added and retired versions
 //! present in it are removed (versions are immutable, so set difference is
 //! enough). A missing or damaged file is rebuilt from RocksDB.
+use std::collections::BTreeMap;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
@@ -88,6 +88,10 @@ pub struct Shard {
     /// exports through stale handles must not recreate files or read the
     /// deleted records as if they were the shard.
     retired: AtomicBool,
+    /// What the shard owns after splits ([`split`]).
+    range: RwLock<split::RangeState>,
+    /// Offsets of the frozen copies of a pending split.
+    frozen: RwLock<RoaringBitmap>,
 }
 
 /// When a shard write is durable.
@@ -178,13 +182,7 @@ impl Shard {
             Ok(VectorStorage::F16) => Precision::F16,
             _ => Precision::F32,
         };
-        let params = HnswParams {
-            dim: config.dimension as usize,
-            metric,
-            precision,
-            m: hnsw.m as usize,
-            ef_construction: hnsw.ef_construction as usize,
-        };
+        let params = HnswParams { dim: config.dimension as usize, metric, precision, m: hnsw.m as usize, ef_construction: hnsw.ef_construction as usize };
         std::fs::create_dir_all(index_dir).map_err(crate::error::StorageError::from)?;
         let index_path = index_file(index_dir, shard_id);
         let seq = store.meta_u64(META_SEQ)?;
@@ -250,29 +248,33 @@ impl Shard {
             None => IndexOpen::Rebuilt,
         };
         let saved = if matches!(outcome, IndexOpen::Loaded { added: 0, removed: 0 }) { seq } else { u64::MAX };
+        let range = split::RangeState::decode(store.meta_get(split::RANGE)?.as_deref())?;
         tracing::info!(collection = %config.name, shard_id, points = state.live.len(), ?outcome, "shard opened");
-        Ok((
-            Shard {
-                collection: config.name.clone(),
-                shard_id,
-                dist: Distance(metric),
-                config,
-                store,
-                index,
-                state: RwLock::new(state),
-                writer: Mutex::new(()),
-                index_path,
-                saved_seq: AtomicU64::new(saved),
-                indexed: AtomicU64::new(0),
-                saved_indexed: AtomicU64::new(0),
-                exact_scan_threshold: DEFAULT_EXACT_SCAN_THRESHOLD,
-                pending: RwLock::new(BTreeMap::new()),
-                defer_index: AtomicBool::new(false),
-                opened: outcome,
-                retired: AtomicBool::new(false),
-            },
-            outcome,
-        ))
+        let shard = Shard {
+            collection: config.name.clone(),
+            shard_id,
+            dist: Distance(metric),
+            config,
+            store,
+            index,
+            state: RwLock::new(state),
+            writer: Mutex::new(()),
+            index_path,
+            saved_seq: AtomicU64::new(saved),
+            indexed: AtomicU64::new(0),
+            saved_indexed: AtomicU64::new(0),
+            exact_scan_threshold: DEFAULT_EXACT_SCAN_THRESHOLD,
+            pending: RwLock::new(BTreeMap::new()),
+            defer_index: AtomicBool::new(false),
+            opened: outcome,
+            retired: AtomicBool::new(false),
+            range: RwLock::new(range),
+            frozen: RwLock::new(RoaringBitmap::new()),
+        };
+        if let Some(p) = shard.pending_split() {
+            *shard.frozen.write() = shard.frozen_offsets(p.mid, p.end);
+        }
+        Ok((shard, outcome))
     }
 
     /// How the HNSW graph was obtained when the shard was opened.
@@ -327,11 +329,8 @@ impl Shard {
 
     /// Parses the ids to delete and checks the delete filter.
     fn check_deletes(delete_ids: &[PointId], delete_filter: Option<&Filter>) -> Result<Vec<PointKey>> {
-        let keys = delete_ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| PointKey::try_from(id).map_err(|e| validate::invalid(format!("ids[{i}]"), e.to_string())))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let keys =
+            delete_ids.iter().enumerate().map(|(i, id)| PointKey::try_from(id).map_err(|e| validate::invalid(format!("ids[{i}]"), e.to_string()))).collect::<std::result::Result<Vec<_>, _>>()?;
         if let Some(f) = delete_filter {
             validate::filter(f)?;
         }
@@ -342,7 +341,9 @@ impl Shard {
     /// entries to retire with it. RocksDB is the id -> offset map (bloom
     /// filters make the common miss of a new id cheap).
     fn old_version(&self, st: &State, k: &PointKey) -> Result<Option<(u32, Vec<crate::storage::IndexEntry>)>> {
-        let Some(old) = self.store.get(k)? else { return Ok(None) };
+        let Some(old) = self.store.get(k)? else {
+            return Ok(None);
+        };
         if !st.live.contains(old.offset) {
             return Ok(None);
         }
@@ -487,14 +488,7 @@ impl Shard {
     /// Like [`Shard::write`], with `meta` records written in the same atomic
     /// batch (the Raft state machine stores its applied log id this way).
     /// If validation rejects the batch, nothing is written, `meta` included.
-    pub fn write_with_meta(
-        &self,
-        upserts: &[PointStruct],
-        delete_ids: &[PointId],
-        delete_filter: Option<&Filter>,
-        meta: Vec<(&'static str, Vec<u8>)>,
-        durability: Durability,
-    ) -> Result<u64> {
+    pub fn write_with_meta(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>, meta: Vec<(&'static str, Vec<u8>)>, durability: Durability) -> Result<u64> {
         let sync = durability == Durability::Sync;
         // Validate everything before touching anything.
         let mut prepared = Vec::with_capacity(upserts.len());
@@ -655,11 +649,7 @@ impl Shard {
 
     fn retrieved(&self, k: PointKey, p: Option<StoredPoint>, with_payload: bool, with_vector: bool) -> RetrievedPoint {
         let p = p.unwrap_or_default();
-        RetrievedPoint {
-            id: Some(k.to_proto()),
-            vector: if with_vector { p.vector } else { vec![] },
-            payload: if with_payload { Some(p.payload.unwrap_or_default()) } else { None },
-        }
+        RetrievedPoint { id: Some(k.to_proto()), vector: if with_vector { p.vector } else { vec![] }, payload: if with_payload { Some(p.payload.unwrap_or_default()) } else { None } }
     }
 
     /// Points by id, in request order; absent ids are skipped.
@@ -676,12 +666,24 @@ impl Shard {
 
     /// Number of live points matching `filter`.
     pub fn count(&self, filter: Option<&Filter>) -> Result<u64> {
+        self.count_scoped(filter, false)
+    }
+
+    /// [`Shard::count`], leaving out a pending split's frozen copies when
+    /// `hide` (the reader's map routes them to the child).
+    pub fn count_scoped(&self, filter: Option<&Filter>, hide: bool) -> Result<u64> {
+        let hidden = self.hidden(hide);
         let st = self.state.read();
-        Ok(match filter {
-            None => st.live.len(),
-            Some(f) => {
+        Ok(match (filter, hidden) {
+            (None, None) => st.live.len(),
+            (None, Some(h)) => st.live.len() - st.live.intersection_len(&h),
+            (Some(f), h) => {
                 validate::filter(f)?;
-                filter::evaluate(f, &StoreSource { state: &st, store: &self.store }).len()
+                let mut a = filter::evaluate(f, &StoreSource { state: &st, store: &self.store });
+                if let Some(h) = h {
+                    a -= h;
+                }
+                a.len()
             }
         })
     }
@@ -689,6 +691,13 @@ impl Shard {
     /// Up to `limit` points from `offset` (inclusive) in id order, and the id
     /// to continue from.
     pub fn scroll(&self, offset: Option<&PointId>, limit: u32, filter: Option<&Filter>, with_payload: bool, with_vector: bool) -> Result<(Vec<RetrievedPoint>, Option<PointKey>)> {
+        self.scroll_scoped(offset, limit, filter, with_payload, with_vector, false)
+    }
+
+    /// [`Shard::scroll`], leaving out a pending split's frozen copies when
+    /// `hide`.
+    pub fn scroll_scoped(&self, offset: Option<&PointId>, limit: u32, filter: Option<&Filter>, with_payload: bool, with_vector: bool, hide: bool) -> Result<(Vec<RetrievedPoint>, Option<PointKey>)> {
+        let hidden = self.hidden(hide);
         let from = offset.map(PointKey::try_from).transpose().map_err(|e| validate::invalid("offset", e.to_string()))?;
         let allowed = match filter {
             None => None,
@@ -701,7 +710,7 @@ impl Shard {
         let mut out = Vec::new();
         let mut next = None;
         self.store.scan_points(from.as_ref(), &mut |k, p| {
-            if allowed.as_ref().is_some_and(|a| !a.contains(p.offset)) {
+            if allowed.as_ref().is_some_and(|a| !a.contains(p.offset)) || hidden.as_ref().is_some_and(|h| h.contains(p.offset)) {
                 return true;
             }
             if out.len() == limit as usize {
@@ -717,6 +726,14 @@ impl Shard {
     /// Top-k search. `req` must already be validated for top_k/ef/filter by
     /// the caller; vectors are re-checked here.
     pub fn search(&self, req: &SearchPointsRequest) -> Result<Vec<ScoredPoint>> {
+        self.search_scoped(req, false)
+    }
+
+    /// [`Shard::search`], leaving out a pending split's frozen copies when
+    /// `hide` (a filtered search over the rest, for the moments between
+    /// the map routing them to the child and the split finishing).
+    pub fn search_scoped(&self, req: &SearchPointsRequest, hide: bool) -> Result<Vec<ScoredPoint>> {
+        let hidden = self.hidden(hide);
         validate::vector("vector", &req.vector, self.config.dimension, self.metric())?;
         let mut q = req.vector.clone();
         if self.metric() == Metric::Cosine {
@@ -729,12 +746,13 @@ impl Shard {
         let fetch = k + 4;
         let (hits, keys) = {
             let st = self.state.read();
-            let allowed = match &req.filter {
-                Some(f) if !(f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty()) => {
-                    Some(filter::evaluate(f, &StoreSource { state: &st, store: &self.store }))
-                }
+            let mut allowed = match &req.filter {
+                Some(f) if !(f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty()) => Some(filter::evaluate(f, &StoreSource { state: &st, store: &self.store })),
                 _ => None,
             };
+            if let Some(h) = hidden {
+                allowed = Some(allowed.unwrap_or_else(|| st.live.clone()) - h);
+            }
             let mut hits = match (&allowed, req.exact) {
                 (Some(a), _) if a.is_empty() => vec![],
                 (Some(a), true) => self.index.exact(&q, fetch, &Allowed::Set(a))?,
@@ -850,7 +868,9 @@ fn load_index(params: HnswParams, path: &Path) -> std::result::Result<(HnswIndex
         let at = meta.find(&format!("\"{name}\":"))? + name.len() + 3;
         meta[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
     };
-    let (Some(sum), Some(next)) = (field("checksum"), field("next_offset")) else { return Err(bad("sidecar is malformed")) };
+    let (Some(sum), Some(next)) = (field("checksum"), field("next_offset")) else {
+        return Err(bad("sidecar is malformed"));
+    };
     let bytes = std::fs::read(path).map_err(|_| bad("index file missing"))?;
     if xxhash_rust::xxh3::xxh3_64(&bytes) != sum {
         return Err(bad("checksum mismatch"));
@@ -860,6 +880,7 @@ fn load_index(params: HnswParams, path: &Path) -> std::result::Result<(HnswIndex
 }
 
 mod keys;
+pub mod split;
 #[cfg(test)]
 mod tests;
 

@@ -29,6 +29,12 @@ impl From<NodeError> for Status {
             NodeError::Raft(_) | NodeError::NoQuorum { .. } | NodeError::MapBehind { .. } | NodeError::ShardOpening { .. } | NodeError::NoCluster => Status::unavailable(msg),
             NodeError::AlreadyInitialized | NodeError::Precondition(_) => Status::failed_precondition(msg),
             NodeError::CollectionExists(_) => Status::already_exists(msg),
+            NodeError::RangeMoved(_) => {
+                // Same contract as a stale epoch: reload the map, re-route.
+                let mut s = Status::new(Code::FailedPrecondition, msg);
+                s.metadata_mut().insert(STALE_EPOCH_KEY, tonic::metadata::MetadataValue::from_static("0"));
+                s
+            }
             NodeError::StaleEpoch { have, .. } => {
                 let mut s = Status::new(Code::FailedPrecondition, msg);
                 if let Ok(v) = have.to_string().parse() {

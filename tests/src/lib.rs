@@ -54,6 +54,31 @@ pub fn shoalctl(args: &[&str]) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Runs `shoalctl -o json ARGS --node VIA` (an admin command against node
+/// `via`); panics with its output on failure; returns its last JSON line.
+pub fn ctl(via: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["-o", "json"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--node", via]);
+    let t = Instant::now();
+    let (ok, out, err) = shoalctl(&all);
+    assert!(ok, "shoalctl {args:?} failed:\n{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or("null")).unwrap_or(serde_json::Value::Null);
+    let n = v["operations"].as_array().map_or(0, Vec::len);
+    println!("shoalctl {} took {:.1} s ({n} operations)", args.join(" "), t.elapsed().as_secs_f64());
+    v
+}
+
+/// Runs `shoalctl ARGS --node VIA`, which must fail with `why` in its
+/// error output.
+pub fn ctl_fails(via: &str, args: &[&str], why: &str) {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--node", via]);
+    let (ok, out, err) = shoalctl(&all);
+    assert!(!ok, "shoalctl {args:?} should fail:\n{out}");
+    assert!(err.contains(why), "shoalctl {args:?}: expected {why:?} in:\n{err}");
+}
+
 /// A `shoal dev` process (coordinator + node).
 pub struct ShoalProcess {
     child: Option<Child>,

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use shoal_proto::internal::v1::ClusterMap;
 use shoal_tests::procs::ProcCluster;
-use shoal_tests::shoalctl;
 use shoal_tests::workload::{self, create, leader_of, wait_acks, Load};
+use shoal_tests::{ctl, ctl_fails, shoalctl};
 
 const SHARDS: u32 = 2;
 
@@ -27,28 +27,6 @@ fn per_node(map: &ClusterMap) -> BTreeMap<u64, usize> {
         }
     }
     out
-}
-
-/// Runs `shoalctl` against node `via`; panics with its output on failure.
-fn ctl(via: &str, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["-o", "json"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--node", via]);
-    let t = Instant::now();
-    let (ok, out, err) = shoalctl(&all);
-    assert!(ok, "shoalctl {args:?} failed:\n{out}\n{err}");
-    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or("null")).unwrap_or(serde_json::Value::Null);
-    let n = v["operations"].as_array().map_or(0, Vec::len);
-    println!("shoalctl {} took {:.1} s ({n} operations)", args.join(" "), t.elapsed().as_secs_f64());
-    v
-}
-
-fn ctl_fails(via: &str, args: &[&str], why: &str) {
-    let mut all = args.to_vec();
-    all.extend_from_slice(&["--node", via]);
-    let (ok, out, err) = shoalctl(&all);
-    assert!(!ok, "shoalctl {args:?} should fail:\n{out}");
-    assert!(err.contains(why), "shoalctl {args:?}: expected {why:?} in:\n{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -167,7 +145,8 @@ async fn a_move_resumes_after_its_driver_is_killed() {
             })
             .expect("a move avoiding the driver");
         let via = cluster.nodes.iter().find(|n| n.id != driver && n.is_running()).unwrap().addr.clone();
-        let (ok, out, err) = shoalctl(&["-o", "json", "cluster", "move", "--collection", "r", "--shard", &shard.to_string(), "--from", &from.to_string(), "--to", &to.to_string(), "--no-wait", "--node", &via]);
+        let (ok, out, err) =
+            shoalctl(&["-o", "json", "cluster", "move", "--collection", "r", "--shard", &shard.to_string(), "--from", &from.to_string(), "--to", &to.to_string(), "--no-wait", "--node", &via]);
         assert!(ok, "{out}{err}");
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         cluster.node(driver).kill9();
@@ -187,7 +166,9 @@ async fn a_move_resumes_after_its_driver_is_killed() {
 /// `shoal.ready` health status of a node.
 async fn ready(addr: &str) -> bool {
     use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
-    let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_secs(1)).connect().await else { return false };
+    let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_secs(1)).connect().await else {
+        return false;
+    };
     matches!(HealthClient::new(ch).check(HealthCheckRequest { service: "shoal.ready".into() }).await, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32)
 }
 
@@ -272,7 +253,12 @@ async fn backup_under_write_load_restores_on_a_cluster_of_another_size() {
     let (acked, attempted) = load.stop().await;
     workload::check(&cluster.view(), &addr, "b", SHARDS, &acked, &attempted).await;
     let total: u64 = manifest["shards"].as_array().unwrap().iter().map(|s| s["points"].as_u64().unwrap()).sum();
-    assert!(total as usize >= acked_before.len() && total as usize <= attempted.len(), "backup holds {total} points; {} were acknowledged before it, {} attempted", acked_before.len(), attempted.len());
+    assert!(
+        total as usize >= acked_before.len() && total as usize <= attempted.len(),
+        "backup holds {total} points; {} were acknowledged before it, {} attempted",
+        acked_before.len(),
+        attempted.len()
+    );
 
     // Another cluster: one node, sharing the backup root; 3 shards, rf 1.
     let other = ProcCluster::start_with(1, &["--backup-root", &r]).await.unwrap();

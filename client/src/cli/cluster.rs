@@ -137,6 +137,26 @@ pub enum OpsCmd {
         #[arg(long)]
         node_id: u64,
     },
+    /// Split shards in two hash ranges (resharding, online): the upper
+    /// half of each range moves to a new shard on the same replicas.
+    Split {
+        #[command(flatten)]
+        node: NodeAddr,
+        #[arg(long)]
+        collection: String,
+        /// The shard to split (or --all).
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        shard: Option<u32>,
+        /// Split every shard (doubles the shard count).
+        #[arg(long)]
+        all: bool,
+        /// Split point: the first hash of the new shard, hex (default: the
+        /// middle of the range). Only with --shard.
+        #[arg(long, value_parser = parse_hash, conflicts_with = "all")]
+        at: Option<u64>,
+        #[command(flatten)]
+        submit: Submit,
+    },
     /// Recorded operations: pending ones with their progress, then the last
     /// finished ones.
     Ops {
@@ -196,6 +216,8 @@ pub fn describe(op: &Operation) -> String {
         },
         Some(Kind::Transfer(t)) => format!("leader of {}/{} to node {}", t.collection, t.shard_id, t.to_node),
         Some(Kind::SetReplication(r)) => format!("replication factor of {} to {}", r.collection, r.replication_factor),
+        Some(Kind::Split(sp)) if sp.child_shard_id != 0 => format!("split {}/{} at {:#018x} into new shard {}", sp.collection, sp.shard_id, sp.mid, sp.child_shard_id),
+        Some(Kind::Split(sp)) => format!("split {}/{}", sp.collection, sp.shard_id),
         None => "?".into(),
     }
 }
@@ -220,7 +242,8 @@ fn shards(map: &ClusterMap) -> Vec<(String, u32, Vec<u64>)> {
         .iter()
         .flat_map(|c| {
             let name = c.config.as_ref().map_or(String::new(), |x| x.name.clone());
-            c.shards.iter().map(move |s| (name.clone(), s.shard_id, s.replicas.clone()))
+            // A shard being split off is not placed by plans until it is done.
+            c.shards.iter().filter(|s| !s.splitting).map(move |s| (name.clone(), s.shard_id, s.replicas.clone()))
         })
         .collect()
 }
@@ -415,6 +438,26 @@ pub async fn run(cmd: OpsCmd, output: Output) -> Result<()> {
             }
             Ok(())
         }
+        OpsCmd::Split { node, collection, shard, all, at, submit: s } => {
+            let mut meta = connect(&node.node).await?;
+            let ids: Vec<u32> = match shard {
+                Some(id) => vec![id],
+                None => {
+                    let map = meta.get_cluster_map(GetClusterMapRequest {}).await.map_err(status_err)?.into_inner();
+                    let all: Vec<u32> = shards(&map).into_iter().filter(|x| x.0 == collection).map(|x| x.1).collect();
+                    if all.is_empty() {
+                        bail!("collection {collection:?} not found");
+                    }
+                    all
+                }
+            };
+            debug_assert!(all || ids.len() == 1);
+            let ops = ids
+                .into_iter()
+                .map(|shard_id| Operation { kind: Some(Kind::Split(SplitShard { collection: collection.clone(), shard_id, mid: at.unwrap_or(0), child_shard_id: 0 })), ..Default::default() })
+                .collect();
+            submit(&mut meta, ops, &format!("split {collection}"), &s, output).await
+        }
         OpsCmd::Ops { node, watch: follow } => {
             let mut meta = connect(&node.node).await?;
             let ops = retry(|| {
@@ -434,6 +477,16 @@ pub async fn run(cmd: OpsCmd, output: Output) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// A hash value on the command line: hex with or without `0x`.
+fn parse_hash(s: &str) -> std::result::Result<u64, String> {
+    let t = s.strip_prefix("0x").unwrap_or(s);
+    match u64::from_str_radix(t, 16) {
+        Ok(0) => Err("0 is the start of the hash space: the lower half would be empty".into()),
+        Ok(h) => Ok(h),
+        Err(e) => Err(format!("{s:?} is not a 64-bit hex hash: {e}")),
     }
 }
 

@@ -120,7 +120,10 @@ fn file_hash(path: &Path) -> Result<(u64, String)> {
 
 impl Engine {
     fn backup_root(&self) -> Result<&Path> {
-        self.cfg.backup_root.as_deref().ok_or_else(|| NodeError::Precondition(format!("backups are not configured on node {} (start it with --backup-root DIR, a filesystem shared by every node)", self.cfg.node_id)))
+        self.cfg
+            .backup_root
+            .as_deref()
+            .ok_or_else(|| NodeError::Precondition(format!("backups are not configured on node {} (start it with --backup-root DIR, a filesystem shared by every node)", self.cfg.node_id)))
     }
 
     /// Writes this node's replica of one shard into backup `name`, after a
@@ -138,6 +141,9 @@ impl Engine {
             Err(e) => return Err(NodeError::Raft(e.to_string())),
         }
         let shard = replica.shard();
+        if let Some(p) = shard.pending_split() {
+            return Err(NodeError::Precondition(format!("{}/{} is being split into shard {}; back up again when `shoalctl cluster ops` shows the split done", r.collection, r.shard_id, p.child)));
+        }
         let file = format!("shard-{}.pts", r.shard_id);
         let path = dir.join(&file);
         tokio::task::spawn_blocking(move || -> Result<BackupShardResponse> {
@@ -163,22 +169,22 @@ impl Engine {
         if dir.join(MANIFEST).exists() {
             return Err(NodeError::BackupExists(name.to_string()));
         }
-        let entry = self
-            .cluster_map()
-            .collections
-            .into_iter()
-            .find(|c| c.config.as_ref().is_some_and(|x| x.name == collection))
-            .ok_or_else(|| NodeError::CollectionNotFound(collection.to_string()))?;
+        let entry =
+            self.cluster_map().collections.into_iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == collection)).ok_or_else(|| NodeError::CollectionNotFound(collection.to_string()))?;
         std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
         resolve(&root, name)?;
         let mut shards = Vec::new();
+        if entry.shards.iter().any(|s| s.splitting) {
+            return Err(NodeError::Precondition(format!("{collection} has a shard split in progress; back up again when `shoalctl cluster ops` shows it done")));
+        }
         for s in &entry.shards {
             let req = BackupShardRequest { shard: Some(ShardRef { collection: collection.to_string(), shard_id: s.shard_id, epoch: 0 }), name: name.to_string() };
-            let part = self.on_shard_leader(collection, s.shard_id, move |mut c| {
-                let req = req.clone();
-                async move { c.backup_shard(req).await }
-            })
-            .await?;
+            let part = self
+                .on_shard_leader(collection, s.shard_id, move |mut c| {
+                    let req = req.clone();
+                    async move { c.backup_shard(req).await }
+                })
+                .await?;
             shards.push(ShardFile { shard_id: s.shard_id, range_start: s.range_start, range_end: s.range_end, file: part.file, points: part.points, bytes: part.bytes, xxh3: part.xxh3 });
         }
         let config = entry.config.unwrap_or_default();

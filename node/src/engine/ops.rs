@@ -58,7 +58,7 @@ pub struct OpsState {
 }
 
 /// Why a step did not complete.
-enum StepError {
+pub(super) enum StepError {
     /// Try again shortly (no leader, node unreachable ...).
     Retry(String),
     /// The operation cannot succeed.
@@ -98,12 +98,11 @@ pub fn next_voters(replicas: &[u64], from: u64, to: u64) -> Vec<u64> {
 /// Checks an operation against the map when it is submitted.
 fn validate(map: &ClusterMap, op: &Operation) -> Result<()> {
     let placement = |collection: &str, shard_id: u32| -> Result<(CollectionEntry, ShardPlacement)> {
-        let c = map
-            .collections
-            .iter()
-            .find(|c| c.config.as_ref().is_some_and(|x| x.name == collection))
-            .ok_or_else(|| NodeError::CollectionNotFound(collection.to_string()))?;
+        let c = map.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == collection)).ok_or_else(|| NodeError::CollectionNotFound(collection.to_string()))?;
         let s = c.shards.iter().find(|s| s.shard_id == shard_id).ok_or_else(|| NodeError::ShardNotFound { collection: collection.to_string(), shard: shard_id })?;
+        if s.splitting {
+            return Err(NodeError::Precondition(format!("{collection}/{shard_id} is being split off shard {}; wait until the split is done", s.split_from)));
+        }
         Ok((c.clone(), s.clone()))
     };
     let node_known = |id: u64| map.nodes.iter().any(|n| n.id == id);
@@ -125,6 +124,19 @@ fn validate(map: &ClusterMap, op: &Operation) -> Result<()> {
             let (_, s) = placement(&t.collection, t.shard_id)?;
             if !s.replicas.contains(&t.to_node) {
                 return Err(invalid("transfer.to_node", format!("node {} holds no replica of {}/{}", t.to_node, t.collection, t.shard_id)).into());
+            }
+            Ok(())
+        }
+        Some(Kind::Split(sp)) => {
+            let (_, s) = placement(&sp.collection, sp.shard_id)?;
+            if s.range_end == s.range_start {
+                return Err(NodeError::Precondition(format!("{}/{} owns a single hash and cannot be split", sp.collection, sp.shard_id)));
+            }
+            if sp.mid != 0 && (sp.mid <= s.range_start || sp.mid > s.range_end) {
+                return Err(invalid("split.mid", format!("{:#x} is not inside {}/{}'s range {:#x}..={:#x} (above its start)", sp.mid, sp.collection, sp.shard_id, s.range_start, s.range_end)).into());
+            }
+            if sp.child_shard_id != 0 {
+                return Err(invalid("split.child_shard_id", "the new shard's id is chosen by the cluster; leave it 0").into());
             }
             Ok(())
         }
@@ -306,6 +318,15 @@ impl Engine {
                 }
             }
             Some(Action::TransferTo(to)) => self.transfer_leader(&r, to).await?,
+            Some(Action::Control(ctl)) => {
+                // Alone in its entry (not through the write queue, whose
+                // groups carry writes only).
+                let write = ShardWriteRequest { control: Some(ctl), ..Default::default() }.encode_to_vec();
+                let reply = super::propose(&r.raft, &r.group, crate::raft::Command { write }).await?;
+                if let Some(e) = reply.error {
+                    return Err(NodeError::Precondition(format!("{}: {e}", r.group)));
+                }
+            }
         }
         Ok(self.members_status(&r))
     }
@@ -325,14 +346,7 @@ impl Engine {
         if m.state == ServerState::Leader {
             matched.insert(self.cfg.node_id, last_index);
         }
-        ShardMembersResponse {
-            leader: m.current_leader.unwrap_or(0),
-            voters: voters.into_iter().collect(),
-            learners,
-            last_index,
-            matched,
-            joint: membership.get_joint_config().len() > 1,
-        }
+        ShardMembersResponse { leader: m.current_leader.unwrap_or(0), voters: voters.into_iter().collect(), learners, last_index, matched, joint: membership.get_joint_config().len() > 1 }
     }
 
     /// Hands the group's leadership to voter `to`. openraft 0.9 has no
@@ -386,7 +400,7 @@ impl Engine {
 
     /// Calls `ShardMembers` on the shard's leader, wherever it is: tries
     /// the known replicas and follows leader hints for up to 30 s.
-    async fn call_shard_leader(&self, collection: &str, shard_id: u32, action: Action) -> std::result::Result<ShardMembersResponse, StepError> {
+    pub(super) async fn call_shard_leader(&self, collection: &str, shard_id: u32, action: Action) -> std::result::Result<ShardMembersResponse, StepError> {
         let deadline = Instant::now() + MEMBERS_CALL_WAIT;
         let req = ShardMembersRequest { shard: Some(ShardRef { collection: collection.to_string(), shard_id, epoch: 0 }), action: Some(action) };
         let mut hint: Option<(u64, String)> = None;
@@ -432,7 +446,7 @@ impl Engine {
     }
 
     /// A collection's uid and one shard's placement in the current map.
-    fn placement(&self, collection: &str, shard_id: u32) -> Option<(u64, ShardPlacement)> {
+    pub(super) fn placement(&self, collection: &str, shard_id: u32) -> Option<(u64, ShardPlacement)> {
         self.meta_sm.with_map(|m| {
             let c = m.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == collection))?;
             Some((c.uid, c.shards.iter().find(|s| s.shard_id == shard_id)?.clone()))
@@ -448,7 +462,7 @@ impl Engine {
         }
     }
 
-    fn note(&self, id: u64, done: u64, total: u64, step: &str) {
+    pub(super) fn note(&self, id: u64, done: u64, total: u64, step: &str) {
         self.ops.progress.lock().insert(id, (done, total, step.to_string()));
     }
 
@@ -567,6 +581,7 @@ impl Engine {
             Some(Kind::Move(m)) => self.drive_move(op.id, m).await,
             Some(Kind::Transfer(t)) => self.drive_transfer(op.id, t).await,
             Some(Kind::SetReplication(r)) => self.drive_set_replication(r).await,
+            Some(Kind::Split(sp)) => self.drive_split(op.id, sp).await,
             None => Err(StepError::Fatal("operation has no kind".into())),
         }
     }
@@ -646,11 +661,16 @@ impl Engine {
             return Err("not in the cluster map yet".into());
         }
         for c in &map.collections {
-            let Some(name) = c.config.as_ref().map(|x| x.name.as_str()) else { continue };
-            for s in c.shards.iter().filter(|s| s.replicas.contains(&me)) {
+            let Some(name) = c.config.as_ref().map(|x| x.name.as_str()) else {
+                continue;
+            };
+            // A child being split off is not served yet.
+            for s in c.shards.iter().filter(|s| s.replicas.contains(&me) && !s.splitting) {
                 let r = self.replica(name, s.shard_id, 0).map_err(|e| e.to_string())?;
                 let m = r.raft.metrics().borrow().clone();
-                let Some(leader) = m.current_leader else { return Err(format!("{} has no leader", r.group)) };
+                let Some(leader) = m.current_leader else {
+                    return Err(format!("{} has no leader", r.group));
+                };
                 if leader == me {
                     // openraft 0.9 leaders do not step down without a
                     // quorum: look at when a quorum last acknowledged.
@@ -709,6 +729,7 @@ fn shard_of(op: &Operation) -> Option<(&str, u32)> {
     match &op.kind {
         Some(Kind::Move(m)) => Some((m.collection.as_str(), m.shard_id)),
         Some(Kind::Transfer(t)) => Some((t.collection.as_str(), t.shard_id)),
+        Some(Kind::Split(s)) => Some((s.collection.as_str(), s.shard_id)),
         _ => None,
     }
 }

@@ -23,6 +23,7 @@ use openraft::{AnyError, BasicNode, EntryPayload, ErrorSubject, ErrorVerb, LogId
 use parking_lot::Mutex;
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use shoal_proto::internal::v1::operation::Kind;
 use shoal_proto::internal::v1::{ClusterMap, CollectionEntry, NodeEntry, OperationState, SubmitOperationsRequest};
 use tokio::sync::watch;
 
@@ -42,23 +43,66 @@ type Membership = StoredMembership<NodeId, BasicNode>;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MetaCommand {
     /// Adds a node, or updates its address.
-    RegisterNode { id: u64, address: String },
+    RegisterNode {
+        id: u64,
+        address: String,
+    },
     /// Adds a collection; `entry` is a protobuf `CollectionEntry` whose
     /// `uid` the apply sets to the entry's log index.
-    CreateCollection { entry: Vec<u8> },
-    DeleteCollection { name: String },
+    CreateCollection {
+        entry: Vec<u8>,
+    },
+    DeleteCollection {
+        name: String,
+    },
     /// Records operations (protobuf `SubmitOperationsRequest`); the apply
     /// assigns their ids and marks them pending.
-    SubmitOps { request: Vec<u8> },
+    SubmitOps {
+        request: Vec<u8>,
+    },
     /// Sets one shard's voting replicas and learners (a step of a move);
     /// `uid` guards against a re-created collection of the same name.
-    SetPlacement { collection: String, uid: u64, shard_id: u32, replicas: Vec<u64>, learners: Vec<u64> },
+    SetPlacement {
+        collection: String,
+        uid: u64,
+        shard_id: u32,
+        replicas: Vec<u64>,
+        learners: Vec<u64>,
+    },
     /// Ends operation `id`: done, or failed with `error`.
-    FinishOp { id: u64, error: Option<String> },
+    FinishOp {
+        id: u64,
+        error: Option<String>,
+    },
     /// Sets a collection's replication factor (after its moves).
-    SetReplication { collection: String, uid: u64, replication_factor: u32 },
+    SetReplication {
+        collection: String,
+        uid: u64,
+        replication_factor: u32,
+    },
     /// Removes a node that holds no replicas.
-    RemoveNode { id: u64 },
+    RemoveNode {
+        id: u64,
+    },
+    /// First step of a split: places shard `child` (range `[mid, parent's
+    /// end]`, the parent's replicas) as `splitting`, not routed.
+    /// Operation `op` records the child id and `mid` it chose.
+    PrepareSplit {
+        op: u64,
+        collection: String,
+        uid: u64,
+        parent: u32,
+        child: u32,
+        mid: u64,
+    },
+    /// Last map step of a split: the parent's range ends below the child's,
+    /// and the child is routed.
+    CommitSplit {
+        collection: String,
+        uid: u64,
+        parent: u32,
+        child: u32,
+    },
 }
 
 impl MetaCommand {
@@ -172,6 +216,51 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
                 return Err(IN_USE.into());
             }
             map.nodes.retain(|n| n.id != id);
+        }
+        MetaCommand::PrepareSplit { op, collection, uid, parent, child, mid } => {
+            let c = map.collections.iter().find(|c| name_of(c) == collection && c.uid == uid).ok_or(NOT_FOUND)?;
+            if let Some(s) = c.shards.iter().find(|s| s.shard_id == child) {
+                return if s.splitting && s.split_from == parent && s.range_start == mid { Ok(0) } else { Err(EXISTS.into()) };
+            }
+            let p = c.shards.iter().find(|s| s.shard_id == parent).ok_or(NOT_FOUND)?;
+            if p.splitting || mid <= p.range_start || mid > p.range_end {
+                return Err(format!("cannot split shard {parent} (range {:#x}..={:#x}) at {mid:#x}", p.range_start, p.range_end));
+            }
+            let placed = shoal_proto::internal::v1::ShardPlacement {
+                shard_id: child,
+                range_start: mid,
+                range_end: p.range_end,
+                replicas: p.replicas.clone(),
+                learners: vec![],
+                // Never initialised from empty: created from the parent's
+                // log, or caught up from the child's leader.
+                changes: 1,
+                splitting: true,
+                split_from: parent,
+            };
+            if let Some(Kind::Split(s)) = map.operations.iter_mut().find(|o| o.id == op).and_then(|o| o.kind.as_mut()) {
+                s.child_shard_id = child;
+                s.mid = mid;
+            }
+            let c = map.collections.iter_mut().find(|c| name_of(c) == collection && c.uid == uid).ok_or(NOT_FOUND)?;
+            c.shards.push(placed);
+        }
+        MetaCommand::CommitSplit { collection, uid, parent, child } => {
+            let c = map.collections.iter_mut().find(|c| name_of(c) == collection && c.uid == uid).ok_or(NOT_FOUND)?;
+            let s = c.shards.iter().find(|s| s.shard_id == child).ok_or(NOT_FOUND)?;
+            if !s.splitting {
+                return Ok(0);
+            }
+            let mid = s.range_start;
+            let p = c.shards.iter_mut().find(|s| s.shard_id == parent).ok_or(NOT_FOUND)?;
+            p.range_end = mid - 1;
+            let s = c.shards.iter_mut().find(|s| s.shard_id == child).ok_or(NOT_FOUND)?;
+            s.splitting = false;
+            s.split_from = 0;
+            let n = c.shards.len() as u32;
+            if let Some(config) = c.config.as_mut() {
+                config.shard_count = n;
+            }
         }
     }
     map.epoch += 1;
@@ -350,7 +439,11 @@ mod tests {
         let mut m = ClusterMap::default();
         apply_command(&mut m, MetaCommand::RegisterNode { id: 1, address: "a:1".into() }, 1).unwrap();
         apply_command(&mut m, MetaCommand::RegisterNode { id: 2, address: "b:1".into() }, 2).unwrap();
-        let e = CollectionEntry { config: Some(shoal_proto::v1::CollectionConfig { name: "c".into(), ..Default::default() }), shards: vec![ShardPlacement { replicas: vec![1], ..Default::default() }], uid: 0 };
+        let e = CollectionEntry {
+            config: Some(shoal_proto::v1::CollectionConfig { name: "c".into(), ..Default::default() }),
+            shards: vec![ShardPlacement { replicas: vec![1], ..Default::default() }],
+            uid: 0,
+        };
         apply_command(&mut m, MetaCommand::CreateCollection { entry: e.encode_to_vec() }, 3).unwrap();
         let req = SubmitOperationsRequest { operations: vec![Operation::default(), Operation::default()], batch: "b".into() };
         assert_eq!(apply_command(&mut m, MetaCommand::SubmitOps { request: req.encode_to_vec() }, 4), Ok(1), "the reply is the first id");

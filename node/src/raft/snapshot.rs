@@ -9,7 +9,7 @@
 //!
 //! ## Shard snapshot file
 //! ```text
-//! "SHOALSN2"  u32 BE header length  postcard Header
+//! "SHOALSN3"  u32 BE header length  postcard Header
 //! points:  Header.points frames of  u32 BE length ++ protobuf StoredPoint
 //! index:   Header.index_bytes bytes of the usearch file (may be 0)
 //! ```
@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::NodeId;
 
-pub const MAGIC: &[u8; 8] = b"SHOALSN2";
+pub const MAGIC: &[u8; 8] = b"SHOALSN3";
 /// A header larger than this is corrupt (it holds a membership and ids).
 pub const MAX_HEADER: u32 = 1 << 20;
 
@@ -126,6 +126,8 @@ pub struct Header {
     pub index_bytes: u64,
     pub index_checksum: u64,
     pub index_next_offset: u32,
+    /// The shard's split state record (postcard `RangeState`; empty: none).
+    pub range: Vec<u8>,
 }
 
 impl Header {
@@ -231,6 +233,7 @@ mod tests {
             index_bytes: 1000,
             index_checksum: 11,
             index_next_offset: 5,
+            range: vec![],
         };
         let mut buf = Vec::new();
         let n = write_header(&mut buf, &h).unwrap();

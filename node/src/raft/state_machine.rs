@@ -41,7 +41,7 @@ use openraft::{AnyError, BasicNode, EntryPayload, ErrorSubject, ErrorVerb, LogId
 use parking_lot::RwLock;
 use prost::Message;
 use serde::Serialize;
-use shoal_proto::internal::v1::ShardWriteRequest;
+use shoal_proto::internal::v1::{shard_control, ShardControl, ShardWriteRequest};
 use shoal_proto::v1::CollectionConfig;
 use tokio::io::AsyncWriteExt;
 
@@ -53,6 +53,16 @@ use crate::storage::{shard_store, KvEngine, ShardStore, StoredPoint};
 
 const APPLIED: &str = "raft/applied";
 const MEMBERSHIP: &str = "raft/membership";
+use crate::shard::split::{ChildSpec, RangeState, MOVED, RANGE};
+
+/// Serialises creating a split's child replica (split apply) with opening
+/// a fresh replica (the engine), which both check and set the uid key.
+pub static CHILD_LOCK: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+/// The node key naming the collection uid a local replica belongs to.
+pub fn uid_key(collection: &str, shard_id: u32) -> String {
+    format!("replica_uid/{collection}/{shard_id}")
+}
 /// Points per write batch when installing a snapshot.
 const IMPORT_BATCH: usize = 1000;
 /// A point frame larger than this is corrupt (64k dimensions of f32 plus
@@ -131,6 +141,9 @@ pub struct ShardStateMachine {
     /// Serialises replacing `current.snap` (a build may finish while an
     /// install runs); held only around the rename.
     current: Arc<parking_lot::Mutex<()>>,
+    /// Told when a split entry created a child replica here (the engine
+    /// opens it).
+    split_hook: Arc<std::sync::OnceLock<Arc<tokio::sync::Notify>>>,
 }
 
 impl ShardStateMachine {
@@ -179,12 +192,12 @@ impl ShardStateMachine {
         shard.exact_scan_threshold = exact_scan_threshold;
         let recipe = Recipe { config, shard_id, store, kv, index_dir, exact_scan_threshold, generation: AtomicU64::new(g) };
         Self::load_current(&recipe.snapshot_dir());
-        Ok(ShardStateMachine {
-            shard: Arc::new(RwLock::new(Arc::new(shard))),
-            defer_index: Arc::default(),
-            recipe: Arc::new(recipe),
-            current: Arc::default(),
-        })
+        Ok(ShardStateMachine { shard: Arc::new(RwLock::new(Arc::new(shard))), defer_index: Arc::default(), recipe: Arc::new(recipe), current: Arc::default(), split_hook: Arc::default() })
+    }
+
+    /// Sets what a split entry notifies once it created a child replica.
+    pub fn set_split_hook(&self, hook: Arc<tokio::sync::Notify>) {
+        let _ = self.split_hook.set(hook);
     }
 
     /// Deletes every trace of a replica: all storage generations, index
@@ -301,22 +314,34 @@ impl ShardStateMachine {
                     // deletes are idempotent.
                     let mut parts = Vec::with_capacity(req.batch.len());
                     for w in &req.batch {
-                        match shard.write_with_meta(&w.upserts, &w.delete_ids, w.delete_filter.as_ref(), vec![], Durability::Deferred) {
+                        let res = Self::check_route(&shard, w).and_then(|()| shard.write_with_meta(&w.upserts, &w.delete_ids, w.delete_filter.as_ref(), vec![], Durability::Deferred));
+                        match res {
                             Ok(n) => parts.push((n, None)),
-                            Err(err @ NodeError::Invalid(_)) => parts.push((0, Some(err.to_string()))),
-                            Err(err) => return Err(StorageIOError::apply(e.log_id, AnyError::error(err.to_string())).into()),
+                            Err(err) => match Self::rejection(err) {
+                                Some(why) => parts.push((0, Some(why))),
+                                None => return Err(StorageIOError::apply(e.log_id, AnyError::error("write failed")).into()),
+                            },
                         }
                     }
                     shard.put_meta(meta, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
                     return Ok(Reply { affected: parts.iter().map(|p| p.0).sum(), error: None, parts });
                 }
-                match shard.write_with_meta(&req.upserts, &req.delete_ids, req.delete_filter.as_ref(), meta.clone(), Durability::Deferred) {
+                if let Some(c) = &req.control {
+                    return self.apply_control(&shard, e.log_id, &*membership, c);
+                }
+                let res = Self::check_route(&shard, &req).and_then(|()| shard.write_with_meta(&req.upserts, &req.delete_ids, req.delete_filter.as_ref(), meta.clone(), Durability::Deferred));
+                match res {
                     Ok(affected) => Ok(Reply { affected, error: None, parts: vec![] }),
-                    Err(err @ NodeError::Invalid(_)) => {
-                        shard.put_meta(meta, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
-                        Ok(Reply { affected: 0, error: Some(err.to_string()), parts: vec![] })
+                    Err(err) => {
+                        let detail = err.to_string();
+                        match Self::rejection(err) {
+                            Some(why) => {
+                                shard.put_meta(meta, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
+                                Ok(Reply { affected: 0, error: Some(why), parts: vec![] })
+                            }
+                            None => Err(StorageIOError::apply(e.log_id, AnyError::error(detail)).into()),
+                        }
                     }
-                    Err(err) => Err(StorageIOError::apply(e.log_id, AnyError::error(err.to_string())).into()),
                 }
             }
             EntryPayload::Membership(m) => {
@@ -327,6 +352,87 @@ impl ShardStateMachine {
             EntryPayload::Blank => {
                 shard.put_meta(Self::meta_records(Some(e.log_id), None)?, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
                 Ok(Reply::default())
+            }
+        }
+    }
+
+    /// The split checks of one write ([`Shard::check_route`]).
+    fn check_route(shard: &Shard, w: &ShardWriteRequest) -> Result<(), NodeError> {
+        shard.check_route(&w.upserts, &w.delete_ids, w.delete_filter.is_some(), w.shard.as_ref().map_or(0, |s| s.epoch))
+    }
+
+    /// A write every replica refuses the same way, as the reply's reason
+    /// (a moved range marked with [`MOVED`]); `None` for a failure of this
+    /// replica (storage), which must not be applied as a rejection.
+    fn rejection(e: NodeError) -> Option<String> {
+        match e {
+            NodeError::Invalid(_) => Some(e.to_string()),
+            NodeError::RangeMoved(m) => Some(format!("{MOVED}{m}")),
+            _ => None,
+        }
+    }
+
+    /// Applies a control entry (a split step); blocking.
+    fn apply_control(&self, shard: &Shard, log_id: LogId<NodeId>, membership: &Membership, c: &ShardControl) -> Result<Reply, StorageError<NodeId>> {
+        let werr = |x: &dyn std::fmt::Display| sm_err(ErrorVerb::Write, x);
+        let meta = Self::meta_records(Some(log_id), None)?;
+        let refuse = |why: String| -> Result<Reply, StorageError<NodeId>> {
+            shard.put_meta(meta.clone(), Durability::Deferred).map_err(|x| werr(&x))?;
+            Ok(Reply { affected: 0, error: Some(why), parts: vec![] })
+        };
+        match &c.op {
+            None => refuse("empty control entry".into()),
+            Some(shard_control::Op::Split(s)) => {
+                let rs = shard.range_state();
+                if rs.pending.is_some_and(|p| p.child == s.child_shard_id) || rs.owned.is_some_and(|(_, hi)| hi < s.mid) {
+                    // Replayed or retried: already applied.
+                    shard.put_meta(meta, Durability::Deferred).map_err(|x| werr(&x))?;
+                    return Ok(Reply::default());
+                }
+                if rs.pending.is_some() {
+                    return refuse(format!("shard {} is already being split", shard.shard_id));
+                }
+                if s.mid <= s.range_start || s.mid > s.range_end || rs.owned.is_some_and(|o| o != (s.range_start, s.range_end)) {
+                    return refuse(format!("split at {:#x} does not fit shard {}'s range {:#x}..={:#x} ({:?})", s.mid, shard.shard_id, s.range_start, s.range_end, rs.owned));
+                }
+                let r = &self.recipe;
+                let name = &r.config.name;
+                let child = s.child_shard_id;
+                let _g = CHILD_LOCK.lock();
+                let key = uid_key(name, child);
+                let known = shard_store::node_meta_get(&*r.kv, &key).map_err(|x| werr(&x))?.is_some_and(|b| b.as_slice() == s.uid.to_be_bytes());
+                let mut copied = 0;
+                if !known {
+                    // This replica creates the child; one that did not apply
+                    // this entry (a snapshot moved it past) gets the child's
+                    // state from the child's leader instead.
+                    let store = ShardStore::new(r.kv.clone(), name, child);
+                    Self::wipe(&store, name, child, &r.index_dir).map_err(|x| werr(&x))?;
+                    super::log_store::LogStore::new(r.kv.clone(), &crate::engine::group_name(name, child)).destroy()?;
+                    // The child starts as if initialised with the parent's
+                    // membership and snapshotted at log id 0: openraft purges
+                    // its log to there and builds a snapshot when it opens,
+                    // so a replica without the state is sent one.
+                    let start = Some(LogId::default());
+                    let child_membership = StoredMembership::new(start, membership.membership().clone());
+                    let mut child_meta = Self::meta_records(start, Some(&child_membership))?;
+                    child_meta.push((RANGE, RangeState { owned: Some((s.mid, s.range_end)), ..Default::default() }.encode()));
+                    let spec = ChildSpec { store: &store, index_dir: &r.index_dir, shard_id: child, meta: child_meta };
+                    copied = shard.copy_range_to(s.mid, s.range_end, spec).map_err(|x| werr(&x))?;
+                    shard_store::node_meta_put(&*r.kv, &key, s.uid.to_be_bytes().to_vec()).map_err(|x| werr(&x))?;
+                }
+                shard.begin_split((s.range_start, s.range_end), s.mid, child, meta).map_err(|x| werr(&x))?;
+                drop(_g);
+                tracing::info!(collection = %name, shard = shard.shard_id, child, mid = format!("{:#x}", s.mid), copied, created = !known, "split applied");
+                if let Some(h) = self.split_hook.get() {
+                    h.notify_one();
+                }
+                Ok(Reply { affected: copied, error: None, parts: vec![] })
+            }
+            Some(shard_control::Op::Finish(f)) => {
+                let deleted = shard.finish_split(f.min_epoch, meta).map_err(|x| werr(&x))?;
+                tracing::info!(collection = %self.recipe.config.name, shard = shard.shard_id, deleted, min_epoch = f.min_epoch, "split finished");
+                Ok(Reply { affected: deleted, error: None, parts: vec![] })
             }
         }
     }
@@ -350,7 +456,7 @@ impl ShardStateMachine {
                 let generation = self.generation();
                 let shard = self.shard();
                 let mut points = Hashing::new(BufWriter::new(std::fs::File::create(&points_tmp).map_err(|e| werr(&e))?));
-                match shard.export_to(&[APPLIED, MEMBERSHIP], &mut points, &index_tmp) {
+                match shard.export_to(&[APPLIED, MEMBERSHIP, RANGE], &mut points, &index_tmp) {
                     Ok(info) if self.generation() == generation => break (info, points.bytes, points.digest()),
                     Ok(_) => {}
                     Err(e) if self.generation() == generation => return Err(werr(&e)),
@@ -375,6 +481,7 @@ impl ShardStateMachine {
                 index_bytes: index.bytes,
                 index_checksum: index.digest(),
                 index_next_offset: info.next_offset,
+                range: info.meta[2].clone().unwrap_or_default(),
             };
             let file = std::fs::File::create(&snap_tmp).map_err(|e| werr(&e))?;
             let mut out = BufWriter::new(file);
@@ -455,7 +562,10 @@ impl ShardStateMachine {
                 tracing::warn!(snapshot = %meta.snapshot_id, "snapshot's HNSW file is missing or corrupt; rebuilding the graph from its points");
                 let _ = std::fs::remove_file(&index_path);
             }
-            let records = Self::meta_records(meta.last_log_id, Some(&meta.last_membership))?;
+            let mut records = Self::meta_records(meta.last_log_id, Some(&meta.last_membership))?;
+            if !header.range.is_empty() {
+                records.push((RANGE, header.range.clone()));
+            }
             Shard::import_finish(&staging, header.next_offset, header.seq, records).map_err(|e| werr(&e))
         })();
         if let Err(e) = staged {

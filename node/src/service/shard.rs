@@ -76,11 +76,13 @@ impl ShardService {
     }
 
     /// The shard behind a read, once the read barrier for `consistency`
-    /// has passed.
-    async fn shard(&self, r: &Option<ShardRef>, consistency: i32) -> Result<Arc<Shard>> {
-        let replica = self.replica(r)?;
+    /// has passed, and whether the read leaves out a pending split's
+    /// frozen copies ([`Engine::replica_for_read`]).
+    async fn shard(&self, r: &Option<ShardRef>, consistency: i32) -> Result<(Arc<Shard>, bool)> {
+        let r = r.as_ref().ok_or_else(|| invalid("shard", "shard reference is missing"))?;
+        let (replica, hide) = self.engine.replica_for_read(&r.collection, r.shard_id, r.epoch)?;
         read_barrier(&replica, self.engine.node_id(), consistency).await?;
-        Ok(replica.shard())
+        Ok((replica.shard(), hide))
     }
 }
 
@@ -108,12 +110,15 @@ impl ShardApi for ShardService {
         // the command off the async workers (batches are megabytes).
         let shard = replica.shard();
         let bulk = req.upserts.len() >= BULK_WRITE_POINTS;
-        if !req.batch.is_empty() {
-            return Err(NodeError::from(invalid("batch", "write groups are formed by the node, not sent to it")).into());
+        if !req.batch.is_empty() || req.control.is_some() {
+            return Err(NodeError::from(invalid("batch", "write groups and control entries are formed by the node, not sent to it")).into());
         }
         let req = blocking(move || {
             shard.validate_write(&req.upserts, &req.delete_ids, req.delete_filter.as_ref())?;
-            Ok(ShardWriteRequest { shard: None, ..req })
+            let epoch = req.shard.as_ref().map_or(0, |s| s.epoch);
+            shard.check_route(&req.upserts, &req.delete_ids, req.delete_filter.is_some(), epoch)?;
+            // Only the epoch travels in the log: replicas check it too.
+            Ok(ShardWriteRequest { shard: Some(ShardRef { epoch, ..Default::default() }), ..req })
         })
         .await?;
         // Group commit with concurrent writes to this shard (raft::batch).
@@ -124,51 +129,54 @@ impl ShardApi for ShardService {
             let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
         }
         match error {
-            Some(e) => Err(NodeError::Rejected(e).into()),
+            Some(e) => match e.strip_prefix(crate::shard::split::MOVED) {
+                Some(m) => Err(NodeError::RangeMoved(m.to_string()).into()),
+                None => Err(NodeError::Rejected(e).into()),
+            },
             None => Ok(Response::new(ShardWriteResponse { affected })),
         }
     }
 
     async fn get(&self, req: Request<ShardGetRequest>) -> Result<Response<ShardGetResponse>, Status> {
         let req = req.into_inner();
-        let shard = self.shard(&req.shard, req.consistency).await?;
+        let (shard, _) = self.shard(&req.shard, req.consistency).await?;
         let points = blocking(move || shard.get(&req.ids, req.with_payload, req.with_vector)).await?;
         Ok(Response::new(ShardGetResponse { points }))
     }
 
     async fn scroll(&self, req: Request<ShardScrollRequest>) -> Result<Response<ShardScrollResponse>, Status> {
         let req = req.into_inner();
-        let shard = self.shard(&req.shard, req.consistency).await?;
+        let (shard, hide) = self.shard(&req.shard, req.consistency).await?;
         let limit = if req.limit == 0 { DEFAULT_SCROLL_LIMIT } else { req.limit };
         if limit > MAX_SCROLL_LIMIT {
             return Err(NodeError::from(invalid("limit", format!("limit {limit} exceeds {MAX_SCROLL_LIMIT}"))).into());
         }
-        let (points, next) = blocking(move || shard.scroll(req.offset.as_ref(), limit, non_empty(&req.filter), req.with_payload, req.with_vector)).await?;
+        let (points, next) = blocking(move || shard.scroll_scoped(req.offset.as_ref(), limit, non_empty(&req.filter), req.with_payload, req.with_vector, hide)).await?;
         Ok(Response::new(ShardScrollResponse { points, next_offset: next.map(|k| k.to_proto()) }))
     }
 
     async fn count(&self, req: Request<ShardCountRequest>) -> Result<Response<ShardCountResponse>, Status> {
         let req = req.into_inner();
-        let shard = self.shard(&req.shard, req.consistency).await?;
-        let count = blocking(move || shard.count(non_empty(&req.filter))).await?;
+        let (shard, hide) = self.shard(&req.shard, req.consistency).await?;
+        let count = blocking(move || shard.count_scoped(non_empty(&req.filter), hide)).await?;
         Ok(Response::new(ShardCountResponse { count }))
     }
 
     async fn search(&self, req: Request<ShardSearchRequest>) -> Result<Response<ShardSearchResponse>, Status> {
         let req = req.into_inner();
         let consistency = req.searches.first().map_or(0, |s| s.consistency);
-        let shard = self.shard(&req.shard, consistency).await?;
+        let (shard, hide) = self.shard(&req.shard, consistency).await?;
         if req.searches.is_empty() || req.searches.len() > MAX_SEARCH_BATCH {
             return Err(NodeError::from(invalid("searches", format!("{} searches is outside 1..={MAX_SEARCH_BATCH}", req.searches.len()))).into());
         }
-        let cheap = req.searches.len() == 1 && req.searches.iter().all(|s| !s.exact && non_empty(&s.filter).is_none());
+        let cheap = !hide && req.searches.len() == 1 && req.searches.iter().all(|s| !s.exact && non_empty(&s.filter).is_none());
         for (i, s) in req.searches.iter().enumerate() {
             validate::search_params(&format!("searches[{i}]."), s.top_k, s.ef).map_err(NodeError::from)?;
             if let Some(f) = &s.filter {
                 validate::filter(f).map_err(NodeError::from)?;
             }
         }
-        let run = move || req.searches.iter().map(|s| shard.search(s).map(|results| SearchResult { results })).collect::<Result<Vec<_>>>();
+        let run = move || req.searches.iter().map(|s| shard.search_scoped(s, hide).map(|results| SearchResult { results })).collect::<Result<Vec<_>>>();
         // One unfiltered HNSW search has a small, bounded cost (well under a
         // millisecond at the ef limit on the benchmark sets): run it on this
         // worker and save the hand-off to the blocking pool, which measured
