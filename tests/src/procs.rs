@@ -243,6 +243,23 @@ impl ProcCluster {
         self.view().converged(collection, shards, within).await
     }
 
+    /// The running node that leads the metadata group (it drives the
+    /// cluster operations); waits up to 30 s for one.
+    pub async fn meta_leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for n in self.nodes.iter().filter(|n| n.is_running()) {
+                if let Ok(mut c) = meta(&n.addr).await {
+                    if c.node_status(shoal_proto::internal::v1::NodeStatusRequest {}).await.is_ok_and(|st| st.get_ref().meta_role == "leader") {
+                        return n.id;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no metadata leader");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// See [`Nodes::caught_up`].
     pub async fn caught_up(&self, collection: &str, shard_id: u32, replicas: usize, slack: u64, within: Duration) -> Result<()> {
         self.view().caught_up(collection, shard_id, replicas, slack, within).await

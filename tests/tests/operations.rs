@@ -97,22 +97,6 @@ async fn moves_transfer_rebalance_drain_and_replication_under_write_load() {
     println!("{} acknowledged writes checked", acked.len());
 }
 
-/// The id of the node leading the metadata group (the operation driver).
-async fn meta_leader(cluster: &ProcCluster) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        for n in cluster.nodes.iter().filter(|n| n.is_running()) {
-            let ch = workload::channel(&n.addr).await;
-            let st = shoal_proto::internal::v1::meta_client::MetaClient::new(ch).node_status(shoal_proto::internal::v1::NodeStatusRequest {}).await.unwrap().into_inner();
-            if st.meta_role == "leader" {
-                return n.id;
-            }
-        }
-        assert!(Instant::now() < deadline, "no metadata leader");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// A move survives a kill -9 of the node driving it: the operation is in
 /// the replicated map, the next metadata leader finds it and finishes it
 /// (each step checks what is already done), then the killed node returns.
@@ -125,7 +109,7 @@ async fn a_move_resumes_after_its_driver_is_killed() {
     let load = Load::start(&addr, "r", 3, 0).await;
     wait_acks(&load, 3000).await;
     for delay_ms in [0u64, 300] {
-        let driver = meta_leader(&cluster).await;
+        let driver = cluster.meta_leader().await;
         let map = cluster.map_at(driver).await.unwrap();
         // A shard and a move that do not involve the driver's node, so
         // killing it stops the driver and nothing else.

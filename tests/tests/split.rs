@@ -11,7 +11,7 @@ use shoal_proto::v1::points_client::PointsClient;
 use shoal_proto::v1::{Consistency, SearchPointsRequest};
 use shoal_tests::procs::ProcCluster;
 use shoal_tests::workload::{self, channel, create, wait_acks, Load, Searchers, DIM};
-use shoal_tests::{ctl, ctl_fails, vector};
+use shoal_tests::{ctl, ctl_fails, shoalctl, vector};
 
 /// The collection's routed shard map (validated: the ranges tile the
 /// hash space) and whether any shard is still being split off.
@@ -79,6 +79,52 @@ async fn shards_split_under_write_and_search_load() {
     for s in m.ranges() {
         let d = cluster.digests("sp", s.shard_id).await.unwrap();
         assert_eq!(d.len(), 2, "two replicas of shard {}", s.shard_id);
+    }
+    println!("{} acknowledged writes checked", acked.len());
+}
+
+/// A split survives a kill -9 of the node driving it, and a replica that
+/// was down while a split ran catches up afterwards: the parent's log is
+/// compacted meanwhile (a snapshot every 200 entries), so it gets the
+/// parent's post-split state and the child's state as snapshots instead
+/// of applying the split itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn splits_resume_after_the_driver_dies_and_a_lagging_replica_catches_up() {
+    let mut cluster = ProcCluster::start_with(3, &["--snapshot-every", "200", "--snapshot-keep", "0"]).await.unwrap();
+    let addr = cluster.coordinator.addr.clone();
+    create(&addr, "sr", 1, 3).await;
+    let load = Load::start(&addr, "sr", 3, 0).await;
+    wait_acks(&load, 1000).await;
+
+    let driver = cluster.meta_leader().await;
+    let lagging = (1..=3).find(|id| *id != driver).unwrap();
+    let via = cluster.nodes.iter().find(|n| n.id != driver && n.id != lagging).unwrap().addr.clone();
+    cluster.node(lagging).kill9();
+    let out = ctl(&via, &["cluster", "split", "--collection", "sr", "--shard", "0"]);
+    assert_eq!(out["operations"][0]["state"], "done", "split with node {lagging} down: {out}");
+    // Enough entries for the parent's log to be compacted past the split.
+    wait_acks(&load, load.acked_len() + 30_000).await;
+    cluster.node(lagging).restart().unwrap();
+
+    // The driver dies 300 ms into the next split; the next metadata
+    // leader finishes it.
+    let (ok, out, err) = shoalctl(&["-o", "json", "cluster", "split", "--collection", "sr", "--shard", "1", "--no-wait", "--node", &via]);
+    assert!(ok, "{out}{err}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.node(driver).kill9();
+    let t = Instant::now();
+    let (ok, out, err) = shoalctl(&["-o", "json", "cluster", "ops", "--watch", "--node", &via]);
+    assert!(ok, "the split did not finish after its driver died:\n{out}\n{err}");
+    println!("driver node {driver} killed 300 ms into a split; done {:.1} s later", t.elapsed().as_secs_f64());
+    cluster.node(driver).restart().unwrap();
+    let (m, splitting) = layout(&cluster.map_at(lagging).await.unwrap());
+    assert_eq!((m.ranges().len(), splitting), (3, false));
+    wait_acks(&load, load.acked_len() + 500).await;
+
+    let (acked, attempted) = load.stop().await;
+    workload::check(&cluster.view(), &addr, "sr", 3, &acked, &attempted).await;
+    for s in 0..3 {
+        assert_eq!(cluster.digests("sr", s).await.unwrap().len(), 3, "three replicas of shard {s} answered, node {lagging} included");
     }
     println!("{} acknowledged writes checked", acked.len());
 }
