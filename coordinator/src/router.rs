@@ -499,4 +499,22 @@ mod tests {
         r.cleared(2);
         assert_eq!(r.pick(&key, &reps, Target::Leader, 0, 0), 2, "cleared by an answer");
     }
+
+    /// A shard being split off is not routed (its range overlaps its
+    /// parent's) until the split commits.
+    #[test]
+    fn splitting_shards_are_not_routed() {
+        let config = CollectionConfig { name: "c".into(), ..Default::default() };
+        let parent = ShardPlacement { shard_id: 0, range_start: 0, range_end: u64::MAX, replicas: vec![1], ..Default::default() };
+        let child = ShardPlacement { shard_id: 1, range_start: 1 << 63, range_end: u64::MAX, replicas: vec![1], splitting: true, split_from: 0, ..Default::default() };
+        let map = |shards| ClusterMap { collections: vec![CollectionEntry { config: Some(config.clone()), shards, uid: 1 }], ..Default::default() };
+        let v = build_view(map(vec![parent.clone(), child.clone()]));
+        let route = &v.collections["c"];
+        assert_eq!(route.shards.ranges().len(), 1);
+        assert!(!route.replicas.contains_key(&1));
+        let committed = ShardPlacement { range_end: (1 << 63) - 1, ..parent };
+        let v = build_view(map(vec![committed, ShardPlacement { splitting: false, ..child }]));
+        assert_eq!(v.collections["c"].shards.shard_for_hash(u64::MAX), 1);
+        assert_eq!(v.collections["c"].shards.shard_for_hash(5), 0);
+    }
 }

@@ -489,4 +489,36 @@ mod tests {
         }
         openraft::testing::Suite::test_all(Builder).unwrap();
     }
+
+    #[test]
+    fn splits_place_then_route_the_child() {
+        use shoal_proto::internal::v1::{Operation, ShardPlacement, SplitShard};
+        let mut m = ClusterMap::default();
+        let e = CollectionEntry {
+            config: Some(shoal_proto::v1::CollectionConfig { name: "c".into(), shard_count: 1, ..Default::default() }),
+            shards: vec![ShardPlacement { shard_id: 0, range_start: 0, range_end: u64::MAX, replicas: vec![1, 2], ..Default::default() }],
+            uid: 0,
+        };
+        apply_command(&mut m, MetaCommand::CreateCollection { entry: e.encode_to_vec() }, 3).unwrap();
+        let op = Operation { kind: Some(Kind::Split(SplitShard { collection: "c".into(), shard_id: 0, ..Default::default() })), ..Default::default() };
+        apply_command(&mut m, MetaCommand::SubmitOps { request: SubmitOperationsRequest { operations: vec![op], batch: String::new() }.encode_to_vec() }, 4).unwrap();
+        let prepare = |mid| MetaCommand::PrepareSplit { op: 1, collection: "c".into(), uid: 3, parent: 0, child: 1, mid };
+        assert!(apply_command(&mut m, prepare(0), 5).unwrap_err().contains("cannot split"), "mid at the range start");
+        let epoch = m.epoch;
+        assert_eq!(apply_command(&mut m, prepare(1 << 63), 6), Ok(1));
+        assert_eq!(apply_command(&mut m, prepare(1 << 63), 7), Ok(0), "retried by a new driver");
+        assert_eq!(apply_command(&mut m, prepare(1 << 62), 8), Err(EXISTS.into()), "the child id is taken");
+        assert_eq!(m.epoch, epoch + 1);
+        let Some(Kind::Split(sp)) = &m.operations[0].kind else { panic!() };
+        assert_eq!((sp.child_shard_id, sp.mid), (1, 1 << 63), "the operation records its choice");
+        let child = &m.collections[0].shards[1];
+        assert!(child.splitting && child.split_from == 0 && child.changes == 1);
+        assert_eq!((child.range_start, child.range_end, child.replicas.clone()), (1 << 63, u64::MAX, vec![1, 2]));
+        assert_eq!(m.collections[0].shards[0].range_end, u64::MAX, "the parent keeps its range until the commit");
+        let commit = MetaCommand::CommitSplit { collection: "c".into(), uid: 3, parent: 0, child: 1 };
+        assert_eq!(apply_command(&mut m, commit.clone(), 9), Ok(1));
+        assert_eq!(apply_command(&mut m, commit, 10), Ok(0));
+        let c = &m.collections[0];
+        assert_eq!((c.shards[0].range_end, c.shards[1].splitting, c.config.as_ref().unwrap().shard_count), ((1 << 63) - 1, false, 2));
+    }
 }

@@ -286,3 +286,66 @@ fn deferred_indexing_serves_pending_points_and_drains() {
         compare(&again, "after reopen");
     }
 }
+
+/// A split on the replica side: the child gets exactly the upper range
+/// (and a graph it can load), the parent refuses writes there and filter
+/// deletes, hides its frozen copies from reads routed with the new map,
+/// and drops them when the split finishes; the state survives a reopen.
+#[test]
+fn split_copies_the_upper_range_freezes_and_finishes() {
+    use split::{ChildSpec, RangeState, RANGE};
+    for (kv, dir) in engines() {
+        let cfg = config(8, Metric::Cosine);
+        let vs = vecs(400, 8, 11);
+        let (shard, _) = Shard::open(cfg.clone(), 0, ShardStore::new(kv.clone(), "c", 0), &dir.path().join("p")).unwrap();
+        shard.write(&points(&vs, 0), &[], None).unwrap();
+        let mid = 1u64 << 63;
+        let upper: Vec<u64> = (0..400u64).filter(|i| PointKey::Num(*i).route_hash() >= mid).collect();
+        let lower: Vec<u64> = (0..400u64).filter(|i| PointKey::Num(*i).route_hash() < mid).collect();
+        assert!(!upper.is_empty() && !lower.is_empty());
+
+        // Split: copy into shard 1, then freeze.
+        let child_store = ShardStore::new(kv.clone(), "c", 1);
+        let child_meta = vec![(RANGE, RangeState { owned: Some((mid, u64::MAX)), ..Default::default() }.encode())];
+        let spec = ChildSpec { store: &child_store, index_dir: &dir.path().join("p"), shard_id: 1, meta: child_meta };
+        assert_eq!(shard.copy_range_to(mid, u64::MAX, spec).unwrap(), upper.len() as u64);
+        shard.begin_split((0, u64::MAX), mid, 1, vec![]).unwrap();
+        let (child, opened) = Shard::open(cfg.clone(), 1, child_store, &dir.path().join("p")).unwrap();
+        assert!(matches!(opened, IndexOpen::Loaded { added: 0, .. }), "the copied graph loads: {opened:?}");
+        assert_eq!(child.len(), upper.len() as u64);
+        assert_eq!(child.range_state().owned, Some((mid, u64::MAX)));
+        let q = &vs[upper[0] as usize];
+        assert_eq!(ids(&child.search(&search(q, 1)).unwrap()), vec![upper[0]], "the child finds its points through the graph");
+
+        // The parent: writes above mid and filter deletes are refused.
+        let moved = |r: Result<()>| matches!(r, Err(NodeError::RangeMoved(_)));
+        assert!(moved(shard.check_route(&points(&vs[..1], upper[0]), &[], false, 0)));
+        assert!(moved(shard.check_route(&[], &[upper[1].into()], false, 0)));
+        assert!(moved(shard.check_route(&[], &[], true, 0)));
+        assert!(shard.check_route(&points(&vs[..1], lower[0]), &[lower[1].into()], false, 0).is_ok());
+        // Reads: everything for an old-map reader, the lower range for a new one.
+        assert_eq!(shard.count_scoped(None, false).unwrap(), 400);
+        assert_eq!(shard.count_scoped(None, true).unwrap(), lower.len() as u64);
+        let hidden = ids(&shard.search_scoped(&search(q, 400), true).unwrap());
+        assert!(hidden.iter().all(|i| lower.contains(i)) && hidden.len() == lower.len(), "{} of {}", hidden.len(), lower.len());
+        let (page, _) = shard.scroll_scoped(None, 1000, None, false, false, true).unwrap();
+        assert_eq!(page.len(), lower.len());
+        let f = Filter { must: vec![Condition { kind: Some(condition::Kind::Match(MatchCondition { key: "group".into(), value: Some(match_condition::Value::Keyword("g1".into())) })) }], ..Default::default() };
+        let g1_lower = lower.iter().filter(|i| *i % 10 == 1).count() as u64;
+        assert_eq!(shard.count_scoped(Some(&f), true).unwrap(), g1_lower);
+        // A reopen finds the pending split again.
+        drop(shard);
+        let (shard, _) = Shard::open(cfg.clone(), 0, ShardStore::new(kv.clone(), "c", 0), &dir.path().join("p")).unwrap();
+        assert_eq!(shard.pending_split().map(|p| (p.mid, p.child)), Some((mid, 1)));
+        assert_eq!(shard.count_scoped(None, true).unwrap(), lower.len() as u64);
+
+        // Finish: the frozen copies go; old-epoch writes are refused.
+        assert_eq!(shard.finish_split(7, vec![]).unwrap(), upper.len() as u64);
+        assert_eq!(shard.len(), lower.len() as u64);
+        assert!(shard.pending_split().is_none());
+        assert!(moved(shard.check_route(&points(&vs[..1], lower[0]), &[], false, 6)));
+        assert!(shard.check_route(&points(&vs[..1], lower[0]), &[], false, 7).is_ok());
+        assert!(shard.check_route(&[], &[], true, 7).is_ok(), "filter deletes are accepted again");
+        assert_eq!(shard.finish_split(7, vec![]).unwrap(), 0, "idempotent");
+    }
+}
