@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Search recall and QPS before and after a rebalance of a live collection
-# (docs/operations.md): 3 nodes ingest DATASET into 4 shards (rf 1) through
-# the bench; a 4th node joins; `shoalctl cluster rebalance` moves shards
-# onto it (snapshot transfers with the HNSW graph); the bench measures the
-# same collection again (--reuse).
+# Search recall and QPS before and after a rebalance and a resharding
+# split of a live collection (docs/operations.md): 3 nodes ingest DATASET
+# into 4 shards (rf 1) through the bench; a 4th node joins; `shoalctl
+# cluster rebalance` moves shards onto it (snapshot transfers with the HNSW
+# graph); the bench measures the same collection again (--reuse); then
+# `shoalctl cluster split --all` splits every shard (4 -> 8) and the bench
+# measures once more.
 #
 #   bench/ops_recall.sh DATASET_DIR OUT_DIR [extra bench flags]
 #
-# Writes OUT_DIR/before.json, OUT_DIR/after-rebalance.json and prints
-# recall@10 per ef side by side.
+# Writes OUT_DIR/before.json, OUT_DIR/after-rebalance.json,
+# OUT_DIR/after-split.json and prints recall@10 and QPS per ef side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DS="${1:?dataset dir}"; OUT="${2:?out dir}"; shift 2
@@ -32,10 +34,18 @@ end=$(date +%s.%N)
 echo "rebalance took $(python3 -c "print(round($end - $start, 1))") s"
 "$BIN/shoalctl" --addr "$ADDR" cluster status
 "$BIN/shoalctl" bench --addr "$ADDR" "${common[@]}" --reuse --json "$OUT/after-rebalance.json"
-python3 - "$OUT/before.json" "$OUT/after-rebalance.json" <<'PY'
+
+NAME=$(python3 -c "import json,re,sys; print('bench-' + re.sub(r'[^A-Za-z0-9_-]', '-', json.load(open(sys.argv[1]))['name']))" "$DS/meta.json")
+start=$(date +%s.%N)
+"$BIN/shoalctl" cluster split --collection "$NAME" --all --node "$NODE1"
+end=$(date +%s.%N)
+echo "split of every shard took $(python3 -c "print(round($end - $start, 1))") s"
+"$BIN/shoalctl" --addr "$ADDR" cluster status
+"$BIN/shoalctl" bench --addr "$ADDR" "${common[@]}" --reuse --json "$OUT/after-split.json"
+python3 - "$OUT/before.json" "$OUT/after-rebalance.json" "$OUT/after-split.json" <<'PY'
 import json, sys
-b, a = (json.load(open(p)) for p in sys.argv[1:3])
-print("ef   recall before  recall after  qps before  qps after")
-for rb, ra in zip(b["runs"], a["runs"]):
-    print(f"{rb['ef']:<4} {rb['recall_at_10']:.4f}         {ra['recall_at_10']:.4f}        {rb['qps']:<10.0f}  {ra['qps']:.0f}")
+b, a, s = (json.load(open(p)) for p in sys.argv[1:4])
+print("ef   recall@10: before  rebalanced  split    qps: before  rebalanced  split")
+for rb, ra, rs in zip(b["runs"], a["runs"], s["runs"]):
+    print(f"{rb['ef']:<4}            {rb['recall_at_10']:.4f}  {ra['recall_at_10']:.4f}      {rs['recall_at_10']:.4f}        {rb['qps']:<6.0f}  {ra['qps']:<10.0f}  {rs['qps']:.0f}")
 PY

@@ -8,7 +8,10 @@
 //!   reflection;
 //! - `bad_input.rs`: every class of bad input gets a precise status;
 //! - `durability.rs`: kill -9 during ingest loses no acknowledged point, and
-//!   restarts serve the same results.
+//!   restarts serve the same results;
+//! - `operations.rs` and `split.rs`: cluster operations and resharding on
+//!   [`procs::ProcCluster`] under load (`shoalctl` driven as an operator
+//!   would, through [`ctl`]).
 //!
 //! [`raft_cluster`] is the in-process Raft harness: one shard group on N
 //! nodes with real RocksDB, gRPC and state machines, with stop, restart and
