@@ -10,7 +10,12 @@ Exits non-zero with one line per problem.
   publishes not-ready addresses and selects the StatefulSet's pods;
 - a PodDisruptionBudget sets exactly one of minAvailable/maxUnavailable and
   selects pods of some workload;
-- every Service selects the pods of some workload.
+- every Service selects the pods of some workload;
+- with `--rehearsal COMPOSE`: the compose rehearsal of the StatefulSet
+  (deploy/k8s-rehearsal.yml) runs every pod and the coordinator with the
+  arguments and environment the manifests give them (`$(VAR)` references,
+  field refs and ConfigMap refs resolved, namespace "default"), under the
+  pod's stable DNS name as a network alias.
 """
 import re
 import sys
@@ -94,9 +99,82 @@ def check(docs):
     return problems
 
 
+NAMESPACE = "default"
+
+
+def pod_env(container, configmaps, pod_name):
+    """The environment Kubernetes gives `container` in pod `pod_name`."""
+    env = {}
+    for ref in container.get("envFrom", []):
+        cm = ref.get("configMapRef", {}).get("name")
+        env.update({k: str(v) for k, v in configmaps.get(cm, {}).items()})
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), str(e["value"]))
+            continue
+        src = e.get("valueFrom", {})
+        field = src.get("fieldRef", {}).get("fieldPath")
+        if field == "metadata.name":
+            env[e["name"]] = pod_name
+        elif field == "metadata.namespace":
+            env[e["name"]] = NAMESPACE
+        elif "configMapKeyRef" in src:
+            r = src["configMapKeyRef"]
+            env[e["name"]] = str(configmaps.get(r["name"], {}).get(r["key"], ""))
+    return env
+
+
+def check_rehearsal(docs, compose):
+    """Problems of the compose rehearsal against the manifests."""
+    problems = []
+    configmaps = {d["metadata"]["name"]: d.get("data", {}) for _, d in docs if d.get("kind") == "ConfigMap"}
+    services = compose.get("services", {})
+
+    def same(where, svc, container, pod_name):
+        args = container.get("args", [])
+        if [str(a) for a in svc.get("command", [])] != [str(a) for a in args]:
+            problems.append(f"{where}: command {svc.get('command')} differs from the manifest's args {args}")
+        want = pod_env(container, configmaps, pod_name)
+        have = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+        for k in sorted(set(want) | set(have)):
+            if want.get(k) != have.get(k):
+                problems.append(f"{where}: {k}={have.get(k)!r}, the manifests set {want.get(k)!r}")
+
+    for _, d in docs:
+        if d.get("kind") == "StatefulSet":
+            c = d["spec"]["template"]["spec"]["containers"][0]
+            for i in range(d["spec"].get("replicas", 1)):
+                pod = f"{d['metadata']['name']}-{i}"
+                svc = services.get(pod)
+                if svc is None:
+                    problems.append(f"rehearsal: no service {pod!r} for StatefulSet pod {i}")
+                    continue
+                same(f"rehearsal {pod}", svc, c, pod)
+                dns = f"{pod}.{d['spec']['serviceName']}.{NAMESPACE}.svc.cluster.local"
+                nets = svc.get("networks") or {}
+                aliases = [a for n in (nets.values() if isinstance(nets, dict) else []) for a in ((n or {}).get("aliases") or [])]
+                if dns not in aliases:
+                    problems.append(f"rehearsal {pod}: not reachable as {dns} (network aliases {aliases})")
+        if d.get("kind") == "Deployment":
+            svc = services.get(d["metadata"]["name"])
+            if svc is None:
+                problems.append(f"rehearsal: no service {d['metadata']['name']!r} for the Deployment")
+            else:
+                same(f"rehearsal {d['metadata']['name']}", svc, d["spec"]["template"]["spec"]["containers"][0], d["metadata"]["name"])
+    return problems
+
+
 if __name__ == "__main__":
-    problems = check(load(sys.argv[1:]))
+    args = sys.argv[1:]
+    rehearsal = None
+    if args[:1] == ["--rehearsal"]:
+        rehearsal, args = args[1], args[2:]
+    docs = load(args)
+    problems = check(docs)
+    if rehearsal:
+        with open(rehearsal) as f:
+            problems += check_rehearsal(docs, yaml.safe_load(f))
     for line in problems:
         print(line)
-    print(f"k8s checks: {len(problems)} problem(s) in {len(sys.argv) - 1} file(s)")
+    print(f"k8s checks: {len(problems)} problem(s) in {len(args) + bool(rehearsal)} file(s)")
     sys.exit(1 if problems else 0)

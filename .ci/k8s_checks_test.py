@@ -35,4 +35,26 @@ broken("Deployment", lambda d: d["spec"]["template"]["metadata"]["labels"].updat
 broken("StatefulSet", lambda d: d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"].pop("service"), "shoal.ready")
 broken("StatefulSet", lambda d: d["spec"]["template"]["spec"]["containers"][0].pop("lifecycle"), "preStop must hand leadership off")
 broken("StatefulSet", lambda d: d["spec"]["template"]["metadata"]["annotations"].update({"prometheus.io/port": "9999"}), "prometheus.io/port")
+# The compose rehearsal of the StatefulSet agrees with the manifests, and
+# each way it can drift is caught.
+import yaml  # noqa: E402
+
+with open(os.path.join(os.path.dirname(__file__), "..", "deploy", "k8s-rehearsal.yml")) as f:
+    compose = yaml.safe_load(f)
+assert k8s_checks.check_rehearsal(docs, compose) == [], k8s_checks.check_rehearsal(docs, compose)
+
+
+def drifted(mutate, expect):
+    c2 = copy.deepcopy(compose)
+    mutate(c2)
+    problems = k8s_checks.check_rehearsal(docs, c2)
+    assert any(expect in p for p in problems), f"rehearsal: expected {expect!r} in {problems}"
+    print(f"caught: rehearsal: {expect}")
+
+
+drifted(lambda c: c["services"]["shoal-1"]["environment"].pop("SHOAL_JOIN"), "SHOAL_JOIN=None")
+drifted(lambda c: c["services"]["shoal-0"]["environment"].update({"SHOAL_POD_NAME": "shoal-7"}), "SHOAL_POD_NAME='shoal-7'")
+drifted(lambda c: c["services"]["shoal-2"].update({"command": ["node"]}), "differs from the manifest's args")
+drifted(lambda c: c["services"]["shoal-2"]["networks"]["headless"].update({"aliases": ["shoal-2"]}), "not reachable as shoal-2.shoal-headless")
+drifted(lambda c: c["services"].pop("shoal-coordinator"), "no service 'shoal-coordinator'")
 print("k8s checks self-test passed")

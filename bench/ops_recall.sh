@@ -21,8 +21,8 @@ trap 'bench/cluster.sh stop "$D"; rm -rf "$D"' EXIT
 bench/cluster.sh 3 "$D" | tee "$D/cluster.txt"
 ADDR=$(sed -n 's/^SHOAL_ADDR=//p' "$D/cluster.txt")
 NODE1=$(sed -n 's/^node 1: \([^ ]*\).*/\1/p' "$D/cluster.txt")
-common=(--dataset "$DS" --shards 4 --replication-factor 1 --ef 32,64,128 --no-inprocess --rounds 1 --min-secs 2 "$@")
-"$BIN/shoalctl" bench --addr "$ADDR" "${common[@]}" --json "$OUT/before.json"
+common=(--dataset "$DS" --replication-factor 1 --ef 32,64,128 --no-inprocess --rounds 1 --min-secs 2 "$@")
+"$BIN/shoalctl" bench --addr "$ADDR" "${common[@]}" --shards 4 --json "$OUT/before.json"
 
 "$BIN/shoal" node --node-id 4 --data-dir "$D/n4" --internal-listen 127.0.0.1:0 --join "$NODE1" >"$D/n4.out" 2>"$D/n4.log" &
 echo $! >"$D/n4.pid"
@@ -42,10 +42,13 @@ end=$(date +%s.%N)
 echo "split of every shard took $(python3 -c "print(round($end - $start, 1))") s"
 "$BIN/shoalctl" --addr "$ADDR" cluster status
 "$BIN/shoalctl" bench --addr "$ADDR" "${common[@]}" --reuse --json "$OUT/after-split.json"
-python3 - "$OUT/before.json" "$OUT/after-rebalance.json" "$OUT/after-split.json" <<'PY'
+# Control: the same data ingested fresh into as many shards as the split
+# left (the bench recreates the collection), on the same 4 nodes.
+"$BIN/shoalctl" bench --addr "$ADDR" "${common[@]}" --shards 8 --json "$OUT/fresh-8.json"
+python3 - "$OUT/before.json" "$OUT/after-rebalance.json" "$OUT/after-split.json" "$OUT/fresh-8.json" <<'PY'
 import json, sys
-b, a, s = (json.load(open(p)) for p in sys.argv[1:4])
-print("ef   recall@10: before  rebalanced  split    qps: before  rebalanced  split")
-for rb, ra, rs in zip(b["runs"], a["runs"], s["runs"]):
-    print(f"{rb['ef']:<4}            {rb['recall_at_10']:.4f}  {ra['recall_at_10']:.4f}      {rs['recall_at_10']:.4f}        {rb['qps']:<6.0f}  {ra['qps']:<10.0f}  {rs['qps']:.0f}")
+b, a, s, f = (json.load(open(p)) for p in sys.argv[1:5])
+print("ef   recall@10: before  rebalanced  split   fresh-8   qps: before  rebalanced  split  fresh-8")
+for rb, ra, rs, rf in zip(b["runs"], a["runs"], s["runs"], f["runs"]):
+    print(f"{rb['ef']:<4}            {rb['recall_at_10']:.4f}  {ra['recall_at_10']:.4f}      {rs['recall_at_10']:.4f}  {rf['recall_at_10']:.4f}         {rb['qps']:<6.0f}  {ra['qps']:<10.0f}  {rs['qps']:<5.0f}  {rf['qps']:.0f}")
 PY

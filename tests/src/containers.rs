@@ -194,3 +194,76 @@ impl Drop for DockerCluster {
         let _ = docker(&["network", "rm", &self.network]);
     }
 }
+
+/// `deploy/k8s-rehearsal.yml` brought up under its own compose project:
+/// the StatefulSet's pods (`shoal-N`, reachable as
+/// `shoal-N.shoal-headless.default.svc.cluster.local`) and a coordinator.
+/// The test reaches containers by their IPs on the project's network, so
+/// no fixed host port is needed. `docker-compose down -v` on drop.
+pub struct Rehearsal {
+    pub project: String,
+    file: std::path::PathBuf,
+    image: String,
+}
+
+impl Rehearsal {
+    /// `docker-compose up -d` of the rehearsal with `image`.
+    pub fn up(image: &str) -> Result<Self> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+        let project = format!("shoalreh{}x{}", std::process::id(), nanos % 1_000_000);
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s-rehearsal.yml");
+        let r = Rehearsal { project, file, image: image.to_string() };
+        r.compose(&["up", "-d"])?;
+        Ok(r)
+    }
+
+    /// Runs `docker-compose -p PROJECT -f deploy/k8s-rehearsal.yml ARGS`.
+    pub fn compose(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("docker-compose")
+            .args(["-p", &self.project, "-f"])
+            .arg(&self.file)
+            .args(args)
+            .env("SHOAL_IMAGE", &self.image)
+            .output()
+            .context("running docker-compose")?;
+        if !out.status.success() {
+            bail!("docker-compose {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The IP address of a service's container on the project's network.
+    pub fn ip(&self, service: &str) -> Result<String> {
+        let id = self.compose(&["ps", "-q", service])?;
+        let ip = docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", id.trim()])?;
+        if ip.is_empty() {
+            bail!("{service} has no IP address (not running?)");
+        }
+        Ok(ip)
+    }
+
+    /// The pods as (node id, IP:7400): node id = ordinal + 1.
+    pub fn nodes(&self, pods: u64) -> Result<Nodes> {
+        Ok(Nodes((0..pods).map(|i| Ok((i + 1, format!("{}:{INTERNAL_PORT}", self.ip(&format!("shoal-{i}"))?)))).collect::<Result<_>>()?))
+    }
+
+    /// Pod `i` loses its volume: the container and the volume are removed,
+    /// and the pod is created again, empty (a replaced PersistentVolume).
+    pub fn replace_pod_with_empty_volume(&self, i: u64) -> Result<()> {
+        let pod = format!("shoal-{i}");
+        self.compose(&["rm", "-s", "-f", &pod])?;
+        docker(&["volume", "rm", &format!("{}_data-{pod}", self.project)])?;
+        self.compose(&["up", "-d", &pod]).map(drop)
+    }
+
+    /// The last lines of a service's log (for failure messages).
+    pub fn logs(&self, service: &str) -> String {
+        self.compose(&["logs", "--tail", "40", service]).unwrap_or_else(|e| e.to_string())
+    }
+}
+
+impl Drop for Rehearsal {
+    fn drop(&mut self) {
+        let _ = self.compose(&["down", "-v", "--remove-orphans", "-t", "2"]);
+    }
+}

@@ -12,13 +12,20 @@
 //! identical. Each phase prints the longest time without an acknowledged
 //! write, and the searchers' error rate and longest time without an answer.
 //!
-//! Needs Docker and builds the image from the binaries under test, so it is
-//! `#[ignore]`d; `.ci/run` runs it when `docker info` works:
-//! `cargo test --release --workspace --test containers -- --ignored --nocapture`.
+//! A second test rehearses the Kubernetes StatefulSet in compose
+//! (deploy/k8s-rehearsal.yml): pods named and addressed as in Kubernetes,
+//! started at once with the StatefulSet's environment, form one cluster;
+//! pod 0 replaced with an empty volume joins it instead of starting a
+//! second one.
+//!
+//! Needs Docker and builds the image from the binaries under test, so the
+//! tests are `#[ignore]`d; `.ci/run` runs them, one at a time, when
+//! `docker info` works:
+//! `cargo test --release --workspace --test containers -- --ignored --nocapture --test-threads 1`.
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use shoal_tests::containers::{build_image, DockerCluster};
+use shoal_tests::containers::{build_image, DockerCluster, Rehearsal};
 use shoal_tests::workload::{self, acks_resume, create, leader_of, wait_acks, Availability, Load, Searchers};
 
 const SHARDS: u32 = 2;
@@ -109,10 +116,17 @@ impl Fault {
     }
 }
 
+/// The image under test, built once per test binary.
+fn image() -> &'static str {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| build_image(IMAGE).unwrap());
+    IMAGE
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore]
 async fn container_faults() {
-    build_image(IMAGE).unwrap();
+    image();
     let mut cluster = DockerCluster::start(3, IMAGE).await.unwrap();
     let addr = cluster.coordinator().to_string();
     create(&addr, "c", SHARDS, 3).await;
@@ -148,4 +162,56 @@ async fn container_faults() {
         assert!(a.answered > 0, "{name}: no search answered");
         assert!(a.longest_gap < Duration::from_secs(15), "{name}: `any` searches stopped answering for {:?}", a.longest_gap);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn statefulset_rehearsal_forms_one_cluster_and_an_empty_pod_0_rejoins_it() {
+    let r = Rehearsal::up(image()).unwrap();
+    let nodes = r.nodes(3).unwrap();
+    let formed = Instant::now();
+    nodes.wait_members(3, Duration::from_secs(120)).await.unwrap_or_else(|e| panic!("{e}\n{}", r.logs("shoal-0")));
+    println!("3 pods formed one cluster in {:?}", formed.elapsed());
+    // Ids from the ordinals, stable DNS names as addresses, one cluster.
+    let map = nodes.map_at(1).await.unwrap();
+    let mut members: Vec<(u64, String)> = map.nodes.iter().map(|n| (n.id, n.address.clone())).collect();
+    members.sort();
+    let want: Vec<(u64, String)> = (0..3).map(|i| (i + 1, format!("shoal-{i}.shoal-headless.default.svc.cluster.local:7400"))).collect();
+    assert_eq!(members, want);
+    for id in 2..=3 {
+        assert_eq!(nodes.map_at(id).await.unwrap().nodes.len(), 3, "node {id} is in the same cluster");
+    }
+
+    let coord = format!("{}:6333", r.ip("shoal-coordinator").unwrap());
+    create(&coord, "c", SHARDS, 3).await;
+    let load = Load::start(&coord, "c", 3, 0).await;
+    wait_acks(&load, 300).await;
+    let epoch = nodes.map_at(2).await.unwrap().epoch;
+
+    // Pod 0 comes back with an empty volume (a lost PersistentVolume): it
+    // must join the running cluster, not bootstrap a second one.
+    let t = Instant::now();
+    r.replace_pod_with_empty_volume(0).unwrap();
+    let nodes = r.nodes(3).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(m) = nodes.map_at(1).await {
+            if m.collections.iter().any(|c| c.config.as_ref().is_some_and(|x| x.name == "c")) && m.nodes.len() == 3 && m.epoch >= epoch {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "pod 0 did not rejoin:\n{}", r.logs("shoal-0"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("pod 0 with an empty volume rejoined the cluster in {:?}", t.elapsed());
+    let logs = r.logs("shoal-0");
+    assert!(!logs.contains("started a new cluster") && logs.contains("--bootstrap ignored"), "pod 0 should have joined, not bootstrapped:\n{logs}");
+    for id in 2..=3 {
+        assert_eq!(nodes.map_at(id).await.unwrap().nodes.len(), 3, "node {id} still sees one cluster of three");
+    }
+    wait_acks(&load, load.acked_len() + 300).await;
+    let (acked, attempted) = load.stop().await;
+    // Pod 0's replicas are rebuilt from the others: digests agree.
+    workload::check(&nodes, &coord, "c", SHARDS, &acked, &attempted).await;
+    println!("{} acknowledged writes readable; pod 0's replicas match the others", acked.len());
 }

@@ -20,11 +20,9 @@
 //! ([`resolve`]).
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use shoal_proto::internal::v1::meta_client::MetaClient;
 use shoal_proto::internal::v1::*;
 use shoal_proto::v1::PointStruct;
 use shoal_proto::validate::invalid;
@@ -184,7 +182,11 @@ impl Engine {
                     let req = req.clone();
                     async move { c.backup_shard(req).await }
                 })
-                .await?;
+                .await
+                .map_err(|st| match st.code() {
+                    tonic::Code::Unavailable => NodeError::NoQuorum { group: format!("{collection}/{}", s.shard_id), detail: st.message().to_string() },
+                    _ => NodeError::Backup(format!("{collection}/{}: {}", s.shard_id, st.message())),
+                })?;
             shards.push(ShardFile { shard_id: s.shard_id, range_start: s.range_start, range_end: s.range_end, file: part.file, points: part.points, bytes: part.bytes, xxh3: part.xxh3 });
         }
         let config = entry.config.unwrap_or_default();
@@ -252,50 +254,6 @@ impl Engine {
             pos += 4 + n as u64;
         }
         Ok(ReadBackupResponse { points, next_cursor: pos, done: pos >= s.bytes })
-    }
-
-    /// Calls `f` with a client of the shard's leader: tries the replicas
-    /// and follows leader hints for up to 30 s.
-    async fn on_shard_leader<T, F, Fut>(&self, collection: &str, shard_id: u32, f: F) -> Result<T>
-    where
-        F: Fn(MetaClient<tonic::transport::Channel>) -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let mut hint: Option<String> = None;
-        let mut last = String::from("no replica answered");
-        loop {
-            let replicas: Vec<u64> = self.meta_sm.with_map(|m| {
-                m.collections
-                    .iter()
-                    .find(|c| c.config.as_ref().is_some_and(|x| x.name == collection))
-                    .and_then(|c| c.shards.iter().find(|s| s.shard_id == shard_id))
-                    .map(|s| s.replicas.clone())
-                    .unwrap_or_default()
-            });
-            let mut targets: Vec<String> = hint.take().into_iter().collect();
-            targets.extend(replicas.iter().filter_map(|id| self.peers.address(*id)));
-            for addr in targets {
-                let ch = self.peers.channel(&addr).map_err(|e| NodeError::Raft(e.to_string()))?;
-                match f(MetaClient::new(ch)).await {
-                    Ok(r) => return Ok(r.into_inner()),
-                    Err(s) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::NotFound && s.message().contains("not hosted") => {
-                        last = format!("{addr}: {}", s.message());
-                        if let Some(a) = s.metadata().get(shoal_proto::LEADER_ADDR_KEY).and_then(|v| v.to_str().ok()) {
-                            hint = Some(a.to_string());
-                            break;
-                        }
-                    }
-                    Err(s) => return Err(NodeError::Backup(format!("{collection}/{shard_id} on {addr}: {}", s.message()))),
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(NodeError::NoQuorum { group: format!("{collection}/{shard_id}"), detail: last });
-            }
-            if hint.is_none() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
     }
 }
 

@@ -398,15 +398,38 @@ impl Engine {
         }
     }
 
-    /// Calls `ShardMembers` on the shard's leader, wherever it is: tries
-    /// the known replicas and follows leader hints for up to 30 s.
+    /// Calls `ShardMembers` on the shard's leader, wherever it is
+    /// ([`Engine::on_shard_leader`]).
     pub(super) async fn call_shard_leader(&self, collection: &str, shard_id: u32, action: Action) -> std::result::Result<ShardMembersResponse, StepError> {
-        let deadline = Instant::now() + MEMBERS_CALL_WAIT;
+        if self.placement(collection, shard_id).is_none() {
+            return Err(StepError::Fatal(format!("{collection}/{shard_id} no longer exists")));
+        }
         let req = ShardMembersRequest { shard: Some(ShardRef { collection: collection.to_string(), shard_id, epoch: 0 }), action: Some(action) };
+        self.on_shard_leader(collection, shard_id, move |mut c| {
+            let req = req.clone();
+            async move { c.shard_members(req).await }
+        })
+        .await
+        .map_err(|s| StepError::Retry(s.message().to_string()))
+    }
+
+    /// Calls `f` with a `Meta` client of the shard's leader, wherever it
+    /// is: tries the replicas (and learners) in the map and follows leader
+    /// hints, for up to 30 s. A replica that is not the leader, unreachable
+    /// or still opening the shard is passed over; any other error ends the
+    /// call with that status.
+    pub(super) async fn on_shard_leader<T, F, Fut>(&self, collection: &str, shard_id: u32, f: F) -> std::result::Result<T, tonic::Status>
+    where
+        F: Fn(MetaClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + MEMBERS_CALL_WAIT;
         let mut hint: Option<(u64, String)> = None;
         let mut last = String::from("no replica answered");
         loop {
-            let (_, placement) = self.placement(collection, shard_id).ok_or_else(|| StepError::Fatal(format!("{collection}/{shard_id} no longer exists")))?;
+            let Some((_, placement)) = self.placement(collection, shard_id) else {
+                return Err(tonic::Status::not_found(format!("{collection}/{shard_id} no longer exists")));
+            };
             let mut targets: Vec<(u64, String)> = hint.take().into_iter().collect();
             for id in placement.replicas.iter().chain(&placement.learners) {
                 if let Some(a) = self.peers.address(*id) {
@@ -414,30 +437,24 @@ impl Engine {
                 }
             }
             for (id, addr) in targets {
-                let res = if id == self.cfg.node_id {
-                    self.shard_members(req.clone()).await.map_err(tonic::Status::from)
-                } else {
-                    match self.peers.channel(&addr) {
-                        Ok(ch) => MetaClient::new(ch).shard_members(req.clone()).await.map(|r| r.into_inner()),
-                        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-                    }
+                let res = match self.peers.channel(&addr) {
+                    Ok(ch) => f(MetaClient::new(ch)).await.map(|r| r.into_inner()),
+                    Err(e) => Err(tonic::Status::unavailable(e.to_string())),
                 };
                 match res {
                     Ok(r) => return Ok(r),
-                    Err(s) if matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition) => {
-                        return Err(StepError::Retry(s.message().to_string()));
-                    }
-                    Err(s) => {
+                    Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded) || s.code() == tonic::Code::NotFound && s.message().contains("not hosted") => {
                         last = format!("node {id}: {}", s.message());
                         if let Some(h) = leader_hint(&s) {
                             hint = Some(h);
                             break;
                         }
                     }
+                    Err(s) => return Err(s),
                 }
             }
             if Instant::now() > deadline {
-                return Err(StepError::Retry(format!("no leader of {collection}/{shard_id} answered: {last}")));
+                return Err(tonic::Status::unavailable(format!("no leader of {collection}/{shard_id} answered: {last}")));
             }
             if hint.is_none() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
