@@ -210,10 +210,19 @@ impl Engine {
                 let shards: Vec<Arc<Shard>> = engine.shards.read().values().map(|r| r.shard()).collect();
                 drop(engine);
                 let mut moved = 0;
-                for s in shards {
+                for s in &shards {
                     match s.index_pending(INDEX_CHUNK) {
                         Ok(n) => moved += n,
                         Err(e) => tracing::error!(collection = %s.collection, shard = s.shard_id, error = %e, "indexing pending points failed"),
+                    }
+                }
+                // Idle: rebuild one graph full of removed nodes (after a
+                // split, or many replaces), if any.
+                if moved == 0 {
+                    if let Some(s) = shards.iter().find(|s| s.needs_compaction()) {
+                        if let Err(e) = s.compact_index() {
+                            tracing::error!(collection = %s.collection, shard = s.shard_id, error = %e, "compacting the HNSW graph failed");
+                        }
                     }
                 }
                 if moved == 0 {

@@ -879,6 +879,7 @@ fn load_index(params: HnswParams, path: &Path) -> std::result::Result<(HnswIndex
     Ok((HnswIndex::load(params, path)?, next as u32))
 }
 
+pub mod compact;
 mod keys;
 pub mod split;
 #[cfg(test)]

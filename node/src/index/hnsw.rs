@@ -67,6 +67,10 @@ pub struct HnswIndex {
     index: RwLock<Index>,
     gate: Gate,
     live: AtomicUsize,
+    /// Removals since the graph was built or loaded: usearch keeps removed
+    /// nodes in the graph (searches walk through them), so a shard
+    /// compacts its graph when they pile up ([`HnswIndex::replace_with`]).
+    removed: AtomicUsize,
     /// usearch's memory use as of the last time it could be measured
     /// without waiting (see `memory_bytes`).
     memory: AtomicUsize,
@@ -108,6 +112,7 @@ impl HnswIndex {
             index: RwLock::new(index),
             gate: Gate { free: Mutex::new(max_concurrency()), cv: Condvar::new() },
             live: AtomicUsize::new(live),
+            removed: AtomicUsize::new(0),
             memory: AtomicUsize::new(0),
         }
     }
@@ -124,6 +129,26 @@ impl HnswIndex {
         let size = index.size();
         index.reserve_capacity_and_threads((size + 1024).max(index.capacity()), max_concurrency())?;
         Ok(Self::wrap(params, index, size))
+    }
+
+    /// The build parameters.
+    pub fn params(&self) -> HnswParams {
+        self.params
+    }
+
+    /// Removals since this graph was built or loaded.
+    pub fn removed(&self) -> usize {
+        self.removed.load(Ordering::Relaxed)
+    }
+
+    /// Takes over `other`'s graph (a compacted rebuild of this one):
+    /// searches running now finish on the old graph, later ones use the
+    /// new one. The caller keeps writers out meanwhile.
+    pub fn replace_with(&self, other: HnswIndex) {
+        let mut g = self.index.write();
+        *g = other.index.into_inner();
+        self.live.store(other.live.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.removed.store(0, Ordering::Relaxed);
     }
 
     /// Ensures room for `extra` more vectors.
@@ -217,6 +242,7 @@ impl VectorIndex for HnswIndex {
         let removed = self.index.read().remove(key)?;
         if removed > 0 {
             self.live.fetch_sub(1, Ordering::Relaxed);
+            self.removed.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -349,3 +349,31 @@ fn split_copies_the_upper_range_freezes_and_finishes() {
         assert_eq!(shard.finish_split(7, vec![]).unwrap(), 0, "idempotent");
     }
 }
+
+/// A graph full of removed nodes is rebuilt without them: same answers,
+/// no removals left, and the rebuilt graph is what a reopen loads.
+#[test]
+fn compaction_rebuilds_the_graph_without_removed_nodes() {
+    for (kv, dir) in engines() {
+        let cfg = config(8, Metric::Cosine);
+        let vs = vecs(3000, 8, 5);
+        let (shard, _) = Shard::open(cfg.clone(), 0, ShardStore::new(kv.clone(), "c", 0), dir.path()).unwrap();
+        shard.write(&points(&vs, 0), &[], None).unwrap();
+        assert!(!shard.needs_compaction());
+        let gone: Vec<PointId> = (0..2000u64).map(Into::into).collect();
+        shard.write(&[], &gone, None).unwrap();
+        assert!(shard.needs_compaction(), "2000 removed beside 1000 live");
+        let before: Vec<Vec<u64>> = vs[2000..2050].iter().map(|q| ids(&shard.search(&search(q, 5)).unwrap())).collect();
+        assert_eq!(shard.compact_index().unwrap(), 1000);
+        assert!(!shard.needs_compaction());
+        let after: Vec<Vec<u64>> = vs[2000..2050].iter().map(|q| ids(&shard.search(&search(q, 5)).unwrap())).collect();
+        let top1 = before.iter().zip(&after).filter(|(b, a)| b[0] == a[0]).count();
+        assert!(top1 >= 49, "the nearest neighbour is the same for {top1} of 50 queries");
+        assert!(after.iter().flatten().all(|i| *i >= 2000), "no deleted point comes back");
+        assert!(shard.save_index().unwrap(), "the rebuilt graph is saved");
+        drop(shard);
+        let (shard, opened) = Shard::open(cfg, 0, ShardStore::new(kv.clone(), "c", 0), dir.path()).unwrap();
+        assert_eq!(opened, IndexOpen::Loaded { added: 0, removed: 0 });
+        assert_eq!(shard.len(), 1000);
+    }
+}
