@@ -9,8 +9,10 @@
 #
 #   bench/ops_recall.sh DATASET_DIR OUT_DIR [extra bench flags]
 #
-# Writes OUT_DIR/before.json, OUT_DIR/after-rebalance.json,
-# OUT_DIR/after-split.json and prints recall@10 and QPS per ef side by side.
+# Writes OUT_DIR/before.json, after-rebalance.json, after-split.json (at
+# once), after-compaction.json (once the split graphs are rebuilt) and
+# fresh-8.json (a control: the data ingested fresh into 8 shards), and
+# prints recall@10 and QPS per ef side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DS="${1:?dataset dir}"; OUT="${2:?out dir}"; shift 2
@@ -42,13 +44,23 @@ end=$(date +%s.%N)
 echo "split of every shard took $(python3 -c "print(round($end - $start, 1))") s"
 "$BIN/shoalctl" --addr "$ADDR" cluster status
 "$BIN/shoalctl" bench --addr "$ADDR" "${common[@]}" --reuse --json "$OUT/after-split.json"
+# Each half of a split graph is removed nodes until the node's indexer
+# rebuilds it (node/src/shard/compact.rs): wait for the 8 rebuilds.
+for _ in $(seq 600); do
+  [ "$(cat "$D"/n*.log | grep -c "HNSW graph compacted.*$NAME")" -ge 8 ] && break
+  sleep 1
+done
+echo "graphs compacted: $(cat "$D"/n*.log | grep -c "HNSW graph compacted.*$NAME") of 8, $(python3 -c "print(round($(date +%s.%N) - $end, 1))") s after the split"
+"$BIN/shoalctl" bench --addr "$ADDR" "${common[@]}" --reuse --json "$OUT/after-compaction.json"
 # Control: the same data ingested fresh into as many shards as the split
 # left (the bench recreates the collection), on the same 4 nodes.
 "$BIN/shoalctl" bench --addr "$ADDR" "${common[@]}" --shards 8 --json "$OUT/fresh-8.json"
-python3 - "$OUT/before.json" "$OUT/after-rebalance.json" "$OUT/after-split.json" "$OUT/fresh-8.json" <<'PY'
+python3 - "$OUT"/{before,after-rebalance,after-split,after-compaction,fresh-8}.json <<'PY'
 import json, sys
-b, a, s, f = (json.load(open(p)) for p in sys.argv[1:5])
-print("ef   recall@10: before  rebalanced  split   fresh-8   qps: before  rebalanced  split  fresh-8")
-for rb, ra, rs, rf in zip(b["runs"], a["runs"], s["runs"], f["runs"]):
-    print(f"{rb['ef']:<4}            {rb['recall_at_10']:.4f}  {ra['recall_at_10']:.4f}      {rs['recall_at_10']:.4f}  {rf['recall_at_10']:.4f}         {rb['qps']:<6.0f}  {ra['qps']:<10.0f}  {rs['qps']:<5.0f}  {rf['qps']:.0f}")
+names = ["before (4 shards)", "rebalanced", "split (8)", "compacted", "fresh 8"]
+runs = [json.load(open(p))["runs"] for p in sys.argv[1:6]]
+print("recall@10 / QPS per ef")
+print(f"{'':<18}" + "".join(f"ef={r['ef']:<16}" for r in runs[0]))
+for name, rs in zip(names, runs):
+    print(f"{name:<18}" + "".join(f"{r['recall_at_10']:.4f} / {r['qps']:<7.0f} " for r in rs))
 PY

@@ -167,11 +167,12 @@ async fn container_faults() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore]
 async fn statefulset_rehearsal_forms_one_cluster_and_an_empty_pod_0_rejoins_it() {
-    let r = Rehearsal::up(image()).unwrap();
-    let nodes = r.nodes(3).unwrap();
+    image();
     let formed = Instant::now();
+    let r = Rehearsal::up(IMAGE).unwrap();
+    let nodes = r.nodes(3).unwrap();
     nodes.wait_members(3, Duration::from_secs(120)).await.unwrap_or_else(|e| panic!("{e}\n{}", r.logs("shoal-0")));
-    println!("3 pods formed one cluster in {:?}", formed.elapsed());
+    println!("3 pods started together formed one cluster {:?} after `docker-compose up`", formed.elapsed());
     // Ids from the ordinals, stable DNS names as addresses, one cluster.
     let map = nodes.map_at(1).await.unwrap();
     let mut members: Vec<(u64, String)> = map.nodes.iter().map(|n| (n.id, n.address.clone())).collect();
