@@ -363,12 +363,15 @@ fn compaction_rebuilds_the_graph_without_removed_nodes() {
         let gone: Vec<PointId> = (0..2000u64).map(Into::into).collect();
         shard.write(&[], &gone, None).unwrap();
         assert!(shard.needs_compaction(), "2000 removed beside 1000 live");
-        let before: Vec<Vec<u64>> = vs[2000..2050].iter().map(|q| ids(&shard.search(&search(q, 5)).unwrap())).collect();
+        let qs = vecs(50, 8, 99);
+        let truth: Vec<Vec<u64>> = qs.iter().map(|q| ids(&shard.search(&SearchPointsRequest { exact: true, ..search(q, 5) }).unwrap())).collect();
         assert_eq!(shard.compact_index().unwrap(), 1000);
         assert!(!shard.needs_compaction());
-        let after: Vec<Vec<u64>> = vs[2000..2050].iter().map(|q| ids(&shard.search(&search(q, 5)).unwrap())).collect();
-        let top1 = before.iter().zip(&after).filter(|(b, a)| b[0] == a[0]).count();
-        assert!(top1 >= 49, "the nearest neighbour is the same for {top1} of 50 queries");
+        let after: Vec<Vec<u64>> = qs.iter().map(|q| ids(&shard.search(&search(q, 5)).unwrap())).collect();
+        // HNSW is approximate (and built in parallel): compare with the
+        // exact top-5 as a recall, not id by id.
+        let hits: usize = truth.iter().zip(&after).map(|(t, a)| a.iter().filter(|i| t.contains(i)).count()).sum();
+        assert!(hits as f64 / 250.0 >= 0.95, "recall@5 after compaction {}", hits as f64 / 250.0);
         assert!(after.iter().flatten().all(|i| *i >= 2000), "no deleted point comes back");
         assert!(shard.save_index().unwrap(), "the rebuilt graph is saved");
         drop(shard);
