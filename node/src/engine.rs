@@ -160,6 +160,9 @@ pub struct Engine {
     pub last_ready: Mutex<std::result::Result<(), String>>,
     /// Notified when a split created a child replica here.
     split_created: Arc<tokio::sync::Notify>,
+    /// Set at shutdown: the indexer thread stops (see [`Engine::close`]).
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -190,6 +193,8 @@ impl Engine {
             ops: ops::OpsState::default(),
             last_ready: Mutex::new(Err("not checked yet".into())),
             split_created: Arc::default(),
+            stopping: Arc::default(),
+            indexer: Mutex::new(None),
         });
         engine.reconcile()?;
         engine.start_indexer();
@@ -201,11 +206,15 @@ impl Engine {
     /// replication competes with the leader's writes only for idle CPU.
     fn start_indexer(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
+        let stopping = self.stopping.clone();
         let spawned = std::thread::Builder::new().name("shoal-indexer".into()).spawn(move || {
             // SAFETY: setpriority on the calling thread (Linux: per thread);
             // threads it spawns (parallel graph inserts) inherit it.
             unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
             loop {
+                if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
                 let Some(engine) = weak.upgrade() else { break };
                 let shards: Vec<Arc<Shard>> = engine.shards.read().values().map(|r| r.shard()).collect();
                 drop(engine);
@@ -220,7 +229,7 @@ impl Engine {
                 // split, or many replaces), if any.
                 if moved == 0 {
                     if let Some(s) = shards.iter().find(|s| s.needs_compaction()) {
-                        if let Err(e) = s.compact_index() {
+                        if let Err(e) = s.compact_index(&stopping) {
                             tracing::error!(collection = %s.collection, shard = s.shard_id, error = %e, "compacting the HNSW graph failed");
                         }
                     }
@@ -230,12 +239,27 @@ impl Engine {
                 }
             }
         });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the indexer thread; followers index as they apply");
-            for r in self.shards.read().values() {
-                r.sm.set_defer_index(false);
+        match spawned {
+            Ok(h) => *self.indexer.lock() = Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the indexer thread; followers index as they apply");
+                for r in self.shards.read().values() {
+                    r.sm.set_defer_index(false);
+                }
             }
         }
+    }
+
+    /// Last step of a shutdown, after the groups stopped and the indexes
+    /// were saved: stops the indexer thread (a graph compaction in
+    /// progress gives up) and quiesces storage, so that no thread is inside
+    /// RocksDB while the process exits. Blocking.
+    pub fn close(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.indexer.lock().take() {
+            let _ = h.join();
+        }
+        self.kv.quiesce();
     }
 
     /// Runs [`Engine::reconcile`] whenever the applied map changes, until

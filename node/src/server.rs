@@ -115,7 +115,12 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
     readiness.abort();
     engine.shutdown_groups().await;
     let e = engine.clone();
-    let saved = tokio::task::spawn_blocking(move || e.save_indexes()).await?;
+    let saved = tokio::task::spawn_blocking(move || {
+        let saved = e.save_indexes();
+        e.close();
+        saved
+    })
+    .await?;
     tracing::info!(saved, "internal server stopped; indexes saved");
     Ok(())
 }

@@ -61,7 +61,7 @@ async fn moves_transfer_rebalance_drain_and_replication_under_write_load() {
     assert_eq!(replicas(&cluster.map_at(2).await.unwrap(), 1)[0], other, "and it is the preferred leader");
 
     // Rebalance: 4 replicas over 4 nodes, one each.
-    ctl(&via, &["cluster", "rebalance"]);
+    ctl(&via, &["cluster", "rebalance", "--parallel", "2"]);
     let counts = per_node(&cluster.map_at(2).await.unwrap());
     assert!(counts.values().all(|c| *c == 1), "{counts:?}");
     wait_acks(&load, load.acked_len() + 300).await;

@@ -46,8 +46,8 @@ async fn shards_split_under_write_and_search_load() {
     assert_eq!(r, vec![(0, 0, (1 << 62) - 1), (2, 1 << 62, (1 << 63) - 1), (1, 1 << 63, u64::MAX)], "shard 0 split at its middle");
     wait_acks(&load, load.acked_len() + 500).await;
 
-    // Every shard at once: 3 -> 6 shards.
-    let out = ctl(&via, &["cluster", "split", "--collection", "sp", "--all"]);
+    // Every shard, all three splits at once: 3 -> 6 shards.
+    let out = ctl(&via, &["cluster", "split", "--collection", "sp", "--all", "--parallel", "3"]);
     assert_eq!(out["operations"].as_array().unwrap().len(), 3, "{out}");
     assert!(out["operations"].as_array().unwrap().iter().all(|o| o["state"] == "done"), "{out}");
     let map = cluster.map_at(2).await.unwrap();

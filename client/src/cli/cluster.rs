@@ -43,6 +43,10 @@ pub struct Submit {
     /// `shoalctl cluster ops --watch`).
     #[arg(long)]
     pub no_wait: bool,
+    /// Run up to this many of the operations at once, each on a shard of
+    /// its own (1 to 16; default one at a time).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub parallel: u32,
 }
 
 #[derive(Subcommand)]
@@ -269,7 +273,7 @@ async fn submit(meta: &mut MetaClient<Channel>, ops: Vec<Operation>, batch: &str
         }
         return Ok(());
     }
-    let req = SubmitOperationsRequest { operations: ops, batch: batch.into() };
+    let req = SubmitOperationsRequest { operations: ops, batch: batch.into(), parallel: s.parallel };
     let ids = retry(|| {
         let mut m = meta.clone();
         let r = req.clone();

@@ -47,6 +47,8 @@ const INDEXED_SLACK: u64 = 1024;
 const INDEXING_WAIT: Duration = Duration::from_secs(20);
 /// A step that fails this many times in a row fails its operation.
 const MAX_ATTEMPTS: u32 = 30;
+/// Operations of one submission that may run at once, at most.
+pub const MAX_PARALLEL: u32 = 16;
 /// A membership call tries the shard's replicas for this long.
 const MEMBERS_CALL_WAIT: Duration = Duration::from_secs(30);
 
@@ -178,6 +180,9 @@ impl Engine {
         }
         if req.operations.len() > 10_000 {
             return Err(invalid("operations", format!("{} operations exceed the limit of 10000 per submission", req.operations.len())).into());
+        }
+        if req.parallel > MAX_PARALLEL {
+            return Err(invalid("parallel", format!("{} operations at once exceed the limit of {MAX_PARALLEL}", req.parallel)).into());
         }
         let _w = self.meta_write.lock().await;
         let map = self.cluster_map();
@@ -619,46 +624,79 @@ impl Engine {
         tokio::spawn(async move {
             loop {
                 let Some(engine) = weak.upgrade() else { break };
-                let next = if engine.is_meta_leader() { engine.meta_sm.with_map(|m| m.operations.iter().find(|o| pending(o)).cloned()) } else { None };
-                let Some(op) = next else {
+                let next = if engine.is_meta_leader() { engine.meta_sm.with_map(|m| runnable(&m.operations)) } else { vec![] };
+                if next.is_empty() {
                     drop(engine);
                     let _ = tokio::time::timeout(Duration::from_millis(500), rx.changed()).await;
                     continue;
-                };
-                tracing::info!(op = op.id, kind = ?op.kind, "driving operation");
-                let res = engine.drive(&op).await;
-                let outcome = match res {
-                    Ok(()) => engine.finish(op.id, None).await,
-                    Err(StepError::Fatal(why)) => {
-                        tracing::warn!(op = op.id, error = %why, "operation failed");
-                        engine.finish(op.id, Some(why)).await
-                    }
-                    Err(StepError::Retry(why)) => {
-                        let n = {
-                            let mut a = engine.ops.attempts.lock();
-                            let n = a.entry(op.id).or_default();
-                            *n += 1;
-                            *n
-                        };
-                        tracing::info!(op = op.id, attempt = n, error = %why, "operation step will be retried");
-                        if n >= MAX_ATTEMPTS {
-                            engine.finish(op.id, Some(format!("gave up after {n} attempts: {why}"))).await
-                        } else {
-                            engine.note(op.id, 0, 0, &format!("retrying: {why}"));
-                            drop(engine);
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            continue;
-                        }
-                    }
-                };
-                if let Err(e) = outcome {
-                    tracing::info!(op = op.id, error = %e, "recording the operation's end failed; it runs again");
-                    drop(engine);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                let outcomes = futures::future::join_all(next.iter().map(|op| engine.run_step(op))).await;
+                drop(engine);
+                if outcomes.iter().any(|again| *again) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         })
     }
+
+    /// Drives one operation until it ends or a step asks to be retried
+    /// (then `true`: the caller waits before the next round).
+    async fn run_step(&self, op: &Operation) -> bool {
+        tracing::info!(op = op.id, kind = ?op.kind, "driving operation");
+        let outcome = match self.drive(op).await {
+            Ok(()) => self.finish(op.id, None).await,
+            Err(StepError::Fatal(why)) => {
+                tracing::warn!(op = op.id, error = %why, "operation failed");
+                self.finish(op.id, Some(why)).await
+            }
+            Err(StepError::Retry(why)) => {
+                let n = {
+                    let mut a = self.ops.attempts.lock();
+                    let n = a.entry(op.id).or_default();
+                    *n += 1;
+                    *n
+                };
+                tracing::info!(op = op.id, attempt = n, error = %why, "operation step will be retried");
+                if n < MAX_ATTEMPTS {
+                    self.note(op.id, 0, 0, &format!("retrying: {why}"));
+                    return true;
+                }
+                self.finish(op.id, Some(format!("gave up after {n} attempts: {why}"))).await
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::info!(op = op.id, error = %e, "recording the operation's end failed; it runs again");
+            return true;
+        }
+        false
+    }
+}
+
+/// The pending operations to drive now: the first one, and with it, when
+/// its submission allows more than one at a time (`parallel`), the next
+/// ones of the same submission on other shards, up to that many. An
+/// operation on no single shard (a replication factor change) runs alone,
+/// after everything before it; operations on one shard run in order.
+pub fn runnable(ops: &[Operation]) -> Vec<Operation> {
+    let mut pending = ops.iter().filter(|o| pending(o));
+    let Some(first) = pending.next() else { return vec![] };
+    let limit = first.parallel.max(1) as usize;
+    let mut out = vec![first.clone()];
+    let Some(s) = shard_of(first) else { return out };
+    let mut shards = vec![s];
+    let mut last_id = first.id;
+    for op in pending {
+        if out.len() >= limit || op.batch != first.batch || op.id != last_id + 1 {
+            break;
+        }
+        last_id = op.id;
+        let Some(s) = shard_of(op) else { break };
+        if !shards.contains(&s) {
+            out.push(op.clone());
+        }
+        shards.push(s);
+    }
+    out
 }
 
 /// A follower at most this many entries behind its leader counts as
@@ -754,6 +792,34 @@ fn shard_of(op: &Operation) -> Option<(&str, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runnable_respects_parallel_shards_and_barriers() {
+        let mv = |id, shard, parallel| Operation {
+            id,
+            kind: Some(Kind::Move(MoveReplica { collection: "c".into(), shard_id: shard, from_node: 1, to_node: 2 })),
+            state: OperationState::Pending as i32,
+            parallel,
+            batch: "b".into(),
+            ..Default::default()
+        };
+        let ids = |ops: &[Operation]| runnable(ops).iter().map(|o| o.id).collect::<Vec<_>>();
+        // One at a time unless the submission allows more.
+        assert_eq!(ids(&[mv(1, 0, 0), mv(2, 1, 0)]), vec![1]);
+        assert_eq!(ids(&[mv(1, 0, 3), mv(2, 1, 3), mv(3, 2, 3), mv(4, 3, 3)]), vec![1, 2, 3]);
+        // A second step on a shard waits for the first; later shards may go.
+        assert_eq!(ids(&[mv(1, 0, 3), mv(2, 0, 3), mv(3, 1, 3)]), vec![1, 3]);
+        // Finished ones are skipped; another submission waits its turn.
+        let mut done = mv(1, 0, 2);
+        done.state = OperationState::Done as i32;
+        let mut other = mv(4, 5, 2);
+        other.batch = "x".into();
+        assert_eq!(ids(&[done, mv(2, 1, 2), mv(3, 2, 2), other]), vec![2, 3]);
+        // An operation on no shard is a barrier.
+        let rf = Operation { id: 3, kind: Some(Kind::SetReplication(SetReplication { collection: "c".into(), replication_factor: 2 })), state: OperationState::Pending as i32, parallel: 4, batch: "b".into(), ..Default::default() };
+        assert_eq!(ids(&[mv(1, 0, 4), mv(2, 1, 4), rf.clone(), mv(4, 2, 4)]), vec![1, 2]);
+        assert_eq!(ids(&[rf, mv(4, 2, 4)]), vec![3]);
+    }
 
     #[test]
     fn next_voters_is_idempotent_and_keeps_the_position() {

@@ -41,11 +41,13 @@ impl Engine {
         } else {
             self.note(id, 0, 4, "placing the new shard");
             let mid = if sp.mid == 0 { middle(p.range_start, p.range_end) } else { sp.mid };
+            // Chosen under the metadata write lock: splits running at once
+            // (`--parallel`) get distinct ids.
+            let _w = self.meta_write.lock().await;
             let child = self
                 .meta_sm
                 .with_map(|m| m.collections.iter().find(|x| x.uid == uid).map(|x| x.shards.iter().map(|s| s.shard_id).max().unwrap_or(0) + 1))
                 .ok_or_else(|| StepError::Fatal(format!("collection {c:?} no longer exists")))?;
-            let _w = self.meta_write.lock().await;
             let reply = self.propose_meta(MetaCommand::PrepareSplit { op: id, collection: c.to_string(), uid, parent, child, mid }).await?;
             if let Some(e) = reply.error {
                 return Err(StepError::Fatal(format!("{c}/{parent}: {e}")));

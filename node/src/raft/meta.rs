@@ -169,6 +169,7 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
                 op.progress_done = 0;
                 op.progress_total = 0;
                 op.batch = req.batch.clone();
+                op.parallel = req.parallel;
                 map.operations.push(op);
             }
             map.epoch += 1;
@@ -445,10 +446,10 @@ mod tests {
             uid: 0,
         };
         apply_command(&mut m, MetaCommand::CreateCollection { entry: e.encode_to_vec() }, 3).unwrap();
-        let req = SubmitOperationsRequest { operations: vec![Operation::default(), Operation::default()], batch: "b".into() };
+        let req = SubmitOperationsRequest { operations: vec![Operation::default(), Operation::default()], batch: "b".into(), parallel: 2 };
         assert_eq!(apply_command(&mut m, MetaCommand::SubmitOps { request: req.encode_to_vec() }, 4), Ok(1), "the reply is the first id");
         assert_eq!(apply_command(&mut m, MetaCommand::SubmitOps { request: req.encode_to_vec() }, 5), Ok(3));
-        assert!(m.operations.iter().all(|o| o.state == OperationState::Pending as i32 && o.batch == "b"));
+        assert!(m.operations.iter().all(|o| o.state == OperationState::Pending as i32 && o.batch == "b" && o.parallel == 2));
         // Placement changes count, and a stale uid is refused.
         let place = |uid, replicas: Vec<u64>, learners: Vec<u64>| MetaCommand::SetPlacement { collection: "c".into(), uid, shard_id: 0, replicas, learners };
         assert_eq!(apply_command(&mut m, place(3, vec![1], vec![2]), 6), Ok(1));
@@ -463,7 +464,7 @@ mod tests {
         assert_eq!(apply_command(&mut m, MetaCommand::FinishOp { id: 1, error: Some("no".into()) }, 12), Ok(1));
         assert_eq!(apply_command(&mut m, MetaCommand::FinishOp { id: 1, error: None }, 13), Ok(0));
         assert_eq!(m.operations[0].state, OperationState::Failed as i32);
-        let many = SubmitOperationsRequest { operations: vec![Operation::default(); FINISHED_KEPT + 5], batch: String::new() };
+        let many = SubmitOperationsRequest { operations: vec![Operation::default(); FINISHED_KEPT + 5], batch: String::new(), ..Default::default() };
         let first = apply_command(&mut m, MetaCommand::SubmitOps { request: many.encode_to_vec() }, 14).unwrap();
         for id in first..first + FINISHED_KEPT as u64 + 5 {
             apply_command(&mut m, MetaCommand::FinishOp { id, error: None }, 15).unwrap();
@@ -501,7 +502,7 @@ mod tests {
         };
         apply_command(&mut m, MetaCommand::CreateCollection { entry: e.encode_to_vec() }, 3).unwrap();
         let op = Operation { kind: Some(Kind::Split(SplitShard { collection: "c".into(), shard_id: 0, ..Default::default() })), ..Default::default() };
-        apply_command(&mut m, MetaCommand::SubmitOps { request: SubmitOperationsRequest { operations: vec![op], batch: String::new() }.encode_to_vec() }, 4).unwrap();
+        apply_command(&mut m, MetaCommand::SubmitOps { request: SubmitOperationsRequest { operations: vec![op], batch: String::new(), ..Default::default() }.encode_to_vec() }, 4).unwrap();
         let prepare = |mid| MetaCommand::PrepareSplit { op: 1, collection: "c".into(), uid: 3, parent: 0, child: 1, mid };
         assert!(apply_command(&mut m, prepare(0), 5).unwrap_err().contains("cannot split"), "mid at the range start");
         let epoch = m.epoch;

@@ -4,7 +4,7 @@
 //! docs/benchmarks.md), and replaces and deletes add more over time. When
 //! removals reach half the live vectors, the node's low-priority indexer
 //! rebuilds the graph from the stored vectors and swaps it in.
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use roaring::RoaringBitmap;
@@ -33,7 +33,8 @@ impl Shard {
     /// Searches go on throughout. Returns the vectors in the new graph.
     /// Runs on the node's indexer thread, never beside
     /// [`Shard::index_pending`] (versions waiting there stay pending).
-    pub fn compact_index(&self) -> Result<usize> {
+    /// Gives up, changing nothing, once `stop` is set (node shutdown).
+    pub fn compact_index(&self, stop: &AtomicBool) -> Result<usize> {
         if self.retired.load(Ordering::Relaxed) {
             return Ok(0);
         }
@@ -50,6 +51,9 @@ impl Shard {
         };
         let mut failed = None;
         self.store.scan_points(None, &mut |_, p| {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
             if self.index.contains(p.offset as u64) {
                 built.insert(p.offset);
                 batch.push((p.offset as u64, p.vector));
@@ -64,6 +68,9 @@ impl Shard {
         })?;
         if let Some(e) = failed {
             return Err(e);
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(0);
         }
         flush(&mut batch)?;
 

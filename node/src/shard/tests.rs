@@ -365,7 +365,7 @@ fn compaction_rebuilds_the_graph_without_removed_nodes() {
         assert!(shard.needs_compaction(), "2000 removed beside 1000 live");
         let qs = vecs(50, 8, 99);
         let truth: Vec<Vec<u64>> = qs.iter().map(|q| ids(&shard.search(&SearchPointsRequest { exact: true, ..search(q, 5) }).unwrap())).collect();
-        assert_eq!(shard.compact_index().unwrap(), 1000);
+        assert_eq!(shard.compact_index(&Default::default()).unwrap(), 1000);
         assert!(!shard.needs_compaction());
         let after: Vec<Vec<u64>> = qs.iter().map(|q| ids(&shard.search(&search(q, 5)).unwrap())).collect();
         // HNSW is approximate (and built in parallel): compare with the

@@ -122,4 +122,11 @@ impl KvEngine for RocksEngine {
         }
         Ok(())
     }
+
+    fn quiesce(&self) {
+        if let Err(e) = self.db.flush_wal(true) {
+            tracing::warn!(error = %e, "syncing the RocksDB log at shutdown failed");
+        }
+        self.db.cancel_all_background_work(true);
+    }
 }
