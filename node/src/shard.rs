@@ -452,6 +452,35 @@ impl Shard {
         Ok(ExportInfo { meta: values, points: count, next_offset, seq })
     }
 
+    /// Hands the stored points `keep` selects to `sink`, in id order and in
+    /// batches of at most `n`; stops at the first error of `sink`.
+    pub(crate) fn scan_in_batches(
+        &self,
+        n: usize,
+        keep: &mut dyn FnMut(&PointKey, &StoredPoint) -> bool,
+        sink: &mut dyn FnMut(Vec<StoredPoint>) -> Result<()>,
+    ) -> Result<()> {
+        let mut batch = Vec::with_capacity(n);
+        let mut failed = None;
+        self.store.scan_points(None, &mut |k, p| {
+            if keep(&k, &p) {
+                batch.push(p);
+                if batch.len() >= n {
+                    if let Err(e) = sink(std::mem::replace(&mut batch, Vec::with_capacity(n))) {
+                        failed = Some(e);
+                        return false;
+                    }
+                }
+            }
+            true
+        })?;
+        match failed {
+            Some(e) => Err(e),
+            None if batch.is_empty() => Ok(()),
+            None => sink(batch),
+        }
+    }
+
     /// Writes snapshot points into an (empty, staging) store as they are,
     /// offsets included, with their payload-index entries; not synced
     /// ([`Shard::import_finish`] syncs).

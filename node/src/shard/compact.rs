@@ -42,37 +42,18 @@ impl Shard {
         let removed = self.index.removed();
         let fresh = HnswIndex::new(self.index.params())?;
         let mut built = RoaringBitmap::new();
-        let mut batch: Vec<(u64, Vec<f32>)> = Vec::with_capacity(BUILD_BATCH);
-        let flush = |batch: &mut Vec<(u64, Vec<f32>)>| -> Result<()> {
-            let items: Vec<(u64, &[f32])> = batch.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-            fresh.add_batch(&items)?;
-            batch.clear();
-            Ok(())
-        };
-        let mut failed = None;
-        self.store.scan_points(None, &mut |_, p| {
-            if stop.load(Ordering::Relaxed) {
-                return false;
-            }
-            if self.index.contains(p.offset as u64) {
-                built.insert(p.offset);
-                batch.push((p.offset as u64, p.vector));
-                if batch.len() >= BUILD_BATCH {
-                    if let Err(e) = flush(&mut batch) {
-                        failed = Some(e);
-                        return false;
-                    }
-                }
-            }
-            true
-        })?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
+        self.scan_in_batches(
+            BUILD_BATCH,
+            &mut |_, p| !stop.load(Ordering::Relaxed) && self.index.contains(p.offset as u64),
+            &mut |batch| {
+                built.extend(batch.iter().map(|p| p.offset));
+                let items: Vec<(u64, &[f32])> = batch.iter().map(|p| (p.offset as u64, p.vector.as_slice())).collect();
+                Ok(fresh.add_batch(&items)?)
+            },
+        )?;
         if stop.load(Ordering::Relaxed) {
             return Ok(0);
         }
-        flush(&mut batch)?;
 
         let _w = self.writer.lock();
         if self.retired.load(Ordering::Relaxed) {
@@ -90,7 +71,8 @@ impl Shard {
                 }
             }
         }
-        flush(&mut extra)?;
+        let items: Vec<(u64, &[f32])> = extra.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        fresh.add_batch(&items)?;
         let n = fresh.len();
         self.index.replace_with(fresh);
         // The saved file is stale now.

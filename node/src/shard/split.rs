@@ -25,7 +25,7 @@ use shoal_proto::PointKey;
 use super::{write_sidecar, Shard};
 use crate::error::{NodeError, Result};
 use crate::index::VectorIndex;
-use crate::storage::{ShardStore, StoreBatch, StoredPoint};
+use crate::storage::{ShardStore, StoreBatch};
 
 /// The shard metadata record holding its [`RangeState`] (postcard).
 pub const RANGE: &str = "range";
@@ -146,26 +146,17 @@ impl Shard {
             (st.next_offset, st.seq)
         };
         let mut copied = 0u64;
-        let mut batch: Vec<StoredPoint> = Vec::with_capacity(COPY_BATCH);
-        let mut failed: Option<NodeError> = None;
-        self.store.scan_points(None, &mut |k, p| {
-            let h = k.route_hash();
-            if h >= mid && h <= end {
-                batch.push(p);
-                copied += 1;
-                if batch.len() == COPY_BATCH {
-                    if let Err(e) = Shard::import(spec.store, &self.config, std::mem::take(&mut batch)) {
-                        failed = Some(e);
-                        return false;
-                    }
-                }
-            }
-            true
-        })?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        Shard::import(spec.store, &self.config, batch)?;
+        self.scan_in_batches(
+            COPY_BATCH,
+            &mut |k, _| {
+                let h = k.route_hash();
+                h >= mid && h <= end
+            },
+            &mut |batch| {
+                copied += batch.len() as u64;
+                Shard::import(spec.store, &self.config, batch)
+            },
+        )?;
         // The graph before the synced metadata: a missing or partial file
         // only means the child rebuilds it.
         std::fs::create_dir_all(spec.index_dir).map_err(crate::error::StorageError::from)?;
