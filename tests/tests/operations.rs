@@ -188,12 +188,24 @@ async fn handoff_moves_leaderships_and_readiness_follows_the_groups() {
     let took = t.elapsed();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.lines().filter(|l| l.starts_with("moved ")).count(), 2, "both leaderships moved:\n{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("moved h/")).count(), 2, "both leaderships moved:\n{text}");
     for s in 0..SHARDS {
         assert_ne!(leader_of(&addr, "h", s).await, node, "shard {s} still led by node {node}");
     }
     wait_acks(&load, load.acked_len() + 500).await;
     println!("handoff of 2 shard leaderships took {:.2} s; longest write gap since: {:?}", took.as_secs_f64(), load.longest_ack_gap(t));
+
+    // The metadata leader hands the metadata group over too.
+    let meta = cluster.meta_leader().await;
+    let via = cluster.node(meta).addr.clone();
+    let t = Instant::now();
+    let out = std::process::Command::new(shoal_tests::shoal_bin()).args(["handoff", "--node", &via]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("moved meta -> node"), "{text}");
+    let now = cluster.meta_leader().await;
+    assert_ne!(now, meta, "metadata leadership moved:\n{text}");
+    println!("metadata hand-off from node {meta} to node {now} took {:.2} s", t.elapsed().as_secs_f64());
+    ctl(&cluster.node(now).addr.clone(), &["cluster", "ops"]);
 
     // Two of three nodes down: the survivor's groups have no leader, so it
     // is not ready; it is again once they return.

@@ -301,7 +301,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         Cmd::Handoff { node } => {
             use shoal_proto::internal::v1::{meta_client::MetaClient, HandOffRequest};
             let ch = tonic::transport::Endpoint::from_shared(format!("http://{node}"))?.connect_timeout(Duration::from_secs(3)).connect().await.with_context(|| format!("cannot reach node {node}"))?;
-            let r = MetaClient::new(ch).hand_off(HandOffRequest {}).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
+            let r = MetaClient::new(ch).hand_off(HandOffRequest::default()).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
             for m in &r.moved {
                 println!("moved {m}");
             }

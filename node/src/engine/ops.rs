@@ -775,7 +775,67 @@ impl Engine {
                 Err(f) => failed.push(f),
             }
         }
+        // The metadata group last: the shard transfers above may need it.
+        if self.is_meta_leader() {
+            match self.transfer_meta().await {
+                Ok(to) => moved.push(format!("meta -> node {to}")),
+                Err(e) => failed.push(format!("meta: {e}")),
+            }
+        }
         (moved, failed)
+    }
+
+    /// Hands the metadata group's leadership to its most caught-up other
+    /// voter, as [`Engine::transfer_leader`] does for a shard: this node's
+    /// metadata changes wait, heartbeats stop, the target catches up, and
+    /// once the followers' lease has run out it stands for election.
+    async fn transfer_meta(&self) -> Result<u64> {
+        let me = self.cfg.node_id;
+        let m = self.meta_raft.metrics().borrow().clone();
+        let matched = |id: &u64| m.replication.as_ref().and_then(|r| r.get(id).copied().flatten()).map_or(0, |l| l.index);
+        let to = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != me)
+            .max_by_key(|v| (matched(v), std::cmp::Reverse(*v)))
+            .ok_or_else(|| NodeError::Precondition("no other metadata voter".into()))?;
+        let addr = self.peers.address(to).ok_or_else(|| NodeError::Precondition(format!("node {to} has no known address")))?;
+        let _w = self.meta_write.lock().await;
+        struct Heartbeat<'a>(&'a openraft::Raft<crate::raft::TypeConfig>);
+        impl Drop for Heartbeat<'_> {
+            fn drop(&mut self) {
+                self.0.runtime_config().heartbeat(true);
+            }
+        }
+        let _hb = Heartbeat(&self.meta_raft);
+        self.meta_raft.runtime_config().heartbeat(false);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let m = self.meta_raft.metrics().borrow().clone();
+            let last = m.last_log_index.unwrap_or(0);
+            let done = m.replication.as_ref().and_then(|r| r.get(&to).copied().flatten()).map_or(0, |l| l.index);
+            if done >= last {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(NodeError::Precondition(format!("node {to} did not catch up with the metadata group within 3 s")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(self.raft_config.election_timeout_max + 50)).await;
+        let channel = self.peers.channel(&addr).map_err(|e| NodeError::Raft(format!("bad address {addr:?} of node {to}: {e}")))?;
+        MetaClient::new(channel).hand_off(HandOffRequest { stand_for_meta: true }).await.map_err(|s| NodeError::Raft(format!("node {to} could not stand for election: {}", s.message())))?;
+        let _ = self.meta_raft.wait(Some(Duration::from_secs(3))).metrics(|m| m.current_leader.is_some_and(|l| l != me), "metadata leadership handed over").await;
+        match self.meta_raft.metrics().borrow().current_leader {
+            Some(l) if l == to => Ok(to),
+            other => Err(NodeError::Precondition(format!("metadata leadership went to {other:?}, not node {to}"))),
+        }
+    }
+
+    /// Asked by a metadata leader handing over: stand for election now.
+    pub async fn stand_for_meta(&self) -> Result<()> {
+        self.meta_raft.trigger().elect().await.map_err(|e| NodeError::Raft(e.to_string()))
     }
 }
 

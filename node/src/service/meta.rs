@@ -151,7 +151,11 @@ impl Meta for MetaService {
         Ok(Response::new(blocking(move || engine.read_backup(&r)).await?))
     }
 
-    async fn hand_off(&self, _: Request<HandOffRequest>) -> Result<Response<HandOffResponse>, Status> {
+    async fn hand_off(&self, req: Request<HandOffRequest>) -> Result<Response<HandOffResponse>, Status> {
+        if req.into_inner().stand_for_meta {
+            self.engine.stand_for_meta().await?;
+            return Ok(Response::new(HandOffResponse::default()));
+        }
         let (moved, failed) = self.engine.hand_off().await;
         tracing::info!(?moved, ?failed, "leadership handed off");
         Ok(Response::new(HandOffResponse { moved, failed }))
