@@ -467,7 +467,11 @@ impl Engine {
                 // A child being split off opens once this node's replica
                 // of the parent has created it (the split entry), never
                 // empty: until the split commits it may only be created.
-                if s.splitting && !self.holds_uid(&config.name, s.shard_id, c.uid) && !self.shards.read().contains_key(&(config.name.clone(), s.shard_id)) {
+                // Except where this node's parent replica is already past
+                // the split without having created it (it got the parent's
+                // state by snapshot): then the child opens empty and is
+                // sent the child leader's snapshot.
+                if s.splitting && !self.holds_uid(&config.name, s.shard_id, c.uid) && !self.shards.read().contains_key(&(config.name.clone(), s.shard_id)) && !self.parent_past_split(&config.name, s) {
                     continue;
                 }
                 wanted.insert((config.name.clone(), s.shard_id), (config.clone(), s.clone(), c.uid));
@@ -492,6 +496,15 @@ impl Engine {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Whether this node's replica of `child`'s parent has the split behind
+    /// it (its owned range ends below the child's).
+    fn parent_past_split(&self, collection: &str, child: &ShardPlacement) -> bool {
+        self.shards.read().get(&(collection.to_string(), child.split_from)).is_some_and(|r| {
+            let st = r.shard().range_state();
+            st.owned.is_some_and(|(_, hi)| hi < child.range_start) && st.pending.is_none_or(|p| p.child != child.shard_id)
+        })
     }
 
     /// Whether local replica data of `collection/shard_id` belongs to the
@@ -541,6 +554,7 @@ impl Engine {
         };
         let sm = ShardStateMachine::open_with(config.clone(), shard_id, store, dir, self.cfg.exact_scan_threshold)?;
         sm.set_split_hook(self.split_created.clone());
+        sm.set_node_id(self.cfg.node_id);
         let network = Network::new(group.clone(), self.peers.clone());
         let handle = tokio::runtime::Handle::current();
         let raft = handle.block_on(Raft::new(self.cfg.node_id, self.raft_config.clone(), network, log.clone(), sm.clone())).map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -581,18 +595,23 @@ impl Engine {
     /// leave out the frozen copies of a pending split: the map the read
     /// was routed with (the node's own, the epochs being equal) already
     /// routes them to the child.
+    ///
+    /// A replica that has not applied a split the map has committed (it is
+    /// behind its group) still holds the moved range as its own: it answers
+    /// [`NodeError::ShardOpening`] and the coordinator reads elsewhere.
     pub fn replica_for_read(&self, collection: &str, shard_id: u32, epoch: u64) -> Result<(Replica, bool)> {
         let r = self.replica(collection, shard_id, epoch)?;
-        let hide = match r.shard().pending_split() {
-            None => false,
-            Some(p) => self.meta_sm.with_map(|m| {
-                m.collections
-                    .iter()
-                    .find(|c| c.config.as_ref().is_some_and(|x| x.name == collection))
-                    .and_then(|c| c.shards.iter().find(|s| s.shard_id == shard_id))
-                    .is_some_and(|s| s.range_end < p.mid)
-            }),
-        };
+        let st = r.shard().range_state();
+        let (hide, behind) = self.meta_sm.with_map(|m| {
+            let Some(c) = m.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == collection)) else { return (false, false) };
+            let hide = st.pending.is_some_and(|p| c.shards.iter().find(|s| s.shard_id == shard_id).is_some_and(|s| s.range_end < p.mid));
+            let owns_below = |start: u64| st.owned.is_some_and(|(_, hi)| hi < start);
+            let behind = c.shards.iter().any(|s| s.split_child && !s.splitting && s.split_from == shard_id && !owns_below(s.range_start));
+            (hide, behind)
+        });
+        if behind {
+            return Err(NodeError::ShardOpening { collection: collection.to_string(), shard: shard_id });
+        }
         Ok((r, hide))
     }
 

@@ -657,7 +657,13 @@ impl Engine {
                     *n
                 };
                 tracing::info!(op = op.id, attempt = n, error = %why, "operation step will be retried");
-                if n < MAX_ATTEMPTS {
+                // A split whose child is placed cannot be abandoned: the
+                // parent may already refuse writes to the moved range.
+                // It is retried until it completes.
+                let committed = self.meta_sm.with_map(|m| {
+                    m.operations.iter().any(|o| o.id == op.id && matches!(&o.kind, Some(Kind::Split(s)) if s.child_shard_id != 0))
+                });
+                if n < MAX_ATTEMPTS || committed {
                     self.note(op.id, 0, 0, &format!("retrying: {why}"));
                     return true;
                 }

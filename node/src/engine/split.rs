@@ -16,6 +16,7 @@
 //!    with a map older than the commit are refused.
 use std::time::{Duration, Instant};
 
+use shoal_proto::internal::v1::operation::Kind;
 use shoal_proto::internal::v1::shard_members_request::Action;
 use shoal_proto::internal::v1::{shard_control, FinishSplitControl, ShardControl, SplitControl, SplitShard};
 
@@ -36,23 +37,34 @@ impl Engine {
         let (c, parent) = (sp.collection.as_str(), sp.shard_id);
         let (uid, p) = self.placement(c, parent).ok_or_else(|| StepError::Fatal(format!("{c}/{parent} no longer exists")))?;
         // 1. Prepare: choose the child once, record it in the operation.
-        let (child, mid) = if sp.child_shard_id != 0 {
-            (sp.child_shard_id, sp.mid)
-        } else {
-            self.note(id, 0, 4, "placing the new shard");
-            let mid = if sp.mid == 0 { middle(p.range_start, p.range_end) } else { sp.mid };
-            // Chosen under the metadata write lock: splits running at once
-            // (`--parallel`) get distinct ids.
+        // The record is read again under the metadata write lock: a
+        // previous driver may have chosen since this one read the map.
+        let (child, mid) = {
             let _w = self.meta_write.lock().await;
-            let child = self
-                .meta_sm
-                .with_map(|m| m.collections.iter().find(|x| x.uid == uid).map(|x| x.shards.iter().map(|s| s.shard_id).max().unwrap_or(0) + 1))
-                .ok_or_else(|| StepError::Fatal(format!("collection {c:?} no longer exists")))?;
-            let reply = self.propose_meta(MetaCommand::PrepareSplit { op: id, collection: c.to_string(), uid, parent, child, mid }).await?;
-            if let Some(e) = reply.error {
-                return Err(StepError::Fatal(format!("{c}/{parent}: {e}")));
+            let recorded = self.meta_sm.with_map(|m| {
+                m.operations.iter().find(|o| o.id == id).and_then(|o| match &o.kind {
+                    Some(Kind::Split(s)) if s.child_shard_id != 0 => Some((s.child_shard_id, s.mid)),
+                    _ => None,
+                })
+            });
+            match recorded {
+                Some(r) => r,
+                None => {
+                    self.note(id, 0, 4, "placing the new shard");
+                    let mid = if sp.mid == 0 { middle(p.range_start, p.range_end) } else { sp.mid };
+                    // Chosen under the metadata write lock: splits running
+                    // at once (`--parallel`) get distinct ids.
+                    let child = self
+                        .meta_sm
+                        .with_map(|m| m.collections.iter().find(|x| x.uid == uid).map(|x| x.shards.iter().map(|s| s.shard_id).max().unwrap_or(0) + 1))
+                        .ok_or_else(|| StepError::Fatal(format!("collection {c:?} no longer exists")))?;
+                    let reply = self.propose_meta(MetaCommand::PrepareSplit { op: id, collection: c.to_string(), uid, parent, child, mid }).await?;
+                    if let Some(e) = reply.error {
+                        return Err(StepError::Fatal(format!("{c}/{parent}: {e}")));
+                    }
+                    (child, mid)
+                }
             }
-            (child, mid)
         };
         let (_, child_p) = self.placement(c, child).ok_or_else(|| StepError::Fatal(format!("{c}/{child} vanished from the map during its split")))?;
         if child_p.splitting {

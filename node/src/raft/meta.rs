@@ -223,6 +223,18 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
             if let Some(s) = c.shards.iter().find(|s| s.shard_id == child) {
                 return if s.splitting && s.split_from == parent && s.range_start == mid { Ok(0) } else { Err(EXISTS.into()) };
             }
+            // One split of a shard at a time, and an operation keeps the
+            // child it chose (a new driver must not place a second one).
+            if let Some(s) = c.shards.iter().find(|s| s.splitting && s.split_from == parent) {
+                return Err(format!("shard {parent} is already being split into shard {}", s.shard_id));
+            }
+            let recorded = map.operations.iter().find(|o| o.id == op).and_then(|o| match &o.kind {
+                Some(Kind::Split(s)) if s.child_shard_id != 0 => Some(s.child_shard_id),
+                _ => None,
+            });
+            if let Some(r) = recorded.filter(|r| *r != child) {
+                return Err(format!("operation {op} already split shard {parent} into shard {r}"));
+            }
             let p = c.shards.iter().find(|s| s.shard_id == parent).ok_or(NOT_FOUND)?;
             if p.splitting || mid <= p.range_start || mid > p.range_end {
                 return Err(format!("cannot split shard {parent} (range {:#x}..={:#x}) at {mid:#x}", p.range_start, p.range_end));
@@ -238,6 +250,7 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
                 changes: 1,
                 splitting: true,
                 split_from: parent,
+                split_child: true,
             };
             if let Some(Kind::Split(s)) = map.operations.iter_mut().find(|o| o.id == op).and_then(|o| o.kind.as_mut()) {
                 s.child_shard_id = child;
@@ -256,9 +269,10 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
             let p = c.shards.iter_mut().find(|s| s.shard_id == parent).ok_or(NOT_FOUND)?;
             p.range_end = mid - 1;
             let s = c.shards.iter_mut().find(|s| s.shard_id == child).ok_or(NOT_FOUND)?;
+            // `split_from` stays: readers use it to tell a parent replica
+            // that has not applied the split yet.
             s.splitting = false;
-            s.split_from = 0;
-            let n = c.shards.len() as u32;
+            let n = c.shards.iter().filter(|s| !s.splitting).count() as u32;
             if let Some(config) = c.config.as_mut() {
                 config.shard_count = n;
             }
@@ -509,11 +523,14 @@ mod tests {
         assert_eq!(apply_command(&mut m, prepare(1 << 63), 6), Ok(1));
         assert_eq!(apply_command(&mut m, prepare(1 << 63), 7), Ok(0), "retried by a new driver");
         assert_eq!(apply_command(&mut m, prepare(1 << 62), 8), Err(EXISTS.into()), "the child id is taken");
+        // A second driver (after a failover) cannot place a second child.
+        let other = MetaCommand::PrepareSplit { op: 1, collection: "c".into(), uid: 3, parent: 0, child: 2, mid: 1 << 63 };
+        assert!(apply_command(&mut m, other, 8).unwrap_err().contains("already being split into shard 1"));
         assert_eq!(m.epoch, epoch + 1);
         let Some(Kind::Split(sp)) = &m.operations[0].kind else { panic!() };
         assert_eq!((sp.child_shard_id, sp.mid), (1, 1 << 63), "the operation records its choice");
         let child = &m.collections[0].shards[1];
-        assert!(child.splitting && child.split_from == 0 && child.changes == 1);
+        assert!(child.splitting && child.split_child && child.split_from == 0 && child.changes == 1);
         assert_eq!((child.range_start, child.range_end, child.replicas.clone()), (1 << 63, u64::MAX, vec![1, 2]));
         assert_eq!(m.collections[0].shards[0].range_end, u64::MAX, "the parent keeps its range until the commit");
         let commit = MetaCommand::CommitSplit { collection: "c".into(), uid: 3, parent: 0, child: 1 };

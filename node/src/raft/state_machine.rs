@@ -144,6 +144,9 @@ pub struct ShardStateMachine {
     /// Told when a split entry created a child replica here (the engine
     /// opens it).
     split_hook: Arc<std::sync::OnceLock<Arc<tokio::sync::Notify>>>,
+    /// This node's id (0: unknown); a split creates the child only on
+    /// voters of the parent (the child group's members).
+    node_id: Arc<AtomicU64>,
 }
 
 impl ShardStateMachine {
@@ -192,7 +195,12 @@ impl ShardStateMachine {
         shard.exact_scan_threshold = exact_scan_threshold;
         let recipe = Recipe { config, shard_id, store, kv, index_dir, exact_scan_threshold, generation: AtomicU64::new(g) };
         Self::load_current(&recipe.snapshot_dir());
-        Ok(ShardStateMachine { shard: Arc::new(RwLock::new(Arc::new(shard))), defer_index: Arc::default(), recipe: Arc::new(recipe), current: Arc::default(), split_hook: Arc::default() })
+        Ok(ShardStateMachine { shard: Arc::new(RwLock::new(Arc::new(shard))), defer_index: Arc::default(), recipe: Arc::new(recipe), current: Arc::default(), split_hook: Arc::default(), node_id: Arc::default() })
+    }
+
+    /// Tells the state machine which node it runs on.
+    pub fn set_node_id(&self, id: u64) {
+        self.node_id.store(id, Ordering::Relaxed);
     }
 
     /// Sets what a split entry notifies once it created a child replica.
@@ -401,8 +409,12 @@ impl ShardStateMachine {
                 let _g = CHILD_LOCK.lock();
                 let key = uid_key(name, child);
                 let known = shard_store::node_meta_get(&*r.kv, &key).map_err(|x| werr(&x))?.is_some_and(|b| b.as_slice() == s.uid.to_be_bytes());
+                let me = self.node_id.load(Ordering::Relaxed);
+                // A learner of the parent (a replica being added) is no
+                // member of the child: it must not create an orphan copy.
+                let member = me == 0 || membership.membership().voter_ids().any(|v| v == me);
                 let mut copied = 0;
-                if !known {
+                if !known && member {
                     // This replica creates the child; one that did not apply
                     // this entry (a snapshot moved it past) gets the child's
                     // state from the child's leader instead.
@@ -423,7 +435,7 @@ impl ShardStateMachine {
                 }
                 shard.begin_split((s.range_start, s.range_end), s.mid, child, meta).map_err(|x| werr(&x))?;
                 drop(_g);
-                tracing::info!(collection = %name, shard = shard.shard_id, child, mid = format!("{:#x}", s.mid), copied, created = !known, "split applied");
+                tracing::info!(collection = %name, shard = shard.shard_id, child, mid = format!("{:#x}", s.mid), copied, created = !known && member, "split applied");
                 if let Some(h) = self.split_hook.get() {
                     h.notify_one();
                 }
@@ -699,6 +711,11 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
             let res = me.install(&meta, &path);
             if res.is_ok() {
+                // The installed state may be past a split this replica
+                // never applied: the engine opens the child (empty).
+                if let Some(h) = me.split_hook.get() {
+                    h.notify_one();
+                }
                 crate::metrics::SNAPSHOT_INSTALLS.with_label_values(&["shard"]).inc();
                 crate::metrics::SNAPSHOT_INSTALL_BYTES.with_label_values(&["shard"]).inc_by(bytes);
             }
