@@ -10,7 +10,7 @@ use std::time::Instant;
 use roaring::RoaringBitmap;
 
 use super::Shard;
-use crate::error::Result;
+use crate::error::{NodeError, Result};
 use crate::index::hnsw::HnswIndex;
 use crate::index::VectorIndex;
 
@@ -42,15 +42,23 @@ impl Shard {
         let removed = self.index.removed();
         let fresh = HnswIndex::new(self.index.params())?;
         let mut built = RoaringBitmap::new();
-        self.scan_in_batches(
+        let scanned = self.scan_in_batches(
             BUILD_BATCH,
-            &mut |_, p| !stop.load(Ordering::Relaxed) && self.index.contains(p.offset as u64),
+            &mut |_, p| self.index.contains(p.offset as u64),
             &mut |batch| {
+                // Shutting down: end the scan here (the error is dropped).
+                if stop.load(Ordering::Relaxed) {
+                    return Err(NodeError::ShuttingDown);
+                }
                 built.extend(batch.iter().map(|p| p.offset));
                 let items: Vec<(u64, &[f32])> = batch.iter().map(|p| (p.offset as u64, p.vector.as_slice())).collect();
                 Ok(fresh.add_batch(&items)?)
             },
-        )?;
+        );
+        match scanned {
+            Err(NodeError::ShuttingDown) => return Ok(0),
+            r => r?,
+        }
         if stop.load(Ordering::Relaxed) {
             return Ok(0);
         }

@@ -365,6 +365,9 @@ fn compaction_rebuilds_the_graph_without_removed_nodes() {
         assert!(shard.needs_compaction(), "2000 removed beside 1000 live");
         let qs = vecs(50, 8, 99);
         let truth: Vec<Vec<u64>> = qs.iter().map(|q| ids(&shard.search(&SearchPointsRequest { exact: true, ..search(q, 5) }).unwrap())).collect();
+        let stopped = std::sync::atomic::AtomicBool::new(true);
+        assert_eq!(shard.compact_index(&stopped).unwrap(), 0, "a node shutting down gives up");
+        assert!(shard.needs_compaction(), "and changes nothing");
         assert_eq!(shard.compact_index(&Default::default()).unwrap(), 1000);
         assert!(!shard.needs_compaction());
         let after: Vec<Vec<u64>> = qs.iter().map(|q| ids(&shard.search(&search(q, 5)).unwrap())).collect();
