@@ -264,6 +264,10 @@ impl Rehearsal {
 
 impl Drop for Rehearsal {
     fn drop(&mut self) {
+        if std::env::var_os("SHOAL_KEEP_CONTAINERS").is_some() {
+            eprintln!("kept compose project {} (SHOAL_KEEP_CONTAINERS)", self.project);
+            return;
+        }
         let _ = self.compose(&["down", "-v", "--remove-orphans", "-t", "2"]);
     }
 }

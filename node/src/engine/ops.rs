@@ -807,6 +807,14 @@ impl Engine {
             .max_by_key(|v| (matched(v), std::cmp::Reverse(*v)))
             .ok_or_else(|| NodeError::Precondition("no other metadata voter".into()))?;
         let addr = self.peers.address(to).ok_or_else(|| NodeError::Precondition(format!("node {to} has no known address")))?;
+        // A node of another version may not know `stand_for_meta` (an
+        // older one would take it for a full hand-off of its own): during
+        // a rolling upgrade the metadata group fails over by election.
+        let channel = self.peers.channel(&addr).map_err(|e| NodeError::Raft(format!("bad address {addr:?} of node {to}: {e}")))?;
+        let theirs = MetaClient::new(channel.clone()).node_status(NodeStatusRequest {}).await.map_err(|s| NodeError::Raft(format!("node {to}: {}", s.message())))?.into_inner().version;
+        if theirs != env!("CARGO_PKG_VERSION") {
+            return Err(NodeError::Precondition(format!("node {to} runs version {theirs}, this node {}; the metadata group will elect a leader instead", env!("CARGO_PKG_VERSION"))));
+        }
         let _w = self.meta_write.lock().await;
         struct Heartbeat<'a>(&'a openraft::Raft<crate::raft::TypeConfig>);
         impl Drop for Heartbeat<'_> {
@@ -830,7 +838,6 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(self.raft_config.election_timeout_max + 50)).await;
-        let channel = self.peers.channel(&addr).map_err(|e| NodeError::Raft(format!("bad address {addr:?} of node {to}: {e}")))?;
         MetaClient::new(channel).hand_off(HandOffRequest { stand_for_meta: true }).await.map_err(|s| NodeError::Raft(format!("node {to} could not stand for election: {}", s.message())))?;
         let _ = self.meta_raft.wait(Some(Duration::from_secs(3))).metrics(|m| m.current_leader.is_some_and(|l| l != me), "metadata leadership handed over").await;
         match self.meta_raft.metrics().borrow().current_leader {
