@@ -34,7 +34,7 @@ use shoal_proto::{LEADER_ADDR_KEY, LEADER_ID_KEY};
 
 use super::{Engine, Replica};
 use crate::error::{NodeError, Result};
-use crate::raft::meta::{MetaCommand, NOT_FOUND};
+use crate::raft::meta::{MetaCommand, META_GROUP, NOT_FOUND};
 
 /// A learner that gains nothing for this long fails its move (the move
 /// can be submitted again; it resumes from where it stopped).
@@ -166,7 +166,6 @@ struct TransferGuard<'a>(&'a Replica);
 
 impl Drop for TransferGuard<'_> {
     fn drop(&mut self) {
-        self.0.raft.runtime_config().heartbeat(true);
         self.0.transfer.store(false, Ordering::Release);
     }
 }
@@ -359,8 +358,7 @@ impl Engine {
     /// coordinator retries), heartbeats stop, `to` catches up, and once the
     /// followers' leader lease has run out `to` stands for election.
     async fn transfer_leader(&self, r: &Replica, to: u64) -> Result<()> {
-        let me = self.cfg.node_id;
-        if to == me {
+        if to == self.cfg.node_id {
             return Ok(());
         }
         let membership = r.raft.metrics().borrow().membership_config.membership().clone();
@@ -370,36 +368,56 @@ impl Engine {
         let addr = self.peers.address(to).ok_or_else(|| invalid("transfer_to", format!("node {to} has no known address")))?;
         let _guard = TransferGuard(r);
         r.transfer.store(true, Ordering::Release);
-        r.raft.runtime_config().heartbeat(false);
-        // Let the last writes reach the target (they may still be in
-        // flight when writes pause).
+        let shard = r.shard();
+        let req = ShardMembersRequest { shard: Some(ShardRef { collection: shard.collection.clone(), shard_id: shard.shard_id, epoch: 0 }), action: Some(Action::Elect(true)) };
+        self.hand_over(&r.raft, &r.group, to, &addr, |mut c| async move { c.shard_members(req).await.map(drop) }).await?;
+        tracing::info!(group = %r.group, to, "leadership transferred");
+        Ok(())
+    }
+
+    /// Hands `raft`'s leadership to voter `to` (openraft 0.9 has no
+    /// transfer; the caller has paused new proposals): heartbeats stop,
+    /// `to` catches up, and once the followers' leader lease has run out
+    /// `elect` asks `to` to stand for election.
+    async fn hand_over<F, Fut>(&self, raft: &openraft::Raft<crate::raft::TypeConfig>, group: &str, to: u64, addr: &str, elect: F) -> Result<()>
+    where
+        F: FnOnce(MetaClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<(), tonic::Status>>,
+    {
+        struct Heartbeat<'a>(&'a openraft::Raft<crate::raft::TypeConfig>);
+        impl Drop for Heartbeat<'_> {
+            fn drop(&mut self) {
+                self.0.runtime_config().heartbeat(true);
+            }
+        }
+        let me = self.cfg.node_id;
+        let _hb = Heartbeat(raft);
+        raft.runtime_config().heartbeat(false);
+        // Let the last entries reach the target (they may still be in
+        // flight when proposals pause).
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
-            let st = self.members_status(r);
-            if st.matched.get(&to).copied().unwrap_or(0) >= st.last_index {
+            let m = raft.metrics().borrow().clone();
+            let done = m.replication.as_ref().and_then(|r| r.get(&to).copied().flatten()).map_or(0, |l| l.index);
+            if done >= m.last_log_index.unwrap_or(0) {
                 break;
             }
             if Instant::now() > deadline {
-                return Err(NodeError::Precondition(format!("node {to} did not catch up with {} within 3 s; try again", r.group)));
+                return Err(NodeError::Precondition(format!("node {to} did not catch up with {group} within 3 s; try again")));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Followers refuse votes while their lease on this leader holds
         // (openraft: election_timeout_max since the last message).
         tokio::time::sleep(Duration::from_millis(self.raft_config.election_timeout_max + 50)).await;
-        let channel = self.peers.channel(&addr).map_err(|e| NodeError::Raft(format!("bad address {addr:?} of node {to}: {e}")))?;
-        let shard = r.shard();
-        let req = ShardMembersRequest { shard: Some(ShardRef { collection: shard.collection.clone(), shard_id: shard.shard_id, epoch: 0 }), action: Some(Action::Elect(true)) };
-        MetaClient::new(channel).shard_members(req).await.map_err(|s| NodeError::Raft(format!("node {to} could not stand for election: {}", s.message())))?;
+        let channel = self.peers.channel(addr).map_err(|e| NodeError::Raft(format!("bad address {addr:?} of node {to}: {e}")))?;
+        elect(MetaClient::new(channel)).await.map_err(|s| NodeError::Raft(format!("node {to} could not stand for election: {}", s.message())))?;
         // Stepping down clears the leader; the new one's first message names it.
-        let _ = r.raft.wait(Some(Duration::from_secs(3))).metrics(|m| m.current_leader.is_some_and(|l| l != me), "leadership handed over").await;
-        let now = r.raft.metrics().borrow().current_leader;
+        let _ = raft.wait(Some(Duration::from_secs(3))).metrics(|m| m.current_leader.is_some_and(|l| l != me), "leadership handed over").await;
+        let now = raft.metrics().borrow().current_leader;
         match now {
-            Some(l) if l == to => {
-                tracing::info!(group = %r.group, to, "leadership transferred");
-                Ok(())
-            }
-            other => Err(NodeError::Precondition(format!("leadership of {} went to {other:?}, not node {to}; try again", r.group))),
+            Some(l) if l == to => Ok(()),
+            other => Err(NodeError::Precondition(format!("leadership of {group} went to {other:?}, not node {to}; try again"))),
         }
     }
 
@@ -816,34 +834,8 @@ impl Engine {
             return Err(NodeError::Precondition(format!("node {to} runs version {theirs}, this node {}; the metadata group will elect a leader instead", env!("CARGO_PKG_VERSION"))));
         }
         let _w = self.meta_write.lock().await;
-        struct Heartbeat<'a>(&'a openraft::Raft<crate::raft::TypeConfig>);
-        impl Drop for Heartbeat<'_> {
-            fn drop(&mut self) {
-                self.0.runtime_config().heartbeat(true);
-            }
-        }
-        let _hb = Heartbeat(&self.meta_raft);
-        self.meta_raft.runtime_config().heartbeat(false);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            let m = self.meta_raft.metrics().borrow().clone();
-            let last = m.last_log_index.unwrap_or(0);
-            let done = m.replication.as_ref().and_then(|r| r.get(&to).copied().flatten()).map_or(0, |l| l.index);
-            if done >= last {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(NodeError::Precondition(format!("node {to} did not catch up with the metadata group within 3 s")));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(self.raft_config.election_timeout_max + 50)).await;
-        MetaClient::new(channel).hand_off(HandOffRequest { stand_for_meta: true }).await.map_err(|s| NodeError::Raft(format!("node {to} could not stand for election: {}", s.message())))?;
-        let _ = self.meta_raft.wait(Some(Duration::from_secs(3))).metrics(|m| m.current_leader.is_some_and(|l| l != me), "metadata leadership handed over").await;
-        match self.meta_raft.metrics().borrow().current_leader {
-            Some(l) if l == to => Ok(to),
-            other => Err(NodeError::Precondition(format!("metadata leadership went to {other:?}, not node {to}"))),
-        }
+        self.hand_over(&self.meta_raft, META_GROUP, to, &addr, |mut c| async move { c.hand_off(HandOffRequest { stand_for_meta: true }).await.map(drop) }).await?;
+        Ok(to)
     }
 
     /// Asked by a metadata leader handing over: stand for election now.

@@ -191,15 +191,17 @@ impl Shard {
         let state = RangeState { owned: current.owned, pending: None, min_epoch: current.min_epoch.max(min_epoch) };
         let mut put_meta = meta;
         put_meta.push((RANGE, state.encode()));
-        let Some(p) = current.pending else {
+        if current.pending.is_none() {
             self.put_meta(put_meta, super::Durability::Deferred)?;
             *self.range.write() = state;
             return Ok(0);
-        };
-        // Frozen copies take no writes, so their ids are stable.
+        }
+        // Frozen copies take no writes, so the cached set is exact. (Not
+        // `frozen_offsets`: it takes the state lock this already holds.)
         let ids: Vec<PointId> = {
+            let frozen = self.frozen.read();
             let st = self.state.read();
-            self.frozen_offsets(p.mid, p.end).iter().filter_map(|o| st.keys.get(o)).map(|k| k.to_proto()).collect()
+            frozen.iter().filter_map(|o| st.keys.get(o)).map(|k| k.to_proto()).collect()
         };
         let deleted = self.write_with_meta(&[], &ids, None, put_meta, super::Durability::Deferred)?;
         *self.range.write() = state;
