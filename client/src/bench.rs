@@ -100,6 +100,47 @@ pub struct BenchArgs {
     /// (recall is scored on the first pass).
     #[arg(long, default_value_t = 3.0)]
     pub min_secs: f64,
+    /// Process id of the server under test, when it runs on this machine
+    /// (Linux): the bench then reports the server's CPU time per query
+    /// beside the client's and the in-process index's, which separates
+    /// the server's cost from the load generator's on shared cores.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+}
+
+/// CPU time (user + system, seconds) a process has used so far, from
+/// `/proc/PID/stat`; `None` off Linux or when the process is gone.
+fn cpu_secs(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may hold spaces) start at 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks / hz as f64)
+}
+
+/// CPU seconds used by the server (`None` when no pid was given) and by
+/// this process while `f` runs.
+struct CpuMeter {
+    server: Option<u32>,
+    at: (Option<f64>, Option<f64>),
+}
+
+impl CpuMeter {
+    fn start(server: Option<u32>) -> Self {
+        CpuMeter { server, at: (server.and_then(|p| cpu_secs(Some(p))), cpu_secs(None)) }
+    }
+    /// (server, this process) CPU seconds since `start`.
+    fn stop(&self) -> (Option<f64>, Option<f64>) {
+        let d = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+        (d(self.at.0, self.server.and_then(|p| cpu_secs(Some(p)))), d(self.at.1, cpu_secs(None)))
+    }
 }
 
 fn metric_of(s: &str) -> Result<Metric> {
@@ -134,6 +175,8 @@ fn recall_at_10(got: &[u64], truth: &[u64]) -> f64 {
 
 struct Run {
     qps: f64,
+    /// Queries answered, over every pass.
+    queries: usize,
     p50_ms: f64,
     p99_ms: f64,
     recall: f64,
@@ -191,6 +234,7 @@ async fn grpc_run_on(client: &[Client], batch: usize, searches: Arc<Vec<SearchBu
         done += searches.len();
     }
     first.qps = done as f64 / t.elapsed().as_secs_f64();
+    first.queries = done;
     first.p50_ms = first.lat.value_at_quantile(0.5) as f64 / 1000.0;
     first.p99_ms = first.lat.value_at_quantile(0.99) as f64 / 1000.0;
     Ok(first)
@@ -243,7 +287,7 @@ async fn grpc_pass(client: &[Client], batch: usize, searches: Arc<Vec<SearchBuil
     let secs = t.elapsed().as_secs_f64();
     let recall = results.iter().zip(truth.iter()).map(|(g, t)| recall_at_10(g, t)).sum::<f64>() / results.len().max(1) as f64;
     let exact_match = results.iter().zip(truth.iter()).filter(|(g, t)| g.iter().take(10).eq(t.iter().take(10))).count() as f64 / results.len().max(1) as f64;
-    Ok(Run { qps: searches.len() as f64 / secs, p50_ms: lat.value_at_quantile(0.5) as f64 / 1000.0, p99_ms: lat.value_at_quantile(0.99) as f64 / 1000.0, recall, exact_match, lat })
+    Ok(Run { qps: searches.len() as f64 / secs, queries: searches.len(), p50_ms: lat.value_at_quantile(0.5) as f64 / 1000.0, p99_ms: lat.value_at_quantile(0.99) as f64 / 1000.0, recall, exact_match, lat })
 }
 
 fn usearch_options(dim: usize, metric: Metric, m: u32, efc: u32, unit_ip: bool) -> usearch::IndexOptions {
@@ -288,7 +332,8 @@ fn unit(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| x / n).collect()
 }
 
-fn inprocess_qps(index: &usearch::Index, queries: &[Vec<f32>], ef: u32, threads: usize, min_secs: f64) -> f64 {
+/// In-process QPS and the number of queries run.
+fn inprocess_qps(index: &usearch::Index, queries: &[Vec<f32>], ef: u32, threads: usize, min_secs: f64) -> (f64, usize) {
     index.change_expansion_search(ef as usize);
     let (next, done, stop_at) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(usize::MAX));
     let t = Instant::now();
@@ -309,7 +354,8 @@ fn inprocess_qps(index: &usearch::Index, queries: &[Vec<f32>], ef: u32, threads:
             });
         }
     });
-    done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+    let done = done.load(Ordering::Relaxed);
+    (done as f64 / t.elapsed().as_secs_f64(), done)
 }
 
 /// Exact top-100 by brute force (used with --limit).
@@ -485,19 +531,37 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
         // Rounds alternate gRPC and in-process measurements, so a noisy
         // moment on the machine hits both; the medians are reported.
         let (mut grpc_qps, mut ip_qps, mut first) = (vec![], vec![], None);
+        // CPU microseconds per query, per round: the server's and the
+        // client's during gRPC rounds, this process's during in-process ones.
+        let (mut server_us, mut client_us, mut ip_us) = (vec![], vec![], vec![]);
         for _ in 0..a.rounds.max(1) {
+            let cpu = CpuMeter::start(a.server_pid);
             let r = grpc_run(&pool, searches.clone(), truth.clone(), a.inflight.unwrap_or(a.concurrency), a.min_secs).await?;
+            let (server, client) = cpu.stop();
+            server_us.extend(server.map(|s| s * 1e6 / r.queries as f64));
+            client_us.extend(client.map(|s| s * 1e6 / r.queries as f64));
             grpc_qps.push(r.qps);
             first.get_or_insert(r);
             if let Some((idx, _)) = inproc.as_ref() {
-                ip_qps.push(inprocess_qps(idx, &inproc_queries, ef, a.concurrency, a.min_secs));
+                let cpu = CpuMeter::start(None);
+                let (qps, done) = inprocess_qps(idx, &inproc_queries, ef, a.concurrency, a.min_secs);
+                ip_us.extend(cpu.stop().1.map(|s| s * 1e6 / done.max(1) as f64));
+                ip_qps.push(qps);
             }
         }
         let r = first.expect("at least one round");
-        let (qps, ip) = (median(&mut grpc_qps), (!ip_qps.is_empty()).then(|| median(&mut ip_qps)));
+        let med = |xs: &mut Vec<f64>| (!xs.is_empty()).then(|| median(xs));
+        let (qps, ip) = (median(&mut grpc_qps), med(&mut ip_qps));
+        let (server_cpu, client_cpu, ip_cpu) = (med(&mut server_us), med(&mut client_us), med(&mut ip_us));
+        // In-process CPU per query over the server's: the QPS ratio the
+        // server would reach with the cores to itself (client elsewhere).
+        let cpu_ratio = ip_cpu.zip(server_cpu).map(|(i, s)| i / s);
         eprintln!("ef={ef:<4} consistency={cname:<6} recall@10={:.4} qps={qps:.0} p50={:.2}ms p99={:.2}ms inprocess_qps={:.0} (rounds: grpc {grpc_qps:.0?}, in-process {ip_qps:.0?})", r.recall, r.p50_ms, r.p99_ms, ip.unwrap_or(0.0));
+        let us = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.0}"));
+        eprintln!("         cpu us/query: server {} client {} in-process {}; server cpu ratio {}", us(server_cpu), us(client_cpu), us(ip_cpu), cpu_ratio.map_or("-".to_string(), |x| format!("{x:.2}")));
         runs.push(json!({"ef": ef, "consistency": cname, "recall_at_10": r.recall, "qps": qps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "inprocess_qps": ip, "qps_ratio": ip.map(|x| qps / x),
-            "rounds_qps": grpc_qps, "rounds_inprocess_qps": ip_qps}));
+            "server_cpu_us_per_query": server_cpu, "client_cpu_us_per_query": client_cpu, "inprocess_cpu_us_per_query": ip_cpu, "server_cpu_ratio": cpu_ratio,
+            "rounds_qps": grpc_qps, "rounds_inprocess_qps": ip_qps, "rounds_server_cpu_us": server_us, "rounds_client_cpu_us": client_us, "rounds_inprocess_cpu_us": ip_us}));
     }
 
     let mut filtered = vec![];

@@ -105,24 +105,24 @@ impl Api {
     async fn search_all(&self, route: &CollectionRoute, searches: Vec<SearchPointsRequest>) -> Result<Vec<SearchResult>> {
         // One consistency per fan-out: the strongest any search asks for.
         let target = if searches.iter().all(|s| Target::for_read(s.consistency) == Target::Any) { Target::Any } else { Target::Leader };
-        let calls = Self::shard_ids(route).into_iter().map(|sid| {
-            let searches = searches.clone();
-            async move {
-                self.router
-                    .call_shard(route, sid, target, |mut c, shard| {
-                        let searches = searches.clone();
-                        async move { c.search(ShardSearchRequest { shard: Some(shard), searches }).await }
-                    })
-                    .await
-            }
+        let searches = &searches;
+        let calls = Self::shard_ids(route).into_iter().map(|sid| async move {
+            self.router
+                .call_shard(route, sid, target, |mut c, shard| {
+                    // Each attempt sends its own copy: the request is moved
+                    // into the call.
+                    let searches = searches.clone();
+                    async move { c.search(ShardSearchRequest { shard: Some(shard), searches }).await }
+                })
+                .await
         });
-        let per_shard = try_join_all(calls).await?;
+        let mut per_shard = try_join_all(calls).await?;
         let higher = route.metric != Metric::L2;
         Ok(searches
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let lists = per_shard.iter().map(|r| r.results.get(i).map(|x| x.results.clone()).unwrap_or_default()).collect();
+                let lists = per_shard.iter_mut().map(|r| r.results.get_mut(i).map(|x| std::mem::take(&mut x.results)).unwrap_or_default()).collect();
                 SearchResult { results: merge::merge_top_k(lists, s.top_k as usize, higher, s.score_threshold) }
             })
             .collect())

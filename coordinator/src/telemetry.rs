@@ -171,7 +171,9 @@ impl Injector for MetadataInjector<'_> {
 /// the method, a child of the W3C trace context the caller sent, if any.
 pub fn server_span(req: &http::Request<()>) -> tracing::Span {
     let path = req.uri().path();
-    let span = tracing::info_span!("grpc", otel.name = %rpc_label(path), otel.kind = "server", rpc.method = %path);
+    // `otel.name` is the method's full name: no separate `rpc.method` field
+    // (every field is formatted for the log context on each request).
+    let span = tracing::info_span!("grpc", otel.name = %rpc_label(path), otel.kind = "server");
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
     let _ = span.set_parent(parent);
     span
@@ -266,7 +268,9 @@ impl Drop for Telemetry {
 pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only on a terminal: log files and container logs get plain
+    // text (and each request's span fields are formatted without escapes).
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let fmt = if cfg.json { fmt.json().boxed() } else { fmt.boxed() };
     let mut provider = None;
     let otel = match cfg.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
