@@ -14,10 +14,18 @@ for path in sys.argv[1:]:
           f"client threads {d.get('client_threads', 'runtime default')}, default ef {d['default_ef']}\n")
     ir = d.get("ingest_ratio")
     print(f"Ingest {d['ingest_per_s']:.0f}/s, in-process usearch insert {d['inprocess_insert_per_s']:.0f}/s: ratio **{ir:.2f}**.\n")
-    print("| ef | recall@10 | QPS (gRPC) | p50 ms | p99 ms | in-process QPS | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    cpu = any(r.get("server_cpu_us_per_query") for r in d["runs"])
+    if cpu:
+        print("| ef | recall@10 | QPS (gRPC) | p50 ms | p99 ms | in-process QPS | ratio | CPU µs/query: server | client | in-process | CPU ratio |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+    else:
+        print("| ef | recall@10 | QPS (gRPC) | p50 ms | p99 ms | in-process QPS | ratio |")
+        print("|---|---|---|---|---|---|---|")
     for r in d["runs"]:
-        print(f"| {r['ef']} | {r['recall_at_10']:.4f} | {r['qps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['inprocess_qps']:.0f} | {r['qps_ratio']:.2f} |")
+        row = f"| {r['ef']} | {r['recall_at_10']:.4f} | {r['qps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['inprocess_qps']:.0f} | {r['qps_ratio']:.2f} |"
+        if cpu:
+            row += f" {r['server_cpu_us_per_query']:.0f} | {r['client_cpu_us_per_query']:.0f} | {r['inprocess_cpu_us_per_query']:.0f} | {r['server_cpu_ratio']:.2f} |"
+        print(row)
     if d.get("filtered"):
         print("\n| filter set | selectivity | recall@10 | QPS | exact: identical top-10 | exact QPS |")
         print("|---|---|---|---|---|---|")
