@@ -10,7 +10,7 @@ for path in sys.argv[1:]:
     d = json.load(open(path))
     print(f"### {d['dataset']} ({path})\n")
     print(f"{d['vectors']} vectors, in-process threads {d['concurrency']} ({d.get('inprocess_metric', 'usearch cos')}), "
-          f"gRPC in flight {d.get('inflight', d['concurrency'])}, queries per request {d.get('search_batch', 1)}, "
+          f"gRPC in flight {d.get('inflight', d['concurrency'])}, " + ("one query per SearchStream message, " if d.get("stream") else f"queries per request {d.get('search_batch', 1)}, ") +
           f"client threads {d.get('client_threads', 'runtime default')}, default ef {d['default_ef']}\n")
     ir = d.get("ingest_ratio")
     print(f"Ingest {d['ingest_per_s']:.0f}/s, in-process usearch insert {d['inprocess_insert_per_s']:.0f}/s: ratio **{ir:.2f}**.\n")

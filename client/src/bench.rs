@@ -106,6 +106,10 @@ pub struct BenchArgs {
     /// the server's cost from the load generator's on shared cores.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Send the searches over `SearchStream` (one query per message,
+    /// --concurrency in flight) instead of one `Search` call each.
+    #[arg(long, conflicts_with = "search_batch")]
+    pub stream: bool,
 }
 
 /// CPU time (user + system, seconds) a process has used so far, from
@@ -191,7 +195,7 @@ struct Load {
     addr: String,
     connections: usize,
     threads: usize,
-    /// Queries per request (`--search-batch`).
+    /// Queries per request (`--search-batch`); 0 for `SearchStream`.
     batch: usize,
 }
 
@@ -226,10 +230,17 @@ async fn grpc_run(load: &Load, searches: Arc<Vec<SearchBuilder>>, truth: Arc<Vec
 /// over the set until `min_secs` have elapsed; recall from the first pass.
 async fn grpc_run_on(client: &[Client], batch: usize, searches: Arc<Vec<SearchBuilder>>, truth: Arc<Vec<Vec<u64>>>, conc: usize, min_secs: f64) -> Result<Run> {
     let t = Instant::now();
-    let mut first = grpc_pass(client, batch, searches.clone(), truth.clone(), conc).await?;
+    let pass = || async {
+        if batch == 0 {
+            stream_pass(client, searches.clone(), truth.clone(), conc).await
+        } else {
+            grpc_pass(client, batch, searches.clone(), truth.clone(), conc).await
+        }
+    };
+    let mut first = pass().await?;
     let mut done = searches.len();
     while t.elapsed().as_secs_f64() < min_secs {
-        let r = grpc_pass(client, batch, searches.clone(), truth.clone(), conc).await?;
+        let r = pass().await?;
         first.lat.add(&r.lat).ok();
         done += searches.len();
     }
@@ -284,10 +295,61 @@ async fn grpc_pass(client: &[Client], batch: usize, searches: Arc<Vec<SearchBuil
             results[i] = g;
         }
     }
+    Ok(finish(results, &truth, lat, t))
+}
+
+/// A pass's [`Run`] from its results (in query order), latencies and start.
+fn finish(results: Vec<Vec<u64>>, truth: &[Vec<u64>], lat: Histogram<u64>, t: Instant) -> Run {
     let secs = t.elapsed().as_secs_f64();
     let recall = results.iter().zip(truth.iter()).map(|(g, t)| recall_at_10(g, t)).sum::<f64>() / results.len().max(1) as f64;
     let exact_match = results.iter().zip(truth.iter()).filter(|(g, t)| g.iter().take(10).eq(t.iter().take(10))).count() as f64 / results.len().max(1) as f64;
-    Ok(Run { qps: searches.len() as f64 / secs, queries: searches.len(), p50_ms: lat.value_at_quantile(0.5) as f64 / 1000.0, p99_ms: lat.value_at_quantile(0.99) as f64 / 1000.0, recall, exact_match, lat })
+    Run { qps: results.len() as f64 / secs, queries: results.len(), p50_ms: lat.value_at_quantile(0.5) as f64 / 1000.0, p99_ms: lat.value_at_quantile(0.99) as f64 / 1000.0, recall, exact_match, lat }
+}
+
+/// One pass over `searches` through one `SearchStream` per connection,
+/// `conc` searches in flight in all.
+async fn stream_pass(clients: &[Client], searches: Arc<Vec<SearchBuilder>>, truth: Arc<Vec<Vec<u64>>>, conc: usize) -> Result<Run> {
+    let t = Instant::now();
+    let n = searches.len();
+    let next = Arc::new(AtomicUsize::new(0));
+    let per = conc.div_ceil(clients.len()).max(1);
+    let mut tasks = vec![];
+    for client in clients {
+        let (client, searches, next) = (client.clone(), searches.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let (tx, mut rx) = client.search_stream().await?;
+            let (mut lat, mut got) = (Histogram::<u64>::new(3).expect("valid histogram bounds"), vec![]);
+            let mut sent: std::collections::HashMap<u64, Instant> = std::collections::HashMap::with_capacity(per);
+            loop {
+                while sent.len() < per {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    tx.send(i as u64, searches[i].clone()).await?;
+                    sent.insert(i as u64, Instant::now());
+                }
+                if sent.is_empty() {
+                    break;
+                }
+                let (tag, r) = rx.next().await?.ok_or(crate::ClientError::StreamClosed)?;
+                let at = sent.remove(&tag).ok_or_else(|| crate::ClientError::Status(tonic::Status::internal(format!("answer for unknown tag {tag}"))))?;
+                lat.record(at.elapsed().as_micros() as u64).ok();
+                got.push((tag as usize, r?.iter().filter_map(|p| num_id(&p.id)).collect::<Vec<u64>>()));
+            }
+            Ok::<_, crate::ClientError>((lat, got))
+        }));
+    }
+    let mut lat = Histogram::<u64>::new(3)?;
+    let mut results = vec![vec![]; n];
+    for task in tasks {
+        let (l, got) = task.await??;
+        lat.add(&l).ok();
+        for (i, g) in got {
+            results[i] = g;
+        }
+    }
+    Ok(finish(results, &truth, lat, t))
 }
 
 fn usearch_options(dim: usize, metric: Metric, m: u32, efc: u32, unit_ip: bool) -> usearch::IndexOptions {
@@ -400,7 +462,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     // Search clients: one HTTP/2 connection per 32 requests in flight (more
     // connections measured slower here: each costs client CPU on the same
     // cores as the server).
-    let pool = Load { addr: addr.to_string(), connections: a.inflight.unwrap_or(a.concurrency).div_ceil(32), threads: a.client_threads, batch: a.search_batch as usize };
+    let pool = Load { addr: addr.to_string(), connections: a.inflight.unwrap_or(a.concurrency).div_ceil(32), threads: a.client_threads, batch: if a.stream { 0 } else { a.search_batch as usize } };
     let name: String = format!("bench-{}", ds.meta.name).chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
     let reuse = a.reuse && client.count(&name, None).await.ok() == Some(n as u64);
     if reuse {
@@ -589,7 +651,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
         "vectors": n,
         "dim": ds.meta.dim,
         "metric": ds.meta.metric,
-        "m": a.m, "ef_construction": a.ef_construction, "concurrency": a.concurrency, "inprocess_metric": if a.inprocess_unit_ip && metric == Metric::Cosine { "ip on unit vectors" } else { "usearch cos" }, "inflight": a.inflight.unwrap_or(a.concurrency), "client_threads": a.client_threads, "search_batch": a.search_batch, "threads": threads,
+        "m": a.m, "ef_construction": a.ef_construction, "concurrency": a.concurrency, "inprocess_metric": if a.inprocess_unit_ip && metric == Metric::Cosine { "ip on unit vectors" } else { "usearch cos" }, "inflight": a.inflight.unwrap_or(a.concurrency), "client_threads": a.client_threads, "search_batch": a.search_batch, "stream": a.stream, "threads": threads,
         "ingest_per_s": ingest_per_s,
         "indexed_after_s": indexed_after_s,
         "indexed_per_s": n as f64 / indexed_after_s,

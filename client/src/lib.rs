@@ -9,6 +9,8 @@
 //!   `filters.json` files and by `shoalctl --filter`).
 //! - [`dataset`]: readers for .fvecs/.ivecs, .npy and JSONL, and benchmark
 //!   dataset folders.
+//! - `stream.rs`: [`Client::search_stream`], many searches over one HTTP/2
+//!   stream ([`SearchSender`], [`SearchReceiver`]).
 //! - [`bench`]: `shoalctl bench`: ingest, search QPS/latency/recall, and the
 //!   same workload on in-process usearch for comparison.
 //! - `cli/`: the `shoalctl` commands (`src/bin/shoalctl.rs` is the entry).
@@ -30,9 +32,11 @@ pub mod bench;
 pub mod cli;
 pub mod dataset;
 pub mod filter;
+mod stream;
 
 pub use shoal_proto;
 pub use shoal_proto::v1::{Filter, Metric, PointId, ScoredPoint};
+pub use stream::{SearchReceiver, SearchSender};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -46,6 +50,8 @@ pub enum ClientError {
     Payload(#[from] shoal_proto::payload::PayloadError),
     #[error("filter: {0}")]
     Filter(String),
+    #[error("the search stream is closed")]
+    StreamClosed,
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;

@@ -13,6 +13,8 @@
 //!   pages; table-tested.
 //! - [`service`]: the `Collections`, `Points` and `Cluster` handlers:
 //!   validation, fan-out, merge.
+//! - [`stream`]: `SearchStream`, many searches over one HTTP/2 stream,
+//!   each run as its own task through the same path as `Search`.
 //! - [`server`]: the tonic server with health, reflection and limits.
 //! - [`error`]: the coordinator's error enum and its one mapping to gRPC
 //!   status (and from node statuses back).
@@ -31,6 +33,7 @@ pub mod merge;
 pub mod router;
 pub mod server;
 pub mod service;
+pub mod stream;
 pub mod telemetry;
 
 pub use server::{serve, CoordinatorConfig};

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::error::{CoordError, Result};
 use crate::merge;
 use crate::router::{CollectionRoute, Router, Target};
+use crate::stream;
 
 #[derive(Clone)]
 pub struct Api {
@@ -99,6 +100,17 @@ impl Api {
         }
         Consistency::try_from(s.consistency).map_err(|_| bad(format!("{field}consistency"), format!("unknown consistency {}", s.consistency)))?;
         filter_opt(&s.filter)
+    }
+
+    /// One search: validated against the collection, fanned out, merged.
+    pub(crate) async fn search_one(&self, req: &SearchPointsRequest) -> Result<Vec<ScoredPoint>> {
+        let mut out = self
+            .routed(&req.collection, |route| async move {
+                Self::validate_search(&route, req, "")?;
+                self.search_all(&route, vec![req.clone()]).await
+            })
+            .await?;
+        Ok(out.pop().map(|r| r.results).unwrap_or_default())
     }
 
     /// Fans `searches` out to every shard and merges each search's results.
@@ -330,15 +342,13 @@ impl Points for Api {
     }
 
     async fn search(&self, req: Request<SearchPointsRequest>) -> std::result::Result<Response<SearchPointsResponse>, Status> {
-        let req = req.into_inner();
-        let req = &req;
-        let mut out = self
-            .routed(&req.collection, |route| async move {
-                Self::validate_search(&route, req, "")?;
-                self.search_all(&route, vec![req.clone()]).await
-            })
-            .await?;
-        Ok(Response::new(SearchPointsResponse { results: out.pop().map(|r| r.results).unwrap_or_default() }))
+        Ok(Response::new(SearchPointsResponse { results: self.search_one(&req.into_inner()).await? }))
+    }
+
+    type SearchStreamStream = stream::SearchStream;
+
+    async fn search_stream(&self, req: Request<tonic::Streaming<SearchStreamRequest>>) -> std::result::Result<Response<Self::SearchStreamStream>, Status> {
+        Ok(Response::new(stream::serve(self.clone(), req.into_inner())))
     }
 
     async fn search_batch(&self, req: Request<SearchBatchRequest>) -> std::result::Result<Response<SearchBatchResponse>, Status> {

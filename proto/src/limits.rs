@@ -13,6 +13,9 @@ pub const MAX_TOP_K: u32 = 10_000;
 pub const MAX_EF: u32 = 4_096;
 /// Searches in one batch.
 pub const MAX_SEARCH_BATCH: usize = 1_024;
+/// Searches of one `SearchStream` running at once; the server reads the
+/// stream's next message only when one of them completes.
+pub const MAX_STREAM_IN_FLIGHT: usize = 64;
 /// Largest scroll page.
 pub const MAX_SCROLL_LIMIT: u32 = 10_000;
 /// Default scroll page.

@@ -129,3 +129,64 @@ async fn health_and_reflection() {
         assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
     }
 }
+
+/// `SearchStream` answers every message with its tag and the results a
+/// unary `Search` gives; a bad search answers with its error and the
+/// stream goes on; the stream ends once the sender is dropped and every
+/// search is answered. More searches than the in-flight limit are queued
+/// at once, so the server's back-pressure (MAX_STREAM_IN_FLIGHT) is in play.
+#[tokio::test(flavor = "multi_thread")]
+async fn search_stream_answers_every_search_like_search() {
+    use std::collections::HashMap;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ShoalProcess::start(dir.path()).unwrap();
+    let c = Client::connect(&server.addr).await.unwrap();
+    c.create_collection(CollectionBuilder::new("s", 8, Metric::Cosine).shards(3).index("k", PayloadIndexType::Numeric).build()).await.unwrap();
+    c.upsert("s", (0..500u64).map(|i| Point::new(i, vector(i, 8)).payload(json!({"k": i % 5}))).collect()).await.unwrap();
+    let f = filter::from_json(&json!({"must": [{"key": "k", "match": 3}]})).unwrap();
+    let search = move |i: u64| match i % 3 {
+        0 => SearchBuilder::new("s", vector(i + 1000, 8), 7),
+        1 => SearchBuilder::new("s", vector(i + 1000, 8), 5).exact(true),
+        _ => SearchBuilder::new("s", vector(i + 1000, 8), 4).filter(f.clone()).with_payload(),
+    };
+    let n = 200u64;
+    let bad_dim = 1_000;
+    let bad_top_k = 1_001;
+    let (tx, mut rx) = c.search_stream().await.unwrap();
+    let send_search = search.clone();
+    let sender = tokio::spawn(async move {
+        let search = send_search;
+        for i in 0..n {
+            tx.send(i, search(i)).await.unwrap();
+            if i == 50 {
+                tx.send(bad_dim, SearchBuilder::new("s", vec![1.0; 3], 5)).await.unwrap();
+                tx.send(bad_top_k, SearchBuilder::new("s", vector(1, 8), 0)).await.unwrap();
+            }
+        }
+        // Dropping the sender ends the stream once everything is answered.
+    });
+    let mut answers = HashMap::new();
+    while let Some((tag, r)) = rx.next().await.unwrap() {
+        assert!(answers.insert(tag, r).is_none(), "tag {tag} answered twice");
+    }
+    sender.await.unwrap();
+    assert_eq!(answers.len() as u64, n + 2, "every search answered once");
+    match answers.remove(&bad_dim).unwrap() {
+        Err(shoal_client::ClientError::Status(s)) => {
+            assert_eq!(s.code(), tonic::Code::InvalidArgument);
+            assert!(s.message().contains("vector has 3 dimensions"), "{s:?}");
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    match answers.remove(&bad_top_k).unwrap() {
+        Err(shoal_client::ClientError::Status(s)) => assert!(s.code() == tonic::Code::InvalidArgument && s.message().contains("top_k 0"), "{s:?}"),
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    for i in 0..n {
+        let got = answers.remove(&i).unwrap().unwrap_or_else(|e| panic!("search {i}: {e}"));
+        let want = c.search(search(i)).await.unwrap();
+        assert!(!want.is_empty());
+        let ids = |v: &[ScoredPoint]| v.iter().map(|p| (num(&p.id), p.score.to_bits(), p.payload.clone())).collect::<Vec<_>>();
+        assert_eq!(ids(&got), ids(&want), "search {i}");
+    }
+}

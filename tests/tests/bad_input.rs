@@ -76,3 +76,55 @@ async fn bad_input_gets_precise_statuses() {
     // Still serving.
     assert_eq!(c.search(SearchBuilder::new("docs", vector(3, 4), 1)).await.unwrap().len(), 1);
 }
+
+/// A `SearchStream` message without a search answers INVALID_ARGUMENT under
+/// its tag and the stream goes on; an undecodable message ends the stream
+/// with an error status after the searches already sent are answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn search_stream_bad_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ShoalProcess::start(dir.path()).unwrap();
+    let c = Client::connect(&server.addr).await.unwrap();
+    c.create_collection(CollectionBuilder::new("docs", 4, Metric::Dot).build()).await.unwrap();
+    c.upsert("docs", (0..10).map(|i| Point::new(i, vector(i, 4))).collect()).await.unwrap();
+    let mut raw = PointsClient::connect(format!("http://{}", server.addr)).await.unwrap().max_encoding_message_size(usize::MAX);
+    let search = SearchPointsRequest { collection: "docs".into(), vector: vector(1, 4), top_k: 3, ..Default::default() };
+    let msgs = vec![
+        SearchStreamRequest { tag: 1, search: None },
+        SearchStreamRequest { tag: 2, search: Some(search.clone()) },
+        SearchStreamRequest { tag: 3, search: Some(SearchPointsRequest { collection: "nope".into(), ..search.clone() }) },
+    ];
+    let mut out = raw.search_stream(tokio_stream::iter(msgs)).await.unwrap().into_inner();
+    let mut got = std::collections::BTreeMap::new();
+    while let Some(m) = out.message().await.unwrap() {
+        got.insert(m.tag, m);
+    }
+    assert_eq!(got.len(), 3);
+    let e = got[&1].error.as_ref().expect("missing search is an error");
+    assert_eq!((e.code, e.message.contains("search: missing")), (Code::InvalidArgument as i32, true), "{e:?}");
+    assert!(got[&2].error.is_none());
+    assert_eq!(got[&2].results.len(), 3);
+    let e = got[&3].error.as_ref().expect("unknown collection is an error");
+    assert_eq!(e.code, Code::NotFound as i32, "{e:?}");
+
+    // Over the message size limit: the stream breaks with that status.
+    let huge = SearchStreamRequest { tag: 9, search: Some(SearchPointsRequest { collection: "x".repeat(65 * 1024 * 1024), ..search.clone() }) };
+    let r = raw.search_stream(tokio_stream::iter(vec![SearchStreamRequest { tag: 8, search: Some(search.clone()) }, huge])).await;
+    let status = match r {
+        Err(s) => s,
+        Ok(resp) => {
+            let mut out = resp.into_inner();
+            loop {
+                match out.message().await {
+                    Ok(Some(m)) => assert_eq!(m.tag, 8, "only the search before the bad message is answered"),
+                    Ok(None) => panic!("the stream ended without an error"),
+                    Err(s) => break s,
+                }
+            }
+        }
+    };
+    assert!(matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange | Code::Internal), "{status:?}");
+
+    // Still serving.
+    assert_eq!(c.search(SearchBuilder::new("docs", vector(3, 4), 1)).await.unwrap().len(), 1);
+}
