@@ -66,10 +66,15 @@ async fn answer(api: &Api, m: SearchStreamRequest) -> SearchStreamResponse {
         None => Err(CoordError::Invalid(shoal_proto::validate::invalid("search", "missing: each message carries one search"))),
         Some(s) => api.search_one(s).await,
     };
+    let count = |code: &str| crate::telemetry::STREAM_SEARCHES.with_label_values(&[code]).inc();
     match result {
-        Ok(results) => SearchStreamResponse { tag: m.tag, results, error: None },
+        Ok(results) => {
+            count("0");
+            SearchStreamResponse { tag: m.tag, results, error: None }
+        }
         Err(e) => {
             let status = Status::from(e);
+            count(&(status.code() as i32).to_string());
             SearchStreamResponse { tag: m.tag, results: vec![], error: Some(SearchError { code: status.code() as i32, message: status.message().to_string() }) }
         }
     }

@@ -52,6 +52,9 @@ pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 }
 
 static RPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| counter_vec("shoal_rpc_requests_total", "gRPC requests served, by method and gRPC status code", &["rpc", "code"]));
+/// Searches answered over `SearchStream`, by gRPC status code: the stream
+/// is one RPC in [`RPC_REQUESTS`], this counts its searches.
+pub static STREAM_SEARCHES: LazyLock<IntCounterVec> = LazyLock::new(|| counter_vec("shoal_stream_searches_total", "searches answered over SearchStream, by gRPC status code", &["code"]));
 static RPC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     // 100 µs to about 24 s.
     let buckets = prometheus::exponential_buckets(0.0001, 2.5, 14).expect("buckets");
@@ -310,8 +313,10 @@ mod tests {
     fn rendered_metrics_include_rpc_families() {
         RPC_REQUESTS.with_label_values(&["shoal.v1.Points/Search", "0"]).inc();
         RPC_SECONDS.with_label_values(&["shoal.v1.Points/Search"]).observe(0.001);
+        STREAM_SEARCHES.with_label_values(&["0"]).inc();
         let text = render();
         assert!(text.contains("shoal_rpc_requests_total{code=\"0\",rpc=\"shoal.v1.Points/Search\"}"), "{text}");
+        assert!(text.contains("shoal_stream_searches_total{code=\"0\"}"), "{text}");
         assert!(text.contains("shoal_rpc_duration_seconds_bucket"), "{text}");
     }
 }
