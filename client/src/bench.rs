@@ -286,16 +286,7 @@ async fn grpc_pass(client: &[Client], batch: usize, searches: Arc<Vec<SearchBuil
             Ok::<_, crate::ClientError>((lat, got))
         }));
     }
-    let mut lat = Histogram::<u64>::new(3).unwrap();
-    let mut results = vec![vec![]; searches.len()];
-    for task in tasks {
-        let (l, got) = task.await??;
-        lat.add(&l).ok();
-        for (i, g) in got {
-            results[i] = g;
-        }
-    }
-    Ok(finish(results, &truth, lat, t))
+    gather(tasks, searches.len(), &truth, t).await
 }
 
 /// A pass's [`Run`] from its results (in query order), latencies and start.
@@ -340,6 +331,14 @@ async fn stream_pass(clients: &[Client], searches: Arc<Vec<SearchBuilder>>, trut
             Ok::<_, crate::ClientError>((lat, got))
         }));
     }
+    gather(tasks, n, &truth, t).await
+}
+
+/// The load tasks' latencies and (query index, result ids), merged into
+/// the pass's [`Run`].
+type LoadTask = tokio::task::JoinHandle<std::result::Result<(Histogram<u64>, Vec<(usize, Vec<u64>)>), crate::ClientError>>;
+
+async fn gather(tasks: Vec<LoadTask>, n: usize, truth: &[Vec<u64>], t: Instant) -> Result<Run> {
     let mut lat = Histogram::<u64>::new(3)?;
     let mut results = vec![vec![]; n];
     for task in tasks {
@@ -349,7 +348,7 @@ async fn stream_pass(clients: &[Client], searches: Arc<Vec<SearchBuilder>>, trut
             results[i] = g;
         }
     }
-    Ok(finish(results, &truth, lat, t))
+    Ok(finish(results, truth, lat, t))
 }
 
 fn usearch_options(dim: usize, metric: Metric, m: u32, efc: u32, unit_ip: bool) -> usearch::IndexOptions {
