@@ -15,7 +15,7 @@
 //! - A new cluster starts only through [`Engine::init_cluster`]
 //!   (`shoalctl cluster init` or `shoal node --bootstrap`), never because a
 //!   disk is empty; other nodes join through [`Engine::register_node`].
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -163,7 +163,13 @@ pub struct Engine {
     /// Set at shutdown: the indexer thread stops (see [`Engine::close`]).
     stopping: Arc<std::sync::atomic::AtomicBool>,
     indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Collections (by uid) that existed before this data directory joined
+    /// the cluster (see [`Engine::note_preexisting`]).
+    preexisting: RwLock<HashSet<u64>>,
 }
+
+/// Node-meta key of [`Engine::note_preexisting`]'s set.
+const PREEXISTING_KEY: &str = "preexisting-collections";
 
 impl Engine {
     /// Opens the node's storage, its metadata replica and every shard
@@ -195,10 +201,38 @@ impl Engine {
             split_created: Arc::default(),
             stopping: Arc::default(),
             indexer: Mutex::new(None),
+            preexisting: RwLock::new(HashSet::new()),
         });
+        if let Some(b) = shard_store::node_meta_get(&*engine.kv, PREEXISTING_KEY)? {
+            // Big-endian u64 uids, one after another.
+            engine.preexisting.write().extend(b.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("chunks of 8"))));
+        }
         engine.reconcile()?;
         engine.start_indexer();
         Ok(engine)
+    }
+
+    /// Records the collections of `map` (a seed's map, read before this node
+    /// registers) as older than this data directory. Called once, when a
+    /// node with an empty data directory joins a running cluster: a new
+    /// node, or one that lost its disk and comes back under its old id.
+    /// This node never initialises the Raft groups of those collections'
+    /// shards, even where the map lists it among their first replicas (the
+    /// lost-disk case): the groups exist on the other replicas, and their
+    /// leaders bring this replica up to date. Initialising it here would
+    /// start a group of one beside the real one, whose elections disturb
+    /// the real leader and, for a shard with no other replica, would serve
+    /// an empty shard as if nothing were lost. Kept on disk; a second call
+    /// changes nothing.
+    pub fn note_preexisting(&self, map: &ClusterMap) -> Result<()> {
+        if shard_store::node_meta_get(&*self.kv, PREEXISTING_KEY)?.is_some() {
+            return Ok(());
+        }
+        let uids: Vec<u64> = map.collections.iter().map(|c| c.uid).collect();
+        shard_store::node_meta_put(&*self.kv, PREEXISTING_KEY, uids.iter().flat_map(|u| u.to_be_bytes()).collect())?;
+        tracing::info!(collections = uids.len(), "joining with an empty data directory: shard groups of existing collections wait for their leaders");
+        self.preexisting.write().extend(uids);
+        Ok(())
     }
 
     /// Starts the node's indexer: a thread at lower CPU priority (nice 10)
@@ -560,7 +594,7 @@ impl Engine {
         let raft = handle.block_on(Raft::new(self.cfg.node_id, self.raft_config.clone(), network, log.clone(), sm.clone())).map_err(|e| NodeError::Raft(e.to_string()))?;
         // Only the members a shard was created with initialise its group;
         // a replica added later (a move) waits for the leader to add it.
-        if fresh && placement.changes == 0 && placement.replicas.contains(&self.cfg.node_id) {
+        if fresh && placement.changes == 0 && placement.replicas.contains(&self.cfg.node_id) && !self.preexisting.read().contains(&uid) {
             let addr = |id: &u64| map.nodes.iter().find(|n| n.id == *id).map_or("", |n| n.address.as_str());
             let members: BTreeMap<u64, BasicNode> = placement.replicas.iter().map(|id| (*id, BasicNode::new(addr(id)))).collect();
             // Every replica may initialise with the same membership (safe in

@@ -120,12 +120,22 @@ async fn whole_cluster_restart_and_node_added() {
 /// `--bootstrap --join` (as pod 0 of a StatefulSet does): it must join the
 /// running cluster, not start a second one. Its map then lists all three
 /// nodes and the collection created before, and writes and reads work.
+/// A shard whose only replica was on node 1 is lost with the disk: node 1
+/// must not start an empty group for it and serve it as if nothing were
+/// lost (Engine::note_preexisting), so counting that collection fails or
+/// times out instead of answering short.
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_bootstrap_node_joins_the_running_cluster() {
     let mut cluster = ProcCluster::start(3).await.unwrap();
     let addr = cluster.coordinator.addr.clone();
     create(&addr, "b", 1, 2).await;
+    create(&addr, "solo", 3, 1).await;
+    let c = shoal_client::Client::connect(&addr).await.unwrap();
+    let solo: Vec<shoal_client::Point> = (0..300u64).map(|i| shoal_client::Point::new(i, vec![i as f32; shoal_tests::workload::DIM])).collect();
+    c.upsert("solo", solo).await.unwrap();
     let before = cluster.map_at(2).await.unwrap();
+    let on_node_1 = before.collections.iter().filter(|x| x.config.as_ref().is_some_and(|x| x.name == "solo")).flat_map(|x| &x.shards).any(|s| s.replicas == [1]);
+    assert!(on_node_1, "a shard of `solo` has its only replica on node 1: {before:?}");
     let n1 = cluster.node(1);
     n1.kill9();
     let (dir, listen) = (n1.data_dir.clone(), n1.addr.clone());
@@ -140,6 +150,11 @@ async fn empty_bootstrap_node_joins_the_running_cluster() {
     wait_acks(&load, 200).await;
     let (acked, attempted) = load.stop().await;
     check(&cluster, "b", 1, &acked, &attempted).await;
+    match tokio::time::timeout(Duration::from_secs(5), c.count("solo", None)).await {
+        Ok(Ok(n)) => panic!("`solo` lost a shard with node 1's disk but counted {n} of 300 points as if complete"),
+        Ok(Err(e)) => println!("counting `solo` fails, as it should: {e}"),
+        Err(_) => println!("counting `solo` waits for the lost shard, as it should"),
+    }
 }
 
 /// Failover benchmark over processes (not a pass/fail test): 20 times,

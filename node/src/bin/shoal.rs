@@ -151,6 +151,7 @@ async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool, 
     tracing::info!(node_id = args.node_id, %addr, data_dir = %args.data_dir.display(), "node serving internal API");
     let every = Duration::from_secs(args.index_save_interval);
     let h = tokio::spawn(shoal_node::server::serve_internal(engine.clone(), listener, every, wait(stop)));
+    let empty = !engine.in_cluster();
     let others: Vec<String> = args.join.iter().filter(|s| !s.is_empty() && s.as_str() != engine.advertise()).cloned().collect();
     if args.bootstrap && !engine.in_cluster() && !others.is_empty() && seeds_have_cluster(&others).await {
         tracing::warn!(seeds = ?others, "--bootstrap ignored: the seeds already form a cluster (this node lost its data or starts late); joining it");
@@ -173,7 +174,10 @@ async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool, 
             tracing::warn!("this node belongs to no cluster: run `shoalctl cluster init --node {addr}`, or restart it with --join SEED or --bootstrap");
         }
     } else {
-        let join = tokio::spawn(join_cluster(engine.clone(), seeds));
+        // An empty data directory joining a running cluster (it did not
+        // just start one): note the collections that exist already.
+        let note = empty && !engine.in_cluster();
+        let join = tokio::spawn(join_cluster(engine.clone(), seeds, note));
         if wait_join {
             join.await?;
         }
@@ -217,9 +221,36 @@ async fn seeds_have_cluster(seeds: &[String]) -> bool {
 /// Registers this node through the first seed that answers, retrying with
 /// backoff until one does. Registration is idempotent and keeps the node's
 /// address current in the map.
-async fn join_cluster(engine: std::sync::Arc<Engine>, seeds: Vec<String>) {
-    use shoal_proto::internal::v1::{meta_client::MetaClient, RegisterNodeRequest};
+async fn join_cluster(engine: std::sync::Arc<Engine>, seeds: Vec<String>, note_existing: bool) {
+    use shoal_proto::internal::v1::{meta_client::MetaClient, GetClusterMapRequest, RegisterNodeRequest};
     let req = RegisterNodeRequest { node_id: engine.node_id(), address: engine.advertise().to_string() };
+    let mut backoff = Duration::from_millis(100);
+    // Before registering (which starts replication to this node): the
+    // collections a seed's map already holds (Engine::note_preexisting).
+    while note_existing {
+        let mut noted = false;
+        for seed in &seeds {
+            let uri = if seed.contains("://") { seed.clone() } else { format!("http://{seed}") };
+            let ask = async move { MetaClient::connect(uri).await.ok()?.get_cluster_map(GetClusterMapRequest {}).await.ok() };
+            let Ok(Some(map)) = tokio::time::timeout(Duration::from_secs(2), ask).await else { continue };
+            let map = map.into_inner();
+            if map.nodes.is_empty() {
+                continue;
+            }
+            if let Err(e) = engine.note_preexisting(&map) {
+                // Storage failing here fails everything else too; joining
+                // anyway keeps the node's errors where operators look.
+                tracing::error!(error = %e, "recording the cluster's existing collections failed");
+            }
+            noted = true;
+            break;
+        }
+        if noted {
+            break;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
     let mut backoff = Duration::from_millis(100);
     loop {
         if engine.is_meta_leader() {
