@@ -221,15 +221,13 @@ async fn seeds_have_cluster(seeds: &[String]) -> bool {
 /// Registers this node through the first seed that answers, retrying with
 /// backoff until one does. Registration is idempotent and keeps the node's
 /// address current in the map.
-async fn join_cluster(engine: std::sync::Arc<Engine>, seeds: Vec<String>, note_existing: bool) {
-    use shoal_proto::internal::v1::{meta_client::MetaClient, GetClusterMapRequest, RegisterNodeRequest};
-    let req = RegisterNodeRequest { node_id: engine.node_id(), address: engine.advertise().to_string() };
+/// Reads a seed's map (retrying until one lists nodes) and records its
+/// collections as older than this data directory.
+async fn note_existing_collections(engine: &Engine, seeds: &[String]) {
+    use shoal_proto::internal::v1::{meta_client::MetaClient, GetClusterMapRequest};
     let mut backoff = Duration::from_millis(100);
-    // Before registering (which starts replication to this node): the
-    // collections a seed's map already holds (Engine::note_preexisting).
-    while note_existing {
-        let mut noted = false;
-        for seed in &seeds {
+    loop {
+        for seed in seeds {
             let uri = if seed.contains("://") { seed.clone() } else { format!("http://{seed}") };
             let ask = async move { MetaClient::connect(uri).await.ok()?.get_cluster_map(GetClusterMapRequest {}).await.ok() };
             let Ok(Some(map)) = tokio::time::timeout(Duration::from_secs(2), ask).await else { continue };
@@ -242,14 +240,20 @@ async fn join_cluster(engine: std::sync::Arc<Engine>, seeds: Vec<String>, note_e
                 // anyway keeps the node's errors where operators look.
                 tracing::error!(error = %e, "recording the cluster's existing collections failed");
             }
-            noted = true;
-            break;
-        }
-        if noted {
-            break;
+            return;
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn join_cluster(engine: std::sync::Arc<Engine>, seeds: Vec<String>, note_existing: bool) {
+    use shoal_proto::internal::v1::{meta_client::MetaClient, RegisterNodeRequest};
+    let req = RegisterNodeRequest { node_id: engine.node_id(), address: engine.advertise().to_string() };
+    // Before registering (which starts replication to this node): the
+    // collections a seed's map already holds (Engine::note_preexisting).
+    if note_existing {
+        note_existing_collections(&engine, &seeds).await;
     }
     let mut backoff = Duration::from_millis(100);
     loop {
