@@ -129,8 +129,8 @@ fn cpu_secs(pid: Option<u32>) -> Option<f64> {
     (hz > 0).then(|| ticks / hz as f64)
 }
 
-/// CPU seconds used by the server (`None` when no pid was given) and by
-/// this process while `f` runs.
+/// Measures CPU seconds used between `start` and `stop` by the server
+/// (when its pid is known) and by this process.
 struct CpuMeter {
     server: Option<u32>,
     at: (Option<f64>, Option<f64>),

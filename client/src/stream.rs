@@ -50,7 +50,7 @@ impl Client {
     /// searches without the per-call cost of `search`.
     pub async fn search_stream(&self) -> Result<(SearchSender, SearchReceiver)> {
         let (tx, rx) = mpsc::channel(shoal_proto::limits::MAX_STREAM_IN_FLIGHT);
-        let outgoing = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let outgoing = tokio_stream::wrappers::ReceiverStream::new(rx);
         let mut c = PointsClient::new(self.channel.clone())
             .max_decoding_message_size(shoal_proto::limits::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(shoal_proto::limits::MAX_MESSAGE_BYTES);

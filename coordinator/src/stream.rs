@@ -56,7 +56,7 @@ pub fn serve(api: Api, mut input: Streaming<SearchStreamRequest>) -> SearchStrea
             });
         }
     });
-    Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }))
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// The answer to one message: its results, or the status a unary `Search`

@@ -185,6 +185,23 @@ async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool, 
     Ok((h, addr, engine))
 }
 
+/// A seed's `http://` URI (`host:port` or a full URI).
+fn seed_uri(seed: &str) -> String {
+    if seed.contains("://") {
+        seed.to_string()
+    } else {
+        format!("http://{seed}")
+    }
+}
+
+/// The cluster map a seed answers with, or `None` when it does not answer
+/// within 2 s.
+async fn seed_map(seed: &str) -> Option<shoal_proto::internal::v1::ClusterMap> {
+    use shoal_proto::internal::v1::{meta_client::MetaClient, GetClusterMapRequest};
+    let ask = async { MetaClient::connect(seed_uri(seed)).await.ok()?.get_cluster_map(GetClusterMapRequest {}).await.ok() };
+    tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten().map(|r| r.into_inner())
+}
+
 /// Decides, for a node started with both `--bootstrap` and `--join` (pod 0
 /// of a StatefulSet, `shoal-0` in compose), whether a cluster exists
 /// already: true as soon as one seed answers with a map that lists nodes;
@@ -193,18 +210,15 @@ async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool, 
 /// about, so an empty pod 0 never starts a second cluster beside a running
 /// one.
 async fn seeds_have_cluster(seeds: &[String]) -> bool {
-    use shoal_proto::internal::v1::{meta_client::MetaClient, GetClusterMapRequest};
     let started = std::time::Instant::now();
     let mut warned = false;
     loop {
         let mut silent = vec![];
         for seed in seeds {
-            let uri = if seed.contains("://") { seed.clone() } else { format!("http://{seed}") };
-            let ask = async move { MetaClient::connect(uri).await.ok()?.get_cluster_map(GetClusterMapRequest {}).await.ok() };
-            match tokio::time::timeout(Duration::from_secs(2), ask).await {
-                Ok(Some(map)) if !map.get_ref().nodes.is_empty() => return true,
-                Ok(Some(_)) => {}
-                _ => silent.push(seed.as_str()),
+            match seed_map(seed).await {
+                Some(map) if !map.nodes.is_empty() => return true,
+                Some(_) => {}
+                None => silent.push(seed.as_str()),
             }
         }
         if silent.is_empty() {
@@ -218,23 +232,13 @@ async fn seeds_have_cluster(seeds: &[String]) -> bool {
     }
 }
 
-/// Registers this node through the first seed that answers, retrying with
-/// backoff until one does. Registration is idempotent and keeps the node's
-/// address current in the map.
 /// Reads a seed's map (retrying until one lists nodes) and records its
 /// collections as older than this data directory.
 async fn note_existing_collections(engine: &Engine, seeds: &[String]) {
-    use shoal_proto::internal::v1::{meta_client::MetaClient, GetClusterMapRequest};
     let mut backoff = Duration::from_millis(100);
     loop {
         for seed in seeds {
-            let uri = if seed.contains("://") { seed.clone() } else { format!("http://{seed}") };
-            let ask = async move { MetaClient::connect(uri).await.ok()?.get_cluster_map(GetClusterMapRequest {}).await.ok() };
-            let Ok(Some(map)) = tokio::time::timeout(Duration::from_secs(2), ask).await else { continue };
-            let map = map.into_inner();
-            if map.nodes.is_empty() {
-                continue;
-            }
+            let Some(map) = seed_map(seed).await.filter(|m| !m.nodes.is_empty()) else { continue };
             if let Err(e) = engine.note_preexisting(&map) {
                 // Storage failing here fails everything else too; joining
                 // anyway keeps the node's errors where operators look.
@@ -247,6 +251,10 @@ async fn note_existing_collections(engine: &Engine, seeds: &[String]) {
     }
 }
 
+/// Registers this node through the first seed that answers, retrying with
+/// backoff until one does. Registration is idempotent and keeps the node's
+/// address current in the map. With `note_existing` (an empty data
+/// directory joining), first records the cluster's existing collections.
 async fn join_cluster(engine: std::sync::Arc<Engine>, seeds: Vec<String>, note_existing: bool) {
     use shoal_proto::internal::v1::{meta_client::MetaClient, RegisterNodeRequest};
     let req = RegisterNodeRequest { node_id: engine.node_id(), address: engine.advertise().to_string() };
@@ -264,9 +272,8 @@ async fn join_cluster(engine: std::sync::Arc<Engine>, seeds: Vec<String>, note_e
             }
         }
         for seed in &seeds {
-            let uri = if seed.contains("://") { seed.clone() } else { format!("http://{seed}") };
             let res = async {
-                let mut c = MetaClient::connect(uri).await.map_err(|e| e.to_string())?;
+                let mut c = MetaClient::connect(seed_uri(seed)).await.map_err(|e| e.to_string())?;
                 c.register_node(req.clone()).await.map_err(|s| s.message().to_string())
             }
             .await;
