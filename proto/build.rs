@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/shoal/internal/v1/internal.proto",
     ];
     tonic_prost_build::configure()
+        // Maps (payload objects) as BTreeMap: encoding is canonical, so
+        // equal payloads are equal bytes (replica digests, checksums).
+        .btree_map(".")
         .file_descriptor_set_path(out.join("shoal_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;
     for p in protos {

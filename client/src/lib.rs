@@ -264,6 +264,12 @@ impl Client {
         Ok(call!(self, PointsClient, delete, req)?.affected)
     }
 
+    /// Deletes every point of a collection (the collection stays).
+    pub async fn delete_all(&self, collection: &str) -> Result<u64> {
+        let req = DeletePointsRequest { collection: collection.to_string(), selector: Some(delete_points_request::Selector::All(true)) };
+        Ok(call!(self, PointsClient, delete, req)?.affected)
+    }
+
     pub async fn count(&self, collection: &str, filter: Option<Filter>) -> Result<u64> {
         let req = CountPointsRequest { collection: collection.to_string(), filter, consistency: 0 };
         Ok(call!(self, PointsClient, count, req)?.count)

@@ -269,8 +269,13 @@ impl Points for Api {
             delete_points_request::Selector::Ids(list) => Some(keys(&list.ids, "ids")?.into_iter().zip(list.ids.iter().cloned()).collect::<Vec<_>>()),
             delete_points_request::Selector::Filter(f) => {
                 validate::filter(f).map_err(CoordError::from)?;
+                if f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty() {
+                    return Err(bad("filter", "a filter without conditions would delete every point; use the `all` selector to mean that").into());
+                }
                 None
             }
+            delete_points_request::Selector::All(true) => None,
+            delete_points_request::Selector::All(false) => return Err(bad("all", "the `all` selector must be true").into()),
         };
         let ids = &ids;
         let affected = self
@@ -285,6 +290,11 @@ impl Points for Api {
                     (None, delete_points_request::Selector::Filter(f)) => {
                         for sid in Self::shard_ids(&route) {
                             by_shard.insert(sid, ShardWriteRequest { delete_filter: Some(f.clone()), ..Default::default() });
+                        }
+                    }
+                    (None, delete_points_request::Selector::All(_)) => {
+                        for sid in Self::shard_ids(&route) {
+                            by_shard.insert(sid, ShardWriteRequest { delete_filter: Some(Default::default()), delete_all: true, ..Default::default() });
                         }
                     }
                     (None, _) => return Err(bad("selector", "delete needs ids or a filter")),
@@ -376,6 +386,9 @@ impl Points for Api {
 /// catching up in cluster status.
 const CATCHING_UP_LAG: u64 = 100;
 
+/// How long cluster status waits for one node's own status.
+const NODE_STATUS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[tonic::async_trait]
 impl Cluster for Api {
     async fn status(&self, _: Request<ClusterStatusRequest>) -> std::result::Result<Response<ClusterStatusResponse>, Status> {
@@ -383,11 +396,17 @@ impl Cluster for Api {
         let map = self.router.map();
         let mut nodes = Vec::new();
         let mut replica_info: HashMap<(String, u32, u64), ShardReplicaStatus> = HashMap::new();
-        for n in &map.nodes {
-            let status = match self.router.meta_client_at(&n.address) {
-                Ok(mut c) => tokio::time::timeout(self.router.deadline, c.node_status(NodeStatusRequest {})).await.ok().and_then(|r| r.ok()).map(|r| r.into_inner()),
+        // Every node at once, each with its own short deadline: one paused
+        // node costs the answer at most NODE_STATUS_DEADLINE, not a
+        // deadline per node in turn.
+        let asks = map.nodes.iter().map(|n| async move {
+            match self.router.meta_client_at(&n.address) {
+                Ok(mut c) => tokio::time::timeout(NODE_STATUS_DEADLINE, c.node_status(NodeStatusRequest {})).await.ok().and_then(|r| r.ok()).map(|r| r.into_inner()),
                 Err(_) => None,
-            };
+            }
+        });
+        let answers = futures::future::join_all(asks).await;
+        for (n, status) in map.nodes.iter().zip(answers) {
             let (state, device, version, rss_bytes, index_bytes, meta_role) = match &status {
                 Some(s) => (NodeState::Up, s.device.clone(), s.version.clone(), s.rss_bytes, s.index_bytes, s.meta_role.clone()),
                 None => (NodeState::Unreachable, String::new(), String::new(), 0, 0, String::new()),
@@ -413,6 +432,7 @@ impl Cluster for Api {
                     .replicas
                     .iter()
                     .map(|node| match info(*node) {
+                        Some(r) if !r.quarantined.is_empty() => ReplicaStatus { node_id: *node, state: ReplicaState::Quarantined as i32, reason: r.quarantined.clone(), ..Default::default() },
                         Some(r) => {
                             let lag = head.saturating_sub(r.applied_index);
                             let state = if lag > CATCHING_UP_LAG { ReplicaState::CatchingUp } else { ReplicaState::Active };
@@ -425,6 +445,7 @@ impl Cluster for Api {
                                 lag,
                                 points: r.points,
                                 unindexed: r.unindexed,
+                                reason: String::new(),
                             }
                         }
                         None => ReplicaStatus { node_id: *node, state: ReplicaState::Unreachable as i32, ..Default::default() },

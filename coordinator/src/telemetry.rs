@@ -61,10 +61,19 @@ static RPC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(HistogramVec::new(HistogramOpts::new("shoal_rpc_duration_seconds", "gRPC request latency, by method").buckets(buckets), &["rpc"]).expect("valid histogram"))
 });
 
-/// The method label of a request path: Shoal's, health and reflection
-/// methods by name, anything else as "other" (bounded label values).
+/// Health and reflection methods served beside Shoal's own.
+const STANDARD_METHODS: &[&str] = &[
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// The method label of a request path: the methods Shoal serves by name,
+/// any other path as "other" (a fixed set of label values, whatever
+/// paths callers send).
 fn rpc_label(path: &str) -> &str {
-    if path.starts_with("/shoal.") || path.starts_with("/grpc.") {
+    if shoal_proto::method_paths().contains(path) || STANDARD_METHODS.contains(&path) {
         path.trim_start_matches('/')
     } else {
         "other"
@@ -307,6 +316,11 @@ mod tests {
         assert_eq!(rpc_label("/shoal.v1.Points/Search"), "shoal.v1.Points/Search");
         assert_eq!(rpc_label("/grpc.health.v1.Health/Check"), "grpc.health.v1.Health/Check");
         assert_eq!(rpc_label("/evil/../x"), "other");
+        assert_eq!(rpc_label("/shoal.internal.v1.Raft/AppendEntries"), "shoal.internal.v1.Raft/AppendEntries");
+        // Invented paths under Shoal's packages once each made a new label.
+        assert_eq!(rpc_label("/shoal.v1.Points/Nope"), "other");
+        assert_eq!(rpc_label("/shoal.x/1"), "other");
+        assert_eq!(rpc_label("/grpc.health.v1.Health/Evil"), "other");
     }
 
     #[test]

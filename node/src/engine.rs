@@ -166,6 +166,14 @@ pub struct Engine {
     /// Collections (by uid) that existed before this data directory joined
     /// the cluster (see [`Engine::note_preexisting`]).
     preexisting: RwLock<HashSet<u64>>,
+    /// Replicas placed here that could not be opened (damaged or
+    /// undecodable local data), with the collection uid and the reason.
+    /// The node serves everything else; requests for these get
+    /// [`NodeError::Quarantined`] (UNAVAILABLE, so coordinators use the
+    /// other replicas); status and metrics report them. Moving the replica
+    /// off this node wipes its local data, and moving it back rebuilds it
+    /// from the group's leader.
+    quarantined: RwLock<HashMap<ShardKey, (u64, String)>>,
 }
 
 /// Node-meta key of [`Engine::note_preexisting`]'s set.
@@ -202,6 +210,7 @@ impl Engine {
             stopping: Arc::default(),
             indexer: Mutex::new(None),
             preexisting: RwLock::new(HashSet::new()),
+            quarantined: RwLock::new(HashMap::new()),
         });
         if let Some(b) = shard_store::node_meta_get(&*engine.kv, PREEXISTING_KEY)? {
             // Big-endian u64 uids, one after another.
@@ -519,17 +528,45 @@ impl Engine {
         for r in doomed {
             self.drop_replica(r)?;
         }
-        let mut first_error = None;
+        // A quarantined replica no longer placed here (moved away): its
+        // local data goes, so a later placement here starts fresh.
+        let released: Vec<ShardKey> = self.quarantined.read().iter().filter(|(k, q)| wanted.get(*k).is_none_or(|w| w.2 != q.0)).map(|(k, _)| k.clone()).collect();
+        for key in released {
+            tracing::info!(collection = %key.0, shard = key.1, "quarantined replica no longer placed here: wiping its local data");
+            self.wipe_local(&key.0, key.1)?;
+            self.quarantined.write().remove(&key);
+        }
         for (key, (config, placement, uid)) in wanted {
-            if self.shards.read().contains_key(&key) {
+            if self.shards.read().contains_key(&key) || self.quarantined.read().get(&key).is_some_and(|q| q.0 == uid) {
                 continue;
             }
             if let Err(e) = self.open_shard(&config, &placement, uid, &map) {
-                tracing::error!(collection = %key.0, shard = key.1, error = %e, "opening replica failed");
-                first_error.get_or_insert(e);
+                // One replica that cannot open must not stop the node (it
+                // once crash-looped every node holding a replica).
+                tracing::error!(collection = %key.0, shard = key.1, error = %e, "replica cannot be opened: quarantined; the other replicas serve it (move it off this node and back to repair)");
+                self.groups.remove(&group_name(&key.0, key.1));
+                self.quarantined.write().insert(key, (uid, e.to_string()));
             }
         }
-        first_error.map_or(Ok(()), Err)
+        Ok(())
+    }
+
+    /// Replicas quarantined on this node: (collection, shard, reason).
+    pub fn quarantined(&self) -> Vec<(String, u32, String)> {
+        let mut v: Vec<_> = self.quarantined.read().iter().map(|(k, q)| (k.0.clone(), k.1, q.1.clone())).collect();
+        v.sort();
+        v
+    }
+
+    /// Deletes every local record of a replica: points, index entries,
+    /// HNSW files, Raft log and vote, and its collection uid.
+    fn wipe_local(&self, collection: &str, shard_id: u32) -> Result<()> {
+        let dir = self.cfg.data_dir.join("index").join(collection);
+        let store = ShardStore::new(self.kv.clone(), collection, shard_id);
+        ShardStateMachine::wipe(&store, collection, shard_id, &dir)?;
+        LogStore::new(self.kv.clone(), &group_name(collection, shard_id)).destroy().map_err(|e| NodeError::Raft(e.to_string()))?;
+        shard_store::node_meta_delete(&*self.kv, &uid_key(collection, shard_id))?;
+        Ok(())
     }
 
     /// Whether this node's replica of `child`'s parent has the split behind
@@ -662,6 +699,9 @@ impl Engine {
         if let Some(s) = self.shards.read().get(&(collection.to_string(), shard_id)) {
             return Ok(s.clone());
         }
+        if let Some((_, reason)) = self.quarantined.read().get(&(collection.to_string(), shard_id)) {
+            return Err(NodeError::Quarantined { collection: collection.to_string(), shard: shard_id, reason: reason.clone() });
+        }
         self.meta_sm.with_map(|map| match map.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == collection)) {
             Some(c) if c.shards.iter().any(|s| s.shard_id == shard_id && s.replicas.contains(&self.cfg.node_id)) => {
                 Err(NodeError::ShardOpening { collection: collection.to_string(), shard: shard_id })
@@ -738,9 +778,11 @@ impl Engine {
                     leader: m.current_leader == Some(me),
                     leader_id: m.current_leader.unwrap_or(0),
                     unindexed: s.unindexed(),
+                    quarantined: String::new(),
                 }
             })
             .collect();
+        shards.extend(self.quarantined().into_iter().map(|(collection, shard_id, reason)| ShardReplicaStatus { collection, shard_id, quarantined: reason, ..Default::default() }));
         shards.sort_by(|a, b| (&a.collection, a.shard_id).cmp(&(&b.collection, b.shard_id)));
         let index_bytes = self.shards.read().values().map(|r| r.shard().index_memory_bytes() as u64).sum();
         NodeStatusResponse {

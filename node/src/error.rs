@@ -34,6 +34,8 @@ pub enum NodeError {
     MapBehind { want: u64, have: u64 },
     #[error("shard {collection}/{shard} is being opened on this node; retry")]
     ShardOpening { collection: String, shard: u32 },
+    #[error("this node's replica of shard {collection}/{shard} is quarantined (it could not be opened: {reason}); the other replicas serve it, and moving the replica off this node and back repairs it")]
+    Quarantined { collection: String, shard: u32, reason: String },
     #[error("this node already belongs to a cluster (metadata group initialised)")]
     AlreadyInitialized,
     #[error("this node has not joined a cluster yet: start one with `shoalctl cluster init` (or `shoal node --bootstrap`) or join it with `--join SEED`")]

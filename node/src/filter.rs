@@ -7,7 +7,7 @@
 //! once and tests [`matches`] on each point. Both paths implement the same
 //! semantics (documented in `common.proto`); `matches` is also the oracle in
 //! tests.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use roaring::RoaringBitmap;
 use shoal_proto::payload::lookup;
@@ -59,8 +59,14 @@ impl PayloadIndex {
         let Some(payload) = payload else { return vec![] };
         let mut out = vec![];
         let mut vals = vec![];
+        // Distinct values per field, found by hash: linear in the values.
+        // (A quadratic scan here, inside Raft apply on every replica and
+        // again at every restart, let one write of a point with a long
+        // indexed list stall a whole shard.)
+        let mut seen: HashSet<(u8, u64, &str)> = HashSet::new();
         for (field, ty) in &self.specs {
             vals.clear();
+            seen.clear();
             lookup(payload, field, &mut vals);
             for v in &vals {
                 let value = match (ty, &v.kind) {
@@ -70,9 +76,15 @@ impl PayloadIndex {
                     (PayloadIndexType::Bool, Some(Kind::BoolValue(b))) => IndexValue::Bool(*b),
                     _ => continue,
                 };
-                let e = IndexEntry { field: field.clone(), value, offset };
-                if !out.contains(&e) {
-                    out.push(e);
+                let id = match (&value, &v.kind) {
+                    (IndexValue::Keyword(_), Some(Kind::StringValue(s))) => (0, 0, s.as_str()),
+                    // -0.0 and 0.0 are one index value (as in storage).
+                    (IndexValue::Number(x), _) => (1, if *x == 0.0 { 0 } else { x.to_bits() }, ""),
+                    (IndexValue::Bool(b), _) => (2, *b as u64, ""),
+                    _ => continue,
+                };
+                if seen.insert(id) {
+                    out.push(IndexEntry { field: field.clone(), value, offset });
                 }
             }
         }

@@ -21,6 +21,7 @@ struct Gauges {
     rss: GaugeVec,
     info: GaugeVec,
     gpu: GaugeVec,
+    quarantined: GaugeVec,
 }
 
 static GAUGES: LazyLock<Gauges> = LazyLock::new(|| Gauges {
@@ -35,6 +36,7 @@ static GAUGES: LazyLock<Gauges> = LazyLock::new(|| Gauges {
     rss: gauge_vec("shoal_process_resident_bytes", "Resident memory of the process", &[]),
     info: gauge_vec("shoal_node_info", "Always 1; labels describe the node", &["node_id", "device", "version"]),
     gpu: gauge_vec("shoal_gpu_available", "1 when searches can use a GPU on this node", &[]),
+    quarantined: gauge_vec("shoal_replica_quarantined", "1 per local replica that could not be opened and serves nothing (see cluster status for why)", &["collection", "shard"]),
 });
 
 /// Snapshots built on this node, per group kind ("shard" or "meta").
@@ -47,7 +49,7 @@ pub static SNAPSHOT_INSTALL_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| co
 /// Refreshes the gauges from `engine` (blocking; run before a scrape).
 pub fn collect(engine: &Engine, device: &str) {
     let g = &*GAUGES;
-    for v in [&g.term, &g.last_log, &g.applied, &g.leader, &g.lag, &g.points, &g.unindexed] {
+    for v in [&g.term, &g.last_log, &g.applied, &g.leader, &g.lag, &g.points, &g.unindexed, &g.quarantined] {
         v.reset();
     }
     let me = engine.node_id();
@@ -68,6 +70,10 @@ pub fn collect(engine: &Engine, device: &str) {
     let st = engine.status(device);
     for s in &st.shards {
         let l = [s.collection.as_str(), &s.shard_id.to_string()];
+        if !s.quarantined.is_empty() {
+            g.quarantined.with_label_values(&l).set(1.0);
+            continue;
+        }
         g.points.with_label_values(&l).set(s.points as f64);
         g.unindexed.with_label_values(&l).set(s.unindexed as f64);
     }

@@ -507,9 +507,19 @@ impl Shard {
 
     /// Runs the checks [`Shard::write`] would run, without writing: a leader
     /// rejects a bad batch before it enters the replicated log.
-    pub fn validate_write(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>) -> Result<()> {
+    ///
+    /// Checked here, before proposing, and not again at apply: the payload
+    /// limits and the empty-filter rule are newer than some logs, and a
+    /// replica replaying an older entry must apply it as it was.
+    pub fn validate_write(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>, delete_all: bool) -> Result<()> {
         for (i, p) in upserts.iter().enumerate() {
             self.check(i, p)?;
+            if let Some(pl) = &p.payload {
+                validate::payload(&format!("points[{i}].payload"), pl, &self.config.payload_indexes)?;
+            }
+        }
+        if delete_filter.is_some_and(|f| f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty()) && !delete_all {
+            return Err(validate::invalid("delete_filter", "a filter without conditions would delete every point; set delete_all").into());
         }
         Self::check_deletes(delete_ids, delete_filter).map(|_| ())
     }

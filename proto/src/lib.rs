@@ -66,3 +66,22 @@ pub mod internal {
 
 /// Encoded `FileDescriptorSet` of every Shoal proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("shoal_descriptor");
+
+/// Every gRPC method path Shoal serves (`/package.Service/Method`), read
+/// from [`FILE_DESCRIPTOR_SET`]: metrics label requests by these names
+/// only, so a caller inventing paths cannot grow the label set.
+pub fn method_paths() -> &'static std::collections::HashSet<String> {
+    static PATHS: std::sync::OnceLock<std::collections::HashSet<String>> = std::sync::OnceLock::new();
+    PATHS.get_or_init(|| {
+        let set: prost_types::FileDescriptorSet = prost::Message::decode(FILE_DESCRIPTOR_SET).expect("the build embeds a valid descriptor set");
+        let mut out = std::collections::HashSet::new();
+        for f in &set.file {
+            for s in &f.service {
+                for m in &s.method {
+                    out.insert(format!("/{}.{}/{}", f.package(), s.name(), m.name()));
+                }
+            }
+        }
+        out
+    })
+}

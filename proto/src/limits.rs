@@ -22,6 +22,21 @@ pub const MAX_SCROLL_LIMIT: u32 = 10_000;
 pub const DEFAULT_SCROLL_LIMIT: u32 = 100;
 /// Largest gRPC message (encoded or decoded) on every server, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Encoded size of one write (a shard write request, and the points of
+/// one public upsert), in bytes: one Raft entry stays well below
+/// [`MAX_MESSAGE_BYTES`], so replication can always ship it.
+pub const MAX_WRITE_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes of log entries in one AppendEntries call; a larger call is split
+/// (openraft's `PayloadTooLarge` with an entries hint).
+pub const MAX_APPEND_BYTES: usize = 32 * 1024 * 1024;
+/// Encoded size of one point's payload, in bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// Nesting depth of a payload (objects and lists inside each other).
+pub const MAX_PAYLOAD_DEPTH: usize = 32;
+/// Values one point may hold in one indexed payload field.
+pub const MAX_INDEXED_VALUES: usize = 1_024;
+/// Length of a payload key path (index keys, filter keys), in bytes.
+pub const MAX_KEY_LEN: usize = 256;
 /// Nesting depth of filters.
 pub const MAX_FILTER_DEPTH: usize = 16;
 /// Shards per collection.

@@ -4,7 +4,7 @@
 //! Every failure is a [`ValidationError`] naming the offending field, mapped
 //! to `INVALID_ARGUMENT` by the servers.
 use crate::limits::*;
-use crate::v1::{condition, match_condition, CollectionConfig, Condition, Filter, HnswConfig, Metric, PayloadIndexType, VectorStorage};
+use crate::v1::{condition, match_condition, value, CollectionConfig, Condition, Filter, HnswConfig, Metric, PayloadIndexSpec, PayloadIndexType, Struct, Value, VectorStorage};
 use crate::PointKey;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -80,9 +80,7 @@ pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, Val
     let mut seen = std::collections::HashSet::new();
     for (i, p) in cfg.payload_indexes.iter().enumerate() {
         let field = format!("payload_indexes[{i}]");
-        if p.key.is_empty() {
-            return Err(invalid(format!("{field}.key"), "payload index key is empty"));
-        }
+        key(&field, &p.key)?;
         match PayloadIndexType::try_from(p.r#type) {
             Ok(PayloadIndexType::Unspecified) | Err(_) => {
                 return Err(invalid(format!("{field}.type"), format!("unknown payload index type {}: expected KEYWORD, NUMERIC or BOOL", p.r#type)))
@@ -150,11 +148,63 @@ fn filter_at(path: &str, f: &Filter, depth: usize) -> Result<(), ValidationError
     Ok(())
 }
 
-fn key(path: &str, k: &str) -> Result<(), ValidationError> {
+/// A payload key path: dot-separated non-empty segments, at most
+/// [`MAX_KEY_LEN`] bytes, no control characters (stored index keys use NUL
+/// as a separator, and a key that cannot be decoded would keep the shard
+/// from opening).
+pub fn key(path: &str, k: &str) -> Result<(), ValidationError> {
     if k.is_empty() || k.split('.').any(str::is_empty) {
         return Err(invalid(format!("{path}.key"), format!("key {k:?} is not a payload path (like \"a\" or \"a.b\")")));
     }
+    if k.len() > MAX_KEY_LEN {
+        return Err(invalid(format!("{path}.key"), format!("key is {} bytes, the limit is {MAX_KEY_LEN}", k.len())));
+    }
+    if let Some(c) = k.chars().find(|c| c.is_control()) {
+        return Err(invalid(format!("{path}.key"), format!("key {k:?} contains the control character {c:?}")));
+    }
     Ok(())
+}
+
+/// Checks a point's payload before it is proposed: encoded size, nesting
+/// depth, and the number of values it holds in each indexed field.
+pub fn payload(path: &str, p: &Struct, indexes: &[PayloadIndexSpec]) -> Result<(), ValidationError> {
+    let bytes = prost::Message::encoded_len(p);
+    if bytes > MAX_PAYLOAD_BYTES {
+        return Err(invalid(path, format!("payload is {bytes} bytes encoded, the limit is {MAX_PAYLOAD_BYTES}")));
+    }
+    let depth = struct_depth(p, 1);
+    if depth > MAX_PAYLOAD_DEPTH {
+        return Err(invalid(path, format!("payload nests {depth} levels deep, the limit is {MAX_PAYLOAD_DEPTH}")));
+    }
+    let mut vals = Vec::new();
+    for spec in indexes {
+        vals.clear();
+        crate::payload::lookup(p, &spec.key, &mut vals);
+        if vals.len() > MAX_INDEXED_VALUES {
+            return Err(invalid(path, format!("indexed field {:?} holds {} values, the limit is {MAX_INDEXED_VALUES}", spec.key, vals.len())));
+        }
+    }
+    Ok(())
+}
+
+/// Nesting depth of a payload, stopping once past the limit (so a hostile
+/// payload costs no more than the limit to measure).
+fn struct_depth(s: &Struct, at: usize) -> usize {
+    if at > MAX_PAYLOAD_DEPTH {
+        return at;
+    }
+    s.fields.values().map(|v| value_depth(v, at)).max().unwrap_or(at)
+}
+
+fn value_depth(v: &Value, at: usize) -> usize {
+    if at > MAX_PAYLOAD_DEPTH {
+        return at;
+    }
+    match &v.kind {
+        Some(value::Kind::StructValue(s)) => struct_depth(s, at + 1),
+        Some(value::Kind::ListValue(l)) => l.values.iter().map(|v| value_depth(v, at + 1)).max().unwrap_or(at + 1),
+        _ => at,
+    }
 }
 
 fn condition_at(path: &str, c: &Condition, depth: usize) -> Result<(), ValidationError> {
@@ -231,6 +281,10 @@ mod tests {
         for (f, field) in bad {
             assert_eq!(filter(&f).unwrap_err().field, field);
         }
+        let nul = Filter { must: vec![cond(condition::Kind::Exists(ExistsCondition { key: "a\u{0}b".into() }))], ..Default::default() };
+        assert!(filter(&nul).unwrap_err().message.contains("control character"));
+        let long = Filter { must: vec![cond(condition::Kind::Exists(ExistsCondition { key: "k".repeat(MAX_KEY_LEN + 1) }))], ..Default::default() };
+        assert!(filter(&long).unwrap_err().message.contains("limit"));
         let mut deep = Filter::default();
         for _ in 0..MAX_FILTER_DEPTH {
             deep = Filter { must: vec![cond(condition::Kind::Filter(deep))], ..Default::default() };
@@ -260,9 +314,57 @@ mod tests {
         assert!(vector("v", &[1.0], 2, Metric::Dot).unwrap_err().message.contains("1 dimensions"));
         assert!(vector("v", &[0.0, 0.0], 2, Metric::Cosine).is_err());
         assert!(vector("v", &[0.0, 0.0], 2, Metric::L2).is_ok());
+        // A payload index key with a NUL once bricked every node hosting
+        // the collection (the stored index key could not be decoded).
+        c.dimension = 3;
+        c.payload_indexes = vec![PayloadIndexSpec { key: "a\u{0}b".into(), r#type: PayloadIndexType::Keyword as i32 }];
+        assert_eq!(collection_config(&c).unwrap_err().field, "payload_indexes[0].key");
+        c.payload_indexes[0].key = "tab\there".into();
+        assert!(collection_config(&c).unwrap_err().message.contains("control character"));
+        c.payload_indexes[0].key = "ok.path".into();
+        assert!(collection_config(&c).is_ok());
         assert!(search_params("", 0, None).is_err());
         assert!(search_params("", MAX_TOP_K + 1, None).is_err());
         assert!(search_params("", 10, Some(0)).is_err());
         assert!(search_params("", 10, Some(64)).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod payload_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn st(j: serde_json::Value) -> Struct {
+        Struct::try_from(&j).unwrap()
+    }
+
+    fn spec(k: &str) -> PayloadIndexSpec {
+        PayloadIndexSpec { key: k.into(), r#type: PayloadIndexType::Keyword as i32 }
+    }
+
+    #[test]
+    fn payload_limits() {
+        let ok = st(json!({"a": 1, "tags": ["x", "y"], "n": {"m": [1, 2, {"z": true}]}}));
+        assert!(payload("p", &ok, &[spec("tags")]).is_ok());
+        // Size.
+        let big = st(json!({"text": "x".repeat(MAX_PAYLOAD_BYTES)}));
+        assert!(payload("p", &big, &[]).unwrap_err().message.contains("bytes encoded"));
+        // Depth: objects and lists both count.
+        let mut deep = json!(1);
+        for i in 0..MAX_PAYLOAD_DEPTH {
+            deep = if i % 2 == 0 { json!({"d": deep}) } else { json!([deep]) };
+        }
+        assert!(payload("p", &st(json!({"d": deep.clone()})), &[]).unwrap_err().message.contains("levels deep"));
+        let mut shallow = json!(1);
+        for _ in 0..MAX_PAYLOAD_DEPTH - 1 {
+            shallow = json!({"d": shallow});
+        }
+        assert!(payload("p", &st(shallow), &[]).is_ok());
+        // Values per indexed field; unindexed fields may hold more.
+        let many: Vec<String> = (0..=MAX_INDEXED_VALUES).map(|i| i.to_string()).collect();
+        let p = st(json!({"tags": many}));
+        assert!(payload("p", &p, &[spec("tags")]).unwrap_err().message.contains("holds 1025 values"));
+        assert!(payload("p", &p, &[spec("other")]).is_ok());
     }
 }

@@ -380,7 +380,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 let shards: Vec<_> = s
                     .shards
                     .iter()
-                    .map(|sh| json!({"collection": sh.collection, "shard": sh.shard_id, "range": [sh.range_start, sh.range_end], "replicas": sh.replicas.iter().map(|r| json!({"node": r.node_id, "state": ReplicaState::try_from(r.state).map(|x| x.as_str_name()).unwrap_or("?"), "leader": r.leader, "term": r.term, "applied_index": r.applied_index, "lag": r.lag, "points": r.points, "unindexed": r.unindexed})).collect::<Vec<_>>()}))
+                    .map(|sh| json!({"collection": sh.collection, "shard": sh.shard_id, "range": [sh.range_start, sh.range_end], "replicas": sh.replicas.iter().map(|r| json!({"node": r.node_id, "state": ReplicaState::try_from(r.state).map(|x| x.as_str_name()).unwrap_or("?"), "leader": r.leader, "term": r.term, "applied_index": r.applied_index, "lag": r.lag, "points": r.points, "unindexed": r.unindexed, "reason": r.reason})).collect::<Vec<_>>()}))
                     .collect();
                 println!("{}", json!({"epoch": s.epoch, "nodes": nodes, "shards": shards}));
             } else {
@@ -415,6 +415,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 print_table(t);
+                for sh in &s.shards {
+                    for r in sh.replicas.iter().filter(|r| !r.reason.is_empty()) {
+                        println!("replica {}/{} on node {} is quarantined: {}", sh.collection, sh.shard_id, r.node_id, r.reason);
+                    }
+                }
             }
         }
         Cmd::Bench(_) | Cmd::Backup(_) | Cmd::Cluster(ClusterCmd::Ops(_)) => unreachable!("handled above"),

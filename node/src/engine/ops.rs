@@ -17,7 +17,7 @@
 //!
 //! Membership steps run on the shard group's leader through the
 //! `ShardMembers` RPC ([`Engine::shard_members`]), wherever it is.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -340,7 +340,7 @@ impl Engine {
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let learners = membership.nodes().map(|(id, _)| *id).filter(|id| !voters.contains(id)).collect();
-        let mut matched: HashMap<u64, u64> = HashMap::new();
+        let mut matched: BTreeMap<u64, u64> = BTreeMap::new();
         if let Some(rep) = &m.replication {
             for (id, l) in rep.iter() {
                 matched.insert(*id, l.map_or(0, |l| l.index));
@@ -745,7 +745,12 @@ impl Engine {
             };
             // A child being split off is not served yet.
             for s in c.shards.iter().filter(|s| s.replicas.contains(&me) && !s.splitting) {
-                let r = self.replica(name, s.shard_id, 0).map_err(|e| e.to_string())?;
+                let r = match self.replica(name, s.shard_id, 0) {
+                    // Reported in status and metrics; the node serves the
+                    // rest, and a rolling restart must not wait on it.
+                    Err(NodeError::Quarantined { .. }) => continue,
+                    r => r.map_err(|e| e.to_string())?,
+                };
                 let m = r.raft.metrics().borrow().clone();
                 let Some(leader) = m.current_leader else {
                     return Err(format!("{} has no leader", r.group));

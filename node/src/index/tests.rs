@@ -54,10 +54,27 @@ fn hnsw_recall_against_flat_oracle() {
                 total += recall(&got, &want);
                 // Exact search over the HNSW's stored vectors equals the oracle.
                 let all: RoaringBitmap = (0..3000u32).collect();
+                // Each path is checked against the f64 reference of the
+                // original vectors, never against the other's output: f16
+                // storage rounds each side by up to 2^-11 of its magnitude.
                 let ex = h.exact(q, 10, &Allowed::Set(&all)).unwrap();
-                for (a, b) in ex.iter().zip(&want) {
-                    assert!((a.distance - b.distance).abs() <= 1e-3 * b.distance.abs().max(1.0), "{metric:?} {precision:?}: {a:?} vs {b:?}");
-                }
+                // Rounding each component to f16 moves a dot or cosine by at
+                // most 4·2^-11 of Σ|aᵢbᵢ|, and an L2 distance by at most
+                // 4·2^-11 of Σ(aᵢ²+bᵢ²).
+                let tol = match precision {
+                    Precision::F32 => KERNEL_TOLERANCE,
+                    Precision::F16 => 4.0 * 2f64.powi(-11) + KERNEL_TOLERANCE,
+                };
+                let check = |hit: &Hit| {
+                    let row = &v[hit.key as usize];
+                    let (r, mut scale) = reference(metric, q, row);
+                    if metric == Metric::L2 && precision == Precision::F16 {
+                        scale = q.iter().chain(row).map(|x| (*x as f64).powi(2)).sum();
+                    }
+                    let err = (hit.distance as f64 - r).abs();
+                    assert!(err <= tol * scale, "{metric:?} {precision:?}: {hit:?} vs f64 {r} (error {err:e}, scale {scale})");
+                };
+                ex.iter().chain(&want).for_each(check);
             }
             let r = total / qs.len() as f64;
             assert!(r >= 0.95, "{metric:?} {precision:?}: recall@10 {r}");
@@ -146,4 +163,111 @@ fn memory_bytes_is_safe_during_concurrent_adds() {
     });
     assert_eq!(idx.len(), 20_000);
     assert!(idx.memory_bytes() >= 20_000 * 16 * 4, "holds at least the raw vectors");
+}
+
+/// f64 reference of an index distance on the values as stored.
+fn reference(metric: Metric, a: &[f32], b: &[f32]) -> (f64, f64) {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let abs: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum();
+    match metric {
+        Metric::L2 => {
+            let d: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+            (d, d.max(1e-30))
+        }
+        Metric::Cosine => {
+            let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            (1.0 - dot / (na * nb), abs / (na * nb))
+        }
+        _ => (1.0 - dot, abs),
+    }
+}
+
+/// The documented tolerance (docs/limits.md): a score is within
+/// `KERNEL_TOLERANCE × scale` of the f64 reference computed on the stored
+/// values, where the scale is Σ|aᵢbᵢ| for dot and cosine (of the
+/// normalised vectors) and Σ(aᵢ−bᵢ)² for L2.
+const KERNEL_TOLERANCE: f64 = 1e-5;
+
+/// Vectors whose components are exact in f16, so f16 storage rounds
+/// nothing and every path sees the same inputs.
+fn f16_exact(n: usize, dim: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| (0..dim).map(|_| half::f16::from_f32(r.random_range(-1.0f32..1.0)).to_f32()).collect()).collect()
+}
+
+fn unit32(v: &[f32]) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}
+
+/// Every distance kernel Shoal scores with, against an f64 reference at 24,
+/// 384 and 1536 dimensions: simsimd's f32 kernels (`Distance::f32`), the f16
+/// path (`Distance::f16`, widened to f32), and usearch's kernels inside the
+/// HNSW index (exact search over its stored rows). No kernel is compared
+/// with another, so the test holds whichever SIMD backend the CPU gets.
+#[test]
+fn kernels_against_f64_reference() {
+    for dim in [24, 384, 1536] {
+        let rows = f16_exact(64, dim, dim as u64);
+        let q = f16_exact(1, dim, 7 + dim as u64).remove(0);
+        let q16: Vec<half::f16> = q.iter().map(|x| half::f16::from_f32(*x)).collect();
+        for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+            let d = Distance(metric);
+            for row in &rows {
+                let (want, scale) = reference(metric, &q, row);
+                let r16: Vec<half::f16> = row.iter().map(|x| half::f16::from_f32(*x)).collect();
+                for (kernel, got) in [("f32", d.f32(&q, row)), ("f16", d.f16(&q16, &r16))] {
+                    let err = (got as f64 - want).abs();
+                    assert!(err <= KERNEL_TOLERANCE * scale, "{metric:?} {kernel} dim {dim}: {got} vs f64 {want} (error {err:e}, scale {scale})");
+                }
+            }
+            for precision in [Precision::F32, Precision::F16] {
+                let h = HnswIndex::new(params(dim, metric, precision)).unwrap();
+                let items: Vec<(u64, &[f32])> = rows.iter().enumerate().map(|(i, x)| (i as u64, x.as_slice())).collect();
+                h.add_batch(&items).unwrap();
+                // What usearch scores: the query as stored (unit for
+                // cosine, then rounded to the index's precision).
+                let mut qs = if metric == Metric::Cosine { unit32(&q) } else { q.clone() };
+                if precision == Precision::F16 {
+                    qs.iter_mut().for_each(|x| *x = half::f16::from_f32(*x).to_f32());
+                }
+                let mut stored = vec![0f32; dim];
+                for hit in h.exact(&q, rows.len(), &Allowed::All).unwrap() {
+                    assert!(h.get(hit.key, &mut stored));
+                    let (want, scale) = match metric {
+                        // Cosine rows are stored unit length: usearch scores them by dot.
+                        Metric::Cosine => reference(Metric::Dot, &qs, &stored),
+                        m => reference(m, &qs, &stored),
+                    };
+                    let err = (hit.distance as f64 - want).abs();
+                    assert!(err <= KERNEL_TOLERANCE * scale, "usearch {metric:?} {precision:?} dim {dim}: {} vs f64 {want} (error {err:e})", hit.distance);
+                }
+            }
+        }
+    }
+}
+
+/// The tolerance above catches a kernel that accumulates in half
+/// precision, as simsimd's Sapphire Rapids f16 kernels do (emulated here,
+/// since the CPU running this test may not have AVX-512 FP16).
+#[test]
+fn tolerance_rejects_half_precision_accumulation() {
+    for dim in [24, 384, 1536] {
+        let rows = f16_exact(16, dim, 3 + dim as u64);
+        let q = f16_exact(1, dim, 5).remove(0);
+        let mut worst = 0f64;
+        for row in &rows {
+            // 32 f16 lanes, each accumulating with an f16 rounding per step.
+            let mut lanes = [half::f16::ZERO; 32];
+            for (i, (x, y)) in q.iter().zip(row).enumerate() {
+                let l = &mut lanes[i % 32];
+                *l = half::f16::from_f32(l.to_f32() + x * y);
+            }
+            let sum = lanes.iter().fold(half::f16::ZERO, |s, l| half::f16::from_f32(s.to_f32() + l.to_f32()));
+            let (want, scale) = reference(Metric::Dot, &q, row);
+            worst = worst.max(((1.0 - sum.to_f32() as f64) - want).abs() / scale);
+        }
+        assert!(worst > KERNEL_TOLERANCE, "dim {dim}: half accumulation stayed within {worst:e}");
+    }
 }

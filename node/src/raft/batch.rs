@@ -98,17 +98,32 @@ impl WriteQueue {
         let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_WRITES);
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
         rt.spawn(async move {
-            while let Some(first) = rx.recv().await {
+            // A write taken off the queue that did not fit the last entry.
+            let mut held: Option<Job> = None;
+            loop {
+                let first = match held.take() {
+                    Some(j) => j,
+                    None => match rx.recv().await {
+                        Some(j) => j,
+                        None => break,
+                    },
+                };
                 // Wait for a free slot first: writes queue up meanwhile and
                 // join this entry.
                 let Ok(slot) = slots.clone().acquire_owned().await else { break };
                 let mut bytes = first.bytes;
                 let mut jobs = vec![first];
-                while jobs.len() < MAX_WRITES && bytes < MAX_BYTES {
+                // An entry never grows past MAX_BYTES by merging: only a
+                // lone write may be larger (up to MAX_WRITE_BYTES).
+                while jobs.len() < MAX_WRITES {
                     match rx.try_recv() {
-                        Ok(j) => {
+                        Ok(j) if bytes + j.bytes <= MAX_BYTES => {
                             bytes += j.bytes;
                             jobs.push(j);
+                        }
+                        Ok(j) => {
+                            held = Some(j);
+                            break;
                         }
                         Err(_) => break,
                     }

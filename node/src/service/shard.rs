@@ -61,6 +61,17 @@ fn sole_voter(replica: &Replica, node_id: u64) -> bool {
     m.current_leader == Some(node_id) && joint.len() == 1 && joint[0].len() == 1 && joint[0].contains(&node_id)
 }
 
+/// The strongest of some read consistencies (`STRONG`, the default, over
+/// `LEADER` over `ANY`), as its wire value.
+pub fn strongest(levels: impl Iterator<Item = i32>) -> i32 {
+    let rank = |c: i32| match Consistency::try_from(c).unwrap_or(Consistency::Unspecified) {
+        Consistency::Any => 0,
+        Consistency::Leader => 1,
+        Consistency::Strong | Consistency::Unspecified => 2,
+    };
+    levels.max_by_key(|c| rank(*c)).unwrap_or(Consistency::Strong as i32)
+}
+
 pub struct ShardService {
     engine: Arc<Engine>,
 }
@@ -106,6 +117,10 @@ impl ShardApi for ShardService {
         if req.upserts.len() > MAX_UPSERT_BATCH {
             return Err(NodeError::from(invalid("upserts", format!("{} points exceed the batch limit of {MAX_UPSERT_BATCH}", req.upserts.len()))).into());
         }
+        let bytes = prost::Message::encoded_len(&req);
+        if bytes > MAX_WRITE_BYTES {
+            return Err(NodeError::from(invalid("upserts", format!("the write is {bytes} bytes encoded, the limit is {MAX_WRITE_BYTES}; split the batch"))).into());
+        }
         // Reject bad input before it enters the replicated log, then encode
         // the command off the async workers (batches are megabytes).
         let shard = replica.shard();
@@ -114,7 +129,7 @@ impl ShardApi for ShardService {
             return Err(NodeError::from(invalid("batch", "write groups and control entries are formed by the node, not sent to it")).into());
         }
         let req = blocking(move || {
-            shard.validate_write(&req.upserts, &req.delete_ids, req.delete_filter.as_ref())?;
+            shard.validate_write(&req.upserts, &req.delete_ids, req.delete_filter.as_ref(), req.delete_all)?;
             let epoch = req.shard.as_ref().map_or(0, |s| s.epoch);
             shard.check_route(&req.upserts, &req.delete_ids, req.delete_filter.is_some(), epoch)?;
             // Only the epoch travels in the log: replicas check it too.
@@ -164,7 +179,8 @@ impl ShardApi for ShardService {
 
     async fn search(&self, req: Request<ShardSearchRequest>) -> Result<Response<ShardSearchResponse>, Status> {
         let req = req.into_inner();
-        let consistency = req.searches.first().map_or(0, |s| s.consistency);
+        // One barrier for the batch: the strongest any search asks for.
+        let consistency = strongest(req.searches.iter().map(|s| s.consistency));
         let (shard, hide) = self.shard(&req.shard, consistency).await?;
         if req.searches.is_empty() || req.searches.len() > MAX_SEARCH_BATCH {
             return Err(NodeError::from(invalid("searches", format!("{} searches is outside 1..={MAX_SEARCH_BATCH}", req.searches.len()))).into());
@@ -184,5 +200,21 @@ impl ShardApi for ShardService {
         // batches go to the blocking pool.
         let results = if cheap { run()? } else { blocking(run).await? };
         Ok(Response::new(ShardSearchResponse { results }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch mixing `ANY` and `STRONG` searches takes the strong barrier,
+    /// whatever the order (it once applied only the first search's).
+    #[test]
+    fn batch_takes_the_strongest_barrier() {
+        let (any, leader, strong) = (Consistency::Any as i32, Consistency::Leader as i32, Consistency::Strong as i32);
+        assert_eq!(strongest([any, strong].into_iter()), strong);
+        assert_eq!(strongest([any, leader, any].into_iter()), leader);
+        assert_eq!(strongest([any, 0].into_iter()), 0, "unspecified is strong");
+        assert_eq!(strongest([any].into_iter()), any);
     }
 }
