@@ -142,14 +142,24 @@ impl Api {
 
     async fn write(&self, route: &CollectionRoute, by_shard: BTreeMap<u32, ShardWriteRequest>) -> Result<u64> {
         let calls = by_shard.into_iter().map(|(sid, req)| async move {
-            self.router
-                .call_shard(route, sid, Target::Leader, |mut c, shard| {
-                    let req = ShardWriteRequest { shard: Some(shard), ..req.clone() };
-                    async move { c.write(req).await }
-                })
-                .await
+            // A shard's part of a large upsert goes as several writes of at
+            // most WRITE_CHUNK_BYTES, in order (a later version of an id
+            // still wins): every Raft entry stays small enough to
+            // replicate within a heartbeat (docs/limits.md).
+            let mut affected = 0;
+            for part in chunks(req, WRITE_CHUNK_BYTES) {
+                let r = self
+                    .router
+                    .call_shard(route, sid, Target::Leader, |mut c, shard| {
+                        let req = ShardWriteRequest { shard: Some(shard), ..part.clone() };
+                        async move { c.write(req).await }
+                    })
+                    .await?;
+                affected += r.affected;
+            }
+            Ok::<u64, CoordError>(affected)
         });
-        Ok(try_join_all(calls).await?.into_iter().map(|r| r.affected).sum())
+        Ok(try_join_all(calls).await?.into_iter().sum())
     }
 }
 
@@ -221,6 +231,9 @@ impl Points for Api {
                     let id = p.id.as_ref().ok_or_else(|| bad(format!("points[{i}].id"), "point id is missing"))?;
                     let key = PointKey::try_from(id).map_err(|e| bad(format!("points[{i}].id"), e.to_string()))?;
                     validate::vector(&format!("points[{i}].vector"), &p.vector, route.config.dimension, route.metric).map_err(CoordError::from)?;
+                    if let Some(pl) = &p.payload {
+                        validate::payload(&format!("points[{i}].payload"), pl, &route.config.payload_indexes).map_err(CoordError::from)?;
+                    }
                     by_shard.entry(route.shards.shard_for(&key)).or_default().upserts.push(p.clone());
                 }
                 self.write(&route, by_shard).await
@@ -382,6 +395,33 @@ impl Points for Api {
     }
 }
 
+/// Upserts of one shard write sent by the coordinator, in encoded bytes
+/// (a single larger point still goes alone; nodes refuse writes over
+/// `MAX_WRITE_BYTES`).
+const WRITE_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Splits a shard write's upserts into writes of at most `max` encoded
+/// bytes each, in order. Deletes are never split.
+fn chunks(req: ShardWriteRequest, max: usize) -> Vec<ShardWriteRequest> {
+    if req.upserts.is_empty() || prost::Message::encoded_len(&req) <= max {
+        return vec![req];
+    }
+    let mut out = vec![];
+    let (mut cur, mut bytes) = (Vec::new(), 0usize);
+    for p in req.upserts {
+        // Field tag, length prefix and the point.
+        let n = prost::Message::encoded_len(&p) + 6;
+        if !cur.is_empty() && bytes + n > max {
+            out.push(ShardWriteRequest { upserts: std::mem::take(&mut cur), ..Default::default() });
+            bytes = 0;
+        }
+        bytes += n;
+        cur.push(p);
+    }
+    out.push(ShardWriteRequest { upserts: cur, ..Default::default() });
+    out
+}
+
 /// A replica more than this many entries behind its leader shows as
 /// catching up in cluster status.
 const CATCHING_UP_LAG: u64 = 100;
@@ -455,5 +495,28 @@ impl Cluster for Api {
             }
         }
         Ok(Response::new(ClusterStatusResponse { epoch: map.epoch, nodes, shards }))
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+    use shoal_proto::v1::PointStruct;
+
+    /// Large shard writes split in order, each part under the byte cap;
+    /// small ones and deletes stay whole.
+    #[test]
+    fn shard_writes_split_by_bytes_in_order() {
+        let upserts: Vec<PointStruct> = (0..1000u64).map(|i| PointStruct { id: Some(i.into()), vector: vec![0.5; 384], payload: None }).collect();
+        let req = ShardWriteRequest { upserts, ..Default::default() };
+        let whole = prost::Message::encoded_len(&req);
+        let parts = chunks(req.clone(), whole / 4);
+        assert!(parts.len() >= 4, "{} parts", parts.len());
+        assert!(parts.iter().all(|p| prost::Message::encoded_len(p) <= whole / 4));
+        let ids: Vec<_> = parts.iter().flat_map(|p| &p.upserts).map(|p| p.id.clone()).collect();
+        assert_eq!(ids, req.upserts.iter().map(|p| p.id.clone()).collect::<Vec<_>>(), "every point once, in order");
+        assert_eq!(chunks(req.clone(), whole).len(), 1);
+        let del = ShardWriteRequest { delete_ids: vec![1u64.into(); 10], ..Default::default() };
+        assert_eq!(chunks(del, 1).len(), 1);
     }
 }

@@ -22,13 +22,15 @@ pub const MAX_SCROLL_LIMIT: u32 = 10_000;
 pub const DEFAULT_SCROLL_LIMIT: u32 = 100;
 /// Largest gRPC message (encoded or decoded) on every server, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-/// Encoded size of one write (a shard write request, and the points of
-/// one public upsert), in bytes: one Raft entry stays well below
-/// [`MAX_MESSAGE_BYTES`], so replication can always ship it.
-pub const MAX_WRITE_BYTES: usize = 16 * 1024 * 1024;
-/// Bytes of log entries in one AppendEntries call; a larger call is split
-/// (openraft's `PayloadTooLarge` with an entries hint).
-pub const MAX_APPEND_BYTES: usize = 32 * 1024 * 1024;
+/// Encoded size of one shard write (one Raft entry), in bytes. openraft
+/// gives an AppendEntries call one heartbeat interval (100 ms): entries
+/// must be small enough to ship within it. Coordinators split upserts into
+/// shard writes of at most 4 MiB; a node refuses larger writes.
+pub const MAX_WRITE_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes of log entries in one AppendEntries call; a call with more is
+/// split (openraft's `PayloadTooLarge` with an entries hint). A single
+/// larger entry (up to [`MAX_WRITE_BYTES`]) goes alone.
+pub const MAX_APPEND_BYTES: usize = 4 * 1024 * 1024;
 /// Encoded size of one point's payload, in bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 /// Nesting depth of a payload (objects and lists inside each other).

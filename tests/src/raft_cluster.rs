@@ -22,6 +22,7 @@ use shoal_node::storage::{KvEngine, ShardStore};
 use shoal_proto::internal::v1::raft_server::RaftServer;
 use shoal_proto::internal::v1::ShardWriteRequest;
 use shoal_proto::v1::{CollectionConfig, Metric, PointStruct, Struct};
+use shoal_proto::limits::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -85,7 +86,8 @@ impl Node {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
-                .add_service(RaftServer::new(RaftService::new(groups)))
+                // The message limits of a node's internal server.
+                .add_service(RaftServer::new(RaftService::new(groups)).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
                 .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), async {
                     let _ = stopped.await;
                 })

@@ -19,6 +19,24 @@ use crate::vector;
 
 pub const DIM: usize = 8;
 
+/// The payload of point `i`: several keys, nested values and a list, so
+/// replica digests are checked on payloads whose key order could vary
+/// (they once did, with payload maps encoded in hash order).
+pub fn payload(i: u64) -> serde_json::Value {
+    serde_json::json!({
+        "i": i,
+        "tag": format!("t{}", i % 7),
+        "even": i % 2 == 0,
+        "score": i as f64 / 4.0,
+        "nested": {"a": i, "b": [i, i + 1], "c": {"d": "deep"}},
+        "text": format!("point {i}"),
+    })
+}
+
+fn payload_struct(i: u64) -> Struct {
+    Struct::try_from(&payload(i)).expect("an object")
+}
+
 pub async fn channel(addr: &str) -> Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().timeout(Duration::from_secs(40)).connect().await.unwrap()
 }
@@ -72,7 +90,7 @@ impl Load {
                     b += 1;
                     let ids: Vec<u64> = (start..start + 20).collect();
                     attempted.lock().unwrap().extend(&ids);
-                    let points = ids.iter().map(|&i| PointStruct { id: Some(i.into()), vector: vector(i, DIM), payload: None }).collect();
+                    let points = ids.iter().map(|&i| PointStruct { id: Some(i.into()), vector: vector(i, DIM), payload: Some(payload_struct(i)) }).collect();
                     let sent = Instant::now();
                     match c.upsert(UpsertPointsRequest { collection: collection.clone(), points }).await {
                         Ok(_) => {
@@ -153,7 +171,7 @@ pub async fn check(nodes: &Nodes, coordinator: &str, collection: &str, shards: u
     let ids: Vec<u64> = acked.iter().copied().collect();
     for chunk in ids.chunks(1000) {
         let got = c
-            .get(GetPointsRequest { collection: collection.into(), ids: chunk.iter().map(|&i| i.into()).collect(), with_vector: true, consistency: Consistency::Strong as i32, ..Default::default() })
+            .get(GetPointsRequest { collection: collection.into(), ids: chunk.iter().map(|&i| i.into()).collect(), with_vector: true, with_payload: true, consistency: Consistency::Strong as i32 })
             .await
             .unwrap()
             .into_inner();
@@ -161,6 +179,8 @@ pub async fn check(nodes: &Nodes, coordinator: &str, collection: &str, shards: u
         for p in got.points {
             let Some(point_id::Kind::Num(i)) = p.id.and_then(|i| i.kind) else { panic!("bad id") };
             assert_eq!(p.vector, vector(i, DIM), "point {i} has another vector");
+            let got = p.payload.as_ref().map(serde_json::Value::from);
+            assert_eq!(got, Some(payload(i)), "point {i} has another payload");
         }
     }
     let count = c.count(CountPointsRequest { collection: collection.into(), consistency: Consistency::Strong as i32, ..Default::default() }).await.unwrap().into_inner().count;

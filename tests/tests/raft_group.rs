@@ -272,3 +272,47 @@ async fn concurrent_writes_share_log_fsyncs() {
     check_replicas(&c, &(0..=200).collect());
     c.shutdown().await;
 }
+
+/// A follower cut off while the leader takes 1,000-point 384-d batches
+/// (about 1.6 MB each, with multi-key payloads) catches up once the link
+/// heals. openraft ships up to 300 entries per AppendEntries: unbounded,
+/// the catch-up call was over the 64 MiB message limit, failed as a network
+/// error and was retried forever, leaving the group on two replicas. The
+/// network now splits calls by bytes (`MAX_APPEND_BYTES`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_far_behind_on_large_batches_catches_up() {
+    use prost::Message;
+    use shoal_proto::v1::{CollectionConfig, Metric, PointStruct, Struct};
+    let dim = 384usize;
+    let coll = shoal_proto::validate::collection_config(&CollectionConfig { name: "c".into(), dimension: dim as u32, metric: Metric::Cosine as i32, ..Default::default() }).unwrap();
+    let c = RaftCluster::start_full(3, shoal_node::raft::default_config(), coll).await.unwrap();
+    let leader = c.leader(T).await.unwrap();
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    let others: Vec<u64> = (1..=3).filter(|&n| n != follower).collect();
+    c.partition(follower, &others);
+    let (batches, per) = (48u64, 1000u64);
+    let mut last = 0;
+    let mut bytes = 0usize;
+    for b in 0..batches {
+        let upserts = (b * per..(b + 1) * per)
+            .map(|i| PointStruct {
+                id: Some(i.into()),
+                vector: shoal_tests::vector(i, dim),
+                payload: Some(Struct::try_from(&shoal_tests::workload::payload(i)).unwrap()),
+            })
+            .collect();
+        let cmd = shoal_node::raft::Command { write: shoal_proto::internal::v1::ShardWriteRequest { upserts, ..Default::default() }.encode_to_vec() };
+        bytes += cmd.write.len();
+        // To the leader directly: the cut-off follower knows no leader.
+        let r = tokio::time::timeout(Duration::from_secs(60), c.node(leader).raft().unwrap().client_write(cmd)).await.expect("committed in time").unwrap();
+        last = r.log_id.index;
+    }
+    assert!(bytes > shoal_proto::limits::MAX_MESSAGE_BYTES, "the backlog ({bytes} bytes) is over one message");
+    let behind = c.node(follower).raft().unwrap().metrics().borrow().last_applied.map_or(0, |l| l.index);
+    assert!(last - behind >= batches, "the follower missed the batches (applied {behind}, head {last})");
+    c.heal();
+    c.applied_everywhere(last, Duration::from_secs(180)).await.unwrap();
+    let acked: BTreeSet<u64> = (0..batches * per).collect();
+    check_replicas(&c, &acked);
+    c.shutdown().await;
+}
