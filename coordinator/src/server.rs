@@ -56,7 +56,7 @@ pub async fn serve(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl
             reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
         });
     }
-    tonic::transport::Server::builder()
+    shoal_proto::transport::server()
         .trace_fn(crate::telemetry::server_span)
         .layer(crate::telemetry::RpcMetricsLayer)
         .add_service(health)
@@ -64,7 +64,7 @@ pub async fn serve(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl
         .add_service(CollectionsServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(PointsServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(ClusterServer::new(api))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(shoal_proto::transport::TCP_KEEPALIVE)), shutdown)
         .await?;
     Ok(())
 }

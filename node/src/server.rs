@@ -96,7 +96,7 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
         })
     });
 
-    tonic::transport::Server::builder()
+    shoal_proto::transport::server()
         .trace_fn(shoal_coordinator::telemetry::server_span)
         .layer(shoal_coordinator::telemetry::RpcMetricsLayer)
         .add_service(health)
@@ -104,7 +104,7 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
         .add_service(shard)
         .add_service(meta)
         .add_service(raft)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(shoal_proto::transport::TCP_KEEPALIVE)), shutdown)
         .await?;
     if let Some(s) = saver {
         s.abort();

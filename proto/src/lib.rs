@@ -17,6 +17,7 @@
 //! - [`payload`]: conversions between protobuf payload values and
 //!   `serde_json::Value`.
 //! - [`limits`]: the documented request limits, shared by every layer.
+//! - [`transport`]: the HTTP/2 limits every gRPC server runs with.
 //! - [`validate`]: request validation shared by coordinator and node
 //!   (filters, vectors, collection configs).
 //!
@@ -32,6 +33,7 @@ pub mod payload;
 pub mod placement;
 pub mod point_id;
 pub mod routing;
+pub mod transport;
 pub mod validate;
 
 pub use point_id::PointKey;

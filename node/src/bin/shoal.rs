@@ -148,7 +148,7 @@ async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool, 
     let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
     let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory, rocks: args.rocks(), exact_scan_threshold: args.exact_scan_threshold, raft: args.raft(), backup_root: args.backup_root.clone() };
     let engine = tokio::task::spawn_blocking(move || Engine::open(cfg)).await?.context("opening node storage")?;
-    tracing::info!(node_id = args.node_id, %addr, data_dir = %args.data_dir.display(), "node serving internal API");
+    tracing::info!(node_id = args.node_id, %addr, data_dir = %args.data_dir.display(), simd = %shoal_node::index::simd_backends(), "node serving internal API");
     let every = Duration::from_secs(args.index_save_interval);
     let h = tokio::spawn(shoal_node::server::serve_internal(engine.clone(), listener, every, wait(stop)));
     let empty = !engine.in_cluster();

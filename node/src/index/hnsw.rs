@@ -65,6 +65,12 @@ pub struct HnswIndex {
     params: HnswParams,
     dist: Distance,
     index: RwLock<Index>,
+    /// Held shared by adds and removes, exclusively by a save and a memory
+    /// measurement: usearch cannot serialise (or walk) a graph while nodes
+    /// are being inserted, but searches may run during a save. (A save
+    /// once took the index lock exclusively, so searches on async workers
+    /// waited for it and Raft heartbeats on those workers were missed.)
+    mutate: RwLock<()>,
     gate: Gate,
     live: AtomicUsize,
     /// Removals since the graph was built or loaded: usearch keeps removed
@@ -110,6 +116,7 @@ impl HnswIndex {
             params,
             dist: Distance(params.metric),
             index: RwLock::new(index),
+            mutate: RwLock::new(()),
             gate: Gate { free: Mutex::new(max_concurrency()), cv: Condvar::new() },
             live: AtomicUsize::new(live),
             removed: AtomicUsize::new(0),
@@ -141,6 +148,17 @@ impl HnswIndex {
         self.removed.load(Ordering::Relaxed)
     }
 
+    /// Holds off adds and removes as a save does (searches go on), for
+    /// tests of what runs during a save.
+    #[doc(hidden)]
+    pub fn hold_mutations(&self) -> impl Drop + '_ {
+        struct Held<'a>(#[allow(dead_code)] parking_lot::RwLockWriteGuard<'a, ()>);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {}
+        }
+        Held(self.mutate.write())
+    }
+
     /// Takes over `other`'s graph (a compacted rebuild of this one):
     /// searches running now finish on the old graph, later ones use the
     /// new one. The caller keeps writers out meanwhile.
@@ -149,6 +167,15 @@ impl HnswIndex {
         *g = other.index.into_inner();
         self.live.store(other.live.load(Ordering::Relaxed), Ordering::Relaxed);
         self.removed.store(0, Ordering::Relaxed);
+    }
+
+    /// Adds one vector; the caller holds `mutate` and has grown the index.
+    fn add_one(&self, key: u64, v: &[f32]) -> Result<(), IndexError> {
+        let v = self.unit(v);
+        let _p = self.gate.acquire();
+        self.index.read().add(key, &v)?;
+        self.live.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Ensures room for `extra` more vectors.
@@ -200,22 +227,24 @@ impl VectorIndex for HnswIndex {
 
     fn add(&self, key: u64, v: &[f32]) -> Result<(), IndexError> {
         self.check_dim(v)?;
+        // Before growing: a save holds `mutate`, and a grow queued behind
+        // the save's read lock would hold up every search behind it.
+        let _m = self.mutate.read();
         self.grow(1)?;
-        let v = self.unit(v);
-        let _p = self.gate.acquire();
-        self.index.read().add(key, &v)?;
-        self.live.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        self.add_one(key, v)
     }
 
     fn add_batch(&self, items: &[(u64, &[f32])]) -> Result<(), IndexError> {
         for (_, v) in items {
             self.check_dim(v)?;
         }
+        // Taken once here, never again in the threads below (a read lock
+        // taken twice deadlocks behind a waiting save).
+        let _m = self.mutate.read();
         self.grow(items.len())?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len().div_ceil(64)).max(1);
         if threads == 1 {
-            return items.iter().try_for_each(|(k, v)| self.add(*k, v));
+            return items.iter().try_for_each(|(k, v)| self.add_one(*k, v));
         }
         let chunk = items.len().div_ceil(threads);
         std::thread::scope(|s| {
@@ -238,6 +267,7 @@ impl VectorIndex for HnswIndex {
     }
 
     fn remove(&self, key: u64) -> Result<(), IndexError> {
+        let _m = self.mutate.read();
         let _p = self.gate.acquire();
         let removed = self.index.read().remove(key)?;
         if removed > 0 {
@@ -307,8 +337,8 @@ impl VectorIndex for HnswIndex {
         // index exclusively. Waiting for it would stall writes and the
         // indexer behind a status call: measure only when the index is
         // idle, else report the last measurement.
-        if let Some(g) = self.index.try_write() {
-            self.memory.store(g.memory_usage(), Ordering::Relaxed);
+        if let Some(_m) = self.mutate.try_write() {
+            self.memory.store(self.index.read().memory_usage(), Ordering::Relaxed);
         }
         self.memory.load(Ordering::Relaxed)
     }
@@ -316,8 +346,9 @@ impl VectorIndex for HnswIndex {
     fn save(&self, path: &Path) -> Result<(), IndexError> {
         let tmp = path.with_extension("tmp");
         let file_err = |d: String| IndexError::File { path: path.display().to_string(), detail: d };
-        // Exclusive: no add may race the serialisation.
-        let g = self.index.write();
+        // No add or remove may race the serialisation; searches may.
+        let _m = self.mutate.write();
+        let g = self.index.read();
         self.memory.store(g.memory_usage(), Ordering::Relaxed);
         g.save(tmp.to_str().ok_or_else(|| file_err("non-UTF-8 path".into()))?).map_err(|e| file_err(e.what().to_string()))?;
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| file_err(e.to_string()))?;

@@ -271,3 +271,42 @@ fn tolerance_rejects_half_precision_accumulation() {
         assert!(worst > KERNEL_TOLERANCE, "dim {dim}: half accumulation stayed within {worst:e}");
     }
 }
+
+/// Searches run while a save holds off writers: a save once took the index
+/// exclusively, so searches (some on async workers) waited for the whole
+/// serialisation and Raft heartbeats on those workers were missed.
+#[test]
+fn searches_do_not_wait_for_a_save() {
+    let dim = 16;
+    let v = data(2000, dim, 11);
+    let h = HnswIndex::new(params(dim, Metric::Cosine, Precision::F32)).unwrap();
+    let items: Vec<(u64, &[f32])> = v.iter().enumerate().map(|(i, x)| (i as u64, x.as_slice())).collect();
+    h.add_batch(&items).unwrap();
+    let held = h.hold_mutations();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let hits = h.search(&v[5], 3, 64, &Allowed::All).unwrap();
+            let ex = h.exact(&v[5], 3, &Allowed::All).unwrap();
+            let _ = h.memory_bytes();
+            tx.send((hits[0].key, ex[0].key)).unwrap();
+        });
+        // A blocked search would never answer while `held` lives.
+        let got = rx.recv_timeout(std::time::Duration::from_secs(60));
+        drop(held);
+        assert_eq!(got.expect("search finished while writers were held off"), (5, 5));
+    });
+    // And a save with searches running alongside completes.
+    let dir = tempfile::tempdir().unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (h, v) = (&h, &v);
+            s.spawn(move || {
+                for i in 0..200 {
+                    assert_eq!(h.search(&v[(t * 200 + i) % 2000], 1, 64, &Allowed::All).unwrap().len(), 1);
+                }
+            });
+        }
+        h.save(&dir.path().join("i.usearch")).unwrap();
+    });
+}

@@ -92,7 +92,16 @@ impl LogStore {
     }
 
     fn write(&self, ops: Vec<KvOp>, subject: ErrorSubject<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.engine.write(ops, true).map_err(|e| io_err(subject, ErrorVerb::Write, e))
+        // A synced write blocks on fsync; openraft calls this from the
+        // group's task. On a multi-threaded runtime, tell tokio so its other
+        // tasks (heartbeats of other groups, requests) move to another
+        // worker meanwhile. The write still completes before this returns,
+        // so log order and read-your-append hold as before.
+        let run = || self.engine.write(ops, true).map_err(|e| io_err(subject, ErrorVerb::Write, e));
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+            _ => run(),
+        }
     }
 
     /// Deletes every record of the group (log and Raft metadata).

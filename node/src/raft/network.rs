@@ -38,6 +38,7 @@ use crate::error::NodeError;
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<RwLock<HashMap<String, Channel>>>,
+    raft_channels: Arc<RwLock<HashMap<String, Channel>>>,
     blocked: Arc<RwLock<std::collections::HashSet<String>>>,
     /// Node id -> current address, from the cluster map. Preferred over the
     /// address stored in a group's membership, which is the address the
@@ -78,12 +79,29 @@ impl Peers {
     /// The shared, lazily connected channel to `addr` (Raft RPCs, and the
     /// `Meta` service forwarding changes to the metadata leader).
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        if let Some(c) = self.channels.read().get(addr) {
+        Self::cached(&self.channels, addr)
+    }
+
+    /// The channel Raft messages to `addr` use: a connection of their own,
+    /// so heartbeats never queue behind bulk shard or snapshot traffic or
+    /// share its stream limits and resets.
+    pub fn raft_channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        Self::cached(&self.raft_channels, addr)
+    }
+
+    fn cached(map: &RwLock<HashMap<String, Channel>>, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        if let Some(c) = map.read().get(addr) {
             return Ok(c.clone());
         }
         let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-        let c = Endpoint::from_shared(uri)?.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect_lazy();
-        self.channels.write().insert(addr.to_string(), c.clone());
+        let c = Endpoint::from_shared(uri)?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(shoal_proto::transport::KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(shoal_proto::transport::KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        map.write().insert(addr.to_string(), c.clone());
         Ok(c)
     }
 }
@@ -140,7 +158,7 @@ impl Peer {
             return Err(RPCError::Unreachable(Unreachable::new(&LinkCut(addr))));
         }
         let payload = postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let channel = self.peers.channel(&addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let channel = self.peers.raft_channel(&addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let mut client = RaftClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut request = Request::new(RaftRequest { group: self.group.clone(), payload });
         request.set_timeout(option.hard_ttl());
