@@ -34,7 +34,10 @@ pub const MAX_APPEND_BYTES: usize = 4 * 1024 * 1024;
 /// Encoded size of one point's payload, in bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 /// Nesting depth of a payload (objects and lists inside each other).
-pub const MAX_PAYLOAD_DEPTH: usize = 32;
+/// protobuf decoding itself stops at 100 message levels, about 32 payload
+/// levels (each is a `Value`, a `Struct` and a map entry): this limit
+/// answers well before that with a precise error.
+pub const MAX_PAYLOAD_DEPTH: usize = 20;
 /// Values one point may hold in one indexed payload field.
 pub const MAX_INDEXED_VALUES: usize = 1_024;
 /// Length of a payload key path (index keys, filter keys), in bytes.

@@ -87,6 +87,8 @@ pub struct ShoalProcess {
     child: Option<Child>,
     pub data_dir: PathBuf,
     pub addr: String,
+    /// The node's internal API address.
+    pub internal: String,
 }
 
 impl ShoalProcess {
@@ -94,8 +96,10 @@ impl ShoalProcess {
     /// prints its ready line.
     pub fn start(data_dir: &Path) -> Result<Self> {
         let args = ["dev".to_string(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), data_dir.display().to_string()];
-        let (child, addr) = procs::spawn_ready(&args, "shoal dev ready: public=", "warn")?;
-        Ok(ShoalProcess { child: Some(child), data_dir: data_dir.to_path_buf(), addr })
+        let (child, line) = procs::spawn_ready_line(&args, "shoal dev ready: public=", "warn")?;
+        let addr = line.split_whitespace().next().unwrap_or_default().to_string();
+        let internal = line.split_whitespace().find_map(|w| w.strip_prefix("internal=")).unwrap_or_default().to_string();
+        Ok(ShoalProcess { child: Some(child), data_dir: data_dir.to_path_buf(), addr, internal })
     }
 
     pub fn pid(&self) -> i32 {

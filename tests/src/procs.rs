@@ -21,6 +21,12 @@ use crate::shoal_bin;
 /// Spawns `shoal ARGS`, waits (up to 120 s) for a stdout line starting with
 /// `ready`, and returns the child and the first word after the prefix.
 pub fn spawn_ready(args: &[String], ready: &'static str, log: &str) -> Result<(Child, String)> {
+    let (child, rest) = spawn_ready_line(args, ready, log)?;
+    Ok((child, rest.split_whitespace().next().unwrap_or_default().to_string()))
+}
+
+/// [`spawn_ready`], returning the whole rest of the ready line.
+pub fn spawn_ready_line(args: &[String], ready: &'static str, log: &str) -> Result<(Child, String)> {
     let bin = shoal_bin();
     if !bin.exists() {
         bail!("{} not found: run `cargo build --release --bins` or set SHOAL_BIN", bin.display());
@@ -37,7 +43,7 @@ pub fn spawn_ready(args: &[String], ready: &'static str, log: &str) -> Result<(C
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(rest) = line.strip_prefix(ready) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+                let _ = tx.send(rest.to_string());
             }
         }
     });

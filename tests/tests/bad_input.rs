@@ -128,3 +128,147 @@ async fn search_stream_bad_messages() {
     // Still serving.
     assert_eq!(c.search(SearchBuilder::new("docs", vector(3, 4), 1)).await.unwrap().len(), 1);
 }
+
+/// Counts the kinds of bad input checked and checks each: a precise code
+/// and a message naming the problem.
+struct Kinds(usize);
+
+impl Kinds {
+    fn check<T: std::fmt::Debug>(&mut self, r: Result<T, tonic::Status>, code: Code, needle: &str) {
+        self.0 += 1;
+        match r {
+            Err(s) => {
+                assert_eq!(s.code(), code, "wrong code for {needle:?}: {s:?}");
+                assert!(s.message().contains(needle), "message {:?} lacks {needle:?}", s.message());
+            }
+            Ok(v) => panic!("expected {code:?} ({needle}), got {v:?}"),
+        }
+    }
+
+    fn client<T: std::fmt::Debug>(&mut self, r: Result<T, ClientError>, code: Code, needle: &str) {
+        self.0 += 1;
+        expect(r, code, needle);
+    }
+}
+
+fn st(j: serde_json::Value) -> Struct {
+    Struct::try_from(&j).unwrap()
+}
+
+/// The bad-input suite over the public API and the node's internal API
+/// (at least 40 kinds, each with a precise status), then the process is
+/// still serving. Internal requests are what a buggy or hostile peer could
+/// send: every one is refused before it reaches the Raft log.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_public_and_internal() {
+    use shoal_client::shoal_proto::internal::v1::meta_client::MetaClient;
+    use shoal_client::shoal_proto::internal::v1::raft_client::RaftClient;
+    use shoal_client::shoal_proto::internal::v1::shard_client::ShardClient;
+    use shoal_client::shoal_proto::internal::v1::*;
+    use shoal_client::shoal_proto::limits::*;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ShoalProcess::start(dir.path()).unwrap();
+    let c = Client::connect(&server.addr).await.unwrap();
+    let mut cfg = CollectionBuilder::new("docs", 4, Metric::Dot).build();
+    cfg.payload_indexes = vec![PayloadIndexSpec { key: "tags".into(), r#type: PayloadIndexType::Keyword as i32 }];
+    c.create_collection(cfg.clone()).await.unwrap();
+    c.upsert("docs", (0..10).map(|i| Point::new(i, vector(i, 4))).collect()).await.unwrap();
+    let mut k = Kinds(0);
+
+    // Public: collection configs.
+    let mut nul = cfg.clone();
+    nul.name = "nul".into();
+    nul.payload_indexes[0].key = "a\u{0}b".into();
+    k.client(c.create_collection(nul.clone()).await, Code::InvalidArgument, "control character");
+    nul.payload_indexes[0].key = "x".repeat(MAX_KEY_LEN + 1);
+    k.client(c.create_collection(nul.clone()).await, Code::InvalidArgument, "the limit is 256");
+    nul.payload_indexes[0].key = "a..b".into();
+    k.client(c.create_collection(nul.clone()).await, Code::InvalidArgument, "not a payload path");
+    nul.payload_indexes[0].r#type = 99;
+    nul.payload_indexes[0].key = "ok".into();
+    k.client(c.create_collection(nul.clone()).await, Code::InvalidArgument, "unknown payload index type 99");
+    nul.payload_indexes = vec![PayloadIndexSpec { key: "t".into(), r#type: 1 }, PayloadIndexSpec { key: "t".into(), r#type: 1 }];
+    k.client(c.create_collection(nul).await, Code::InvalidArgument, "indexed twice");
+    let mut hnsw = CollectionBuilder::new("h", 4, Metric::Dot).build();
+    hnsw.hnsw = Some(HnswConfig { m: 1000, ..Default::default() });
+    k.client(c.create_collection(hnsw).await, Code::InvalidArgument, "hnsw.m");
+    let mut shards = CollectionBuilder::new("s", 4, Metric::Dot).build();
+    shards.shard_count = MAX_SHARDS + 1;
+    k.client(c.create_collection(shards).await, Code::InvalidArgument, "shard_count");
+
+    // Public: payloads.
+    let big = Point::new(1u64, vector(1, 4)).payload(serde_json::json!({"text": "x".repeat(MAX_PAYLOAD_BYTES)}));
+    k.client(c.upsert("docs", vec![big]).await, Code::InvalidArgument, "points[0].payload: payload is");
+    let mut deep = serde_json::json!(1);
+    for _ in 0..MAX_PAYLOAD_DEPTH + 2 {
+        deep = serde_json::json!({ "d": deep });
+    }
+    k.client(c.upsert("docs", vec![Point::new(1u64, vector(1, 4)).payload(deep)]).await, Code::InvalidArgument, "levels deep");
+    let tags: Vec<String> = (0..=MAX_INDEXED_VALUES).map(|i| format!("t{i}")).collect();
+    k.client(c.upsert("docs", vec![Point::new(1u64, vector(1, 4)).payload(serde_json::json!({ "tags": tags }))]).await, Code::InvalidArgument, "indexed field \"tags\" holds 1025 values");
+    let no_id = PointStruct { id: None, vector: vector(1, 4), payload: None };
+    let mut raw = PointsClient::connect(format!("http://{}", server.addr)).await.unwrap();
+    k.check(raw.upsert(UpsertPointsRequest { collection: "docs".into(), points: vec![no_id] }).await, Code::InvalidArgument, "point id is missing");
+
+    // Public: filters and deletes.
+    let f = |c: condition::Kind| Filter { must: vec![Condition { kind: Some(c) }], ..Default::default() };
+    let ctrl = f(condition::Kind::Exists(ExistsCondition { key: "a\tb".into() }));
+    k.client(c.search(SearchBuilder::new("docs", vector(1, 4), 5).filter(ctrl.clone())).await, Code::InvalidArgument, "control character");
+    k.client(c.count("docs", Some(f(condition::Kind::MatchAny(MatchAnyCondition { key: "k".into(), ..Default::default() })))).await, Code::InvalidArgument, "match_any lists no keywords");
+    k.client(c.count("docs", Some(f(condition::Kind::Range(RangeCondition { key: "k".into(), lt: Some(1.0), lte: Some(2.0), ..Default::default() })))).await, Code::InvalidArgument, "both lt and lte");
+    k.client(c.count("docs", Some(f(condition::Kind::HasId(HasIdCondition { ids: vec![PointId { kind: None }] })))).await, Code::InvalidArgument, "has_id.ids[0]");
+    k.client(c.delete_filter("docs", Filter::default()).await, Code::InvalidArgument, "without conditions would delete every point");
+    k.check(raw.delete(DeletePointsRequest { collection: "docs".into(), selector: Some(delete_points_request::Selector::All(false)) }).await, Code::InvalidArgument, "must be true");
+    k.check(raw.delete(DeletePointsRequest { collection: "docs".into(), selector: None }).await, Code::InvalidArgument, "delete needs ids or a filter");
+    let too_many: Vec<PointId> = (0..MAX_IDS_PER_REQUEST as u64 + 1).map(Into::into).collect();
+    k.client(c.get("docs", too_many, false, false).await, Code::InvalidArgument, "10001");
+    k.check(raw.scroll(ScrollPointsRequest { collection: "docs".into(), limit: MAX_SCROLL_LIMIT + 1, ..Default::default() }).await, Code::InvalidArgument, "limit");
+    let searches: Vec<SearchBuilder> = (0..MAX_SEARCH_BATCH + 1).map(|_| SearchBuilder::new("docs", vector(1, 4), 1)).collect();
+    k.client(c.search_batch("docs", searches).await, Code::InvalidArgument, "1025 searches");
+    assert_eq!(c.count("docs", None).await.unwrap(), 10, "nothing refused was written or deleted");
+
+    // Internal: Shard.
+    let ich = tonic::transport::Endpoint::from_shared(format!("http://{}", server.internal)).unwrap().connect().await.unwrap();
+    let mut shard = ShardClient::new(ich.clone()).max_encoding_message_size(usize::MAX);
+    let sref = Some(ShardRef { collection: "docs".into(), shard_id: 0, epoch: 0 });
+    let pt = |i: u64| PointStruct { id: Some(i.into()), vector: vector(i, 4), payload: None };
+    k.check(shard.write(ShardWriteRequest { shard: None, upserts: vec![pt(1)], ..Default::default() }).await, Code::InvalidArgument, "shard reference is missing");
+    k.check(shard.write(ShardWriteRequest { shard: Some(ShardRef { collection: "nope".into(), shard_id: 0, epoch: 0 }), upserts: vec![pt(1)], ..Default::default() }).await, Code::NotFound, "nope");
+    k.check(shard.write(ShardWriteRequest { shard: Some(ShardRef { collection: "docs".into(), shard_id: 77, epoch: 0 }), upserts: vec![pt(1)], ..Default::default() }).await, Code::NotFound, "77");
+    k.check(shard.write(ShardWriteRequest { shard: sref.clone(), upserts: vec![pt(1)], delete_ids: vec![2u64.into()], ..Default::default() }).await, Code::InvalidArgument, "upserts or deletes, not both");
+    k.check(shard.write(ShardWriteRequest { shard: sref.clone(), batch: vec![ShardWriteRequest::default()], ..Default::default() }).await, Code::InvalidArgument, "formed by the node");
+    k.check(shard.write(ShardWriteRequest { shard: sref.clone(), control: Some(Default::default()), ..Default::default() }).await, Code::InvalidArgument, "formed by the node");
+    k.check(shard.write(ShardWriteRequest { shard: sref.clone(), delete_filter: Some(Filter::default()), ..Default::default() }).await, Code::InvalidArgument, "set delete_all");
+    k.check(shard.write(ShardWriteRequest { shard: sref.clone(), upserts: vec![PointStruct { payload: Some(st(serde_json::json!({"b": "x".repeat(MAX_PAYLOAD_BYTES)}))), ..pt(1) }], ..Default::default() }).await, Code::InvalidArgument, "payload is");
+    let heavy: Vec<PointStruct> = (0..3000u64).map(|i| PointStruct { payload: Some(st(serde_json::json!({"b": "y".repeat(4000)}))), ..pt(i) }).collect();
+    k.check(shard.write(ShardWriteRequest { shard: sref.clone(), upserts: heavy, ..Default::default() }).await, Code::InvalidArgument, "the limit is 8388608");
+    k.check(shard.write(ShardWriteRequest { shard: sref.clone(), upserts: vec![PointStruct { vector: vec![1.0; 3], ..pt(1) }], ..Default::default() }).await, Code::InvalidArgument, "3 dimensions");
+    let search = SearchPointsRequest { vector: vector(1, 4), top_k: 3, ..Default::default() };
+    k.check(shard.search(ShardSearchRequest { shard: sref.clone(), searches: vec![] }).await, Code::InvalidArgument, "0 searches");
+    k.check(shard.search(ShardSearchRequest { shard: sref.clone(), searches: vec![SearchPointsRequest { top_k: 0, ..search.clone() }] }).await, Code::InvalidArgument, "searches[0].top_k");
+    k.check(shard.search(ShardSearchRequest { shard: sref.clone(), searches: vec![SearchPointsRequest { filter: Some(ctrl), ..search.clone() }] }).await, Code::InvalidArgument, "control character");
+    k.check(shard.scroll(ShardScrollRequest { shard: sref.clone(), limit: MAX_SCROLL_LIMIT + 1, ..Default::default() }).await, Code::InvalidArgument, "exceeds");
+    k.check(shard.get(ShardGetRequest { shard: None, ..Default::default() }).await, Code::InvalidArgument, "shard reference is missing");
+
+    // Internal: Raft.
+    let mut raft = RaftClient::new(ich.clone());
+    k.check(raft.append_entries(RaftRequest { group: "nope/0".into(), payload: vec![] }).await, Code::NotFound, "nope/0");
+    k.check(raft.append_entries(RaftRequest { group: "docs/0".into(), payload: vec![0xff; 7] }).await, Code::InvalidArgument, "raft message could not be decoded");
+    k.check(raft.vote(RaftRequest { group: "docs/0".into(), payload: vec![1, 2, 3] }).await, Code::InvalidArgument, "raft message could not be decoded");
+    k.check(raft.install_snapshot(RaftRequest { group: "docs/0".into(), payload: vec![] }).await, Code::InvalidArgument, "raft message could not be decoded");
+
+    // Internal: Meta.
+    let mut meta = MetaClient::new(ich);
+    k.check(meta.register_node(RegisterNodeRequest { node_id: 9, address: String::new() }).await, Code::InvalidArgument, "address is empty");
+    k.check(meta.shard_digest(ShardDigestRequest { collection: "nope".into(), shard_id: 0 }).await, Code::NotFound, "nope");
+    k.check(meta.create_collection(CreateCollectionRequest { config: Some(CollectionConfig { name: "bad name".into(), dimension: 4, metric: 1, ..Default::default() }) }).await, Code::InvalidArgument, "contains ' '");
+    k.check(meta.create_collection(CreateCollectionRequest { config: None }).await, Code::InvalidArgument, "config");
+
+    assert!(k.0 >= 40, "{} kinds of bad input checked", k.0);
+    println!("{} kinds of bad input (public and internal) answered precisely", k.0);
+    // Still serving, and nothing refused reached storage.
+    assert_eq!(c.count("docs", None).await.unwrap(), 10);
+    assert_eq!(c.search(SearchBuilder::new("docs", vector(3, 4), 1)).await.unwrap().len(), 1);
+    assert_eq!(c.delete_all("docs").await.unwrap(), 10, "the explicit selector deletes everything");
+    assert_eq!(c.count("docs", None).await.unwrap(), 0);
+}
