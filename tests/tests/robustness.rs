@@ -79,3 +79,53 @@ async fn undecodable_replica_is_quarantined_and_repaired_by_a_move() {
     let states: Vec<(u64, i32)> = st.shards[0].replicas.iter().map(|r| (r.node_id, r.state)).collect();
     assert!(states.iter().all(|(_, s)| *s == ReplicaState::Active as i32) && states.iter().any(|(n, _)| *n == 3), "{states:?}");
 }
+
+/// 10,100 idle streams over ten connections: the process keeps answering
+/// new clients, and one connection holds at most
+/// `MAX_CONCURRENT_STREAMS` streams at once (its later requests wait for a
+/// stream to end). tonic's default was no limit at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_idle_streams() {
+    use shoal_client::{Client, CollectionBuilder, Point, SearchBuilder};
+    use shoal_proto::transport::MAX_CONCURRENT_STREAMS;
+    use shoal_proto::v1::{Metric, SearchStreamRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let server = shoal_tests::ShoalProcess::start(dir.path()).unwrap();
+    let c = Client::connect(&server.addr).await.unwrap();
+    c.create_collection(CollectionBuilder::new("s", 4, Metric::Dot).build()).await.unwrap();
+    c.upsert("s", (0..10).map(|i| Point::new(i, vector(i, 4))).collect()).await.unwrap();
+    let connect = || async { tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap() };
+    let mut held = vec![];
+    let mut tasks = vec![];
+    let mut first = None;
+    for conn in 0..10 {
+        let ch = connect().await;
+        let n = if conn == 0 { MAX_CONCURRENT_STREAMS as usize + 76 } else { 1000 };
+        for _ in 0..n {
+            let (tx, rx) = tokio::sync::mpsc::channel::<SearchStreamRequest>(1);
+            held.push(tx);
+            let mut p = PointsClient::new(ch.clone());
+            tasks.push(tokio::spawn(async move {
+                let _ = p.search_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+            }));
+        }
+        first.get_or_insert(ch);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let req = SearchPointsRequest { collection: "s".into(), vector: vector(1, 4), top_k: 1, ..Default::default() };
+    // A new client is served.
+    let fresh = tokio::time::timeout(Duration::from_secs(10), c.search(SearchBuilder::new("s", vector(1, 4), 1))).await;
+    assert_eq!(fresh.expect("a new client is answered").unwrap().len(), 1);
+    // The full connection: its next request waits for a free stream.
+    let mut full = PointsClient::new(first.unwrap());
+    let waiting = tokio::spawn(async move { full.search(req).await.map(|r| r.into_inner().results.len()) });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!waiting.is_finished(), "a connection with {} open streams took one more", MAX_CONCURRENT_STREAMS + 76);
+    // Streams end: it goes through.
+    drop(held);
+    let got = tokio::time::timeout(Duration::from_secs(30), waiting).await.expect("answered once streams closed").unwrap();
+    assert_eq!(got.unwrap(), 1);
+    for t in tasks {
+        let _ = t.await;
+    }
+}
