@@ -19,6 +19,9 @@ pub enum CoordError {
     NoMap(String),
     #[error("internal: {0}")]
     Internal(String),
+    /// The answer would pass the response size limit.
+    #[error("{0}")]
+    TooLarge(String),
     /// The collection's shard layout changed (a split) while a request was
     /// routed with the old one: the caller plans it again.
     #[error("collection {0:?} was resharded while the request was routed; retry")]
@@ -48,6 +51,7 @@ impl From<CoordError> for Status {
             CoordError::Unreachable { .. } | CoordError::NoMap(_) | CoordError::Rerouted(_) => Status::unavailable(msg),
             CoordError::Deadline(_) => Status::deadline_exceeded(msg),
             CoordError::Internal(_) => Status::internal(msg),
+            CoordError::TooLarge(_) => Status::resource_exhausted(msg),
         }
     }
 }

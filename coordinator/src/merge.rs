@@ -34,6 +34,9 @@ pub fn merge_top_k(per_shard: Vec<Vec<ScoredPoint>>, k: usize, higher_is_better:
     out
 }
 
+/// Bytes of points one merged scroll page holds at most.
+pub const SCROLL_PAGE_BYTES: usize = shoal_proto::limits::MAX_MESSAGE_BYTES / 2;
+
 /// Merges per-shard scroll pages (each in id order, each with the shard's
 /// own next id) into one page of `limit` points and the global next id.
 pub fn merge_scroll(pages: Vec<(Vec<RetrievedPoint>, Option<PointKey>)>, limit: usize) -> (Vec<RetrievedPoint>, Option<PointKey>) {
@@ -51,6 +54,19 @@ pub fn merge_scroll(pages: Vec<(Vec<RetrievedPoint>, Option<PointKey>)>, limit: 
         let cut = all[limit].0;
         next = Some(next.map_or(cut, |x| x.min(cut)));
         all.truncate(limit);
+    }
+    // A page also ends where it passes SCROLL_PAGE_BYTES (large payloads
+    // from several shards), so the answer fits one message.
+    let mut bytes = 0usize;
+    if let Some(at) = all.iter().position(|(_, p)| {
+        bytes += prost::Message::encoded_len(p);
+        bytes > SCROLL_PAGE_BYTES
+    }) {
+        if at > 0 {
+            let cut = all[at].0;
+            next = Some(next.map_or(cut, |x| x.min(cut)));
+            all.truncate(at);
+        }
     }
     // Every point before `next` is on this page.
     if let Some(n) = next {

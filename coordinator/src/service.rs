@@ -115,6 +115,8 @@ impl Api {
 
     /// Fans `searches` out to every shard and merges each search's results.
     async fn search_all(&self, route: &CollectionRoute, searches: Vec<SearchPointsRequest>) -> Result<Vec<SearchResult>> {
+        // Every shard computes each search's top_k: bound the whole fan-out.
+        validate::search_cost(searches.iter().map(|s| (s.top_k, s.with_vector)), route.shards.ranges().len() as u64, route.config.dimension)?;
         // One consistency per fan-out: the strongest any search asks for.
         let target = if searches.iter().all(|s| Target::for_read(s.consistency) == Target::Any) { Target::Any } else { Target::Leader };
         let searches = &searches;
@@ -130,14 +132,19 @@ impl Api {
         });
         let mut per_shard = try_join_all(calls).await?;
         let higher = route.metric != Metric::L2;
-        Ok(searches
+        let merged: Vec<SearchResult> = searches
             .iter()
             .enumerate()
             .map(|(i, s)| {
                 let lists = per_shard.iter_mut().map(|r| r.results.get_mut(i).map(|x| std::mem::take(&mut x.results)).unwrap_or_default()).collect();
                 SearchResult { results: merge::merge_top_k(lists, s.top_k as usize, higher, s.score_threshold) }
             })
-            .collect())
+            .collect();
+        let bytes: usize = merged.iter().map(prost::Message::encoded_len).sum();
+        if bytes > RESPONSE_BYTES {
+            return Err(CoordError::TooLarge(format!("the search answer is {bytes} bytes, the limit is {RESPONSE_BYTES}; lower top_k or leave payloads or vectors out")));
+        }
+        Ok(merged)
     }
 
     async fn write(&self, route: &CollectionRoute, by_shard: BTreeMap<u32, ShardWriteRequest>) -> Result<u64> {
@@ -269,7 +276,12 @@ impl Points for Api {
                         }
                     }
                 }
-                Ok(ks.iter().filter_map(|k| found.remove(k)).collect())
+                let points: Vec<RetrievedPoint> = ks.iter().filter_map(|k| found.remove(k)).collect();
+                let bytes: usize = points.iter().map(prost::Message::encoded_len).sum();
+                if bytes > RESPONSE_BYTES {
+                    return Err(CoordError::TooLarge(format!("the points asked for are {bytes} bytes, the limit is {RESPONSE_BYTES}; ask for fewer ids or leave payloads or vectors out")));
+                }
+                Ok(points)
             })
             .await?;
         Ok(Response::new(GetPointsResponse { points }))
@@ -394,6 +406,10 @@ impl Points for Api {
         Ok(Response::new(SearchBatchResponse { results }))
     }
 }
+
+/// Bytes of points one search or get answer may hold (half the message
+/// limit; scroll pages end early instead, see `merge::SCROLL_PAGE_BYTES`).
+const RESPONSE_BYTES: usize = MAX_MESSAGE_BYTES / 2;
 
 /// Upserts of one shard write sent by the coordinator, in encoded bytes
 /// (a single larger point still goes alone; nodes refuse writes over

@@ -22,6 +22,9 @@ pub enum NodeError {
     ShuttingDown,
     #[error("raft group {0:?} is not hosted on this node")]
     RaftGroupNotFound(String),
+    /// A response would be too large to send.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("raft message could not be decoded: {0}")]
     RaftCodec(String),
     #[error("raft: {0}")]

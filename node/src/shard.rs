@@ -64,6 +64,12 @@ struct State {
     seq: u64,
 }
 
+/// Bytes of points one get or one search may return from a shard (half
+/// the message limit: a shard's answer must fit one message).
+pub const RESPONSE_BYTES: usize = shoal_proto::limits::MAX_MESSAGE_BYTES / 2;
+/// Bytes of points one scroll page holds at most; a page ends early there.
+pub const SCROLL_PAGE_BYTES: usize = shoal_proto::limits::MAX_MESSAGE_BYTES / 4;
+
 pub struct Shard {
     pub collection: String,
     pub shard_id: u32,
@@ -306,6 +312,11 @@ impl Shard {
 
     fn metric(&self) -> Metric {
         self.dist.0
+    }
+
+    /// The collection's vector dimension.
+    pub fn dimension(&self) -> u32 {
+        self.config.dimension
     }
 
     /// Validates and prepares an upsert: checks the vector, normalises cosine
@@ -694,10 +705,16 @@ impl Shard {
     /// Points by id, in request order; absent ids are skipped.
     pub fn get(&self, ids: &[PointId], with_payload: bool, with_vector: bool) -> Result<Vec<RetrievedPoint>> {
         let mut out = Vec::with_capacity(ids.len());
+        let mut bytes = 0usize;
         for (i, id) in ids.iter().enumerate() {
             let k = PointKey::try_from(id).map_err(|e| validate::invalid(format!("ids[{i}]"), e.to_string()))?;
             if let Some(p) = self.store.get(&k)? {
-                out.push(self.retrieved(k, Some(p), with_payload, with_vector));
+                let r = self.retrieved(k, Some(p), with_payload, with_vector);
+                bytes += prost::Message::encoded_len(&r);
+                if bytes > RESPONSE_BYTES {
+                    return Err(crate::error::NodeError::TooLarge(format!("the points asked for pass {RESPONSE_BYTES} bytes at id {i} of {}; ask for fewer ids or leave payloads or vectors out", ids.len())));
+                }
+                out.push(r);
             }
         }
         Ok(out)
@@ -748,15 +765,21 @@ impl Shard {
         };
         let mut out = Vec::new();
         let mut next = None;
+        let mut bytes = 0usize;
         self.store.scan_points(from.as_ref(), &mut |k, p| {
             if allowed.as_ref().is_some_and(|a| !a.contains(p.offset)) || hidden.as_ref().is_some_and(|h| h.contains(p.offset)) {
                 return true;
             }
-            if out.len() == limit as usize {
+            // A page ends at `limit` points or once it holds
+            // SCROLL_PAGE_BYTES (large payloads): the caller goes on from
+            // `next` either way.
+            if out.len() == limit as usize || bytes >= SCROLL_PAGE_BYTES {
                 next = Some(k);
                 return false;
             }
-            out.push(self.retrieved(k, Some(p), with_payload, with_vector));
+            let r = self.retrieved(k, Some(p), with_payload, with_vector);
+            bytes += prost::Message::encoded_len(&r);
+            out.push(r);
             true
         })?;
         Ok((out, next))
@@ -836,6 +859,7 @@ impl Shard {
             }
         }
         let mut scored = Vec::with_capacity(out.len());
+        let mut bytes = 0usize;
         for (key, score) in out {
             let (payload, vector) = if req.with_payload || req.with_vector {
                 let p = self.store.get(&key)?.unwrap_or_default();
@@ -843,7 +867,12 @@ impl Shard {
             } else {
                 (None, vec![])
             };
-            scored.push(ScoredPoint { id: Some(key.to_proto()), score, payload, vector });
+            let hit = ScoredPoint { id: Some(key.to_proto()), score, payload, vector };
+            bytes += prost::Message::encoded_len(&hit);
+            if bytes > RESPONSE_BYTES {
+                return Err(crate::error::NodeError::TooLarge(format!("the search's hits pass {RESPONSE_BYTES} bytes at hit {}; lower top_k or leave payloads or vectors out", scored.len() + 1)));
+            }
+            scored.push(hit);
         }
         Ok(scored)
     }

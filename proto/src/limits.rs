@@ -42,6 +42,17 @@ pub const MAX_PAYLOAD_DEPTH: usize = 20;
 pub const MAX_INDEXED_VALUES: usize = 1_024;
 /// Length of a payload key path (index keys, filter keys), in bytes.
 pub const MAX_KEY_LEN: usize = 256;
+/// Cost of one search request: the sum over its searches of `top_k` times
+/// the shards each one runs on (the hits computed and merged).
+pub const MAX_SEARCH_COST: u64 = 4 * 1024 * 1024;
+/// Vector components one search response may return: the sum over its
+/// searches with `with_vector` of `top_k` times the dimension (32 MiB of
+/// f32, half the message limit).
+pub const MAX_RESULT_VECTOR_FLOATS: u64 = 8 * 1024 * 1024;
+/// Conditions in one filter, counted over every nesting level.
+pub const MAX_FILTER_CONDITIONS: usize = 1_024;
+/// Values in one filter's `match_any` and `has_id` lists together.
+pub const MAX_FILTER_VALUES: usize = 65_536;
 /// Nesting depth of filters.
 pub const MAX_FILTER_DEPTH: usize = 16;
 /// Shards per collection.

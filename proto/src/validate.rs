@@ -131,9 +131,55 @@ pub fn search_params(field: &str, top_k: u32, ef: Option<u32>) -> Result<(), Val
     Ok(())
 }
 
-/// Checks a filter's structure: depth, keys, bounds, ids.
+/// Checks a filter's structure: depth, keys, bounds, ids, and its size
+/// (conditions and listed values, so one filter's evaluation is bounded).
 pub fn filter(f: &Filter) -> Result<(), ValidationError> {
+    let (mut conditions, mut values) = (0usize, 0usize);
+    filter_size(f, &mut conditions, &mut values);
+    if conditions > MAX_FILTER_CONDITIONS {
+        return Err(invalid("filter", format!("filter has more than {MAX_FILTER_CONDITIONS} conditions (the limit)")));
+    }
+    if values > MAX_FILTER_VALUES {
+        return Err(invalid("filter", format!("filter lists more than {MAX_FILTER_VALUES} values in match_any and has_id (the limit)")));
+    }
     filter_at("filter", f, 1)
+}
+
+/// Counts conditions and listed values, stopping once past the limits
+/// (and below the depth limit, which `filter_at` reports).
+fn filter_size(f: &Filter, conditions: &mut usize, values: &mut usize) {
+    for c in f.must.iter().chain(&f.should).chain(&f.must_not) {
+        if *conditions > MAX_FILTER_CONDITIONS || *values > MAX_FILTER_VALUES {
+            return;
+        }
+        *conditions += 1;
+        match &c.kind {
+            Some(condition::Kind::Filter(inner)) => filter_size(inner, conditions, values),
+            Some(condition::Kind::MatchAny(m)) => *values += m.keywords.len() + m.integers.len(),
+            Some(condition::Kind::HasId(h)) => *values += h.ids.len(),
+            _ => {}
+        }
+    }
+}
+
+/// The cost budget of one search request: `searches` as (`top_k`,
+/// `with_vector`) pairs, run on `shards` shards of a `dimension`-d
+/// collection.
+pub fn search_cost(searches: impl Iterator<Item = (u32, bool)>, shards: u64, dimension: u32) -> Result<(), ValidationError> {
+    let (mut cost, mut floats) = (0u64, 0u64);
+    for (top_k, with_vector) in searches {
+        cost = cost.saturating_add(top_k as u64 * shards.max(1));
+        if with_vector {
+            floats = floats.saturating_add(top_k as u64 * dimension as u64);
+        }
+    }
+    if cost > MAX_SEARCH_COST {
+        return Err(invalid("searches", format!("the request asks for {cost} hits (top_k summed over its searches, times {shards} shards), the limit is {MAX_SEARCH_COST}; ask for fewer or smaller searches")));
+    }
+    if floats > MAX_RESULT_VECTOR_FLOATS {
+        return Err(invalid("with_vector", format!("the request would return up to {floats} vector components, the limit is {MAX_RESULT_VECTOR_FLOATS}; lower top_k or leave vectors out")));
+    }
+    Ok(())
 }
 
 fn filter_at(path: &str, f: &Filter, depth: usize) -> Result<(), ValidationError> {
@@ -290,6 +336,23 @@ mod tests {
             deep = Filter { must: vec![cond(condition::Kind::Filter(deep))], ..Default::default() };
         }
         assert!(filter(&deep).unwrap_err().message.contains("nesting"));
+    }
+
+    #[test]
+    fn filter_size_and_search_cost() {
+        let exists = |k: &str| cond(condition::Kind::Exists(ExistsCondition { key: k.into() }));
+        let wide = Filter { should: (0..=MAX_FILTER_CONDITIONS).map(|i| exists(&format!("k{i}"))).collect(), ..Default::default() };
+        assert!(filter(&wide).unwrap_err().message.contains("more than 1024 conditions"));
+        let any = |n: usize| cond(condition::Kind::MatchAny(crate::v1::MatchAnyCondition { key: "k".into(), integers: (0..n as i64).collect(), ..Default::default() }));
+        let many = Filter { must: vec![any(MAX_FILTER_VALUES / 2), any(MAX_FILTER_VALUES / 2 + 1)], ..Default::default() };
+        assert!(filter(&many).unwrap_err().message.contains("match_any and has_id"));
+        let nested = Filter { must: vec![cond(condition::Kind::Filter(Filter { must: vec![any(10)], ..Default::default() }))], ..Default::default() };
+        assert!(filter(&nested).is_ok());
+        // 1,024 searches x top_k 10,000 on 8 shards: 82M hits.
+        assert!(search_cost((0..1024).map(|_| (10_000, false)), 8, 128).unwrap_err().message.contains("the limit is"));
+        assert!(search_cost((0..100).map(|_| (10, false)), 8, 128).is_ok());
+        assert!(search_cost((0..10).map(|_| (10_000, true)), 1, 1536).unwrap_err().field == "with_vector");
+        assert!(search_cost((0..10).map(|_| (10_000, true)), 1, 64).is_ok());
     }
 
     #[test]

@@ -12,7 +12,8 @@ fn expect(r: Result<impl std::fmt::Debug, ClientError>, code: Code, needle: &str
             assert_eq!(s.code(), code, "wrong code for {needle:?}: {s:?}");
             assert!(s.message().contains(needle), "message {:?} lacks {needle:?}", s.message());
         }
-        other => panic!("expected {code:?} ({needle}), got {other:?}"),
+        Err(other) => panic!("expected {code:?} ({needle}), got {other:?}"),
+        Ok(_) => panic!("expected {code:?} ({needle}), got a success"),
     }
 }
 
@@ -141,7 +142,7 @@ impl Kinds {
                 assert_eq!(s.code(), code, "wrong code for {needle:?}: {s:?}");
                 assert!(s.message().contains(needle), "message {:?} lacks {needle:?}", s.message());
             }
-            Ok(v) => panic!("expected {code:?} ({needle}), got {v:?}"),
+            Ok(_) => panic!("expected {code:?} ({needle}), got a success"),
         }
     }
 
@@ -271,4 +272,52 @@ async fn bad_input_public_and_internal() {
     assert_eq!(c.search(SearchBuilder::new("docs", vector(3, 4), 1)).await.unwrap().len(), 1);
     assert_eq!(c.delete_all("docs").await.unwrap(), 10, "the explicit selector deletes everything");
     assert_eq!(c.count("docs", None).await.unwrap(), 0);
+}
+
+/// Requests whose cost is far beyond their size are bounded (issue 14,
+/// request amplification): a batch of 1,024 searches × top_k 10,000, a
+/// filter of 100,000 conditions or a 100,000-value `match_any` are refused
+/// up front; answers with large payloads end at the message limit
+/// (`RESOURCE_EXHAUSTED` for search and get, shorter pages for scroll)
+/// instead of being built in full.
+#[tokio::test(flavor = "multi_thread")]
+async fn heavy_requests_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ShoalProcess::start(dir.path()).unwrap();
+    let c = Client::connect(&server.addr).await.unwrap();
+    c.create_collection(CollectionBuilder::new("h", 4, Metric::Dot).shards(2).build()).await.unwrap();
+    // 300 points with 200 KB payloads: 60 MB, more than one message.
+    let blob = "z".repeat(200_000);
+    for b in 0..10u64 {
+        c.upsert("h", (b * 30..b * 30 + 30).map(|i| Point::new(i, vector(i, 4)).payload(serde_json::json!({"i": i, "blob": blob}))).collect()).await.unwrap();
+    }
+    assert_eq!(c.count("h", None).await.unwrap(), 300);
+
+    let batch: Vec<SearchBuilder> = (0..1024).map(|i| SearchBuilder::new("h", vector(i, 4), 10_000)).collect();
+    expect(c.search_batch("h", batch).await, Code::InvalidArgument, "the limit is 4194304");
+    let wide = Filter { should: (0..100_000).map(|i| Condition { kind: Some(condition::Kind::Exists(ExistsCondition { key: format!("k{i}") })) }).collect(), ..Default::default() };
+    expect(c.count("h", Some(wide)).await, Code::InvalidArgument, "more than 1024 conditions");
+    let any = Filter { must: vec![Condition { kind: Some(condition::Kind::MatchAny(MatchAnyCondition { key: "i".into(), integers: (0..100_000).collect(), ..Default::default() })) }], ..Default::default() };
+    expect(c.search(SearchBuilder::new("h", vector(1, 4), 5).filter(any)).await, Code::InvalidArgument, "more than 65536 values");
+
+    expect(c.search(SearchBuilder::new("h", vector(1, 4), 300).with_payload()).await, Code::ResourceExhausted, "lower top_k or leave payloads or vectors out");
+    expect(c.get("h", (0..300u64).map(Into::into).collect(), true, false).await, Code::ResourceExhausted, "ask for fewer ids");
+    // Scroll pages end early and go on from where they stopped.
+    let mut seen = 0;
+    let mut offset = None;
+    let mut pages = 0;
+    loop {
+        let r = c.scroll(ScrollPointsRequest { collection: "h".into(), limit: 300, offset, with_payload: true, ..Default::default() }).await.unwrap();
+        assert!(r.points.len() < 300, "a page of 60 MB was built");
+        seen += r.points.len();
+        pages += 1;
+        match r.next_offset {
+            Some(n) => offset = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 300, "every point once over {pages} pages");
+    // Without payloads the same requests are fine.
+    assert_eq!(c.search(SearchBuilder::new("h", vector(1, 4), 300)).await.unwrap().len(), 300);
+    assert_eq!(c.get("h", (0..300u64).map(Into::into).collect(), false, false).await.unwrap().len(), 300);
 }

@@ -192,7 +192,23 @@ impl ShardApi for ShardService {
                 validate::filter(f).map_err(NodeError::from)?;
             }
         }
-        let run = move || req.searches.iter().map(|s| shard.search_scoped(s, hide).map(|results| SearchResult { results })).collect::<Result<Vec<_>>>();
+        let dimension = shard.dimension();
+        validate::search_cost(req.searches.iter().map(|s| (s.top_k, s.with_vector)), 1, dimension).map_err(NodeError::from)?;
+        // Payloads can make a response far larger than its hit count says:
+        // stop building it once it passes the message limit.
+        let run = move || {
+            let mut bytes = 0usize;
+            let mut out = Vec::with_capacity(req.searches.len());
+            for s in &req.searches {
+                let r = SearchResult { results: shard.search_scoped(s, hide)? };
+                bytes += prost::Message::encoded_len(&r);
+                if bytes > MAX_MESSAGE_BYTES {
+                    return Err(NodeError::TooLarge(format!("the search response passes {MAX_MESSAGE_BYTES} bytes at search {} of {}; ask for fewer hits, fewer payload fields or no vectors", out.len() + 1, req.searches.len())));
+                }
+                out.push(r);
+            }
+            Ok(out)
+        };
         // One unfiltered HNSW search has a small, bounded cost (well under a
         // millisecond at the ef limit on the benchmark sets): run it on this
         // worker and save the hand-off to the blocking pool, which measured
