@@ -584,6 +584,17 @@ impl ShardStateMachine {
             let _ = drop_generation(&r.store, &r.index_dir, r.shard_id, new_gen);
             return Err(e);
         }
+        // Checked by content, not only by checksum: the staged generation
+        // must open as a shard before it becomes live. A snapshot whose
+        // points cannot be served (another collection's, say) once
+        // committed and then left a replica that could not open.
+        let (mut fresh, outcome) = match Shard::open(r.config.clone(), r.shard_id, staging.clone(), &gen_dir) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = drop_generation(&r.store, &r.index_dir, r.shard_id, new_gen);
+                return Err(bad(&format!("the snapshot's contents do not open as this shard: {e}")));
+            }
+        };
 
         // The file becomes this generation's snapshot before the commit, so
         // whichever side of the commit a crash falls on, the kept snapshot
@@ -600,7 +611,6 @@ impl ShardStateMachine {
         // Commit point: one synced write makes the new generation live.
         shard_store::node_meta_put(&*r.kv, &generation_key(&r.config.name, r.shard_id), new_gen.to_be_bytes().to_vec()).map_err(|e| werr(&e))?;
         r.generation.store(new_gen, Ordering::Relaxed);
-        let (mut fresh, outcome) = Shard::open(r.config.clone(), r.shard_id, staging, &gen_dir).map_err(|e| werr(&e))?;
         fresh.exact_scan_threshold = r.exact_scan_threshold;
         fresh.set_defer_index(self.defer_index.load(Ordering::Relaxed));
         let points = fresh.len();

@@ -313,6 +313,31 @@ fn snapshot_install_is_atomic_and_ships_the_graph() {
         assert_eq!(other.shard().index_open(), IndexOpen::Loaded { added: 0, removed: 0 });
         assert_eq!(other.get_current_snapshot().await.unwrap().map(|s| s.meta), Some(snap.meta.clone()), "kept to send on");
 
+        // Checksums fine, contents not this shard's: 8-d points for a 4-d
+        // shard. Refused before the commit; the replica stays as it was
+        // and still opens.
+        let d3 = tempfile::tempdir().unwrap();
+        let e3: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d3.path().join("db")).unwrap());
+        let wide = shoal_proto::validate::collection_config(&CollectionConfig { dimension: 8, ..test_config() }).unwrap();
+        let mut alien = ShardStateMachine::open(wide, 0, ShardStore::new(e3.clone(), "c", 0), d3.path().join("index")).unwrap();
+        let eight = |ids: std::ops::Range<u64>| {
+            use prost::Message;
+            use shoal_proto::internal::v1::ShardWriteRequest;
+            use shoal_proto::v1::PointStruct;
+            let upserts = ids.map(|i| PointStruct { id: Some(i.into()), vector: vec![i as f32, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], payload: None }).collect();
+            EntryPayload::Normal(super::Command { write: ShardWriteRequest { upserts, ..Default::default() }.encode_to_vec() })
+        };
+        alien.apply(vec![entry(1, 1, eight(0..50))]).await.unwrap();
+        let alien_snap = alien.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let alien_bytes = std::fs::read(d3.path().join("index/0.snapshots/current.snap")).unwrap();
+        let data = SnapshotData::open(variant("alien.snap", alien_bytes)).await.unwrap();
+        let err = other.install_snapshot(&alien_snap.meta, data).await.expect_err("another collection's snapshot must be refused");
+        assert!(err.to_string().contains("do not open"), "{err}");
+        assert_eq!((other.generation(), contents(&other)), (1, want.clone()), "untouched");
+        drop(other);
+        let mut other = open2();
+        assert_eq!((other.generation(), contents(&other)), (1, want.clone()), "and it still opens");
+
         let mut bad_graph = good.clone();
         let last = bad_graph.len() - 1;
         bad_graph[last] ^= 0x01;
