@@ -106,4 +106,46 @@ mod tests {
             assert!(from_json(&bad).is_err(), "{bad}");
         }
     }
+
+    /// Arbitrary JSON values of the filter's shape.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = J> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(J::Null),
+            any::<bool>().prop_map(J::Bool),
+            any::<i64>().prop_map(|i| json!(i)),
+            any::<f64>().prop_map(|f| json!(f)),
+            prop_oneof![Just("must".to_string()), Just("key".to_string()), Just("match".to_string()), Just("range".to_string()), "\\PC{0,8}"].prop_map(J::String),
+        ];
+        leaf.prop_recursive(6, 64, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(J::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("must".to_string()), Just("should".to_string()), Just("must_not".to_string()), Just("key".to_string()),
+                        Just("match".to_string()), Just("match_any".to_string()), Just("range".to_string()), Just("filter".to_string()),
+                        Just("has_id".to_string()), Just("exists".to_string()), Just("gte".to_string()), "\\PC{0,6}"
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| J::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The JSON filter parser (shoalctl, bench) on arbitrary JSON and
+        /// arbitrary text: a filter or an error, never a panic; what it
+        /// accepts, the validator checks without panicking either.
+        #[test]
+        fn fuzz_json_filters(v in json_value(), text in "\\PC{0,64}") {
+            if let Ok(f) = from_json(&v) {
+                let _ = shoal_proto::validate::filter(&f);
+            }
+            if let Ok(v) = serde_json::from_str::<J>(&text) {
+                let _ = from_json(&v);
+            }
+        }
+    }
 }

@@ -422,6 +422,23 @@ fn chunks(req: ShardWriteRequest, max: usize) -> Vec<ShardWriteRequest> {
     if req.upserts.is_empty() || prost::Message::encoded_len(&req) <= max {
         return vec![req];
     }
+    // Several writes for one shard: keep only the last version of each id,
+    // so a retried earlier part that commits late cannot bring back an
+    // older version written in a later part.
+    let mut last: HashMap<PointKey, usize> = HashMap::with_capacity(req.upserts.len());
+    for (i, p) in req.upserts.iter().enumerate() {
+        if let Some(k) = p.id.as_ref().and_then(|id| PointKey::try_from(id).ok()) {
+            last.insert(k, i);
+        }
+    }
+    let upserts: Vec<PointStruct> = req
+        .upserts
+        .into_iter()
+        .enumerate()
+        .filter(|(i, p)| p.id.as_ref().and_then(|id| PointKey::try_from(id).ok()).is_none_or(|k| last.get(&k) == Some(i)))
+        .map(|(_, p)| p)
+        .collect();
+    let req = ShardWriteRequest { upserts, ..req };
     let mut out = vec![];
     let (mut cur, mut bytes) = (Vec::new(), 0usize);
     for p in req.upserts {
@@ -532,6 +549,13 @@ mod chunk_tests {
         let ids: Vec<_> = parts.iter().flat_map(|p| &p.upserts).map(|p| p.id.clone()).collect();
         assert_eq!(ids, req.upserts.iter().map(|p| p.id.clone()).collect::<Vec<_>>(), "every point once, in order");
         assert_eq!(chunks(req.clone(), whole).len(), 1);
+        // A repeated id keeps only its last version once split.
+        let mut twice = req.upserts.clone();
+        twice.push(PointStruct { id: Some(3u64.into()), vector: vec![0.25; 384], payload: None });
+        let parts = chunks(ShardWriteRequest { upserts: twice, ..Default::default() }, whole / 4);
+        let threes: Vec<&PointStruct> = parts.iter().flat_map(|p| &p.upserts).filter(|p| p.id == Some(3u64.into())).collect();
+        assert_eq!(threes.len(), 1);
+        assert_eq!(threes[0].vector[0], 0.25);
         let del = ShardWriteRequest { delete_ids: vec![1u64.into(); 10], ..Default::default() };
         assert_eq!(chunks(del, 1).len(), 1);
     }

@@ -533,8 +533,19 @@ impl Engine {
         let released: Vec<ShardKey> = self.quarantined.read().iter().filter(|(k, q)| wanted.get(*k).is_none_or(|w| w.2 != q.0)).map(|(k, _)| k.clone()).collect();
         for key in released {
             tracing::info!(collection = %key.0, shard = key.1, "quarantined replica no longer placed here: wiping its local data");
-            self.wipe_local(&key.0, key.1)?;
-            self.quarantined.write().remove(&key);
+            // One failed wipe must not stop every later reconcile: it stays
+            // quarantined, with the reason, and is tried again next time.
+            match self.wipe_local(&key.0, key.1) {
+                Ok(()) => {
+                    self.quarantined.write().remove(&key);
+                }
+                Err(e) => {
+                    tracing::error!(collection = %key.0, shard = key.1, error = %e, "wiping a quarantined replica failed");
+                    if let Some(q) = self.quarantined.write().get_mut(&key) {
+                        q.1 = format!("wiping its local data failed: {e}");
+                    }
+                }
+            }
         }
         for (key, (config, placement, uid)) in wanted {
             if self.shards.read().contains_key(&key) || self.quarantined.read().get(&key).is_some_and(|q| q.0 == uid) {

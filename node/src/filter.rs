@@ -277,13 +277,55 @@ pub trait FilterSource {
     fn offset_of(&self, id: &PointKey) -> Option<u32>;
     /// Offsets of live points whose payload satisfies `c` (full scan).
     fn scan(&self, c: &Condition) -> RoaringBitmap;
+    /// Offsets of live points satisfying each of `cs`. A source over
+    /// stored points does this in one pass, whatever the number of
+    /// conditions.
+    fn scan_many(&self, cs: &[&Condition]) -> Vec<RoaringBitmap> {
+        cs.iter().map(|c| self.scan(c)).collect()
+    }
 }
 
+/// Leaf results computed before the filter's tree is combined: indexed
+/// leaves from the payload index, the others from one scan.
+type Leaves = HashMap<*const Condition, RoaringBitmap>;
+
 /// Evaluates `f` to the set of allowed live offsets.
+///
+/// Every leaf the payload index cannot answer is evaluated in a single pass
+/// over the stored points ([`FilterSource::scan_many`]): a filter of many
+/// unindexed conditions once scanned the shard once per condition, holding
+/// its state lock throughout.
 pub fn evaluate(f: &Filter, src: &dyn FilterSource) -> RoaringBitmap {
+    let mut leaves = Leaves::new();
+    let mut unindexed = Vec::new();
+    collect_leaves(f, src, &mut leaves, &mut unindexed);
+    if !unindexed.is_empty() {
+        for (c, b) in unindexed.iter().zip(src.scan_many(&unindexed)) {
+            leaves.insert(*c as *const Condition, b);
+        }
+    }
+    eval_filter(f, src, &leaves)
+}
+
+fn collect_leaves<'a>(f: &'a Filter, src: &dyn FilterSource, leaves: &mut Leaves, unindexed: &mut Vec<&'a Condition>) {
+    for c in f.must.iter().chain(&f.should).chain(&f.must_not) {
+        match &c.kind {
+            Some(condition::Kind::Filter(inner)) => collect_leaves(inner, src, leaves, unindexed),
+            Some(condition::Kind::HasId(_)) | None => {}
+            _ => match src.index().lookup(c) {
+                Some(b) => {
+                    leaves.insert(c as *const Condition, b & src.universe());
+                }
+                None => unindexed.push(c),
+            },
+        }
+    }
+}
+
+fn eval_filter(f: &Filter, src: &dyn FilterSource, leaves: &Leaves) -> RoaringBitmap {
     let mut out = src.universe().clone();
     for c in &f.must {
-        out &= eval_condition(c, src);
+        out &= eval_condition(c, src, leaves);
         if out.is_empty() {
             return out;
         }
@@ -291,7 +333,7 @@ pub fn evaluate(f: &Filter, src: &dyn FilterSource) -> RoaringBitmap {
     if !f.should.is_empty() {
         let mut any = RoaringBitmap::new();
         for c in &f.should {
-            any |= eval_condition(c, src);
+            any |= eval_condition(c, src, leaves);
         }
         out &= any;
     }
@@ -299,21 +341,54 @@ pub fn evaluate(f: &Filter, src: &dyn FilterSource) -> RoaringBitmap {
         if out.is_empty() {
             break;
         }
-        out -= eval_condition(c, src);
+        out -= eval_condition(c, src, leaves);
     }
     out
 }
 
-fn eval_condition(c: &Condition, src: &dyn FilterSource) -> RoaringBitmap {
+fn eval_condition(c: &Condition, src: &dyn FilterSource, leaves: &Leaves) -> RoaringBitmap {
     match &c.kind {
-        Some(condition::Kind::Filter(f)) => evaluate(f, src),
+        Some(condition::Kind::Filter(f)) => eval_filter(f, src, leaves),
         Some(condition::Kind::HasId(h)) => {
             h.ids.iter().filter_map(|x| PointKey::try_from(x).ok()).filter_map(|k| src.offset_of(&k)).collect::<RoaringBitmap>() & src.universe()
         }
-        _ => match src.index().lookup(c) {
-            Some(b) => b & src.universe(),
-            None => src.scan(c),
-        },
+        _ => leaves.get(&(c as *const Condition)).cloned().unwrap_or_default(),
+    }
+}
+
+/// A condition prepared for testing many points: `match_any` lists become
+/// hash sets (a 65,536-value list is not scanned once per point).
+pub enum Prepared<'a> {
+    AnyOf { key: &'a str, keywords: HashSet<&'a str>, integers: HashSet<i64> },
+    Other(&'a Condition),
+}
+
+impl<'a> Prepared<'a> {
+    pub fn new(c: &'a Condition) -> Self {
+        match &c.kind {
+            Some(condition::Kind::MatchAny(m)) => Prepared::AnyOf { key: &m.key, keywords: m.keywords.iter().map(String::as_str).collect(), integers: m.integers.iter().copied().collect() },
+            _ => Prepared::Other(c),
+        }
+    }
+
+    /// Same answer as [`matches`].
+    pub fn matches(&self, id: &PointKey, payload: Option<&Struct>) -> bool {
+        match self {
+            Prepared::Other(c) => matches(c, id, payload),
+            Prepared::AnyOf { key, keywords, integers } => {
+                let Some(payload) = payload else { return false };
+                let mut found = vec![];
+                lookup(payload, key, &mut found);
+                found.iter().any(|v| match &v.kind {
+                    Some(Kind::StringValue(x)) => keywords.contains(x.as_str()),
+                    Some(Kind::IntegerValue(i)) => integers.contains(i),
+                    // Exact below 2^53; beyond, as the reference compares.
+                    Some(Kind::DoubleValue(d)) if d.abs() < 9_007_199_254_740_992.0 => d.fract() == 0.0 && integers.contains(&(*d as i64)),
+                    Some(Kind::DoubleValue(_)) => integers.iter().any(|i| value_is_integer(v, *i)),
+                    _ => false,
+                })
+            }
+        }
     }
 }
 

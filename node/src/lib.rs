@@ -48,3 +48,6 @@ pub mod service;
 pub mod shard;
 pub mod status;
 pub mod storage;
+
+#[cfg(test)]
+mod fuzz_tests;

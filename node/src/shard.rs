@@ -169,6 +169,24 @@ impl FilterSource for StoreSource<'_> {
         }
         out
     }
+    fn scan_many(&self, cs: &[&Condition]) -> Vec<RoaringBitmap> {
+        let prepared: Vec<filter::Prepared> = cs.iter().map(|c| filter::Prepared::new(c)).collect();
+        let mut out = vec![RoaringBitmap::new(); cs.len()];
+        let res = self.store.scan_points(None, &mut |k, p| {
+            if self.state.live.contains(p.offset) {
+                for (o, c) in out.iter_mut().zip(&prepared) {
+                    if c.matches(&k, p.payload.as_ref()) {
+                        o.insert(p.offset);
+                    }
+                }
+            }
+            true
+        });
+        if let Err(e) = res {
+            tracing::error!(error = %e, "payload scan failed");
+        }
+        out
+    }
 }
 
 fn normalise(v: &mut [f32]) {
@@ -343,7 +361,8 @@ impl Shard {
         let keys =
             delete_ids.iter().enumerate().map(|(i, id)| PointKey::try_from(id).map_err(|e| validate::invalid(format!("ids[{i}]"), e.to_string()))).collect::<std::result::Result<Vec<_>, _>>()?;
         if let Some(f) = delete_filter {
-            validate::filter(f)?;
+            // Runs at apply too: only the rules every log entry met.
+            validate::filter_at_apply(f)?;
         }
         Ok(keys)
     }
@@ -529,8 +548,14 @@ impl Shard {
                 validate::payload(&format!("points[{i}].payload"), pl, &self.config.payload_indexes)?;
             }
         }
-        if delete_filter.is_some_and(|f| f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty()) && !delete_all {
-            return Err(validate::invalid("delete_filter", "a filter without conditions would delete every point; set delete_all").into());
+        if let Some(f) = delete_filter {
+            if f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty() {
+                if !delete_all {
+                    return Err(validate::invalid("delete_filter", "a filter without conditions would delete every point; set delete_all").into());
+                }
+            } else {
+                validate::filter(f)?;
+            }
         }
         Self::check_deletes(delete_ids, delete_filter).map(|_| ())
     }
@@ -922,7 +947,7 @@ pub fn write_sidecar(index_path: &Path, checksum: u64, next_offset: u32, seq: u6
     let meta = format!("{{\"checksum\":{checksum},\"next_offset\":{next_offset},\"seq\":{seq}}}");
     let meta_path = index_path.with_extension("meta");
     let tmp = meta_path.with_extension("meta.tmp");
-    std::fs::write(&tmp, meta).and_then(|_| std::fs::rename(&tmp, &meta_path)).map_err(crate::error::StorageError::from)?;
+    std::fs::write(&tmp, meta).and_then(|_| std::fs::File::open(&tmp)?.sync_all()).and_then(|_| crate::storage::rename_durable(&tmp, &meta_path)).map_err(crate::error::StorageError::from)?;
     Ok(())
 }
 
@@ -932,11 +957,7 @@ fn load_index(params: HnswParams, path: &Path) -> std::result::Result<(HnswIndex
     let meta_path = path.with_extension("meta");
     let bad = |d: &str| NodeError::Index(IndexError::File { path: path.display().to_string(), detail: d.to_string() });
     let meta = std::fs::read_to_string(&meta_path).map_err(|_| bad("no sidecar .meta file"))?;
-    let field = |name: &str| -> Option<u64> {
-        let at = meta.find(&format!("\"{name}\":"))? + name.len() + 3;
-        meta[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-    };
-    let (Some(sum), Some(next)) = (field("checksum"), field("next_offset")) else {
+    let Some((sum, next)) = parse_sidecar(&meta) else {
         return Err(bad("sidecar is malformed"));
     };
     let bytes = std::fs::read(path).map_err(|_| bad("index file missing"))?;
@@ -944,7 +965,18 @@ fn load_index(params: HnswParams, path: &Path) -> std::result::Result<(HnswIndex
         return Err(bad("checksum mismatch"));
     }
     drop(bytes);
-    Ok((HnswIndex::load(params, path)?, next as u32))
+    Ok((HnswIndex::load(params, path)?, next))
+}
+
+/// The checksum and offset counter of an index sidecar
+/// (`{"checksum":N,"next_offset":N,"seq":N}`); `None` if malformed,
+/// including an offset counter that does not fit 32 bits.
+pub(crate) fn parse_sidecar(meta: &str) -> Option<(u64, u32)> {
+    let field = |name: &str| -> Option<u64> {
+        let at = meta.find(&format!("\"{name}\":"))? + name.len() + 3;
+        meta.get(at..)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    Some((field("checksum")?, u32::try_from(field("next_offset")?).ok()?))
 }
 
 pub mod compact;

@@ -40,6 +40,9 @@ pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 pub const MAX_PAYLOAD_DEPTH: usize = 20;
 /// Values one point may hold in one indexed payload field.
 pub const MAX_INDEXED_VALUES: usize = 1_024;
+/// Payload indexes one collection may declare (each costs a lookup per
+/// point on every write).
+pub const MAX_PAYLOAD_INDEXES: usize = 64;
 /// Length of a payload key path (index keys, filter keys), in bytes.
 pub const MAX_KEY_LEN: usize = 256;
 /// Cost of one search request: the sum over its searches of `top_k` times

@@ -77,6 +77,9 @@ pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, Val
         },
         ef_search: if h.ef_search == 0 { DEFAULT_HNSW_EF_SEARCH } else { in_range("hnsw.ef_search", h.ef_search, (1, MAX_EF))? },
     };
+    if cfg.payload_indexes.len() > MAX_PAYLOAD_INDEXES {
+        return Err(invalid("payload_indexes", format!("{} payload indexes, the limit is {MAX_PAYLOAD_INDEXES}", cfg.payload_indexes.len())));
+    }
     let mut seen = std::collections::HashSet::new();
     for (i, p) in cfg.payload_indexes.iter().enumerate() {
         let field = format!("payload_indexes[{i}]");
@@ -134,6 +137,26 @@ pub fn search_params(field: &str, top_k: u32, ef: Option<u32>) -> Result<(), Val
 /// Checks a filter's structure: depth, keys, bounds, ids, and its size
 /// (conditions and listed values, so one filter's evaluation is bounded).
 pub fn filter(f: &Filter) -> Result<(), ValidationError> {
+    filter_with(f, true)
+}
+
+/// The checks a filter inside a replicated write gets when it is applied:
+/// only the rules older than any log (structure and depth). The newer
+/// rules (key characters and length, filter size, empty nested filters)
+/// are checked before proposing; applying them again could make replicas
+/// that upgraded reject an entry that others applied.
+pub fn filter_at_apply(f: &Filter) -> Result<(), ValidationError> {
+    filter_with(f, false)
+}
+
+fn filter_with(f: &Filter, strict: bool) -> Result<(), ValidationError> {
+    if !strict {
+        // Every other check on this thread stays strict.
+        STRICT.with(|s| s.set(false));
+        let r = filter_at("filter", f, 1);
+        STRICT.with(|s| s.set(true));
+        return r;
+    }
     let (mut conditions, mut values) = (0usize, 0usize);
     filter_size(f, &mut conditions, &mut values);
     if conditions > MAX_FILTER_CONDITIONS {
@@ -194,6 +217,12 @@ fn filter_at(path: &str, f: &Filter, depth: usize) -> Result<(), ValidationError
     Ok(())
 }
 
+thread_local! {
+    /// Whether the filter being checked gets the proposal-time rules
+    /// ([`filter`]) or only the apply-time ones ([`filter_at_apply`]).
+    static STRICT: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
 /// A payload key path: dot-separated non-empty segments, at most
 /// [`MAX_KEY_LEN`] bytes, no control characters (stored index keys use NUL
 /// as a separator, and a key that cannot be decoded would keep the shard
@@ -201,6 +230,9 @@ fn filter_at(path: &str, f: &Filter, depth: usize) -> Result<(), ValidationError
 pub fn key(path: &str, k: &str) -> Result<(), ValidationError> {
     if k.is_empty() || k.split('.').any(str::is_empty) {
         return Err(invalid(format!("{path}.key"), format!("key {k:?} is not a payload path (like \"a\" or \"a.b\")")));
+    }
+    if !STRICT.with(|s| s.get()) {
+        return Ok(());
     }
     if k.len() > MAX_KEY_LEN {
         return Err(invalid(format!("{path}.key"), format!("key is {} bytes, the limit is {MAX_KEY_LEN}", k.len())));
@@ -256,7 +288,13 @@ fn value_depth(v: &Value, at: usize) -> usize {
 fn condition_at(path: &str, c: &Condition, depth: usize) -> Result<(), ValidationError> {
     match &c.kind {
         None => Err(invalid(path, "condition is empty: set one of filter, match, match_any, range, exists, is_null, has_id")),
-        Some(condition::Kind::Filter(f)) => filter_at(&format!("{path}.filter"), f, depth + 1),
+        Some(condition::Kind::Filter(f)) => {
+            if STRICT.with(|s| s.get()) && f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty() {
+                // It would match every point (a delete-everything in disguise).
+                return Err(invalid(format!("{path}.filter"), "nested filter has no conditions"));
+            }
+            filter_at(&format!("{path}.filter"), f, depth + 1)
+        }
         Some(condition::Kind::Match(m)) => {
             key(path, &m.key)?;
             match &m.value {
@@ -291,6 +329,9 @@ fn condition_at(path: &str, c: &Condition, depth: usize) -> Result<(), Validatio
         Some(condition::Kind::Exists(e)) => key(path, &e.key),
         Some(condition::Kind::IsNull(e)) => key(path, &e.key),
         Some(condition::Kind::HasId(h)) => {
+            if STRICT.with(|s| s.get()) && h.ids.is_empty() {
+                return Err(invalid(format!("{path}.has_id"), "has_id lists no ids"));
+            }
             for (i, id) in h.ids.iter().enumerate() {
                 PointKey::try_from(id).map_err(|e| invalid(format!("{path}.has_id.ids[{i}]"), e.to_string()))?;
             }
@@ -331,11 +372,28 @@ mod tests {
         assert!(filter(&nul).unwrap_err().message.contains("control character"));
         let long = Filter { must: vec![cond(condition::Kind::Exists(ExistsCondition { key: "k".repeat(MAX_KEY_LEN + 1) }))], ..Default::default() };
         assert!(filter(&long).unwrap_err().message.contains("limit"));
-        let mut deep = Filter::default();
+        let mut deep = Filter { must: vec![cond(condition::Kind::Exists(ExistsCondition { key: "x".into() }))], ..Default::default() };
         for _ in 0..MAX_FILTER_DEPTH {
             deep = Filter { must: vec![cond(condition::Kind::Filter(deep))], ..Default::default() };
         }
         assert!(filter(&deep).unwrap_err().message.contains("nesting"));
+    }
+
+    /// Rules newer than the log are not applied again at apply time.
+    #[test]
+    fn apply_time_checks_are_the_old_ones() {
+        let tab = Filter { must: vec![cond(condition::Kind::Exists(ExistsCondition { key: "a\tb".into() }))], ..Default::default() };
+        assert!(filter(&tab).is_err());
+        assert!(filter_at_apply(&tab).is_ok(), "an entry an older node accepted applies everywhere");
+        let empty_nested = Filter { must: vec![cond(condition::Kind::Filter(Filter::default()))], ..Default::default() };
+        assert!(filter(&empty_nested).unwrap_err().message.contains("no conditions"));
+        assert!(filter_at_apply(&empty_nested).is_ok());
+        let no_ids = Filter { must_not: vec![cond(condition::Kind::HasId(crate::v1::HasIdCondition { ids: vec![] }))], ..Default::default() };
+        assert!(filter(&no_ids).unwrap_err().message.contains("no ids"));
+        // Structure still matters at apply.
+        let broken = Filter { must: vec![Condition { kind: None }], ..Default::default() };
+        assert!(filter_at_apply(&broken).is_err());
+        assert!(filter(&tab).is_err(), "and the strict rules are back after an apply-time check");
     }
 
     #[test]

@@ -96,7 +96,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
     f.write_all(bytes).map_err(|e| io("write", &tmp, e))?;
     f.sync_all().map_err(|e| io("sync", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("rename", &tmp, e))
+    crate::storage::rename_durable(&tmp, path).map_err(|e| io("rename", &tmp, e))
 }
 
 /// xxh3-64 of a file, hex.
@@ -152,7 +152,7 @@ impl Engine {
             let points = shard.backup_to(&mut w)?;
             let f = w.into_inner().map_err(|e| io("write", &tmp, e.into_error()))?;
             f.sync_all().map_err(|e| io("sync", &tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| io("rename", &tmp, e))?;
+            crate::storage::rename_durable(&tmp, &path).map_err(|e| io("rename", &tmp, e))?;
             let (bytes, xxh3) = file_hash(&path)?;
             Ok(BackupShardResponse { file, points, bytes, xxh3 })
         })

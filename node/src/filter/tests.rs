@@ -25,6 +25,20 @@ impl FilterSource for Src {
     fn scan(&self, c: &Condition) -> RoaringBitmap {
         self.points.iter().enumerate().filter(|(_, (k, p))| matches(c, k, Some(p))).map(|(i, _)| i as u32).collect()
     }
+    // One pass with prepared conditions, as the shard does: the random
+    // filter tests check it against the reference semantics.
+    fn scan_many(&self, cs: &[&Condition]) -> Vec<RoaringBitmap> {
+        let prepared: Vec<Prepared> = cs.iter().map(|c| Prepared::new(c)).collect();
+        let mut out = vec![RoaringBitmap::new(); cs.len()];
+        for (i, (k, p)) in self.points.iter().enumerate() {
+            for (o, c) in out.iter_mut().zip(&prepared) {
+                if c.matches(k, Some(p)) {
+                    o.insert(i as u32);
+                }
+            }
+        }
+        out
+    }
 }
 
 fn specs() -> Vec<PayloadIndexSpec> {

@@ -352,7 +352,7 @@ impl VectorIndex for HnswIndex {
         self.memory.store(g.memory_usage(), Ordering::Relaxed);
         g.save(tmp.to_str().ok_or_else(|| file_err("non-UTF-8 path".into()))?).map_err(|e| file_err(e.what().to_string()))?;
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| file_err(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| file_err(e.to_string()))?;
+        crate::storage::rename_durable(&tmp, path).map_err(|e| file_err(e.to_string()))?;
         Ok(())
     }
 }

@@ -149,6 +149,38 @@ impl RaftLogReader<TypeConfig> for LogStore {
             None => Ok(out),
         }
     }
+
+    /// What replication reads for one AppendEntries call: entries from
+    /// `start` until they pass `MAX_APPEND_BYTES` (at least one), so a
+    /// lagging follower never makes the leader read (and then discard, see
+    /// `network::entries_over_budget`) hundreds of megabytes per call.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        let mut out = Vec::new();
+        let mut err = None;
+        let mut bytes = 0usize;
+        self.engine
+            .scan(Cf::RaftLog, &self.entry_key(start), &self.entry_key(end), &mut |_, v| {
+                if !out.is_empty() && bytes + v.len() > shoal_proto::limits::MAX_APPEND_BYTES {
+                    return false;
+                }
+                bytes += v.len();
+                match decode::<Entry>(v, ErrorSubject::Logs) {
+                    Ok(e) => {
+                        out.push(e);
+                        true
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        false
+                    }
+                }
+            })
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        match err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {

@@ -188,7 +188,7 @@ impl ShardStateMachine {
         let snaps = snapshot_dir(&index_dir, shard_id);
         let gen_file = snaps.join(format!("gen{g}.snap"));
         if gen_file.exists() {
-            let _ = std::fs::rename(&gen_file, snaps.join(CURRENT));
+            let _ = crate::storage::rename_durable(&gen_file, &snaps.join(CURRENT));
         }
         let dir = generation_dir(&index_dir, shard_id, g);
         let (mut shard, _) = Shard::open(config.clone(), shard_id, store.with_generation(g), &dir)?;
@@ -263,7 +263,7 @@ impl ShardStateMachine {
                 return std::fs::remove_file(from);
             }
         }
-        std::fs::rename(from, to)
+        crate::storage::rename_durable(from, &to)
     }
 
     /// Defers HNSW inserts of applied writes to the node's indexer (on a
@@ -603,7 +603,7 @@ impl ShardStateMachine {
         std::fs::create_dir_all(&dir).map_err(|e| werr(&e))?;
         let gen_file = dir.join(format!("gen{new_gen}.snap"));
         if path.parent() == Some(dir.as_path()) {
-            std::fs::rename(path, &gen_file).map_err(|e| werr(&e))?;
+            crate::storage::rename_durable(path, &gen_file).map_err(|e| werr(&e))?;
         } else {
             std::fs::copy(path, &gen_file).map_err(|e| werr(&e))?;
         }

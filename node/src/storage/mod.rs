@@ -26,6 +26,19 @@ pub mod shard_store;
 
 pub use shard_store::{IndexEntry, IndexValue, ShardStore, StoreBatch, StoredPoint};
 
+/// Renames `from` to `to` and fsyncs the directory holding `to`, so the
+/// rename itself survives a power loss (a rename is durable only once its
+/// directory entry is). Every file the node replaces atomically goes
+/// through here: HNSW graphs and sidecars, snapshots, backups.
+pub fn rename_durable(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::rename(from, to)?;
+    let dir = match to.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
 use crate::error::StorageError;
 
 /// Column families.

@@ -60,7 +60,7 @@ fn f64_from_key(k: [u8; 8]) -> f64 {
 }
 
 impl IndexEntry {
-    fn encode(&self, prefix: &[u8]) -> Vec<u8> {
+    pub(crate) fn encode(&self, prefix: &[u8]) -> Vec<u8> {
         let mut k = prefix.to_vec();
         k.extend_from_slice(self.field.as_bytes());
         k.push(0);
@@ -82,7 +82,7 @@ impl IndexEntry {
         k
     }
 
-    fn decode(rest: &[u8]) -> Result<Self, StorageError> {
+    pub(crate) fn decode(rest: &[u8]) -> Result<Self, StorageError> {
         let bad = || StorageError::Corrupt { what: "payload index key", detail: format!("{rest:?}") };
         let nul = rest.iter().position(|b| *b == 0).ok_or_else(bad)?;
         if rest.len() < nul + 2 + 4 {
@@ -268,7 +268,7 @@ impl ShardStore {
     }
 }
 
-fn decode_point(b: &[u8]) -> Result<StoredPoint, StorageError> {
+pub(crate) fn decode_point(b: &[u8]) -> Result<StoredPoint, StorageError> {
     <StoredPoint as prost::Message>::decode(b).map_err(|e| StorageError::Corrupt { what: "point", detail: e.to_string() })
 }
 
