@@ -26,7 +26,7 @@ pub fn payload(i: u64) -> serde_json::Value {
     serde_json::json!({
         "i": i,
         "tag": format!("t{}", i % 7),
-        "even": i % 2 == 0,
+        "even": i.is_multiple_of(2),
         "score": i as f64 / 4.0,
         "nested": {"a": i, "b": [i, i + 1], "c": {"d": "deep"}},
         "text": format!("point {i}"),

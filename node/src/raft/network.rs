@@ -206,13 +206,11 @@ pub fn entries_over_budget(rpc: &AppendEntriesRequest<TypeConfig>, budget: usize
     }
     let size = |e: &openraft::Entry<TypeConfig>| postcard::experimental::serialized_size(e).unwrap_or(usize::MAX);
     let mut total = 0usize;
-    let mut fit = 0u64;
-    for e in &rpc.entries {
+    for (fit, e) in rpc.entries.iter().enumerate() {
         total = total.saturating_add(size(e));
         if total > budget {
-            return Some(fit.max(1));
+            return Some((fit as u64).max(1));
         }
-        fit += 1;
     }
     None
 }
