@@ -155,7 +155,8 @@ fn classify(s: &tonic::Status) -> Option<Retry> {
 
 /// Per-attempt limit: a node that stopped answering (SIGSTOP, partition)
 /// is given up on after this long and another replica is tried, within
-/// the call's overall deadline.
+/// the call's overall deadline, unless it answers a health check at once
+/// (then it is busy, not gone, and the call keeps waiting for it).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A node that timed out or could not be reached is passed over for this
 /// long: replicas are tried before it, and leader hints naming it (a
@@ -163,6 +164,9 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Without this, requests kept returning to a frozen or cut-off leader and
 /// waited out a second attempt timeout (docs/raft.md).
 const SUSPECT_FOR: Duration = Duration::from_secs(3);
+/// How long a node that passed an attempt timeout has to answer a health
+/// check to count as busy rather than gone.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct Router {
     seeds: Vec<String>,
@@ -354,6 +358,22 @@ impl Router {
         Ok((ShardConn::Remote(client), addr))
     }
 
+    /// Whether node `node` answers a health check within
+    /// [`HEALTH_PROBE_TIMEOUT`] (its async workers are free, even when a
+    /// heavy request keeps its blocking pool busy). The in-process node of
+    /// `shoal dev` is always alive.
+    async fn alive(&self, node: u64, addr: &str) -> bool {
+        if self.local.as_ref().is_some_and(|l| l.address == addr) {
+            return true;
+        }
+        let Ok(ch) = self.channel(addr) else { return false };
+        let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+        let probe = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() });
+        let alive = matches!(tokio::time::timeout(HEALTH_PROBE_TIMEOUT, probe).await, Ok(Ok(_)));
+        tracing::debug!(node, alive, "a shard call passed its attempt timeout; health probe");
+        alive
+    }
+
     /// Picks the replica for attempt `attempt`: the known leader first for
     /// [`Target::Leader`], then the replicas in turn.
     fn pick(&self, key: &(String, u32), replicas: &[u64], target: Target, attempt: usize, start: usize) -> u64 {
@@ -412,14 +432,36 @@ impl Router {
             attempt += 1;
             let (client, addr) = self.conn(node)?;
             let shard = ShardRef { collection: collection.to_string(), shard_id, epoch: self.epoch() };
-            let res = match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), f(client, shard)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    last = Some(CoordError::Unreachable { node, address: addr, detail: format!("no answer within {:?}", left.min(ATTEMPT_TIMEOUT)) });
-                    self.leaders.write().remove(&key);
-                    self.suspect(node);
-                    continue;
+            let call = f(client, shard);
+            tokio::pin!(call);
+            let mut waited = Duration::ZERO;
+            let res = loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(left.min(ATTEMPT_TIMEOUT), &mut call).await {
+                    Ok(r) => break Some(r),
+                    Err(_) => {
+                        waited += left.min(ATTEMPT_TIMEOUT);
+                        // Silence, or work in progress? A node that answers
+                        // a health check at once is alive and busy with a
+                        // heavy request: keep waiting for it, up to the
+                        // call's deadline. Only a node that does not answer
+                        // is given up on and passed over.
+                        if deadline > tokio::time::Instant::now() && self.alive(node, &addr).await {
+                            continue;
+                        }
+                        break None;
+                    }
                 }
+            };
+            let Some(res) = res else {
+                if deadline <= tokio::time::Instant::now() && waited > ATTEMPT_TIMEOUT {
+                    // A live node that was still working when the deadline came.
+                    return Err(CoordError::Deadline(self.deadline));
+                }
+                last = Some(CoordError::Unreachable { node, address: addr, detail: format!("no answer within {waited:?}") });
+                self.leaders.write().remove(&key);
+                self.suspect(node);
+                continue;
             };
             let s = match res {
                 Ok(r) => {

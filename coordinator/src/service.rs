@@ -198,10 +198,9 @@ impl Collections for Api {
         self.router.refresh().await?;
         let mut names: Vec<String> = self.router.map().collections.iter().filter_map(|c| c.config.as_ref().map(|c| c.name.clone())).collect();
         names.sort();
-        let mut collections = Vec::with_capacity(names.len());
-        for n in names {
-            collections.push(self.routed(&n, |route| async move { self.info(&route).await }).await?);
-        }
+        // Every collection at once: one slow node costs the listing one
+        // wait, not one per collection.
+        let collections = try_join_all(names.iter().map(|n| self.routed(n, |route| async move { self.info(&route).await }))).await?;
         Ok(Response::new(ListCollectionsResponse { collections }))
     }
 

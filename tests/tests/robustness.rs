@@ -129,3 +129,29 @@ async fn ten_thousand_idle_streams() {
         let _ = t.await;
     }
 }
+
+/// A heavy request is not a dead node: a `SearchBatch` that keeps its node
+/// busy well past the coordinator's 3 s attempt timeout (300 searches, each
+/// scanning 20,000 stored payloads for an unindexed filter) completes. It
+/// failed with UNAVAILABLE ("no answer within 2.97s") and the node was then
+/// passed over as if dead; now a node that answers a health check is
+/// waited for, up to the call's deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_node_is_waited_for_not_passed_over() {
+    use shoal_client::{Client, Point, SearchBuilder};
+    use shoal_proto::v1::{condition, Condition, Filter, MatchCondition, match_condition};
+    let cluster = ProcCluster::start(1).await.unwrap();
+    let addr = cluster.coordinator.addr.clone();
+    create(&addr, "busy", 1, 1).await;
+    let c = Client::connect(&addr).await.unwrap();
+    for b in 0..20u64 {
+        c.upsert("busy", (b * 1000..(b + 1) * 1000).map(|i| Point::new(i, vector(i, DIM)).payload(workload::payload(i))).collect()).await.unwrap();
+    }
+    let f = Filter { must: vec![Condition { kind: Some(condition::Kind::Match(MatchCondition { key: "tag".into(), value: Some(match_condition::Value::Keyword("t3".into())) })) }], ..Default::default() };
+    let searches: Vec<SearchBuilder> = (0..300u64).map(|i| SearchBuilder::new("busy", vector(i, DIM), 5).filter(f.clone())).collect();
+    let t = std::time::Instant::now();
+    let got = c.search_batch("busy", searches).await.expect("a long batch completes");
+    println!("300 filtered searches took {:.1} s", t.elapsed().as_secs_f64());
+    assert_eq!(got.len(), 300);
+    assert!(got.iter().all(|r| r.len() == 5));
+}

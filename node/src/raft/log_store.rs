@@ -104,6 +104,36 @@ impl LogStore {
         }
     }
 
+    /// Log entries with keys in `[from, to)`, stopping before the entry
+    /// that would pass `budget` bytes (at least one is returned).
+    fn read(&self, from: &[u8], to: &[u8], budget: usize) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        let mut out = Vec::new();
+        let mut err = None;
+        let mut bytes = 0usize;
+        self.engine
+            .scan(Cf::RaftLog, from, to, &mut |_, v| {
+                if !out.is_empty() && bytes.saturating_add(v.len()) > budget {
+                    return false;
+                }
+                bytes += v.len();
+                match decode::<Entry>(v, ErrorSubject::Logs) {
+                    Ok(e) => {
+                        out.push(e);
+                        true
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        false
+                    }
+                }
+            })
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        match err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
     /// Deletes every record of the group (log and Raft metadata).
     pub fn destroy(&self) -> Result<(), StorageError<NodeId>> {
         let end = prefix_end(&self.prefix);
@@ -130,24 +160,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => self.entry_key(i),
             Bound::Unbounded => prefix_end(&self.prefix),
         };
-        let mut out = Vec::new();
-        let mut err = None;
-        self.engine
-            .scan(Cf::RaftLog, &self.entry_key(start), &end, &mut |_, v| match decode::<Entry>(v, ErrorSubject::Logs) {
-                Ok(e) => {
-                    out.push(e);
-                    true
-                }
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            })
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-        match err {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        self.read(&self.entry_key(start), &end, usize::MAX)
     }
 
     /// What replication reads for one AppendEntries call: entries from
@@ -155,31 +168,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     /// lagging follower never makes the leader read (and then discard, see
     /// `network::entries_over_budget`) hundreds of megabytes per call.
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError<NodeId>> {
-        let mut out = Vec::new();
-        let mut err = None;
-        let mut bytes = 0usize;
-        self.engine
-            .scan(Cf::RaftLog, &self.entry_key(start), &self.entry_key(end), &mut |_, v| {
-                if !out.is_empty() && bytes + v.len() > shoal_proto::limits::MAX_APPEND_BYTES {
-                    return false;
-                }
-                bytes += v.len();
-                match decode::<Entry>(v, ErrorSubject::Logs) {
-                    Ok(e) => {
-                        out.push(e);
-                        true
-                    }
-                    Err(e) => {
-                        err = Some(e);
-                        false
-                    }
-                }
-            })
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-        match err {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        self.read(&self.entry_key(start), &self.entry_key(end), shoal_proto::limits::MAX_APPEND_BYTES)
     }
 }
 
