@@ -73,8 +73,8 @@ pub fn config_with(every: u64, keep: u64) -> openraft::Config {
     openraft::Config {
         cluster_name: "shoal".into(),
         heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
         install_snapshot_timeout: 2_000,
         snapshot_policy: if every == 0 { openraft::SnapshotPolicy::Never } else { openraft::SnapshotPolicy::LogsSinceLast(every) },
         max_in_snapshot_log_to_keep: keep,
