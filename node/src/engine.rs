@@ -216,6 +216,7 @@ impl Engine {
             // Big-endian u64 uids, one after another.
             engine.preexisting.write().extend(b.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("chunks of 8"))));
         }
+        engine.sweep_orphans()?;
         engine.reconcile()?;
         engine.start_indexer();
         Ok(engine)
@@ -557,6 +558,32 @@ impl Engine {
                 tracing::error!(collection = %key.0, shard = key.1, error = %e, "replica cannot be opened: quarantined; the other replicas serve it (move it off this node and back to repair)");
                 self.groups.remove(&group_name(&key.0, key.1));
                 self.quarantined.write().insert(key, (uid, e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// At start, before any group runs: wipes local replica data the map
+    /// no longer places on this node. A replica dropped while the node was
+    /// down (a quarantined one moved away, say) would otherwise keep its
+    /// data and uid, and a replica moved back later would reopen it.
+    fn sweep_orphans(&self) -> Result<()> {
+        let me = self.cfg.node_id;
+        let placed: HashSet<ShardKey> = self.meta_sm.with_map(|m| {
+            m.collections
+                .iter()
+                .filter_map(|c| c.config.as_ref().map(|cfg| (cfg.name.clone(), c)))
+                .flat_map(|(name, c)| c.shards.iter().filter(|s| s.replicas.contains(&me) || s.learners.contains(&me)).map(move |s| (name.clone(), s.shard_id)))
+                .collect()
+        });
+        if !self.in_cluster() {
+            return Ok(());
+        }
+        for key in shard_store::node_meta_names(&*self.kv, crate::raft::state_machine::UID_PREFIX)? {
+            let Some(replica) = crate::raft::state_machine::parse_uid_key(&key) else { continue };
+            if !placed.contains(&replica) {
+                tracing::info!(collection = %replica.0, shard = replica.1, "local data of a replica no longer placed here: wiping it");
+                self.wipe_local(&replica.0, replica.1)?;
             }
         }
         Ok(())

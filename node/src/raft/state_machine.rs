@@ -61,7 +61,16 @@ pub static CHILD_LOCK: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
 /// The node key naming the collection uid a local replica belongs to.
 pub fn uid_key(collection: &str, shard_id: u32) -> String {
-    format!("replica_uid/{collection}/{shard_id}")
+    format!("{UID_PREFIX}{collection}/{shard_id}")
+}
+
+/// Prefix of every [`uid_key`].
+pub const UID_PREFIX: &str = "replica_uid/";
+
+/// The (collection, shard) a [`uid_key`] names.
+pub fn parse_uid_key(key: &str) -> Option<(String, u32)> {
+    let (collection, shard) = key.strip_prefix(UID_PREFIX)?.rsplit_once('/')?;
+    Some((collection.to_string(), shard.parse().ok()?))
 }
 /// Points per write batch when installing a snapshot.
 const IMPORT_BATCH: usize = 1000;

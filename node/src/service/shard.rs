@@ -17,6 +17,11 @@ use crate::engine::{Engine, Replica};
 use crate::error::{NodeError, Result};
 use crate::shard::Shard;
 
+/// A single unfiltered search up to this `top_k`, without payloads or
+/// vectors, runs on the async worker (its cost is small and bounded);
+/// anything heavier goes to the blocking pool.
+const CHEAP_TOP_K: u32 = 100;
+
 /// Write batches at least this large trim the heap when done.
 const BULK_WRITE_POINTS: usize = 256;
 
@@ -185,7 +190,7 @@ impl ShardApi for ShardService {
         if req.searches.is_empty() || req.searches.len() > MAX_SEARCH_BATCH {
             return Err(NodeError::from(invalid("searches", format!("{} searches is outside 1..={MAX_SEARCH_BATCH}", req.searches.len()))).into());
         }
-        let cheap = !hide && req.searches.len() == 1 && req.searches.iter().all(|s| !s.exact && non_empty(&s.filter).is_none());
+        let cheap = !hide && req.searches.len() == 1 && req.searches.iter().all(|s| !s.exact && non_empty(&s.filter).is_none() && s.top_k <= CHEAP_TOP_K && !s.with_payload && !s.with_vector);
         for (i, s) in req.searches.iter().enumerate() {
             validate::search_params(&format!("searches[{i}]."), s.top_k, s.ef).map_err(NodeError::from)?;
             if let Some(f) = &s.filter {

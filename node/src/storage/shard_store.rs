@@ -130,6 +130,20 @@ pub fn node_meta_put(engine: &dyn KvEngine, name: &str, value: Vec<u8>) -> Resul
     engine.write(vec![KvOp::Put(Cf::Meta, [NODE_PREFIX, name.as_bytes()].concat(), value)], true)
 }
 
+/// Names of the node-level metadata keys starting with `prefix`.
+pub fn node_meta_names(engine: &dyn KvEngine, prefix: &str) -> Result<Vec<String>, StorageError> {
+    let start = [NODE_PREFIX, prefix.as_bytes()].concat();
+    let end = super::prefix_end(&start);
+    let mut out = vec![];
+    engine.scan(Cf::Meta, &start, &end, &mut |k, _| {
+        if let Ok(name) = std::str::from_utf8(&k[NODE_PREFIX.len()..]) {
+            out.push(name.to_string());
+        }
+        true
+    })?;
+    Ok(out)
+}
+
 pub fn node_meta_delete(engine: &dyn KvEngine, name: &str) -> Result<(), StorageError> {
     engine.write(vec![KvOp::Delete(Cf::Meta, [NODE_PREFIX, name.as_bytes()].concat())], true)
 }
