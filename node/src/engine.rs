@@ -167,13 +167,14 @@ pub struct Engine {
     /// the cluster (see [`Engine::note_preexisting`]).
     preexisting: RwLock<HashSet<u64>>,
     /// Replicas placed here that could not be opened (damaged or
-    /// undecodable local data), with the collection uid and the reason.
+    /// undecodable local data), with the collection uid, the reason, and
+    /// whether the data is damaged (else the open is retried).
     /// The node serves everything else; requests for these get
     /// [`NodeError::Quarantined`] (UNAVAILABLE, so coordinators use the
     /// other replicas); status and metrics report them. Moving the replica
     /// off this node wipes its local data, and moving it back rebuilds it
     /// from the group's leader.
-    quarantined: RwLock<HashMap<ShardKey, (u64, String)>>,
+    quarantined: RwLock<HashMap<ShardKey, (u64, String, bool)>>,
 }
 
 /// Node-meta key of [`Engine::note_preexisting`]'s set.
@@ -549,15 +550,24 @@ impl Engine {
             }
         }
         for (key, (config, placement, uid)) in wanted {
-            if self.shards.read().contains_key(&key) || self.quarantined.read().get(&key).is_some_and(|q| q.0 == uid) {
+            // Damaged data stays quarantined until repaired; an open that
+            // failed for another reason (I/O, a full disk) is tried again
+            // at every reconcile.
+            if self.shards.read().contains_key(&key) || self.quarantined.read().get(&key).is_some_and(|q| q.0 == uid && q.2) {
                 continue;
             }
-            if let Err(e) = self.open_shard(&config, &placement, uid, &map) {
-                // One replica that cannot open must not stop the node (it
-                // once crash-looped every node holding a replica).
-                tracing::error!(collection = %key.0, shard = key.1, error = %e, "replica cannot be opened: quarantined; the other replicas serve it (move it off this node and back to repair)");
-                self.groups.remove(&group_name(&key.0, key.1));
-                self.quarantined.write().insert(key, (uid, e.to_string()));
+            match self.open_shard(&config, &placement, uid, &map) {
+                Ok(_) => {
+                    self.quarantined.write().remove(&key);
+                }
+                Err(e) => {
+                    // One replica that cannot open must not stop the node (it
+                    // once crash-looped every node holding a replica).
+                    let damaged = matches!(e, NodeError::Storage(crate::error::StorageError::Corrupt { .. }) | NodeError::Index(_));
+                    tracing::error!(collection = %key.0, shard = key.1, error = %e, damaged, "replica cannot be opened: quarantined; the other replicas serve it (move it off this node and back to repair)");
+                    self.groups.remove(&group_name(&key.0, key.1));
+                    self.quarantined.write().insert(key, (uid, e.to_string(), damaged));
+                }
             }
         }
         Ok(())
@@ -737,7 +747,7 @@ impl Engine {
         if let Some(s) = self.shards.read().get(&(collection.to_string(), shard_id)) {
             return Ok(s.clone());
         }
-        if let Some((_, reason)) = self.quarantined.read().get(&(collection.to_string(), shard_id)) {
+        if let Some((_, reason, _)) = self.quarantined.read().get(&(collection.to_string(), shard_id)) {
             return Err(NodeError::Quarantined { collection: collection.to_string(), shard: shard_id, reason: reason.clone() });
         }
         self.meta_sm.with_map(|map| match map.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == collection)) {

@@ -206,9 +206,10 @@ impl ShardApi for ShardService {
             let mut out = Vec::with_capacity(req.searches.len());
             for s in &req.searches {
                 let r = SearchResult { results: shard.search_scoped(s, hide)? };
-                bytes += prost::Message::encoded_len(&r);
-                if bytes > MAX_MESSAGE_BYTES {
-                    return Err(NodeError::TooLarge(format!("the search response passes {MAX_MESSAGE_BYTES} bytes at search {} of {}; ask for fewer hits, fewer payload fields or no vectors", out.len() + 1, req.searches.len())));
+                // The result, its field tag and its length prefix.
+                bytes += prost::Message::encoded_len(&r) + 11;
+                if bytes > crate::shard::RESPONSE_BYTES {
+                    return Err(NodeError::TooLarge(format!("the search response passes {} bytes at search {} of {}; ask for fewer hits, fewer payload fields or no vectors", crate::shard::RESPONSE_BYTES, out.len() + 1, req.searches.len())));
                 }
                 out.push(r);
             }
