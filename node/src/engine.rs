@@ -532,7 +532,11 @@ impl Engine {
         }
         // A quarantined replica no longer placed here (moved away): its
         // local data goes, so a later placement here starts fresh.
-        let released: Vec<ShardKey> = self.quarantined.read().iter().filter(|(k, q)| wanted.get(*k).is_none_or(|w| w.2 != q.0)).map(|(k, _)| k.clone()).collect();
+        // Also one placed here again as a learner (moved away and back
+        // while this node only saw the final map): the group is adding this
+        // node afresh, so its damaged copy goes and a fresh one opens.
+        let released: Vec<ShardKey> =
+            self.quarantined.read().iter().filter(|(k, q)| wanted.get(*k).is_none_or(|w| w.2 != q.0 || w.1.learners.contains(&me))).map(|(k, _)| k.clone()).collect();
         for key in released {
             tracing::info!(collection = %key.0, shard = key.1, "quarantined replica no longer placed here: wiping its local data");
             // One failed wipe must not stop every later reconcile: it stays
