@@ -27,9 +27,9 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// must be small enough to ship within it. Coordinators split upserts into
 /// shard writes of at most 4 MiB; a node refuses larger writes.
 pub const MAX_WRITE_BYTES: usize = 8 * 1024 * 1024;
-/// Bytes of log entries in one AppendEntries call; a call with more is
-/// split (openraft's `PayloadTooLarge` with an entries hint). A single
-/// larger entry (up to [`MAX_WRITE_BYTES`]) goes alone.
+/// Bytes of log entries in one AppendEntries call (the Raft log reader
+/// stops there). A single larger entry (up to [`MAX_WRITE_BYTES`]) goes
+/// alone.
 pub const MAX_APPEND_BYTES: usize = 4 * 1024 * 1024;
 /// Encoded size of one point's payload, in bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;

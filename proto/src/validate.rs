@@ -151,11 +151,7 @@ pub fn filter_at_apply(f: &Filter) -> Result<(), ValidationError> {
 
 fn filter_with(f: &Filter, strict: bool) -> Result<(), ValidationError> {
     if !strict {
-        // Every other check on this thread stays strict.
-        STRICT.with(|s| s.set(false));
-        let r = filter_at("filter", f, 1);
-        STRICT.with(|s| s.set(true));
-        return r;
+        return filter_at("filter", f, 1, false);
     }
     let (mut conditions, mut values) = (0usize, 0usize);
     filter_size(f, &mut conditions, &mut values);
@@ -165,7 +161,7 @@ fn filter_with(f: &Filter, strict: bool) -> Result<(), ValidationError> {
     if values > MAX_FILTER_VALUES {
         return Err(invalid("filter", format!("filter lists more than {MAX_FILTER_VALUES} values in match_any and has_id (the limit)")));
     }
-    filter_at("filter", f, 1)
+    filter_at("filter", f, 1, true)
 }
 
 /// Counts conditions and listed values, stopping once past the limits
@@ -205,22 +201,16 @@ pub fn search_cost(searches: impl Iterator<Item = (u32, bool)>, shards: u64, dim
     Ok(())
 }
 
-fn filter_at(path: &str, f: &Filter, depth: usize) -> Result<(), ValidationError> {
+fn filter_at(path: &str, f: &Filter, depth: usize, strict: bool) -> Result<(), ValidationError> {
     if depth > MAX_FILTER_DEPTH {
         return Err(invalid(path, format!("filter nesting exceeds {MAX_FILTER_DEPTH} levels")));
     }
     for (clause, conds) in [("must", &f.must), ("should", &f.should), ("must_not", &f.must_not)] {
         for (i, c) in conds.iter().enumerate() {
-            condition_at(&format!("{path}.{clause}[{i}]"), c, depth)?;
+            condition_at(&format!("{path}.{clause}[{i}]"), c, depth, strict)?;
         }
     }
     Ok(())
-}
-
-thread_local! {
-    /// Whether the filter being checked gets the proposal-time rules
-    /// ([`filter`]) or only the apply-time ones ([`filter_at_apply`]).
-    static STRICT: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
 }
 
 /// A payload key path: dot-separated non-empty segments, at most
@@ -228,10 +218,15 @@ thread_local! {
 /// as a separator, and a key that cannot be decoded would keep the shard
 /// from opening).
 pub fn key(path: &str, k: &str) -> Result<(), ValidationError> {
+    key_with(path, k, true)
+}
+
+/// [`key`]; when not `strict`, only the path shape (the apply-time rule).
+fn key_with(path: &str, k: &str, strict: bool) -> Result<(), ValidationError> {
     if k.is_empty() || k.split('.').any(str::is_empty) {
         return Err(invalid(format!("{path}.key"), format!("key {k:?} is not a payload path (like \"a\" or \"a.b\")")));
     }
-    if !STRICT.with(|s| s.get()) {
+    if !strict {
         return Ok(());
     }
     if k.len() > MAX_KEY_LEN {
@@ -285,32 +280,32 @@ fn value_depth(v: &Value, at: usize) -> usize {
     }
 }
 
-fn condition_at(path: &str, c: &Condition, depth: usize) -> Result<(), ValidationError> {
+fn condition_at(path: &str, c: &Condition, depth: usize, strict: bool) -> Result<(), ValidationError> {
     match &c.kind {
         None => Err(invalid(path, "condition is empty: set one of filter, match, match_any, range, exists, is_null, has_id")),
         Some(condition::Kind::Filter(f)) => {
-            if STRICT.with(|s| s.get()) && f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty() {
+            if strict && f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty() {
                 // It would match every point (a delete-everything in disguise).
                 return Err(invalid(format!("{path}.filter"), "nested filter has no conditions"));
             }
-            filter_at(&format!("{path}.filter"), f, depth + 1)
+            filter_at(&format!("{path}.filter"), f, depth + 1, strict)
         }
         Some(condition::Kind::Match(m)) => {
-            key(path, &m.key)?;
+            key_with(path, &m.key, strict)?;
             match &m.value {
                 None => Err(invalid(format!("{path}.match"), "match has no value: set keyword, integer or boolean")),
                 Some(match_condition::Value::Keyword(_) | match_condition::Value::Integer(_) | match_condition::Value::Boolean(_)) => Ok(()),
             }
         }
         Some(condition::Kind::MatchAny(m)) => {
-            key(path, &m.key)?;
+            key_with(path, &m.key, strict)?;
             if m.keywords.is_empty() && m.integers.is_empty() {
                 return Err(invalid(format!("{path}.match_any"), "match_any lists no keywords or integers"));
             }
             Ok(())
         }
         Some(condition::Kind::Range(r)) => {
-            key(path, &r.key)?;
+            key_with(path, &r.key, strict)?;
             let bounds = [r.gt, r.gte, r.lt, r.lte];
             if bounds.iter().all(Option::is_none) {
                 return Err(invalid(format!("{path}.range"), "range has no bound: set gt, gte, lt or lte"));
@@ -326,10 +321,10 @@ fn condition_at(path: &str, c: &Condition, depth: usize) -> Result<(), Validatio
             }
             Ok(())
         }
-        Some(condition::Kind::Exists(e)) => key(path, &e.key),
-        Some(condition::Kind::IsNull(e)) => key(path, &e.key),
+        Some(condition::Kind::Exists(e)) => key_with(path, &e.key, strict),
+        Some(condition::Kind::IsNull(e)) => key_with(path, &e.key, strict),
         Some(condition::Kind::HasId(h)) => {
-            if STRICT.with(|s| s.get()) && h.ids.is_empty() {
+            if strict && h.ids.is_empty() {
                 return Err(invalid(format!("{path}.has_id"), "has_id lists no ids"));
             }
             for (i, id) in h.ids.iter().enumerate() {

@@ -163,10 +163,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         self.read(&self.entry_key(start), &end, usize::MAX)
     }
 
-    /// What replication reads for one AppendEntries call: entries from
-    /// `start` until they pass `MAX_APPEND_BYTES` (at least one), so a
-    /// lagging follower never makes the leader read (and then discard, see
-    /// `network::entries_over_budget`) hundreds of megabytes per call.
+    /// What replication reads for one AppendEntries call (openraft 0.9
+    /// reads through this only): entries from `start` until they pass
+    /// `MAX_APPEND_BYTES` (at least one), so a call to a lagging follower
+    /// stays under the message limit and within a heartbeat.
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError<NodeId>> {
         self.read(&self.entry_key(start), &self.entry_key(end), shoal_proto::limits::MAX_APPEND_BYTES)
     }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{BasicNode, Raft};
@@ -23,7 +23,7 @@ use serde::Serialize;
 use shoal_proto::internal::v1::raft_client::RaftClient;
 use shoal_proto::internal::v1::raft_server::Raft as RaftApi;
 use shoal_proto::internal::v1::{RaftReply, RaftRequest};
-use shoal_proto::limits::{MAX_APPEND_BYTES, MAX_MESSAGE_BYTES};
+use shoal_proto::limits::MAX_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
@@ -178,13 +178,6 @@ impl Peer {
 
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(&mut self, rpc: AppendEntriesRequest<TypeConfig>, option: RPCOption) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        if let Some(fit) = entries_over_budget(&rpc, MAX_APPEND_BYTES) {
-            // openraft retries at once with at most `fit` entries per call
-            // for a while: a lagging follower catches up in calls that stay
-            // under the message limit instead of failing forever.
-            tracing::debug!(group = %self.group, target = self.target, entries = rpc.entries.len(), fit, "AppendEntries over the byte budget: split");
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
-        }
         self.call(Rpc::Append, &rpc, &option).await
     }
 
@@ -195,24 +188,6 @@ impl RaftNetwork<TypeConfig> for Peer {
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         self.call(Rpc::Vote, &rpc, &option).await
     }
-}
-
-/// When the entries of `rpc` encode to more than `budget` bytes and there
-/// is more than one: how many of the first ones fit (at least one; a single
-/// entry is at most `MAX_WRITE_BYTES`, well under the message limit).
-pub fn entries_over_budget(rpc: &AppendEntriesRequest<TypeConfig>, budget: usize) -> Option<u64> {
-    if rpc.entries.len() < 2 {
-        return None;
-    }
-    let size = |e: &openraft::Entry<TypeConfig>| postcard::experimental::serialized_size(e).unwrap_or(usize::MAX);
-    let mut total = 0usize;
-    for (fit, e) in rpc.entries.iter().enumerate() {
-        total = total.saturating_add(size(e));
-        if total > budget {
-            return Some((fit as u64).max(1));
-        }
-    }
-    None
 }
 
 /// The Raft groups hosted on this node, by group name.
