@@ -31,6 +31,7 @@ use crate::error::{NodeError, Result};
 use crate::raft::log_store::LogStore;
 use crate::raft::meta::{MetaCommand, MetaStateMachine, EXISTS, META_GROUP, META_VOTERS, NOT_FOUND};
 use crate::raft::network::{Groups, Network, Peers};
+use crate::raft::rejoin::CatchUp;
 use crate::raft::state_machine::{uid_key, ShardStateMachine, CHILD_LOCK};
 use crate::raft::{Command, Reply, TypeConfig};
 use crate::shard::Shard;
@@ -175,10 +176,17 @@ pub struct Engine {
     /// off this node wipes its local data, and moving it back rebuilds it
     /// from the group's leader.
     quarantined: RwLock<HashMap<ShardKey, (u64, String, bool)>>,
+    /// Groups whose local replica lost its data (this data directory was
+    /// created after them) and does not vote yet ([`crate::raft::rejoin`]).
+    pub catch_up: CatchUp,
+    /// Random id drawn when this data directory was created.
+    incarnation: u64,
 }
 
 /// Node-meta key of [`Engine::note_preexisting`]'s set.
 const PREEXISTING_KEY: &str = "preexisting-collections";
+/// Node-meta key of the data directory's incarnation (big-endian u64).
+const INCARNATION_KEY: &str = "incarnation";
 
 impl Engine {
     /// Opens the node's storage, its metadata replica and every shard
@@ -190,8 +198,29 @@ impl Engine {
         let peers = Peers::default();
         let meta_sm = MetaStateMachine::open(kv.clone())?;
         let meta_log = LogStore::new(kv.clone(), META_GROUP);
+        let catch_up = CatchUp::load(kv.clone())?;
+        // A data directory without an incarnation is new, unless it holds
+        // a cluster map or a metadata vote (written before incarnations
+        // existed): that one just gets its id.
+        let (incarnation, new_dir) = match shard_store::node_meta_get(&*kv, INCARNATION_KEY)? {
+            Some(b) if b.len() == 8 => (u64::from_be_bytes(b.as_slice().try_into().expect("8 bytes")), false),
+            _ => {
+                let used = meta_sm.with_map(|m| !m.nodes.is_empty());
+                let id = rand::random::<u64>().max(1);
+                shard_store::node_meta_put(&*kv, INCARNATION_KEY, id.to_be_bytes().to_vec())?;
+                (id, !used)
+            }
+        };
         let handle = tokio::runtime::Handle::current();
         let meta_raft = handle.block_on(Raft::new(cfg.node_id, raft_config.clone(), Network::new(META_GROUP, peers.clone()), meta_log, meta_sm.clone())).map_err(|e| NodeError::Raft(e.to_string()))?;
+        // A new data directory may belong to a node that lost its disk: its
+        // metadata replica does not vote until it has caught up, unless
+        // this node starts a new cluster ([`Engine::init_cluster`]).
+        if new_dir {
+            catch_up.hold(META_GROUP, Some(&meta_raft), "new data directory (a new node, or one that lost its disk)")?;
+        } else {
+            catch_up.on_open(META_GROUP, &meta_raft);
+        }
         let groups = Groups::default();
         groups.insert(META_GROUP, meta_raft.clone());
         let engine = Arc::new(Engine {
@@ -212,6 +241,8 @@ impl Engine {
             indexer: Mutex::new(None),
             preexisting: RwLock::new(HashSet::new()),
             quarantined: RwLock::new(HashMap::new()),
+            catch_up,
+            incarnation,
         });
         if let Some(b) = shard_store::node_meta_get(&*engine.kv, PREEXISTING_KEY)? {
             // Big-endian u64 uids, one after another.
@@ -413,13 +444,21 @@ impl Engine {
         if self.in_cluster() {
             return Err(NodeError::AlreadyInitialized);
         }
+        // A new cluster has no entries to catch up on.
+        self.catch_up.forget(META_GROUP)?;
+        self.meta_raft.runtime_config().elect(true);
         let me = BTreeMap::from([(self.cfg.node_id, BasicNode::new(&self.cfg.advertise))]);
         self.meta_raft.initialize(me).await.map_err(|e| match e {
             RaftError::APIError(openraft::error::InitializeError::NotAllowed(_)) => NodeError::AlreadyInitialized,
             e => NodeError::Raft(e.to_string()),
         })?;
         self.wait_meta_leader(LEADER_WAIT).await;
-        self.register_node(self.cfg.node_id, self.cfg.advertise.clone()).await
+        self.register_node(self.cfg.node_id, self.cfg.advertise.clone(), self.incarnation).await
+    }
+
+    /// The random id drawn when this node's data directory was created.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     async fn propose_meta(&self, cmd: MetaCommand) -> Result<Reply> {
@@ -428,12 +467,15 @@ impl Engine {
 
     /// Adds node `id` (or updates its address) and makes it a metadata
     /// learner, or a voter while there are fewer than three. Leader only.
-    pub async fn register_node(&self, id: u64, address: String) -> Result<ClusterMap> {
+    /// `incarnation` is the id of the node's data directory (0 from nodes
+    /// that predate it): a new one under a known id records a lost disk.
+    pub async fn register_node(&self, id: u64, address: String, incarnation: u64) -> Result<ClusterMap> {
         if address.is_empty() {
             return Err(validate::invalid("address", "node address is empty").into());
         }
         let _w = self.meta_write.lock().await;
-        self.propose_meta(MetaCommand::RegisterNode { id, address: address.clone() }).await?;
+        let cmd = if incarnation == 0 { MetaCommand::RegisterNode { id, address: address.clone() } } else { MetaCommand::Register { id, address: address.clone(), incarnation } };
+        self.propose_meta(cmd).await?;
         let raft_err = |e: RaftError<u64, ClientWriteError<u64, BasicNode>>| NodeError::Raft(e.to_string());
         let membership = self.meta_raft.metrics().borrow().membership_config.membership().clone();
         match membership.get_node(&id) {
@@ -640,6 +682,7 @@ impl Engine {
         let shard = r.shard();
         tracing::info!(group = %r.group, "dropping replica no longer placed here");
         self.groups.remove(&r.group);
+        self.catch_up.forget(&r.group)?;
         let _ = tokio::runtime::Handle::current().block_on(r.raft.shutdown());
         let (collection, shard_id) = (shard.collection.clone(), shard.shard_id);
         drop(shard);
@@ -649,6 +692,19 @@ impl Engine {
         r.log.destroy().map_err(|e| NodeError::Raft(e.to_string()))?;
         shard_store::node_meta_delete(&*self.kv, &uid_key(&collection, shard_id))?;
         Ok(())
+    }
+
+    /// Whether collection `uid` is older than this node's data directory:
+    /// created before the map registered this incarnation (or the map has
+    /// not registered it yet), or noted by [`Engine::note_preexisting`].
+    /// Maps from before incarnations existed (0) rely on the note alone.
+    fn older_than_me(&self, uid: u64, map: &ClusterMap) -> bool {
+        let registered = match map.nodes.iter().find(|n| n.id == self.cfg.node_id) {
+            Some(n) if n.incarnation == self.incarnation => uid < n.since,
+            Some(n) if n.incarnation == 0 => false,
+            _ => true,
+        };
+        registered || self.preexisting.read().contains(&uid)
     }
 
     /// Opens a hosted shard replica and its Raft group. A replica of a
@@ -681,9 +737,18 @@ impl Engine {
         let network = Network::new(group.clone(), self.peers.clone());
         let handle = tokio::runtime::Handle::current();
         let raft = handle.block_on(Raft::new(self.cfg.node_id, self.raft_config.clone(), network, log.clone(), sm.clone())).map_err(|e| NodeError::Raft(e.to_string()))?;
+        // A group older than this data directory lost its local data with
+        // the disk: it receives the log but does not vote until it holds
+        // every committed entry.
+        let older = self.older_than_me(uid, map);
+        if fresh && older {
+            self.catch_up.hold(&group, Some(&raft), "shard group older than this data directory (the node lost its disk)")?;
+        } else {
+            self.catch_up.on_open(&group, &raft);
+        }
         // Only the members a shard was created with initialise its group;
         // a replica added later (a move) waits for the leader to add it.
-        if fresh && placement.changes == 0 && placement.replicas.contains(&self.cfg.node_id) && !self.preexisting.read().contains(&uid) {
+        if fresh && placement.changes == 0 && placement.replicas.contains(&self.cfg.node_id) && !older {
             let addr = |id: &u64| map.nodes.iter().find(|n| n.id == *id).map_or("", |n| n.address.as_str());
             let members: BTreeMap<u64, BasicNode> = placement.replicas.iter().map(|id| (*id, BasicNode::new(addr(id)))).collect();
             // Every replica may initialise with the same membership (safe in
@@ -831,6 +896,7 @@ impl Engine {
                     leader_id: m.current_leader.unwrap_or(0),
                     unindexed: s.unindexed(),
                     quarantined: String::new(),
+                    catching_up: self.catch_up.is_held(&r.group),
                 }
             })
             .collect();
@@ -846,6 +912,8 @@ impl Engine {
             index_bytes,
             meta_role: self.meta_role().to_string(),
             meta_leader: self.meta_raft.metrics().borrow().current_leader.unwrap_or(0),
+            incarnation: self.incarnation,
+            meta_catching_up: self.catch_up.is_held(META_GROUP),
             ..Default::default()
         }
     }

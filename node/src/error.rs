@@ -39,6 +39,10 @@ pub enum NodeError {
     ShardOpening { collection: String, shard: u32 },
     #[error("this node's replica of shard {collection}/{shard} is quarantined (it could not be opened: {reason}); the other replicas serve it, and moving the replica off this node and back repairs it")]
     Quarantined { collection: String, shard: u32, reason: String },
+    /// A replica catching up after its node lost its data refuses votes
+    /// (see `raft::rejoin`).
+    #[error("this node's replica of {0} lost its data and is catching up; it does not vote until it holds every committed entry")]
+    CatchingUp(String),
     #[error("this node already belongs to a cluster (metadata group initialised)")]
     AlreadyInitialized,
     #[error("this node has not joined a cluster yet: start one with `shoalctl cluster init` (or `shoal node --bootstrap`) or join it with `--join SEED`")]

@@ -22,6 +22,7 @@ struct Gauges {
     info: GaugeVec,
     gpu: GaugeVec,
     quarantined: GaugeVec,
+    catching_up: GaugeVec,
 }
 
 static GAUGES: LazyLock<Gauges> = LazyLock::new(|| Gauges {
@@ -37,6 +38,7 @@ static GAUGES: LazyLock<Gauges> = LazyLock::new(|| Gauges {
     info: gauge_vec("shoal_node_info", "Always 1; labels describe the node", &["node_id", "device", "version"]),
     gpu: gauge_vec("shoal_gpu_available", "1 when searches can use a GPU on this node", &[]),
     quarantined: gauge_vec("shoal_replica_quarantined", "1 per local replica that could not be opened and serves nothing (see cluster status for why)", &["collection", "shard"]),
+    catching_up: gauge_vec("shoal_raft_catching_up", "1 per local group that lost its data with the disk and does not vote until it holds every committed entry", &["group"]),
 });
 
 /// Snapshots built on this node, per group kind ("shard" or "meta").
@@ -49,7 +51,7 @@ pub static SNAPSHOT_INSTALL_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| co
 /// Refreshes the gauges from `engine` (blocking; run before a scrape).
 pub fn collect(engine: &Engine, device: &str) {
     let g = &*GAUGES;
-    for v in [&g.term, &g.last_log, &g.applied, &g.leader, &g.lag, &g.points, &g.unindexed, &g.quarantined] {
+    for v in [&g.term, &g.last_log, &g.applied, &g.leader, &g.lag, &g.points, &g.unindexed, &g.quarantined, &g.catching_up] {
         v.reset();
     }
     let me = engine.node_id();
@@ -60,6 +62,9 @@ pub fn collect(engine: &Engine, device: &str) {
         g.last_log.with_label_values(&grp).set(last as f64);
         g.applied.with_label_values(&grp).set(m.last_applied.map_or(0, |l| l.index) as f64);
         g.leader.with_label_values(&grp).set(f64::from(m.current_leader == Some(me)));
+        if engine.catch_up.is_held(&group) {
+            g.catching_up.with_label_values(&grp).set(1.0);
+        }
         if let Some(rep) = &m.replication {
             for (member, matched) in rep.iter() {
                 let behind = last.saturating_sub(matched.map_or(0, |l| l.index));

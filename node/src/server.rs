@@ -39,7 +39,7 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
         .build_v1()?;
     let shard = ShardServer::new(ShardService::new(engine.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let meta = MetaServer::new(MetaService::new(engine.clone(), device()));
-    let raft = RaftServer::new(RaftService::new(engine.groups.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let raft = RaftServer::new(RaftService::new(engine.groups.clone()).with_catch_up(engine.catch_up.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     // Open and drop shard replicas as the applied cluster map changes.
     let watcher = engine.watch_map();

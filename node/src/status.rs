@@ -26,7 +26,7 @@ impl From<NodeError> for Status {
                 }
                 s
             }
-            NodeError::Raft(_) | NodeError::NoQuorum { .. } | NodeError::MapBehind { .. } | NodeError::ShardOpening { .. } | NodeError::Quarantined { .. } | NodeError::NoCluster => Status::unavailable(msg),
+            NodeError::Raft(_) | NodeError::NoQuorum { .. } | NodeError::MapBehind { .. } | NodeError::ShardOpening { .. } | NodeError::Quarantined { .. } | NodeError::CatchingUp(_) | NodeError::NoCluster => Status::unavailable(msg),
             NodeError::AlreadyInitialized | NodeError::Precondition(_) => Status::failed_precondition(msg),
             NodeError::CollectionExists(_) => Status::already_exists(msg),
             NodeError::RangeMoved(_) => {

@@ -260,7 +260,7 @@ async fn bad_input_public_and_internal() {
 
     // Internal: Meta.
     let mut meta = MetaClient::new(ich);
-    k.check(meta.register_node(RegisterNodeRequest { node_id: 9, address: String::new() }).await, Code::InvalidArgument, "address is empty");
+    k.check(meta.register_node(RegisterNodeRequest { node_id: 9, address: String::new(), incarnation: 0 }).await, Code::InvalidArgument, "address is empty");
     k.check(meta.shard_digest(ShardDigestRequest { collection: "nope".into(), shard_id: 0 }).await, Code::NotFound, "nope");
     k.check(meta.create_collection(CreateCollectionRequest { config: Some(CollectionConfig { name: "bad name".into(), dimension: 4, metric: 1, ..Default::default() }) }).await, Code::InvalidArgument, "contains ' '");
     k.check(meta.create_collection(CreateCollectionRequest { config: None }).await, Code::InvalidArgument, "config");

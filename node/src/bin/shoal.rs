@@ -257,7 +257,7 @@ async fn note_existing_collections(engine: &Engine, seeds: &[String]) {
 /// directory joining), first records the cluster's existing collections.
 async fn join_cluster(engine: std::sync::Arc<Engine>, seeds: Vec<String>, note_existing: bool) {
     use shoal_proto::internal::v1::{meta_client::MetaClient, RegisterNodeRequest};
-    let req = RegisterNodeRequest { node_id: engine.node_id(), address: engine.advertise().to_string() };
+    let req = RegisterNodeRequest { node_id: engine.node_id(), address: engine.advertise().to_string(), incarnation: engine.incarnation() };
     // Before registering (which starts replication to this node): the
     // collections a seed's map already holds (Engine::note_preexisting).
     if note_existing {
@@ -266,7 +266,7 @@ async fn join_cluster(engine: std::sync::Arc<Engine>, seeds: Vec<String>, note_e
     let mut backoff = Duration::from_millis(100);
     loop {
         if engine.is_meta_leader() {
-            match engine.register_node(req.node_id, req.address.clone()).await {
+            match engine.register_node(req.node_id, req.address.clone(), req.incarnation).await {
                 Ok(_) => return,
                 Err(e) => tracing::debug!(error = %e, "registration on this node (the metadata leader) failed"),
             }

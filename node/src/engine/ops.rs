@@ -905,7 +905,7 @@ mod tests {
     fn submitted_operations_are_checked_against_the_map() {
         let placement = ShardPlacement { shard_id: 0, replicas: vec![1, 2], ..Default::default() };
         let map = ClusterMap {
-            nodes: (1..=3).map(|id| NodeEntry { id, address: format!("n{id}:1") }).collect(),
+            nodes: (1..=3).map(|id| NodeEntry { id, address: format!("n{id}:1"), ..Default::default() }).collect(),
             collections: vec![CollectionEntry { config: Some(shoal_proto::v1::CollectionConfig { name: "c".into(), ..Default::default() }), shards: vec![placement], uid: 1 }],
             ..Default::default()
         };

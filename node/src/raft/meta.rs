@@ -103,6 +103,15 @@ pub enum MetaCommand {
         parent: u32,
         child: u32,
     },
+    /// Adds a node or updates it, with the incarnation of its data
+    /// directory; a new incarnation counts a rejoin and records the entry's
+    /// index as `since` (collections older than that are older than the
+    /// node's data). Appended last: older log entries keep decoding.
+    Register {
+        id: u64,
+        address: String,
+        incarnation: u64,
+    },
 }
 
 impl MetaCommand {
@@ -140,7 +149,22 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
         MetaCommand::RegisterNode { id, address } => match map.nodes.iter_mut().find(|n| n.id == id) {
             Some(n) if n.address == address => return Ok(0),
             Some(n) => n.address = address,
-            None => map.nodes.push(NodeEntry { id, address }),
+            None => map.nodes.push(NodeEntry { id, address, ..Default::default() }),
+        },
+        MetaCommand::Register { id, address, incarnation } => match map.nodes.iter_mut().find(|n| n.id == id) {
+            Some(n) if n.address == address && n.incarnation == incarnation => return Ok(0),
+            Some(n) => {
+                n.address = address;
+                if n.incarnation != incarnation {
+                    if n.incarnation != 0 {
+                        // The node came back with an emptied data directory.
+                        n.rejoins = n.rejoins.saturating_add(1);
+                    }
+                    n.incarnation = incarnation;
+                    n.since = index;
+                }
+            }
+            None => map.nodes.push(NodeEntry { id, address, incarnation, rejoins: 0, since: index }),
         },
         MetaCommand::CreateCollection { entry } => {
             let mut entry = CollectionEntry::decode(entry.as_slice()).map_err(|e| format!("undecodable collection: {e}"))?;
@@ -438,7 +462,7 @@ mod tests {
         assert_eq!(apply_command(&mut m, MetaCommand::RegisterNode { id: 1, address: "a:1".into() }, 2), Ok(0), "re-registering is a no-op");
         assert_eq!(m.epoch, 1);
         assert_eq!(apply_command(&mut m, MetaCommand::RegisterNode { id: 1, address: "b:1".into() }, 3), Ok(1));
-        assert_eq!(m.nodes, vec![NodeEntry { id: 1, address: "b:1".into() }]);
+        assert_eq!(m.nodes, vec![NodeEntry { id: 1, address: "b:1".into(), ..Default::default() }]);
         assert_eq!(apply_command(&mut m, MetaCommand::CreateCollection { entry: entry("c") }, 7), Ok(1));
         assert_eq!(m.collections[0].uid, 7, "uid is the creating log index");
         assert_eq!(apply_command(&mut m, MetaCommand::CreateCollection { entry: entry("c") }, 8), Err(EXISTS.into()));
@@ -446,6 +470,26 @@ mod tests {
         assert_eq!(apply_command(&mut m, MetaCommand::DeleteCollection { name: "c".into() }, 10), Err(NOT_FOUND.into()));
         assert_eq!(m.epoch, 4);
         assert!(m.collections.is_empty());
+    }
+
+    #[test]
+    fn a_new_incarnation_counts_a_rejoin_and_moves_since() {
+        let mut m = ClusterMap::default();
+        let reg = |incarnation| MetaCommand::Register { id: 1, address: "a:1".into(), incarnation };
+        assert_eq!(apply_command(&mut m, reg(7), 3), Ok(1));
+        assert_eq!((m.nodes[0].incarnation, m.nodes[0].since, m.nodes[0].rejoins), (7, 3, 0));
+        assert_eq!(apply_command(&mut m, reg(7), 5), Ok(0), "the same incarnation again is a no-op");
+        assert_eq!(apply_command(&mut m, reg(9), 8), Ok(1));
+        assert_eq!((m.nodes[0].incarnation, m.nodes[0].since, m.nodes[0].rejoins), (9, 8, 1), "a lost disk is counted");
+        // A node registered before incarnations existed gets one without a
+        // rejoin being counted.
+        apply_command(&mut m, MetaCommand::RegisterNode { id: 2, address: "b:1".into() }, 9).unwrap();
+        apply_command(&mut m, MetaCommand::Register { id: 2, address: "b:1".into(), incarnation: 4 }, 10).unwrap();
+        assert_eq!((m.nodes[1].incarnation, m.nodes[1].since, m.nodes[1].rejoins), (4, 10, 0));
+        // Entries written before `Register` existed still decode (variant
+        // 0, id 1, address "x"), and the new variant takes the next tag.
+        assert_eq!(postcard::from_bytes::<MetaCommand>(&[0, 1, 1, b'x']).unwrap(), MetaCommand::RegisterNode { id: 1, address: "x".into() });
+        assert_eq!(postcard::to_stdvec(&MetaCommand::Register { id: 1, address: "x".into(), incarnation: 2 }).unwrap(), vec![10, 1, 1, b'x', 2]);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`snapshot`]: snapshot data (memory or file) and the shard snapshot
 //!   file format.
 //! - [`batch`]: group commit of concurrent writes to one shard.
+//! - [`rejoin`]: replicas of a node that lost its data vote again only
+//!   once they hold every committed entry.
 //!
 //! The gRPC network, write batching and the group registry build on these
 //! (docs/raft.md tracks what exists).
@@ -19,6 +21,7 @@ pub mod batch;
 pub mod log_store;
 pub mod meta;
 pub mod network;
+pub mod rejoin;
 pub mod snapshot;
 pub mod state_machine;
 

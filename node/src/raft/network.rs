@@ -27,6 +27,7 @@ use shoal_proto::limits::MAX_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
+use super::rejoin::CatchUp;
 use super::{NodeId, TypeConfig};
 use crate::error::NodeError;
 
@@ -213,11 +214,21 @@ impl Groups {
 /// Serves `shoal.internal.v1.Raft` for the node's groups.
 pub struct RaftService {
     groups: Groups,
+    /// Groups that lost their data and do not vote yet (see
+    /// [`super::rejoin`]); none in harnesses without a node.
+    catch_up: Option<CatchUp>,
 }
 
 impl RaftService {
     pub fn new(groups: Groups) -> Self {
-        RaftService { groups }
+        RaftService { groups, catch_up: None }
+    }
+
+    /// Serves with the node's catch-up set: its replicas that lost their
+    /// data refuse votes until they hold every committed entry.
+    pub fn with_catch_up(mut self, catch_up: CatchUp) -> Self {
+        self.catch_up = Some(catch_up);
+        self
     }
 
     fn open<T: DeserializeOwned>(&self, req: Request<RaftRequest>) -> Result<(Raft<TypeConfig>, T), Status> {
@@ -236,17 +247,38 @@ fn reply<T: Serialize>(res: &T) -> Result<Response<RaftReply>, Status> {
 #[tonic::async_trait]
 impl RaftApi for RaftService {
     async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let group = req.get_ref().group.clone();
         let (raft, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.open(req)?;
-        reply(&raft.append_entries(rpc).await)
+        let held = self.catch_up.as_ref().filter(|c| c.is_held(&group));
+        if let Some(c) = held {
+            c.observe(&group, &rpc);
+        }
+        let res = raft.append_entries(rpc).await;
+        if let Some(c) = held {
+            c.check(&group, &raft);
+        }
+        reply(&res)
     }
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let group = req.get_ref().group.clone();
+        if self.catch_up.as_ref().is_some_and(|c| c.is_held(&group)) {
+            // No vote at all (not even a refusal that carries our term):
+            // to the candidate this replica is silent, as a learner's
+            // would be.
+            return Err(NodeError::CatchingUp(group).into());
+        }
         let (raft, rpc): (_, VoteRequest<NodeId>) = self.open(req)?;
         reply(&raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let group = req.get_ref().group.clone();
         let (raft, rpc): (_, InstallSnapshotRequest<TypeConfig>) = self.open(req)?;
-        reply(&raft.install_snapshot(rpc).await)
+        let res = raft.install_snapshot(rpc).await;
+        if let Some(c) = self.catch_up.as_ref().filter(|c| c.is_held(&group)) {
+            c.check(&group, &raft);
+        }
+        reply(&res)
     }
 }

@@ -91,7 +91,7 @@ impl Meta for MetaService {
         if req.get_ref().node_id == 0 {
             return Err(NodeError::from(invalid("node_id", "node ids start at 1")).into());
         }
-        self.on_leader(req, |e, r: RegisterNodeRequest| async move { e.register_node(r.node_id, r.address).await }, |mut c, r| async move { c.register_node(r).await }).await
+        self.on_leader(req, |e, r: RegisterNodeRequest| async move { e.register_node(r.node_id, r.address, r.incarnation).await }, |mut c, r| async move { c.register_node(r).await }).await
     }
 
     async fn init_cluster(&self, _: Request<InitClusterRequest>) -> Result<Response<ClusterMap>, Status> {

@@ -1,0 +1,151 @@
+//! Replicas that lost their data: no vote until every committed entry is
+//! back.
+//!
+//! Raft assumes a voter's vote and log survive a restart. A node that comes
+//! back with an emptied data directory under its old id (a lost disk, a
+//! pod rescheduled onto a fresh volume) breaks that assumption in every
+//! group that existed before: with an empty log it grants its vote to any
+//! candidate, so in a double fault (this node plus the leader) a follower
+//! that misses committed entries can win an election and overwrite them
+//! when the old leader returns.
+//!
+//! Such a replica is *catching up*: it does not vote and does not stand for
+//! election (openraft's `elect` is off), so it counts for nothing in a
+//! quorum, as a learner would, while it receives the log as a follower.
+//! It goes back to voting once it has applied the commit index of a leader
+//! that has committed an entry of its own term: by Raft's leader
+//! completeness that leader holds every entry committed before this node
+//! lost its data, and each of those entries lies at or below that index.
+//! The set is kept on disk, so a restart during the catch-up keeps it.
+//!
+//! What this does not cover: a leader of an older term that has not heard
+//! of a newer one still counts the emptied node's acknowledgements (the
+//! node forgot which term it had seen). That needs a partition at the same
+//! moment as the lost disk; per-incarnation member ids would close it
+//! (docs/raft.md).
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use openraft::raft::AppendEntriesRequest;
+use openraft::Raft;
+use parking_lot::Mutex;
+
+use super::TypeConfig;
+use crate::error::{Result, StorageError};
+use crate::storage::{shard_store, KvEngine};
+
+/// Node-meta key of the persisted set (postcard `Vec<String>`).
+const KEY: &str = "catching-up";
+
+/// The groups on this node that are catching up, each with the commit
+/// index it must apply first (once a leader has told it).
+#[derive(Clone)]
+pub struct CatchUp {
+    groups: Arc<Mutex<HashMap<String, Option<u64>>>>,
+    kv: Arc<dyn KvEngine>,
+}
+
+impl CatchUp {
+    /// Loads the persisted set.
+    pub fn load(kv: Arc<dyn KvEngine>) -> Result<Self> {
+        let mut groups = HashMap::new();
+        if let Some(b) = shard_store::node_meta_get(&*kv, KEY)? {
+            let names: Vec<String> = postcard::from_bytes(&b).map_err(|e| StorageError::Corrupt { what: "catch-up set", detail: e.to_string() })?;
+            groups.extend(names.into_iter().map(|n| (n, None)));
+        }
+        Ok(CatchUp { groups: Arc::new(Mutex::new(groups)), kv })
+    }
+
+    fn persist(&self, groups: &HashMap<String, Option<u64>>) -> Result<()> {
+        let mut names: Vec<&String> = groups.keys().collect();
+        names.sort();
+        let bytes = postcard::to_stdvec(&names).map_err(|e| StorageError::Corrupt { what: "catch-up set", detail: e.to_string() })?;
+        shard_store::node_meta_put(&*self.kv, KEY, bytes)?;
+        Ok(())
+    }
+
+    /// Marks `group` as catching up (durably) and stops `raft` standing
+    /// for election.
+    /// `why` goes to the log.
+    pub fn hold(&self, group: &str, raft: Option<&Raft<TypeConfig>>, why: &str) -> Result<()> {
+        {
+            let mut g = self.groups.lock();
+            if !g.contains_key(group) {
+                g.insert(group.to_string(), None);
+                self.persist(&g)?;
+                tracing::info!(group, "{why}: the replica does not vote until it holds every committed entry");
+            }
+        }
+        if let Some(r) = raft {
+            r.runtime_config().elect(false);
+        }
+        Ok(())
+    }
+
+    /// Applies the hold to a group's Raft as it opens (a restart during
+    /// the catch-up).
+    pub fn on_open(&self, group: &str, raft: &Raft<TypeConfig>) {
+        if self.is_held(group) {
+            raft.runtime_config().elect(false);
+        }
+    }
+
+    pub fn is_held(&self, group: &str) -> bool {
+        self.groups.lock().contains_key(group)
+    }
+
+    /// The groups held now.
+    pub fn held(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.groups.lock().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Forgets `group` without voting again (its replica left the node).
+    pub fn forget(&self, group: &str) -> Result<()> {
+        let mut g = self.groups.lock();
+        if g.remove(group).is_some() {
+            self.persist(&g)?;
+        }
+        Ok(())
+    }
+
+    /// Notes the catch-up target an AppendEntries names: the leader's
+    /// commit index, once the leader has committed an entry of its own
+    /// term (before that its commit index may lie below entries its
+    /// predecessor committed).
+    pub fn observe(&self, group: &str, rpc: &AppendEntriesRequest<TypeConfig>) {
+        let mut g = self.groups.lock();
+        let Some(target) = g.get_mut(group) else { return };
+        if target.is_some() || !rpc.vote.committed {
+            return;
+        }
+        if let Some(c) = rpc.leader_commit.filter(|c| c.leader_id.term == rpc.vote.leader_id.term) {
+            tracing::info!(group, target = c.index, "catching up to the leader's commit index");
+            *target = Some(c.index);
+        }
+    }
+
+    /// Lets `group` vote again once it has applied its target. True when
+    /// it did now.
+    pub fn check(&self, group: &str, raft: &Raft<TypeConfig>) -> bool {
+        let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let mut g = self.groups.lock();
+        match g.get(group) {
+            Some(Some(target)) if applied >= *target => {}
+            _ => return false,
+        }
+        let target = g.remove(group).flatten().unwrap_or(0);
+        if let Err(e) = self.persist(&g) {
+            // Keep holding: a node that cannot write its state must not
+            // start voting on an assumption it cannot keep.
+            g.insert(group.to_string(), Some(target));
+            tracing::error!(group, error = %e, "could not record the end of a catch-up; still not voting");
+            return false;
+        }
+        drop(g);
+        raft.runtime_config().elect(true);
+        tracing::info!(group, applied, target, "replica caught up after losing its data: voting again");
+        true
+    }
+}
