@@ -63,6 +63,12 @@ pub struct NodeArgs {
     /// without it).
     #[arg(long, env = "SHOAL_BACKUP_ROOT")]
     pub backup_root: Option<PathBuf>,
+    /// Free space (MiB) the node keeps on its data volume: below it, it
+    /// refuses upserts (RESOURCE_EXHAUSTED) and pauses replication to its
+    /// own replicas until space returns (0 turns the check off; see
+    /// docs/limits.md).
+    #[arg(long, env = "SHOAL_MIN_FREE_DISK_MB", default_value_t = 100)]
+    pub min_free_disk_mb: u64,
 }
 
 /// The ordinal of a StatefulSet pod name: the number after the last `-`.

@@ -68,6 +68,9 @@ pub struct EngineConfig {
     pub raft: openraft::Config,
     /// Shared directory for backups (none: backups refused).
     pub backup_root: Option<PathBuf>,
+    /// Free-space watermark of the data volume in bytes (0: off); see
+    /// [`crate::disk`].
+    pub min_free_disk: u64,
 }
 
 type ShardKey = (String, u32);
@@ -181,6 +184,8 @@ pub struct Engine {
     pub catch_up: CatchUp,
     /// Random id drawn when this data directory was created.
     incarnation: u64,
+    /// Free space of the data volume against the watermark.
+    pub disk: Arc<crate::disk::DiskSpace>,
 }
 
 /// Node-meta key of [`Engine::note_preexisting`]'s set.
@@ -193,6 +198,7 @@ impl Engine {
     /// replica its copy of the map places here. Blocking: call off the
     /// async workers, inside a tokio runtime.
     pub fn open(cfg: EngineConfig) -> Result<Arc<Self>> {
+        let (cfg_dir, min_free) = (cfg.data_dir.clone(), if cfg.in_memory { 0 } else { cfg.min_free_disk });
         let kv: Arc<dyn KvEngine> = if cfg.in_memory { Arc::new(MemoryEngine::new()) } else { Arc::new(RocksEngine::open_with(&cfg.data_dir.join("db"), cfg.rocks)?) };
         let raft_config = Arc::new(cfg.raft.clone().validate().map_err(|e| NodeError::Raft(e.to_string()))?);
         let peers = Peers::default();
@@ -243,6 +249,7 @@ impl Engine {
             quarantined: RwLock::new(HashMap::new()),
             catch_up,
             incarnation,
+            disk: Arc::new(crate::disk::DiskSpace::new(cfg_dir, min_free)),
         });
         if let Some(b) = shard_store::node_meta_get(&*engine.kv, PREEXISTING_KEY)? {
             // Big-endian u64 uids, one after another.
@@ -270,6 +277,9 @@ impl Engine {
         if shard_store::node_meta_get(&*self.kv, PREEXISTING_KEY)?.is_some() {
             return Ok(());
         }
+        // The metadata replica's vote counts where the group has two voters
+        // (raft::rejoin); this node's own copy of the map is empty so far.
+        self.catch_up.set_voters(META_GROUP, map.nodes.len().min(META_VOTERS));
         let uids: Vec<u64> = map.collections.iter().map(|c| c.uid).collect();
         shard_store::node_meta_put(&*self.kv, PREEXISTING_KEY, uids.iter().flat_map(|u| u.to_be_bytes()).collect())?;
         tracing::info!(collections = uids.len(), "joining with an empty data directory: shard groups of existing collections wait for their leaders");
@@ -595,6 +605,12 @@ impl Engine {
                 }
             }
         }
+        for (key, (_, placement, _)) in &wanted {
+            self.catch_up.set_voters(&group_name(&key.0, key.1), placement.replicas.len());
+        }
+        if !map.nodes.is_empty() {
+            self.catch_up.set_voters(META_GROUP, map.nodes.len().min(META_VOTERS));
+        }
         for (key, (config, placement, uid)) in wanted {
             // Damaged data stays quarantined until repaired; an open that
             // failed for another reason (I/O, a full disk) is tried again
@@ -877,6 +893,15 @@ impl Engine {
         out
     }
 
+    /// Groups whose Raft core stopped on a fatal error (a failed log or
+    /// state-machine write, such as a full disk): openraft does not restart
+    /// them, so the node's liveness check fails and it is restarted.
+    pub fn stopped_groups(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.group_metrics().into_iter().filter(|(_, m)| m.running_state.is_err()).map(|(g, _)| g).collect();
+        v.sort();
+        v
+    }
+
     pub fn status(&self, device: &str) -> NodeStatusResponse {
         let me = self.cfg.node_id;
         let mut shards: Vec<ShardReplicaStatus> = self
@@ -914,6 +939,9 @@ impl Engine {
             meta_leader: self.meta_raft.metrics().borrow().current_leader.unwrap_or(0),
             incarnation: self.incarnation,
             meta_catching_up: self.catch_up.is_held(META_GROUP),
+            disk_free_bytes: self.disk.free(),
+            disk_low: self.disk.is_low(),
+            stopped_groups: self.stopped_groups(),
             ..Default::default()
         }
     }

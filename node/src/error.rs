@@ -39,6 +39,9 @@ pub enum NodeError {
     ShardOpening { collection: String, shard: u32 },
     #[error("this node's replica of shard {collection}/{shard} is quarantined (it could not be opened: {reason}); the other replicas serve it, and moving the replica off this node and back repairs it")]
     Quarantined { collection: String, shard: u32, reason: String },
+    /// The data volume is below the free-space watermark (`crate::disk`).
+    #[error("this node's data volume has {free} bytes free, below its watermark of {min_free} (--min-free-disk-mb): upserts are refused until space is freed (deletes still work)")]
+    DiskFull { free: u64, min_free: u64 },
     /// A replica catching up after its node lost its data refuses votes
     /// (see `raft::rejoin`).
     #[error("this node's replica of {0} lost its data and is catching up; it does not vote until it holds every committed entry")]

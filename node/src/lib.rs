@@ -21,6 +21,8 @@
 //! - [`service`]: gRPC handlers for `Shard` and `Meta`; [`server`] wires
 //!   them with health and reflection.
 //! - [`memory`]: resident size and glibc allocator tuning.
+//! - [`disk`]: the data volume's free space and the watermark below which
+//!   the node takes no new data.
 //! - [`raft`]: openraft type configuration and the RocksDB-backed Raft log
 //!   shared by every group on the node.
 //! - [`error`] and [`status`]: the node's error enum and its one mapping to
@@ -36,6 +38,7 @@
 //! filter's selectivity, and returns scored hits best first.
 
 pub mod config;
+pub mod disk;
 pub mod engine;
 pub mod error;
 pub mod filter;

@@ -23,6 +23,8 @@ struct Gauges {
     gpu: GaugeVec,
     quarantined: GaugeVec,
     catching_up: GaugeVec,
+    disk_free: GaugeVec,
+    disk_low: GaugeVec,
 }
 
 static GAUGES: LazyLock<Gauges> = LazyLock::new(|| Gauges {
@@ -38,6 +40,8 @@ static GAUGES: LazyLock<Gauges> = LazyLock::new(|| Gauges {
     info: gauge_vec("shoal_node_info", "Always 1; labels describe the node", &["node_id", "device", "version"]),
     gpu: gauge_vec("shoal_gpu_available", "1 when searches can use a GPU on this node", &[]),
     quarantined: gauge_vec("shoal_replica_quarantined", "1 per local replica that could not be opened and serves nothing (see cluster status for why)", &["collection", "shard"]),
+    disk_free: gauge_vec("shoal_disk_free_bytes", "Free bytes on the node's data volume", &[]),
+    disk_low: gauge_vec("shoal_disk_low", "1 while the data volume is below the free-space watermark (upserts refused)", &[]),
     catching_up: gauge_vec("shoal_raft_catching_up", "1 per local group that lost its data with the disk and does not vote until it holds every committed entry", &["group"]),
 });
 
@@ -84,6 +88,10 @@ pub fn collect(engine: &Engine, device: &str) {
     }
     g.index_bytes.with_label_values::<&str>(&[]).set(st.index_bytes as f64);
     g.rss.with_label_values::<&str>(&[]).set(st.rss_bytes as f64);
+    if st.disk_free_bytes != u64::MAX {
+        g.disk_free.with_label_values::<&str>(&[]).set(st.disk_free_bytes as f64);
+    }
+    g.disk_low.with_label_values::<&str>(&[]).set(f64::from(st.disk_low));
     g.info.reset();
     g.info.with_label_values(&[me.to_string().as_str(), device, st.version.as_str()]).set(1.0);
     g.gpu.with_label_values::<&str>(&[]).set(f64::from(device != "cpu"));

@@ -39,7 +39,7 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
         .build_v1()?;
     let shard = ShardServer::new(ShardService::new(engine.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let meta = MetaServer::new(MetaService::new(engine.clone(), device()));
-    let raft = RaftServer::new(RaftService::new(engine.groups.clone()).with_catch_up(engine.catch_up.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let raft = RaftServer::new(RaftService::new(engine.groups.clone()).with_catch_up(engine.catch_up.clone()).with_disk(engine.disk.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     // Open and drop shard replicas as the applied cluster map changes.
     let watcher = engine.watch_map();
@@ -51,7 +51,21 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
         let (engine, reporter) = (engine.clone(), reporter.clone());
         tokio::spawn(async move {
             let mut was = None;
+            let mut was_live = true;
             loop {
+                engine.disk.refresh();
+                // Liveness (the plain health check): fails while a Raft
+                // group has stopped for good, so the node is restarted.
+                let stopped = engine.stopped_groups();
+                if stopped.is_empty() != was_live {
+                    was_live = stopped.is_empty();
+                    if was_live {
+                        reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+                    } else {
+                        tracing::error!(groups = ?stopped, "raft groups stopped on a storage error: reporting not alive so the node is restarted");
+                        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                    }
+                }
                 let ready = engine.readiness().await;
                 *engine.last_ready.lock() = ready.clone();
                 if was.as_ref() != Some(&ready) {

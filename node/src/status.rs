@@ -43,7 +43,7 @@ impl From<NodeError> for Status {
                 s
             }
             NodeError::ShuttingDown => Status::unavailable(msg),
-            NodeError::TooLarge(_) => Status::resource_exhausted(msg),
+            NodeError::TooLarge(_) | NodeError::DiskFull { .. } => Status::resource_exhausted(msg),
             NodeError::BackupExists(_) => Status::already_exists(msg),
             NodeError::BackupNotFound(_) => Status::not_found(msg),
             NodeError::BackupCorrupt(_) => Status::data_loss(msg),

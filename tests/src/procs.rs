@@ -215,6 +215,17 @@ impl ProcCluster {
         Ok(id)
     }
 
+    /// Adds a node whose data directory is `data_dir` (under the cluster's
+    /// root when `None`), with further `shoal node` flags.
+    pub async fn add_node_with(&mut self, data_dir: Option<&Path>, extra: &[String]) -> Result<u64> {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let seeds: Vec<String> = self.nodes.iter().filter(|n| n.is_running()).map(|n| n.addr.clone()).collect();
+        let dir = data_dir.map_or_else(|| self.root.join(format!("n{id}")), Path::to_path_buf);
+        self.nodes.push(NodeProc::start_with(id, &dir, "127.0.0.1:0", false, &seeds, extra)?);
+        self.wait_members(self.nodes.len(), Duration::from_secs(60)).await?;
+        Ok(id)
+    }
+
     pub fn node(&mut self, id: u64) -> &mut NodeProc {
         self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
     }

@@ -146,7 +146,7 @@ type Served = (tokio::task::JoinHandle<anyhow::Result<()>>, SocketAddr, std::syn
 async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool, wait_join: bool) -> anyhow::Result<Served> {
     let (listener, addr) = bind(&args.internal_listen).await?;
     let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory, rocks: args.rocks(), exact_scan_threshold: args.exact_scan_threshold, raft: args.raft(), backup_root: args.backup_root.clone() };
+    let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory, rocks: args.rocks(), exact_scan_threshold: args.exact_scan_threshold, raft: args.raft(), backup_root: args.backup_root.clone(), min_free_disk: if in_memory { 0 } else { args.min_free_disk_mb.saturating_mul(1 << 20) } };
     let engine = tokio::task::spawn_blocking(move || Engine::open(cfg)).await?.context("opening node storage")?;
     tracing::info!(node_id = args.node_id, %addr, data_dir = %args.data_dir.display(), simd = %shoal_node::index::simd_backends(), "node serving internal API");
     let every = Duration::from_secs(args.index_save_interval);
@@ -367,6 +367,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 snapshot_keep: shoal_node::raft::SNAPSHOT_KEEP,
                 pod_name: None,
                 backup_root: None,
+                min_free_disk_mb: 100,
             };
             let (node, internal, engine) = run_node(args, stop.clone(), in_memory, true).await?;
             serve_metrics(metrics.as_deref(), node_collector(engine.clone()), stop.clone()).await?;

@@ -28,6 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use super::rejoin::CatchUp;
+use crate::disk::DiskSpace;
 use super::{NodeId, TypeConfig};
 use crate::error::NodeError;
 
@@ -169,7 +170,9 @@ impl Peer {
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
         let reply = reply.map_err(|s| match s.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => RPCError::Unreachable(Unreachable::new(&s)),
+            // A full follower (RESOURCE_EXHAUSTED) is retried with backoff
+            // like a silent one.
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::ResourceExhausted => RPCError::Unreachable(Unreachable::new(&s)),
             _ => RPCError::Network(NetworkError::new(&s)),
         })?;
         let res: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&reply.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -217,11 +220,14 @@ pub struct RaftService {
     /// Groups that lost their data and do not vote yet (see
     /// [`super::rejoin`]); none in harnesses without a node.
     catch_up: Option<CatchUp>,
+    /// The node's data volume: shard replicas take no entries below its
+    /// watermark ([`crate::disk`]).
+    disk: Option<Arc<DiskSpace>>,
 }
 
 impl RaftService {
     pub fn new(groups: Groups) -> Self {
-        RaftService { groups, catch_up: None }
+        RaftService { groups, catch_up: None, disk: None }
     }
 
     /// Serves with the node's catch-up set: its replicas that lost their
@@ -229,6 +235,21 @@ impl RaftService {
     pub fn with_catch_up(mut self, catch_up: CatchUp) -> Self {
         self.catch_up = Some(catch_up);
         self
+    }
+
+    /// Serves with the node's free-space watermark.
+    pub fn with_disk(mut self, disk: Arc<DiskSpace>) -> Self {
+        self.disk = Some(disk);
+        self
+    }
+
+    /// `DiskFull` for new data to a shard group while the volume is low
+    /// (the small metadata group always proceeds).
+    fn room_for(&self, group: &str) -> Result<(), Status> {
+        match &self.disk {
+            Some(d) if group != super::meta::META_GROUP => d.check().map_err(Status::from),
+            _ => Ok(()),
+        }
     }
 
     fn open<T: DeserializeOwned>(&self, req: Request<RaftRequest>) -> Result<(Raft<TypeConfig>, T), Status> {
@@ -249,6 +270,11 @@ impl RaftApi for RaftService {
     async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let group = req.get_ref().group.clone();
         let (raft, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.open(req)?;
+        if !rpc.entries.is_empty() {
+            // Heartbeats still pass: a full follower keeps its leader and
+            // does not stand for election; its leader retries the entries.
+            self.room_for(&group)?;
+        }
         let held = self.catch_up.as_ref().filter(|c| c.is_held(&group));
         if let Some(c) = held {
             c.observe(&group, &rpc);
@@ -262,7 +288,7 @@ impl RaftApi for RaftService {
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let group = req.get_ref().group.clone();
-        if self.catch_up.as_ref().is_some_and(|c| c.is_held(&group)) {
+        if self.catch_up.as_ref().is_some_and(|c| c.refuses_votes(&group)) {
             // No vote at all (not even a refusal that carries our term):
             // to the candidate this replica is silent, as a learner's
             // would be.
@@ -274,6 +300,7 @@ impl RaftApi for RaftService {
 
     async fn install_snapshot(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let group = req.get_ref().group.clone();
+        self.room_for(&group)?;
         let (raft, rpc): (_, InstallSnapshotRequest<TypeConfig>) = self.open(req)?;
         let res = raft.install_snapshot(rpc).await;
         if let Some(c) = self.catch_up.as_ref().filter(|c| c.is_held(&group)) {

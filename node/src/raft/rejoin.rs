@@ -18,6 +18,14 @@
 //! lost its data, and each of those entries lies at or below that index.
 //! The set is kept on disk, so a restart during the catch-up keeps it.
 //!
+//! One exception: in a group of two voters the replica votes at once.
+//! There every committed entry is on both voters, so the other one, the
+//! only possible candidate, holds them all; refusing would leave a group
+//! whose leader lost its disk without a leader for good. (In general the
+//! vote of a replica that lost its data is safe only when the intact votes
+//! alone reach every majority, which with n voters and a quorum of q needs
+//! n - q + 1 intact votes: one for n = 2, and then the candidate's own.)
+//!
 //! What this does not cover: a leader of an older term that has not heard
 //! of a newer one still counts the emptied node's acknowledgements (the
 //! node forgot which term it had seen). That needs a partition at the same
@@ -42,6 +50,9 @@ const KEY: &str = "catching-up";
 #[derive(Clone)]
 pub struct CatchUp {
     groups: Arc<Mutex<HashMap<String, Option<u64>>>>,
+    /// Voters of each held group as the node's map places them (0 or
+    /// absent: not known yet).
+    voters: Arc<Mutex<HashMap<String, usize>>>,
     kv: Arc<dyn KvEngine>,
 }
 
@@ -53,7 +64,7 @@ impl CatchUp {
             let names: Vec<String> = postcard::from_bytes(&b).map_err(|e| StorageError::Corrupt { what: "catch-up set", detail: e.to_string() })?;
             groups.extend(names.into_iter().map(|n| (n, None)));
         }
-        Ok(CatchUp { groups: Arc::new(Mutex::new(groups)), kv })
+        Ok(CatchUp { groups: Arc::new(Mutex::new(groups)), voters: Arc::default(), kv })
     }
 
     fn persist(&self, groups: &HashMap<String, Option<u64>>) -> Result<()> {
@@ -92,6 +103,17 @@ impl CatchUp {
 
     pub fn is_held(&self, group: &str) -> bool {
         self.groups.lock().contains_key(group)
+    }
+
+    /// Records how many voters `group` has (from the cluster map).
+    pub fn set_voters(&self, group: &str, n: usize) {
+        self.voters.lock().insert(group.to_string(), n);
+    }
+
+    /// Whether `group`'s replica must refuse a vote now: it is held, and
+    /// its group is not known to have at most two voters.
+    pub fn refuses_votes(&self, group: &str) -> bool {
+        self.is_held(group) && !matches!(self.voters.lock().get(group), Some(1..=2))
     }
 
     /// The groups held now.

@@ -115,6 +115,10 @@ impl ShardApi for ShardService {
             // Leadership is being handed over: the coordinator retries.
             return Err(NodeError::NotLeader { group: replica.group.clone(), leader: None }.into());
         }
+        if !req.upserts.is_empty() {
+            // Below the free-space watermark only deletes go on (crate::disk).
+            self.engine.disk.check()?;
+        }
         let has_delete = !req.delete_ids.is_empty() || req.delete_filter.is_some();
         if !req.upserts.is_empty() && has_delete {
             return Err(NodeError::from(invalid("upserts", "a shard write carries upserts or deletes, not both")).into());
