@@ -285,3 +285,57 @@ async fn backup_under_write_load_restores_on_a_cluster_of_another_size() {
     assert!(!listed.contains("broken"), "a damaged backup creates no collection: {listed}");
     println!("backup of {total} points under load ({} acknowledged before it) restored onto 1 node, 3 shards", acked_before.len());
 }
+
+/// Issue 14 point 4: a metadata voter lost for good (killed, never back)
+/// is drained and removed while it is down, and a learner takes its seat:
+/// the metadata group has three voters again, so it then survives the loss
+/// of a second original voter, and writes go on throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_metadata_voter_lost_for_good_is_replaced() {
+    use shoal_proto::internal::v1::{meta_client::MetaClient, NodeStatusRequest};
+    let mut cluster = ProcCluster::start(4).await.unwrap();
+    let addr = cluster.coordinator.addr.clone();
+    create(&addr, "mv", 2, 3).await;
+    let load = Load::start(&addr, "mv", 2, 0).await;
+    wait_acks(&load, 200).await;
+    let roles = |cluster: &ProcCluster| {
+        let nodes: Vec<(u64, String)> = cluster.nodes.iter().filter(|n| n.is_running()).map(|n| (n.id, n.addr.clone())).collect();
+        async move {
+            let mut out = BTreeMap::new();
+            for (id, a) in nodes {
+                let ch = workload::channel(&a).await;
+                if let Ok(st) = MetaClient::new(ch).node_status(NodeStatusRequest {}).await {
+                    out.insert(id, st.into_inner().meta_role);
+                }
+            }
+            out
+        }
+    };
+    let before = roles(&cluster).await;
+    assert_eq!(before.get(&4).map(String::as_str), Some("learner"), "{before:?}");
+    // Node 3, a metadata voter, is lost for good.
+    cluster.node(3).kill9();
+    let via = cluster.node(2).addr.clone();
+    ctl(&via, &["cluster", "drain", "--node-id", "3"]);
+    ctl(&via, &["cluster", "remove-node", "--node-id", "3"]);
+    cluster.nodes.retain(|n| n.id != 3);
+    cluster.wait_members(3, Duration::from_secs(30)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = roles(&cluster).await;
+        if r.get(&4).is_some_and(|r| r != "learner") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 did not take the lost voter's seat: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_acks(&load, load.acked_len() + 200).await;
+    // A second original voter goes: voters 1 and 4 still form a majority.
+    let second = if cluster.meta_leader().await == 1 { 2 } else { 1 };
+    cluster.node(second).kill9();
+    create(&addr, "after", 1, 1).await;
+    let map = cluster.map_at(4).await.unwrap();
+    assert!(map.collections.iter().any(|c| c.config.as_ref().is_some_and(|x| x.name == "after")), "the metadata group takes changes: {map:?}");
+    let (acked, _) = load.stop().await;
+    assert!(!acked.is_empty());
+}
