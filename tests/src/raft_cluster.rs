@@ -40,7 +40,9 @@ pub fn upsert_cmd(ids: impl Iterator<Item = u64>, version: u64) -> Command {
         .map(|i| PointStruct {
             id: Some(i.into()),
             vector: vec![i as f32, version as f32, 1.0, 2.0],
-            payload: Some(Struct::try_from(&serde_json::json!({"v": version})).expect("object")),
+            // Several keys and a nested object: replica digests must not
+            // depend on map order (issue 14, point 8).
+            payload: Some(Struct::try_from(&serde_json::json!({"v": version, "id": i, "tags": ["a", format!("t{}", i % 5)], "nested": {"x": i % 7, "y": "s", "z": [1.5, version]}})).expect("object")),
         })
         .collect();
     Command { write: ShardWriteRequest { upserts, ..Default::default() }.encode_to_vec() }
