@@ -208,25 +208,26 @@ impl Engine {
         // A data directory without an incarnation is new, unless it holds
         // a cluster map or a metadata vote (written before incarnations
         // existed): that one just gets its id.
-        let (incarnation, new_dir) = match shard_store::node_meta_get(&*kv, INCARNATION_KEY)? {
-            Some(b) if b.len() == 8 => (u64::from_be_bytes(b.as_slice().try_into().expect("8 bytes")), false),
+        let incarnation = match shard_store::node_meta_get(&*kv, INCARNATION_KEY)? {
+            Some(b) if b.len() == 8 => u64::from_be_bytes(b.as_slice().try_into().expect("8 bytes")),
             _ => {
                 let used = meta_sm.with_map(|m| !m.nodes.is_empty());
+                // A new data directory may belong to a node that lost its
+                // disk: its metadata replica does not vote until it has
+                // caught up, unless this node starts a new cluster
+                // ([`Engine::init_cluster`]). Held before the incarnation is
+                // written, so a crash in between cannot skip the hold.
+                if !used {
+                    catch_up.hold(META_GROUP, None, "new data directory (a new node, or one that lost its disk)")?;
+                }
                 let id = rand::random::<u64>().max(1);
                 shard_store::node_meta_put(&*kv, INCARNATION_KEY, id.to_be_bytes().to_vec())?;
-                (id, !used)
+                id
             }
         };
         let handle = tokio::runtime::Handle::current();
         let meta_raft = handle.block_on(Raft::new(cfg.node_id, raft_config.clone(), Network::new(META_GROUP, peers.clone()), meta_log, meta_sm.clone())).map_err(|e| NodeError::Raft(e.to_string()))?;
-        // A new data directory may belong to a node that lost its disk: its
-        // metadata replica does not vote until it has caught up, unless
-        // this node starts a new cluster ([`Engine::init_cluster`]).
-        if new_dir {
-            catch_up.hold(META_GROUP, Some(&meta_raft), "new data directory (a new node, or one that lost its disk)")?;
-        } else {
-            catch_up.on_open(META_GROUP, &meta_raft);
-        }
+        catch_up.on_open(META_GROUP, &meta_raft);
         let groups = Groups::default();
         groups.insert(META_GROUP, meta_raft.clone());
         let engine = Arc::new(Engine {
@@ -484,8 +485,14 @@ impl Engine {
             return Err(validate::invalid("address", "node address is empty").into());
         }
         let _w = self.meta_write.lock().await;
-        let cmd = if incarnation == 0 { MetaCommand::RegisterNode { id, address: address.clone() } } else { MetaCommand::Register { id, address: address.clone(), incarnation } };
-        self.propose_meta(cmd).await?;
+        // The address through the command every version applies, then the
+        // incarnation through one older versions skip (it changes no
+        // routing and no epoch, so their maps stay in step meanwhile).
+        self.propose_meta(MetaCommand::RegisterNode { id, address: address.clone() }).await?;
+        let known = self.meta_sm.with_map(|m| m.nodes.iter().find(|n| n.id == id).map(|n| n.incarnation));
+        if incarnation != 0 && known != Some(incarnation) {
+            self.propose_meta(MetaCommand::Register { id, address: address.clone(), incarnation }).await?;
+        }
         let raft_err = |e: RaftError<u64, ClientWriteError<u64, BasicNode>>| NodeError::Raft(e.to_string());
         let membership = self.meta_raft.metrics().borrow().membership_config.membership().clone();
         match membership.get_node(&id) {
@@ -676,6 +683,7 @@ impl Engine {
         ShardStateMachine::wipe(&store, collection, shard_id, &dir)?;
         LogStore::new(self.kv.clone(), &group_name(collection, shard_id)).destroy().map_err(|e| NodeError::Raft(e.to_string()))?;
         shard_store::node_meta_delete(&*self.kv, &uid_key(collection, shard_id))?;
+        self.catch_up.forget(&group_name(collection, shard_id))?;
         Ok(())
     }
 
@@ -733,11 +741,26 @@ impl Engine {
         let log = LogStore::new(self.kv.clone(), &group);
         let dir = self.cfg.data_dir.join("index").join(&config.name);
         let key = uid_key(&config.name, shard_id);
+        let older = self.older_than_me(uid, map);
         let fresh = {
             // Checked and set under the lock a split's child creation takes.
             let _g = CHILD_LOCK.lock();
             let known = shard_store::node_meta_get(&*self.kv, &key)?.map(|b| b.as_slice() == uid.to_be_bytes());
             let fresh = known != Some(true);
+            // A group older than this data directory lost its local data
+            // with the disk: it receives the log but does not vote until it
+            // holds every committed entry. So does a split child of a
+            // parent still catching up (its uid was written by the replayed
+            // split, not by this open). Recorded before the uid, so a crash
+            // or a failed open in between cannot skip the hold.
+            let prefix = format!("{}/", config.name);
+            let parent_held = older && self.catch_up.held().iter().any(|g| g.starts_with(&prefix) && g != &group);
+            if (fresh && older) || parent_held {
+                self.catch_up.hold(&group, None, "shard group older than this data directory (the node lost its disk)")?;
+            } else if fresh {
+                // A hold left from an earlier collection of this name.
+                self.catch_up.forget(&group)?;
+            }
             if fresh {
                 // Leftovers of an earlier collection with this name must not
                 // leak into the new one.
@@ -753,15 +776,7 @@ impl Engine {
         let network = Network::new(group.clone(), self.peers.clone());
         let handle = tokio::runtime::Handle::current();
         let raft = handle.block_on(Raft::new(self.cfg.node_id, self.raft_config.clone(), network, log.clone(), sm.clone())).map_err(|e| NodeError::Raft(e.to_string()))?;
-        // A group older than this data directory lost its local data with
-        // the disk: it receives the log but does not vote until it holds
-        // every committed entry.
-        let older = self.older_than_me(uid, map);
-        if fresh && older {
-            self.catch_up.hold(&group, Some(&raft), "shard group older than this data directory (the node lost its disk)")?;
-        } else {
-            self.catch_up.on_open(&group, &raft);
-        }
+        self.catch_up.on_open(&group, &raft);
         // Only the members a shard was created with initialise its group;
         // a replica added later (a move) waits for the leader to add it.
         if fresh && placement.changes == 0 && placement.replicas.contains(&self.cfg.node_id) && !older {
@@ -901,6 +916,49 @@ impl Engine {
         v.sort();
         v
     }
+
+    /// Lets held replicas that have caught up vote again (also checked at
+    /// every AppendEntries; this covers a leader that fell silent just
+    /// after the replica caught up).
+    pub fn check_catch_up(&self) {
+        for g in self.catch_up.held() {
+            if let Some(raft) = self.groups.get(&g) {
+                self.catch_up.check(&g, &raft);
+            }
+        }
+    }
+
+    /// Reopens shard replicas whose Raft core stopped on a storage error
+    /// (a write that failed on a full volume), once the volume is above
+    /// its watermark again: the replica is dropped from the node without
+    /// touching its data and opened again by [`Engine::reconcile`], which
+    /// quarantines it if it cannot open. Returns how many. Blocking.
+    pub fn restart_stopped_groups(&self) -> Result<usize> {
+        if self.disk.is_low() {
+            return Ok(0);
+        }
+        let stopped: Vec<Replica> = {
+            let mut shards = self.shards.write();
+            let keys: Vec<ShardKey> = shards.iter().filter(|(_, r)| r.raft.metrics().borrow().running_state.is_err()).map(|(k, _)| k.clone()).collect();
+            keys.iter().filter_map(|k| shards.remove(k)).collect()
+        };
+        for r in &stopped {
+            tracing::warn!(group = %r.group, "raft group stopped on a storage error: reopening it");
+            self.groups.remove(&r.group);
+            let _ = tokio::runtime::Handle::current().block_on(r.raft.shutdown());
+        }
+        if !stopped.is_empty() {
+            self.reconcile()?;
+        }
+        Ok(stopped.len())
+    }
+
+    /// Whether the metadata group stopped on a storage error (it is not
+    /// reopened in place: the node's liveness check fails instead).
+    pub fn meta_stopped(&self) -> bool {
+        self.meta_raft.metrics().borrow().running_state.is_err()
+    }
+
 
     pub fn status(&self, device: &str) -> NodeStatusResponse {
         let me = self.cfg.node_id;

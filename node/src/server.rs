@@ -54,15 +54,26 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
             let mut was_live = true;
             loop {
                 engine.disk.refresh();
-                // Liveness (the plain health check): fails while a Raft
-                // group has stopped for good, so the node is restarted.
-                let stopped = engine.stopped_groups();
-                if stopped.is_empty() != was_live {
-                    was_live = stopped.is_empty();
-                    if was_live {
+                engine.check_catch_up();
+                // A shard group stopped on a storage error is reopened once
+                // the volume has room again (crate::disk).
+                let e = engine.clone();
+                match tokio::task::spawn_blocking(move || e.restart_stopped_groups()).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::info!(groups = n, "reopened raft groups stopped on storage errors"),
+                    Ok(Err(err)) => tracing::error!(error = %err, "reopening stopped raft groups failed"),
+                    Err(err) => tracing::error!(error = %err, "reopening stopped raft groups panicked"),
+                }
+                // Liveness (the plain health check): fails while the
+                // metadata group has stopped (it is not reopened in place),
+                // so the node is restarted.
+                let live = !engine.meta_stopped();
+                if live != was_live {
+                    was_live = live;
+                    if live {
                         reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
                     } else {
-                        tracing::error!(groups = ?stopped, "raft groups stopped on a storage error: reporting not alive so the node is restarted");
+                        tracing::error!("the metadata group stopped on a storage error: reporting not alive so the node is restarted");
                         reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
                     }
                 }

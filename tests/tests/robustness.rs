@@ -318,8 +318,11 @@ async fn a_full_disk_pauses_a_replica_until_space_returns() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let applied = cluster.applied("df", 0).await.unwrap()[&n3];
+    let term = node_status(&cluster, n3).await.shards.iter().find(|s| s.collection == "df").map(|s| s.term).unwrap();
     wait_acks(&load, load.acked_len() + 400).await;
     let st = node_status(&cluster, n3).await;
+    let now_term = st.shards.iter().find(|s| s.collection == "df").map(|s| s.term).unwrap();
+    assert_eq!(now_term, term, "node {n3} stood for election while its entries were refused");
     let now = st.shards.iter().find(|s| s.collection == "df").map(|s| s.applied_index).unwrap();
     assert!(now <= applied + 2, "node {n3} took entries below its watermark ({applied} -> {now})");
     assert!(st.stopped_groups.is_empty(), "{st:?}");

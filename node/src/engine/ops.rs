@@ -279,7 +279,11 @@ impl Engine {
         let shard = req.shard.ok_or_else(|| invalid("shard", "shard reference is missing"))?;
         let r = self.replica(&shard.collection, shard.shard_id, 0)?;
         if let Some(Action::Elect(true)) = req.action {
-            // A transfer asks the target to stand for election at once.
+            // A transfer asks the target to stand for election at once;
+            // not a replica that lost its data and is catching up.
+            if self.catch_up.is_held(&r.group) {
+                return Err(NodeError::CatchingUp(r.group.clone()));
+            }
             r.raft.trigger().elect().await.map_err(|e| NodeError::Raft(e.to_string()))?;
             return Ok(self.members_status(&r));
         }
@@ -845,6 +849,9 @@ impl Engine {
 
     /// Asked by a metadata leader handing over: stand for election now.
     pub async fn stand_for_meta(&self) -> Result<()> {
+        if self.catch_up.is_held(META_GROUP) {
+            return Err(NodeError::CatchingUp(META_GROUP.into()));
+        }
         self.meta_raft.trigger().elect().await.map_err(|e| NodeError::Raft(e.to_string()))
     }
 }

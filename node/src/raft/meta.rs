@@ -151,21 +151,21 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
             Some(n) => n.address = address,
             None => map.nodes.push(NodeEntry { id, address, ..Default::default() }),
         },
-        MetaCommand::Register { id, address, incarnation } => match map.nodes.iter_mut().find(|n| n.id == id) {
-            Some(n) if n.address == address && n.incarnation == incarnation => return Ok(0),
-            Some(n) => {
-                n.address = address;
-                if n.incarnation != incarnation {
-                    if n.incarnation != 0 {
-                        // The node came back with an emptied data directory.
-                        n.rejoins = n.rejoins.saturating_add(1);
-                    }
-                    n.incarnation = incarnation;
-                    n.since = index;
+        MetaCommand::Register { id, address: _, incarnation } => {
+            // Incarnation only (the address came through `RegisterNode`),
+            // and no new epoch: nodes of older versions skip this command,
+            // and their maps must not fall behind in epoch.
+            let n = map.nodes.iter_mut().find(|n| n.id == id).ok_or(NOT_FOUND)?;
+            if n.incarnation != incarnation {
+                if n.incarnation != 0 {
+                    // The node came back with an emptied data directory.
+                    n.rejoins = n.rejoins.saturating_add(1);
                 }
+                n.incarnation = incarnation;
+                n.since = index;
             }
-            None => map.nodes.push(NodeEntry { id, address, incarnation, rejoins: 0, since: index }),
-        },
+            return Ok(0);
+        }
         MetaCommand::CreateCollection { entry } => {
             let mut entry = CollectionEntry::decode(entry.as_slice()).map_err(|e| format!("undecodable collection: {e}"))?;
             if map.collections.iter().any(|c| name_of(c) == name_of(&entry)) {
@@ -476,11 +476,16 @@ mod tests {
     fn a_new_incarnation_counts_a_rejoin_and_moves_since() {
         let mut m = ClusterMap::default();
         let reg = |incarnation| MetaCommand::Register { id: 1, address: "a:1".into(), incarnation };
-        assert_eq!(apply_command(&mut m, reg(7), 3), Ok(1));
+        assert_eq!(apply_command(&mut m, reg(7), 1), Err(NOT_FOUND.into()), "registered through RegisterNode first");
+        apply_command(&mut m, MetaCommand::RegisterNode { id: 1, address: "a:1".into() }, 2).unwrap();
+        let epoch = m.epoch;
+        assert_eq!(apply_command(&mut m, reg(7), 3), Ok(0));
         assert_eq!((m.nodes[0].incarnation, m.nodes[0].since, m.nodes[0].rejoins), (7, 3, 0));
         assert_eq!(apply_command(&mut m, reg(7), 5), Ok(0), "the same incarnation again is a no-op");
-        assert_eq!(apply_command(&mut m, reg(9), 8), Ok(1));
+        assert_eq!((m.nodes[0].incarnation, m.nodes[0].since), (7, 3));
+        assert_eq!(apply_command(&mut m, reg(9), 8), Ok(0));
         assert_eq!((m.nodes[0].incarnation, m.nodes[0].since, m.nodes[0].rejoins), (9, 8, 1), "a lost disk is counted");
+        assert_eq!(m.epoch, epoch, "incarnations move no epoch (older versions skip them)");
         // A node registered before incarnations existed gets one without a
         // rejoin being counted.
         apply_command(&mut m, MetaCommand::RegisterNode { id: 2, address: "b:1".into() }, 9).unwrap();

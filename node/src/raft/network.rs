@@ -214,6 +214,20 @@ impl Groups {
     }
 }
 
+/// Whether any of `entries` writes points (decoded only while the volume
+/// is low; an entry that does not decode counts as writing).
+fn carries_upserts(entries: &[openraft::Entry<TypeConfig>]) -> bool {
+    use prost::Message;
+    use shoal_proto::internal::v1::ShardWriteRequest;
+    fn writes(w: &ShardWriteRequest) -> bool {
+        !w.upserts.is_empty() || w.batch.iter().any(writes)
+    }
+    entries.iter().any(|e| match &e.payload {
+        openraft::EntryPayload::Normal(cmd) => ShardWriteRequest::decode(cmd.write.as_slice()).map_or(true, |w| writes(&w)),
+        _ => false,
+    })
+}
+
 /// Serves `shoal.internal.v1.Raft` for the node's groups.
 pub struct RaftService {
     groups: Groups,
@@ -270,17 +284,25 @@ impl RaftApi for RaftService {
     async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let group = req.get_ref().group.clone();
         let (raft, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.open(req)?;
-        if !rpc.entries.is_empty() {
-            // Heartbeats still pass: a full follower keeps its leader and
-            // does not stand for election; its leader retries the entries.
-            self.room_for(&group)?;
+        if let Err(full) = self.room_for(&group) {
+            if carries_upserts(&rpc.entries) {
+                // The entries wait (the leader retries them with backoff),
+                // but the leader's vote still reaches openraft, as a
+                // heartbeat would: a lagging follower gets only appends
+                // with entries, and without this it would time out and
+                // stand for election. Deletes and control entries pass:
+                // they are how space is won back.
+                let heartbeat = AppendEntriesRequest { vote: rpc.vote, prev_log_id: rpc.prev_log_id, entries: vec![], leader_commit: rpc.leader_commit };
+                let _ = raft.append_entries(heartbeat).await;
+                return Err(full);
+            }
         }
-        let held = self.catch_up.as_ref().filter(|c| c.is_held(&group));
-        if let Some(c) = held {
-            c.observe(&group, &rpc);
-        }
+        let (vote, commit) = (rpc.vote, rpc.leader_commit);
         let res = raft.append_entries(rpc).await;
-        if let Some(c) = held {
+        if let Some(c) = self.catch_up.as_ref().filter(|c| c.is_held(&group)) {
+            if matches!(res, Ok(AppendEntriesResponse::Success) | Ok(AppendEntriesResponse::PartialSuccess(_))) {
+                c.observe(&group, vote, commit);
+            }
             c.check(&group, &raft);
         }
         reply(&res)
@@ -288,13 +310,13 @@ impl RaftApi for RaftService {
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let group = req.get_ref().group.clone();
-        if self.catch_up.as_ref().is_some_and(|c| c.refuses_votes(&group)) {
+        let (raft, rpc): (_, VoteRequest<NodeId>) = self.open(req)?;
+        if self.catch_up.as_ref().is_some_and(|c| c.refuses_votes(&group, &raft)) {
             // No vote at all (not even a refusal that carries our term):
             // to the candidate this replica is silent, as a learner's
             // would be.
             return Err(NodeError::CatchingUp(group).into());
         }
-        let (raft, rpc): (_, VoteRequest<NodeId>) = self.open(req)?;
         reply(&raft.vote(rpc).await)
     }
 

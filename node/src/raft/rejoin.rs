@@ -18,6 +18,11 @@
 //! lost its data, and each of those entries lies at or below that index.
 //! The set is kept on disk, so a restart during the catch-up keeps it.
 //!
+//! The target is taken only from appends the replica accepted, with the
+//! leader's vote; a later leader (a higher vote) replaces it, and the hold
+//! lifts only while the replica still follows the leader the target came
+//! from.
+//!
 //! One exception: in a group of two voters the replica votes at once.
 //! There every committed entry is on both voters, so the other one, the
 //! only possible candidate, holds them all; refusing would leave a group
@@ -34,22 +39,25 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use openraft::raft::AppendEntriesRequest;
-use openraft::Raft;
+use openraft::{LogId, Raft, Vote};
 use parking_lot::Mutex;
 
-use super::TypeConfig;
+use super::{NodeId, TypeConfig};
 use crate::error::{Result, StorageError};
 use crate::storage::{shard_store, KvEngine};
 
 /// Node-meta key of the persisted set (postcard `Vec<String>`).
 const KEY: &str = "catching-up";
 
+/// The commit index a held replica must apply, and the vote of the leader
+/// that sent it.
+type Target = Option<(Vote<NodeId>, u64)>;
+
 /// The groups on this node that are catching up, each with the commit
 /// index it must apply first (once a leader has told it).
 #[derive(Clone)]
 pub struct CatchUp {
-    groups: Arc<Mutex<HashMap<String, Option<u64>>>>,
+    groups: Arc<Mutex<HashMap<String, Target>>>,
     /// Voters of each held group as the node's map places them (0 or
     /// absent: not known yet).
     voters: Arc<Mutex<HashMap<String, usize>>>,
@@ -67,7 +75,7 @@ impl CatchUp {
         Ok(CatchUp { groups: Arc::new(Mutex::new(groups)), voters: Arc::default(), kv })
     }
 
-    fn persist(&self, groups: &HashMap<String, Option<u64>>) -> Result<()> {
+    fn persist(&self, groups: &HashMap<String, Target>) -> Result<()> {
         let mut names: Vec<&String> = groups.keys().collect();
         names.sort();
         let bytes = postcard::to_stdvec(&names).map_err(|e| StorageError::Corrupt { what: "catch-up set", detail: e.to_string() })?;
@@ -105,15 +113,26 @@ impl CatchUp {
         self.groups.lock().contains_key(group)
     }
 
-    /// Records how many voters `group` has (from the cluster map).
+    /// Records how many voters `group` has (from the cluster map). While
+    /// the group is held the count only grows: a map being replayed may
+    /// show an older, smaller group.
     pub fn set_voters(&self, group: &str, n: usize) {
-        self.voters.lock().insert(group.to_string(), n);
+        let held = self.is_held(group);
+        let mut v = self.voters.lock();
+        let e = v.entry(group.to_string()).or_insert(n);
+        *e = if held { (*e).max(n) } else { n };
     }
 
     /// Whether `group`'s replica must refuse a vote now: it is held, and
-    /// its group is not known to have at most two voters.
-    pub fn refuses_votes(&self, group: &str) -> bool {
-        self.is_held(group) && !matches!(self.voters.lock().get(group), Some(1..=2))
+    /// neither the map nor its own membership (every joint half) is known
+    /// to have at most two voters.
+    pub fn refuses_votes(&self, group: &str, raft: &Raft<TypeConfig>) -> bool {
+        if !self.is_held(group) {
+            return false;
+        }
+        let local: std::collections::BTreeSet<NodeId> = raft.metrics().borrow().membership_config.membership().get_joint_config().iter().flatten().copied().collect();
+        let mapped = self.voters.lock().get(group).copied().unwrap_or(0);
+        !(matches!(mapped, 1..=2) && local.len() <= 2)
     }
 
     /// The groups held now.
@@ -132,36 +151,40 @@ impl CatchUp {
         Ok(())
     }
 
-    /// Notes the catch-up target an AppendEntries names: the leader's
-    /// commit index, once the leader has committed an entry of its own
-    /// term (before that its commit index may lie below entries its
-    /// predecessor committed).
-    pub fn observe(&self, group: &str, rpc: &AppendEntriesRequest<TypeConfig>) {
+    /// Notes the catch-up target of an AppendEntries the replica accepted:
+    /// the leader's commit index, once the leader has committed an entry
+    /// of its own term (before that its commit index may lie below
+    /// entries its predecessor committed). A higher vote replaces it.
+    pub fn observe(&self, group: &str, vote: Vote<NodeId>, leader_commit: Option<LogId<NodeId>>) {
         let mut g = self.groups.lock();
         let Some(target) = g.get_mut(group) else { return };
-        if target.is_some() || !rpc.vote.committed {
+        if !vote.committed || target.is_some_and(|(v, _)| v >= vote) {
             return;
         }
-        if let Some(c) = rpc.leader_commit.filter(|c| c.leader_id.term == rpc.vote.leader_id.term) {
-            tracing::info!(group, target = c.index, "catching up to the leader's commit index");
-            *target = Some(c.index);
+        if let Some(c) = leader_commit.filter(|c| c.leader_id.term == vote.leader_id.term) {
+            tracing::info!(group, target = c.index, term = vote.leader_id.term, "catching up to the leader's commit index");
+            *target = Some((vote, c.index));
         }
     }
 
     /// Lets `group` vote again once it has applied its target. True when
     /// it did now.
     pub fn check(&self, group: &str, raft: &Raft<TypeConfig>) -> bool {
-        let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let (applied, vote) = {
+            let m = raft.metrics().borrow().clone();
+            (m.last_applied.map_or(0, |l| l.index), m.vote)
+        };
         let mut g = self.groups.lock();
         match g.get(group) {
-            Some(Some(target)) if applied >= *target => {}
+            Some(Some((v, target))) if applied >= *target && *v == vote => {}
             _ => return false,
         }
-        let target = g.remove(group).flatten().unwrap_or(0);
+        let kept = g.remove(group).flatten();
+        let target = kept.map_or(0, |t| t.1);
         if let Err(e) = self.persist(&g) {
             // Keep holding: a node that cannot write its state must not
             // start voting on an assumption it cannot keep.
-            g.insert(group.to_string(), Some(target));
+            g.insert(group.to_string(), kept);
             tracing::error!(group, error = %e, "could not record the end of a catch-up; still not voting");
             return false;
         }
