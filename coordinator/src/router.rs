@@ -158,6 +158,9 @@ fn classify(s: &tonic::Status) -> Option<Retry> {
 /// the call's overall deadline, unless it answers a health check at once
 /// (then it is busy, not gone, and the call keeps waiting for it).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait between two rounds over a shard's replicas while none of
+/// them leads (an election): a new leader is found within this of winning.
+const ELECTION_ROUND: Duration = Duration::from_millis(100);
 /// A node that timed out or could not be reached is passed over for this
 /// long: replicas are tried before it, and leader hints naming it (a
 /// follower that has not heard of the election yet) are not followed.
@@ -506,10 +509,14 @@ impl Router {
                         CoordError::from_node(format!("shard {collection}/{shard_id}"), s)
                     });
                     // A whole round over the replicas failed: back off
-                    // before the next one (elections take a few hundred ms).
+                    // before the next one. Elections take a few hundred ms,
+                    // and a round is cheap (live replicas answer at once,
+                    // dead ones refuse the connection): rounds stay at most
+                    // ELECTION_ROUND apart, so a new leader is found within
+                    // that of its election.
                     if attempt.is_multiple_of(replicas.len()) {
                         tokio::time::sleep(backoff.min(left)).await;
-                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                        backoff = (backoff * 2).min(ELECTION_ROUND);
                     }
                 }
                 None => return Err(CoordError::from_node(format!("shard {collection}/{shard_id}"), s)),

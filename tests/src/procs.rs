@@ -49,9 +49,13 @@ pub fn spawn_ready_line(args: &[String], ready: &'static str, log: &str) -> Resu
     });
     match rx.recv_timeout(Duration::from_secs(120)) {
         Ok(a) => Ok((child, a)),
-        Err(_) => {
+        Err(e) => {
             let _ = child.kill();
-            bail!("`shoal {}` did not become ready within 120 s", args.join(" "))
+            let status = child.wait().ok().map(|s| s.to_string()).unwrap_or_default();
+            match e {
+                std::sync::mpsc::RecvTimeoutError::Disconnected => bail!("`shoal {}` exited before it was ready ({status})", args.join(" ")),
+                std::sync::mpsc::RecvTimeoutError::Timeout => bail!("`shoal {}` did not become ready within 120 s", args.join(" ")),
+            }
         }
     }
 }

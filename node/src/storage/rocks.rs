@@ -42,6 +42,15 @@ impl RocksEngine {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);
+        // Every write Shoal acknowledges is synced, so only the record being
+        // written at a crash may be incomplete. RocksDB's default
+        // (PointInTime) also stops replaying at a damaged record in the
+        // middle of the log and opens without every record after it: a
+        // Raft replica would come back missing entries it had
+        // acknowledged, and vote on that. This mode refuses to open
+        // instead; the operator empties the directory and the node
+        // rejoins as a new incarnation (docs/operations.md).
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
         // Memory is bounded and counted in the vector budget (docs/limits.md):
         // memtables of all column families share one cap, and one block cache
         // serves every table.
