@@ -174,10 +174,32 @@ async fn bench_failover_procs() {
     for i in 0..kills {
         wait_acks(&load, load.acked_len() + 200).await;
         let victim = leader_of(&addr, "f", 0).await;
+        let survivors: Vec<String> = cluster.nodes.iter().filter(|n| n.id != victim).map(|n| n.addr.clone()).collect();
         let t = Instant::now();
         cluster.node(victim).kill9();
+        // When a survivor first reports itself leader (the election), apart
+        // from when the client's writes resume (the coordinator finding it).
+        let elected = tokio::spawn(async move {
+            use shoal_proto::internal::v1::{meta_client::MetaClient, NodeStatusRequest};
+            let mut clients = vec![];
+            for a in &survivors {
+                clients.push(MetaClient::new(shoal_tests::workload::channel(a).await));
+            }
+            while t.elapsed() < Duration::from_secs(30) {
+                for c in &mut clients {
+                    if let Ok(st) = c.node_status(NodeStatusRequest {}).await {
+                        if st.get_ref().shards.iter().any(|s| s.collection == "f" && s.leader) {
+                            return Some(t.elapsed());
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            None
+        });
         let took = acks_resume(&load, t, 1).await;
-        println!("kill {i}: node {victim}, first write after {took:?}");
+        let elected = elected.await.ok().flatten();
+        println!("kill {i}: node {victim}, leader after {elected:?}, first write after {took:?}");
         times.push(took);
         cluster.node(victim).restart().unwrap();
         cluster.caught_up("f", 0, 3, 50, Duration::from_secs(60)).await.unwrap();

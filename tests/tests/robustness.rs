@@ -191,17 +191,14 @@ async fn a_node_that_lost_its_disk_does_not_vote_until_caught_up() {
     let l = workload::leader_of(&addr, "ld", 0).await;
     let a = if l == 2 { 3 } else { 2 };
     let b = 6 - l - a;
-    let all: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
 
     cluster.node(b).pause();
     wait_acks(&load, load.acked_len() + 300).await;
-    let a_dir = cluster.node(a).data_dir.clone();
-    let a_addr = cluster.node(a).addr.clone();
     cluster.node(a).kill9();
     cluster.node(l).kill9();
-    std::fs::remove_dir_all(&a_dir).unwrap();
+    std::fs::remove_dir_all(&cluster.node(a).data_dir).unwrap();
     cluster.node(b).resume();
-    *cluster.node(a) = shoal_tests::procs::NodeProc::start(a, &a_dir, &a_addr, false, &all).unwrap();
+    cluster.start_empty(a).unwrap();
 
     // Many election rounds with only A and B up: nobody may lead, also
     // once A has the shard open again (5 s after that, or 15 s in all:
@@ -362,13 +359,12 @@ async fn a_damaged_write_ahead_log_stops_the_node_and_an_emptied_directory_repai
         *b ^= 0x5a;
     }
     std::fs::write(&wal, &bytes).unwrap();
-    let err = cluster.node(3).restart().err().expect("a node whose log lost acknowledged records must not start on the rest");
+    let Err(err) = cluster.node(3).restart() else {
+        panic!("a node whose log lost acknowledged records must not start on the rest");
+    };
     println!("node 3 refused to start: {err:#}");
 
-    std::fs::remove_dir_all(&dir).unwrap();
-    let all: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
-    let addr3 = cluster.node(3).addr.clone();
-    *cluster.node(3) = shoal_tests::procs::NodeProc::start(3, &dir, &addr3, false, &all).unwrap();
+    cluster.start_empty(3).unwrap();
     wait_acks(&load, load.acked_len() + 300).await;
     let (acked, attempted) = load.stop().await;
     workload::check(&cluster.view(), &addr, "wal", 1, &acked, &attempted).await;
