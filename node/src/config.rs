@@ -94,7 +94,7 @@ impl NodeArgs {
 
     /// Raft timing and log compaction for every group on the node.
     pub fn raft(&self) -> openraft::Config {
-        crate::raft::config_for_node(self.node_id, self.snapshot_every, self.snapshot_keep)
+        crate::raft::config_with(self.snapshot_every, self.snapshot_keep)
     }
 
     pub fn rocks(&self) -> crate::storage::rocks::RocksTuning {

@@ -72,17 +72,6 @@ pub fn default_config() -> openraft::Config {
 
 /// [`default_config`] with another snapshot policy: a snapshot after
 /// `every` entries (0: never), `keep` entries kept behind it.
-/// [`config_with`] for node `node_id`: its election timeout lies in a band
-/// of 100 ms of its own (300-400, 400-500 or 500-600 ms by node id modulo
-/// 3). openraft 0.9 draws a node's timeout once, so two followers with
-/// close timeouts split the vote at every round after a leader dies; with
-/// the bands, the followers of a three-replica group on consecutive nodes
-/// never tie, and the first stands about 100 ms before the next.
-pub fn config_for_node(node_id: u64, every: u64, keep: u64) -> openraft::Config {
-    let band = 300 + 100 * (node_id % 3);
-    openraft::Config { election_timeout_min: band, election_timeout_max: band + 100, ..config_with(every, keep) }
-}
-
 pub fn config_with(every: u64, keep: u64) -> openraft::Config {
     openraft::Config {
         cluster_name: "shoal".into(),
