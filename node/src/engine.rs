@@ -206,8 +206,8 @@ impl Engine {
         let meta_log = LogStore::new(kv.clone(), META_GROUP);
         let catch_up = CatchUp::load(kv.clone())?;
         // A data directory without an incarnation is new, unless it holds
-        // a cluster map or a metadata vote (written before incarnations
-        // existed): that one just gets its id.
+        // a cluster map (written before incarnations existed): that one
+        // just gets its id.
         let incarnation = match shard_store::node_meta_get(&*kv, INCARNATION_KEY)? {
             Some(b) if b.len() == 8 => u64::from_be_bytes(b.as_slice().try_into().expect("8 bytes")),
             _ => {
@@ -218,7 +218,7 @@ impl Engine {
                 // ([`Engine::init_cluster`]). Held before the incarnation is
                 // written, so a crash in between cannot skip the hold.
                 if !used {
-                    catch_up.hold(META_GROUP, None, "new data directory (a new node, or one that lost its disk)")?;
+                    catch_up.hold(META_GROUP, "new data directory (a new node, or one that lost its disk)")?;
                 }
                 let id = rand::random::<u64>().max(1);
                 shard_store::node_meta_put(&*kv, INCARNATION_KEY, id.to_be_bytes().to_vec())?;
@@ -756,7 +756,7 @@ impl Engine {
             let prefix = format!("{}/", config.name);
             let parent_held = older && self.catch_up.held().iter().any(|g| g.starts_with(&prefix) && g != &group);
             if (fresh && older) || parent_held {
-                self.catch_up.hold(&group, None, "shard group older than this data directory (the node lost its disk)")?;
+                self.catch_up.hold(&group, "shard group older than this data directory (the node lost its disk)")?;
             } else if fresh {
                 // A hold left from an earlier collection of this name.
                 self.catch_up.forget(&group)?;
@@ -909,8 +909,9 @@ impl Engine {
     }
 
     /// Groups whose Raft core stopped on a fatal error (a failed log or
-    /// state-machine write, such as a full disk): openraft does not restart
-    /// them, so the node's liveness check fails and it is restarted.
+    /// state-machine write, such as a full disk). openraft does not restart
+    /// them: shard groups are reopened by [`Engine::restart_stopped_groups`],
+    /// and a stopped metadata group fails the node's liveness check.
     pub fn stopped_groups(&self) -> Vec<String> {
         let mut v: Vec<String> = self.group_metrics().into_iter().filter(|(_, m)| m.running_state.is_err()).map(|(g, _)| g).collect();
         v.sort();
@@ -958,7 +959,6 @@ impl Engine {
     pub fn meta_stopped(&self) -> bool {
         self.meta_raft.metrics().borrow().running_state.is_err()
     }
-
 
     pub fn status(&self, device: &str) -> NodeStatusResponse {
         let me = self.cfg.node_id;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use shoal_proto::internal::v1::meta_client::MetaClient;
-use shoal_proto::internal::v1::{ClusterMap, GetClusterMapRequest, ShardDigestRequest};
+use shoal_proto::internal::v1::{ClusterMap, GetClusterMapRequest, NodeStatusRequest, NodeStatusResponse, ShardDigestRequest};
 
 use crate::shoal_bin;
 
@@ -284,15 +284,20 @@ impl ProcCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             for n in self.nodes.iter().filter(|n| n.is_running()) {
-                if let Ok(mut c) = meta(&n.addr).await {
-                    if c.node_status(shoal_proto::internal::v1::NodeStatusRequest {}).await.is_ok_and(|st| st.get_ref().meta_role == "leader") {
-                        return n.id;
-                    }
+                if self.node_status(n.id).await.is_some_and(|st| st.meta_role == "leader") {
+                    return n.id;
                 }
             }
             assert!(Instant::now() < deadline, "no metadata leader");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Node `id`'s own status (internal `Meta/NodeStatus`), or `None` when
+    /// it is not running or does not answer.
+    pub async fn node_status(&self, id: u64) -> Option<NodeStatusResponse> {
+        let n = self.nodes.iter().find(|n| n.id == id && n.is_running())?;
+        Some(meta(&n.addr).await.ok()?.node_status(NodeStatusRequest {}).await.ok()?.into_inner())
     }
 
     /// See [`Nodes::caught_up`].

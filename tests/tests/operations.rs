@@ -286,31 +286,28 @@ async fn backup_under_write_load_restores_on_a_cluster_of_another_size() {
     println!("backup of {total} points under load ({} acknowledged before it) restored onto 1 node, 3 shards", acked_before.len());
 }
 
+/// Each answering node's metadata role.
+async fn roles(cluster: &ProcCluster) -> BTreeMap<u64, String> {
+    let mut out = BTreeMap::new();
+    for n in &cluster.nodes {
+        if let Some(st) = cluster.node_status(n.id).await {
+            out.insert(n.id, st.meta_role);
+        }
+    }
+    out
+}
+
 /// Issue 14 point 4: a metadata voter lost for good (killed, never back)
 /// is drained and removed while it is down, and a learner takes its seat:
 /// the metadata group has three voters again, so it then survives the loss
 /// of a second original voter, and writes go on throughout.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_metadata_voter_lost_for_good_is_replaced() {
-    use shoal_proto::internal::v1::{meta_client::MetaClient, NodeStatusRequest};
     let mut cluster = ProcCluster::start(4).await.unwrap();
     let addr = cluster.coordinator.addr.clone();
     create(&addr, "mv", 2, 3).await;
     let load = Load::start(&addr, "mv", 2, 0).await;
     wait_acks(&load, 200).await;
-    let roles = |cluster: &ProcCluster| {
-        let nodes: Vec<(u64, String)> = cluster.nodes.iter().filter(|n| n.is_running()).map(|n| (n.id, n.addr.clone())).collect();
-        async move {
-            let mut out = BTreeMap::new();
-            for (id, a) in nodes {
-                let ch = workload::channel(&a).await;
-                if let Ok(st) = MetaClient::new(ch).node_status(NodeStatusRequest {}).await {
-                    out.insert(id, st.into_inner().meta_role);
-                }
-            }
-            out
-        }
-    };
     let before = roles(&cluster).await;
     assert_eq!(before.get(&4).map(String::as_str), Some("learner"), "{before:?}");
     // Node 3, a metadata voter, is lost for good.

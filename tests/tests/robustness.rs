@@ -164,9 +164,7 @@ async fn a_busy_node_is_waited_for_not_passed_over() {
 /// Node `id`'s view of `collection/0`: whether it leads it and whether
 /// its replica is catching up after a lost disk (None: not open there).
 async fn replica_view(cluster: &ProcCluster, id: u64, collection: &str) -> Option<(bool, bool)> {
-    use shoal_proto::internal::v1::{meta_client::MetaClient, NodeStatusRequest};
-    let addr = cluster.nodes.iter().find(|n| n.id == id)?.addr.clone();
-    let st = MetaClient::new(channel(&addr).await).node_status(NodeStatusRequest {}).await.ok()?.into_inner();
+    let st = cluster.node_status(id).await?;
     st.shards.iter().find(|s| s.collection == collection && s.shard_id == 0).map(|s| (s.leader, s.catching_up))
 }
 
@@ -237,9 +235,7 @@ async fn a_node_that_lost_its_disk_does_not_vote_until_caught_up() {
 
 /// Node `id`'s status (internal `Meta/NodeStatus`).
 async fn node_status(cluster: &ProcCluster, id: u64) -> shoal_proto::internal::v1::NodeStatusResponse {
-    use shoal_proto::internal::v1::{meta_client::MetaClient, NodeStatusRequest};
-    let addr = cluster.nodes.iter().find(|n| n.id == id).unwrap().addr.clone();
-    MetaClient::new(channel(&addr).await).node_status(NodeStatusRequest {}).await.unwrap().into_inner()
+    cluster.node_status(id).await.unwrap_or_else(|| panic!("node {id} does not answer its status"))
 }
 
 /// Point 9, the free-space watermark on a leader: upserts answer

@@ -28,8 +28,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use super::rejoin::CatchUp;
-use crate::disk::DiskSpace;
 use super::{NodeId, TypeConfig};
+use crate::disk::DiskSpace;
 use crate::error::NodeError;
 
 /// Lazily connected channels to peer nodes, shared by all groups.

@@ -83,26 +83,20 @@ impl CatchUp {
         Ok(())
     }
 
-    /// Marks `group` as catching up (durably) and stops `raft` standing
-    /// for election.
+    /// Marks `group` as catching up, durably, before its Raft exists;
+    /// [`CatchUp::on_open`] then keeps it from standing for election.
     /// `why` goes to the log.
-    pub fn hold(&self, group: &str, raft: Option<&Raft<TypeConfig>>, why: &str) -> Result<()> {
-        {
-            let mut g = self.groups.lock();
-            if !g.contains_key(group) {
-                g.insert(group.to_string(), None);
-                self.persist(&g)?;
-                tracing::info!(group, "{why}: the replica does not vote until it holds every committed entry");
-            }
-        }
-        if let Some(r) = raft {
-            r.runtime_config().elect(false);
+    pub fn hold(&self, group: &str, why: &str) -> Result<()> {
+        let mut g = self.groups.lock();
+        if !g.contains_key(group) {
+            g.insert(group.to_string(), None);
+            self.persist(&g)?;
+            tracing::info!(group, "{why}: the replica does not vote until it holds every committed entry");
         }
         Ok(())
     }
 
-    /// Applies the hold to a group's Raft as it opens (a restart during
-    /// the catch-up).
+    /// Applies the hold to a group's Raft as it opens.
     pub fn on_open(&self, group: &str, raft: &Raft<TypeConfig>) {
         if self.is_held(group) {
             raft.runtime_config().elect(false);
