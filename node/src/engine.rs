@@ -28,6 +28,7 @@ use shoal_proto::v1::CollectionConfig;
 use shoal_proto::{placement, routing, validate};
 
 use crate::error::{NodeError, Result};
+use crate::raft::election::Elections;
 use crate::raft::log_store::LogStore;
 use crate::raft::meta::{MetaCommand, MetaStateMachine, EXISTS, META_GROUP, META_VOTERS, NOT_FOUND};
 use crate::raft::network::{Groups, Network, Peers};
@@ -149,7 +150,7 @@ pub struct Engine {
     shards: RwLock<HashMap<ShardKey, Replica>>,
     /// Raft groups served by this node's `Raft` service.
     pub groups: Groups,
-    peers: Peers,
+    pub(crate) peers: Peers,
     /// Timing shared by every group on the node.
     raft_config: Arc<openraft::Config>,
     meta_raft: Raft<TypeConfig>,
@@ -182,6 +183,9 @@ pub struct Engine {
     /// Groups whose local replica lost its data (this data directory was
     /// created after them) and does not vote yet ([`crate::raft::rejoin`]).
     pub catch_up: CatchUp,
+    /// Election timers and pre-votes of every group here
+    /// ([`crate::raft::election`]).
+    pub elections: Elections,
     /// Random id drawn when this data directory was created.
     incarnation: u64,
     /// Free space of the data volume against the watermark.
@@ -226,10 +230,10 @@ impl Engine {
             }
         };
         let handle = tokio::runtime::Handle::current();
-        let meta_raft = handle.block_on(Raft::new(cfg.node_id, raft_config.clone(), Network::new(META_GROUP, peers.clone()), meta_log, meta_sm.clone())).map_err(|e| NodeError::Raft(e.to_string()))?;
-        catch_up.on_open(META_GROUP, &meta_raft);
+        let meta_raft = handle.block_on(Raft::new(cfg.node_id, raft_config.clone(), Network::new(META_GROUP, peers.clone()), meta_log.clone(), meta_sm.clone())).map_err(|e| NodeError::Raft(e.to_string()))?;
         let groups = Groups::default();
-        groups.insert(META_GROUP, meta_raft.clone());
+        groups.insert(META_GROUP, meta_raft.clone(), meta_log);
+        let elections = Elections::new(cfg.node_id, &raft_config);
         let engine = Arc::new(Engine {
             cfg,
             kv,
@@ -249,6 +253,7 @@ impl Engine {
             preexisting: RwLock::new(HashSet::new()),
             quarantined: RwLock::new(HashMap::new()),
             catch_up,
+            elections,
             incarnation,
             disk: Arc::new(crate::disk::DiskSpace::new(cfg_dir, min_free)),
         });
@@ -457,7 +462,6 @@ impl Engine {
         }
         // A new cluster has no entries to catch up on.
         self.catch_up.forget(META_GROUP)?;
-        self.meta_raft.runtime_config().elect(true);
         let me = BTreeMap::from([(self.cfg.node_id, BasicNode::new(&self.cfg.advertise))]);
         self.meta_raft.initialize(me).await.map_err(|e| match e {
             RaftError::APIError(openraft::error::InitializeError::NotAllowed(_)) => NodeError::AlreadyInitialized,
@@ -776,7 +780,6 @@ impl Engine {
         let network = Network::new(group.clone(), self.peers.clone());
         let handle = tokio::runtime::Handle::current();
         let raft = handle.block_on(Raft::new(self.cfg.node_id, self.raft_config.clone(), network, log.clone(), sm.clone())).map_err(|e| NodeError::Raft(e.to_string()))?;
-        self.catch_up.on_open(&group, &raft);
         // Only the members a shard was created with initialise its group;
         // a replica added later (a move) waits for the leader to add it.
         if fresh && placement.changes == 0 && placement.replicas.contains(&self.cfg.node_id) && !older {
@@ -802,7 +805,7 @@ impl Engine {
             });
         }
         handle.spawn(track_role(raft.clone(), sm.clone()));
-        self.groups.insert(group.clone(), raft.clone());
+        self.groups.insert(group.clone(), raft.clone(), log.clone());
         let writes = crate::raft::batch::WriteQueue::start(&handle, raft.clone(), group.clone());
         let replica = Replica { group, raft, sm, log, writes, uid, transfer: Default::default() };
         self.shards.write().insert((config.name.clone(), shard_id), replica.clone());

@@ -39,8 +39,11 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
         .build_v1()?;
     let shard = ShardServer::new(ShardService::new(engine.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let meta = MetaServer::new(MetaService::new(engine.clone(), device()));
-    let raft = RaftServer::new(RaftService::new(engine.groups.clone()).with_catch_up(engine.catch_up.clone()).with_disk(engine.disk.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let raft = RaftServer::new(RaftService::new(engine.groups.clone(), engine.elections.clone()).with_catch_up(engine.catch_up.clone()).with_disk(engine.disk.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+    // Election timers and pre-votes of every group (openraft's timer is
+    // off).
+    let elector = engine.elections.spawn(engine.groups.clone(), engine.peers.clone(), Some(engine.catch_up.clone()));
     // Open and drop shard replicas as the applied cluster map changes.
     let watcher = engine.watch_map();
     // Drive cluster operations while this node leads the metadata group.
@@ -135,6 +138,7 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
         s.abort();
     }
     trimmer.abort();
+    elector.abort();
     watcher.abort();
     driver.abort();
     readiness.abort();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use openraft::{BasicNode, Raft, ServerState};
 use prost::Message;
+use shoal_node::raft::election::Elections;
 use shoal_node::raft::log_store::LogStore;
 use shoal_node::raft::network::{Groups, Network, Peers, RaftService};
 use shoal_node::raft::state_machine::ShardStateMachine;
@@ -53,6 +54,7 @@ struct Running {
     sm: ShardStateMachine,
     log: LogStore,
     server: JoinHandle<()>,
+    elector: JoinHandle<()>,
     stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -82,20 +84,23 @@ impl Node {
         // `Shard::index_pending`; searches cover pending points meanwhile).
         tokio::spawn(shoal_node::engine::track_role(raft.clone(), sm.clone()));
         let groups = Groups::default();
-        groups.insert(GROUP, raft.clone());
+        groups.insert(GROUP, raft.clone(), log_handle.clone());
+        // The node's election timer and pre-votes (openraft's timer is off).
+        let elections = Elections::new(self.id, &self.config);
+        let elector = elections.spawn(groups.clone(), self.peers.clone(), None);
         // Same address on restart: the membership records it.
         let listener = bind_retry(self.addr).await?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 // The message limits of a node's internal server.
-                .add_service(RaftServer::new(RaftService::new(groups)).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
+                .add_service(RaftServer::new(RaftService::new(groups, elections)).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
                 .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), async {
                     let _ = stopped.await;
                 })
                 .await;
         });
-        self.running = Some(Running { raft, sm, log: log_handle, server, stop });
+        self.running = Some(Running { raft, sm, log: log_handle, server, elector, stop });
         Ok(())
     }
 
@@ -203,6 +208,7 @@ impl RaftCluster {
             // The Raft stops first, then the server closes its connections
             // (as a dead process's would): peers must not keep talking to
             // the stopped instance over a live HTTP/2 connection.
+            r.elector.abort();
             let _ = r.raft.shutdown().await;
             let _ = r.stop.send(());
             let mut server = r.server;

@@ -134,6 +134,24 @@ impl LogStore {
         }
     }
 
+    /// The purged log id and the last log id (the purged one when the log
+    /// is empty).
+    fn log_state(&self) -> Result<(Option<LogId<NodeId>>, Option<LogId<NodeId>>), StorageError<NodeId>> {
+        let purged: Option<LogId<NodeId>> = self.get_meta(PURGED)?;
+        let last = self
+            .engine
+            .last(Cf::RaftLog, &self.prefix, &prefix_end(&self.prefix))
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?
+            .map(|(_, v)| decode::<Entry>(&v, ErrorSubject::Logs).map(|e| e.log_id))
+            .transpose()?;
+        Ok((purged, last.or(purged)))
+    }
+
+    /// The id of the last entry in the log (pre-votes compare it).
+    pub fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.log_state()?.1)
+    }
+
     /// Deletes every record of the group (log and Raft metadata).
     pub fn destroy(&self) -> Result<(), StorageError<NodeId>> {
         let end = prefix_end(&self.prefix);
@@ -176,14 +194,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let purged: Option<LogId<NodeId>> = self.get_meta(PURGED)?;
-        let last = self
-            .engine
-            .last(Cf::RaftLog, &self.prefix, &prefix_end(&self.prefix))
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?
-            .map(|(_, v)| decode::<Entry>(&v, ErrorSubject::Logs).map(|e| e.log_id))
-            .transpose()?;
-        Ok(LogState { last_purged_log_id: purged, last_log_id: last.or(purged) })
+        let (purged, last) = self.log_state()?;
+        Ok(LogState { last_purged_log_id: purged, last_log_id: last })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {

@@ -10,6 +10,8 @@
 //! - [`snapshot`]: snapshot data (memory or file) and the shard snapshot
 //!   file format.
 //! - [`batch`]: group commit of concurrent writes to one shard.
+//! - [`election`]: the election timer and pre-vote (openraft's own timer
+//!   is off).
 //! - [`rejoin`]: replicas of a node that lost its data vote again only
 //!   once they hold every committed entry.
 //!
@@ -18,6 +20,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod batch;
+pub mod election;
 pub mod log_store;
 pub mod meta;
 pub mod network;
@@ -63,9 +66,11 @@ pub const SNAPSHOT_EVERY: u64 = 10_000;
 /// Default log entries kept behind a snapshot (`--snapshot-keep`).
 pub const SNAPSHOT_KEEP: u64 = 1_000;
 
-/// Timing of shard groups: heartbeats every 100 ms, elections after 300 to
-/// 600 ms of silence (past a leader lease of the same length), a snapshot
-/// every 10,000 entries, 1,000 entries kept behind it.
+/// Timing of every group: heartbeats every 100 ms, a leader lease of
+/// 400 ms (openraft's `election_timeout_max`), a pre-vote after 600 to
+/// 800 ms without a leader ([`election::Timing`]; openraft's own election
+/// timer is off), a snapshot every 10,000 entries, 1,000 entries kept
+/// behind it.
 pub fn default_config() -> openraft::Config {
     config_with(SNAPSHOT_EVERY, SNAPSHOT_KEEP)
 }
@@ -76,8 +81,11 @@ pub fn config_with(every: u64, keep: u64) -> openraft::Config {
     openraft::Config {
         cluster_name: "shoal".into(),
         heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        // openraft's timer is off (`enable_elect`); `election_timeout_max`
+        // is its leader lease, during which it refuses votes.
+        election_timeout_min: 250,
+        election_timeout_max: 400,
+        enable_elect: false,
         install_snapshot_timeout: 2_000,
         snapshot_policy: if every == 0 { openraft::SnapshotPolicy::Never } else { openraft::SnapshotPolicy::LogsSinceLast(every) },
         max_in_snapshot_log_to_keep: keep,

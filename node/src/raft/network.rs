@@ -27,6 +27,8 @@ use shoal_proto::limits::MAX_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
+use super::election::{Elections, PreVoteRequest};
+use super::log_store::LogStore;
 use super::rejoin::CatchUp;
 use super::{NodeId, TypeConfig};
 use crate::disk::DiskSpace;
@@ -89,6 +91,22 @@ impl Peers {
     /// share its stream limits and resets.
     pub fn raft_channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         Self::cached(&self.raft_channels, addr)
+    }
+
+    /// Sends a `PreVote` for `group` to `addr` on the Raft connection;
+    /// `None` when no answer came within `wait` (or the link is cut).
+    pub async fn pre_vote(&self, addr: &str, group: &str, payload: Vec<u8>, wait: Duration) -> Option<Vec<u8>> {
+        if self.blocked.read().contains(addr) {
+            tokio::time::sleep(wait).await;
+            return None;
+        }
+        let mut client = RaftClient::new(self.raft_channel(addr).ok()?);
+        let mut request = Request::new(RaftRequest { group: group.to_string(), payload });
+        request.set_timeout(wait);
+        match tokio::time::timeout(wait, client.pre_vote(request)).await {
+            Ok(Ok(reply)) => Some(reply.into_inner().payload),
+            _ => None,
+        }
     }
 
     fn cached(map: &RwLock<HashMap<String, Channel>>, addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -194,23 +212,34 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
-/// The Raft groups hosted on this node, by group name.
+/// The Raft groups hosted on this node, by group name, each with its log
+/// (pre-votes compare last log ids).
 #[derive(Clone, Default)]
 pub struct Groups {
-    map: Arc<RwLock<HashMap<String, Raft<TypeConfig>>>>,
+    map: Arc<RwLock<HashMap<String, (Raft<TypeConfig>, LogStore)>>>,
 }
 
 impl Groups {
-    pub fn insert(&self, group: impl Into<String>, raft: Raft<TypeConfig>) {
-        self.map.write().insert(group.into(), raft);
+    pub fn insert(&self, group: impl Into<String>, raft: Raft<TypeConfig>, log: LogStore) {
+        self.map.write().insert(group.into(), (raft, log));
     }
 
     pub fn get(&self, group: &str) -> Option<Raft<TypeConfig>> {
-        self.map.read().get(group).cloned()
+        self.map.read().get(group).map(|(r, _)| r.clone())
+    }
+
+    /// The log of `group`.
+    pub fn log(&self, group: &str) -> Option<LogStore> {
+        self.map.read().get(group).map(|(_, l)| l.clone())
+    }
+
+    /// Every group, by name.
+    pub fn all(&self) -> Vec<(String, Raft<TypeConfig>)> {
+        self.map.read().iter().map(|(g, (r, _))| (g.clone(), r.clone())).collect()
     }
 
     pub fn remove(&self, group: &str) -> Option<Raft<TypeConfig>> {
-        self.map.write().remove(group)
+        self.map.write().remove(group).map(|(r, _)| r)
     }
 }
 
@@ -231,6 +260,9 @@ fn carries_upserts(entries: &[openraft::Entry<TypeConfig>]) -> bool {
 /// Serves `shoal.internal.v1.Raft` for the node's groups.
 pub struct RaftService {
     groups: Groups,
+    /// The node's election timers: messages from leaders restart them, and
+    /// pre-votes are answered from them ([`super::election`]).
+    elections: Elections,
     /// Groups that lost their data and do not vote yet (see
     /// [`super::rejoin`]); none in harnesses without a node.
     catch_up: Option<CatchUp>,
@@ -240,8 +272,8 @@ pub struct RaftService {
 }
 
 impl RaftService {
-    pub fn new(groups: Groups) -> Self {
-        RaftService { groups, catch_up: None, disk: None }
+    pub fn new(groups: Groups, elections: Elections) -> Self {
+        RaftService { groups, elections, catch_up: None, disk: None }
     }
 
     /// Serves with the node's catch-up set: its replicas that lost their
@@ -293,12 +325,17 @@ impl RaftApi for RaftService {
                 // stand for election. Deletes and control entries pass:
                 // they are how space is won back.
                 let heartbeat = AppendEntriesRequest { vote: rpc.vote, prev_log_id: rpc.prev_log_id, entries: vec![], leader_commit: rpc.leader_commit };
-                let _ = raft.append_entries(heartbeat).await;
+                if leader_accepted(&raft.append_entries(heartbeat).await) {
+                    self.elections.contact(&group);
+                }
                 return Err(full);
             }
         }
         let (vote, commit) = (rpc.vote, rpc.leader_commit);
         let res = raft.append_entries(rpc).await;
+        if leader_accepted(&res) {
+            self.elections.contact(&group);
+        }
         if let Some(c) = self.catch_up.as_ref().filter(|c| c.is_held(&group)) {
             if matches!(res, Ok(AppendEntriesResponse::Success) | Ok(AppendEntriesResponse::PartialSuccess(_))) {
                 c.observe(&group, vote, commit);
@@ -317,17 +354,42 @@ impl RaftApi for RaftService {
             // would be.
             return Err(NodeError::CatchingUp(group).into());
         }
-        reply(&raft.vote(rpc).await)
+        let res = raft.vote(rpc).await;
+        if res.as_ref().is_ok_and(|r| r.vote_granted) {
+            self.elections.postpone(&group);
+        }
+        reply(&res)
     }
 
     async fn install_snapshot(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let group = req.get_ref().group.clone();
         self.room_for(&group)?;
         let (raft, rpc): (_, InstallSnapshotRequest<TypeConfig>) = self.open(req)?;
+        let vote = rpc.vote;
         let res = raft.install_snapshot(rpc).await;
+        if res.as_ref().is_ok_and(|r| r.vote == vote) {
+            self.elections.contact(&group);
+        }
         if let Some(c) = self.catch_up.as_ref().filter(|c| c.is_held(&group)) {
             c.check(&group, &raft);
         }
         reply(&res)
     }
+
+    async fn pre_vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let group = req.get_ref().group.clone();
+        let (raft, rpc): (_, PreVoteRequest) = self.open(req)?;
+        let log = self.groups.log(&group).ok_or_else(|| NodeError::RaftGroupNotFound(group.clone()))?;
+        // One seek to the group's last entry.
+        let mine = log.last_log_id().map_err(|e| NodeError::Raft(format!("reading the last log id of {group}: {e}")))?;
+        let held = self.catch_up.as_ref().is_some_and(|c| c.refuses_votes(&group, &raft));
+        reply(&self.elections.answer(&group, &raft, mine, &rpc, held))
+    }
 }
+
+/// Whether an AppendEntries result shows the sender is this replica's
+/// leader (its vote was accepted, whatever became of the entries).
+fn leader_accepted<E>(res: &Result<AppendEntriesResponse<NodeId>, E>) -> bool {
+    matches!(res, Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_) | AppendEntriesResponse::Conflict))
+}
+

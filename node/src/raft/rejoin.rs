@@ -10,8 +10,8 @@
 //! when the old leader returns.
 //!
 //! Such a replica is *catching up*: it does not vote and does not stand for
-//! election (openraft's `elect` is off), so it counts for nothing in a
-//! quorum, as a learner would, while it receives the log as a follower.
+//! election (the election timer, [`super::election`], skips it), so it
+//! counts for nothing in a quorum, as a learner would, while it receives the log as a follower.
 //! It goes back to voting once it has applied the commit index of a leader
 //! that has committed an entry of its own term: by Raft's leader
 //! completeness that leader holds every entry committed before this node
@@ -83,8 +83,8 @@ impl CatchUp {
         Ok(())
     }
 
-    /// Marks `group` as catching up, durably, before its Raft exists;
-    /// [`CatchUp::on_open`] then keeps it from standing for election.
+    /// Marks `group` as catching up, durably, before its Raft exists, so
+    /// it never stands for election before it has caught up.
     /// `why` goes to the log.
     pub fn hold(&self, group: &str, why: &str) -> Result<()> {
         let mut g = self.groups.lock();
@@ -94,13 +94,6 @@ impl CatchUp {
             tracing::info!(group, "{why}: the replica does not vote until it holds every committed entry");
         }
         Ok(())
-    }
-
-    /// Applies the hold to a group's Raft as it opens.
-    pub fn on_open(&self, group: &str, raft: &Raft<TypeConfig>) {
-        if self.is_held(group) {
-            raft.runtime_config().elect(false);
-        }
     }
 
     pub fn is_held(&self, group: &str) -> bool {
@@ -183,7 +176,6 @@ impl CatchUp {
             return false;
         }
         drop(g);
-        raft.runtime_config().elect(true);
         tracing::info!(group, applied, target, "replica caught up after losing its data: voting again");
         true
     }
