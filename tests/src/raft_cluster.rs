@@ -55,6 +55,7 @@ struct Running {
     log: LogStore,
     server: JoinHandle<()>,
     elector: JoinHandle<()>,
+    elections: Elections,
     stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -88,6 +89,7 @@ impl Node {
         // The node's election timer and pre-votes (openraft's timer is off).
         let elections = Elections::new(self.id, &self.config);
         let elector = elections.spawn(groups.clone(), self.peers.clone(), None);
+        let elections_handle = elections.clone();
         // Same address on restart: the membership records it.
         let listener = bind_retry(self.addr).await?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -100,7 +102,7 @@ impl Node {
                 })
                 .await;
         });
-        self.running = Some(Running { raft, sm, log: log_handle, server, elector, stop });
+        self.running = Some(Running { raft, sm, log: log_handle, server, elector, elections: elections_handle, stop });
         Ok(())
     }
 
@@ -111,6 +113,11 @@ impl Node {
     /// The node's log store (append counts).
     pub fn log(&self) -> Option<&LogStore> {
         self.running.as_ref().map(|r| &r.log)
+    }
+
+    /// The node's election timers (pre-vote rounds run and won).
+    pub fn elections(&self) -> Option<&Elections> {
+        self.running.as_ref().map(|r| &r.elections)
     }
 
     pub fn sm(&self) -> Option<&ShardStateMachine> {

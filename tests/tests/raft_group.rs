@@ -61,6 +61,51 @@ async fn replicates_fails_over_and_catches_up() {
     c.shutdown().await;
 }
 
+/// Pre-vote: a follower that stops hearing its leader (a one-way cut: the
+/// leader's messages are lost, the follower's own still arrive) keeps
+/// asking whether it may stand, but a majority still hears the leader, so
+/// it never raises its term. Without the pre-vote its higher term deposed
+/// the healthy leader when the cut healed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_that_cannot_hear_the_leader_does_not_depose_it() {
+    let c = RaftCluster::start(3).await.unwrap();
+    let mut acked = BTreeSet::new();
+    let last = c.write(upsert_cmd(0..50, 1), T).await.unwrap();
+    acked.extend(0..50);
+    c.applied_everywhere(last, T).await.unwrap();
+    let leader = c.leader(T).await.unwrap();
+    let term = c.node(leader).raft().unwrap().metrics().borrow().current_term;
+    let cut = (1..=3).find(|&n| n != leader).unwrap();
+    c.node(leader).peers.block(&c.node(cut).addr.to_string());
+
+    // Writes go on through the other follower for three seconds: several
+    // election timeouts of the cut follower.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut b = 1u64;
+    while Instant::now() < until {
+        c.write(upsert_cmd(b * 50..b * 50 + 50, 2), T).await.unwrap();
+        acked.extend(b * 50..b * 50 + 50);
+        b += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (rounds, won) = c.node(cut).elections().unwrap().counts();
+    assert!(rounds >= 2, "the cut follower should have asked to stand, asked {rounds} times");
+    assert_eq!(won, 0, "the cut follower won a pre-vote while a majority heard the leader");
+    assert_eq!(c.node(cut).raft().unwrap().metrics().borrow().current_term, term, "the cut follower raised its term");
+
+    // Healed: the same leader in the same term, and everyone agrees.
+    c.heal();
+    let last = c.write(upsert_cmd(10_000..10_010, 3), T).await.unwrap();
+    acked.extend(10_000..10_010);
+    c.applied_everywhere(last, T).await.unwrap();
+    assert_eq!(c.leader(T).await.unwrap(), leader, "the leader was deposed");
+    for n in 1..=3 {
+        assert_eq!(c.node(n).raft().unwrap().metrics().borrow().current_term, term, "node {n} moved to another term");
+    }
+    check_replicas(&c, &acked);
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn minority_partition_acknowledges_nothing_and_heals() {
     let c = RaftCluster::start(3).await.unwrap();
