@@ -155,6 +155,9 @@ impl Api {
             // replicate within a heartbeat (docs/limits.md).
             let mut affected = 0;
             for part in chunks(req, WRITE_CHUNK_BYTES) {
+                // One id per part, kept across the retries below: a part
+                // whose first attempt committed unseen applies once.
+                let part = ShardWriteRequest { request_id: uuid::Uuid::new_v4().into_bytes().to_vec(), ..part };
                 let r = self
                     .router
                     .call_shard(route, sid, Target::Leader, |mut c, shard| {

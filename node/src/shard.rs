@@ -79,6 +79,9 @@ pub struct Shard {
     index: HnswIndex,
     state: RwLock<State>,
     writer: Mutex<()>,
+    /// Recent request ids and what they did ([`requests`]); changed under
+    /// the writer lock.
+    requests: Mutex<requests::RequestTable>,
     index_path: PathBuf,
     saved_seq: AtomicU64,
     /// Pending-set changes moved into the graph since open (forces a save).
@@ -121,6 +124,8 @@ pub type Export = (Vec<StoredPoint>, Vec<Option<Vec<u8>>>);
 #[derive(Debug, Clone)]
 pub struct ExportInfo {
     pub meta: Vec<Option<Vec<u8>>>,
+    /// The request-id table, oldest first.
+    pub requests: Vec<(requests::RequestId, requests::Done)>,
     pub points: u64,
     pub next_offset: u32,
     pub seq: u64,
@@ -273,6 +278,7 @@ impl Shard {
         };
         let saved = if matches!(outcome, IndexOpen::Loaded { added: 0, removed: 0 }) { seq } else { u64::MAX };
         let range = split::RangeState::decode(store.meta_get(split::RANGE)?.as_deref())?;
+        let requests = Self::load_requests(&store)?;
         tracing::info!(collection = %config.name, shard_id, points = state.live.len(), ?outcome, "shard opened");
         let shard = Shard {
             collection: config.name.clone(),
@@ -283,6 +289,7 @@ impl Shard {
             index,
             state: RwLock::new(state),
             writer: Mutex::new(()),
+            requests: Mutex::new(requests),
             index_path,
             saved_seq: AtomicU64::new(saved),
             indexed: AtomicU64::new(0),
@@ -456,6 +463,7 @@ impl Shard {
             let st = self.state.read();
             (st.next_offset, st.seq)
         };
+        let requests = self.requests.lock().entries();
         let mut count = 0u64;
         let mut io_err = None;
         let mut buf = Vec::new();
@@ -479,7 +487,7 @@ impl Shard {
         }
         points.flush().map_err(crate::error::StorageError::from)?;
         self.index.save(index_path)?;
-        Ok(ExportInfo { meta: values, points: count, next_offset, seq })
+        Ok(ExportInfo { meta: values, requests, points: count, next_offset, seq })
     }
 
     /// Hands the stored points `keep` selects to `sink`, in id order and in
@@ -527,11 +535,12 @@ impl Shard {
 
     /// Ends an import: the offset counter, the write sequence and `meta`,
     /// synced together with everything imported before.
-    pub fn import_finish(store: &ShardStore, next_offset: u32, seq: u64, meta: Vec<(&'static str, Vec<u8>)>) -> Result<()> {
+    pub fn import_finish(store: &ShardStore, next_offset: u32, seq: u64, meta: Vec<(&'static str, Vec<u8>)>, requests: &[(requests::RequestId, requests::Done)]) -> Result<()> {
         let mut put_meta = meta;
         put_meta.push((META_SEQ, seq.to_be_bytes().to_vec()));
         put_meta.push((META_NEXT_OFFSET, (next_offset as u64).to_be_bytes().to_vec()));
-        store.write(StoreBatch { put_meta, ..Default::default() }, true)?;
+        let put_requests = requests.iter().map(|(id, d)| (*id, requests::encode_done(d))).collect();
+        store.write(StoreBatch { put_meta, put_requests, ..Default::default() }, true)?;
         Ok(())
     }
 
@@ -564,6 +573,21 @@ impl Shard {
     /// batch (the Raft state machine stores its applied log id this way).
     /// If validation rejects the batch, nothing is written, `meta` included.
     pub fn write_with_meta(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>, meta: Vec<(&'static str, Vec<u8>)>, durability: Durability) -> Result<u64> {
+        self.write_request(upserts, delete_ids, delete_filter, meta, None, durability)
+    }
+
+    /// Like [`Shard::write_with_meta`] for a write carrying a request id,
+    /// applied at log index `request.1`: its record ([`requests`]) goes
+    /// into the same batch. The caller has checked that the id is new.
+    pub fn write_request(
+        &self,
+        upserts: &[PointStruct],
+        delete_ids: &[PointId],
+        delete_filter: Option<&Filter>,
+        meta: Vec<(&'static str, Vec<u8>)>,
+        request: Option<(requests::RequestId, u64)>,
+        durability: Durability,
+    ) -> Result<u64> {
         let sync = durability == Durability::Sync;
         // Validate everything before touching anything.
         let mut prepared = Vec::with_capacity(upserts.len());
@@ -614,10 +638,16 @@ impl Shard {
                 added.push((*k, off, i));
                 affected += 1;
             }
+            let request = self.pending_request(request);
+            if let Some(r) = &request {
+                batch.put_requests.push((r.id, requests::encode_done(&requests::Done { index: r.index, affected })));
+                batch.delete_requests.extend(r.evicted.iter().copied());
+            }
             if batch.put_points.is_empty() && batch.delete_points.is_empty() {
                 drop(st);
-                if !meta.is_empty() {
-                    self.store.write(StoreBatch { put_meta: meta, ..Default::default() }, sync)?;
+                if !meta.is_empty() || request.is_some() {
+                    self.store.write(StoreBatch { put_meta: meta, put_requests: batch.put_requests, delete_requests: batch.delete_requests, ..Default::default() }, sync)?;
+                    self.note_request(request, 0);
                 }
                 return Ok(0);
             }
@@ -630,6 +660,7 @@ impl Shard {
 
             // 1. Durable first.
             self.store.write(batch, sync)?;
+            self.note_request(request, affected);
 
             // 2. New versions become searchable: in the graph, or in the
             //    pending set the indexer drains.
@@ -980,6 +1011,7 @@ pub(crate) fn parse_sidecar(meta: &str) -> Option<(u64, u32)> {
 }
 
 pub mod compact;
+pub mod requests;
 mod keys;
 pub mod split;
 #[cfg(test)]

@@ -240,6 +240,7 @@ async fn bad_input_public_and_internal() {
     k.check(shard.write(ShardWriteRequest { shard: sref.clone(), batch: vec![ShardWriteRequest::default()], ..Default::default() }).await, Code::InvalidArgument, "formed by the node");
     k.check(shard.write(ShardWriteRequest { shard: sref.clone(), control: Some(Default::default()), ..Default::default() }).await, Code::InvalidArgument, "formed by the node");
     k.check(shard.write(ShardWriteRequest { shard: sref.clone(), delete_filter: Some(Filter::default()), ..Default::default() }).await, Code::InvalidArgument, "set delete_all");
+    k.check(shard.write(ShardWriteRequest { shard: sref.clone(), upserts: vec![pt(1)], request_id: vec![1; 5], ..Default::default() }).await, Code::InvalidArgument, "not 5");
     k.check(shard.write(ShardWriteRequest { shard: sref.clone(), upserts: vec![PointStruct { payload: Some(st(serde_json::json!({"b": "x".repeat(MAX_PAYLOAD_BYTES)}))), ..pt(1) }], ..Default::default() }).await, Code::InvalidArgument, "payload is");
     let heavy: Vec<PointStruct> = (0..3000u64).map(|i| PointStruct { payload: Some(st(serde_json::json!({"b": "y".repeat(4000)}))), ..pt(i) }).collect();
     k.check(shard.write(ShardWriteRequest { shard: sref.clone(), upserts: heavy, ..Default::default() }).await, Code::InvalidArgument, "the limit is 8388608");
@@ -257,6 +258,8 @@ async fn bad_input_public_and_internal() {
     k.check(raft.append_entries(RaftRequest { group: "docs/0".into(), payload: vec![0xff; 7] }).await, Code::InvalidArgument, "raft message could not be decoded");
     k.check(raft.vote(RaftRequest { group: "docs/0".into(), payload: vec![1, 2, 3] }).await, Code::InvalidArgument, "raft message could not be decoded");
     k.check(raft.install_snapshot(RaftRequest { group: "docs/0".into(), payload: vec![] }).await, Code::InvalidArgument, "raft message could not be decoded");
+    k.check(raft.pre_vote(RaftRequest { group: "docs/0".into(), payload: vec![] }).await, Code::InvalidArgument, "raft message could not be decoded");
+    k.check(raft.pre_vote(RaftRequest { group: "nope/0".into(), payload: vec![] }).await, Code::NotFound, "nope/0");
 
     // Internal: Meta.
     let mut meta = MetaClient::new(ich);

@@ -239,7 +239,7 @@ impl Elections {
     /// Asks every other voter; true once every voter set has a majority of
     /// yes (this node's included).
     async fn pre_vote(&self, group: &str, raft: &Raft<TypeConfig>, log: Option<super::log_store::LogStore>, peers: &Peers, configs: &[BTreeSet<NodeId>]) -> bool {
-        let last_log_id = match log.map(|l| l.last_log_id()) {
+        let last_log_id = match log.map(|l| l.last_log_id().map_err(|e| e.to_string())) {
             Some(Ok(l)) => l,
             Some(Err(e)) => {
                 tracing::warn!(group, error = %e, "pre-vote: cannot read the last log id");

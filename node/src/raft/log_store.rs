@@ -37,6 +37,9 @@ const VOTE: &str = "raft/vote";
 const COMMITTED: &str = "raft/committed";
 const PURGED: &str = "raft/purged";
 
+type PurgedId = Option<LogId<NodeId>>;
+type LastId = Option<LogId<NodeId>>;
+
 /// The log of one Raft group. Cheap to clone; clones share the engine.
 #[derive(Clone)]
 pub struct LogStore {
@@ -136,7 +139,7 @@ impl LogStore {
 
     /// The purged log id and the last log id (the purged one when the log
     /// is empty).
-    fn log_state(&self) -> Result<(Option<LogId<NodeId>>, Option<LogId<NodeId>>), StorageError<NodeId>> {
+    fn log_state(&self) -> Result<(PurgedId, LastId), StorageError<NodeId>> {
         let purged: Option<LogId<NodeId>> = self.get_meta(PURGED)?;
         let last = self
             .engine

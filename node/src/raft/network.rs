@@ -212,11 +212,13 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
+type GroupEntry = (Raft<TypeConfig>, LogStore);
+
 /// The Raft groups hosted on this node, by group name, each with its log
 /// (pre-votes compare last log ids).
 #[derive(Clone, Default)]
 pub struct Groups {
-    map: Arc<RwLock<HashMap<String, (Raft<TypeConfig>, LogStore)>>>,
+    map: Arc<RwLock<HashMap<String, GroupEntry>>>,
 }
 
 impl Groups {

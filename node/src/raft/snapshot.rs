@@ -27,9 +27,14 @@ use serde::{Deserialize, Serialize};
 
 use super::NodeId;
 
-pub const MAGIC: &[u8; 8] = b"SHOALSN3";
-/// A header larger than this is corrupt (it holds a membership and ids).
-pub const MAX_HEADER: u32 = 1 << 20;
+/// Format 4: the header carries the request-id table.
+pub const MAGIC: &[u8; 8] = b"SHOALSN4";
+/// Format 3 (no request ids), still read: a node of the previous version
+/// may send one during a rolling upgrade.
+pub const MAGIC_V3: &[u8; 8] = b"SHOALSN3";
+/// A header larger than this is corrupt (it holds a membership, ids and
+/// up to `MAX_REQUESTS` request ids of at most 36 bytes each).
+pub const MAX_HEADER: u32 = 4 << 20;
 
 /// Snapshot bytes in memory (metadata group) or in a file (shards).
 #[derive(Debug)]
@@ -128,6 +133,46 @@ pub struct Header {
     pub index_next_offset: u32,
     /// The shard's split state record (postcard `RangeState`; empty: none).
     pub range: Vec<u8>,
+    /// The shard's request-id table, oldest first (`shard::requests`; at
+    /// most `MAX_REQUESTS`, about 1.5 MB).
+    pub requests: Vec<(crate::shard::requests::RequestId, crate::shard::requests::Done)>,
+}
+
+/// A header of format 3 (before request ids), still read.
+#[derive(Deserialize)]
+struct HeaderV3 {
+    snapshot_id: String,
+    applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    points: u64,
+    points_bytes: u64,
+    points_checksum: u64,
+    next_offset: u32,
+    seq: u64,
+    index_bytes: u64,
+    index_checksum: u64,
+    index_next_offset: u32,
+    range: Vec<u8>,
+}
+
+impl From<HeaderV3> for Header {
+    fn from(h: HeaderV3) -> Self {
+        Header {
+            snapshot_id: h.snapshot_id,
+            applied: h.applied,
+            membership: h.membership,
+            points: h.points,
+            points_bytes: h.points_bytes,
+            points_checksum: h.points_checksum,
+            next_offset: h.next_offset,
+            seq: h.seq,
+            index_bytes: h.index_bytes,
+            index_checksum: h.index_checksum,
+            index_next_offset: h.index_next_offset,
+            range: h.range,
+            requests: Vec::new(),
+        }
+    }
 }
 
 impl Header {
@@ -163,7 +208,7 @@ pub fn write_header(out: &mut impl Write, h: &Header) -> Result<usize, SnapshotF
 pub fn read_header(r: &mut impl Read) -> Result<(Header, usize), SnapshotFileError> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;
-    if &magic != MAGIC {
+    if &magic != MAGIC && &magic != MAGIC_V3 {
         return Err(SnapshotFileError::Magic);
     }
     let mut len = [0u8; 4];
@@ -174,7 +219,12 @@ pub fn read_header(r: &mut impl Read) -> Result<(Header, usize), SnapshotFileErr
     }
     let mut body = vec![0u8; len as usize];
     r.read_exact(&mut body)?;
-    let h = postcard::from_bytes(&body).map_err(|e| SnapshotFileError::Header(e.to_string()))?;
+    let h = if &magic == MAGIC_V3 {
+        postcard::from_bytes::<HeaderV3>(&body).map(Header::from)
+    } else {
+        postcard::from_bytes(&body)
+    }
+    .map_err(|e| SnapshotFileError::Header(e.to_string()))?;
     Ok((h, len as usize))
 }
 
@@ -234,13 +284,25 @@ mod tests {
             index_checksum: 11,
             index_next_offset: 5,
             range: vec![],
+            requests: vec![([7; 16], crate::shard::requests::Done { index: 6, affected: 2 })],
         };
         let mut buf = Vec::new();
         let n = write_header(&mut buf, &h).unwrap();
         assert_eq!(buf.len(), 12 + n);
         assert_eq!(h.file_len(n), buf.len() as u64 + 1120);
         let (back, m) = read_header(&mut buf.as_slice()).unwrap();
-        assert_eq!((back, m), (h, n));
+        assert_eq!((back, m), (h.clone(), n));
+
+        // Format 3 is the same header without the request ids (postcard:
+        // an empty list is one trailing zero byte).
+        let v4 = Header { requests: vec![], ..h.clone() };
+        let mut b4 = Vec::new();
+        let n4 = write_header(&mut b4, &v4).unwrap();
+        assert_eq!(b4.last(), Some(&0));
+        let mut v3 = MAGIC_V3.to_vec();
+        v3.extend_from_slice(&(n4 as u32 - 1).to_be_bytes());
+        v3.extend_from_slice(&b4[12..b4.len() - 1]);
+        assert_eq!(read_header(&mut v3.as_slice()).unwrap(), (v4, n4 - 1));
 
         let mut bad = buf.clone();
         bad[0] = b'X';

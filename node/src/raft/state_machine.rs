@@ -49,6 +49,7 @@ use super::snapshot::{self, Hashing, Header, SnapshotData, SnapshotFileError};
 use super::{Entry, NodeId, Reply, TypeConfig};
 use crate::error::NodeError;
 use crate::shard::{self as shard_mod, Durability, Shard};
+use crate::shard::requests::request_id;
 use crate::storage::{shard_store, KvEngine, ShardStore, StoredPoint};
 
 const APPLIED: &str = "raft/applied";
@@ -331,7 +332,12 @@ impl ShardStateMachine {
                     // deletes are idempotent.
                     let mut parts = Vec::with_capacity(req.batch.len());
                     for w in &req.batch {
-                        let res = Self::check_route(&shard, w).and_then(|()| shard.write_with_meta(&w.upserts, &w.delete_ids, w.delete_filter.as_ref(), vec![], Durability::Deferred));
+                        let id = request_id(&w.request_id);
+                        if let Some(done) = id.and_then(|id| shard.request_done(&id)) {
+                            parts.push((done.affected, None));
+                            continue;
+                        }
+                        let res = Self::check_route(&shard, w).and_then(|()| shard.write_request(&w.upserts, &w.delete_ids, w.delete_filter.as_ref(), vec![], id.map(|id| (id, e.log_id.index)), Durability::Deferred));
                         match res {
                             Ok(n) => parts.push((n, None)),
                             Err(err) => match Self::rejection(err) {
@@ -346,7 +352,14 @@ impl ShardStateMachine {
                 if let Some(c) = &req.control {
                     return self.apply_control(&shard, e.log_id, &*membership, c);
                 }
-                let res = Self::check_route(&shard, &req).and_then(|()| shard.write_with_meta(&req.upserts, &req.delete_ids, req.delete_filter.as_ref(), meta.clone(), Durability::Deferred));
+                // A request applied before (a coordinator's retry) changes
+                // nothing and answers as the first apply did.
+                let id = request_id(&req.request_id);
+                if let Some(done) = id.and_then(|id| shard.request_done(&id)) {
+                    shard.put_meta(meta, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
+                    return Ok(Reply { affected: done.affected, error: None, parts: vec![] });
+                }
+                let res = Self::check_route(&shard, &req).and_then(|()| shard.write_request(&req.upserts, &req.delete_ids, req.delete_filter.as_ref(), meta.clone(), id.map(|id| (id, e.log_id.index)), Durability::Deferred));
                 match res {
                     Ok(affected) => Ok(Reply { affected, error: None, parts: vec![] }),
                     Err(err) => {
@@ -503,6 +516,7 @@ impl ShardStateMachine {
                 index_checksum: index.digest(),
                 index_next_offset: info.next_offset,
                 range: info.meta[2].clone().unwrap_or_default(),
+                requests: info.requests,
             };
             let file = std::fs::File::create(&snap_tmp).map_err(|e| werr(&e))?;
             let mut out = BufWriter::new(file);
@@ -587,7 +601,7 @@ impl ShardStateMachine {
             if !header.range.is_empty() {
                 records.push((RANGE, header.range.clone()));
             }
-            Shard::import_finish(&staging, header.next_offset, header.seq, records).map_err(|e| werr(&e))
+            Shard::import_finish(&staging, header.next_offset, header.seq, records, &header.requests).map_err(|e| werr(&e))
         })();
         if let Err(e) = staged {
             let _ = drop_generation(&r.store, &r.index_dir, r.shard_id, new_gen);

@@ -349,3 +349,98 @@ fn snapshot_install_is_atomic_and_ships_the_graph() {
         assert_eq!(ShardStore::new(e2.clone(), "c", 0).with_generation(1).meta_u64("seq").unwrap(), 0, "generation 1 deleted");
     });
 }
+
+/// One write with a request id: upserts of `ids` with payload `{"g": g}`
+/// and vector `[v, 1, 2, 3]`, or (with `filter`) a delete of every point
+/// whose `g` is `filter`.
+fn request(id: u8, ids: std::ops::Range<u64>, g: &str, v: f32, filter: Option<&str>) -> shoal_proto::internal::v1::ShardWriteRequest {
+    use shoal_proto::internal::v1::ShardWriteRequest;
+    use shoal_proto::v1::{condition, match_condition, Condition, Filter, MatchCondition, PointStruct, Struct};
+    let request_id = vec![id; 16];
+    if let Some(f) = filter {
+        let cond = Condition { kind: Some(condition::Kind::Match(MatchCondition { key: "g".into(), value: Some(match_condition::Value::Keyword(f.into())) })) };
+        return ShardWriteRequest { delete_filter: Some(Filter { must: vec![cond], ..Default::default() }), request_id, ..Default::default() };
+    }
+    let upserts = ids.map(|i| PointStruct { id: Some(i.into()), vector: vec![v, 1.0, 2.0, 3.0], payload: Some(Struct::try_from(&serde_json::json!({ "g": g })).unwrap()) }).collect();
+    ShardWriteRequest { upserts, request_id, ..Default::default() }
+}
+
+fn normal(w: shoal_proto::internal::v1::ShardWriteRequest) -> EntryPayload<TypeConfig> {
+    use prost::Message;
+    EntryPayload::Normal(super::Command { write: w.encode_to_vec() })
+}
+
+/// Point 1's vector's first component, if the point exists.
+fn first_component(sm: &ShardStateMachine, id: u64) -> Option<f32> {
+    let (points, _) = sm.shard().export(&[]).unwrap();
+    points.iter().find(|p| p.id == Some(id.into())).map(|p| p.vector[0])
+}
+
+/// A write retried with the same request id (a coordinator's retry after
+/// a timeout, whose first attempt had committed) applies once: it cannot
+/// bring back an older value (a, b, a) or delete a point written since,
+/// inside a group-commit entry either; the answer repeats the first
+/// apply's; the table survives a restart and travels in snapshots.
+#[test]
+fn a_retried_request_applies_once() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let d = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d.path().join("db")).unwrap());
+        let open = |e: &Arc<dyn KvEngine>| ShardStateMachine::open(test_config(), 0, ShardStore::new(e.clone(), "c", 0), d.path().join("index")).unwrap();
+        let mut sm = open(&engine);
+        let r = sm
+            .apply(vec![
+                entry(1, 1, normal(request(1, 1..4, "even", 10.0, None))), // a
+                entry(1, 2, normal(request(2, 1..2, "even", 20.0, None))), // b
+                entry(1, 3, normal(request(1, 1..4, "even", 10.0, None))), // a again
+            ])
+            .await
+            .unwrap();
+        assert_eq!(r[2].affected, 3, "the retry answers as the first apply did");
+        assert_eq!(first_component(&sm, 1), Some(20.0), "the retry brought an older value back");
+
+        // A delete by filter, a point written since, the delete retried.
+        let r = sm
+            .apply(vec![
+                entry(1, 4, normal(request(3, 0..0, "", 0.0, Some("even")))),
+                entry(1, 5, normal(request(4, 7..8, "even", 70.0, None))),
+                entry(1, 6, normal(request(3, 0..0, "", 0.0, Some("even")))),
+            ])
+            .await
+            .unwrap();
+        assert_eq!((r[0].affected, r[2].affected), (3, 3));
+        assert_eq!(first_component(&sm, 7), Some(70.0), "a retried delete removed a point acknowledged since");
+
+        // In one group-commit entry: the repeat is skipped, the new one not.
+        let batch = shoal_proto::internal::v1::ShardWriteRequest { batch: vec![request(5, 8..9, "odd", 80.0, None), request(6, 8..9, "odd", 81.0, None), request(5, 8..9, "odd", 80.0, None)], ..Default::default() };
+        let r = sm.apply(vec![entry(1, 7, normal(batch))]).await.unwrap();
+        assert_eq!(r[0].parts, vec![(1, None), (1, None), (1, None)]);
+        assert_eq!(first_component(&sm, 8), Some(81.0));
+
+        // Without an id a write applies every time (older coordinators).
+        let mut plain = request(0, 1..2, "even", 30.0, None);
+        plain.request_id.clear();
+        sm.apply(vec![entry(1, 8, normal(plain.clone())), entry(1, 9, normal(request(7, 1..2, "even", 40.0, None))), entry(1, 10, normal(plain))]).await.unwrap();
+        assert_eq!(first_component(&sm, 1), Some(30.0));
+        assert_eq!(sm.shard().requests_held(), 7);
+        let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+        // A restart keeps the table.
+        drop(sm);
+        let mut again = open(&engine);
+        assert_eq!(again.shard().requests_held(), 7);
+        again.apply(vec![entry(1, 11, normal(request(2, 1..2, "even", 20.0, None)))]).await.unwrap();
+        assert_eq!(first_component(&again, 1), Some(30.0), "after a restart a retry applied again");
+
+        // A replica built from a snapshot holds the same table.
+        let d2 = tempfile::tempdir().unwrap();
+        let e2: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d2.path().join("db")).unwrap());
+        let mut other = ShardStateMachine::open(test_config(), 0, ShardStore::new(e2.clone(), "c", 0), d2.path().join("index")).unwrap();
+        other.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        assert_eq!(other.shard().requests_held(), 7);
+        other.apply(vec![entry(1, 11, normal(request(2, 1..2, "even", 20.0, None)))]).await.unwrap();
+        assert_eq!(first_component(&other, 1), Some(30.0), "a replica installed from a snapshot applied a retry again");
+        assert_eq!(contents(&other), contents(&again), "replicas agree");
+    });
+}

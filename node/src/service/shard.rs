@@ -130,9 +130,18 @@ impl ShardApi for ShardService {
         if bytes > MAX_WRITE_BYTES {
             return Err(NodeError::from(invalid("upserts", format!("the write is {bytes} bytes encoded, the limit is {MAX_WRITE_BYTES}; split the batch"))).into());
         }
+        if !(req.request_id.is_empty() || req.request_id.len() == 16) {
+            return Err(NodeError::from(invalid("request_id", format!("a request id is empty or 16 bytes, not {}", req.request_id.len()))).into());
+        }
         // Reject bad input before it enters the replicated log, then encode
         // the command off the async workers (batches are megabytes).
         let shard = replica.shard();
+        // A retry of a write this replica has applied: answered from the
+        // request-id table without a new entry (the state machine would
+        // skip it anyway).
+        if let Some(done) = crate::shard::requests::request_id(&req.request_id).and_then(|id| shard.request_done(&id)) {
+            return Ok(Response::new(ShardWriteResponse { affected: done.affected }));
+        }
         let bulk = req.upserts.len() >= BULK_WRITE_POINTS;
         if !req.batch.is_empty() || req.control.is_some() {
             return Err(NodeError::from(invalid("batch", "write groups and control entries are formed by the node, not sent to it")).into());

@@ -164,7 +164,10 @@ impl Shard {
         self.index.save(&path)?;
         let bytes = std::fs::read(&path).map_err(crate::error::StorageError::from)?;
         write_sidecar(&path, xxhash_rust::xxh3::xxh3_64(&bytes), next_offset, seq)?;
-        Shard::import_finish(spec.store, next_offset, seq, spec.meta)?;
+        // The child keeps the parent's request ids: a write retried after
+        // the split must not apply twice in the child either.
+        let requests = self.requests.lock().entries();
+        Shard::import_finish(spec.store, next_offset, seq, spec.meta, &requests)?;
         Ok(copied)
     }
 

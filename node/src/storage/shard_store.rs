@@ -109,7 +109,12 @@ pub struct StoreBatch {
     pub put_index: Vec<IndexEntry>,
     pub delete_index: Vec<IndexEntry>,
     pub put_meta: Vec<(&'static str, Vec<u8>)>,
+    /// Request-id records (`crate::shard::requests`): id -> encoded result.
+    pub put_requests: Vec<([u8; 16], Vec<u8>)>,
+    pub delete_requests: Vec<[u8; 16]>,
 }
+
+const REQUEST_TAG: &[u8] = b"rq/";
 
 /// Handle to one shard's records.
 #[derive(Clone)]
@@ -269,7 +274,35 @@ impl ShardStore {
         for (name, v) in batch.put_meta {
             ops.push(KvOp::Put(Cf::Meta, self.key(name.as_bytes()), v));
         }
+        for id in &batch.delete_requests {
+            ops.push(KvOp::Delete(Cf::Meta, self.request_key(id)));
+        }
+        for (id, v) in batch.put_requests {
+            ops.push(KvOp::Put(Cf::Meta, self.request_key(&id), v));
+        }
         self.engine.write(ops, sync)
+    }
+
+    /// Request-id records live in the meta column family under
+    /// `prefix ++ "rq/" ++ id` (no metadata record name starts so).
+    fn request_key(&self, id: &[u8; 16]) -> Vec<u8> {
+        [&self.prefix[..], REQUEST_TAG, id].concat()
+    }
+
+    /// Visits every request-id record until `visit` returns false.
+    pub fn scan_requests(&self, visit: &mut dyn FnMut([u8; 16], &[u8]) -> bool) -> Result<(), StorageError> {
+        let start = [&self.prefix[..], REQUEST_TAG].concat();
+        let end = prefix_end(&start);
+        let skip = start.len();
+        let mut bad = None;
+        self.engine.scan(Cf::Meta, &start, &end, &mut |k, v| match <[u8; 16]>::try_from(&k[skip..]) {
+            Ok(id) => visit(id, v),
+            Err(_) => {
+                bad = Some(StorageError::Corrupt { what: "request id key", detail: format!("{} bytes", k.len() - skip) });
+                false
+            }
+        })?;
+        bad.map_or(Ok(()), Err)
     }
 
     /// Deletes every record of the shard.
