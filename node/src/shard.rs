@@ -2,8 +2,8 @@
 //!
 //! ## Write path ([`Shard::write`])
 //! 1. Validate every vector and id; a bad point rejects the whole batch.
-//! 2. Under the shard's writer lock: give every upserted point a fresh
-//!    offset (its version), compute payload-index entries, and write points,
+//! 2. Under the shard's writer lock: give every upserted point an offset
+//!    (its version; see "Offsets" below), compute payload-index entries, and write points,
 //!    index entries, the sequence number and the offset counter in ONE
 //!    RocksDB batch, synced to the WAL.
 //! 3. Only then update memory: add new versions to HNSW and the payload
@@ -27,6 +27,16 @@
 //! live versions missing from the file are added and retired versions
 //! present in it are removed (versions are immutable, so set difference is
 //! enough). A missing or damaged file is rebuilt from RocksDB.
+//!
+//! ## Offsets
+//! Offsets are `u32`, and the key table, the bitmaps and the graph grow
+//! with the highest one. A retired offset is handed out again, lowest
+//! first, once the saved graph file no longer holds it (it was retired
+//! before the last save, or the file never had it): then "versions are
+//! immutable" still holds for everything a restart can load, and a shard
+//! whose points are replaced over and over stays near its live count
+//! instead of refusing writes after 2^32 versions. Offsets are local to a
+//! replica (digests and snapshots do not depend on them matching).
 use std::collections::BTreeMap;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -60,8 +70,20 @@ struct State {
     keys: KeyTable,
     live: RoaringBitmap,
     payload: PayloadIndex,
+    /// High-water mark of offsets handed out (persisted).
     next_offset: u32,
     seq: u64,
+    /// Retired offsets a write may take again: none of them is in the
+    /// saved graph file, so a restart cannot load an old vector under a
+    /// reused offset. Lowest first, so offsets stay dense (the key table
+    /// and the bitmaps grow with the highest offset, not the live count).
+    reusable: RoaringBitmap,
+    /// Offsets retired since the graph file was saved (the file may hold
+    /// their old vectors): reusable after the next save.
+    retired_unsaved: RoaringBitmap,
+    /// Offsets reused while a graph compaction builds; it re-adds them from
+    /// storage ([`compact`]).
+    reused_watch: Option<RoaringBitmap>,
 }
 
 /// Bytes of points one get or one search may return from a shard (half
@@ -88,6 +110,10 @@ pub struct Shard {
     indexed: AtomicU64,
     saved_indexed: AtomicU64,
     pub exact_scan_threshold: u64,
+    /// Offsets [`Shard::index_pending`] is adding to the graph now (it runs
+    /// without the writer lock): a save keeps them out of the reusable
+    /// set, since the file may catch one of them before it is removed.
+    indexing: Mutex<RoaringBitmap>,
     /// Versions applied but not yet in the graph: offset -> prepared vector.
     pending: RwLock<BTreeMap<u32, Vec<f32>>>,
     defer_index: AtomicBool,
@@ -234,7 +260,16 @@ impl Shard {
         let mut payload = PayloadIndex::new(&config.payload_indexes);
         store.scan_index(&mut |e| payload.insert(&e))?;
 
-        let mut state = State { keys: KeyTable::default(), live: RoaringBitmap::new(), payload, next_offset, seq };
+        let mut state = State {
+            keys: KeyTable::default(),
+            live: RoaringBitmap::new(),
+            payload,
+            next_offset,
+            seq,
+            reusable: RoaringBitmap::new(),
+            retired_unsaved: RoaringBitmap::new(),
+            reused_watch: None,
+        };
         let mut pending: Vec<(u64, Vec<f32>)> = Vec::new();
         let mut added = 0usize;
         let mut scan_err: Option<IndexError> = None;
@@ -266,11 +301,24 @@ impl Shard {
         let mut removed = 0;
         if let Some(file_next) = file_next {
             for off in 0..file_next.max(next_offset) {
-                if !state.live.contains(off) && index.contains(off as u64) {
+                if state.live.contains(off) {
+                    continue;
+                }
+                if index.contains(off as u64) {
+                    // The file holds a retired version: not reusable until
+                    // the file is saved again.
                     index.remove(off as u64)?;
+                    state.retired_unsaved.insert(off);
                     removed += 1;
+                } else {
+                    state.reusable.insert(off);
                 }
             }
+        } else {
+            // Rebuilt from storage: whatever file there is stays unusable,
+            // so every retired offset may be reused.
+            state.reusable.insert_range(0..next_offset);
+            state.reusable -= &state.live;
         }
         let outcome = match file_next {
             Some(_) => IndexOpen::Loaded { added, removed },
@@ -290,6 +338,7 @@ impl Shard {
             state: RwLock::new(state),
             writer: Mutex::new(()),
             requests: Mutex::new(requests),
+            indexing: Mutex::new(RoaringBitmap::new()),
             index_path,
             saved_seq: AtomicU64::new(saved),
             indexed: AtomicU64::new(0),
@@ -319,6 +368,12 @@ impl Shard {
 
     pub fn len(&self) -> u64 {
         self.state.read().live.len()
+    }
+
+    /// The highest offset handed out so far, plus one (retired offsets are
+    /// reused, so this stays near the live count plus recent retirements).
+    pub fn next_offset(&self) -> u32 {
+        self.state.read().next_offset
     }
 
     pub fn is_empty(&self) -> bool {
@@ -604,9 +659,14 @@ impl Shard {
         let _w = self.writer.lock();
         let (mut batch, mut retire, mut added) = (StoreBatch::default(), Vec::<(PointKey, u32)>::new(), Vec::<(PointKey, u32, usize)>::new());
         let mut affected = 0u64;
+        let frozen = self.frozen.read().clone();
+        let mut reused: Vec<u32> = Vec::new();
         {
             let st = self.state.read();
             let mut next = st.next_offset;
+            // Offsets this write takes again ([`State::reusable`]); never a
+            // frozen copy of a pending split.
+            let mut reuse = st.reusable.iter().filter(|o| !frozen.contains(*o));
             // Deletes.
             let mut doomed: HashSet<PointKey> = del_keys.into_iter().collect();
             if let Some(f) = delete_filter {
@@ -630,8 +690,17 @@ impl Shard {
                     batch.delete_index.extend(entries);
                     retire.push((*k, off));
                 }
-                let off = next;
-                next = next.checked_add(1).ok_or_else(|| validate::invalid("points", "shard offset space exhausted; compact the shard"))?;
+                let off = match reuse.next() {
+                    Some(o) => {
+                        reused.push(o);
+                        o
+                    }
+                    None => {
+                        let o = next;
+                        next = next.checked_add(1).ok_or_else(|| validate::invalid("points", "shard offset space exhausted: 2^32 versions are live or retired since the last graph save"))?;
+                        o
+                    }
+                };
                 let payload = upserts[i].payload.clone();
                 batch.put_index.extend(st.payload.entries_for(payload.as_ref(), off));
                 batch.put_points.push(StoredPoint { id: Some(k.to_proto()), vector: v.clone(), payload, offset: off });
@@ -688,6 +757,13 @@ impl Shard {
             for (_, off) in &retire {
                 st.live.remove(*off);
                 st.keys.remove(*off);
+                st.retired_unsaved.insert(*off);
+            }
+            for off in &reused {
+                st.reusable.remove(*off);
+            }
+            if let Some(w) = st.reused_watch.as_mut() {
+                w.extend(reused.iter().copied());
             }
             st.next_offset = next;
             st.seq += 1;
@@ -719,15 +795,28 @@ impl Shard {
     /// many. A version retired meanwhile is taken out again, so the graph
     /// never keeps a dead version.
     pub fn index_pending(&self, max: usize) -> Result<usize> {
-        let chunk: Vec<(u32, Vec<f32>)> = self.pending.read().iter().take(max).map(|(o, v)| (*o, v.clone())).collect();
+        let chunk: Vec<(u32, Vec<f32>)> = {
+            let p = self.pending.read();
+            let chunk: Vec<(u32, Vec<f32>)> = p.iter().take(max).map(|(o, v)| (*o, v.clone())).collect();
+            // Marked while still in `pending`: a save never misses an
+            // offset the graph may be about to receive.
+            self.indexing.lock().extend(chunk.iter().map(|(o, _)| *o));
+            chunk
+        };
         if chunk.is_empty() {
             return Ok(0);
         }
+        let res = self.index_chunk(&chunk);
+        self.indexing.lock().clear();
+        res
+    }
+
+    fn index_chunk(&self, chunk: &[(u32, Vec<f32>)]) -> Result<usize> {
         let items: Vec<(u64, &[f32])> = chunk.iter().map(|(o, v)| (*o as u64, v.as_slice())).collect();
         self.index.add_batch(&items)?;
         {
             let mut p = self.pending.write();
-            for (o, _) in &chunk {
+            for (o, _) in chunk {
                 p.remove(o);
             }
         }
@@ -950,6 +1039,17 @@ impl Shard {
         self.index.save(&self.index_path)?;
         let bytes = std::fs::read(&self.index_path).map_err(crate::error::StorageError::from)?;
         write_sidecar(&self.index_path, xxhash_rust::xxh3::xxh3_64(&bytes), next, seq)?;
+        {
+            // The file on disk no longer holds the versions retired before
+            // this save: their offsets may be taken again. Not those the
+            // indexer is adding right now (the file may have caught one).
+            let busy = self.indexing.lock().clone();
+            let mut st = self.state.write();
+            let mut done = std::mem::take(&mut st.retired_unsaved);
+            st.retired_unsaved = &done & &busy;
+            done -= &busy;
+            st.reusable |= done;
+        }
         self.saved_seq.store(seq, Ordering::Relaxed);
         self.saved_indexed.store(indexed, Ordering::Relaxed);
         Ok(true)

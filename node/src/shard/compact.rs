@@ -41,6 +41,10 @@ impl Shard {
         let started = Instant::now();
         let removed = self.index.removed();
         let fresh = HnswIndex::new(self.index.params())?;
+        // Offsets reused while the new graph builds hold other vectors by
+        // the swap; the swap takes them from storage again.
+        self.state.write().reused_watch = Some(RoaringBitmap::new());
+        let unwatch = || self.state.write().reused_watch = None;
         let mut built = RoaringBitmap::new();
         let scanned = self.scan_in_batches(
             BUILD_BATCH,
@@ -56,24 +60,34 @@ impl Shard {
             },
         );
         match scanned {
-            Err(NodeError::ShuttingDown) => return Ok(0),
-            r => r?,
+            Err(NodeError::ShuttingDown) => {
+                unwatch();
+                return Ok(0);
+            }
+            Err(e) => {
+                unwatch();
+                return Err(e);
+            }
+            Ok(()) => {}
         }
         if stop.load(Ordering::Relaxed) {
+            unwatch();
             return Ok(0);
         }
 
         let _w = self.writer.lock();
         if self.retired.load(Ordering::Relaxed) {
+            unwatch();
             return Ok(0);
         }
         let mut extra: Vec<(u64, Vec<f32>)> = Vec::new();
         {
+            let reused = self.state.write().reused_watch.take().unwrap_or_default();
             let st = self.state.read();
-            for off in built.iter().filter(|o| !st.live.contains(*o)) {
+            for off in built.iter().filter(|o| !st.live.contains(*o) || reused.contains(*o)) {
                 fresh.remove(off as u64)?;
             }
-            for off in st.live.iter().filter(|o| !built.contains(*o) && self.index.contains(*o as u64)) {
+            for off in st.live.iter().filter(|o| (!built.contains(*o) || reused.contains(*o)) && self.index.contains(*o as u64)) {
                 if let Some(p) = st.keys.get(off).map(|k| self.store.get(&k)).transpose()?.flatten() {
                     extra.push((off as u64, p.vector));
                 }

@@ -383,3 +383,62 @@ fn compaction_rebuilds_the_graph_without_removed_nodes() {
         assert_eq!(shard.len(), 1000);
     }
 }
+
+/// Offsets of retired versions are taken again once the graph file no
+/// longer holds them: a shard whose points are replaced over and over
+/// keeps its offsets (and its key table) near the live count instead of
+/// growing one slot per version and refusing writes after 2^32 versions.
+/// Searches (graph and exact), a graph compaction, and a restart between a
+/// reuse and the next save all see the current vectors.
+#[test]
+fn retired_offsets_are_reused_once_the_saved_graph_drops_them() {
+    let d = tempfile::tempdir().unwrap();
+    let kv: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d.path().join("db")).unwrap());
+    let cfg = config(8, Metric::L2);
+    let open = || Shard::open(cfg.clone(), 0, ShardStore::new(kv.clone(), "c", 0), &d.path().join("index")).unwrap().0;
+    let n = 200usize;
+    let check = |s: &Shard, vs: &[Vec<f32>], what: &str| {
+        assert_eq!(s.len(), n as u64, "{what}");
+        for (i, v) in vs.iter().enumerate() {
+            assert_eq!(ids(&s.search(&search(v, 1)).unwrap()), vec![i as u64], "{what}: graph search for point {i}");
+            assert_eq!(ids(&s.search(&SearchPointsRequest { exact: true, ..search(v, 1) }).unwrap()), vec![i as u64], "{what}: exact search for point {i}");
+        }
+    };
+    let shard = open();
+    let mut last = Vec::new();
+    for round in 0..20u64 {
+        last = vecs(n, 8, round);
+        shard.write(&points(&last, 0), &[], None).unwrap();
+        if round == 0 {
+            // Retired since the last save: the file may hold them.
+            shard.write(&points(&last, 0), &[], None).unwrap();
+            assert_eq!(shard.next_offset(), 2 * n as u32, "offsets the saved graph may hold are not reused");
+        }
+        if round % 2 == 1 {
+            shard.save_index().unwrap();
+        }
+    }
+    // Without reuse: 21 × 200 = 4,200.
+    assert!(shard.next_offset() <= 4 * n as u32, "offsets grew to {}", shard.next_offset());
+    check(&shard, &last, "after 20 rounds");
+    shard.compact_index(&std::sync::atomic::AtomicBool::new(false)).unwrap();
+    check(&shard, &last, "after a compaction");
+
+    // Reused offsets written, then a crash before the next save: the file
+    // does not hold them, the restart adds them from storage.
+    shard.save_index().unwrap();
+    let before = shard.next_offset();
+    let fresh = vecs(n, 8, 99);
+    shard.write(&points(&fresh, 0), &[], None).unwrap();
+    assert_eq!(shard.next_offset(), before, "a round after a save reuses offsets");
+    drop(shard);
+    let again = open();
+    check(&again, &fresh, "after a restart");
+    // And the restart knows which offsets it may reuse.
+    let more = vecs(n, 8, 100);
+    again.write(&points(&more, 0), &[], None).unwrap();
+    again.save_index().unwrap();
+    again.write(&points(&more, 0), &[], None).unwrap();
+    assert!(again.next_offset() <= before + n as u32, "{} > {}", again.next_offset(), before + n as u32);
+    check(&again, &more, "after the restart");
+}
