@@ -44,6 +44,10 @@ pub mod backup;
 pub mod ops;
 pub mod split;
 
+/// How long a registration waits for a new metadata learner to catch up.
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(10);
+/// Entries a metadata learner may lag and still be made a voter.
+const LEARNER_SLACK: u64 = 16;
 /// How long a proposal waits for its group to elect a leader.
 pub const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// A non-first replica of a new shard initialises the group itself when it
@@ -501,7 +505,15 @@ impl Engine {
         let membership = self.meta_raft.metrics().borrow().membership_config.membership().clone();
         match membership.get_node(&id) {
             None => {
-                self.meta_raft.add_learner(id, BasicNode::new(&address), true).await.map_err(raft_err)?;
+                // Waits for the new learner to catch up, but not forever: an
+                // unreachable address held the metadata lock, and with it
+                // every metadata change, for good. The node registers again.
+                match tokio::time::timeout(LEARNER_CATCH_UP, self.meta_raft.add_learner(id, BasicNode::new(&address), true)).await {
+                    Ok(r) => {
+                        r.map_err(raft_err)?;
+                    }
+                    Err(_) => return Err(NodeError::Raft(format!("node {id} at {address} did not catch up with the metadata log within {LEARNER_CATCH_UP:?}; it is a learner until it registers again"))),
+                }
             }
             Some(n) if n.addr != address => {
                 let nodes = BTreeMap::from([(id, BasicNode::new(&address))]);
@@ -509,8 +521,17 @@ impl Engine {
             }
             Some(_) => {}
         }
-        let voters: BTreeSet<u64> = self.meta_raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let (voters, caught_up) = {
+            let m = self.meta_raft.metrics().borrow().clone();
+            let matched = m.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).map(|l| l.index);
+            (m.membership_config.membership().voter_ids().collect::<BTreeSet<u64>>(), matched.is_some() && matched >= m.last_log_index.map(|i| i.saturating_sub(LEARNER_SLACK)))
+        };
         if voters.len() < META_VOTERS && !voters.contains(&id) {
+            // Only a learner that holds the log becomes a voter: an
+            // unreachable one would count against every quorum.
+            if !caught_up {
+                return Err(NodeError::Raft(format!("node {id} has not caught up with the metadata log; it becomes a voter when it registers again")));
+            }
             self.meta_raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map_err(raft_err)?;
             tracing::info!(node = id, "node joined the metadata voters");
         }

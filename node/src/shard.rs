@@ -315,10 +315,17 @@ impl Shard {
                 }
             }
         } else {
-            // Rebuilt from storage: whatever file there is stays unusable,
-            // so every retired offset may be reused.
-            state.reusable.insert_range(0..next_offset);
-            state.reusable -= &state.live;
+            // Rebuilt from storage. Without a file every retired offset may
+            // be reused; a file that failed to load may load at the next
+            // start (a passing read error), so its offsets wait for a save.
+            let mut retired = RoaringBitmap::new();
+            retired.insert_range(0..next_offset);
+            retired -= &state.live;
+            if index_path.exists() {
+                state.retired_unsaved = retired;
+            } else {
+                state.reusable = retired;
+            }
         }
         let outcome = match file_next {
             Some(_) => IndexOpen::Loaded { added, removed },
@@ -1036,14 +1043,20 @@ impl Shard {
         if self.saved_seq.load(Ordering::Relaxed) == seq && self.saved_indexed.load(Ordering::Relaxed) == indexed {
             return Ok(false);
         }
+        // Offsets the indexer may add while the file is written (marked
+        // before they left `pending`, so before any retirement; writes wait
+        // for this save): the file may catch one of them.
+        let busy = self.indexing.lock().clone();
+        // Storage durable first: applied writes are not synced one by one,
+        // and a file newer than storage after a power loss could hold a
+        // reused offset's new vector beside its old stored version.
+        self.store.engine().sync_log()?;
         self.index.save(&self.index_path)?;
         let bytes = std::fs::read(&self.index_path).map_err(crate::error::StorageError::from)?;
         write_sidecar(&self.index_path, xxhash_rust::xxh3::xxh3_64(&bytes), next, seq)?;
         {
             // The file on disk no longer holds the versions retired before
-            // this save: their offsets may be taken again. Not those the
-            // indexer is adding right now (the file may have caught one).
-            let busy = self.indexing.lock().clone();
+            // this save: their offsets may be taken again, but for `busy`.
             let mut st = self.state.write();
             let mut done = std::mem::take(&mut st.retired_unsaved);
             st.retired_unsaved = &done & &busy;

@@ -71,3 +71,10 @@ pub const HNSW_EF_CONSTRUCTION_RANGE: (u32, u32) = (8, 4096);
 pub const DEFAULT_HNSW_M: u32 = 16;
 pub const DEFAULT_HNSW_EF_CONSTRUCTION: u32 = 128;
 pub const DEFAULT_HNSW_EF_SEARCH: u32 = 128;
+
+/// Bytes of one metadata-group snapshot a node receives (the cluster map
+/// is kilobytes; the snapshot is held in memory).
+pub const MAX_META_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes of one shard snapshot a node receives (a file; the free-space
+/// watermark also applies).
+pub const MAX_SHARD_SNAPSHOT_BYTES: u64 = 1 << 40;

@@ -260,6 +260,20 @@ async fn bad_input_public_and_internal() {
     k.check(raft.install_snapshot(RaftRequest { group: "docs/0".into(), payload: vec![] }).await, Code::InvalidArgument, "raft message could not be decoded");
     k.check(raft.pre_vote(RaftRequest { group: "docs/0".into(), payload: vec![] }).await, Code::InvalidArgument, "raft message could not be decoded");
     k.check(raft.pre_vote(RaftRequest { group: "nope/0".into(), payload: vec![] }).await, Code::NotFound, "nope/0");
+    // A snapshot chunk far past what was received: openraft would seek
+    // there and grow the metadata group's in-memory snapshot to a TiB.
+    let chunk = |offset: u64, len: usize| {
+        let req = openraft::raft::InstallSnapshotRequest::<shoal_node::raft::TypeConfig> {
+            vote: openraft::Vote::new_committed(1 << 40, 99),
+            meta: openraft::SnapshotMeta { snapshot_id: "evil".into(), ..Default::default() },
+            offset,
+            data: vec![7; len],
+            done: false,
+        };
+        postcard::to_stdvec(&req).unwrap()
+    };
+    k.check(raft.install_snapshot(RaftRequest { group: "meta".into(), payload: chunk(1 << 40, 1) }).await, Code::InvalidArgument, "past the 0 bytes received");
+    k.check(raft.install_snapshot(RaftRequest { group: "docs/0".into(), payload: chunk(u64::MAX, 2) }).await, Code::InvalidArgument, "past the 0 bytes received");
 
     // Internal: Meta.
     let mut meta = MetaClient::new(ich);
@@ -275,6 +289,29 @@ async fn bad_input_public_and_internal() {
     assert_eq!(c.search(SearchBuilder::new("docs", vector(3, 4), 1)).await.unwrap().len(), 1);
     assert_eq!(c.delete_all("docs").await.unwrap(), 10, "the explicit selector deletes everything");
     assert_eq!(c.count("docs", None).await.unwrap(), 0);
+}
+
+/// A node registered at an address nobody answers (issue 15, internal
+/// plane): the registration ends with `UNAVAILABLE` (it held the metadata
+/// lock forever, and with it every metadata change), the node is not made
+/// a voter, and metadata changes go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registration_at_a_dead_address_does_not_hold_up_metadata_changes() {
+    use shoal_client::shoal_proto::internal::v1::meta_client::MetaClient;
+    use shoal_client::shoal_proto::internal::v1::*;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let server = ShoalProcess::start(dir.path()).unwrap();
+    let ich = tonic::transport::Endpoint::from_shared(format!("http://{}", server.internal)).unwrap().connect().await.unwrap();
+    let mut meta = MetaClient::new(ich);
+    let started = Instant::now();
+    let mut req = tonic::Request::new(RegisterNodeRequest { node_id: 77, address: "127.0.0.1:1".into(), incarnation: 0 });
+    req.set_timeout(Duration::from_secs(30));
+    Kinds(0).check(meta.register_node(req).await, Code::Unavailable, "caught up");
+    assert!(started.elapsed() < Duration::from_secs(20), "registration took {:?}", started.elapsed());
+    let mut req = tonic::Request::new(CreateCollectionRequest { config: Some(CollectionConfig { name: "after".into(), dimension: 4, metric: 1, shard_count: 1, replication_factor: 1, ..Default::default() }) });
+    req.set_timeout(Duration::from_secs(10));
+    meta.create_collection(req).await.expect("a metadata change after the stuck registration");
 }
 
 /// Requests whose cost is far beyond their size are bounded (issue 14,

@@ -91,6 +91,10 @@ struct Timer {
     due: Instant,
     /// A pre-vote round is out.
     campaigning: bool,
+    /// Bumped by every contact and every granted vote: a round whose
+    /// count moved meanwhile does not stand (someone else is leading or
+    /// standing).
+    events: u64,
 }
 
 /// The election timers of every group on a node. Cheap to clone.
@@ -122,7 +126,7 @@ impl Elections {
 
     fn timer<'a>(&self, timers: &'a mut HashMap<String, Timer>, group: &str, now: Instant) -> &'a mut Timer {
         if !timers.contains_key(group) {
-            timers.insert(group.to_string(), Timer { contact: None, due: now + self.timing.draw(), campaigning: false });
+            timers.insert(group.to_string(), Timer { contact: None, due: now + self.timing.draw(), campaigning: false, events: 0 });
         }
         timers.get_mut(group).expect("inserted above")
     }
@@ -135,13 +139,20 @@ impl Elections {
         let timer = self.timer(&mut t, group, now);
         timer.contact = Some(now);
         timer.due = now + self.timing.draw();
+        timer.events += 1;
     }
 
     /// `group` granted a vote, or leads: its timer is drawn anew.
     pub fn postpone(&self, group: &str) {
         let now = Instant::now();
         let mut t = self.timers.lock();
-        self.timer(&mut t, group, now).due = now + self.timing.draw();
+        let timer = self.timer(&mut t, group, now);
+        timer.due = now + self.timing.draw();
+        timer.events += 1;
+    }
+
+    fn events(&self, group: &str) -> u64 {
+        self.timers.lock().get(group).map_or(0, |t| t.events)
     }
 
     /// Whether `group` heard a leader within the lease.
@@ -216,14 +227,21 @@ impl Elections {
                 continue;
             }
             let alone = voters.len() == 1;
-            if !self.take_due(group, alone) {
+            // A lone voter stands at once, but a candidate waits out its
+            // timeout: its election may be waiting on the vote's fsync, and
+            // standing again would only raise the term again.
+            if !self.take_due(group, alone && state != ServerState::Candidate) {
                 continue;
             }
             let (this, group, raft, peers) = (self.clone(), group.clone(), raft.clone(), peers.clone());
             let log = groups.log(&group);
             tokio::spawn(async move {
                 this.rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (events, term) = (this.events(&group), raft.metrics().borrow().current_term);
                 let won = alone || this.pre_vote(&group, &raft, log, &peers, &configs).await;
+                // Not if a leader spoke, a vote was granted or the term
+                // moved while the round was out: another node is ahead.
+                let won = won && this.events(&group) == events && raft.metrics().borrow().current_term == term;
                 if won {
                     this.elections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(group, "pre-vote won: standing for election");
@@ -258,7 +276,14 @@ impl Elections {
             let Some(addr) = peers.address(id).or_else(|| membership.membership().get_node(&id).map(|n| n.addr.clone())) else { continue };
             let (peers, group, payload, wait) = (peers.clone(), group.to_string(), payload.clone(), self.timing.lease);
             asks.spawn(async move {
-                let granted = peers.pre_vote(&addr, &group, payload, wait).await.and_then(|b| postcard::from_bytes::<PreVoteResponse>(&b).ok()).is_some_and(|r| r.granted);
+                let granted = match peers.pre_vote(&addr, &group, payload, wait).await {
+                    Some(Ok(b)) => postcard::from_bytes::<PreVoteResponse>(&b).is_ok_and(|r| r.granted),
+                    // A node of a version without pre-votes: let openraft's
+                    // real vote decide (it checks everything a pre-vote
+                    // does but the lease of a leader it heard).
+                    Some(Err(tonic::Code::Unimplemented)) => true,
+                    _ => false,
+                };
                 (id, granted)
             });
         }

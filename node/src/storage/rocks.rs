@@ -132,6 +132,11 @@ impl KvEngine for RocksEngine {
         Ok(())
     }
 
+    fn sync_log(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
     fn quiesce(&self) {
         if let Err(e) = self.db.flush_wal(true) {
             tracing::warn!(error = %e, "syncing the RocksDB log at shutdown failed");
