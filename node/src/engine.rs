@@ -46,8 +46,6 @@ pub mod split;
 
 /// How long a registration waits for a new metadata learner to catch up.
 const LEARNER_CATCH_UP: Duration = Duration::from_secs(10);
-/// Entries a metadata learner may lag and still be made a voter.
-const LEARNER_SLACK: u64 = 16;
 /// How long a proposal waits for its group to elect a leader.
 pub const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// A non-first replica of a new shard initialises the group itself when it
@@ -521,16 +519,17 @@ impl Engine {
             }
             Some(_) => {}
         }
-        let (voters, caught_up) = {
-            let m = self.meta_raft.metrics().borrow().clone();
-            let matched = m.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).map(|l| l.index);
-            (m.membership_config.membership().voter_ids().collect::<BTreeSet<u64>>(), matched.is_some() && matched >= m.last_log_index.map(|i| i.saturating_sub(LEARNER_SLACK)))
-        };
+        let voters: BTreeSet<u64> = self.meta_raft.metrics().borrow().membership_config.membership().voter_ids().collect();
         if voters.len() < META_VOTERS && !voters.contains(&id) {
-            // Only a learner that holds the log becomes a voter: an
-            // unreachable one would count against every quorum.
-            if !caught_up {
-                return Err(NodeError::Raft(format!("node {id} has not caught up with the metadata log; it becomes a voter when it registers again")));
+            // Only a learner that answers becomes a voter: making an
+            // unreachable one a voter never commits (the joint quorum
+            // needs it) and held the metadata lock for good. openraft's
+            // blocking add_learner returns at once while the log is short
+            // (a learner holding nothing is within its lag threshold), so
+            // wait here, bounded, for its first acknowledgement.
+            let answered = |m: &openraft::RaftMetrics<u64, BasicNode>| m.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).is_some();
+            if self.meta_raft.wait(Some(LEARNER_CATCH_UP)).metrics(answered, "learner answered").await.is_err() {
+                return Err(NodeError::Raft(format!("node {id} at {address} has not caught up with the metadata log within {LEARNER_CATCH_UP:?}; it is a learner until it registers again")));
             }
             self.meta_raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map_err(raft_err)?;
             tracing::info!(node = id, "node joined the metadata voters");
@@ -760,6 +759,9 @@ impl Engine {
     /// collection uid not seen here before starts from empty storage and
     /// initialises its group. Blocking.
     fn open_shard(&self, config: &CollectionConfig, placement: &ShardPlacement, uid: u64, map: &ClusterMap) -> Result<Replica> {
+        // The name becomes a directory below the data directory: never one
+        // that leaves it (a map applied by an older version did not check).
+        validate::collection_name(&config.name)?;
         let shard_id = placement.shard_id;
         let group = group_name(&config.name, shard_id);
         let store = ShardStore::new(self.kv.clone(), &config.name, shard_id);

@@ -168,6 +168,11 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
         }
         MetaCommand::CreateCollection { entry } => {
             let mut entry = CollectionEntry::decode(entry.as_slice()).map_err(|e| format!("undecodable collection: {e}"))?;
+            // Checked again here, not only by the leader that proposed it:
+            // the name becomes a directory and key prefix on every replica,
+            // and an entry from a rogue or buggy leader skips the leader's
+            // checks. (The name rules are as old as the log.)
+            shoal_proto::validate::collection_name(name_of(&entry)).map_err(|e| format!("invalid collection name: {}", e.message))?;
             if map.collections.iter().any(|c| name_of(c) == name_of(&entry)) {
                 return Err(EXISTS.into());
             }
@@ -466,6 +471,14 @@ mod tests {
         assert_eq!(apply_command(&mut m, MetaCommand::CreateCollection { entry: entry("c") }, 7), Ok(1));
         assert_eq!(m.collections[0].uid, 7, "uid is the creating log index");
         assert_eq!(apply_command(&mut m, MetaCommand::CreateCollection { entry: entry("c") }, 8), Err(EXISTS.into()));
+        // A name that would leave the data directory, from a leader that
+        // skipped its checks: refused at apply on every replica.
+        let epoch = m.epoch;
+        for bad in ["../../etc", "a/b", ""] {
+            let r = apply_command(&mut m, MetaCommand::CreateCollection { entry: entry(bad) }, 8);
+            assert!(r.as_ref().is_err_and(|e| e.contains("invalid collection name")), "{bad:?}: {r:?}");
+        }
+        assert_eq!((m.epoch, m.collections.len()), (epoch, 1), "refused entries change nothing");
         assert_eq!(apply_command(&mut m, MetaCommand::DeleteCollection { name: "c".into() }, 9), Ok(1));
         assert_eq!(apply_command(&mut m, MetaCommand::DeleteCollection { name: "c".into() }, 10), Err(NOT_FOUND.into()));
         assert_eq!(m.epoch, 4);

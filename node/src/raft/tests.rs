@@ -151,6 +151,17 @@ fn openraft_suite_rocksdb_engine() {
     Suite::test_all(Builder { rocks: true }).unwrap();
 }
 
+/// A RocksDB engine in `dir`.
+fn rocks_in(dir: &std::path::Path) -> Arc<dyn KvEngine> {
+    Arc::new(RocksEngine::open(&dir.join("db")).unwrap())
+}
+
+/// The test collection's shard 0 state machine over `engine`, its graph in
+/// `dir`.
+fn sm_in(engine: &Arc<dyn KvEngine>, dir: &std::path::Path) -> ShardStateMachine {
+    ShardStateMachine::open(test_config(), 0, ShardStore::new(engine.clone(), "c", 0), dir.join("index")).unwrap()
+}
+
 fn entry(term: u64, index: u64, payload: EntryPayload<TypeConfig>) -> Entry {
     Entry { log_id: openraft::testing::log_id(term, 1, index), payload }
 }
@@ -187,8 +198,8 @@ fn shard_state_machine_applies_snapshots_and_restarts() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let d = tempfile::tempdir().unwrap();
-        let engine: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d.path().join("db")).unwrap());
-        let open = |e: &Arc<dyn KvEngine>| ShardStateMachine::open(test_config(), 0, ShardStore::new(e.clone(), "c", 0), d.path().join("index")).unwrap();
+        let engine = rocks_in(d.path());
+        let open = |e: &Arc<dyn KvEngine>| sm_in(e, d.path());
         let mut sm = open(&engine);
         let bad = {
             use prost::Message;
@@ -222,8 +233,7 @@ fn shard_state_machine_applies_snapshots_and_restarts() {
 
         // Install on a fresh replica in another engine.
         let d2 = tempfile::tempdir().unwrap();
-        let e2: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d2.path().join("db")).unwrap());
-        let mut other = ShardStateMachine::open(test_config(), 0, ShardStore::new(e2.clone(), "c", 0), d2.path().join("index")).unwrap();
+        let mut other = sm_in(&rocks_in(d2.path()), d2.path());
         other.apply(vec![entry(1, 1, write_cmd(500..510, &[]))]).await.unwrap();
         other.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
         assert_eq!(contents(&other), want, "install replaces the old contents");
@@ -386,8 +396,8 @@ fn a_retried_request_applies_once() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let d = tempfile::tempdir().unwrap();
-        let engine: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d.path().join("db")).unwrap());
-        let open = |e: &Arc<dyn KvEngine>| ShardStateMachine::open(test_config(), 0, ShardStore::new(e.clone(), "c", 0), d.path().join("index")).unwrap();
+        let engine = rocks_in(d.path());
+        let open = |e: &Arc<dyn KvEngine>| sm_in(e, d.path());
         let mut sm = open(&engine);
         let r = sm
             .apply(vec![
@@ -435,8 +445,7 @@ fn a_retried_request_applies_once() {
 
         // A replica built from a snapshot holds the same table.
         let d2 = tempfile::tempdir().unwrap();
-        let e2: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d2.path().join("db")).unwrap());
-        let mut other = ShardStateMachine::open(test_config(), 0, ShardStore::new(e2.clone(), "c", 0), d2.path().join("index")).unwrap();
+        let mut other = sm_in(&rocks_in(d2.path()), d2.path());
         other.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
         assert_eq!(other.shard().requests_held(), 7);
         other.apply(vec![entry(1, 11, normal(request(2, 1..2, "even", 20.0, None)))]).await.unwrap();
