@@ -910,20 +910,14 @@ impl Engine {
     }
 
     /// Contents digest of a local replica: (points, xxh3-128 hex over the
-    /// (id, vector, payload) records sorted by id, applied index). Blocking.
+    /// stored points in id order without their replica-local offsets,
+    /// applied index), streamed ([`crate::shard::Shard::digest`]: it loaded
+    /// every point into memory at once). Blocking.
     pub fn shard_digest(&self, collection: &str, shard_id: u32) -> Result<(u64, String, u64)> {
         let r = self.replica(collection, shard_id, 0)?;
         let applied = r.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-        let (mut points, _) = r.shard().export(&[])?;
-        points.sort_by_key(|p| p.id.as_ref().map(prost::Message::encode_to_vec));
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for p in points.iter_mut() {
-            // The offset is a replica-local version number: a snapshot
-            // install or a replayed entry renumbers it. Contents only.
-            p.offset = 0;
-            h.update(&prost::Message::encode_length_delimited_to_vec(p));
-        }
-        Ok((points.len() as u64, format!("{:032x}", h.digest128()), applied))
+        let (points, digest) = r.shard().digest()?;
+        Ok((points, format!("{digest:032x}"), applied))
     }
 
     /// Raft metrics of every group on this node: `meta` and each hosted

@@ -481,6 +481,25 @@ impl Shard {
         Ok((points, values))
     }
 
+    /// Contents digest: xxh3-128 over every stored point, length-delimited
+    /// and with its replica-local offset zeroed, in storage (id) order,
+    /// under the writer lock. Streams: memory stays one point, whatever
+    /// the shard's size. Returns (points, digest).
+    pub fn digest(&self) -> Result<(u64, u128)> {
+        let _w = self.writer.lock();
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let (mut n, mut buf) = (0u64, Vec::new());
+        self.store.scan_points(None, &mut |_, mut p| {
+            p.offset = 0;
+            buf.clear();
+            prost::Message::encode_length_delimited(&p, &mut buf).expect("Vec grows");
+            h.update(&buf);
+            n += 1;
+            true
+        })?;
+        Ok((n, h.digest128()))
+    }
+
     /// Writes every point as a `u32 BE length ++ shoal.v1.PointStruct`
     /// frame (a backup), under the writer lock: a consistent copy as of
     /// one moment. Returns the number of points.
