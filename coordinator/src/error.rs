@@ -26,6 +26,9 @@ pub enum CoordError {
     /// routed with the old one: the caller plans it again.
     #[error("collection {0:?} was resharded while the request was routed; retry")]
     Rerouted(String),
+    /// Credentials missing, bad, or short of what the request needs.
+    #[error(transparent)]
+    Auth(#[from] shoal_common::auth::AuthError),
 }
 
 pub type Result<T, E = CoordError> = std::result::Result<T, E>;
@@ -52,6 +55,7 @@ impl From<CoordError> for Status {
             CoordError::Deadline(_) => Status::deadline_exceeded(msg),
             CoordError::Internal(_) => Status::internal(msg),
             CoordError::TooLarge(_) => Status::resource_exhausted(msg),
+            CoordError::Auth(e) => e.into(),
         }
     }
 }

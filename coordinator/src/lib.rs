@@ -18,8 +18,8 @@
 //! - [`server`]: the tonic server with health, reflection and limits.
 //! - [`error`]: the coordinator's error enum and its one mapping to gRPC
 //!   status (and from node statuses back).
-//! - [`telemetry`]: metrics, trace propagation and the log/trace
-//!   subscriber, shared with the node crate (every server process).
+//! - Telemetry, TLS, authentication and the audit log come from
+//!   `shoal_common`, shared with the node crate.
 //!
 //! ## Path of a request
 //! `Points/Search` -> [`service`] validates the vector against the
@@ -34,6 +34,5 @@ pub mod router;
 pub mod server;
 pub mod service;
 pub mod stream;
-pub mod telemetry;
 
 pub use server::{serve, CoordinatorConfig};

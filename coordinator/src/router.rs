@@ -77,31 +77,31 @@ type Reply<T> = std::result::Result<tonic::Response<T>, tonic::Status>;
 impl ShardConn {
     pub async fn write(&mut self, r: ShardWriteRequest) -> Reply<ShardWriteResponse> {
         match self {
-            ShardConn::Remote(c) => c.write(crate::telemetry::request(r)).await,
+            ShardConn::Remote(c) => c.write(shoal_common::telemetry::request(r)).await,
             ShardConn::Local(s) => s.write(tonic::Request::new(r)).await,
         }
     }
     pub async fn get(&mut self, r: ShardGetRequest) -> Reply<ShardGetResponse> {
         match self {
-            ShardConn::Remote(c) => c.get(crate::telemetry::request(r)).await,
+            ShardConn::Remote(c) => c.get(shoal_common::telemetry::request(r)).await,
             ShardConn::Local(s) => s.get(tonic::Request::new(r)).await,
         }
     }
     pub async fn scroll(&mut self, r: ShardScrollRequest) -> Reply<ShardScrollResponse> {
         match self {
-            ShardConn::Remote(c) => c.scroll(crate::telemetry::request(r)).await,
+            ShardConn::Remote(c) => c.scroll(shoal_common::telemetry::request(r)).await,
             ShardConn::Local(s) => s.scroll(tonic::Request::new(r)).await,
         }
     }
     pub async fn count(&mut self, r: ShardCountRequest) -> Reply<ShardCountResponse> {
         match self {
-            ShardConn::Remote(c) => c.count(crate::telemetry::request(r)).await,
+            ShardConn::Remote(c) => c.count(shoal_common::telemetry::request(r)).await,
             ShardConn::Local(s) => s.count(tonic::Request::new(r)).await,
         }
     }
     pub async fn search(&mut self, r: ShardSearchRequest) -> Reply<ShardSearchResponse> {
         match self {
-            ShardConn::Remote(c) => c.search(crate::telemetry::request(r)).await,
+            ShardConn::Remote(c) => c.search(shoal_common::telemetry::request(r)).await,
             ShardConn::Local(s) => s.search(tonic::Request::new(r)).await,
         }
     }
@@ -183,17 +183,26 @@ pub struct Router {
     /// Nodes that recently timed out or were unreachable, until when.
     suspects: RwLock<HashMap<u64, std::time::Instant>>,
     pub deadline: Duration,
+    /// The coordinator's certificates (none: plain TCP). Nodes must
+    /// present a node certificate from the cluster CA, so maps come from
+    /// nodes only.
+    tls: Option<Arc<shoal_common::tls::TlsContext>>,
 }
 
-fn endpoint(addr: &str) -> Result<Channel> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(Endpoint::from_shared(uri)
+/// The most a new cluster map's epoch may pass the cached one by. Epochs
+/// grow by one per metadata change; a map far ahead (a forged
+/// `epoch = u64::MAX` would otherwise shut out every real map for good) is
+/// refused, logged and counted (`shoal_cluster_map_refusals_total`).
+pub const MAX_EPOCH_JUMP: u64 = 1_000_000;
+
+fn endpoint(addr: &str, tls: Option<Arc<shoal_common::tls::TlsContext>>) -> Result<Channel> {
+    let connect_timeout = Duration::from_secs(1);
+    let ep = Endpoint::from_shared(shoal_common::tls::endpoint_uri(addr))
         .map_err(|e| CoordError::Internal(format!("bad node address {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
+        .connect_timeout(connect_timeout)
         .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+        .keep_alive_timeout(Duration::from_secs(5));
+    Ok(shoal_common::tls::lazy_channel(ep, tls, shoal_common::tls::Expect::Node, connect_timeout))
 }
 
 fn build_view(map: ClusterMap) -> View {
@@ -221,8 +230,9 @@ fn build_view(map: ClusterMap) -> View {
 }
 
 impl Router {
-    pub fn new(seeds: Vec<String>, deadline: Duration, local: Option<LocalNode>) -> Self {
+    pub fn new(seeds: Vec<String>, deadline: Duration, local: Option<LocalNode>, tls: Option<Arc<shoal_common::tls::TlsContext>>) -> Self {
         Router {
+            tls,
             seeds,
             local,
             view: RwLock::new(build_view(ClusterMap::default())),
@@ -252,7 +262,7 @@ impl Router {
         if let Some(c) = self.channels.read().get(addr) {
             return Ok(c.clone());
         }
-        let c = endpoint(addr)?;
+        let c = endpoint(addr, self.tls.clone())?;
         self.channels.write().insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -305,7 +315,10 @@ impl Router {
             tokio::time::timeout(Duration::from_secs(2), c.get_cluster_map(GetClusterMapRequest {})).await.ok()?.ok().map(|r| r.into_inner())
         });
         let maps = futures::future::join_all(calls).await;
-        let best = maps.into_iter().flatten().max_by_key(|m| m.epoch);
+        let known = self.epoch();
+        // The first map is checked against the other answers instead.
+        let floor = if known > 0 { known } else { maps.iter().flatten().map(|m| m.epoch).min().unwrap_or(0) };
+        let best = maps.into_iter().flatten().filter(|m| self.plausible(floor, m)).max_by_key(|m| m.epoch);
         match best {
             Some(map) => {
                 self.install(map);
@@ -315,8 +328,24 @@ impl Router {
         }
     }
 
-    /// Installs a map if it is newer than the cached one.
+    /// Whether `map`'s epoch is within [`MAX_EPOCH_JUMP`] of `floor`;
+    /// reports it when not.
+    fn plausible(&self, floor: u64, map: &ClusterMap) -> bool {
+        let ok = map.epoch <= floor.saturating_add(MAX_EPOCH_JUMP);
+        if !ok {
+            tracing::error!(epoch = map.epoch, known = floor, max_jump = MAX_EPOCH_JUMP, "refused a cluster map whose epoch jumps far past the known one");
+            crate::server::MAP_REFUSALS.inc();
+        }
+        ok
+    }
+
+    /// Installs a map if it is newer than the cached one (and not
+    /// implausibly so).
     pub fn install(&self, map: ClusterMap) {
+        let known = self.epoch();
+        if known > 0 && !self.plausible(known, &map) {
+            return;
+        }
         let mut v = self.view.write();
         if map.epoch >= v.map.epoch {
             *v = build_view(map);

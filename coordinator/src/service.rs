@@ -176,6 +176,8 @@ impl Api {
 #[tonic::async_trait]
 impl Collections for Api {
     async fn create(&self, req: Request<CreateCollectionRequest>) -> std::result::Result<Response<CreateCollectionResponse>, Status> {
+        let name = req.get_ref().config.as_ref().map(|c| c.name.clone()).unwrap_or_default();
+        shoal_common::audit::note(req.extensions(), Some(&name), "create collection");
         let req = req.into_inner();
         let config = req.config.as_ref().ok_or_else(|| bad("config", "collection config is missing"))?;
         validate::collection_config(config).map_err(CoordError::from)?;
@@ -192,14 +194,17 @@ impl Collections for Api {
     }
 
     async fn get(&self, req: Request<GetCollectionRequest>) -> std::result::Result<Response<GetCollectionResponse>, Status> {
+        shoal_common::auth::authorize(req.extensions(), &req.get_ref().name)?;
         let name = req.into_inner().name;
         let info = self.routed(&name, |route| async move { self.info(&route).await }).await?;
         Ok(Response::new(GetCollectionResponse { collection: Some(info) }))
     }
 
-    async fn list(&self, _: Request<ListCollectionsRequest>) -> std::result::Result<Response<ListCollectionsResponse>, Status> {
+    async fn list(&self, req: Request<ListCollectionsRequest>) -> std::result::Result<Response<ListCollectionsResponse>, Status> {
+        // A caller limited to some collections sees only those.
+        let access = shoal_common::auth::access(req.extensions());
         self.router.refresh().await?;
-        let mut names: Vec<String> = self.router.map().collections.iter().filter_map(|c| c.config.as_ref().map(|c| c.name.clone())).collect();
+        let mut names: Vec<String> = self.router.map().collections.iter().filter_map(|c| c.config.as_ref().map(|c| c.name.clone())).filter(|n| access.may_see(n)).collect();
         names.sort();
         // Every collection at once: one slow node costs the listing one
         // wait, not one per collection.
@@ -208,6 +213,7 @@ impl Collections for Api {
     }
 
     async fn delete(&self, req: Request<DeleteCollectionRequest>) -> std::result::Result<Response<DeleteCollectionResponse>, Status> {
+        shoal_common::audit::note(req.extensions(), Some(&req.get_ref().name), "delete collection");
         let req = req.into_inner();
         validate::collection_name(&req.name).map_err(|e| bad("name", e.message))?;
         let map = self
@@ -225,6 +231,7 @@ impl Collections for Api {
 #[tonic::async_trait]
 impl Points for Api {
     async fn upsert(&self, req: Request<UpsertPointsRequest>) -> std::result::Result<Response<WriteResponse>, Status> {
+        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
         let req = req.into_inner();
         if req.points.is_empty() {
             return Err(bad("points", "upsert batch is empty").into());
@@ -252,6 +259,7 @@ impl Points for Api {
     }
 
     async fn get(&self, req: Request<GetPointsRequest>) -> std::result::Result<Response<GetPointsResponse>, Status> {
+        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
         let req = req.into_inner();
         let ks = keys(&req.ids, "ids")?;
         let (ks, req) = (&ks, &req);
@@ -290,6 +298,13 @@ impl Points for Api {
     }
 
     async fn delete(&self, req: Request<DeletePointsRequest>) -> std::result::Result<Response<WriteResponse>, Status> {
+        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
+        // Writes by filter (and deletes of everything) are audited.
+        match &req.get_ref().selector {
+            Some(delete_points_request::Selector::Filter(f)) => shoal_common::audit::note(req.extensions(), Some(&req.get_ref().collection), format!("delete by filter: {}", serde_json::to_string(&format!("{f:?}")).unwrap_or_default())),
+            Some(delete_points_request::Selector::All(_)) => shoal_common::audit::note(req.extensions(), Some(&req.get_ref().collection), "delete all points"),
+            _ => {}
+        }
         let req = req.into_inner();
         let selector = req.selector.as_ref().ok_or_else(|| bad("selector", "delete needs ids or a filter"))?;
         let ids = match selector {
@@ -333,6 +348,7 @@ impl Points for Api {
     }
 
     async fn count(&self, req: Request<CountPointsRequest>) -> std::result::Result<Response<CountPointsResponse>, Status> {
+        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
         let req = req.into_inner();
         filter_opt(&req.filter)?;
         let req = &req;
@@ -341,6 +357,7 @@ impl Points for Api {
     }
 
     async fn scroll(&self, req: Request<ScrollPointsRequest>) -> std::result::Result<Response<ScrollPointsResponse>, Status> {
+        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
         let req = req.into_inner();
         validate::collection_name(&req.collection).map_err(|e| bad("collection", e.message))?;
         filter_opt(&req.filter)?;
@@ -379,16 +396,19 @@ impl Points for Api {
     }
 
     async fn search(&self, req: Request<SearchPointsRequest>) -> std::result::Result<Response<SearchPointsResponse>, Status> {
+        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
         Ok(Response::new(SearchPointsResponse { results: self.search_one(&req.into_inner()).await? }))
     }
 
     type SearchStreamStream = stream::SearchStream;
 
     async fn search_stream(&self, req: Request<tonic::Streaming<SearchStreamRequest>>) -> std::result::Result<Response<Self::SearchStreamStream>, Status> {
-        Ok(Response::new(stream::serve(self.clone(), req.into_inner())))
+        let access = shoal_common::auth::access(req.extensions());
+        Ok(Response::new(stream::serve(self.clone(), access, req.into_inner())))
     }
 
     async fn search_batch(&self, req: Request<SearchBatchRequest>) -> std::result::Result<Response<SearchBatchResponse>, Status> {
+        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
         let req = req.into_inner();
         if req.searches.is_empty() || req.searches.len() > MAX_SEARCH_BATCH {
             return Err(bad("searches", format!("{} searches is outside 1..={MAX_SEARCH_BATCH}", req.searches.len())).into());

@@ -25,7 +25,10 @@ use crate::service::Api;
 pub type SearchStream = Pin<Box<dyn Stream<Item = Result<SearchStreamResponse, Status>> + Send + 'static>>;
 
 /// Starts serving `input`; returns the response stream.
-pub fn serve(api: Api, mut input: Streaming<SearchStreamRequest>) -> SearchStream {
+/// `access`: the caller's; each message's collection is checked against
+/// it.
+pub fn serve(api: Api, access: shoal_common::auth::Access, mut input: Streaming<SearchStreamRequest>) -> SearchStream {
+    let access = Arc::new(access);
     // Room for every running search's answer plus a final error: a search
     // never waits on a slow reader while holding its permit for long.
     let (tx, rx) = mpsc::channel(MAX_STREAM_IN_FLIGHT + 1);
@@ -48,9 +51,9 @@ pub fn serve(api: Api, mut input: Streaming<SearchStreamRequest>) -> SearchStrea
                     break;
                 }
             };
-            let (api, tx) = (api.clone(), tx.clone());
+            let (api, tx, access) = (api.clone(), tx.clone(), access.clone());
             tokio::spawn(async move {
-                let answer = answer(&api, m).await;
+                let answer = answer(&api, &access, m).await;
                 let _ = tx.send(Ok(answer)).await;
                 drop(permit);
             });
@@ -61,12 +64,15 @@ pub fn serve(api: Api, mut input: Streaming<SearchStreamRequest>) -> SearchStrea
 
 /// The answer to one message: its results, or the status a unary `Search`
 /// would have returned.
-async fn answer(api: &Api, m: SearchStreamRequest) -> SearchStreamResponse {
+async fn answer(api: &Api, access: &shoal_common::auth::Access, m: SearchStreamRequest) -> SearchStreamResponse {
     let result = match &m.search {
         None => Err(CoordError::Invalid(shoal_proto::validate::invalid("search", "missing: each message carries one search"))),
-        Some(s) => api.search_one(s).await,
+        Some(s) => match access.check(shoal_common::auth::Need::Read, Some(&s.collection)) {
+            Ok(()) => api.search_one(s).await,
+            Err(e) => Err(CoordError::Auth(e)),
+        },
     };
-    let count = |code: &str| crate::telemetry::STREAM_SEARCHES.with_label_values(&[code]).inc();
+    let count = |code: &str| shoal_common::telemetry::STREAM_SEARCHES.with_label_values(&[code]).inc();
     match result {
         Ok(results) => {
             count("0");

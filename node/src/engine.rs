@@ -74,6 +74,9 @@ pub struct EngineConfig {
     /// Free-space watermark of the data volume in bytes (0: off); see
     /// [`crate::disk`].
     pub min_free_disk: u64,
+    /// The node's certificates (none: TLS off). Outgoing calls to peers
+    /// use them; the server takes its own copy ([`crate::server`]).
+    pub tls: Option<Arc<shoal_common::tls::TlsContext>>,
 }
 
 type ShardKey = (String, u32);
@@ -207,7 +210,7 @@ impl Engine {
         let (cfg_dir, min_free) = (cfg.data_dir.clone(), if cfg.in_memory { 0 } else { cfg.min_free_disk });
         let kv: Arc<dyn KvEngine> = if cfg.in_memory { Arc::new(MemoryEngine::new()) } else { Arc::new(RocksEngine::open_with(&cfg.data_dir.join("db"), cfg.rocks)?) };
         let raft_config = Arc::new(cfg.raft.clone().validate().map_err(|e| NodeError::Raft(e.to_string()))?);
-        let peers = Peers::default();
+        let peers = Peers::with_tls(cfg.tls.clone());
         let meta_sm = MetaStateMachine::open(kv.clone())?;
         let meta_log = LogStore::new(kv.clone(), META_GROUP);
         let catch_up = CatchUp::load(kv.clone())?;

@@ -59,6 +59,9 @@ pub enum NodeError {
     /// An operation that the cluster's state does not allow now.
     #[error("{0}")]
     Precondition(String),
+    /// The caller's certificate does not allow this (TLS on).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("backup: {0}")]
     Backup(String),
     #[error("backup {0:?} already exists")]

@@ -1,11 +1,11 @@
 //! The node's Prometheus gauges, filled from the engine at each scrape
-//! (`/metrics`, see `shoal_coordinator::telemetry` and
+//! (`/metrics`, see `shoal_common::telemetry` and
 //! docs/observability.md). Snapshot counters are bumped where snapshots are
 //! built and installed (`raft::state_machine`).
 use std::sync::LazyLock;
 
 use prometheus::{GaugeVec, IntCounterVec};
-use shoal_coordinator::telemetry::{counter_vec, gauge_vec};
+use shoal_common::telemetry::{counter_vec, gauge_vec};
 
 use crate::engine::Engine;
 

@@ -1,6 +1,8 @@
 //! Wires the internal gRPC server: `Shard`, `Meta`, `Raft`, the standard health
-//! service and server reflection, with the documented message-size limit,
-//! plus the background index saver.
+//! service and (when enabled) server reflection, with the documented
+//! message-size limit, mutual TLS and the caller-identity table
+//! ([`shoal_common::peer_auth`]) when TLS is on, the audit log, plus the
+//! background index saver.
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +11,10 @@ use shoal_proto::internal::v1::meta_server::MetaServer;
 use shoal_proto::internal::v1::raft_server::RaftServer;
 use shoal_proto::internal::v1::shard_server::ShardServer;
 use shoal_proto::limits::MAX_MESSAGE_BYTES;
+use shoal_common::audit::{AuditLayer, AuditLog};
+use shoal_common::peer_auth::{PeerAuthLayer, AUDITED_INTERNAL};
+use shoal_common::tls::{Plane, TlsContext};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 use crate::engine::Engine;
 use crate::raft::network::RaftService;
@@ -26,20 +30,32 @@ pub fn device() -> String {
     "cpu".to_string()
 }
 
+/// How the internal server is secured.
+#[derive(Clone, Default)]
+pub struct Security {
+    /// Mutual TLS with the cluster CA (none: plain TCP, every caller
+    /// trusted: development on loopback only).
+    pub tls: Option<Arc<TlsContext>>,
+    /// Where audited calls are recorded.
+    pub audit: Option<Arc<AuditLog>>,
+    /// Serve gRPC reflection.
+    pub reflection: bool,
+}
+
 /// Serves the internal API on `listener` until `shutdown` resolves, then
 /// saves every changed index.
-pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_every: Duration, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_every: Duration, security: Security, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<ShardServer<ShardService>>().await;
     reporter.set_serving::<MetaServer<MetaService>>().await;
     reporter.set_serving::<RaftServer<RaftService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(shoal_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = match security.reflection {
+        true => Some(tonic_reflection::server::Builder::configure().register_encoded_file_descriptor_set(shoal_proto::FILE_DESCRIPTOR_SET).register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET).build_v1()?),
+        false => None,
+    };
     let shard = ShardServer::new(ShardService::new(engine.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let meta = MetaServer::new(MetaService::new(engine.clone(), device()));
-    let raft = RaftServer::new(RaftService::new(engine.groups.clone(), engine.elections.clone()).with_catch_up(engine.catch_up.clone()).with_disk(engine.disk.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let raft = RaftServer::new(RaftService::new(engine.groups.clone(), engine.elections.clone()).with_catch_up(engine.catch_up.clone()).with_disk(engine.disk.clone()).with_identities(security.tls.is_some())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     // Election timers and pre-votes of every group (openraft's timer is
     // off).
@@ -124,16 +140,23 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
         })
     });
 
+    let watcher_tls = security.tls.as_ref().map(|t| t.watch(shoal_common::tls::RELOAD_EVERY));
+    let incoming = shoal_common::tls::incoming(listener, security.tls.clone().map(|t| (t, Plane::Internal)));
     shoal_proto::transport::server()
-        .trace_fn(shoal_coordinator::telemetry::server_span)
-        .layer(shoal_coordinator::telemetry::RpcMetricsLayer)
+        .trace_fn(shoal_common::telemetry::server_span)
+        .layer(shoal_common::telemetry::RpcMetricsLayer)
+        .layer(PeerAuthLayer::new(security.tls.is_some()))
+        .layer(AuditLayer::new(security.audit.clone(), AUDITED_INTERNAL))
         .add_service(health)
-        .add_service(reflection)
+        .add_optional_service(reflection)
         .add_service(shard)
         .add_service(meta)
         .add_service(raft)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(shoal_proto::transport::TCP_KEEPALIVE)), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
+    if let Some(w) = watcher_tls {
+        w.abort();
+    }
     if let Some(s) = saver {
         s.abort();
     }

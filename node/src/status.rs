@@ -28,6 +28,7 @@ impl From<NodeError> for Status {
             }
             NodeError::Raft(_) | NodeError::NoQuorum { .. } | NodeError::MapBehind { .. } | NodeError::ShardOpening { .. } | NodeError::Quarantined { .. } | NodeError::CatchingUp(_) | NodeError::NoCluster => Status::unavailable(msg),
             NodeError::AlreadyInitialized | NodeError::Precondition(_) => Status::failed_precondition(msg),
+            NodeError::Forbidden(_) => Status::permission_denied(msg),
             NodeError::CollectionExists(_) => Status::already_exists(msg),
             NodeError::RangeMoved(_) => {
                 // Same contract as a stale epoch: reload the map, re-route.

@@ -48,6 +48,9 @@ pub struct Peers {
     /// address stored in a group's membership, which is the address the
     /// node had when it joined that group.
     book: Arc<RwLock<HashMap<NodeId, String>>>,
+    /// The node's certificates (none: plain TCP). Peers must present a
+    /// node certificate from the cluster CA.
+    tls: Option<Arc<shoal_common::tls::TlsContext>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +58,16 @@ pub struct Peers {
 struct LinkCut(String);
 
 impl Peers {
+    /// Peers reached over TLS with the node's certificates.
+    pub fn with_tls(tls: Option<Arc<shoal_common::tls::TlsContext>>) -> Self {
+        Peers { tls, ..Default::default() }
+    }
+
+    /// The node's TLS context, if TLS is on.
+    pub fn tls(&self) -> Option<Arc<shoal_common::tls::TlsContext>> {
+        self.tls.clone()
+    }
+
     /// Cuts the link from this node to `addr`.
     pub fn block(&self, addr: &str) {
         self.blocked.write().insert(addr.to_string());
@@ -83,14 +96,14 @@ impl Peers {
     /// The shared, lazily connected channel to `addr` (Raft RPCs, and the
     /// `Meta` service forwarding changes to the metadata leader).
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        Self::cached(&self.channels, addr)
+        self.cached(&self.channels, addr)
     }
 
     /// The channel Raft messages to `addr` use: a connection of their own,
     /// so heartbeats never queue behind bulk shard or snapshot traffic or
     /// share its stream limits and resets.
     pub fn raft_channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        Self::cached(&self.raft_channels, addr)
+        self.cached(&self.raft_channels, addr)
     }
 
     /// Sends a `PreVote` for `group` to `addr` on the Raft connection: the
@@ -111,18 +124,19 @@ impl Peers {
         }
     }
 
-    fn cached(map: &RwLock<HashMap<String, Channel>>, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    fn cached(&self, map: &RwLock<HashMap<String, Channel>>, addr: &str) -> Result<Channel, tonic::transport::Error> {
         if let Some(c) = map.read().get(addr) {
             return Ok(c.clone());
         }
-        let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-        let c = Endpoint::from_shared(uri)?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
+        let connect_timeout = Duration::from_secs(1);
+        let ep = Endpoint::from_shared(shoal_common::tls::endpoint_uri(addr))?
+            .connect_timeout(connect_timeout)
             .http2_keep_alive_interval(shoal_proto::transport::KEEPALIVE_INTERVAL)
             .keep_alive_timeout(shoal_proto::transport::KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        // Peers are nodes: with TLS, a server whose certificate names no
+        // node is not talked to.
+        let c = shoal_common::tls::lazy_channel(ep, self.tls.clone(), shoal_common::tls::Expect::Node, connect_timeout);
         map.write().insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -278,11 +292,14 @@ pub struct RaftService {
     /// seeks to the chunk's offset, and a seek far past the end grew an
     /// in-memory snapshot to the offset (a TiB) or a file to a sparse TiB.
     streams: parking_lot::Mutex<HashMap<String, (String, u64)>>,
+    /// TLS is on: every message's sender is checked against the node
+    /// certificate of the connection ([`RaftService::check_sender`]).
+    identities: bool,
 }
 
 impl RaftService {
     pub fn new(groups: Groups, elections: Elections) -> Self {
-        RaftService { groups, elections, catch_up: None, disk: None, streams: Default::default() }
+        RaftService { groups, elections, catch_up: None, disk: None, streams: Default::default(), identities: false }
     }
 
     /// Serves with the node's catch-up set: its replicas that lost their
@@ -290,6 +307,40 @@ impl RaftService {
     pub fn with_catch_up(mut self, catch_up: CatchUp) -> Self {
         self.catch_up = Some(catch_up);
         self
+    }
+
+    /// Checks each message's sender against the connection's certificate
+    /// (TLS on).
+    pub fn with_identities(mut self, on: bool) -> Self {
+        self.identities = on;
+        self
+    }
+
+    /// With TLS on: the connection's certificate must name node `claimed`
+    /// (the leader or candidate the message speaks for), and that node must
+    /// be a member (voter or learner) of the group, as far as this replica
+    /// knows its membership. A replica that knows none yet (just created,
+    /// waiting for its leader's first message) takes any cluster node. So a
+    /// node holding its own valid certificate cannot speak for another, nor
+    /// lead or disrupt a group it is not a member of.
+    fn check_sender(&self, caller: Result<Option<shoal_common::identity::Identity>, ()>, group: &str, raft: &Raft<TypeConfig>, claimed: Option<NodeId>) -> Result<(), Status> {
+        if !self.identities {
+            return Ok(());
+        }
+        let id = match caller {
+            Ok(Some(shoal_common::identity::Identity::Node(id))) => id,
+            Ok(other) => return Err(Status::permission_denied(format!("Raft messages come from nodes only, not {other:?}"))),
+            Err(()) => return Err(Status::unauthenticated("Raft messages need a TLS connection with a node certificate")),
+        };
+        if claimed != Some(id) {
+            return Err(Status::permission_denied(format!("node {id} sent a {group} message on behalf of node {claimed:?}")));
+        }
+        let m = raft.metrics().borrow().membership_config.clone();
+        let members: Vec<NodeId> = m.membership().nodes().map(|(n, _)| *n).collect();
+        if !members.is_empty() && !members.contains(&id) {
+            return Err(Status::permission_denied(format!("node {id} is not a member of {group} (members {members:?})")));
+        }
+        Ok(())
     }
 
     /// Serves with the node's free-space watermark.
@@ -344,7 +395,9 @@ fn reply<T: Serialize>(res: &T) -> Result<Response<RaftReply>, Status> {
 impl RaftApi for RaftService {
     async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let group = req.get_ref().group.clone();
+        let caller = shoal_common::peer_auth::caller(req.extensions());
         let (raft, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.open(req)?;
+        self.check_sender(caller, &group, &raft, rpc.vote.leader_id().voted_for())?;
         if let Err(full) = self.room_for(&group) {
             if carries_upserts(&rpc.entries) {
                 // The entries wait (the leader retries them with backoff),
@@ -376,7 +429,9 @@ impl RaftApi for RaftService {
 
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let group = req.get_ref().group.clone();
+        let caller = shoal_common::peer_auth::caller(req.extensions());
         let (raft, rpc): (_, VoteRequest<NodeId>) = self.open(req)?;
+        self.check_sender(caller, &group, &raft, rpc.vote.leader_id().voted_for())?;
         if self.catch_up.as_ref().is_some_and(|c| c.refuses_votes(&group, &raft)) {
             // No vote at all (not even a refusal that carries our term):
             // to the candidate this replica is silent, as a learner's
@@ -393,7 +448,9 @@ impl RaftApi for RaftService {
     async fn install_snapshot(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let group = req.get_ref().group.clone();
         self.room_for(&group)?;
+        let caller = shoal_common::peer_auth::caller(req.extensions());
         let (raft, rpc): (_, InstallSnapshotRequest<TypeConfig>) = self.open(req)?;
+        self.check_sender(caller, &group, &raft, rpc.vote.leader_id().voted_for())?;
         let end = self.check_chunk(&group, &rpc)?;
         let (vote, id) = (rpc.vote, rpc.meta.snapshot_id.clone());
         let res = raft.install_snapshot(rpc).await;
@@ -414,7 +471,9 @@ impl RaftApi for RaftService {
 
     async fn pre_vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let group = req.get_ref().group.clone();
+        let caller = shoal_common::peer_auth::caller(req.extensions());
         let (raft, rpc): (_, PreVoteRequest) = self.open(req)?;
+        self.check_sender(caller, &group, &raft, Some(rpc.candidate))?;
         let log = self.groups.log(&group).ok_or_else(|| NodeError::RaftGroupNotFound(group.clone()))?;
         // One seek to the group's last entry.
         let mine = log.last_log_id().map_err(|e| NodeError::Raft(format!("reading the last log id of {group}: {e}")))?;

@@ -13,12 +13,31 @@ use shoal_proto::internal::v1::meta_server::Meta;
 use shoal_proto::internal::v1::*;
 use shoal_proto::v1::{CreateCollectionRequest, DeleteCollectionRequest};
 use shoal_proto::validate::invalid;
+use shoal_common::identity::Identity;
 use shoal_proto::FORWARDED_KEY;
 use tonic::{Request, Response, Status};
 
 use super::blocking;
 use crate::engine::Engine;
 use crate::error::NodeError;
+
+/// How long the check of a registered address may take.
+const ADDRESS_CHECK_WAIT: Duration = Duration::from_secs(5);
+
+/// Checks that `address` is served by node `id`'s certificate (TLS on): a
+/// node cannot point another's address at itself.
+async fn verify_address(tls: Arc<shoal_common::tls::TlsContext>, id: u64, address: &str) -> crate::error::Result<()> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let check = async {
+        let ch = shoal_common::tls::connect(address, Some(tls), shoal_common::tls::Expect::NodeId(id), ADDRESS_CHECK_WAIT).await.map_err(|e| format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()))?;
+        HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await.map_err(|s| s.message().to_string())
+    };
+    match tokio::time::timeout(ADDRESS_CHECK_WAIT, check).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(why)) => Err(NodeError::Forbidden(format!("node {id}'s new address {address} is not served by node {id}: {why}"))),
+        Err(_) => Err(NodeError::Forbidden(format!("node {id}'s new address {address} did not answer within {ADDRESS_CHECK_WAIT:?}"))),
+    }
+}
 
 /// How long a change waits for the metadata group to know its leader.
 const META_LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -88,10 +107,33 @@ impl Meta for MetaService {
     }
 
     async fn register_node(&self, req: Request<RegisterNodeRequest>) -> Result<Response<ClusterMap>, Status> {
-        if req.get_ref().node_id == 0 {
+        let id = req.get_ref().node_id;
+        if id == 0 {
             return Err(NodeError::from(invalid("node_id", "node ids start at 1")).into());
         }
-        self.on_leader(req, |e, r: RegisterNodeRequest| async move { e.register_node(r.node_id, r.address, r.incarnation).await }, |mut c, r| async move { c.register_node(r).await }).await
+        // With TLS on, a node registers (or moves) only itself: the
+        // caller's certificate must name the node, or the caller is a node
+        // forwarding the registration to the metadata leader (which checked
+        // its own caller); either way the leader then checks that the new
+        // address is served by that node's certificate.
+        if let Ok(caller) = shoal_common::peer_auth::caller(req.extensions()) {
+            let forwarded = req.metadata().contains_key(FORWARDED_KEY);
+            match caller {
+                Some(Identity::Node(n)) if n == id || forwarded => {}
+                other => return Err(NodeError::Forbidden(format!("node {id} may register only itself; the caller's certificate names {other:?}")).into()),
+            }
+        }
+        self.on_leader(
+            req,
+            |e, r: RegisterNodeRequest| async move {
+                if let Some(tls) = e.peers().tls() {
+                    verify_address(tls, r.node_id, &r.address).await?;
+                }
+                e.register_node(r.node_id, r.address, r.incarnation).await
+            },
+            |mut c, r| async move { c.register_node(r).await },
+        )
+        .await
     }
 
     async fn init_cluster(&self, _: Request<InitClusterRequest>) -> Result<Response<ClusterMap>, Status> {

@@ -1,6 +1,5 @@
 //! Observability shared by every Shoal server process (coordinators and
-//! nodes; the node crate uses this module because it already depends on
-//! this crate for `shoal dev`). See docs/observability.md.
+//! nodes). See docs/observability.md.
 //!
 //! - **Metrics.** One Prometheus registry per process ([`registry`]).
 //!   [`RpcMetricsLayer`] on every gRPC server counts requests per method
@@ -60,6 +59,15 @@ static RPC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     let buckets = prometheus::exponential_buckets(0.0001, 2.5, 14).expect("buckets");
     register(HistogramVec::new(HistogramOpts::new("shoal_rpc_duration_seconds", "gRPC request latency, by method").buckets(buckets), &["rpc"]).expect("valid histogram"))
 });
+
+/// TLS certificate reloads, by result (`ok`, `error`).
+pub static TLS_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| counter_vec("shoal_tls_reloads_total", "TLS certificate reloads after their files changed, by result", &["result"]));
+/// TLS handshakes that failed, by reason (`refused`, `timeout`).
+pub static TLS_HANDSHAKE_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| counter_vec("shoal_tls_handshake_failures_total", "incoming TLS handshakes that failed (bad or missing certificate, not TLS) or timed out", &["reason"]));
+/// Internal calls refused by certificate identity, by gRPC code name.
+pub static PEER_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| counter_vec("shoal_internal_refusals_total", "internal calls refused because of the caller's certificate identity, by gRPC code", &["code"]));
+/// Audit lines, by outcome (`written`, `failed`).
+pub static AUDIT_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| counter_vec("shoal_audit_events_total", "audit log lines, by whether they were written", &["outcome"]));
 
 /// Health and reflection methods served beside Shoal's own.
 const STANDARD_METHODS: &[&str] = &[
@@ -130,7 +138,9 @@ where
 /// Serves `GET /metrics` (Prometheus text format) on `listener` until
 /// `shutdown`; `collect` runs before each scrape to refresh the process's
 /// gauges.
-pub async fn serve_metrics(listener: tokio::net::TcpListener, collect: Arc<dyn Fn() + Send + Sync>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+/// With `tls`, the endpoint is HTTPS (server certificate only: Prometheus
+/// and the probes present none).
+pub async fn serve_metrics(listener: tokio::net::TcpListener, tls: Option<Arc<crate::tls::TlsContext>>, collect: Arc<dyn Fn() + Send + Sync>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -146,7 +156,7 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, collect: Arc<dyn F
             }
         }),
     );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(crate::tls::axum_listener(listener, tls)?, app).with_graceful_shutdown(shutdown).await
 }
 
 /// The registry in Prometheus text format.
