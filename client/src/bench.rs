@@ -216,7 +216,7 @@ async fn grpc_run(load: &Load, searches: Arc<Vec<SearchBuilder>>, truth: Arc<Vec
             rt.block_on(async {
                 let mut pool = vec![];
                 for _ in 0..load.connections.max(1) {
-                    pool.push(Client::connect(&load.addr).await?);
+                    pool.push(crate::cli::public_client(&load.addr).await?);
                 }
                 grpc_run_on(&pool, load.batch, searches, truth, conc, min_secs).await
             })
@@ -457,7 +457,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     } else {
         ds.groundtruth.iter().map(|r| r.iter().map(|x| *x as u64).collect()).collect()
     };
-    let client = Client::connect(addr).await?;
+    let client = crate::cli::public_client(addr).await?;
     // Search clients: one HTTP/2 connection per 32 requests in flight (more
     // connections measured slower here: each costs client CPU on the same
     // cores as the server).

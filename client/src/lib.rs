@@ -15,6 +15,13 @@
 //!   same workload on in-process usearch for comparison.
 //! - `cli/`: the `shoalctl` commands (`src/bin/shoalctl.rs` is the entry).
 //!
+//! ## Connecting securely
+//! [`Client::connect_with`] takes [`ConnectOptions`]: the CA that signed the
+//! server's certificate (the address may then be `https://host:port`), an
+//! optional client certificate, and [`Credentials`] (an API key or a JWT,
+//! sent as `authorization: Bearer ...`). `shoalctl` builds them from
+//! `--ca`, `--cert`/`--key`, `SHOAL_API_KEY` and `--token-file`.
+//!
 //! ## Path of a request
 //! `client.search(SearchBuilder::new("docs", v, 10).ef(128))` builds a
 //! `SearchPointsRequest`, sends it over a shared tonic channel, and on
@@ -26,6 +33,7 @@ use shoal_proto::v1::cluster_client::ClusterClient;
 use shoal_proto::v1::collections_client::CollectionsClient;
 use shoal_proto::v1::points_client::PointsClient;
 use shoal_proto::v1::*;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub mod bench;
@@ -52,6 +60,8 @@ pub enum ClientError {
     Filter(String),
     #[error("the search stream is closed")]
     StreamClosed,
+    #[error("credentials: {0}")]
+    Credentials(String),
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
@@ -171,11 +181,90 @@ impl SearchBuilder {
     }
 }
 
+/// The credential sent with every request: an API key or a JWT.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret itself.
+        f.write_str(if self.header.is_some() { "Credentials(set)" } else { "Credentials(none)" })
+    }
+}
+
+impl Credentials {
+    /// An API key or a JWT (both travel as a bearer token).
+    pub fn bearer(token: &str) -> Result<Self> {
+        let v = format!("Bearer {}", token.trim()).parse().map_err(|_| ClientError::Credentials("the key or token must be printable ASCII".into()))?;
+        Ok(Credentials { header: Some(v) })
+    }
+
+    /// A token read from a file (trailing whitespace trimmed).
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let t = std::fs::read_to_string(path).map_err(|e| ClientError::Credentials(format!("reading {}: {e}", path.display())))?;
+        Self::bearer(t.trim())
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut r: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.header {
+            r.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// How to reach a Shoal endpoint.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// PEM of the CA that signed the server's certificate: TLS on.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate and key (PEM), for servers that ask for one (the
+    /// internal plane always does).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Name to verify the server's certificate against (default: the host
+    /// dialled).
+    pub server_name: Option<String>,
+    pub credentials: Credentials,
+}
+
+impl ConnectOptions {
+    /// A channel to `addr` (`host:port`, `http://` or `https://`).
+    pub async fn channel(&self, addr: &str, connect_timeout: Option<Duration>) -> Result<Channel> {
+        let https = addr.starts_with("https://");
+        let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
+        let tls = https || self.ca_pem.is_some();
+        let uri = format!("{}://{rest}", if tls { "https" } else { "http" });
+        let mut ep = Endpoint::from_shared(uri).map_err(|_| ClientError::Address(addr.to_string()))?.tcp_nodelay(true);
+        if let Some(t) = connect_timeout {
+            ep = ep.connect_timeout(t);
+        }
+        if tls {
+            let ca = self.ca_pem.as_ref().ok_or_else(|| ClientError::Credentials(format!("{addr} is https: give the CA certificate that signed the server's (--ca or SHOAL_CA)")))?;
+            let mut cfg = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            if let Some((cert, key)) = &self.identity {
+                cfg = cfg.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            if let Some(n) = &self.server_name {
+                cfg = cfg.domain_name(n.clone());
+            }
+            ep = ep.tls_config(cfg)?;
+        }
+        Ok(ep.connect().await?)
+    }
+}
+
+/// The channel every call of a [`Client`] goes through: credentials added.
+pub type AuthChannel = InterceptedService<Channel, Credentials>;
+
 /// Async client for the public API. Cheap to clone; clones share the
 /// connection.
 #[derive(Clone)]
 pub struct Client {
-    channel: Channel,
+    channel: AuthChannel,
     retry: RetryPolicy,
 }
 
@@ -206,11 +295,16 @@ macro_rules! call {
 }
 
 impl Client {
-    /// Connects to a coordinator at `host:port` (or a full `http://` URI).
+    /// Connects to a coordinator at `host:port` (or a full `http://` URI),
+    /// without TLS or credentials.
     pub async fn connect(addr: &str) -> Result<Self> {
-        let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-        let channel = Endpoint::from_shared(uri).map_err(|_| ClientError::Address(addr.to_string()))?.tcp_nodelay(true).connect().await?;
-        Ok(Client { channel, retry: RetryPolicy::default() })
+        Self::connect_with(addr, &ConnectOptions::default()).await
+    }
+
+    /// Connects with TLS and credentials (see [`ConnectOptions`]).
+    pub async fn connect_with(addr: &str, opts: &ConnectOptions) -> Result<Self> {
+        let channel = opts.channel(addr, None).await?;
+        Ok(Client { channel: InterceptedService::new(channel, opts.credentials.clone()), retry: RetryPolicy::default() })
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {

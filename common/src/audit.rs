@@ -147,7 +147,10 @@ pub fn code_name(c: tonic::Code) -> &'static str {
 /// A slot a handler fills to have its request audited (and say what it
 /// touched): [`note`].
 #[derive(Clone, Default)]
-pub struct AuditNote(Arc<Mutex<Option<(Option<String>, String)>>>);
+pub struct AuditNote(Arc<Mutex<Option<Noted>>>);
+
+/// What a handler noted: the collection touched and a detail.
+type Noted = (Option<String>, String);
 
 /// Marks the request for the audit log with the collection it touches and
 /// a detail (e.g. "delete by filter").

@@ -594,7 +594,7 @@ mod tests {
         let keys = dir.path().join("keys");
         for (text, needle) in [("owner abcdefghijklmnopqrstuvwxyz\n", ":1: unknown role"), ("admin short\n", "at least 16"), ("\n\nadmin\n", ":3: no key")] {
             std::fs::write(&keys, text).unwrap();
-            let e = Authenticator::load(AuthConfig { api_keys_file: Some(keys.clone()), ..Default::default() }).err().expect(text);
+            let e = Authenticator::load(AuthConfig { api_keys_file: Some(keys.clone()), ..Default::default() }).expect_err(text);
             assert!(e.to_string().contains(needle), "{e}");
         }
     }

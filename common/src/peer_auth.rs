@@ -96,12 +96,21 @@ pub fn callers_of(path: &str) -> Option<Callers> {
     INTERNAL_METHODS.iter().find(|(p, _)| *p == path).map(|(_, c)| *c)
 }
 
-/// The authenticated caller of a request: `Err(None)` when the connection
-/// is not TLS (nothing is known), `Ok(identity)` when it is.
-pub fn caller(ext: &http::Extensions) -> Result<Option<Identity>, ()> {
+/// Who called, as far as the connection tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// Not a TLS connection: nothing is known (TLS off).
+    Plain,
+    /// A TLS connection whose client certificate the CA verified, and the
+    /// identity it names, if any.
+    Verified(Option<Identity>),
+}
+
+/// The caller of a request.
+pub fn caller(ext: &http::Extensions) -> Caller {
     match crate::tls::peer(ext) {
-        Some(p) if p.tls => Ok(p.identity.clone()),
-        _ => Err(()),
+        Some(p) if p.tls => Caller::Verified(p.identity.clone()),
+        _ => Caller::Plain,
     }
 }
 

@@ -562,7 +562,7 @@ mod tests {
     /// unless every replica is one; an answer clears a node.
     #[test]
     fn pick_passes_over_suspects() {
-        let r = Router::new(vec![], Duration::from_secs(1), None);
+        let r = Router::new(vec![], Duration::from_secs(1), None, None);
         let key = ("c".to_string(), 0);
         let reps = [1, 2, 3];
         let picks = |r: &Router, target| (0..3).map(|a| r.pick(&key, &reps, target, a, 0)).collect::<Vec<_>>();

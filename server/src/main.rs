@@ -4,12 +4,23 @@
 //! - `shoal coordinator`: a stateless router serving the public API.
 //! - `shoal dev`: both in one process with embedded defaults: the quickest
 //!   way to a working endpoint, optionally loaded with a sample collection.
+//! - `shoal certs`: a development CA and certificates (docs/security.md).
+//! - `shoal handoff`, `shoal probe`: the Kubernetes preStop hook and
+//!   probes, over the node's own certificate when TLS is on.
+//!
+//! This crate sits above both `shoal-node` and `shoal-coordinator` (neither
+//! imports the other); [`security`] turns the security flags into the
+//! TLS context, authenticator and audit log of `shoal-common`.
+mod security;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use security::{Security, SecurityArgs};
+use shoal_common::tls::Expect;
 use shoal_coordinator::router::LocalNode;
 use shoal_coordinator::CoordinatorConfig;
 use shoal_node::service::shard::ShardService;
@@ -32,12 +43,14 @@ struct Cli {
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
     otlp_endpoint: Option<String>,
     /// Which spans are exported (RUST_LOG syntax), independent of `--log`.
-    #[arg(long, env = "SHOAL_TRACE_FILTER", default_value = shoal_coordinator::telemetry::DEFAULT_TRACE_FILTER, global = true)]
+    #[arg(long, env = "SHOAL_TRACE_FILTER", default_value = shoal_common::telemetry::DEFAULT_TRACE_FILTER, global = true)]
     trace_filter: String,
     /// Serve Prometheus metrics on `http://ADDR/metrics` (e.g.
     /// `0.0.0.0:9400`; port 0 picks a free one). Off when unset.
     #[arg(long, env = "SHOAL_METRICS_LISTEN", global = true)]
     metrics_listen: Option<String>,
+    #[command(flatten)]
+    security: SecurityArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -66,6 +79,38 @@ enum Cmd {
         /// Internal address of the node.
         #[arg(long, default_value = "127.0.0.1:7400")]
         node: String,
+        /// TLS server name to expect (default: the host of SHOAL_ADVERTISE,
+        /// else of --node).
+        #[arg(long, env = "SHOAL_TLS_SERVER_NAME")]
+        server_name: Option<String>,
+    },
+    /// Check a node's health over its internal API (the Kubernetes probes:
+    /// exec, because the internal port needs a client certificate). Exits
+    /// 0 when SERVING.
+    Probe {
+        /// Internal address of the node.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        node: String,
+        /// Check readiness (caught up) instead of liveness.
+        #[arg(long)]
+        ready: bool,
+        /// TLS server name to expect (default: the host of SHOAL_ADVERTISE,
+        /// else of --node).
+        #[arg(long, env = "SHOAL_TLS_SERVER_NAME")]
+        server_name: Option<String>,
+    },
+    /// Write a development CA and certificates for a test cluster: ca.pem,
+    /// node-N.pem/.key, coordinator.pem/.key, operator.pem/.key.
+    Certs {
+        /// Output directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node certificates to issue (node-1 .. node-N).
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Host names and addresses every certificate is valid for.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+        hosts: Vec<String>,
     },
     /// Run a coordinator and a node in one process (embedded defaults).
     Dev {
@@ -96,12 +141,13 @@ enum Cmd {
 
 /// Serves `/metrics` on `addr` if set; `collect` refreshes the process's
 /// gauges before each scrape. Prints the address ("metrics=").
-async fn serve_metrics(addr: Option<&str>, collect: std::sync::Arc<dyn Fn() + Send + Sync>, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn serve_metrics(addr: Option<&str>, security: &Security, collect: std::sync::Arc<dyn Fn() + Send + Sync>, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let Some(addr) = addr.filter(|a| !a.is_empty()) else { return Ok(()) };
     let (listener, bound) = bind(addr).await?;
-    println!("shoal metrics ready: metrics=http://{bound}/metrics");
+    let tls = security.tls.clone();
+    println!("shoal metrics ready: metrics={}://{bound}/metrics", if tls.is_some() { "https" } else { "http" });
     tokio::spawn(async move {
-        if let Err(e) = shoal_coordinator::telemetry::serve_metrics(listener, collect, wait(stop)).await {
+        if let Err(e) = shoal_common::telemetry::serve_metrics(listener, tls, collect, wait(stop)).await {
             tracing::error!(error = %e, "metrics endpoint failed");
         }
     });
@@ -143,17 +189,25 @@ type Served = (tokio::task::JoinHandle<anyhow::Result<()>>, SocketAddr, std::syn
 /// Opens and serves a node. With `wait_join` it returns only once the node
 /// is registered in the cluster map (`shoal dev`, whose coordinator needs
 /// the map to name this node's current address).
-async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool, wait_join: bool) -> anyhow::Result<Served> {
+async fn run_node(args: NodeArgs, security: &Security, stop: watch::Receiver<bool>, in_memory: bool, wait_join: bool) -> anyhow::Result<Served> {
     let (listener, addr) = bind(&args.internal_listen).await?;
+    if let Some(id) = security.tls.as_ref().and_then(|t| t.identity()) {
+        // Other nodes check Raft messages and registrations against it.
+        anyhow::ensure!(id == shoal_common::identity::Identity::Node(args.node_id), "this node is node {} but its certificate names {id} (its URI SAN must be {})", args.node_id, shoal_common::identity::Identity::Node(args.node_id).uri());
+    } else if security.tls.is_some() {
+        anyhow::bail!("the node's certificate names no Shoal identity: its URI SAN must be {}", shoal_common::identity::Identity::Node(args.node_id).uri());
+    }
     let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory, rocks: args.rocks(), exact_scan_threshold: args.exact_scan_threshold, raft: args.raft(), backup_root: args.backup_root.clone(), min_free_disk: if in_memory { 0 } else { args.min_free_disk_mb.saturating_mul(1 << 20) } };
+    let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory, rocks: args.rocks(), exact_scan_threshold: args.exact_scan_threshold, raft: args.raft(), backup_root: args.backup_root.clone(), min_free_disk: if in_memory { 0 } else { args.min_free_disk_mb.saturating_mul(1 << 20) }, tls: security.tls.clone() };
     let engine = tokio::task::spawn_blocking(move || Engine::open(cfg)).await?.context("opening node storage")?;
     tracing::info!(node_id = args.node_id, %addr, data_dir = %args.data_dir.display(), simd = %shoal_node::index::simd_backends(), "node serving internal API");
     let every = Duration::from_secs(args.index_save_interval);
-    let h = tokio::spawn(shoal_node::server::serve_internal(engine.clone(), listener, every, wait(stop)));
+    let internal_security = shoal_node::server::Security { tls: security.tls.clone(), audit: security.audit.clone(), reflection: security.reflection };
+    let h = tokio::spawn(shoal_node::server::serve_internal(engine.clone(), listener, every, internal_security, wait(stop)));
     let empty = !engine.in_cluster();
     let others: Vec<String> = args.join.iter().filter(|s| !s.is_empty() && s.as_str() != engine.advertise()).cloned().collect();
-    if args.bootstrap && !engine.in_cluster() && !others.is_empty() && seeds_have_cluster(&others).await {
+    let tls = security.tls.clone();
+    if args.bootstrap && !engine.in_cluster() && !others.is_empty() && seeds_have_cluster(&others, &tls).await {
         tracing::warn!(seeds = ?others, "--bootstrap ignored: the seeds already form a cluster (this node lost its data or starts late); joining it");
     } else if args.bootstrap && !engine.in_cluster() {
         match engine.init_cluster().await {
@@ -177,7 +231,7 @@ async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool, 
         // An empty data directory joining a running cluster (it did not
         // just start one): note the collections that exist already.
         let note = empty && !engine.in_cluster();
-        let join = tokio::spawn(join_cluster(engine.clone(), seeds, note));
+        let join = tokio::spawn(join_cluster(engine.clone(), seeds, note, tls));
         if wait_join {
             join.await?;
         }
@@ -185,20 +239,19 @@ async fn run_node(args: NodeArgs, stop: watch::Receiver<bool>, in_memory: bool, 
     Ok((h, addr, engine))
 }
 
-/// A seed's `http://` URI (`host:port` or a full URI).
-fn seed_uri(seed: &str) -> String {
-    if seed.contains("://") {
-        seed.to_string()
-    } else {
-        format!("http://{seed}")
-    }
+type Tls = Option<std::sync::Arc<shoal_common::tls::TlsContext>>;
+
+/// A channel to a node's internal API (with TLS: the node's certificate
+/// must name a node).
+async fn node_channel(addr: &str, tls: &Tls) -> anyhow::Result<tonic::transport::Channel> {
+    shoal_common::tls::connect(addr, tls.clone(), Expect::Node, Duration::from_secs(3)).await.map_err(|e| anyhow::anyhow!("cannot reach node {addr}: {e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()))
 }
 
 /// The cluster map a seed answers with, or `None` when it does not answer
 /// within 2 s.
-async fn seed_map(seed: &str) -> Option<shoal_proto::internal::v1::ClusterMap> {
+async fn seed_map(seed: &str, tls: &Tls) -> Option<shoal_proto::internal::v1::ClusterMap> {
     use shoal_proto::internal::v1::{meta_client::MetaClient, GetClusterMapRequest};
-    let ask = async { MetaClient::connect(seed_uri(seed)).await.ok()?.get_cluster_map(GetClusterMapRequest {}).await.ok() };
+    let ask = async { MetaClient::new(node_channel(seed, tls).await.ok()?).get_cluster_map(GetClusterMapRequest {}).await.ok() };
     tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten().map(|r| r.into_inner())
 }
 
@@ -209,13 +262,13 @@ async fn seed_map(seed: &str) -> Option<shoal_proto::internal::v1::ClusterMap> {
 /// Seeds that do not answer are asked again every 2 s, never guessed
 /// about, so an empty pod 0 never starts a second cluster beside a running
 /// one.
-async fn seeds_have_cluster(seeds: &[String]) -> bool {
+async fn seeds_have_cluster(seeds: &[String], tls: &Tls) -> bool {
     let started = std::time::Instant::now();
     let mut warned = false;
     loop {
         let mut silent = vec![];
         for seed in seeds {
-            match seed_map(seed).await {
+            match seed_map(seed, tls).await {
                 Some(map) if !map.nodes.is_empty() => return true,
                 Some(_) => {}
                 None => silent.push(seed.as_str()),
@@ -234,11 +287,11 @@ async fn seeds_have_cluster(seeds: &[String]) -> bool {
 
 /// Reads a seed's map (retrying until one lists nodes) and records its
 /// collections as older than this data directory.
-async fn note_existing_collections(engine: &Engine, seeds: &[String]) {
+async fn note_existing_collections(engine: &Engine, seeds: &[String], tls: &Tls) {
     let mut backoff = Duration::from_millis(100);
     loop {
         for seed in seeds {
-            let Some(map) = seed_map(seed).await.filter(|m| !m.nodes.is_empty()) else { continue };
+            let Some(map) = seed_map(seed, tls).await.filter(|m| !m.nodes.is_empty()) else { continue };
             if let Err(e) = engine.note_preexisting(&map) {
                 // Storage failing here fails everything else too; joining
                 // anyway keeps the node's errors where operators look.
@@ -255,13 +308,13 @@ async fn note_existing_collections(engine: &Engine, seeds: &[String]) {
 /// backoff until one does. Registration is idempotent and keeps the node's
 /// address current in the map. With `note_existing` (an empty data
 /// directory joining), first records the cluster's existing collections.
-async fn join_cluster(engine: std::sync::Arc<Engine>, seeds: Vec<String>, note_existing: bool) {
+async fn join_cluster(engine: std::sync::Arc<Engine>, seeds: Vec<String>, note_existing: bool, tls: Tls) {
     use shoal_proto::internal::v1::{meta_client::MetaClient, RegisterNodeRequest};
     let req = RegisterNodeRequest { node_id: engine.node_id(), address: engine.advertise().to_string(), incarnation: engine.incarnation() };
     // Before registering (which starts replication to this node): the
     // collections a seed's map already holds (Engine::note_preexisting).
     if note_existing {
-        note_existing_collections(&engine, &seeds).await;
+        note_existing_collections(&engine, &seeds, &tls).await;
     }
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -273,7 +326,7 @@ async fn join_cluster(engine: std::sync::Arc<Engine>, seeds: Vec<String>, note_e
         }
         for seed in &seeds {
             let res = async {
-                let mut c = MetaClient::connect(seed_uri(seed)).await.map_err(|e| e.to_string())?;
+                let mut c = MetaClient::new(node_channel(seed, &tls).await.map_err(|e| e.to_string())?);
                 c.register_node(req.clone()).await.map_err(|s| s.message().to_string())
             }
             .await;
@@ -305,9 +358,11 @@ async fn run() -> anyhow::Result<()> {
         Cmd::Node(a) => ("shoal-node", a.pod_name.clone().unwrap_or_else(|| format!("node-{}", a.node_id))),
         Cmd::Coordinator { listen, .. } => ("shoal-coordinator", listen.clone()),
         Cmd::Dev { listen, .. } => ("shoal-dev", listen.clone()),
-        Cmd::Handoff { node } => ("shoal-handoff", node.clone()),
+        Cmd::Handoff { node, .. } => ("shoal-handoff", node.clone()),
+        Cmd::Probe { node, .. } => ("shoal-probe", node.clone()),
+        Cmd::Certs { .. } => ("shoal-certs", String::new()),
     };
-    let telemetry_cfg = shoal_coordinator::telemetry::TelemetryConfig {
+    let telemetry_cfg = shoal_common::telemetry::TelemetryConfig {
         service: service.into(),
         instance,
         filter: cli.log.clone(),
@@ -315,34 +370,55 @@ async fn run() -> anyhow::Result<()> {
         otlp_endpoint: cli.otlp_endpoint.clone(),
         trace_filter: cli.trace_filter.clone(),
     };
-    let mut telemetry = shoal_coordinator::telemetry::init(&telemetry_cfg)?;
+    let mut telemetry = shoal_common::telemetry::init(&telemetry_cfg)?;
     let res = serve(cli).await;
     // Export the last spans (blocking: off the async workers).
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     res
 }
 
+/// The socket addresses `addrs` name (for the loopback check; a name that
+/// does not resolve counts as not loopback).
+fn listen_addrs(addrs: &[&str]) -> Vec<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    addrs.iter().filter(|a| !a.is_empty()).flat_map(|a| a.to_socket_addrs().map(|i| i.collect::<Vec<_>>()).unwrap_or_else(|_| vec![SocketAddr::from(([0, 0, 0, 0], 0))])).collect()
+}
+
+/// The TLS name to expect of a node dialled at `node` by a probe or the
+/// preStop hook: `--server-name`, else the host of SHOAL_ADVERTISE, else
+/// `node`'s host.
+fn probe_server_name(node: &str, explicit: Option<String>) -> Option<String> {
+    explicit.or_else(|| std::env::var("SHOAL_ADVERTISE").ok().filter(|a| !a.is_empty())).map(|a| a.rsplit_once(':').map_or(a.clone(), |(h, _)| h.to_string())).or_else(|| node.rsplit_once(':').map(|(h, _)| h.to_string()))
+}
+
 async fn serve(cli: Cli) -> anyhow::Result<()> {
     let stop = shutdown_signal();
     let metrics = cli.metrics_listen.clone();
+    let metrics_addr = metrics.clone().unwrap_or_default();
     match cli.cmd {
         Cmd::Node(args) => {
             let args = args.resolve().map_err(anyhow::Error::msg)?;
-            let (h, addr, engine) = run_node(args, stop.clone(), false, false).await?;
-            serve_metrics(metrics.as_deref(), node_collector(engine), stop).await?;
+            let security = cli.security.build(&listen_addrs(&[&args.internal_listen, &metrics_addr]), "the internal API")?;
+            let (h, addr, engine) = run_node(args, &security, stop.clone(), false, false).await?;
+            serve_metrics(metrics.as_deref(), &security, node_collector(engine), stop).await?;
             println!("shoal node ready: internal={addr}");
             h.await??;
         }
         Cmd::Coordinator { listen, meta, shard_deadline_ms } => {
+            let security = cli.security.build(&listen_addrs(&[&listen, &metrics_addr]), "the public API")?;
+            if security.auth.is_none() {
+                tracing::warn!("authentication is off: every client of the public API may read, write and drop every collection (set --api-keys-file or a JWT key)");
+            }
             let (listener, addr) = bind(&listen).await?;
-            serve_metrics(metrics.as_deref(), std::sync::Arc::new(|| {}), stop.clone()).await?;
+            serve_metrics(metrics.as_deref(), &security, std::sync::Arc::new(|| {}), stop.clone()).await?;
             println!("shoal coordinator ready: public={addr} meta={}", meta.join(","));
-            let cfg = CoordinatorConfig { seeds: meta, shard_deadline: Duration::from_millis(shard_deadline_ms), local: None };
+            let cfg = CoordinatorConfig { seeds: meta, shard_deadline: Duration::from_millis(shard_deadline_ms), local: None, tls: security.tls, auth: security.auth, audit: security.audit, reflection: security.reflection };
             shoal_coordinator::serve(cfg, listener, wait(stop)).await?;
         }
-        Cmd::Handoff { node } => {
+        Cmd::Handoff { node, server_name } => {
             use shoal_proto::internal::v1::{meta_client::MetaClient, HandOffRequest};
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{node}"))?.connect_timeout(Duration::from_secs(3)).connect().await.with_context(|| format!("cannot reach node {node}"))?;
+            let tls = cli.security.tls()?;
+            let ch = shoal_common::tls::connect_as(&node, probe_server_name(&node, server_name).filter(|_| tls.is_some()), tls, Expect::Node, Duration::from_secs(3)).await.with_context(|| format!("cannot reach node {node}"))?;
             let r = MetaClient::new(ch).hand_off(HandOffRequest::default()).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
             for m in &r.moved {
                 println!("moved {m}");
@@ -351,10 +427,35 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 println!("kept {f}");
             }
         }
+        Cmd::Probe { node, ready, server_name } => {
+            use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+            let tls = cli.security.tls()?;
+            let ch = shoal_common::tls::connect_as(&node, probe_server_name(&node, server_name).filter(|_| tls.is_some()), tls, Expect::Node, Duration::from_secs(3)).await.with_context(|| format!("cannot reach node {node}"))?;
+            let service = if ready { shoal_node::server::READY_SERVICE.to_string() } else { String::new() };
+            let st = HealthClient::new(ch).check(HealthCheckRequest { service }).await.map_err(|s| anyhow::anyhow!("health check failed: {}", s.message()))?.into_inner().status;
+            anyhow::ensure!(st == ServingStatus::Serving as i32, "not serving (status {st})");
+            println!("serving");
+        }
+        Cmd::Certs { dir, nodes, hosts } => {
+            security::write_dev_pki(&dir, nodes, &hosts)?;
+            println!("wrote a development CA and certificates for nodes 1..={nodes}, a coordinator and an operator to {} (valid for {})", dir.display(), hosts.join(", "));
+        }
         Cmd::Dev { listen, data_dir, sample, in_memory, memtable_mb, block_cache_mb, exact_scan_threshold } => {
+            let listens = listen_addrs(&[&listen, &metrics_addr]);
+            let mut sec_args = cli.security.clone();
+            let configured = sec_args.tls_files()?.is_some() || sec_args.api_keys_file.is_some() || sec_args.jwt_secret_file.is_some() || sec_args.jwt_public_key_file.is_some();
+            let mut dev_key = None;
+            if !configured && !sec_args.insecure && listens.iter().any(|a| !a.ip().is_loopback()) {
+                // Off loopback, dev is never open: a throwaway CA and an
+                // admin key, made once in the data directory.
+                let (args, key) = security::dev_defaults(&data_dir, listens.first().expect("an address"))?;
+                sec_args = SecurityArgs { audit_log: sec_args.audit_log.clone(), reflection: sec_args.reflection, ..args };
+                dev_key = Some(key);
+            }
+            let security = sec_args.build(&listens, "the public API")?;
             let args = NodeArgs {
                 node_id: 1,
-                data_dir,
+                data_dir: data_dir.clone(),
                 internal_listen: "127.0.0.1:0".into(),
                 advertise: None,
                 join: vec![],
@@ -369,24 +470,38 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 backup_root: None,
                 min_free_disk_mb: 100,
             };
-            let (node, internal, engine) = run_node(args, stop.clone(), in_memory, true).await?;
-            serve_metrics(metrics.as_deref(), node_collector(engine.clone()), stop.clone()).await?;
+            let (node, internal, engine) = run_node(args, &security, stop.clone(), in_memory, true).await?;
+            serve_metrics(metrics.as_deref(), &security, node_collector(engine.clone()), stop.clone()).await?;
             let (listener, public) = bind(&listen).await?;
             // The coordinator calls this process's node directly.
             let local = LocalNode { address: engine.advertise().to_string(), shard: std::sync::Arc::new(ShardService::new(engine)) };
-            let cfg = CoordinatorConfig { seeds: vec![internal.to_string()], shard_deadline: Duration::from_secs(30), local: Some(local) };
+            let client = sample::DevClient { addr: public, tls: security.tls.clone(), api_key: dev_key.clone().or_else(|| first_admin_key(&sec_args)) };
+            let cfg = CoordinatorConfig { seeds: vec![internal.to_string()], shard_deadline: Duration::from_secs(30), local: Some(local), tls: security.tls.clone(), auth: security.auth.clone(), audit: security.audit.clone(), reflection: security.reflection };
             let coord = tokio::spawn(shoal_coordinator::serve(cfg, listener, wait(stop.clone())));
-            sample::wait_ready(public).await?;
+            sample::wait_ready(&client).await?;
             if sample > 0 {
-                sample::load(public, sample).await?;
+                sample::load(&client, sample).await?;
             }
             println!("shoal dev ready: public={public} internal={internal}");
-            println!("try: cargo run --release --bin shoalctl -- --addr {public} collection list");
+            match (&dev_key, &security.tls) {
+                (Some(key), Some(tls)) => {
+                    println!("TLS and an admin API key were generated in {} (not on loopback, so not open):", data_dir.join("dev-security").display());
+                    println!("try: SHOAL_API_KEY={key} cargo run --release --bin shoalctl -- --addr https://{public} --ca {} collection list", tls.files().ca.display());
+                }
+                _ => println!("try: cargo run --release --bin shoalctl -- --addr {public} collection list"),
+            }
             coord.await??;
             node.await??;
         }
     }
     Ok(())
+}
+
+/// The first admin key of a keys file (so `--sample` can load through an
+/// authenticated dev server).
+fn first_admin_key(args: &SecurityArgs) -> Option<String> {
+    let text = std::fs::read_to_string(args.api_keys_file.as_ref()?).ok()?;
+    text.lines().map(str::trim).filter(|l| !l.starts_with('#')).find_map(|l| l.strip_prefix("admin ").and_then(|r| r.split_whitespace().next()).map(str::to_string))
 }
 
 mod sample {
@@ -401,13 +516,42 @@ mod sample {
 
     pub const DIM: usize = 64;
 
+    /// How this process reaches its own public API.
+    pub struct DevClient {
+        pub addr: SocketAddr,
+        pub tls: Option<std::sync::Arc<shoal_common::tls::TlsContext>>,
+        pub api_key: Option<String>,
+    }
+
+    impl DevClient {
+        async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+            // A wildcard bind is reached on loopback (which the dev
+            // certificate names).
+            let mut addr = self.addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            Ok(shoal_common::tls::connect(&addr.to_string(), self.tls.clone(), shoal_common::tls::Expect::Any, Duration::from_secs(3)).await?)
+        }
+
+        fn auth(&self) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+            let header = self.api_key.as_ref().and_then(|k| format!("Bearer {k}").parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>().ok());
+            move |mut r: tonic::Request<()>| {
+                if let Some(h) = &header {
+                    r.metadata_mut().insert("authorization", h.clone());
+                }
+                Ok(r)
+            }
+        }
+    }
+
     /// Polls the coordinator's health service until it reports SERVING
     /// (it has loaded the cluster map), so "ready" means ready.
-    pub async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+    pub async fn wait_ready(client: &DevClient) -> anyhow::Result<()> {
         use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await {
+            if let Ok(ch) = client.channel().await {
                 let mut h = HealthClient::new(ch);
                 if h.check(HealthCheckRequest { service: String::new() }).await.is_ok_and(|r| r.get_ref().status == ServingStatus::Serving as i32) {
                     return Ok(());
@@ -420,8 +564,9 @@ mod sample {
 
     /// Creates `sample` (64-d cosine, 2 shards) with `n` clustered vectors
     /// and payloads `{category, price, in_stock, tags}`, unless it exists.
-    pub async fn load(addr: SocketAddr, n: u64) -> anyhow::Result<()> {
-        let mut cols = CollectionsClient::connect(format!("http://{addr}")).await?;
+    pub async fn load(client: &DevClient, n: u64) -> anyhow::Result<()> {
+        let ch = client.channel().await?;
+        let mut cols = CollectionsClient::with_interceptor(ch.clone(), client.auth());
         if cols.get(GetCollectionRequest { name: "sample".into() }).await.is_ok() {
             println!("sample collection already present");
             return Ok(());
@@ -438,7 +583,7 @@ mod sample {
             ..Default::default()
         };
         cols.create(CreateCollectionRequest { config: Some(config) }).await?;
-        let mut points = PointsClient::connect(format!("http://{addr}")).await?;
+        let mut points = PointsClient::with_interceptor(ch, client.auth());
         let mut rng = rand::rngs::StdRng::seed_from_u64(42);
         let cats = ["books", "music", "garden", "toys", "tools", "food", "sports", "games"];
         let centers: Vec<Vec<f32>> = (0..cats.len()).map(|_| (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();

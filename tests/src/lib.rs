@@ -17,12 +17,16 @@
 //! nodes with real RocksDB, gRPC and state machines, with stop, restart and
 //! per-direction link cuts; `raft_group.rs` runs its fault scenarios.
 //!
+//! [`tls`] runs the process clusters with TLS (`SHOAL_TEST_TLS=1`), and
+//! `security.rs` attacks a TLS cluster with authentication on.
+//!
 //! The `shoal` binary is found through `SHOAL_BIN`, or next to the test
 //! executable's target directory (`cargo build --release --bins` first;
 //! `.ci/run` does).
 pub mod containers;
 pub mod procs;
 pub mod raft_cluster;
+pub mod tls;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
@@ -53,7 +57,13 @@ pub fn shoalctl_bin() -> PathBuf {
 /// Runs `shoalctl ARGS`; returns whether it succeeded, its stdout and its
 /// stderr.
 pub fn shoalctl(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(shoalctl_bin()).args(args).output().expect("run shoalctl");
+    let mut cmd = std::process::Command::new(shoalctl_bin());
+    if tls::enabled() {
+        // The operator certificate for nodes, the CA for everything.
+        let p = tls::pki();
+        cmd.env("SHOAL_CA", p.ca_file()).env("SHOAL_CLIENT_CERT", p.dir.join("operator.pem")).env("SHOAL_CLIENT_KEY", p.dir.join("operator.key"));
+    }
+    let out = cmd.args(args).output().expect("run shoalctl");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

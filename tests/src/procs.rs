@@ -89,6 +89,7 @@ impl NodeProc {
     /// [`NodeProc::start`] with further `shoal node` flags.
     pub fn start_with(id: u64, data_dir: &Path, listen: &str, bootstrap: bool, join: &[String], extra: &[String]) -> Result<Self> {
         let mut args: Vec<String> = vec!["node".into(), "--node-id".into(), id.to_string(), "--data-dir".into(), data_dir.display().to_string(), "--internal-listen".into(), listen.into()];
+        args.extend(crate::tls::node_flags(id));
         args.extend(extra.iter().cloned());
         if bootstrap {
             args.push("--bootstrap".into());
@@ -156,7 +157,14 @@ pub struct CoordProc {
 
 impl CoordProc {
     pub fn start(seeds: &[String]) -> Result<Self> {
-        let args: Vec<String> = vec!["coordinator".into(), "--listen".into(), "127.0.0.1:0".into(), "--meta".into(), seeds.join(",")];
+        Self::start_with(seeds, &[])
+    }
+
+    /// [`CoordProc::start`] with further flags.
+    pub fn start_with(seeds: &[String], extra: &[String]) -> Result<Self> {
+        let mut args: Vec<String> = vec!["coordinator".into(), "--listen".into(), "127.0.0.1:0".into(), "--meta".into(), seeds.join(",")];
+        args.extend(crate::tls::coordinator_flags());
+        args.extend(extra.iter().cloned());
         let (child, addr) = spawn_ready(&args, "shoal coordinator ready: public=", "warn,openraft=off")?;
         Ok(CoordProc { child: Some(child), addr })
     }
@@ -180,8 +188,7 @@ pub struct ProcCluster {
 }
 
 async fn meta(addr: &str) -> Result<MetaClient<tonic::transport::Channel>> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_timeout(Duration::from_secs(1)).timeout(Duration::from_secs(5)).connect().await?;
-    Ok(MetaClient::new(ch))
+    Ok(MetaClient::new(crate::tls::channel_with(addr, Duration::from_secs(5)).await?))
 }
 
 impl ProcCluster {
@@ -194,6 +201,11 @@ impl ProcCluster {
 
     /// [`ProcCluster::start`] with further flags for every node.
     pub async fn start_with(n: u64, extra: &[&str]) -> Result<Self> {
+        Self::start_opts(n, extra, &[]).await
+    }
+
+    /// [`ProcCluster::start_with`], with further flags for the coordinator.
+    pub async fn start_opts(n: u64, extra: &[&str], coordinator_extra: &[String]) -> Result<Self> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let dir = tempfile::tempdir()?;
         let root = dir.path().to_path_buf();
@@ -204,7 +216,7 @@ impl ProcCluster {
             nodes.push(NodeProc::start_with(id, &root.join(format!("n{id}")), "127.0.0.1:0", false, &seed, &extra)?);
         }
         let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-        let coordinator = CoordProc::start(&addrs)?;
+        let coordinator = CoordProc::start_with(&addrs, coordinator_extra)?;
         let c = ProcCluster { _dir: dir, root, nodes, coordinator };
         c.wait_members(n as usize, Duration::from_secs(60)).await?;
         Ok(c)

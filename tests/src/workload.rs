@@ -37,8 +37,10 @@ fn payload_struct(i: u64) -> Struct {
     Struct::try_from(&payload(i)).expect("an object")
 }
 
+/// A channel to `addr` (TLS with the harness's operator certificate when
+/// the cluster runs with TLS, [`crate::tls`]).
 pub async fn channel(addr: &str) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().timeout(Duration::from_secs(40)).connect().await.unwrap()
+    crate::tls::channel_with(addr, Duration::from_secs(40)).await.unwrap()
 }
 
 pub async fn create(addr: &str, name: &str, shards: u32, rf: u32) {

@@ -130,7 +130,7 @@ async fn empty_bootstrap_node_joins_the_running_cluster() {
     let addr = cluster.coordinator.addr.clone();
     create(&addr, "b", 1, 2).await;
     create(&addr, "solo", 3, 1).await;
-    let c = shoal_client::Client::connect(&addr).await.unwrap();
+    let c = shoal_tests::tls::client(&addr).await;
     let solo: Vec<shoal_client::Point> = (0..300u64).map(|i| shoal_client::Point::new(i, vec![i as f32; shoal_tests::workload::DIM])).collect();
     c.upsert("solo", solo).await.unwrap();
     let before = cluster.map_at(2).await.unwrap();

@@ -173,9 +173,7 @@ pub enum OpsCmd {
 }
 
 async fn connect(addr: &str) -> Result<MetaClient<Channel>> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let ch = tonic::transport::Endpoint::from_shared(uri)?.connect_timeout(Duration::from_secs(5)).connect().await.with_context(|| format!("cannot reach node {addr}"))?;
-    Ok(MetaClient::new(ch))
+    Ok(MetaClient::new(super::node_channel(addr).await?))
 }
 
 fn status_err(s: tonic::Status) -> anyhow::Error {
@@ -609,7 +607,7 @@ pub async fn run_backup(cmd: BackupCmd, addr: &str, output: Output) -> Result<()
                 let shard_id = s["shard_id"].as_u64().unwrap_or(0) as u32;
                 meta.read_backup(ReadBackupRequest { name: name.clone(), shard_id, cursor: 0, max_points: 1 }).await.map_err(status_err)?;
             }
-            let client = crate::Client::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+            let client = super::public_client(addr).await?;
             let exists = client.get_collection(&collection).await.is_ok();
             if exists && !resume {
                 bail!("collection {collection:?} exists; pass --resume to continue a restore into it");

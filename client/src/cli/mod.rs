@@ -16,9 +16,29 @@ mod cluster;
 #[derive(Parser)]
 #[command(name = "shoalctl", version, about = "Shoal admin CLI")]
 pub struct Cli {
-    /// Coordinator address (host:port).
+    /// Coordinator address (host:port, or https://host:port with --ca).
     #[arg(long, env = "SHOAL_ADDR", default_value = "127.0.0.1:6333", global = true)]
     pub addr: String,
+    /// CA certificate (PEM) that signed the servers' certificates: TLS on,
+    /// for the coordinator and for nodes.
+    #[arg(long, env = "SHOAL_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM): the operator certificate for cluster and
+    /// backup commands on a TLS cluster (they speak to nodes).
+    #[arg(long, env = "SHOAL_CLIENT_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// Key of --cert (PEM).
+    #[arg(long, env = "SHOAL_CLIENT_KEY", global = true)]
+    pub key: Option<PathBuf>,
+    /// API key (or JWT) for the public API.
+    #[arg(long, env = "SHOAL_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// File holding an API key or JWT (read at start).
+    #[arg(long, env = "SHOAL_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// TLS name to verify servers against instead of the host dialled.
+    #[arg(long, env = "SHOAL_TLS_SERVER_NAME", global = true)]
+    pub tls_server_name: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
@@ -228,7 +248,42 @@ fn json_id(v: &serde_json::Value, line: usize) -> Result<PointId> {
     }
 }
 
+static OPTIONS: std::sync::OnceLock<crate::ConnectOptions> = std::sync::OnceLock::new();
+
+/// The connection options of this run (`--ca`, `--cert`, `SHOAL_API_KEY`...).
+pub fn options() -> crate::ConnectOptions {
+    OPTIONS.get().cloned().unwrap_or_default()
+}
+
+fn build_options(cli: &Cli) -> Result<crate::ConnectOptions> {
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let credentials = match (&cli.api_key, &cli.token_file) {
+        (Some(_), Some(_)) => bail!("give an API key or a token file, not both"),
+        (Some(k), None) => crate::Credentials::bearer(k)?,
+        (None, Some(f)) => crate::Credentials::from_file(f)?,
+        (None, None) => crate::Credentials::default(),
+    };
+    let identity = match (&cli.cert, &cli.key) {
+        (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+        (None, None) => None,
+        _ => bail!("--cert and --key go together"),
+    };
+    Ok(crate::ConnectOptions { ca_pem: cli.ca.as_ref().map(read).transpose()?, identity, server_name: cli.tls_server_name.clone(), credentials })
+}
+
+/// A client of the public API with this run's options.
+pub async fn public_client(addr: &str) -> Result<Client> {
+    Client::connect_with(addr, &options()).await.with_context(|| format!("connecting to {addr}"))
+}
+
+/// A channel to a node's internal API with this run's options (on a TLS
+/// cluster: --ca plus the operator certificate).
+pub async fn node_channel(addr: &str) -> Result<tonic::transport::Channel> {
+    options().channel(addr, Some(std::time::Duration::from_secs(5))).await.with_context(|| format!("cannot reach node {addr}"))
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
+    let _ = OPTIONS.set(build_options(&cli)?);
     let cmd = match cli.cmd {
         Cmd::Bench(args) => return crate::bench::run(&cli.addr, args).await,
         Cmd::Cluster(ClusterCmd::Ops(c)) => return cluster::run(c, cli.output).await,
@@ -236,7 +291,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         cmd => cmd,
     };
     let cli = Cli { cmd, ..cli };
-    let client = Client::connect(&cli.addr).await.with_context(|| format!("connecting to {}", cli.addr))?;
+    let client = public_client(&cli.addr).await?;
     let json_out = cli.output == Output::Json;
     match cli.cmd {
         Cmd::Collection(CollectionCmd::Create { name, dim, metric, shards, replication_factor, m, ef_construction, ef_search, f16, indexes }) => {
@@ -364,8 +419,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Cluster(ClusterCmd::Init { node }) => {
-            let uri = if node.contains("://") { node.clone() } else { format!("http://{node}") };
-            let mut meta = shoal_proto::internal::v1::meta_client::MetaClient::connect(uri).await.map_err(|e| anyhow::anyhow!("cannot reach node {node}: {e}"))?;
+            let mut meta = shoal_proto::internal::v1::meta_client::MetaClient::new(node_channel(&node).await?);
             let map = meta.init_cluster(shoal_proto::internal::v1::InitClusterRequest {}).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
             if json_out {
                 println!("{}", json!({"epoch": map.epoch, "nodes": map.nodes.iter().map(|n| json!({"id": n.id, "address": n.address})).collect::<Vec<_>>()}));

@@ -323,14 +323,15 @@ impl RaftService {
     /// waiting for its leader's first message) takes any cluster node. So a
     /// node holding its own valid certificate cannot speak for another, nor
     /// lead or disrupt a group it is not a member of.
-    fn check_sender(&self, caller: Result<Option<shoal_common::identity::Identity>, ()>, group: &str, raft: &Raft<TypeConfig>, claimed: Option<NodeId>) -> Result<(), Status> {
+    fn check_sender(&self, caller: shoal_common::peer_auth::Caller, group: &str, raft: &Raft<TypeConfig>, claimed: Option<NodeId>) -> Result<(), Status> {
+        use shoal_common::peer_auth::Caller;
         if !self.identities {
             return Ok(());
         }
         let id = match caller {
-            Ok(Some(shoal_common::identity::Identity::Node(id))) => id,
-            Ok(other) => return Err(Status::permission_denied(format!("Raft messages come from nodes only, not {other:?}"))),
-            Err(()) => return Err(Status::unauthenticated("Raft messages need a TLS connection with a node certificate")),
+            Caller::Verified(Some(shoal_common::identity::Identity::Node(id))) => id,
+            Caller::Verified(other) => return Err(Status::permission_denied(format!("Raft messages come from nodes only, not {other:?}"))),
+            Caller::Plain => return Err(Status::unauthenticated("Raft messages need a TLS connection with a node certificate")),
         };
         if claimed != Some(id) {
             return Err(Status::permission_denied(format!("node {id} sent a {group} message on behalf of node {claimed:?}")));

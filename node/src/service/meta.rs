@@ -116,7 +116,7 @@ impl Meta for MetaService {
         // forwarding the registration to the metadata leader (which checked
         // its own caller); either way the leader then checks that the new
         // address is served by that node's certificate.
-        if let Ok(caller) = shoal_common::peer_auth::caller(req.extensions()) {
+        if let shoal_common::peer_auth::Caller::Verified(caller) = shoal_common::peer_auth::caller(req.extensions()) {
             let forwarded = req.metadata().contains_key(FORWARDED_KEY);
             match caller {
                 Some(Identity::Node(n)) if n == id || forwarded => {}
