@@ -253,10 +253,9 @@ async fn the_internal_plane_takes_only_cluster_certificates_and_checks_who_speak
     assert_eq!(map.nodes.len(), 3);
 
     // A process with a certificate from another CA cannot join.
-    std::fs::write(rogue_dir.path().join("n4.pem"), &DevCa::new("rogue 2").unwrap().issue(Some(&Identity::Node(4)), &["127.0.0.1"]).map(|i| {
-        write_private(&rogue_dir.path().join("n4.key"), &i.key_pem).unwrap();
-        i.cert_pem
-    }).unwrap()).unwrap();
+    let n4 = DevCa::new("rogue 2").unwrap().issue(Some(&Identity::Node(4)), &["127.0.0.1"]).unwrap();
+    std::fs::write(rogue_dir.path().join("n4.pem"), &n4.cert_pem).unwrap();
+    write_private(&rogue_dir.path().join("n4.key"), &n4.key_pem).unwrap();
     let args: Vec<String> = vec![
         "node".into(),
         "--node-id".into(),
