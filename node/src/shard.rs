@@ -875,7 +875,7 @@ impl Shard {
 
     /// Points by id, in request order; absent ids are skipped.
     pub fn get(&self, ids: &[PointId], with_payload: bool, with_vector: bool) -> Result<Vec<RetrievedPoint>> {
-        let mut out = Vec::with_capacity(ids.len());
+        let mut out = Vec::with_capacity(ids.len().min(shoal_proto::limits::MAX_IDS_PER_REQUEST));
         let mut bytes = 0usize;
         for (i, id) in ids.iter().enumerate() {
             let k = PointKey::try_from(id).map_err(|e| validate::invalid(format!("ids[{i}]"), e.to_string()))?;

@@ -251,6 +251,9 @@ async fn bad_input_public_and_internal() {
     k.check(shard.search(ShardSearchRequest { shard: sref.clone(), searches: vec![SearchPointsRequest { filter: Some(ctrl), ..search.clone() }] }).await, Code::InvalidArgument, "control character");
     k.check(shard.scroll(ShardScrollRequest { shard: sref.clone(), limit: MAX_SCROLL_LIMIT + 1, ..Default::default() }).await, Code::InvalidArgument, "exceeds");
     k.check(shard.get(ShardGetRequest { shard: None, ..Default::default() }).await, Code::InvalidArgument, "shard reference is missing");
+    // A peer's Get with far more ids than any coordinator sends.
+    let many: Vec<PointId> = (0..200_000u64).map(PointId::from).collect();
+    k.check(shard.get(ShardGetRequest { shard: sref.clone(), ids: many, ..Default::default() }).await, Code::InvalidArgument, "200000 ids is more than 10000");
 
     // Internal: Raft.
     let mut raft = RaftClient::new(ich.clone());

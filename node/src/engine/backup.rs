@@ -90,10 +90,34 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> NodeError {
     NodeError::Backup(format!("{what} {}: {e}", path.display()))
 }
 
+/// Largest manifest read.
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+/// Largest point record in a shard file (a point is at most one shard
+/// write).
+pub const MAX_RECORD_BYTES: usize = shoal_proto::limits::MAX_WRITE_BYTES;
+/// Bytes of points in one `ReadBackup` answer (half the message limit).
+pub const MAX_READ_BYTES: usize = shoal_proto::limits::MAX_MESSAGE_BYTES / 2;
+
+/// A new temporary file beside `path` with a random name, created with
+/// `O_EXCL | O_NOFOLLOW` (a planted file or symlink at a predictable name
+/// cannot redirect the write), readable by the owner and group only.
+fn create_temp(path: &Path) -> Result<(std::fs::File, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+    let f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o640).custom_flags(libc::O_NOFOLLOW).open(&tmp).map_err(|e| io("create", &tmp, e))?;
+    Ok((f, tmp))
+}
+
+/// Opens a backup file for reading, refusing symlinks.
+fn open_read(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)
+}
+
 /// Writes `bytes` to `path` atomically (temporary file, sync, rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
+    let (mut f, tmp) = create_temp(path)?;
     f.write_all(bytes).map_err(|e| io("write", &tmp, e))?;
     f.sync_all().map_err(|e| io("sync", &tmp, e))?;
     crate::storage::rename_durable(&tmp, path).map_err(|e| io("rename", &tmp, e))
@@ -101,7 +125,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// xxh3-64 of a file, hex.
 fn file_hash(path: &Path) -> Result<(u64, String)> {
-    let mut f = BufReader::new(std::fs::File::open(path).map_err(|e| io("open", path, e))?);
+    let mut f = BufReader::new(open_read(path).map_err(|e| io("open", path, e))?);
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
@@ -146,8 +170,7 @@ impl Engine {
         let path = dir.join(&file);
         tokio::task::spawn_blocking(move || -> Result<BackupShardResponse> {
             std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
-            let tmp = path.with_extension("tmp");
-            let f = std::fs::File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
+            let (f, tmp) = create_temp(&path)?;
             let mut w = BufWriter::new(f);
             let points = shard.backup_to(&mut w)?;
             let f = w.into_inner().map_err(|e| io("write", &tmp, e.into_error()))?;
@@ -211,7 +234,13 @@ impl Engine {
     /// A backup's manifest.
     pub fn get_backup(&self, name: &str) -> Result<Manifest> {
         let path = resolve(self.backup_root()?, name)?.join(MANIFEST);
-        let bytes = match std::fs::read(&path) {
+        let read = |p: &Path| -> std::io::Result<Vec<u8>> {
+            let mut b = Vec::new();
+            open_read(p)?.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut b)?;
+            Ok(b)
+        };
+        let bytes = match read(&path) {
+            Ok(b) if b.len() as u64 > MAX_MANIFEST_BYTES => return Err(NodeError::BackupCorrupt(format!("{}: larger than {MAX_MANIFEST_BYTES} bytes", path.display()))),
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(NodeError::BackupNotFound(name.to_string())),
             Err(e) => return Err(io("read", &path, e)),
@@ -240,26 +269,92 @@ impl Engine {
             }
         }
         let max = if req.max_points == 0 { MAX_READ_POINTS } else { req.max_points.min(MAX_READ_POINTS) };
-        let mut f = BufReader::new(std::fs::File::open(&path).map_err(|e| io("open", &path, e))?);
-        f.seek(SeekFrom::Start(req.cursor)).map_err(|e| io("seek", &path, e))?;
-        let mut points = Vec::new();
-        let mut pos = req.cursor;
-        while points.len() < max as usize && pos < s.bytes {
-            let mut len = [0u8; 4];
-            f.read_exact(&mut len).map_err(|e| io("read", &path, e))?;
-            let n = u32::from_be_bytes(len) as usize;
-            let mut buf = vec![0u8; n];
-            f.read_exact(&mut buf).map_err(|e| io("read", &path, e))?;
-            points.push(PointStruct::decode(buf.as_slice()).map_err(|e| NodeError::BackupCorrupt(format!("{} at byte {pos}: {e}", path.display())))?);
-            pos += 4 + n as u64;
-        }
+        let (points, pos) = read_page(&path, req.cursor, max as usize, s.bytes)?;
         Ok(ReadBackupResponse { points, next_cursor: pos, done: pos >= s.bytes })
     }
+}
+
+/// Points of a shard file from `cursor`: at most `max`, stopping once the
+/// page passes [`MAX_READ_BYTES`] (a record is at most
+/// [`MAX_RECORD_BYTES`], so a page stays under the message limit). Returns
+/// them and where the next page starts. `end` is the file's length per the
+/// manifest: no record may claim to run past it.
+fn read_page(path: &Path, cursor: u64, max: usize, end: u64) -> Result<(Vec<PointStruct>, u64)> {
+    let mut f = BufReader::new(open_read(path).map_err(|e| io("open", path, e))?);
+    f.seek(SeekFrom::Start(cursor)).map_err(|e| io("seek", path, e))?;
+    let mut points = Vec::new();
+    let mut pos = cursor;
+    let mut sent = 0usize;
+    while points.len() < max && pos < end && sent < MAX_READ_BYTES {
+        let mut len = [0u8; 4];
+        f.read_exact(&mut len).map_err(|e| io("read", path, e))?;
+        let n = u32::from_be_bytes(len) as usize;
+        if n > MAX_RECORD_BYTES || pos + 4 + n as u64 > end {
+            return Err(NodeError::BackupCorrupt(format!("{} at byte {pos}: a record of {n} bytes (the limit is {MAX_RECORD_BYTES}, the file ends at {end})", path.display())));
+        }
+        sent += n;
+        let mut buf = vec![0u8; n];
+        f.read_exact(&mut buf).map_err(|e| io("read", path, e))?;
+        points.push(PointStruct::decode(buf.as_slice()).map_err(|e| NodeError::BackupCorrupt(format!("{} at byte {pos}: {e}", path.display())))?);
+        pos += 4 + n as u64;
+    }
+    Ok((points, pos))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A damaged or hostile shard file cannot make a read allocate what its
+    /// length prefixes claim, and a symlink is not followed.
+    #[test]
+    fn backup_reads_are_bounded_and_follow_no_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = PointStruct { id: Some(7u64.into()), vector: vec![1.0; 4], payload: None }.encode_to_vec();
+        let mut file = (good.len() as u32).to_be_bytes().to_vec();
+        file.extend_from_slice(&good);
+        let p = dir.path().join("shard-0.pts");
+        std::fs::write(&p, &file).unwrap();
+        let (pts, next) = read_page(&p, 0, 10, file.len() as u64).unwrap();
+        assert_eq!((pts.len(), next), (1, file.len() as u64));
+        // A record claiming 4 GiB.
+        let mut hostile = file.clone();
+        hostile.extend_from_slice(&u32::MAX.to_be_bytes());
+        std::fs::write(&p, &hostile).unwrap();
+        let e = read_page(&p, 0, 10, hostile.len() as u64 + (1 << 32)).unwrap_err();
+        assert!(matches!(e, NodeError::BackupCorrupt(ref m) if m.contains("a record of 4294967295 bytes")), "{e}");
+        // A record running past the file's length per the manifest.
+        let e = read_page(&p, file.len() as u64 - good.len() as u64 - 4, 10, file.len() as u64 - 1).unwrap_err();
+        assert!(matches!(e, NodeError::BackupCorrupt(_)), "{e}");
+        // A shard file replaced by a symlink is refused, not followed.
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, &file).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink(&target, &p).unwrap();
+        assert!(read_page(&p, 0, 10, file.len() as u64).is_err());
+        assert!(file_hash(&p).is_err());
+    }
+
+    /// Temporary files get fresh random names and never open an existing
+    /// file or symlink.
+    #[test]
+    fn backup_writes_never_reuse_or_follow_a_temporary_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("manifest.json");
+        let (_, a) = create_temp(&target).unwrap();
+        let (_, b) = create_temp(&target).unwrap();
+        assert_ne!(a, b);
+        assert!(a.file_name().unwrap().to_string_lossy().starts_with(".manifest.json."));
+        // A planted symlink where the old fixed name was: untouched.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("manifest.tmp")).unwrap();
+        write_atomic(&target, b"{}").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "{}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o640);
+    }
 
     #[test]
     fn names_stay_inside_the_root() {

@@ -172,6 +172,11 @@ impl ShardApi for ShardService {
 
     async fn get(&self, req: Request<ShardGetRequest>) -> Result<Response<ShardGetResponse>, Status> {
         let req = req.into_inner();
+        // The same limit coordinators apply: a peer's request with millions
+        // of ids would otherwise size the answer's allocation.
+        if req.ids.len() > shoal_proto::limits::MAX_IDS_PER_REQUEST {
+            return Err(NodeError::from(invalid("ids", format!("{} ids is more than {}", req.ids.len(), shoal_proto::limits::MAX_IDS_PER_REQUEST))).into());
+        }
         let (shard, _) = self.shard(&req.shard, req.consistency).await?;
         let points = blocking(move || shard.get(&req.ids, req.with_payload, req.with_vector)).await?;
         Ok(Response::new(ShardGetResponse { points }))
