@@ -11,6 +11,14 @@ Exits non-zero with one line per problem.
 - a PodDisruptionBudget sets exactly one of minAvailable/maxUnavailable and
   selects pods of some workload;
 - every Service selects the pods of some workload;
+- security: every pod runs as non-root with seccomp RuntimeDefault, every
+  container without privilege escalation, with a read-only root
+  filesystem and all capabilities dropped; every Shoal container has TLS on
+  (SHOAL_TLS_DIR or SHOAL_TLS_CERT) from a mounted Secret; coordinators
+  read API keys (SHOAL_API_KEYS_FILE) from a mounted Secret; no gRPC probe
+  targets a TLS port (the kubelet cannot present a certificate); a
+  NetworkPolicy admits the nodes' internal port only from Shoal pods and
+  their metrics port only from a namespace selector;
 - with `--rehearsal COMPOSE`: the compose rehearsal of the StatefulSet
   (deploy/k8s-rehearsal.yml) runs every pod and the coordinator with the
   arguments and environment the manifests give them (`$(VAR)` references,
@@ -68,15 +76,19 @@ def check(docs):
                     port = str(ann.get("prometheus.io/port", ""))
                     if port not in ports or not env.get("SHOAL_METRICS_LISTEN", "").endswith(":" + port):
                         problems.append(f"{where}: prometheus.io/port {port} is not a container port served by SHOAL_METRICS_LISTEN")
+        if kind in ("StatefulSet", "Deployment"):
+            problems += check_security(where, d)
         if kind == "StatefulSet":
             for c in d["spec"]["template"]["spec"].get("containers", []):
-                probe = c.get("readinessProbe", {}).get("grpc", {})
-                if probe.get("service") != "shoal.ready":
-                    problems.append(f"{where}: readiness must probe the shoal.ready health service (caught up), not {probe.get('service')!r}")
+                probe = c.get("readinessProbe", {}).get("exec", {}).get("command", [])
+                if "probe" not in probe or "--ready" not in probe:
+                    problems.append(f"{where}: readiness must run `shoal probe --ready` (the shoal.ready health service: caught up), not {probe}")
                 pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
-                internal = str(probe.get("port", ""))
-                if "handoff" not in pre or not any(a.endswith(":" + internal) for a in pre):
+                internal = next((a.rsplit(":", 1)[1] for a in probe if a.startswith("127.0.0.1:")), "")
+                if "handoff" not in pre or not internal or not any(a.endswith(":" + internal) for a in pre):
                     problems.append(f"{where}: preStop must hand leadership off (`shoal handoff --node 127.0.0.1:{internal}`), got {pre}")
+            if not any(policy_guards(pd, d) for _, pd in docs if pd.get("kind") == "NetworkPolicy"):
+                problems.append(f"{where}: no NetworkPolicy admits the internal port only from Shoal pods and metrics only from a namespace selector")
             svc = services.get(d["spec"].get("serviceName", ""))
             if svc is None:
                 problems.append(f"{where}: serviceName {d['spec'].get('serviceName')!r} is not a Service here")
@@ -97,6 +109,77 @@ def check(docs):
             if not any(selects(d["spec"].get("selector", {}), l) for l in pod_labels):
                 problems.append(f"{where}: selects no workload's pods")
     return problems
+
+
+def secret_mounts(pod_spec, container):
+    """Mount paths of `container` backed by Secrets (plain or projected)."""
+    secret_vols = set()
+    for v in pod_spec.get("volumes", []):
+        if "secret" in v or ("projected" in v and all("secret" in src for src in v["projected"].get("sources", []))):
+            secret_vols.add(v["name"])
+    return [m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in secret_vols]
+
+
+def check_security(where, d):
+    problems = []
+    spec = d["spec"]["template"]["spec"]
+    psc = spec.get("securityContext", {})
+    if psc.get("runAsNonRoot") is not True:
+        problems.append(f"{where}: pod securityContext must set runAsNonRoot: true")
+    if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        problems.append(f"{where}: pod securityContext must set seccompProfile RuntimeDefault")
+    for c in spec.get("containers", []):
+        sc = c.get("securityContext", {})
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: container {c['name']} must set allowPrivilegeEscalation: false")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{where}: container {c['name']} must set readOnlyRootFilesystem: true")
+        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            problems.append(f"{where}: container {c['name']} must drop all capabilities")
+        env = {e["name"]: e.get("value", "") for e in c.get("env", [])}
+        mounts = secret_mounts(spec, c)
+        tls = env.get("SHOAL_TLS_DIR") or env.get("SHOAL_TLS_CERT")
+        if not tls:
+            problems.append(f"{where}: container {c['name']} has TLS off (set SHOAL_TLS_DIR or SHOAL_TLS_CERT)")
+        elif not any(tls == m or tls.startswith(m.rstrip("/") + "/") for m in mounts):
+            problems.append(f"{where}: container {c['name']} reads TLS from {tls}, which is not a mounted Secret")
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            if "grpc" in c.get(probe, {}):
+                problems.append(f"{where}: container {c['name']} {probe} is a gRPC probe, which cannot present a certificate to a TLS port (use `shoal probe`)")
+        if d["kind"] == "Deployment" and "coordinator" in c.get("args", []):
+            keys = env.get("SHOAL_API_KEYS_FILE", "")
+            if not keys:
+                problems.append(f"{where}: coordinator has authentication off (set SHOAL_API_KEYS_FILE)")
+            elif not any(keys.startswith(m.rstrip("/") + "/") for m in mounts):
+                problems.append(f"{where}: coordinator reads API keys from {keys}, which is not a mounted Secret")
+    return problems
+
+
+def policy_guards(policy, sts):
+    """Whether `policy` selects the StatefulSet's pods and admits its
+    internal port only from Shoal pods and its metrics port only from a
+    namespace selector."""
+    labels = sts["spec"]["template"]["metadata"].get("labels", {})
+    if not selects(policy["spec"].get("podSelector", {}).get("matchLabels", {}), labels):
+        return False
+    if "Ingress" not in policy["spec"].get("policyTypes", []):
+        return False
+    internal_ok = metrics_ok = False
+    for rule in policy["spec"].get("ingress", []):
+        ports = {str(p.get("port")) for p in rule.get("ports", [])}
+        sources = rule.get("from", [])
+        if not ports or not sources:
+            # A rule open to every port or every source.
+            return False
+        if "7400" in ports:
+            internal_ok = all(set(s) == {"podSelector"} and s["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == "shoal" for s in sources)
+            if not internal_ok:
+                return False
+        if "9400" in ports:
+            metrics_ok = all("namespaceSelector" in s for s in sources)
+            if not metrics_ok:
+                return False
+    return internal_ok and metrics_ok
 
 
 NAMESPACE = "default"

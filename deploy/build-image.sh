@@ -14,7 +14,7 @@ else
 fi
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
-mkdir -p "$ctx/rootfs/usr/local/bin" "$ctx/rootfs/data" "$ctx/rootfs/tmp"
+mkdir -p "$ctx/rootfs/usr/local/bin" "$ctx/owned/data" "$ctx/owned/tmp" "$ctx/owned/tls"
 for b in shoal shoalctl; do
   cp "$bin_dir/$b" "$ctx/rootfs/usr/local/bin/"
   # Every shared library (and the loader) at its own path.

@@ -82,3 +82,46 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     f.sync_all().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
+
+/// Writes a CA and certificates in the layout of Kubernetes TLS Secrets
+/// (what `--tls-dir` reads and the manifests mount):
+///
+/// ```text
+/// DIR/ca.crt
+/// DIR/node-N/{tls.crt,tls.key,ca.crt}     N = 1..=nodes
+/// DIR/coordinator/{tls.crt,tls.key,ca.crt}
+/// DIR/operator/{tls.crt,tls.key,ca.crt}
+/// DIR/auth/api-keys                        one admin key
+/// ```
+///
+/// Every certificate is valid for `hosts` as well as its identity. Keys are
+/// written with `key_mode` (0o600 normally). Returns the admin API key.
+pub fn write_cluster_pki(ca: &DevCa, dir: &Path, nodes: u64, hosts: &[&str], key_mode: u32) -> Result<String, PkiError> {
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PkiError::Write { path, source }
+    };
+    let write = |path: &Path, text: &str, mode: u32| -> Result<(), PkiError> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(werr(parent))?;
+        }
+        write_private(path, text)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(werr(path))
+    };
+    let ca_pem = ca.cert_pem();
+    write(&dir.join("ca.crt"), &ca_pem, 0o644)?;
+    let mut ids: Vec<(String, Identity)> = (1..=nodes).map(|n| (format!("node-{n}"), Identity::Node(n))).collect();
+    ids.push(("coordinator".into(), Identity::Coordinator));
+    ids.push(("operator".into(), Identity::Operator));
+    for (name, id) in ids {
+        let issued = ca.issue(Some(&id), hosts)?;
+        let d = dir.join(&name);
+        write(&d.join("tls.crt"), &issued.cert_pem, 0o644)?;
+        write(&d.join("tls.key"), &issued.key_pem, key_mode)?;
+        write(&d.join("ca.crt"), &ca_pem, 0o644)?;
+    }
+    let key = format!("sk-{:032x}", rand::random::<u128>());
+    write(&dir.join("auth").join("api-keys"), &format!("admin {key} admin\n"), key_mode)?;
+    Ok(key)
+}

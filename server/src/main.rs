@@ -83,6 +83,10 @@ enum Cmd {
         /// else of --node).
         #[arg(long, env = "SHOAL_TLS_SERVER_NAME")]
         server_name: Option<String>,
+        /// This node's id, for --tls-dir (default: from SHOAL_NODE_ID or
+        /// SHOAL_POD_NAME, as `shoal node` takes it).
+        #[arg(long, env = "SHOAL_NODE_ID")]
+        node_id: Option<u64>,
     },
     /// Check a node's health over its internal API (the Kubernetes probes:
     /// exec, because the internal port needs a client certificate). Exits
@@ -98,6 +102,13 @@ enum Cmd {
         /// else of --node).
         #[arg(long, env = "SHOAL_TLS_SERVER_NAME")]
         server_name: Option<String>,
+        /// This node's id, for --tls-dir (default: from SHOAL_NODE_ID or
+        /// SHOAL_POD_NAME).
+        #[arg(long, env = "SHOAL_NODE_ID")]
+        node_id: Option<u64>,
+        /// Probe a coordinator's public API instead of a node.
+        #[arg(long)]
+        public: bool,
     },
     /// Write a development CA and certificates for a test cluster: ca.pem,
     /// node-N.pem/.key, coordinator.pem/.key, operator.pem/.key.
@@ -398,14 +409,14 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Node(args) => {
             let args = args.resolve().map_err(anyhow::Error::msg)?;
-            let security = cli.security.build(&listen_addrs(&[&args.internal_listen, &metrics_addr]), "the internal API")?;
+            let security = cli.security.build(&listen_addrs(&[&args.internal_listen, &metrics_addr]), "the internal API", Some(args.node_id))?;
             let (h, addr, engine) = run_node(args, &security, stop.clone(), false, false).await?;
             serve_metrics(metrics.as_deref(), &security, node_collector(engine), stop).await?;
             println!("shoal node ready: internal={addr}");
             h.await??;
         }
         Cmd::Coordinator { listen, meta, shard_deadline_ms } => {
-            let security = cli.security.build(&listen_addrs(&[&listen, &metrics_addr]), "the public API")?;
+            let security = cli.security.build(&listen_addrs(&[&listen, &metrics_addr]), "the public API", None)?;
             if security.auth.is_none() {
                 tracing::warn!("authentication is off: every client of the public API may read, write and drop every collection (set --api-keys-file or a JWT key)");
             }
@@ -415,9 +426,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             let cfg = CoordinatorConfig { seeds: meta, shard_deadline: Duration::from_millis(shard_deadline_ms), local: None, tls: security.tls, auth: security.auth, audit: security.audit, reflection: security.reflection };
             shoal_coordinator::serve(cfg, listener, wait(stop)).await?;
         }
-        Cmd::Handoff { node, server_name } => {
+        Cmd::Handoff { node, server_name, node_id } => {
             use shoal_proto::internal::v1::{meta_client::MetaClient, HandOffRequest};
-            let tls = cli.security.tls()?;
+            let tls = cli.security.tls(node_id.or_else(pod_node_id))?;
             let ch = shoal_common::tls::connect_as(&node, probe_server_name(&node, server_name).filter(|_| tls.is_some()), tls, Expect::Node, Duration::from_secs(3)).await.with_context(|| format!("cannot reach node {node}"))?;
             let r = MetaClient::new(ch).hand_off(HandOffRequest::default()).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
             for m in &r.moved {
@@ -427,23 +438,25 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 println!("kept {f}");
             }
         }
-        Cmd::Probe { node, ready, server_name } => {
+        Cmd::Probe { node, ready, server_name, node_id, public } => {
             use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
-            let tls = cli.security.tls()?;
-            let ch = shoal_common::tls::connect_as(&node, probe_server_name(&node, server_name).filter(|_| tls.is_some()), tls, Expect::Node, Duration::from_secs(3)).await.with_context(|| format!("cannot reach node {node}"))?;
+            let tls = cli.security.tls(node_id.or_else(pod_node_id))?;
+            let expect = if public { Expect::Any } else { Expect::Node };
+            let ch = shoal_common::tls::connect_as(&node, probe_server_name(&node, server_name).filter(|_| tls.is_some()), tls, expect, Duration::from_secs(3)).await.with_context(|| format!("cannot reach {node}"))?;
             let service = if ready { shoal_node::server::READY_SERVICE.to_string() } else { String::new() };
             let st = HealthClient::new(ch).check(HealthCheckRequest { service }).await.map_err(|s| anyhow::anyhow!("health check failed: {}", s.message()))?.into_inner().status;
             anyhow::ensure!(st == ServingStatus::Serving as i32, "not serving (status {st})");
             println!("serving");
         }
         Cmd::Certs { dir, nodes, hosts } => {
-            security::write_dev_pki(&dir, nodes, &hosts)?;
-            println!("wrote a development CA and certificates for nodes 1..={nodes}, a coordinator and an operator to {} (valid for {})", dir.display(), hosts.join(", "));
+            let key = security::write_dev_pki(&dir, nodes, &hosts)?;
+            println!("wrote a development CA, certificates for nodes 1..={nodes}, a coordinator and an operator, and an admin API key to {} (valid for {})", dir.display(), hosts.join(", "));
+            println!("admin API key: {key}");
         }
         Cmd::Dev { listen, data_dir, sample, in_memory, memtable_mb, block_cache_mb, exact_scan_threshold } => {
             let listens = listen_addrs(&[&listen, &metrics_addr]);
             let mut sec_args = cli.security.clone();
-            let configured = sec_args.tls_files()?.is_some() || sec_args.api_keys_file.is_some() || sec_args.jwt_secret_file.is_some() || sec_args.jwt_public_key_file.is_some();
+            let configured = sec_args.tls_files(Some(1))?.is_some() || sec_args.api_keys_file.is_some() || sec_args.jwt_secret_file.is_some() || sec_args.jwt_public_key_file.is_some();
             let mut dev_key = None;
             if !configured && !sec_args.insecure && listens.iter().any(|a| !a.ip().is_loopback()) {
                 // Off loopback, dev is never open: a throwaway CA and an
@@ -452,7 +465,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 sec_args = SecurityArgs { audit_log: sec_args.audit_log.clone(), reflection: sec_args.reflection, ..args };
                 dev_key = Some(key);
             }
-            let security = sec_args.build(&listens, "the public API")?;
+            let security = sec_args.build(&listens, "the public API", Some(1))?;
             let args = NodeArgs {
                 node_id: 1,
                 data_dir: data_dir.clone(),
@@ -495,6 +508,13 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The node id of this pod (SHOAL_POD_NAME's ordinal + 1, as `shoal node`
+/// takes it), for the probes' `--tls-dir`.
+fn pod_node_id() -> Option<u64> {
+    let pod = std::env::var("SHOAL_POD_NAME").ok()?;
+    pod.rsplit_once('-')?.1.parse::<u64>().ok().map(|n| n + 1)
 }
 
 /// The first admin key of a keys file (so `--sample` can load through an

@@ -15,6 +15,12 @@ use shoal_common::tls::{TlsContext, TlsFiles};
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct SecurityArgs {
+    /// Directory in the layout of Kubernetes TLS Secrets (`shoal certs`
+    /// writes one): a node reads `DIR/node-<id>/{tls.crt,tls.key,ca.crt}`,
+    /// a coordinator `DIR/{tls.crt,tls.key,ca.crt}`. Instead of the three
+    /// files below.
+    #[arg(long, env = "SHOAL_TLS_DIR", global = true)]
+    pub tls_dir: Option<PathBuf>,
     /// This process's certificate chain (PEM). With --tls-key and
     /// --tls-ca it turns TLS on: mutual TLS on the internal plane, TLS on
     /// the public API and the metrics endpoint. Reloaded when it changes.
@@ -64,7 +70,17 @@ pub struct Security {
 }
 
 impl SecurityArgs {
-    pub fn tls_files(&self) -> anyhow::Result<Option<TlsFiles>> {
+    /// The files to load; `node`: this process is that node (for
+    /// `--tls-dir`).
+    pub fn tls_files(&self, node: Option<u64>) -> anyhow::Result<Option<TlsFiles>> {
+        if let Some(dir) = &self.tls_dir {
+            anyhow::ensure!(self.tls_cert.is_none() && self.tls_key.is_none() && self.tls_ca.is_none(), "give --tls-dir or --tls-cert/--tls-key/--tls-ca, not both");
+            let d = match node {
+                Some(id) => dir.join(format!("node-{id}")),
+                None => dir.clone(),
+            };
+            return Ok(Some(TlsFiles { cert: d.join("tls.crt"), key: d.join("tls.key"), ca: d.join("ca.crt"), public_client_ca: self.tls_public_client_ca.clone() }));
+        }
         match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
             (None, None, None) => {
                 anyhow::ensure!(self.tls_public_client_ca.is_none(), "--tls-public-client-ca needs TLS on (--tls-cert, --tls-key, --tls-ca)");
@@ -75,8 +91,8 @@ impl SecurityArgs {
         }
     }
 
-    pub fn tls(&self) -> anyhow::Result<Option<Arc<TlsContext>>> {
-        Ok(match self.tls_files()? {
+    pub fn tls(&self, node: Option<u64>) -> anyhow::Result<Option<Arc<TlsContext>>> {
+        Ok(match self.tls_files(node)? {
             Some(f) => Some(TlsContext::load(f).context("loading TLS certificates")?),
             None => None,
         })
@@ -88,8 +104,8 @@ impl SecurityArgs {
 
     /// Builds everything; `listens` are the addresses this process serves
     /// on: without TLS, any but loopback needs --insecure.
-    pub fn build(&self, listens: &[SocketAddr], role: &str) -> anyhow::Result<Security> {
-        let tls = self.tls()?;
+    pub fn build(&self, listens: &[SocketAddr], role: &str, node: Option<u64>) -> anyhow::Result<Security> {
+        let tls = self.tls(node)?;
         if let Some(t) = &tls {
             tracing::info!(identity = ?t.identity(), cert = %t.files().cert.display(), "TLS on");
         } else {
@@ -111,22 +127,13 @@ impl SecurityArgs {
     }
 }
 
-/// `shoal certs`: writes a development CA and certificates for `nodes`
-/// nodes, a coordinator and an operator into `dir`, valid for `hosts`.
-pub fn write_dev_pki(dir: &Path, nodes: u64, hosts: &[String]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+/// `shoal certs`: a development CA and certificates for `nodes` nodes, a
+/// coordinator and an operator in `dir` (the layout `--tls-dir` reads),
+/// valid for `hosts`; returns the admin API key written beside them.
+pub fn write_dev_pki(dir: &Path, nodes: u64, hosts: &[String]) -> anyhow::Result<String> {
     let ca = DevCa::new("Shoal development CA")?;
-    std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
     let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    let mut ids: Vec<(String, Identity)> = (1..=nodes).map(|n| (format!("node-{n}"), Identity::Node(n))).collect();
-    ids.push(("coordinator".into(), Identity::Coordinator));
-    ids.push(("operator".into(), Identity::Operator));
-    for (name, id) in ids {
-        let issued = ca.issue(Some(&id), &hosts)?;
-        std::fs::write(dir.join(format!("{name}.pem")), &issued.cert_pem)?;
-        write_private(&dir.join(format!("{name}.key")), &issued.key_pem)?;
-    }
-    Ok(())
+    Ok(shoal_common::pki::write_cluster_pki(&ca, dir, nodes, &hosts, 0o600)?)
 }
 
 /// `shoal dev` off loopback with no TLS or keys configured: a throwaway CA

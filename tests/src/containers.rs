@@ -87,6 +87,9 @@ impl DockerCluster {
         }
         let subnet = subnet.context("no free 10.231.x.0/24 subnet for the test network")?;
         let nodes: Vec<Container> = (1..=n).map(|id| Container { id, name: format!("{prefix}-n{id}"), ip: format!("{subnet}.{}", 10 + id), up: false, connected: true }).collect();
+        // TLS and API keys on, as in production (the harness's calls carry
+        // the operator certificate and the admin key).
+        let tls_dir = crate::tls::container_dir(n);
         let seed = nodes[0].addr();
         let others = nodes[1..].iter().map(Container::addr).collect::<Vec<_>>().join(",");
         let mut c = DockerCluster { prefix, network, nodes, coordinator: None };
@@ -96,7 +99,7 @@ impl DockerCluster {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            args.extend(["-v".into(), format!("{}:/data", node.name), "-e".into(), "SHOAL_LOG=info,openraft=warn".into(), "--stop-timeout".into(), "10".into(), image.into()]);
+            args.extend(["-v".into(), format!("{}:/data", node.name), "-v".into(), format!("{}:/tls:ro", tls_dir.display()), "-e".into(), "SHOAL_TLS_DIR=/tls".into(), "-e".into(), "SHOAL_LOG=info,openraft=warn".into(), "--stop-timeout".into(), "10".into(), image.into()]);
             args.extend(["node", "--node-id", &node.id.to_string(), "--data-dir", "/data", "--internal-listen", &format!("0.0.0.0:{INTERNAL_PORT}"), "--advertise", &node.addr()].iter().map(|s| s.to_string()));
             // As in compose and the StatefulSet: node 1 may bootstrap, but
             // only once every other node answers that it has no cluster.
@@ -204,6 +207,8 @@ pub struct Rehearsal {
     pub project: String,
     file: std::path::PathBuf,
     image: String,
+    /// SHOAL_REHEARSAL_TLS: certificates and API keys for the pods.
+    tls: std::path::PathBuf,
 }
 
 impl Rehearsal {
@@ -212,7 +217,8 @@ impl Rehearsal {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
         let project = format!("shoalreh{}x{}", std::process::id(), nanos % 1_000_000);
         let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s-rehearsal.yml");
-        let r = Rehearsal { project, file, image: image.to_string() };
+        let tls = crate::tls::container_dir(3);
+        let r = Rehearsal { project, file, image: image.to_string(), tls };
         r.compose(&["up", "-d"])?;
         Ok(r)
     }
@@ -224,6 +230,7 @@ impl Rehearsal {
             .arg(&self.file)
             .args(args)
             .env("SHOAL_IMAGE", &self.image)
+            .env("SHOAL_REHEARSAL_TLS", &self.tls)
             .output()
             .context("running docker-compose")?;
         if !out.status.success() {

@@ -187,7 +187,7 @@ pub struct ProcCluster {
     pub coordinator: CoordProc,
 }
 
-async fn meta(addr: &str) -> Result<MetaClient<tonic::transport::Channel>> {
+async fn meta(addr: &str) -> Result<MetaClient<shoal_client::AuthChannel>> {
     Ok(MetaClient::new(crate::tls::channel_with(addr, Duration::from_secs(5)).await?))
 }
 

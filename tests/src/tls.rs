@@ -18,6 +18,30 @@ use tonic::transport::Channel;
 pub const MAX_NODE_CERTS: u64 = 16;
 
 static FORCED: AtomicBool = AtomicBool::new(false);
+static AUTH: AtomicBool = AtomicBool::new(false);
+
+/// The admin API key of harness coordinators with authentication on.
+pub const ADMIN_KEY: &str = "harness-admin-key-0123456789abcdef";
+
+/// Whether harness coordinators require API keys (`SHOAL_TEST_AUTH=1` or
+/// after [`force_auth`]); the harness's calls then carry [`ADMIN_KEY`].
+pub fn auth_enabled() -> bool {
+    AUTH.load(Ordering::Relaxed) || std::env::var("SHOAL_TEST_AUTH").is_ok_and(|v| v == "1")
+}
+
+/// Turns API keys on for every coordinator this process starts from now on.
+pub fn force_auth() {
+    AUTH.store(true, Ordering::Relaxed);
+}
+
+/// The credentials of the harness's calls.
+pub fn credentials() -> shoal_client::Credentials {
+    if auth_enabled() {
+        shoal_client::Credentials::bearer(ADMIN_KEY).expect("ASCII key")
+    } else {
+        shoal_client::Credentials::default()
+    }
+}
 
 /// Whether harness clusters run with TLS.
 pub fn enabled() -> bool {
@@ -76,6 +100,7 @@ pub fn new_pki() -> TestPki {
     }
     pki.issue("coordinator", Some(&Identity::Coordinator));
     pki.issue("operator", Some(&Identity::Operator));
+    write_private(&pki.dir.join("api-keys"), &format!("admin {ADMIN_KEY} harness\n")).expect("write keys");
     pki
 }
 
@@ -94,13 +119,13 @@ pub fn node_flags(id: u64) -> Vec<String> {
     pki().flags(&format!("node-{id}"))
 }
 
-/// Flags for a coordinator (empty with TLS off).
+/// Flags for a coordinator (empty with TLS and authentication off).
 pub fn coordinator_flags() -> Vec<String> {
-    if enabled() {
-        pki().flags("coordinator")
-    } else {
-        vec![]
+    let mut f = if enabled() { pki().flags("coordinator") } else { vec![] };
+    if auth_enabled() {
+        f.extend(["--api-keys-file".to_string(), pki().dir.join("api-keys").display().to_string()]);
     }
+    f
 }
 
 /// The operator's context with TLS on.
@@ -109,15 +134,17 @@ pub fn operator() -> Option<Arc<TlsContext>> {
 }
 
 /// A channel to any Shoal endpoint at `addr` (TLS with the operator
-/// certificate when on), with a per-call `timeout`.
-pub async fn channel_with(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
+/// certificate when on, the admin key when authentication is on), with a
+/// per-call `timeout`.
+pub async fn channel_with(addr: &str, timeout: Duration) -> anyhow::Result<shoal_client::AuthChannel> {
     let ep = tonic::transport::Endpoint::from_shared(shoal_common::tls::endpoint_uri(addr))?.connect_timeout(Duration::from_secs(1)).timeout(timeout);
-    Ok(ep.connect_with_connector(shoal_common::tls::Connector::new(operator(), Expect::Any, Duration::from_secs(1))).await?)
+    let ch: Channel = ep.connect_with_connector(shoal_common::tls::Connector::new(operator(), Expect::Any, Duration::from_secs(1))).await?;
+    Ok(tonic::service::interceptor::InterceptedService::new(ch, credentials()))
 }
 
 /// The SDK's options for the harness (the CA with TLS on).
 pub fn client_options() -> shoal_client::ConnectOptions {
-    let mut o = shoal_client::ConnectOptions::default();
+    let mut o = shoal_client::ConnectOptions { credentials: credentials(), ..Default::default() };
     if enabled() {
         o.ca_pem = Some(std::fs::read(pki().ca_file()).expect("CA file"));
     }
@@ -127,4 +154,36 @@ pub fn client_options() -> shoal_client::ConnectOptions {
 /// An SDK client of the coordinator at `addr`.
 pub async fn client(addr: &str) -> shoal_client::Client {
     shoal_client::Client::connect_with(addr, &client_options()).await.expect("connect")
+}
+
+/// TLS and API keys for containers (the image runs as uid 65532): a
+/// directory in the Secrets' layout (`--tls-dir`), issued by the test
+/// process's CA, with keys readable by anyone (a test-only directory) and
+/// the harness's admin key. Turns TLS and authentication on for the
+/// harness.
+pub fn container_dir(nodes: u64) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    force_on();
+    force_auth();
+    let dir = tempfile::Builder::new().prefix("shoal-ctls").tempdir().expect("temp dir").keep();
+    shoal_common::pki::write_cluster_pki(&pki().ca, &dir, nodes, &["localhost", "127.0.0.1"], 0o644).expect("write certificates");
+    std::fs::write(dir.join("auth").join("api-keys"), format!("admin {ADMIN_KEY} harness\n")).expect("write keys");
+    for d in walk(&dir) {
+        let mode = if d.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    dir
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -12,7 +12,6 @@ use shoal_proto::v1::cluster_client::ClusterClient;
 use shoal_proto::v1::collections_client::CollectionsClient;
 use shoal_proto::v1::points_client::PointsClient;
 use shoal_proto::v1::*;
-use tonic::transport::Channel;
 
 use crate::procs::Nodes;
 use crate::vector;
@@ -39,7 +38,7 @@ fn payload_struct(i: u64) -> Struct {
 
 /// A channel to `addr` (TLS with the harness's operator certificate when
 /// the cluster runs with TLS, [`crate::tls`]).
-pub async fn channel(addr: &str) -> Channel {
+pub async fn channel(addr: &str) -> shoal_client::AuthChannel {
     crate::tls::channel_with(addr, Duration::from_secs(40)).await.unwrap()
 }
 

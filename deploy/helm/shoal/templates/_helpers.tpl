@@ -30,3 +30,22 @@ app.kubernetes.io/component: coordinator
 {{- end -}}
 {{ join "," $list }}
 {{- end }}
+
+{{/* Pod and container security contexts. */}}
+{{- define "shoal.podSecurity" -}}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 65532
+  runAsGroup: 65532
+  fsGroup: 65532
+  seccompProfile:
+    type: RuntimeDefault
+{{- end }}
+
+{{- define "shoal.containerSecurity" -}}
+securityContext:
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities:
+    drop: ["ALL"]
+{{- end }}
