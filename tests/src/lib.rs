@@ -105,7 +105,13 @@ impl ShoalProcess {
     /// Starts `shoal dev` on a free port over `data_dir` and waits until it
     /// prints its ready line.
     pub fn start(data_dir: &Path) -> Result<Self> {
-        let args = ["dev".to_string(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), data_dir.display().to_string()];
+        Self::start_with(data_dir, &[])
+    }
+
+    /// [`ShoalProcess::start`] with further `shoal dev` flags.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Result<Self> {
+        let mut args = vec!["dev".to_string(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), data_dir.display().to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
         let (child, line) = procs::spawn_ready_line(&args, "shoal dev ready: public=", "warn")?;
         let addr = line.split_whitespace().next().unwrap_or_default().to_string();
         let internal = line.split_whitespace().find_map(|w| w.strip_prefix("internal=")).unwrap_or_default().to_string();

@@ -103,15 +103,24 @@ async fn collection_and_point_lifecycle() {
     assert!(c.list_collections().await.unwrap().is_empty());
 }
 
-/// `grpcurl` works without .proto files: reflection lists the services and
-/// the standard health service answers SERVING.
+/// `grpcurl` works without .proto files once reflection is enabled
+/// (`--reflection`; off by default, where it answers UNIMPLEMENTED):
+/// reflection lists the services and the standard health service answers
+/// SERVING.
 #[tokio::test(flavor = "multi_thread")]
 async fn health_and_reflection() {
     use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
     use tonic_reflection::pb::v1::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest};
 
+    let list = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
     let dir = tempfile::tempdir().unwrap();
-    let server = ShoalProcess::start(dir.path()).unwrap();
+    {
+        let off = ShoalProcess::start(dir.path().join("off").as_path()).unwrap();
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", off.addr)).unwrap().connect().await.unwrap();
+        let r = ServerReflectionClient::new(ch).server_reflection_info(tokio_stream::iter(vec![list.clone()])).await;
+        assert_eq!(r.err().map(|s| s.code()), Some(tonic::Code::Unimplemented), "reflection is off by default");
+    }
+    let server = ShoalProcess::start_with(dir.path(), &["--reflection"]).unwrap();
     let url = format!("http://{}", server.addr);
     let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
     let mut h = HealthClient::new(channel.clone());
