@@ -26,12 +26,14 @@ serve() { # $1: off|on; prints the address
   for _ in $(seq 600); do grep -q "ready: public=" "$D/out" && break; sleep 0.1; done
   sed -n 's/.*ready: public=\([^ ]*\).*/\1/p' "$D/out"
 }
-stop() { kill "$(cat "$D/pid")"; wait "$(cat "$D/pid")" 2>/dev/null || true; rm -f "$D/pid"; }
+# `serve` runs in a command substitution: the server is not this shell's
+# child, so wait for it to be gone (it holds the data directory's lock).
+stop() { local p; p=$(cat "$D/pid"); kill "$p"; while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; rm -f "$D/pid"; }
 for r in $(seq "${ROUNDS:-3}"); do
   for mode in off on; do
     addr=$(serve $mode)
     [ -n "$addr" ] || { cat "$D/log"; exit 1; }
-    cli=("$BIN/shoalctl" --addr "$addr")
+    cli=(env -u SHOAL_API_KEY "$BIN/shoalctl" --addr "$addr")
     [ $mode = on ] && cli=(env SHOAL_API_KEY="$KEY" "$BIN/shoalctl" --addr "https://$addr" --ca "$D/tls/ca.crt")
     # The first serving ingests; later ones reuse the collection.
     "${cli[@]}" bench --dataset "$DS" --ef 128 --concurrency 8 --rounds 3 --min-secs 3 --no-inprocess --reuse \

@@ -237,6 +237,15 @@ impl ConnectOptions {
         let https = addr.starts_with("https://");
         let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
         let tls = https || self.ca_pem.is_some();
+        if !tls && self.credentials.header.is_some() {
+            // A key over plain TCP is readable by anyone on the path: only
+            // to this machine.
+            let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+            let local = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if !local {
+                return Err(ClientError::Credentials(format!("refusing to send credentials to {addr} without TLS: use https:// with --ca (SHOAL_CA)")));
+            }
+        }
         let uri = format!("{}://{rest}", if tls { "https" } else { "http" });
         let mut ep = Endpoint::from_shared(uri).map_err(|_| ClientError::Address(addr.to_string()))?.tcp_nodelay(true);
         if let Some(t) = connect_timeout {

@@ -61,7 +61,7 @@ impl AuditEvent {
             who: who.into(),
             from: from.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
             action: action.into(),
-            collection: collection.unwrap_or("").into(),
+            collection: collection.unwrap_or("").chars().take(256).collect(),
             result: result.into(),
             detail: detail.chars().take(512).collect(),
         }

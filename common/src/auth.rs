@@ -96,6 +96,8 @@ impl Access {
             Need::Read | Need::Write => {
                 if let Some(c) = collection {
                     if !self.may_see(c) {
+                        // The name is the caller's, unvalidated: bounded.
+                        let c: String = c.chars().take(256).collect();
                         return Err(AuthError::Denied(format!("{} ({}) may not {} collection {c:?}", self.who, self.role.name(), need.what())));
                     }
                 }
@@ -586,6 +588,31 @@ mod tests {
         assert!(a.reload_if_changed().unwrap());
         assert!(a.authenticate(&headers("Bearer admin-key-NEW-0123456789abcdef")).is_ok());
         assert!(a.authenticate(&headers("Bearer admin-key-0123456789abcdef")).is_err());
+    }
+
+    /// RS256: a token signed with the private key passes with the public
+    /// key configured; HS256 tokens are then refused (no secret), and an
+    /// RS256 token signed by another key is refused.
+    #[test]
+    fn rs256_tokens_verify_against_the_public_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let pub_key = dir.path().join("jwt.pub");
+        // A throwaway key pair for this test only (common/testdata).
+        std::fs::write(&pub_key, include_str!("../testdata/jwt-rs256-test.pub")).unwrap();
+        let a = Authenticator::load(AuthConfig { jwt_public_key_file: Some(pub_key), ..Default::default() }).unwrap();
+        let sign = |claims: serde_json::Value| jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../testdata/jwt-rs256-test.key")).unwrap()).unwrap();
+        let t = sign(serde_json::json!({"sub": "svc", "exp": now() + 60, "role": "read-only", "collections": ["docs"]}));
+        let acc = a.authenticate(&headers(&format!("Bearer {t}"))).unwrap();
+        assert_eq!((acc.who.as_str(), acc.role), ("jwt:svc", Role::ReadOnly));
+        assert!(acc.check(Need::Read, Some("docs")).is_ok() && acc.check(Need::Read, Some("other")).is_err());
+        let hs = jwt(&[b's'; 40], serde_json::json!({"exp": now() + 60, "role": "admin"}));
+        assert!(matches!(a.authenticate(&headers(&format!("Bearer {hs}"))), Err(AuthError::Unauthenticated(m)) if m.contains("HS256")));
+        // One character in the middle of the signature changed.
+        let mut tampered: Vec<char> = t.chars().collect();
+        let i = t.len() - 100;
+        tampered[i] = if tampered[i] == 'A' { 'B' } else { 'A' };
+        let tampered: String = tampered.into_iter().collect();
+        assert!(a.authenticate(&headers(&format!("Bearer {tampered}"))).is_err());
     }
 
     #[test]

@@ -49,6 +49,10 @@ use crate::identity::Identity;
 
 /// How long a client may take to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress at once per server; the accept loop waits
+/// for one to finish beyond this (a flood of stalled handshakes holds at
+/// most this many sockets and sessions).
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 /// How often certificate files are checked for changes.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
 /// TCP keepalive on every connection, accepted or made.
@@ -406,8 +410,16 @@ fn tune(s: &TcpStream) {
 /// logged at debug level and counted.
 pub fn incoming(listener: TcpListener, tls: Option<(Arc<TlsContext>, Plane)>) -> tokio_stream::wrappers::ReceiverStream<io::Result<ServerStream>> {
     let (tx, rx) = mpsc::channel(64);
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            let permit = tokio::select! {
+                p = pending.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = tx.closed() => return,
+            };
             let (tcp, addr) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(c) => c,
@@ -423,6 +435,7 @@ pub fn incoming(listener: TcpListener, tls: Option<(Arc<TlsContext>, Plane)>) ->
             tune(&tcp);
             match &tls {
                 None => {
+                    drop(permit);
                     if tx.send(Ok(ServerStream::Plain(tcp))).await.is_err() {
                         return;
                     }
@@ -432,6 +445,7 @@ pub fn incoming(listener: TcpListener, tls: Option<(Arc<TlsContext>, Plane)>) ->
                     let tx = tx.clone();
                     let plane = *plane;
                     tokio::spawn(async move {
+                        let _permit = permit;
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                             Ok(Ok(s)) => {
                                 let _ = tx.send(Ok(ServerStream::Tls(Box::new(s)))).await;

@@ -195,14 +195,14 @@ pub struct Router {
 /// refused, logged and counted (`shoal_cluster_map_refusals_total`).
 pub const MAX_EPOCH_JUMP: u64 = 1_000_000;
 
-fn endpoint(addr: &str, tls: Option<Arc<shoal_common::tls::TlsContext>>) -> Result<Channel> {
+fn endpoint(addr: &str, tls: Option<Arc<shoal_common::tls::TlsContext>>, expect: shoal_common::tls::Expect) -> Result<Channel> {
     let connect_timeout = Duration::from_secs(1);
     let ep = Endpoint::from_shared(shoal_common::tls::endpoint_uri(addr))
         .map_err(|e| CoordError::Internal(format!("bad node address {addr:?}: {e}")))?
         .connect_timeout(connect_timeout)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));
-    Ok(shoal_common::tls::lazy_channel(ep, tls, shoal_common::tls::Expect::Node, connect_timeout))
+    Ok(shoal_common::tls::lazy_channel(ep, tls, expect, connect_timeout))
 }
 
 fn build_view(map: ClusterMap) -> View {
@@ -259,11 +259,17 @@ impl Router {
     }
 
     fn channel(&self, addr: &str) -> Result<Channel> {
-        if let Some(c) = self.channels.read().get(addr) {
+        // With TLS, the node at `addr` must present the certificate of the
+        // node the map lists there (any node's for a seed the map does not
+        // know yet); the cache is per (address, node).
+        let id = self.view.read().map.nodes.iter().find(|n| n.address == addr).map(|n| n.id);
+        let key = id.map_or_else(|| addr.to_string(), |id| format!("{addr}#{id}"));
+        if let Some(c) = self.channels.read().get(&key) {
             return Ok(c.clone());
         }
-        let c = endpoint(addr, self.tls.clone())?;
-        self.channels.write().insert(addr.to_string(), c.clone());
+        let expect = id.map_or(shoal_common::tls::Expect::Node, shoal_common::tls::Expect::NodeId);
+        let c = endpoint(addr, self.tls.clone(), expect)?;
+        self.channels.write().insert(key, c.clone());
         Ok(c)
     }
 

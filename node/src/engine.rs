@@ -404,6 +404,31 @@ impl Engine {
         self.meta_sm.map()
     }
 
+    /// Who the applied map places in a Raft group (for the Raft sender
+    /// check of a replica that knows no membership yet): a shard's
+    /// replicas and learners, or every registered node for the metadata
+    /// group; `None` while no map is applied.
+    pub fn placement_fn(self: &Arc<Self>) -> crate::raft::network::Placed {
+        let me = Arc::downgrade(self);
+        Arc::new(move |group: &str| {
+            let map = me.upgrade()?.cluster_map();
+            if map.nodes.is_empty() {
+                return None;
+            }
+            if group == crate::raft::meta::META_GROUP {
+                return Some(map.nodes.iter().map(|n| n.id).collect());
+            }
+            // A group the map does not place anywhere takes no one.
+            let placed = group.rsplit_once('/').and_then(|(collection, shard)| {
+                let shard: u32 = shard.parse().ok()?;
+                let c = map.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == collection))?;
+                let p = c.shards.iter().find(|s| s.shard_id == shard)?;
+                Some(p.replicas.iter().chain(&p.learners).copied().collect())
+            });
+            Some(placed.unwrap_or_default())
+        })
+    }
+
     /// The peer links (fault injection in tests).
     pub fn peers(&self) -> &Peers {
         &self.peers

@@ -55,7 +55,7 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
     };
     let shard = ShardServer::new(ShardService::new(engine.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let meta = MetaServer::new(MetaService::new(engine.clone(), device()));
-    let raft = RaftServer::new(RaftService::new(engine.groups.clone(), engine.elections.clone()).with_catch_up(engine.catch_up.clone()).with_disk(engine.disk.clone()).with_identities(security.tls.is_some())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let raft = RaftServer::new(RaftService::new(engine.groups.clone(), engine.elections.clone()).with_catch_up(engine.catch_up.clone()).with_disk(engine.disk.clone()).with_identities(security.tls.is_some()).with_placement(engine.placement_fn())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     // Election timers and pre-votes of every group (openraft's timer is
     // off).

@@ -125,19 +125,30 @@ impl Peers {
     }
 
     fn cached(&self, map: &RwLock<HashMap<String, Channel>>, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        if let Some(c) = map.read().get(addr) {
+        // With TLS, the server at `addr` must present the certificate of
+        // the node the map lists there (any node's when the map does not
+        // know the address yet: joining), so no other node can stand in
+        // for it; the cache is per (address, node).
+        let id = self.book.read().iter().find(|(_, a)| a.as_str() == addr).map(|(id, _)| *id);
+        let key = match id {
+            Some(id) => format!("{addr}#{id}"),
+            None => addr.to_string(),
+        };
+        if let Some(c) = map.read().get(&key) {
             return Ok(c.clone());
         }
+        let expect = match id {
+            Some(id) => shoal_common::tls::Expect::NodeId(id),
+            None => shoal_common::tls::Expect::Node,
+        };
         let connect_timeout = Duration::from_secs(1);
         let ep = Endpoint::from_shared(shoal_common::tls::endpoint_uri(addr))?
             .connect_timeout(connect_timeout)
             .http2_keep_alive_interval(shoal_proto::transport::KEEPALIVE_INTERVAL)
             .keep_alive_timeout(shoal_proto::transport::KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        // Peers are nodes: with TLS, a server whose certificate names no
-        // node is not talked to.
-        let c = shoal_common::tls::lazy_channel(ep, self.tls.clone(), shoal_common::tls::Expect::Node, connect_timeout);
-        map.write().insert(addr.to_string(), c.clone());
+        let c = shoal_common::tls::lazy_channel(ep, self.tls.clone(), expect, connect_timeout);
+        map.write().insert(key, c.clone());
         Ok(c)
     }
 }
@@ -295,11 +306,19 @@ pub struct RaftService {
     /// TLS is on: every message's sender is checked against the node
     /// certificate of the connection ([`RaftService::check_sender`]).
     identities: bool,
+    /// The nodes the applied cluster map places in a group (shard replicas
+    /// and learners; every registered node for the metadata group), asked
+    /// when a replica knows no membership of its own yet.
+    placed: Option<Placed>,
 }
+
+/// Who the cluster map places in a group: `None` when the map does not
+/// know the group (a node that has not applied a map yet).
+pub type Placed = Arc<dyn Fn(&str) -> Option<Vec<NodeId>> + Send + Sync>;
 
 impl RaftService {
     pub fn new(groups: Groups, elections: Elections) -> Self {
-        RaftService { groups, elections, catch_up: None, disk: None, streams: Default::default(), identities: false }
+        RaftService { groups, elections, catch_up: None, disk: None, streams: Default::default(), identities: false, placed: None }
     }
 
     /// Serves with the node's catch-up set: its replicas that lost their
@@ -320,7 +339,9 @@ impl RaftService {
     /// (the leader or candidate the message speaks for), and that node must
     /// be a member (voter or learner) of the group, as far as this replica
     /// knows its membership. A replica that knows none yet (just created,
-    /// waiting for its leader's first message) takes any cluster node. So a
+    /// waiting for its leader's first message) asks the applied cluster map
+    /// who it places in the group; only a node that has applied no map at
+    /// all (joining) takes any cluster node for the metadata group. So a
     /// node holding its own valid certificate cannot speak for another, nor
     /// lead or disrupt a group it is not a member of.
     fn check_sender(&self, caller: shoal_common::peer_auth::Caller, group: &str, raft: &Raft<TypeConfig>, claimed: Option<NodeId>) -> Result<(), Status> {
@@ -337,11 +358,19 @@ impl RaftService {
             return Err(Status::permission_denied(format!("node {id} sent a {group} message on behalf of node {claimed:?}")));
         }
         let m = raft.metrics().borrow().membership_config.clone();
-        let members: Vec<NodeId> = m.membership().nodes().map(|(n, _)| *n).collect();
-        if !members.is_empty() && !members.contains(&id) {
-            return Err(Status::permission_denied(format!("node {id} is not a member of {group} (members {members:?})")));
+        let own: Vec<NodeId> = m.membership().nodes().map(|(n, _)| *n).collect();
+        let known = if own.is_empty() { self.placed.as_ref().and_then(|p| p(group)) } else { Some(own) };
+        match known {
+            Some(members) if !members.contains(&id) => Err(Status::permission_denied(format!("node {id} is not a member of {group} (members {members:?})"))),
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Asks `placed` who may lead a group whose replica knows no
+    /// membership yet.
+    pub fn with_placement(mut self, placed: Placed) -> Self {
+        self.placed = Some(placed);
+        self
     }
 
     /// Serves with the node's free-space watermark.
