@@ -13,11 +13,9 @@
 //!
 //! [`AuditLayer`] writes the lines of a server's audited methods (and of
 //! any request a handler marks with [`note`]) once the answer is known.
-use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -194,7 +192,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = crate::layer::BoxFuture<S::Response, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -218,9 +216,8 @@ where
             let noted = slot.0.lock().take();
             if always || noted.is_some() {
                 let (collection, detail) = noted.unwrap_or_default();
-                // Errors travel in the headers (trailers-only responses).
                 let result = match &res {
-                    Ok(r) => r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok()).map_or("OK", |c| code_name(tonic::Code::from(c))),
+                    Ok(r) => code_name(crate::layer::grpc_code(r)),
                     Err(_) => "TRANSPORT_ERROR",
                 };
                 log.record(&AuditEvent::new(&who, peer.and_then(|p| p.remote_addr), &path, collection.as_deref(), result, &detail));

@@ -17,12 +17,9 @@
 //! old). The file and the JWT key files are reloaded when they change.
 //! Keys are compared by SHA-256 digest in constant time, never logged.
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use serde::Deserialize;
@@ -224,7 +221,7 @@ struct Key {
 }
 
 struct Keys {
-    stamp: Vec<Option<(SystemTime, u64)>>,
+    stamp: crate::reload::Stamp,
     keys: Vec<Key>,
     hs256: Option<jsonwebtoken::DecodingKey>,
     rs256: Option<jsonwebtoken::DecodingKey>,
@@ -272,8 +269,8 @@ fn parse_keys(path: &Path, text: &str) -> Result<Vec<Key>, AuthError> {
     Ok(keys)
 }
 
-fn stamp(cfg: &AuthConfig) -> Vec<Option<(SystemTime, u64)>> {
-    cfg.paths().iter().map(|p| p.and_then(|p| std::fs::metadata(p).ok()).map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))).collect()
+fn stamp(cfg: &AuthConfig) -> crate::reload::Stamp {
+    crate::reload::stamp(&cfg.paths().map(|p| p.map(PathBuf::as_path)))
 }
 
 fn load(cfg: &AuthConfig) -> Result<Keys, AuthError> {
@@ -318,6 +315,19 @@ pub struct Authenticator {
     keys: RwLock<Keys>,
 }
 
+impl crate::reload::Reloadable for Authenticator {
+    const WHAT: &'static str = "keys";
+
+    fn reload_if_changed(&self) -> Result<bool, String> {
+        if stamp(&self.cfg) == self.keys.read().stamp {
+            return Ok(false);
+        }
+        let k = load(&self.cfg).map_err(|e| e.to_string())?;
+        *self.keys.write() = k;
+        Ok(true)
+    }
+}
+
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the keys.
@@ -331,38 +341,9 @@ impl Authenticator {
         Ok(Arc::new(Authenticator { cfg, keys: RwLock::new(keys) }))
     }
 
-    pub fn reload_if_changed(&self) -> Result<bool, AuthError> {
-        if stamp(&self.cfg) == self.keys.read().stamp {
-            return Ok(false);
-        }
-        let k = load(&self.cfg)?;
-        *self.keys.write() = k;
-        Ok(true)
-    }
-
     /// Checks the files every `every`.
     pub fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut failing = false;
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(a) = me.upgrade() else { return };
-                match a.reload_if_changed() {
-                    Ok(true) => {
-                        failing = false;
-                        tracing::info!("API keys and JWT keys reloaded");
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        if !failing {
-                            tracing::error!(error = %e, "reloading API keys failed; the previous ones stay in use");
-                        }
-                        failing = true;
-                    }
-                }
-            }
-        })
+        crate::reload::watch(self, every)
     }
 
     /// The access `headers` carry.
@@ -445,52 +426,27 @@ pub struct MethodPath(pub String);
 
 /// Authenticates every request of a public server: refuses missing or bad
 /// credentials and methods whose role the caller lacks, and records the
-/// caller's [`Access`] for the handlers.
+/// caller's [`Access`] for the handlers. Use as `Guard(AuthPolicy::new(..))`.
 #[derive(Clone)]
-pub struct AuthLayer {
+pub struct AuthPolicy {
     auth: Option<Arc<Authenticator>>,
     audit: Option<Arc<AuditLog>>,
 }
 
-impl AuthLayer {
+/// The public API's authentication layer.
+pub type AuthLayer = crate::layer::Guard<AuthPolicy>;
+
+impl AuthPolicy {
     /// `auth: None`: everything is allowed (authentication off).
-    pub fn new(auth: Option<Arc<Authenticator>>, audit: Option<Arc<AuditLog>>) -> Self {
-        AuthLayer { auth, audit }
+    pub fn layer(auth: Option<Arc<Authenticator>>, audit: Option<Arc<AuditLog>>) -> AuthLayer {
+        crate::layer::Guard(AuthPolicy { auth, audit })
     }
 }
 
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-    fn layer(&self, inner: S) -> AuthService<S> {
-        AuthService { inner, layer: self.clone() }
-    }
-}
-
-#[derive(Clone)]
-pub struct AuthService<S> {
-    inner: S,
-    layer: AuthLayer,
-}
-
-impl<S, B, RB> tower::Service<http::Request<B>> for AuthService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    RB: Default + Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+impl crate::layer::Policy for AuthPolicy {
+    fn admit<B>(&self, req: &mut http::Request<B>) -> Result<(), Status> {
         let path = req.uri().path().to_string();
-        let from = crate::tls::peer(req.extensions()).and_then(|p| p.remote_addr);
-        let decided = match &self.layer.auth {
+        let decided = match &self.auth {
             None => Ok((Access::anonymous(), need_of(&path).unwrap_or(Need::Read))),
             Some(auth) => match need_of(&path) {
                 None => Err((AuthError::Denied(format!("unknown method {path}")), "-".to_string())),
@@ -509,18 +465,18 @@ where
                 req.extensions_mut().insert(access);
                 req.extensions_mut().insert(need);
                 req.extensions_mut().insert(MethodPath(path));
-                if let Some(a) = &self.layer.audit {
+                if let Some(a) = &self.audit {
                     req.extensions_mut().insert(a.clone());
                 }
-                Box::pin(self.inner.call(req))
+                Ok(())
             }
             Err((e, who)) => {
                 let status = Status::from(e.clone());
-                if let Some(a) = &self.layer.audit {
+                if let Some(a) = &self.audit {
+                    let from = crate::tls::peer(req.extensions()).and_then(|p| p.remote_addr);
                     a.record(&AuditEvent::new(&who, from, &path, None, crate::audit::code_name(status.code()), &e.to_string()));
                 }
-                let (parts, ()) = status.into_http::<()>().into_parts();
-                Box::pin(async move { Ok(http::Response::from_parts(parts, RB::default())) })
+                Err(status)
             }
         }
     }
@@ -529,6 +485,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     fn headers(v: &str) -> http::HeaderMap {
         let mut h = http::HeaderMap::new();
@@ -585,7 +542,7 @@ mod tests {
         // Rotation: a new key works once the file changes, the old one not.
         std::fs::write(&keys, "admin admin-key-NEW-0123456789abcdef\n").unwrap();
         // The stamp includes the length, so the change is seen at once.
-        assert!(a.reload_if_changed().unwrap());
+        assert!(crate::reload::Reloadable::reload_if_changed(&*a).unwrap());
         assert!(a.authenticate(&headers("Bearer admin-key-NEW-0123456789abcdef")).is_ok());
         assert!(a.authenticate(&headers("Bearer admin-key-0123456789abcdef")).is_err());
     }

@@ -17,6 +17,9 @@
 //! - [`auth`]: API keys and JWTs on the public API: roles, collection
 //!   scopes, the method table, and the layer that enforces it.
 //! - [`audit`]: the JSON-lines audit log and the layer that writes it.
+//! - [`layer`]: the [`layer::Policy`] gate both auth layers are, and
+//!   helpers the layers share.
+//! - [`reload`]: files checked for changes and reloaded in place.
 //! - [`pki`]: a throwaway CA for development and tests.
 //!
 //! ## Path of a request
@@ -30,7 +33,9 @@
 pub mod audit;
 pub mod auth;
 pub mod identity;
+pub mod layer;
 pub mod peer_auth;
 pub mod pki;
+pub mod reload;
 pub mod telemetry;
 pub mod tls;

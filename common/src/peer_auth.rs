@@ -8,10 +8,6 @@
 //! `RegisterNode` for the caller itself) are made by the services, which
 //! read the caller from [`caller`]. With TLS off the layer lets everything
 //! through (development on loopback; docs/security.md).
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use tonic::Status;
 
 use crate::identity::Identity;
@@ -115,68 +111,39 @@ pub fn caller(ext: &http::Extensions) -> Caller {
 }
 
 /// Refuses internal calls whose caller's identity the table does not
-/// admit, when `enforce` (TLS on).
+/// admit, when `enforce` (TLS on). Use as `Guard(PeerPolicy { enforce })`.
 #[derive(Clone)]
-pub struct PeerAuthLayer {
-    enforce: bool,
+pub struct PeerPolicy {
+    pub enforce: bool,
 }
 
-impl PeerAuthLayer {
-    pub fn new(enforce: bool) -> Self {
-        PeerAuthLayer { enforce }
+/// The internal plane's identity layer.
+pub type PeerAuthLayer = crate::layer::Guard<PeerPolicy>;
+
+impl PeerPolicy {
+    pub fn layer(enforce: bool) -> PeerAuthLayer {
+        crate::layer::Guard(PeerPolicy { enforce })
     }
 }
 
-impl<S> tower::Layer<S> for PeerAuthLayer {
-    type Service = PeerAuthService<S>;
-    fn layer(&self, inner: S) -> PeerAuthService<S> {
-        PeerAuthService { inner, enforce: self.enforce }
-    }
-}
-
-#[derive(Clone)]
-pub struct PeerAuthService<S> {
-    inner: S,
-    enforce: bool,
-}
-
-impl<S, B, RB> tower::Service<http::Request<B>> for PeerAuthService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
-    RB: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+impl crate::layer::Policy for PeerPolicy {
+    fn admit<B>(&self, req: &mut http::Request<B>) -> Result<(), Status> {
         if !self.enforce {
-            return Box::pin(self.inner.call(req));
+            return Ok(());
         }
         let path = req.uri().path();
         let id = crate::tls::peer(req.extensions()).and_then(|p| p.identity.clone());
         let refused = match callers_of(path) {
-            None => Some(Status::permission_denied(format!("unknown internal method {path}"))),
-            Some(c) if !c.admits(id.as_ref()) => Some(match &id {
+            None => Status::permission_denied(format!("unknown internal method {path}")),
+            Some(c) if !c.admits(id.as_ref()) => match &id {
                 None => Status::unauthenticated(format!("{path}: the client certificate names no Shoal identity (spiffe://shoal/...)")),
                 Some(i) => Status::permission_denied(format!("{path} may not be called by {i}")),
-            }),
-            Some(_) => None,
+            },
+            Some(_) => return Ok(()),
         };
-        match refused {
-            None => Box::pin(self.inner.call(req)),
-            Some(s) => {
-                tracing::warn!(path, caller = ?id, remote = ?crate::tls::peer(req.extensions()).and_then(|p| p.remote_addr), "internal call refused");
-                crate::telemetry::PEER_REFUSALS.with_label_values(&[crate::audit::code_name(s.code())]).inc();
-                let (parts, ()) = s.into_http::<()>().into_parts();
-                Box::pin(async move { Ok(http::Response::from_parts(parts, RB::default())) })
-            }
-        }
+        tracing::warn!(path, caller = ?id, remote = ?crate::tls::peer(req.extensions()).and_then(|p| p.remote_addr), "internal call refused");
+        crate::telemetry::PEER_REFUSALS.with_label_values(&[crate::audit::code_name(refused.code())]).inc();
+        Err(refused)
     }
 }
 

@@ -60,8 +60,9 @@ static RPC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(HistogramVec::new(HistogramOpts::new("shoal_rpc_duration_seconds", "gRPC request latency, by method").buckets(buckets), &["rpc"]).expect("valid histogram"))
 });
 
-/// TLS certificate reloads, by result (`ok`, `error`).
-pub static TLS_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| counter_vec("shoal_tls_reloads_total", "TLS certificate reloads after their files changed, by result", &["result"]));
+/// Reloads of changed files, by what (`tls`, `keys`) and result (`ok`,
+/// `error`).
+pub static RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| counter_vec("shoal_reloads_total", "certificate and key files reloaded after they changed, by what and result", &["what", "result"]));
 /// TLS handshakes that failed, by reason (`refused`, `timeout`).
 pub static TLS_HANDSHAKE_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| counter_vec("shoal_tls_handshake_failures_total", "incoming TLS handshakes that failed (bad or missing certificate, not TLS) or timed out", &["reason"]));
 /// Internal calls refused by certificate identity, by gRPC code name.
@@ -122,10 +123,8 @@ where
         let fut = self.0.call(req);
         Box::pin(async move {
             let res = fut.await;
-            // Errors travel in the headers (trailers-only responses); a
-            // response without `grpc-status` there is an OK one.
             let code = match &res {
-                Ok(r) => r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string(),
+                Ok(r) => (crate::layer::grpc_code(r) as i32).to_string(),
                 Err(_) => "transport".to_string(),
             };
             RPC_REQUESTS.with_label_values(&[rpc.as_str(), code.as_str()]).inc();
@@ -261,7 +260,7 @@ pub struct TelemetryConfig {
 
 /// Spans exported by default: Shoal's own at `info` (one per request and
 /// the steps under it), other crates' only at `warn`.
-pub const DEFAULT_TRACE_FILTER: &str = "warn,shoal_coordinator=info,shoal_node=info";
+pub const DEFAULT_TRACE_FILTER: &str = "warn,shoal_common=info,shoal_coordinator=info,shoal_node=info";
 
 /// Flushes and stops span export when dropped (at the end of `main`).
 pub struct Telemetry {

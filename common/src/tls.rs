@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use rustls::crypto::CryptoProvider;
@@ -93,7 +93,7 @@ pub enum Plane {
 }
 
 struct Loaded {
-    stamp: Vec<Option<(SystemTime, u64)>>,
+    stamp: crate::reload::Stamp,
     internal: Arc<ServerConfig>,
     public: Arc<ServerConfig>,
     metrics: Arc<ServerConfig>,
@@ -154,9 +154,8 @@ fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(store))
 }
 
-fn stamp(files: &TlsFiles) -> Vec<Option<(SystemTime, u64)>> {
-    let paths = [Some(&files.cert), Some(&files.key), Some(&files.ca), files.public_client_ca.as_ref()];
-    paths.iter().map(|p| p.and_then(|p| std::fs::metadata(p).ok()).map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))).collect()
+fn stamp(files: &TlsFiles) -> crate::reload::Stamp {
+    crate::reload::stamp(&[Some(&files.cert), Some(&files.key), Some(&files.ca), files.public_client_ca.as_deref()])
 }
 
 /// HTTP/2 only: every Shoal endpoint speaks gRPC (and the metrics endpoint
@@ -236,42 +235,22 @@ impl TlsContext {
         &self.files
     }
 
-    /// Reloads if any file changed since the last load: `Ok(true)` when
-    /// a new configuration took effect. On error the last good one stays.
-    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+    /// Checks the files every `every` for as long as the process runs.
+    pub fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        crate::reload::watch(self, every)
+    }
+}
+
+impl crate::reload::Reloadable for TlsContext {
+    const WHAT: &'static str = "tls";
+
+    fn reload_if_changed(&self) -> Result<bool, String> {
         if stamp(&self.files) == self.loaded.read().stamp {
             return Ok(false);
         }
-        let loaded = load(&self.files)?;
+        let loaded = load(&self.files).map_err(|e| e.to_string())?;
         *self.loaded.write() = loaded;
         Ok(true)
-    }
-
-    /// Checks the files every `every` for as long as the process runs.
-    pub fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut failing = false;
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(ctx) = me.upgrade() else { return };
-                match ctx.reload_if_changed() {
-                    Ok(true) => {
-                        failing = false;
-                        tracing::info!(cert = %ctx.files.cert.display(), "TLS certificates reloaded");
-                        crate::telemetry::TLS_RELOADS.with_label_values(&["ok"]).inc();
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        if !failing {
-                            tracing::error!(error = %e, "reloading TLS certificates failed; the previous ones stay in use");
-                            crate::telemetry::TLS_RELOADS.with_label_values(&["error"]).inc();
-                        }
-                        failing = true;
-                    }
-                }
-            }
-        })
     }
 }
 

@@ -11,7 +11,7 @@ use shoal_proto::v1::cluster_server::ClusterServer;
 use shoal_proto::v1::collections_server::CollectionsServer;
 use shoal_proto::v1::points_server::PointsServer;
 use shoal_common::audit::{AuditLayer, AuditLog};
-use shoal_common::auth::{AuthLayer, Authenticator};
+use shoal_common::auth::{AuthPolicy, Authenticator};
 use shoal_common::tls::{Plane, TlsContext};
 use tokio::net::TcpListener;
 
@@ -83,7 +83,7 @@ pub async fn serve(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl
     shoal_proto::transport::server()
         .trace_fn(shoal_common::telemetry::server_span)
         .layer(shoal_common::telemetry::RpcMetricsLayer)
-        .layer(AuthLayer::new(cfg.auth.clone(), cfg.audit.clone()))
+        .layer(AuthPolicy::layer(cfg.auth.clone(), cfg.audit.clone()))
         .layer(AuditLayer::new(cfg.audit.clone(), AUDITED_PUBLIC))
         .add_service(health)
         .add_optional_service(reflection)

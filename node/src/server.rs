@@ -12,7 +12,7 @@ use shoal_proto::internal::v1::raft_server::RaftServer;
 use shoal_proto::internal::v1::shard_server::ShardServer;
 use shoal_proto::limits::MAX_MESSAGE_BYTES;
 use shoal_common::audit::{AuditLayer, AuditLog};
-use shoal_common::peer_auth::{PeerAuthLayer, AUDITED_INTERNAL};
+use shoal_common::peer_auth::{PeerPolicy, AUDITED_INTERNAL};
 use shoal_common::tls::{Plane, TlsContext};
 use tokio::net::TcpListener;
 
@@ -145,7 +145,7 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
     shoal_proto::transport::server()
         .trace_fn(shoal_common::telemetry::server_span)
         .layer(shoal_common::telemetry::RpcMetricsLayer)
-        .layer(PeerAuthLayer::new(security.tls.is_some()))
+        .layer(PeerPolicy::layer(security.tls.is_some()))
         .layer(AuditLayer::new(security.audit.clone(), AUDITED_INTERNAL))
         .add_service(health)
         .add_optional_service(reflection)
