@@ -202,6 +202,11 @@ pub struct AuthConfig {
     pub jwt_secret_file: Option<PathBuf>,
     /// RS256 public key (PEM).
     pub jwt_public_key_file: Option<PathBuf>,
+    /// When set, a JWT's `iss` must be this (tokens from an identity
+    /// provider shared with other services are told apart).
+    pub jwt_issuer: Option<String>,
+    /// When set, a JWT's `aud` must include this.
+    pub jwt_audience: Option<String>,
 }
 
 impl AuthConfig {
@@ -393,7 +398,19 @@ impl Authenticator {
         let mut v = Validation::new(header.alg);
         v.leeway = JWT_LEEWAY.as_secs();
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
+        let mut required = vec!["exp"];
+        if let Some(iss) = &self.cfg.jwt_issuer {
+            v.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        match &self.cfg.jwt_audience {
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => v.validate_aud = false,
+        }
+        v.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| bad(e.to_string()))?;
         let c = data.claims;
         Ok(Access { who: format!("jwt:{}", c.sub.unwrap_or_else(|| "-".into())), role: c.role, collections: c.collections.map(|v| v.into_iter().collect()) })
@@ -511,7 +528,7 @@ mod tests {
         std::fs::write(&keys, "# keys\nread-only ro-key-0123456789abcdef reader\nread-write rw-key-0123456789abcdef\nadmin admin-key-0123456789abcdef ops\n").unwrap();
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "s".repeat(40) + "\n").unwrap();
-        let a = Authenticator::load(AuthConfig { api_keys_file: Some(keys.clone()), jwt_secret_file: Some(secret), jwt_public_key_file: None }).unwrap();
+        let a = Authenticator::load(AuthConfig { api_keys_file: Some(keys.clone()), jwt_secret_file: Some(secret), ..Default::default() }).unwrap();
 
         let ro = a.authenticate(&headers("Bearer ro-key-0123456789abcdef")).unwrap();
         assert_eq!((ro.role, ro.who.as_str()), (Role::ReadOnly, "api-key:reader"));
@@ -556,7 +573,7 @@ mod tests {
         let pub_key = dir.path().join("jwt.pub");
         // A throwaway key pair for this test only (common/testdata).
         std::fs::write(&pub_key, include_str!("../testdata/jwt-rs256-test.pub")).unwrap();
-        let a = Authenticator::load(AuthConfig { jwt_public_key_file: Some(pub_key), ..Default::default() }).unwrap();
+        let a = Authenticator::load(AuthConfig { jwt_public_key_file: Some(pub_key.clone()), ..Default::default() }).unwrap();
         let sign = |claims: serde_json::Value| jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../testdata/jwt-rs256-test.key")).unwrap()).unwrap();
         let t = sign(serde_json::json!({"sub": "svc", "exp": now() + 60, "role": "read-only", "collections": ["docs"]}));
         let acc = a.authenticate(&headers(&format!("Bearer {t}"))).unwrap();
@@ -570,6 +587,14 @@ mod tests {
         tampered[i] = if tampered[i] == 'A' { 'B' } else { 'A' };
         let tampered: String = tampered.into_iter().collect();
         assert!(a.authenticate(&headers(&format!("Bearer {tampered}"))).is_err());
+
+        // With an issuer and audience configured, tokens must name both.
+        let strict = Authenticator::load(AuthConfig { jwt_public_key_file: Some(pub_key), jwt_issuer: Some("https://idp.example".into()), jwt_audience: Some("shoal".into()), ..Default::default() }).unwrap();
+        assert!(strict.authenticate(&headers(&format!("Bearer {t}"))).is_err(), "no iss/aud");
+        let good = sign(serde_json::json!({"exp": now() + 60, "role": "read-only", "iss": "https://idp.example", "aud": "shoal"}));
+        assert!(strict.authenticate(&headers(&format!("Bearer {good}"))).is_ok());
+        let other = sign(serde_json::json!({"exp": now() + 60, "role": "admin", "iss": "https://idp.example", "aud": "billing"}));
+        assert!(strict.authenticate(&headers(&format!("Bearer {other}"))).is_err(), "another service's audience");
     }
 
     #[test]

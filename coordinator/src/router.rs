@@ -564,6 +564,28 @@ impl Router {
 mod tests {
     use super::*;
 
+    /// A map whose epoch jumps more than MAX_EPOCH_JUMP past the cached one
+    /// is refused (a forged `u64::MAX` shut every coordinator out for
+    /// good); ordinary newer maps are taken.
+    #[test]
+    fn implausible_epoch_jumps_are_refused() {
+        let r = Router::new(vec![], Duration::from_secs(1), None, None);
+        let map = |epoch| ClusterMap { epoch, ..Default::default() };
+        r.install(map(5));
+        assert_eq!(r.epoch(), 5);
+        r.install(map(u64::MAX));
+        assert_eq!(r.epoch(), 5, "u64::MAX refused");
+        r.install(map(5 + MAX_EPOCH_JUMP + 1));
+        assert_eq!(r.epoch(), 5, "just past the cap refused");
+        r.install(map(5 + MAX_EPOCH_JUMP));
+        assert_eq!(r.epoch(), 5 + MAX_EPOCH_JUMP, "at the cap taken");
+        r.install(map(3));
+        assert_eq!(r.epoch(), 5 + MAX_EPOCH_JUMP, "older maps never replace newer ones");
+        // refresh() checks the first map against the other answers.
+        assert!(r.plausible(10, &map(10 + MAX_EPOCH_JUMP)));
+        assert!(!r.plausible(10, &map(11 + MAX_EPOCH_JUMP)));
+    }
+
     /// Suspects are passed over by the rotation and by the cached leader,
     /// unless every replica is one; an answer clears a node.
     #[test]

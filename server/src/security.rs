@@ -47,6 +47,12 @@ pub struct SecurityArgs {
     /// RS256 public key (PEM) for JWTs.
     #[arg(long, env = "SHOAL_JWT_PUBLIC_KEY_FILE", global = true)]
     pub jwt_public_key_file: Option<PathBuf>,
+    /// Required `iss` of JWTs (unset: not checked).
+    #[arg(long, env = "SHOAL_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of JWTs (unset: not checked).
+    #[arg(long, env = "SHOAL_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
     /// Audit log: a file path, or `-` for stdout. Off when unset.
     #[arg(long, env = "SHOAL_AUDIT_LOG", global = true)]
     pub audit_log: Option<String>,
@@ -99,7 +105,7 @@ impl SecurityArgs {
     }
 
     fn auth_config(&self) -> AuthConfig {
-        AuthConfig { api_keys_file: self.api_keys_file.clone(), jwt_secret_file: self.jwt_secret_file.clone(), jwt_public_key_file: self.jwt_public_key_file.clone() }
+        AuthConfig { api_keys_file: self.api_keys_file.clone(), jwt_secret_file: self.jwt_secret_file.clone(), jwt_public_key_file: self.jwt_public_key_file.clone(), jwt_issuer: self.jwt_issuer.clone(), jwt_audience: self.jwt_audience.clone() }
     }
 
     /// Builds everything; `listens` are the addresses this process serves

@@ -128,6 +128,16 @@ pub fn coordinator_flags() -> Vec<String> {
     f
 }
 
+/// `--tls-*` flags for a `shoal` command run as the operator (`shoal
+/// handoff`), empty with TLS off.
+pub fn operator_flags() -> Vec<String> {
+    if enabled() {
+        pki().flags("operator")
+    } else {
+        vec![]
+    }
+}
+
 /// The operator's context with TLS on.
 pub fn operator() -> Option<Arc<TlsContext>> {
     enabled().then(|| pki().operator())

@@ -150,7 +150,7 @@ async fn a_move_resumes_after_its_driver_is_killed() {
 /// `shoal.ready` health status of a node.
 async fn ready(addr: &str) -> bool {
     use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
-    let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_secs(1)).connect().await else {
+    let Ok(ch) = shoal_tests::tls::channel_with(addr, Duration::from_secs(2)).await else {
         return false;
     };
     matches!(HealthClient::new(ch).check(HealthCheckRequest { service: "shoal.ready".into() }).await, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32)
@@ -184,7 +184,7 @@ async fn handoff_moves_leaderships_and_readiness_follows_the_groups() {
         ctl(&via, &["cluster", "transfer-leader", "--collection", "h", "--shard", "1", "--to", &node.to_string()]);
     }
     let t = Instant::now();
-    let out = std::process::Command::new(shoal_tests::shoal_bin()).args(["handoff", "--node", &via]).output().unwrap();
+    let out = std::process::Command::new(shoal_tests::shoal_bin()).args(shoal_tests::tls::operator_flags()).args(["handoff", "--node", &via]).output().unwrap();
     let took = t.elapsed();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
@@ -199,7 +199,7 @@ async fn handoff_moves_leaderships_and_readiness_follows_the_groups() {
     let meta = cluster.meta_leader().await;
     let via = cluster.node(meta).addr.clone();
     let t = Instant::now();
-    let out = std::process::Command::new(shoal_tests::shoal_bin()).args(["handoff", "--node", &via]).output().unwrap();
+    let out = std::process::Command::new(shoal_tests::shoal_bin()).args(shoal_tests::tls::operator_flags()).args(["handoff", "--node", &via]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("moved meta -> node"), "{text}");
     let now = cluster.meta_leader().await;
