@@ -6,9 +6,11 @@
 //! {"ts":"2026-12-06T19:02:03.123Z","who":"api-key:ops","from":"10.0.0.7:51234","action":"/shoal.v1.Collections/Delete","collection":"docs","result":"OK","detail":""}
 //! ```
 //!
-//! Lines go to a file (appended, created `0600`) or to stdout. A line is
-//! written whole under a lock; a write error is logged once and counted,
-//! never fails the request. Secrets (keys, tokens) are never written:
+//! Lines go to a file (appended, created `0600`) or to stdout, written by a
+//! thread of their own from a bounded queue: a slow sink never blocks a
+//! request; when the queue is full, lines are dropped, counted and
+//! reported by a line of their own. A write error is logged once and
+//! counted, never fails the request. Secrets (keys, tokens) are never written:
 //! `who` names a key by its name and a token by its subject.
 //!
 //! [`AuditLayer`] writes the lines of a server's audited methods (and of
@@ -76,8 +78,30 @@ enum Sink {
     File(std::fs::File),
 }
 
+impl Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout => std::io::stdout().lock().write_all(bytes),
+            Sink::File(f) => f.write_all(bytes),
+        }
+    }
+}
+
+/// Audit lines waiting for the writer thread; beyond this, new lines are
+/// dropped and counted (`shoal_audit_events_total{outcome="dropped"}`)
+/// rather than stalling requests behind a slow disk or pipe.
+pub const AUDIT_QUEUE: usize = 16_384;
+
+/// The audit log: requests hand lines to a bounded queue and a thread of
+/// its own writes them, so a slow sink never blocks a request (a flood of
+/// refused requests costs one queue slot each, then is counted as
+/// dropped).
 pub struct AuditLog {
-    sink: Mutex<(Sink, bool)>,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    /// Lines dropped since the last report line.
+    dropped: std::sync::atomic::AtomicU64,
+    /// Lines queued and not yet written ([`AuditLog::flush`]).
+    pending: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -88,27 +112,70 @@ impl std::fmt::Debug for AuditLog {
 
 impl AuditLog {
     pub fn open(target: &AuditTarget) -> std::io::Result<Arc<Self>> {
-        let sink = match target {
+        let mut sink = match target {
             AuditTarget::Stdout => Sink::Stdout,
             AuditTarget::File(p) => Sink::File(open_append(p)?),
         };
-        Ok(Arc::new(AuditLog { sink: Mutex::new((sink, false)) }))
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(AUDIT_QUEUE);
+        let pending = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let left = pending.clone();
+        std::thread::Builder::new().name("shoal-audit".into()).spawn(move || {
+            let mut failing = false;
+            for line in rx {
+                let res = sink.write(&line);
+                left.fetch_sub(1, std::sync::atomic::Ordering::Release);
+                crate::telemetry::AUDIT_EVENTS.with_label_values(&[if res.is_ok() { "written" } else { "failed" }]).inc();
+                match res {
+                    Ok(()) => failing = false,
+                    Err(err) => {
+                        if !failing {
+                            tracing::error!(error = %err, "writing the audit log failed");
+                        }
+                        failing = true;
+                    }
+                }
+            }
+        })?;
+        Ok(Arc::new(AuditLog { tx, dropped: Default::default(), pending }))
+    }
+
+    /// Waits (at most `within`) until every queued line is written: at
+    /// shutdown, so the last actions are not lost.
+    pub fn flush(&self, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.pending.load(std::sync::atomic::Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn send(&self, line: Vec<u8>) -> bool {
+        use std::sync::atomic::Ordering;
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        if self.tx.try_send(line).is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     pub fn record(&self, e: &AuditEvent) {
+        use std::sync::atomic::Ordering;
         let mut line = serde_json::to_vec(e).unwrap_or_default();
         line.push(b'\n');
-        let mut s = self.sink.lock();
-        let res = match &mut s.0 {
-            Sink::Stdout => std::io::stdout().lock().write_all(&line),
-            Sink::File(f) => f.write_all(&line),
-        };
-        crate::telemetry::AUDIT_EVENTS.with_label_values(&[if res.is_ok() { "written" } else { "failed" }]).inc();
-        if let Err(err) = res {
-            if !s.1 {
-                tracing::error!(error = %err, "writing the audit log failed");
+        // Lines dropped while the queue was full are reported by a line of
+        // their own once it has room again.
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let note = AuditEvent::new("shoal", None, "audit", None, "DROPPED", &format!("{dropped} audit lines dropped: the audit sink fell behind"));
+            let mut l = serde_json::to_vec(&note).unwrap_or_default();
+            l.push(b'\n');
+            if !self.send(l) {
+                self.dropped.fetch_add(dropped, Ordering::Relaxed);
             }
-            s.1 = true;
+        }
+        if !self.send(line) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::AUDIT_EVENTS.with_label_values(&["dropped"]).inc();
         }
     }
 }
@@ -224,5 +291,33 @@ where
             }
             res
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines written through the queue come back whole, in order, one JSON
+    /// object each, with the file private to its owner.
+    #[test]
+    fn lines_are_written_whole_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&AuditTarget::File(path.clone())).unwrap();
+        for i in 0..1000 {
+            log.record(&AuditEvent::new("api-key:ops", Some("10.0.0.7:5000".parse().unwrap()), "/shoal.v1.Collections/Delete", Some(&format!("c{i}\n\"x")), "OK", "detail"));
+        }
+        log.flush(std::time::Duration::from_secs(10));
+        let lines: Vec<AuditEvent> = std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 1000);
+        assert!(lines.iter().enumerate().all(|(i, l)| l.collection == format!("c{i}\n\"x") && l.from == "10.0.0.7:5000" && l.result == "OK"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        // A collection name is bounded in the line.
+        log.record(&AuditEvent::new("x", None, "a", Some(&"n".repeat(100_000)), "OK", ""));
+        log.flush(std::time::Duration::from_secs(10));
+        let last = std::fs::read_to_string(&path).unwrap().lines().last().unwrap().len();
+        assert!(last < 1_000, "{last} bytes");
     }
 }

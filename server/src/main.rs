@@ -383,6 +383,11 @@ async fn run() -> anyhow::Result<()> {
     };
     let mut telemetry = shoal_common::telemetry::init(&telemetry_cfg)?;
     let res = serve(cli).await;
+    // The last audit lines reach their sink before the process ends.
+    if let Some(a) = AUDIT.get() {
+        let a = a.clone();
+        let _ = tokio::task::spawn_blocking(move || a.flush(Duration::from_secs(2))).await;
+    }
     // Export the last spans (blocking: off the async workers).
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     res
@@ -516,6 +521,9 @@ fn pod_node_id() -> Option<u64> {
     let pod = std::env::var("SHOAL_POD_NAME").ok()?;
     pod.rsplit_once('-')?.1.parse::<u64>().ok().map(|n| n + 1)
 }
+
+/// The process's audit log, once opened (flushed at exit).
+static AUDIT: std::sync::OnceLock<std::sync::Arc<shoal_common::audit::AuditLog>> = std::sync::OnceLock::new();
 
 /// The first admin key of a keys file (so `--sample` can load through an
 /// authenticated dev server).

@@ -129,6 +129,9 @@ impl SecurityArgs {
             Some(t) => Some(AuditLog::open(&AuditTarget::parse(t)).with_context(|| format!("opening the audit log {t}"))?),
             None => None,
         };
+        if let Some(a) = &audit {
+            let _ = crate::AUDIT.set(a.clone());
+        }
         Ok(Security { tls, auth, audit, reflection: self.reflection })
     }
 }

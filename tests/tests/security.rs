@@ -198,7 +198,10 @@ async fn the_public_api_needs_credentials_and_keeps_each_to_its_role() {
     // The audit log, read back: who, what, when, from where, the result.
     admin.delete_collection("b").await.expect_err("the old admin key is gone");
     rotated.delete_collection("b").await.unwrap();
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit).unwrap().lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    // A thread of its own writes the lines: wait for the last one.
+    let read = || -> Vec<serde_json::Value> { std::fs::read_to_string(&audit).unwrap().lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect() };
+    eventually("the last audit line", Duration::from_secs(10), || async { read().iter().any(|l| l["action"] == "/shoal.v1.Collections/Delete" && l["result"] == "OK") }).await;
+    let lines = read();
     let find = |action: &str, who: &str, result: &str| lines.iter().find(|l| l["action"] == action && l["who"] == who && l["result"] == result).cloned();
     let created = find("/shoal.v1.Collections/Create", "api-key:ops", "OK").expect("collection creation audited");
     assert_eq!(created["collection"], "a");
