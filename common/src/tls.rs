@@ -507,20 +507,11 @@ pub struct Connector {
     tls: Option<Arc<TlsContext>>,
     expect: Expect,
     connect_timeout: Duration,
-    /// The name to verify the server's certificate against, when it is not
-    /// the host dialled (probes dial 127.0.0.1 but the certificate names
-    /// the pod's DNS name).
-    server_name: Option<String>,
 }
 
 impl Connector {
     pub fn new(tls: Option<Arc<TlsContext>>, expect: Expect, connect_timeout: Duration) -> Self {
-        Connector { tls, expect, connect_timeout, server_name: None }
-    }
-
-    pub fn with_server_name(mut self, name: Option<String>) -> Self {
-        self.server_name = name;
-        self
+        Connector { tls, expect, connect_timeout }
     }
 }
 
@@ -543,8 +534,9 @@ impl tower::Service<http::Uri> for Connector {
             let tcp = tokio::time::timeout(me.connect_timeout, TcpStream::connect((host.as_str(), port))).await.map_err(|_| format!("connecting to {host}:{port} timed out"))??;
             tune(&tcp);
             let Some(tls) = &me.tls else { return Ok(hyper_util::rt::TokioIo::new(ClientStream::Plain(tcp))) };
-            let name = me.server_name.clone().unwrap_or_else(|| host.clone());
-            let name = ServerName::try_from(name.clone()).map_err(|e| format!("{name} is not a valid TLS server name: {e}"))?;
+            // Only the SNI: the certificate is checked against the CA and
+            // the identity, not the name ([`IdentityVerifier`]).
+            let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host} is not a valid TLS server name: {e}"))?;
             let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsConnector::from(tls.client()).connect(name, tcp)).await.map_err(|_| format!("TLS handshake with {host}:{port} timed out"))??;
             let id = s.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(crate::identity::from_cert);
             match me.expect {
@@ -576,12 +568,6 @@ pub fn lazy_channel(endpoint: tonic::transport::Endpoint, tls: Option<Arc<TlsCon
 
 /// A channel to `addr`, connected now.
 pub async fn connect(addr: &str, tls: Option<Arc<TlsContext>>, expect: Expect, connect_timeout: Duration) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    connect_as(addr, None, tls, expect, connect_timeout).await
-}
-
-/// [`connect`], verifying the server's certificate against `server_name`
-/// instead of the host of `addr`.
-pub async fn connect_as(addr: &str, server_name: Option<String>, tls: Option<Arc<TlsContext>>, expect: Expect, connect_timeout: Duration) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let ep = tonic::transport::Endpoint::from_shared(endpoint_uri(addr))?.connect_timeout(connect_timeout);
-    ep.connect_with_connector(Connector::new(tls, expect, connect_timeout).with_server_name(server_name)).await
+    ep.connect_with_connector(Connector::new(tls, expect, connect_timeout)).await
 }

@@ -79,10 +79,6 @@ enum Cmd {
         /// Internal address of the node.
         #[arg(long, default_value = "127.0.0.1:7400")]
         node: String,
-        /// TLS server name to expect (default: the host of SHOAL_ADVERTISE,
-        /// else of --node).
-        #[arg(long, env = "SHOAL_TLS_SERVER_NAME")]
-        server_name: Option<String>,
         /// This node's id, for --tls-dir (default: from SHOAL_NODE_ID or
         /// SHOAL_POD_NAME, as `shoal node` takes it).
         #[arg(long, env = "SHOAL_NODE_ID")]
@@ -98,10 +94,6 @@ enum Cmd {
         /// Check readiness (caught up) instead of liveness.
         #[arg(long)]
         ready: bool,
-        /// TLS server name to expect (default: the host of SHOAL_ADVERTISE,
-        /// else of --node).
-        #[arg(long, env = "SHOAL_TLS_SERVER_NAME")]
-        server_name: Option<String>,
         /// This node's id, for --tls-dir (default: from SHOAL_NODE_ID or
         /// SHOAL_POD_NAME).
         #[arg(long, env = "SHOAL_NODE_ID")]
@@ -400,13 +392,6 @@ fn listen_addrs(addrs: &[&str]) -> Vec<SocketAddr> {
     addrs.iter().filter(|a| !a.is_empty()).flat_map(|a| a.to_socket_addrs().map(|i| i.collect::<Vec<_>>()).unwrap_or_else(|_| vec![SocketAddr::from(([0, 0, 0, 0], 0))])).collect()
 }
 
-/// The TLS name to expect of a node dialled at `node` by a probe or the
-/// preStop hook: `--server-name`, else the host of SHOAL_ADVERTISE, else
-/// `node`'s host.
-fn probe_server_name(node: &str, explicit: Option<String>) -> Option<String> {
-    explicit.or_else(|| std::env::var("SHOAL_ADVERTISE").ok().filter(|a| !a.is_empty())).map(|a| a.rsplit_once(':').map_or(a.clone(), |(h, _)| h.to_string())).or_else(|| node.rsplit_once(':').map(|(h, _)| h.to_string()))
-}
-
 async fn serve(cli: Cli) -> anyhow::Result<()> {
     let stop = shutdown_signal();
     let metrics = cli.metrics_listen.clone();
@@ -431,10 +416,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             let cfg = CoordinatorConfig { seeds: meta, shard_deadline: Duration::from_millis(shard_deadline_ms), local: None, tls: security.tls, auth: security.auth, audit: security.audit, reflection: security.reflection };
             shoal_coordinator::serve(cfg, listener, wait(stop)).await?;
         }
-        Cmd::Handoff { node, server_name, node_id } => {
+        Cmd::Handoff { node, node_id } => {
             use shoal_proto::internal::v1::{meta_client::MetaClient, HandOffRequest};
             let tls = cli.security.tls(node_id.or_else(pod_node_id))?;
-            let ch = shoal_common::tls::connect_as(&node, probe_server_name(&node, server_name).filter(|_| tls.is_some()), tls, Expect::Node, Duration::from_secs(3)).await.with_context(|| format!("cannot reach node {node}"))?;
+            let ch = shoal_common::tls::connect(&node, tls, Expect::Node, Duration::from_secs(3)).await.with_context(|| format!("cannot reach node {node}"))?;
             let r = MetaClient::new(ch).hand_off(HandOffRequest::default()).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner();
             for m in &r.moved {
                 println!("moved {m}");
@@ -443,11 +428,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 println!("kept {f}");
             }
         }
-        Cmd::Probe { node, ready, server_name, node_id, public } => {
+        Cmd::Probe { node, ready, node_id, public } => {
             use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
             let tls = cli.security.tls(node_id.or_else(pod_node_id))?;
             let expect = if public { Expect::Any } else { Expect::Node };
-            let ch = shoal_common::tls::connect_as(&node, probe_server_name(&node, server_name).filter(|_| tls.is_some()), tls, expect, Duration::from_secs(3)).await.with_context(|| format!("cannot reach {node}"))?;
+            let ch = shoal_common::tls::connect(&node, tls, expect, Duration::from_secs(3)).await.with_context(|| format!("cannot reach {node}"))?;
             let service = if ready { shoal_node::server::READY_SERVICE.to_string() } else { String::new() };
             let st = HealthClient::new(ch).check(HealthCheckRequest { service }).await.map_err(|s| anyhow::anyhow!("health check failed: {}", s.message()))?.into_inner().status;
             anyhow::ensure!(st == ServingStatus::Serving as i32, "not serving (status {st})");
@@ -504,7 +489,12 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             match (&dev_key, &security.tls) {
                 (Some(key), Some(tls)) => {
                     println!("TLS and an admin API key were generated in {} (not on loopback, so not open):", data_dir.join("dev-security").display());
-                    println!("try: SHOAL_API_KEY={key} cargo run --release --bin shoalctl -- --addr https://{public} --ca {} collection list", tls.files().ca.display());
+                    // The certificate names loopback, not a wildcard address.
+                    let mut dial = public;
+                    if dial.ip().is_unspecified() {
+                        dial.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                    }
+                    println!("try: SHOAL_API_KEY={key} cargo run --release --bin shoalctl -- --addr https://{dial} --ca {} collection list", tls.files().ca.display());
                 }
                 _ => println!("try: cargo run --release --bin shoalctl -- --addr {public} collection list"),
             }

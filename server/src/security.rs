@@ -9,8 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use shoal_common::audit::{AuditLog, AuditTarget};
 use shoal_common::auth::{AuthConfig, Authenticator};
-use shoal_common::identity::Identity;
-use shoal_common::pki::{write_private, DevCa};
+use shoal_common::pki::DevCa;
 use shoal_common::tls::{TlsContext, TlsFiles};
 
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -145,29 +144,23 @@ pub fn write_dev_pki(dir: &Path, nodes: u64, hosts: &[String]) -> anyhow::Result
     Ok(shoal_common::pki::write_cluster_pki(&ca, dir, nodes, &hosts, 0o600)?)
 }
 
-/// `shoal dev` off loopback with no TLS or keys configured: a throwaway CA
-/// and certificate (node 1 and coordinator in one: the dev process is
-/// both) and an admin API key in `<data>/dev-security/`, made once and
-/// reused. Returns the arguments to run with and the key.
+/// `shoal dev` off loopback with no TLS or keys configured: a throwaway CA,
+/// certificates (node 1 serves both planes: the dev process is node and
+/// coordinator) and an admin API key in `<data>/dev-security/`, in the
+/// `--tls-dir` layout, made once and reused. Returns the arguments to run
+/// with and the key.
 pub fn dev_defaults(data_dir: &Path, listen: &SocketAddr) -> anyhow::Result<(SecurityArgs, String)> {
     let dir = data_dir.join("dev-security");
-    let (cert, key, ca, keys) = (dir.join("dev.pem"), dir.join("dev.key"), dir.join("ca.pem"), dir.join("api-keys"));
-    if !(cert.exists() && key.exists() && ca.exists() && keys.exists()) {
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let dev = DevCa::new("Shoal dev throwaway CA")?;
+    let keys = dir.join("auth").join("api-keys");
+    if !(dir.join("node-1").join("tls.key").exists() && keys.exists()) {
         let host = hostname();
         let listen_ip = listen.ip().to_string();
         let hosts: Vec<&str> = ["localhost", "127.0.0.1", host.as_str(), listen_ip.as_str()].into_iter().filter(|h| !h.is_empty() && *h != "0.0.0.0" && *h != "::").collect();
-        let issued = dev.issue(Some(&Identity::Node(1)), &hosts)?;
-        std::fs::write(&ca, dev.cert_pem())?;
-        std::fs::write(&cert, &issued.cert_pem)?;
-        write_private(&key, &issued.key_pem)?;
-        let api_key: String = format!("sk-dev-{:032x}", rand::random::<u128>());
-        write_private(&keys, &format!("admin {api_key} dev-admin\n"))?;
+        shoal_common::pki::write_cluster_pki(&DevCa::new("Shoal dev throwaway CA")?, &dir, 1, &hosts, 0o600)?;
     }
     let text = std::fs::read_to_string(&keys)?;
     let api_key = text.split_whitespace().nth(1).unwrap_or_default().to_string();
-    let args = SecurityArgs { tls_cert: Some(cert), tls_key: Some(key), tls_ca: Some(ca), api_keys_file: Some(keys), ..Default::default() };
+    let args = SecurityArgs { tls_dir: Some(dir), api_keys_file: Some(keys), ..Default::default() };
     Ok((args, api_key))
 }
 

@@ -177,23 +177,9 @@ pub fn container_dir(nodes: u64) -> PathBuf {
     force_auth();
     let dir = tempfile::Builder::new().prefix("shoal-ctls").tempdir().expect("temp dir").keep();
     shoal_common::pki::write_cluster_pki(&pki().ca, &dir, nodes, &["localhost", "127.0.0.1"], 0o644).expect("write certificates");
+    // Overwritten in place: the file keeps its 0644.
     std::fs::write(dir.join("auth").join("api-keys"), format!("admin {ADMIN_KEY} harness\n")).expect("write keys");
-    for d in walk(&dir) {
-        let mode = if d.is_dir() { 0o755 } else { 0o644 };
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).expect("chmod");
-    }
+    // Subdirectories are 0755 already; the temporary root is 0700.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     dir
-}
-
-fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = vec![dir.to_path_buf()];
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
