@@ -5,6 +5,8 @@
 //!   with typed builders ([`CollectionBuilder`], [`SearchBuilder`],
 //!   [`Point`]) and retries with backoff on transient errors (all Shoal
 //!   writes are idempotent, so retrying them is safe).
+//! - [`query`]: builders for `Points/Query` ([`QueryBuilder`],
+//!   [`PrefetchBuilder`], [`Q`]).
 //! - [`filter`]: filters from JSON (the neutral form used by dataset
 //!   `filters.json` files and by `shoalctl --filter`).
 //! - [`dataset`]: readers for .fvecs/.ivecs, .npy and JSONL, and benchmark
@@ -40,10 +42,12 @@ pub mod bench;
 pub mod cli;
 pub mod dataset;
 pub mod filter;
+pub mod query;
 mod stream;
 
 pub use shoal_proto;
 pub use shoal_proto::v1::{Filter, Metric, PointId, ScoredPoint};
+pub use query::{PrefetchBuilder, QueryBuilder, Q};
 pub use stream::{SearchReceiver, SearchSender};
 
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +132,12 @@ impl CollectionBuilder {
         self
     }
     pub fn index(mut self, key: impl Into<String>, ty: PayloadIndexType) -> Self {
-        self.0.payload_indexes.push(PayloadIndexSpec { key: key.into(), r#type: ty as i32 });
+        self.0.payload_indexes.push(PayloadIndexSpec { key: key.into(), r#type: ty as i32, text: None });
+        self
+    }
+    /// A full-text index (text filters, BM25) with tokenizer settings.
+    pub fn text_index(mut self, key: impl Into<String>, params: TextIndexParams) -> Self {
+        self.0.payload_indexes.push(PayloadIndexSpec { key: key.into(), r#type: PayloadIndexType::Text as i32, text: Some(params) });
         self
     }
     pub fn build(self) -> CollectionConfig {
@@ -390,6 +399,12 @@ impl Client {
     pub async fn search_batch(&self, collection: &str, searches: Vec<SearchBuilder>) -> Result<Vec<Vec<ScoredPoint>>> {
         let req = SearchBatchRequest { collection: collection.to_string(), searches: searches.into_iter().map(|s| s.0).collect() };
         Ok(call!(self, PointsClient, search_batch, req)?.results.into_iter().map(|r| r.results).collect())
+    }
+
+    /// A multi-stage or hybrid query ([`QueryBuilder`], docs/query.md).
+    pub async fn query(&self, q: QueryBuilder) -> Result<QueryPointsResponse> {
+        let req = q.0;
+        call!(self, PointsClient, query, req)
     }
 
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse> {

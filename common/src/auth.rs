@@ -162,6 +162,7 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/shoal.v1.Points/Search", Need::Read),
     ("/shoal.v1.Points/SearchBatch", Need::Read),
     ("/shoal.v1.Points/SearchStream", Need::Read),
+    ("/shoal.v1.Points/Query", Need::Read),
     ("/shoal.v1.Cluster/Status", Need::Cluster),
     ("/grpc.health.v1.Health/Check", Need::None),
     ("/grpc.health.v1.Health/Watch", Need::None),

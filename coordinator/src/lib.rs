@@ -13,6 +13,10 @@
 //!   pages; table-tested.
 //! - [`service`]: the `Collections`, `Points` and `Cluster` handlers:
 //!   validation, fan-out, merge.
+//! - [`query`]: the `Points/Query` planner (prefetch stages, fusion,
+//!   re-scoring, recommend, MMR, group-by) over an [`query::Exec`];
+//!   [`query_exec`] implements it with shard fan-outs (BM25 in two rounds:
+//!   statistics, then scoring under the collection-wide statistics).
 //! - [`stream`]: `SearchStream`, many searches over one HTTP/2 stream,
 //!   each run as its own task through the same path as `Search`.
 //! - [`server`]: the tonic server with health, reflection and limits.
@@ -30,6 +34,8 @@
 //! and keeps `top_k`.
 pub mod error;
 pub mod merge;
+pub mod query;
+pub mod query_exec;
 pub mod router;
 pub mod server;
 pub mod service;

@@ -105,6 +105,24 @@ impl ShardConn {
             ShardConn::Local(s) => s.search(tonic::Request::new(r)).await,
         }
     }
+    pub async fn text_stats(&mut self, r: ShardTextStatsRequest) -> Reply<ShardTextStatsResponse> {
+        match self {
+            ShardConn::Remote(c) => c.text_stats(shoal_common::telemetry::request(r)).await,
+            ShardConn::Local(s) => s.text_stats(tonic::Request::new(r)).await,
+        }
+    }
+    pub async fn text_search(&mut self, r: ShardTextSearchRequest) -> Reply<ShardSearchResponse> {
+        match self {
+            ShardConn::Remote(c) => c.text_search(shoal_common::telemetry::request(r)).await,
+            ShardConn::Local(s) => s.text_search(tonic::Request::new(r)).await,
+        }
+    }
+    pub async fn score(&mut self, r: ShardScoreRequest) -> Reply<ShardScoreResponse> {
+        match self {
+            ShardConn::Remote(c) => c.score(shoal_common::telemetry::request(r)).await,
+            ShardConn::Local(s) => s.score(tonic::Request::new(r)).await,
+        }
+    }
 }
 
 /// Which replica a shard call needs.

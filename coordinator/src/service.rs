@@ -114,7 +114,7 @@ impl Api {
     }
 
     /// Fans `searches` out to every shard and merges each search's results.
-    async fn search_all(&self, route: &CollectionRoute, searches: Vec<SearchPointsRequest>) -> Result<Vec<SearchResult>> {
+    pub(crate) async fn search_all(&self, route: &CollectionRoute, searches: Vec<SearchPointsRequest>) -> Result<Vec<SearchResult>> {
         // Every shard computes each search's top_k: bound the whole fan-out.
         validate::search_cost(searches.iter().map(|s| (s.top_k, s.with_vector)), route.shards.ranges().len() as u64, route.config.dimension)?;
         // One consistency per fan-out: the strongest any search asks for.
@@ -145,6 +145,36 @@ impl Api {
             return Err(CoordError::TooLarge(format!("the search answer is {bytes} bytes, the limit is {RESPONSE_BYTES}; lower top_k or leave payloads or vectors out")));
         }
         Ok(merged)
+    }
+
+    /// Points by id from their shards, in `ks` order (absent ids left out).
+    pub(crate) async fn get_points(&self, route: &CollectionRoute, ks: &[PointKey], with_payload: bool, with_vector: bool, consistency: i32) -> Result<Vec<RetrievedPoint>> {
+        let mut by_shard: BTreeMap<u32, Vec<PointId>> = BTreeMap::new();
+        for k in ks {
+            by_shard.entry(route.shards.shard_for(k)).or_default().push(k.to_proto());
+        }
+        let calls = by_shard.into_iter().map(|(sid, ids)| async move {
+            self.router
+                .call_shard(route, sid, Target::for_read(consistency), |mut c, shard| {
+                    let r = ShardGetRequest { shard: Some(shard), ids: ids.clone(), with_payload, with_vector, consistency };
+                    async move { c.get(r).await }
+                })
+                .await
+        });
+        let mut found: HashMap<PointKey, RetrievedPoint> = HashMap::new();
+        for r in try_join_all(calls).await? {
+            for p in r.points {
+                if let Some(k) = p.id.as_ref().and_then(|i| PointKey::try_from(i).ok()) {
+                    found.insert(k, p);
+                }
+            }
+        }
+        let points: Vec<RetrievedPoint> = ks.iter().filter_map(|k| found.remove(k)).collect();
+        let bytes: usize = points.iter().map(prost::Message::encoded_len).sum();
+        if bytes > RESPONSE_BYTES {
+            return Err(CoordError::TooLarge(format!("the points asked for are {bytes} bytes, the limit is {RESPONSE_BYTES}; ask for fewer ids or leave payloads or vectors out")));
+        }
+        Ok(points)
     }
 
     async fn write(&self, route: &CollectionRoute, by_shard: BTreeMap<u32, ShardWriteRequest>) -> Result<u64> {
@@ -263,37 +293,7 @@ impl Points for Api {
         let req = req.into_inner();
         let ks = keys(&req.ids, "ids")?;
         let (ks, req) = (&ks, &req);
-        let points = self
-            .routed(&req.collection, |route| async move {
-                let mut by_shard: BTreeMap<u32, Vec<PointId>> = BTreeMap::new();
-                for (k, id) in ks.iter().zip(&req.ids) {
-                    by_shard.entry(route.shards.shard_for(k)).or_default().push(id.clone());
-                }
-                let route = &*route;
-                let calls = by_shard.into_iter().map(|(sid, ids)| async move {
-                    self.router
-                        .call_shard(route, sid, Target::for_read(req.consistency), |mut c, shard| {
-                            let r = ShardGetRequest { shard: Some(shard), ids: ids.clone(), with_payload: req.with_payload, with_vector: req.with_vector, consistency: req.consistency };
-                            async move { c.get(r).await }
-                        })
-                        .await
-                });
-                let mut found: HashMap<PointKey, RetrievedPoint> = HashMap::new();
-                for r in try_join_all(calls).await? {
-                    for p in r.points {
-                        if let Some(k) = p.id.as_ref().and_then(|i| PointKey::try_from(i).ok()) {
-                            found.insert(k, p);
-                        }
-                    }
-                }
-                let points: Vec<RetrievedPoint> = ks.iter().filter_map(|k| found.remove(k)).collect();
-                let bytes: usize = points.iter().map(prost::Message::encoded_len).sum();
-                if bytes > RESPONSE_BYTES {
-                    return Err(CoordError::TooLarge(format!("the points asked for are {bytes} bytes, the limit is {RESPONSE_BYTES}; ask for fewer ids or leave payloads or vectors out")));
-                }
-                Ok(points)
-            })
-            .await?;
+        let points = self.routed(&req.collection, |route| async move { self.get_points(&route, ks, req.with_payload, req.with_vector, req.consistency).await }).await?;
         Ok(Response::new(GetPointsResponse { points }))
     }
 
@@ -405,6 +405,14 @@ impl Points for Api {
     async fn search_stream(&self, req: Request<tonic::Streaming<SearchStreamRequest>>) -> std::result::Result<Response<Self::SearchStreamStream>, Status> {
         let access = shoal_common::auth::access(req.extensions());
         Ok(Response::new(stream::serve(self.clone(), access, req.into_inner())))
+    }
+
+    async fn query(&self, req: Request<QueryPointsRequest>) -> std::result::Result<Response<QueryPointsResponse>, Status> {
+        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
+        let req = req.into_inner();
+        let req = &req;
+        let out = self.routed(&req.collection, |route| async move { crate::query_exec::query(self, &route, req).await }).await?;
+        Ok(Response::new(out))
     }
 
     async fn search_batch(&self, req: Request<SearchBatchRequest>) -> std::result::Result<Response<SearchBatchResponse>, Status> {

@@ -10,11 +10,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use roaring::RoaringBitmap;
-use shoal_proto::payload::lookup;
-use shoal_proto::v1::{condition, match_condition, value::Kind, Condition, Filter, PayloadIndexSpec, PayloadIndexType, Struct, Value};
+use shoal_proto::payload::{datetime_micros, geo_point, lookup};
+use shoal_proto::v1::{condition, match_condition, value::Kind, Condition, Filter, GeoPoint, PayloadIndexSpec, PayloadIndexType, Struct, TextMatch, Value};
 use shoal_proto::PointKey;
 
 use crate::storage::{IndexEntry, IndexValue};
+use crate::text::{TextIndex, Tokenizer};
+
+/// The tokenizer of fields without a text index.
+static DEFAULT_TOKENIZER: std::sync::LazyLock<Tokenizer> = std::sync::LazyLock::new(Tokenizer::default);
 
 /// f64 with a total order, for the numeric index.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,20 +42,56 @@ pub struct PayloadIndex {
     keyword: HashMap<String, HashMap<String, RoaringBitmap>>,
     numeric: HashMap<String, BTreeMap<OrdF64, RoaringBitmap>>,
     boolean: HashMap<String, [RoaringBitmap; 2]>,
+    text: HashMap<String, TextIndex>,
 }
 
 impl PayloadIndex {
     pub fn new(specs: &[PayloadIndexSpec]) -> Self {
+        let text = specs
+            .iter()
+            .filter(|s| s.r#type == PayloadIndexType::Text as i32)
+            .map(|s| (s.key.clone(), TextIndex::new(&s.text.clone().unwrap_or_default())))
+            .collect();
         let specs = specs
             .iter()
             .filter_map(|s| PayloadIndexType::try_from(s.r#type).ok().map(|t| (s.key.clone(), t)))
             .collect();
-        PayloadIndex { specs, ..Default::default() }
+        PayloadIndex { specs, text, ..Default::default() }
     }
 
     /// True when the collection declares no payload index (no entries ever).
     pub fn is_unindexed(&self) -> bool {
         self.specs.is_empty()
+    }
+
+    /// True when a field has a text index (kept in memory only, from
+    /// payloads: [`PayloadIndex::insert_text`]).
+    pub fn has_text(&self) -> bool {
+        !self.text.is_empty()
+    }
+
+    /// Adds version `offset`'s text fields to the text indexes.
+    pub fn insert_text(&mut self, payload: Option<&Struct>, offset: u32) {
+        for (key, t) in self.text.iter_mut() {
+            t.insert(payload, key, offset);
+        }
+    }
+
+    /// Removes version `offset` from the text indexes.
+    pub fn remove_text(&mut self, offset: u32) {
+        for t in self.text.values_mut() {
+            t.remove(offset);
+        }
+    }
+
+    /// The text index of `key`, if it has one.
+    pub fn text_index(&self, key: &str) -> Option<&TextIndex> {
+        self.text.get(key)
+    }
+
+    /// The tokenizer text conditions on `key` use.
+    pub fn tokenizer(&self, key: &str) -> &Tokenizer {
+        self.text.get(key).map_or(&DEFAULT_TOKENIZER, |t| &t.tokenizer)
     }
 
     /// The index entries a payload produces for point version `offset`.
@@ -74,6 +114,10 @@ impl PayloadIndex {
                     (PayloadIndexType::Numeric, Some(Kind::IntegerValue(i))) => IndexValue::Number(*i as f64),
                     (PayloadIndexType::Numeric, Some(Kind::DoubleValue(d))) if d.is_finite() => IndexValue::Number(*d),
                     (PayloadIndexType::Bool, Some(Kind::BoolValue(b))) => IndexValue::Bool(*b),
+                    (PayloadIndexType::Datetime, Some(Kind::StringValue(s))) => match datetime_micros(s) {
+                        Some(t) => IndexValue::Number(t as f64),
+                        None => continue,
+                    },
                     _ => continue,
                 };
                 let id = match (&value, &v.kind) {
@@ -173,8 +217,35 @@ impl PayloadIndex {
                 (PayloadIndexType::Bool, match_condition::Value::Boolean(b)) => {
                     Some(self.boolean.get(&m.key).map(|x| x[*b as usize].clone()).unwrap_or_default())
                 }
+                (PayloadIndexType::Numeric, match_condition::Value::Float(x)) => {
+                    // -0.0 and 0.0 are equal numbers but distinct index keys.
+                    Some(if *x == 0.0 { self.numbers(&m.key, Included(-0.0), Included(0.0)) } else { self.numbers(&m.key, Included(*x), Included(*x)) })
+                }
+                (PayloadIndexType::Keyword, match_condition::Value::Prefix(p)) => {
+                    let mut out = RoaringBitmap::new();
+                    for (v, b) in self.keyword.get(&m.key).into_iter().flatten() {
+                        if v.starts_with(p.as_str()) {
+                            out |= b;
+                        }
+                    }
+                    Some(out)
+                }
                 _ => None,
             },
+            condition::Kind::Text(t) => {
+                let idx = self.text.get(&t.key)?;
+                let mode = TextMatch::try_from(t.mode).ok()?;
+                if mode == TextMatch::Phrase {
+                    return None;
+                }
+                Some(idx.lookup(&idx.tokenizer.tokens(&t.text), mode))
+            }
+            condition::Kind::DatetimeRange(r) if self.ty(&r.key)? == PayloadIndexType::Datetime => {
+                let t = |s: &Option<String>| s.as_deref().and_then(datetime_micros).map(|x| x as f64);
+                let lo = t(&r.gt).map(Excluded).or(t(&r.gte).map(Included)).unwrap_or(Unbounded);
+                let hi = t(&r.lt).map(Excluded).or(t(&r.lte).map(Included)).unwrap_or(Unbounded);
+                Some(self.numbers(&r.key, lo, hi))
+            }
             condition::Kind::MatchAny(m) => match self.ty(&m.key)? {
                 PayloadIndexType::Keyword if m.integers.is_empty() => {
                     let idx = self.keyword.get(&m.key);
@@ -208,8 +279,54 @@ impl PayloadIndex {
     pub fn memory_bytes(&self) -> usize {
         let kw: usize = self.keyword.values().flat_map(|m| m.iter()).map(|(k, b)| k.len() + b.serialized_size()).sum();
         let num: usize = self.numeric.values().flat_map(|m| m.values()).map(|b| 8 + b.serialized_size()).sum();
-        kw + num
+        let text: usize = self.text.values().map(TextIndex::memory_bytes).sum();
+        kw + num + text
     }
+
+    /// Candidates of a PHRASE condition on a text-indexed field (versions
+    /// holding every token), to be checked on their payloads.
+    pub fn phrase_candidates(&self, c: &Condition) -> Option<RoaringBitmap> {
+        let Some(condition::Kind::Text(t)) = &c.kind else { return None };
+        let idx = self.text.get(&t.key)?;
+        (t.mode == TextMatch::Phrase as i32).then(|| idx.lookup(&idx.tokenizer.tokens(&t.text), TextMatch::Phrase))
+    }
+}
+
+/// Mean Earth radius (IUGG), meters.
+const EARTH_RADIUS_M: f64 = 6_371_008.8;
+
+/// Great-circle distance in meters (haversine).
+pub fn haversine_m(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (la1, la2) = (a.0.to_radians(), b.0.to_radians());
+    let (dla, dlo) = ((b.0 - a.0).to_radians(), (b.1 - a.1).to_radians());
+    let h = (dla / 2.0).sin().powi(2) + la1.cos() * la2.cos() * (dlo / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_M * h.sqrt().min(1.0).asin()
+}
+
+fn in_box(p: (f64, f64), tl: &GeoPoint, br: &GeoPoint) -> bool {
+    let lat_ok = p.0 <= tl.lat && p.0 >= br.lat;
+    let lon_ok = if tl.lon <= br.lon { p.1 >= tl.lon && p.1 <= br.lon } else { p.1 >= tl.lon || p.1 <= br.lon };
+    lat_ok && lon_ok
+}
+
+/// Point in polygon by ray casting on (lon, lat); points on an edge count
+/// as inside.
+fn in_polygon(p: (f64, f64), ring: &[GeoPoint]) -> bool {
+    let (y, x) = p;
+    let n = ring.len();
+    let mut inside = false;
+    for i in 0..n {
+        let (a, b) = (&ring[i], &ring[(i + 1) % n]);
+        // On the edge a-b?
+        let cross = (b.lon - a.lon) * (y - a.lat) - (b.lat - a.lat) * (x - a.lon);
+        if cross.abs() < 1e-12 && x >= a.lon.min(b.lon) && x <= a.lon.max(b.lon) && y >= a.lat.min(b.lat) && y <= a.lat.max(b.lat) {
+            return true;
+        }
+        if (a.lat > y) != (b.lat > y) && x < (b.lon - a.lon) * (y - a.lat) / (b.lat - a.lat) + a.lon {
+            inside = !inside;
+        }
+    }
+    inside
 }
 
 fn value_is_integer(v: &Value, i: i64) -> bool {
@@ -244,6 +361,8 @@ pub fn matches(c: &Condition, id: &PointKey, payload: Option<&Struct>) -> bool {
         Some(condition::Kind::Filter(f)) => filter_matches(f, id, Some(payload)),
         Some(condition::Kind::Match(m)) => get(&m.key).iter().any(|v| match (&m.value, &v.kind) {
             (Some(match_condition::Value::Keyword(s)), Some(Kind::StringValue(x))) => s == x,
+            (Some(match_condition::Value::Prefix(p)), Some(Kind::StringValue(x))) => x.starts_with(p.as_str()),
+            (Some(match_condition::Value::Float(f)), _) => number(v) == Some(*f),
             (Some(match_condition::Value::Integer(i)), _) => value_is_integer(v, *i),
             (Some(match_condition::Value::Boolean(b)), Some(Kind::BoolValue(x))) => b == x,
             _ => false,
@@ -258,7 +377,40 @@ pub fn matches(c: &Condition, id: &PointKey, payload: Option<&Struct>) -> bool {
         Some(condition::Kind::Exists(e)) => get(&e.key).iter().any(|v| !matches!(v.kind, None | Some(Kind::NullValue(_)))),
         Some(condition::Kind::IsNull(e)) => get(&e.key).iter().any(|v| matches!(v.kind, None | Some(Kind::NullValue(_)))),
         Some(condition::Kind::HasId(h)) => h.ids.iter().any(|x| PointKey::try_from(x).is_ok_and(|k| k == *id)),
+        Some(condition::Kind::Text(t)) => {
+            let Ok(mode) = TextMatch::try_from(t.mode) else { return false };
+            payload_text_matches(&DEFAULT_TOKENIZER, payload, &t.key, &t.text, mode)
+        }
+        Some(condition::Kind::ValuesCount(v)) => {
+            let n = get(&v.key).iter().filter(|v| !matches!(v.kind, None | Some(Kind::NullValue(_)))).count() as u64;
+            v.gt.is_none_or(|b| n > b as u64) && v.gte.is_none_or(|b| n >= b as u64) && v.lt.is_none_or(|b| n < b as u64) && v.lte.is_none_or(|b| n <= b as u64)
+        }
+        Some(condition::Kind::IsEmpty(e)) => get(&e.key).iter().all(|v| matches!(v.kind, None | Some(Kind::NullValue(_)))),
+        Some(condition::Kind::DatetimeRange(r)) => {
+            let b = |s: &Option<String>| s.as_deref().map(datetime_micros);
+            let (gt, gte, lt, lte) = (b(&r.gt), b(&r.gte), b(&r.lt), b(&r.lte));
+            // A bound that does not parse matches nothing (validation refuses it first).
+            if [gt, gte, lt, lte].iter().any(|x| matches!(x, Some(None))) {
+                return false;
+            }
+            get(&r.key).iter().filter_map(|v| if let Some(Kind::StringValue(s)) = &v.kind { datetime_micros(s) } else { None }).any(|x| {
+                gt.flatten().is_none_or(|b| x > b) && gte.flatten().is_none_or(|b| x >= b) && lt.flatten().is_none_or(|b| x < b) && lte.flatten().is_none_or(|b| x <= b)
+            })
+        }
+        Some(condition::Kind::GeoRadius(g)) => {
+            let Some(c) = g.center else { return false };
+            get(&g.key).iter().filter_map(|v| geo_point(v)).any(|p| haversine_m((c.lat, c.lon), p) <= g.radius_m)
+        }
+        Some(condition::Kind::GeoBoundingBox(g)) => {
+            let (Some(tl), Some(br)) = (g.top_left, g.bottom_right) else { return false };
+            get(&g.key).iter().filter_map(|v| geo_point(v)).any(|p| in_box(p, &tl, &br))
+        }
+        Some(condition::Kind::GeoPolygon(g)) => get(&g.key).iter().filter_map(|v| geo_point(v)).any(|p| in_polygon(p, &g.exterior)),
     }
+}
+
+fn payload_text_matches(tok: &Tokenizer, payload: &Struct, key: &str, text: &str, mode: TextMatch) -> bool {
+    tok.payload_matches(payload, key, &tok.tokens(text), mode)
 }
 
 /// Reference evaluation of a whole filter on one point.
@@ -282,6 +434,11 @@ pub trait FilterSource {
     /// conditions.
     fn scan_many(&self, cs: &[&Condition]) -> Vec<RoaringBitmap> {
         cs.iter().map(|c| self.scan(c)).collect()
+    }
+    /// The `candidates` whose payload satisfies `c`. A source over stored
+    /// points reads only the candidates.
+    fn verify(&self, c: &Condition, candidates: RoaringBitmap) -> RoaringBitmap {
+        candidates & self.scan(c)
     }
 }
 
@@ -312,6 +469,10 @@ fn collect_leaves<'a>(f: &'a Filter, src: &dyn FilterSource, leaves: &mut Leaves
         match &c.kind {
             Some(condition::Kind::Filter(inner)) => collect_leaves(inner, src, leaves, unindexed),
             Some(condition::Kind::HasId(_)) | None => {}
+            _ if src.index().phrase_candidates(c).is_some() => {
+                let cand = src.index().phrase_candidates(c).unwrap_or_default() & src.universe();
+                leaves.insert(c as *const Condition, src.verify(c, cand));
+            }
             _ => match src.index().lookup(c) {
                 Some(b) => {
                     leaves.insert(c as *const Condition, b & src.universe());
@@ -360,21 +521,29 @@ fn eval_condition(c: &Condition, src: &dyn FilterSource, leaves: &Leaves) -> Roa
 /// hash sets (a 65,536-value list is not scanned once per point).
 pub enum Prepared<'a> {
     AnyOf { key: &'a str, keywords: HashSet<&'a str>, integers: HashSet<i64> },
+    /// A text condition, its text tokenized once with the field's tokenizer.
+    Text { key: &'a str, tokens: Vec<String>, mode: TextMatch, tokenizer: &'a Tokenizer },
     Other(&'a Condition),
 }
 
 impl<'a> Prepared<'a> {
-    pub fn new(c: &'a Condition) -> Self {
+    /// `idx` gives text conditions their field's tokenizer.
+    pub fn new(c: &'a Condition, idx: &'a PayloadIndex) -> Self {
         match &c.kind {
             Some(condition::Kind::MatchAny(m)) => Prepared::AnyOf { key: &m.key, keywords: m.keywords.iter().map(String::as_str).collect(), integers: m.integers.iter().copied().collect() },
+            Some(condition::Kind::Text(t)) => {
+                let tokenizer = idx.tokenizer(&t.key);
+                Prepared::Text { key: &t.key, tokens: tokenizer.tokens(&t.text), mode: TextMatch::try_from(t.mode).unwrap_or(TextMatch::All), tokenizer }
+            }
             _ => Prepared::Other(c),
         }
     }
 
-    /// Same answer as [`matches`].
+    /// Same answer as [`matches`] (text: with the field's tokenizer).
     pub fn matches(&self, id: &PointKey, payload: Option<&Struct>) -> bool {
         match self {
             Prepared::Other(c) => matches(c, id, payload),
+            Prepared::Text { key, tokens, mode, tokenizer } => payload.is_some_and(|p| tokenizer.payload_matches(p, key, tokens, *mode)),
             Prepared::AnyOf { key, keywords, integers } => {
                 let Some(payload) = payload else { return false };
                 let mut found = vec![];

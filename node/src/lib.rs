@@ -51,6 +51,7 @@ pub mod service;
 pub mod shard;
 pub mod status;
 pub mod storage;
+pub mod text;
 
 #[cfg(test)]
 mod fuzz_tests;

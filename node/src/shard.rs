@@ -189,8 +189,9 @@ impl FilterSource for StoreSource<'_> {
     }
     fn scan(&self, c: &Condition) -> RoaringBitmap {
         let mut out = RoaringBitmap::new();
+        let prepared = filter::Prepared::new(c, &self.state.payload);
         let res = self.store.scan_points(None, &mut |k, p| {
-            if self.state.live.contains(p.offset) && filter::matches(c, &k, p.payload.as_ref()) {
+            if self.state.live.contains(p.offset) && prepared.matches(&k, p.payload.as_ref()) {
                 out.insert(p.offset);
             }
             true
@@ -201,7 +202,7 @@ impl FilterSource for StoreSource<'_> {
         out
     }
     fn scan_many(&self, cs: &[&Condition]) -> Vec<RoaringBitmap> {
-        let prepared: Vec<filter::Prepared> = cs.iter().map(|c| filter::Prepared::new(c)).collect();
+        let prepared: Vec<filter::Prepared> = cs.iter().map(|c| filter::Prepared::new(c, &self.state.payload)).collect();
         let mut out = vec![RoaringBitmap::new(); cs.len()];
         let res = self.store.scan_points(None, &mut |k, p| {
             if self.state.live.contains(p.offset) {
@@ -215,6 +216,21 @@ impl FilterSource for StoreSource<'_> {
         });
         if let Err(e) = res {
             tracing::error!(error = %e, "payload scan failed");
+        }
+        out
+    }
+    fn verify(&self, c: &Condition, candidates: RoaringBitmap) -> RoaringBitmap {
+        let prepared = filter::Prepared::new(c, &self.state.payload);
+        let mut out = RoaringBitmap::new();
+        for o in candidates.iter() {
+            let Some(k) = self.state.keys.get(o) else { continue };
+            match self.store.get(&k) {
+                Ok(Some(p)) if p.offset == o && prepared.matches(&k, p.payload.as_ref()) => {
+                    out.insert(o);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "payload read failed"),
+            }
         }
         out
     }
@@ -279,9 +295,13 @@ impl Shard {
             pending.clear();
             Ok(())
         };
+        let text = state.payload.has_text();
         store.scan_points(None, &mut |k, p| {
             state.keys.insert(p.offset, k);
             state.live.insert(p.offset);
+            if text {
+                state.payload.insert_text(p.payload.as_ref(), p.offset);
+            }
             if !index.contains(p.offset as u64) {
                 pending.push((p.offset as u64, p.vector));
                 added += 1;
@@ -751,6 +771,7 @@ impl Shard {
             batch.put_meta.push((META_NEXT_OFFSET, (next as u64).to_be_bytes().to_vec()));
             let entries_put = batch.put_index.clone();
             let entries_del = batch.delete_index.clone();
+            let texts: Vec<(u32, Option<shoal_proto::v1::Struct>)> = if st.payload.has_text() { batch.put_points.iter().map(|p| (p.offset, p.payload.clone())).collect() } else { vec![] };
             drop(st);
 
             // 1. Durable first.
@@ -771,6 +792,14 @@ impl Shard {
             let mut st = self.state.write();
             for e in &entries_put {
                 st.payload.insert(e);
+            }
+            // Retired versions leave the text index first: a reused offset
+            // may be among the new ones.
+            for (_, off) in &retire {
+                st.payload.remove_text(*off);
+            }
+            for (off, p) in &texts {
+                st.payload.insert_text(p.as_ref(), *off);
             }
             for (k, off, _) in &added {
                 st.keys.insert(*off, *k);
@@ -1143,6 +1172,7 @@ pub(crate) fn parse_sidecar(meta: &str) -> Option<(u64, u32)> {
 }
 
 pub mod compact;
+pub mod query;
 pub mod requests;
 mod keys;
 pub mod split;

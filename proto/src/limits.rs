@@ -16,6 +16,16 @@ pub const MAX_SEARCH_BATCH: usize = 1_024;
 /// Searches of one `SearchStream` running at once; the server reads the
 /// stream's next message only when one of them completes.
 pub const MAX_STREAM_IN_FLIGHT: usize = 64;
+/// Query vectors of one `Shard/Score` call (recommend examples, MMR).
+pub const MAX_QUERY_VECTORS: usize = 256;
+/// Points one `Shard/Score` call may score on a shard.
+pub const MAX_SCORE_POINTS: usize = 100_000;
+/// Stages (the query and its prefetches, at every level) of one query.
+pub const MAX_QUERY_STAGES: usize = 64;
+/// Nesting depth of prefetches.
+pub const MAX_QUERY_DEPTH: usize = 8;
+/// Candidates a re-scoring stage takes from its prefetches.
+pub const MAX_RESCORE_CANDIDATES: usize = 65_536;
 /// Largest scroll page.
 pub const MAX_SCROLL_LIMIT: u32 = 10_000;
 /// Default scroll page.

@@ -111,6 +111,49 @@ fn walk<'a>(v: &'a Value, rest: &[&str], out: &mut Vec<&'a Value>) {
     }
 }
 
+/// Microseconds since the Unix epoch of an RFC 3339 datetime
+/// ("2026-12-06T21:00:00Z", "2026-12-06T22:00:00.5+01:00") or of a bare
+/// date ("2026-12-06", midnight UTC). None when it does not parse.
+pub fn datetime_micros(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if s.len() > 64 {
+        return None;
+    }
+    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(d.timestamp_micros());
+    }
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+    Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros())
+}
+
+/// A `{"lat": number, "lon": number}` value as (lat, lon) degrees, when
+/// both are finite and in range.
+pub fn geo_point(v: &Value) -> Option<(f64, f64)> {
+    let Some(Kind::StructValue(s)) = &v.kind else { return None };
+    let num = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::IntegerValue(i)) => Some(*i as f64),
+        Some(Kind::DoubleValue(d)) => Some(*d),
+        _ => None,
+    };
+    let (lat, lon) = (num("lat")?, num("lon")?);
+    ((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)).then_some((lat, lon))
+}
+
+#[cfg(test)]
+mod datetime_tests {
+    use super::*;
+
+    #[test]
+    fn datetimes_parse_with_offsets_and_bare_dates() {
+        assert_eq!(datetime_micros("1970-01-01T00:00:01Z"), Some(1_000_000));
+        assert_eq!(datetime_micros("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(datetime_micros("1970-01-02"), Some(86_400_000_000));
+        assert_eq!(datetime_micros("1970-01-01T00:00:00.25Z"), Some(250_000));
+        assert_eq!(datetime_micros("yesterday"), None);
+        assert_eq!(datetime_micros("2026-13-01"), None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

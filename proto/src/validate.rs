@@ -86,9 +86,18 @@ pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, Val
         key(&field, &p.key)?;
         match PayloadIndexType::try_from(p.r#type) {
             Ok(PayloadIndexType::Unspecified) | Err(_) => {
-                return Err(invalid(format!("{field}.type"), format!("unknown payload index type {}: expected KEYWORD, NUMERIC or BOOL", p.r#type)))
+                return Err(invalid(format!("{field}.type"), format!("unknown payload index type {}: expected KEYWORD, NUMERIC, BOOL, TEXT or DATETIME", p.r#type)))
             }
-            Ok(_) => {}
+            Ok(PayloadIndexType::Text) => {
+                if let Some(t) = &p.text {
+                    text_params(&format!("{field}.text"), t)?;
+                }
+            }
+            Ok(_) => {
+                if p.text.is_some() {
+                    return Err(invalid(format!("{field}.text"), "text settings belong to a TEXT index only"));
+                }
+            }
         }
         if !seen.insert(p.key.as_str()) {
             return Err(invalid(format!("{field}.key"), format!("payload field {:?} is indexed twice", p.key)));
@@ -104,6 +113,38 @@ pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, Val
         storage: storage as i32,
         payload_indexes: cfg.payload_indexes.clone(),
     })
+}
+
+/// Snowball stemmers a text index may name.
+pub const STEMMERS: &[&str] = &["english", "french", "german", "spanish", "italian", "portuguese", "dutch", "swedish", "norwegian", "danish", "finnish", "russian"];
+
+/// Checks a text index's tokenizer settings.
+pub fn text_params(field: &str, t: &crate::v1::TextIndexParams) -> Result<(), ValidationError> {
+    if !t.stemmer.is_empty() && !STEMMERS.contains(&t.stemmer.as_str()) {
+        return Err(invalid(format!("{field}.stemmer"), format!("unknown stemmer {:?}: \"\" or one of {}", t.stemmer, STEMMERS.join(", "))));
+    }
+    if !t.stop_words.is_empty() && t.stop_words != "english" {
+        return Err(invalid(format!("{field}.stop_words"), format!("unknown stop word list {:?}: \"\" or \"english\"", t.stop_words)));
+    }
+    Ok(())
+}
+
+/// Longest `text` of a text condition or BM25 query, in bytes.
+pub const MAX_QUERY_TEXT_BYTES: usize = 16 * 1024;
+/// Vertices of a geo polygon.
+pub const MAX_POLYGON_POINTS: usize = 1_024;
+/// Largest geo radius, meters (more than half the Earth's circumference).
+pub const MAX_GEO_RADIUS_M: f64 = 20_100_000.0;
+
+fn geo(path: &str, p: &Option<crate::v1::GeoPoint>) -> Result<(), ValidationError> {
+    let Some(p) = p else { return Err(invalid(path, "geo point is missing")) };
+    if !(p.lat.is_finite() && (-90.0..=90.0).contains(&p.lat)) {
+        return Err(invalid(path, format!("lat {} is outside -90..=90", p.lat)));
+    }
+    if !(p.lon.is_finite() && (-180.0..=180.0).contains(&p.lon)) {
+        return Err(invalid(path, format!("lon {} is outside -180..=180", p.lon)));
+    }
+    Ok(())
 }
 
 /// Checks a vector's length and that every component is finite; cosine
@@ -159,7 +200,7 @@ fn filter_with(f: &Filter, strict: bool) -> Result<(), ValidationError> {
         return Err(invalid("filter", format!("filter has more than {MAX_FILTER_CONDITIONS} conditions (the limit)")));
     }
     if values > MAX_FILTER_VALUES {
-        return Err(invalid("filter", format!("filter lists more than {MAX_FILTER_VALUES} values in match_any and has_id (the limit)")));
+        return Err(invalid("filter", format!("filter lists more than {MAX_FILTER_VALUES} values in match_any, has_id and geo_polygon (the limit)")));
     }
     filter_at("filter", f, 1, true)
 }
@@ -176,6 +217,7 @@ fn filter_size(f: &Filter, conditions: &mut usize, values: &mut usize) {
             Some(condition::Kind::Filter(inner)) => filter_size(inner, conditions, values),
             Some(condition::Kind::MatchAny(m)) => *values += m.keywords.len() + m.integers.len(),
             Some(condition::Kind::HasId(h)) => *values += h.ids.len(),
+            Some(condition::Kind::GeoPolygon(g)) => *values += g.exterior.len(),
             _ => {}
         }
     }
@@ -282,7 +324,7 @@ fn value_depth(v: &Value, at: usize) -> usize {
 
 fn condition_at(path: &str, c: &Condition, depth: usize, strict: bool) -> Result<(), ValidationError> {
     match &c.kind {
-        None => Err(invalid(path, "condition is empty: set one of filter, match, match_any, range, exists, is_null, has_id")),
+        None => Err(invalid(path, "condition is empty: set one of filter, match, match_any, range, exists, is_null, has_id, text, values_count, is_empty, datetime_range, geo_radius, geo_bounding_box, geo_polygon")),
         Some(condition::Kind::Filter(f)) => {
             if strict && f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty() {
                 // It would match every point (a delete-everything in disguise).
@@ -293,9 +335,75 @@ fn condition_at(path: &str, c: &Condition, depth: usize, strict: bool) -> Result
         Some(condition::Kind::Match(m)) => {
             key_with(path, &m.key, strict)?;
             match &m.value {
-                None => Err(invalid(format!("{path}.match"), "match has no value: set keyword, integer or boolean")),
-                Some(match_condition::Value::Keyword(_) | match_condition::Value::Integer(_) | match_condition::Value::Boolean(_)) => Ok(()),
+                None => Err(invalid(format!("{path}.match"), "match has no value: set keyword, integer, boolean, float or prefix")),
+                Some(match_condition::Value::Float(x)) if !x.is_finite() => Err(invalid(format!("{path}.match.float"), "float must be finite")),
+                Some(match_condition::Value::Prefix(p)) if strict && (p.is_empty() || p.len() > MAX_KEY_LEN) => {
+                    Err(invalid(format!("{path}.match.prefix"), format!("prefix is {} bytes, allowed 1..={MAX_KEY_LEN}", p.len())))
+                }
+                Some(_) => Ok(()),
             }
+        }
+        Some(condition::Kind::Text(t)) => {
+            key_with(path, &t.key, strict)?;
+            if strict && (t.text.trim().is_empty() || t.text.len() > MAX_QUERY_TEXT_BYTES) {
+                return Err(invalid(format!("{path}.text.text"), format!("text is {} bytes, allowed 1..={MAX_QUERY_TEXT_BYTES} and not blank", t.text.len())));
+            }
+            crate::v1::TextMatch::try_from(t.mode).map_err(|_| invalid(format!("{path}.text.mode"), format!("unknown text match mode {}", t.mode)))?;
+            Ok(())
+        }
+        Some(condition::Kind::ValuesCount(v)) => {
+            key_with(path, &v.key, strict)?;
+            if [v.gt, v.gte, v.lt, v.lte].iter().all(Option::is_none) {
+                return Err(invalid(format!("{path}.values_count"), "values_count has no bound: set gt, gte, lt or lte"));
+            }
+            Ok(())
+        }
+        Some(condition::Kind::IsEmpty(e)) => key_with(path, &e.key, strict),
+        Some(condition::Kind::DatetimeRange(r)) => {
+            key_with(path, &r.key, strict)?;
+            let bounds = [("gt", &r.gt), ("gte", &r.gte), ("lt", &r.lt), ("lte", &r.lte)];
+            if bounds.iter().all(|(_, b)| b.is_none()) {
+                return Err(invalid(format!("{path}.datetime_range"), "datetime_range has no bound: set gt, gte, lt or lte"));
+            }
+            if (r.gt.is_some() && r.gte.is_some()) || (r.lt.is_some() && r.lte.is_some()) {
+                return Err(invalid(format!("{path}.datetime_range"), "datetime_range sets two lower or two upper bounds"));
+            }
+            for (name, b) in bounds {
+                if let Some(b) = b {
+                    if crate::payload::datetime_micros(b).is_none() {
+                        return Err(invalid(format!("{path}.datetime_range.{name}"), format!("{b:?} is not an RFC 3339 datetime or a YYYY-MM-DD date")));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Some(condition::Kind::GeoRadius(g)) => {
+            key_with(path, &g.key, strict)?;
+            geo(&format!("{path}.geo_radius.center"), &g.center)?;
+            if !(g.radius_m.is_finite() && g.radius_m > 0.0 && g.radius_m <= MAX_GEO_RADIUS_M) {
+                return Err(invalid(format!("{path}.geo_radius.radius_m"), format!("radius {} m is outside (0, {MAX_GEO_RADIUS_M}]", g.radius_m)));
+            }
+            Ok(())
+        }
+        Some(condition::Kind::GeoBoundingBox(g)) => {
+            key_with(path, &g.key, strict)?;
+            geo(&format!("{path}.geo_bounding_box.top_left"), &g.top_left)?;
+            geo(&format!("{path}.geo_bounding_box.bottom_right"), &g.bottom_right)?;
+            let (tl, br) = (g.top_left.as_ref().map_or(0.0, |p| p.lat), g.bottom_right.as_ref().map_or(0.0, |p| p.lat));
+            if tl < br {
+                return Err(invalid(format!("{path}.geo_bounding_box"), format!("top_left.lat {tl} is below bottom_right.lat {br}")));
+            }
+            Ok(())
+        }
+        Some(condition::Kind::GeoPolygon(g)) => {
+            key_with(path, &g.key, strict)?;
+            if g.exterior.len() < 3 || g.exterior.len() > MAX_POLYGON_POINTS {
+                return Err(invalid(format!("{path}.geo_polygon.exterior"), format!("{} vertices, allowed 3..={MAX_POLYGON_POINTS}", g.exterior.len())));
+            }
+            for (i, p) in g.exterior.iter().enumerate() {
+                geo(&format!("{path}.geo_polygon.exterior[{i}]"), &Some(*p))?;
+            }
+            Ok(())
         }
         Some(condition::Kind::MatchAny(m)) => {
             key_with(path, &m.key, strict)?;
@@ -398,7 +506,7 @@ mod tests {
         assert!(filter(&wide).unwrap_err().message.contains("more than 1024 conditions"));
         let any = |n: usize| cond(condition::Kind::MatchAny(crate::v1::MatchAnyCondition { key: "k".into(), integers: (0..n as i64).collect(), ..Default::default() }));
         let many = Filter { must: vec![any(MAX_FILTER_VALUES / 2), any(MAX_FILTER_VALUES / 2 + 1)], ..Default::default() };
-        assert!(filter(&many).unwrap_err().message.contains("match_any and has_id"));
+        assert!(filter(&many).unwrap_err().message.contains("match_any, has_id and geo_polygon"));
         let nested = Filter { must: vec![cond(condition::Kind::Filter(Filter { must: vec![any(10)], ..Default::default() }))], ..Default::default() };
         assert!(filter(&nested).is_ok());
         // 1,024 searches x top_k 10,000 on 8 shards: 82M hits.
@@ -433,7 +541,7 @@ mod tests {
         // A payload index key with a NUL once bricked every node hosting
         // the collection (the stored index key could not be decoded).
         c.dimension = 3;
-        c.payload_indexes = vec![PayloadIndexSpec { key: "a\u{0}b".into(), r#type: PayloadIndexType::Keyword as i32 }];
+        c.payload_indexes = vec![PayloadIndexSpec { key: "a\u{0}b".into(), r#type: PayloadIndexType::Keyword as i32, text: None }];
         assert_eq!(collection_config(&c).unwrap_err().field, "payload_indexes[0].key");
         c.payload_indexes[0].key = "tab\there".into();
         assert!(collection_config(&c).unwrap_err().message.contains("control character"));
@@ -456,7 +564,7 @@ mod payload_tests {
     }
 
     fn spec(k: &str) -> PayloadIndexSpec {
-        PayloadIndexSpec { key: k.into(), r#type: PayloadIndexType::Keyword as i32 }
+        PayloadIndexSpec { key: k.into(), r#type: PayloadIndexType::Keyword as i32, text: None }
     }
 
     #[test]

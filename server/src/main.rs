@@ -595,8 +595,8 @@ mod sample {
             metric: Metric::Cosine as i32,
             shard_count: 2,
             payload_indexes: vec![
-                PayloadIndexSpec { key: "category".into(), r#type: PayloadIndexType::Keyword as i32 },
-                PayloadIndexSpec { key: "price".into(), r#type: PayloadIndexType::Numeric as i32 },
+                PayloadIndexSpec { key: "category".into(), r#type: PayloadIndexType::Keyword as i32, text: None },
+                PayloadIndexSpec { key: "price".into(), r#type: PayloadIndexType::Numeric as i32, text: None },
             ],
             ..Default::default()
         };

@@ -171,7 +171,7 @@ async fn bad_input_public_and_internal() {
     let server = ShoalProcess::start(dir.path()).unwrap();
     let c = Client::connect(&server.addr).await.unwrap();
     let mut cfg = CollectionBuilder::new("docs", 4, Metric::Dot).build();
-    cfg.payload_indexes = vec![PayloadIndexSpec { key: "tags".into(), r#type: PayloadIndexType::Keyword as i32 }];
+    cfg.payload_indexes = vec![PayloadIndexSpec { key: "tags".into(), r#type: PayloadIndexType::Keyword as i32, text: None }];
     c.create_collection(cfg.clone()).await.unwrap();
     c.upsert("docs", (0..10).map(|i| Point::new(i, vector(i, 4))).collect()).await.unwrap();
     let mut k = Kinds(0);
@@ -188,7 +188,7 @@ async fn bad_input_public_and_internal() {
     nul.payload_indexes[0].r#type = 99;
     nul.payload_indexes[0].key = "ok".into();
     k.client(c.create_collection(nul.clone()).await, Code::InvalidArgument, "unknown payload index type 99");
-    nul.payload_indexes = vec![PayloadIndexSpec { key: "t".into(), r#type: 1 }, PayloadIndexSpec { key: "t".into(), r#type: 1 }];
+    nul.payload_indexes = vec![PayloadIndexSpec { key: "t".into(), r#type: 1, text: None }, PayloadIndexSpec { key: "t".into(), r#type: 1, text: None }];
     k.client(c.create_collection(nul).await, Code::InvalidArgument, "indexed twice");
     let mut hnsw = CollectionBuilder::new("h", 4, Metric::Dot).build();
     hnsw.hnsw = Some(HnswConfig { m: 1000, ..Default::default() });

@@ -28,7 +28,7 @@ impl FilterSource for Src {
     // One pass with prepared conditions, as the shard does: the random
     // filter tests check it against the reference semantics.
     fn scan_many(&self, cs: &[&Condition]) -> Vec<RoaringBitmap> {
-        let prepared: Vec<Prepared> = cs.iter().map(|c| Prepared::new(c)).collect();
+        let prepared: Vec<Prepared> = cs.iter().map(|c| Prepared::new(c, &self.index)).collect();
         let mut out = vec![RoaringBitmap::new(); cs.len()];
         for (i, (k, p)) in self.points.iter().enumerate() {
             for (o, c) in out.iter_mut().zip(&prepared) {
@@ -43,10 +43,10 @@ impl FilterSource for Src {
 
 fn specs() -> Vec<PayloadIndexSpec> {
     vec![
-        PayloadIndexSpec { key: "section".into(), r#type: PayloadIndexType::Keyword as i32 },
-        PayloadIndexSpec { key: "size".into(), r#type: PayloadIndexType::Numeric as i32 },
-        PayloadIndexSpec { key: "ok".into(), r#type: PayloadIndexType::Bool as i32 },
-        PayloadIndexSpec { key: "tags".into(), r#type: PayloadIndexType::Keyword as i32 },
+        PayloadIndexSpec { key: "section".into(), r#type: PayloadIndexType::Keyword as i32, text: None },
+        PayloadIndexSpec { key: "size".into(), r#type: PayloadIndexType::Numeric as i32, text: None },
+        PayloadIndexSpec { key: "ok".into(), r#type: PayloadIndexType::Bool as i32, text: None },
+        PayloadIndexSpec { key: "tags".into(), r#type: PayloadIndexType::Keyword as i32, text: None },
     ]
 }
 

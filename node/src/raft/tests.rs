@@ -121,7 +121,7 @@ fn test_config() -> CollectionConfig {
         name: "c".into(),
         dimension: 4,
         metric: Metric::L2 as i32,
-        payload_indexes: vec![PayloadIndexSpec { key: "g".into(), r#type: PayloadIndexType::Keyword as i32 }],
+        payload_indexes: vec![PayloadIndexSpec { key: "g".into(), r#type: PayloadIndexType::Keyword as i32, text: None }],
         ..Default::default()
     };
     shoal_proto::validate::collection_config(&c).unwrap()

@@ -241,6 +241,49 @@ impl ShardApi for ShardService {
         let results = if cheap { run()? } else { blocking(run).await? };
         Ok(Response::new(ShardSearchResponse { results }))
     }
+
+    async fn text_stats(&self, req: Request<ShardTextStatsRequest>) -> Result<Response<ShardTextStatsResponse>, Status> {
+        let req = req.into_inner();
+        let (shard, hide) = self.shard(&req.shard, req.consistency).await?;
+        validate::key("key", &req.key).map_err(NodeError::from)?;
+        if req.text.len() > validate::MAX_QUERY_TEXT_BYTES {
+            return Err(NodeError::from(invalid("text", format!("text is {} bytes, the limit is {}", req.text.len(), validate::MAX_QUERY_TEXT_BYTES))).into());
+        }
+        let st = blocking(move || shard.text_stats(&req.key, &req.text, hide)).await?;
+        Ok(Response::new(ShardTextStatsResponse { docs: st.docs, tokens: st.tokens, terms: st.terms, df: st.df }))
+    }
+
+    async fn text_search(&self, req: Request<ShardTextSearchRequest>) -> Result<Response<ShardSearchResponse>, Status> {
+        let req = req.into_inner();
+        let (shard, hide) = self.shard(&req.shard, req.consistency).await?;
+        validate::key("key", &req.key).map_err(NodeError::from)?;
+        validate::search_params("", req.top_k, None).map_err(NodeError::from)?;
+        if req.terms.len() > validate::MAX_QUERY_TEXT_BYTES || req.idf.iter().any(|x| !x.is_finite()) || !req.avgdl.is_finite() || !(0.0..=10.0).contains(&req.k1) || !(0.0..=1.0).contains(&req.b) {
+            return Err(NodeError::from(invalid("bm25", "terms, idf, avgdl, k1 or b out of range")).into());
+        }
+        if let Some(f) = &req.filter {
+            validate::filter(f).map_err(NodeError::from)?;
+        }
+        validate::search_cost(std::iter::once((req.top_k, req.with_vector)), 1, shard.dimension()).map_err(NodeError::from)?;
+        let results = blocking(move || shard.text_search(&req, hide)).await?;
+        Ok(Response::new(ShardSearchResponse { results: vec![SearchResult { results }] }))
+    }
+
+    async fn score(&self, req: Request<ShardScoreRequest>) -> Result<Response<ShardScoreResponse>, Status> {
+        let req = req.into_inner();
+        let (shard, hide) = self.shard(&req.shard, req.consistency).await?;
+        if req.vectors.is_empty() || req.vectors.len() > MAX_QUERY_VECTORS {
+            return Err(NodeError::from(invalid("vectors", format!("{} vectors is outside 1..={MAX_QUERY_VECTORS}", req.vectors.len()))).into());
+        }
+        if req.max_points as usize > MAX_SCORE_POINTS {
+            return Err(NodeError::from(invalid("max_points", format!("max_points {} exceeds {MAX_SCORE_POINTS}", req.max_points))).into());
+        }
+        if let Some(f) = &req.filter {
+            validate::filter(f).map_err(NodeError::from)?;
+        }
+        let rows = blocking(move || shard.score(&req, hide)).await?;
+        Ok(Response::new(ShardScoreResponse { rows }))
+    }
 }
 
 #[cfg(test)]

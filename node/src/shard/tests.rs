@@ -16,7 +16,7 @@ fn config(dim: u32, metric: Metric) -> CollectionConfig {
         name: "c".into(),
         dimension: dim,
         metric: metric as i32,
-        payload_indexes: vec![PayloadIndexSpec { key: "group".into(), r#type: PayloadIndexType::Keyword as i32 }],
+        payload_indexes: vec![PayloadIndexSpec { key: "group".into(), r#type: PayloadIndexType::Keyword as i32, text: None }],
         ..Default::default()
     })
     .unwrap()

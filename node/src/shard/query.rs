@@ -1,0 +1,155 @@
+//! The shard's side of the query API: BM25 statistics and top-k over a
+//! text index, and exact scores of stored vectors against several query
+//! vectors (recommend by best score, MMR).
+use std::cmp::Ordering;
+
+use roaring::RoaringBitmap;
+use shoal_proto::internal::v1::{ScoredRow, ShardScoreRequest, ShardTextSearchRequest};
+use shoal_proto::v1::{Filter, Metric, ScoredPoint};
+use shoal_proto::{validate, PointKey};
+
+use super::{normalise, Shard, StoreSource, RESPONSE_BYTES};
+use crate::error::{NodeError, Result};
+use crate::filter;
+use crate::text::Stats;
+
+fn non_empty(f: Option<&Filter>) -> Option<&Filter> {
+    f.filter(|f| !(f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty()))
+}
+
+/// Similarity of two vectors by `metric` (f64 accumulation); L2 gives
+/// the distance. Cosine vectors are already unit length.
+pub fn similarity(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
+    match metric {
+        Metric::L2 => a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>().sqrt() as f32,
+        _ => a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>() as f32,
+    }
+}
+
+impl Shard {
+    fn text_field(&self, key: &str) -> Result<()> {
+        if self.state.read().payload.text_index(key).is_none() {
+            return Err(NodeError::Invalid(validate::invalid("key", format!("payload field {key:?} has no TEXT index; BM25 needs one (declare it in payload_indexes)"))));
+        }
+        Ok(())
+    }
+
+    /// This shard's statistics of `key` for `text`'s tokens.
+    pub fn text_stats(&self, key: &str, text: &str, hide: bool) -> Result<Stats> {
+        self.text_field(key)?;
+        let hidden = self.hidden(hide);
+        let st = self.state.read();
+        let idx = st.payload.text_index(key).expect("checked above");
+        let terms = idx.tokenizer.tokens(text);
+        if terms.is_empty() {
+            return Err(NodeError::Invalid(validate::invalid("text", "the query text has no tokens (only punctuation or stop words)")));
+        }
+        Ok(idx.stats(terms, &st.live, hidden.as_ref()))
+    }
+
+    /// BM25 top-k under the statistics in `req`. Best first, ties by id.
+    pub fn text_search(&self, req: &ShardTextSearchRequest, hide: bool) -> Result<Vec<ScoredPoint>> {
+        self.text_field(&req.key)?;
+        if req.terms.len() != req.idf.len() {
+            return Err(NodeError::Invalid(validate::invalid("idf", format!("{} idf values for {} terms", req.idf.len(), req.terms.len()))));
+        }
+        let hidden = self.hidden(hide);
+        let k = req.top_k as usize;
+        let top: Vec<(PointKey, f32)> = {
+            let st = self.state.read();
+            let mut allowed = match non_empty(req.filter.as_ref()) {
+                Some(f) => filter::evaluate(f, &StoreSource { state: &st, store: &self.store }),
+                None => st.live.clone(),
+            };
+            if let Some(h) = hidden {
+                allowed -= h;
+            }
+            let idx = st.payload.text_index(&req.key).expect("checked above");
+            let scores = idx.bm25(&req.terms, &req.idf, req.avgdl, req.k1 as f64, req.b as f64, &allowed);
+            let mut scored: Vec<(PointKey, f32)> = scores.into_iter().filter_map(|(o, s)| st.keys.get(o).map(|k| (k, s as f32))).collect();
+            let cmp = |a: &(PointKey, f32), b: &(PointKey, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+            if scored.len() > k {
+                scored.select_nth_unstable_by(k, cmp);
+                scored.truncate(k);
+            }
+            scored.sort_by(cmp);
+            scored
+        };
+        let mut out = Vec::with_capacity(top.len());
+        let mut bytes = 0usize;
+        for (key, score) in top {
+            let (payload, vector) = if req.with_payload || req.with_vector {
+                let p = self.store.get(&key)?.unwrap_or_default();
+                (if req.with_payload { Some(p.payload.unwrap_or_default()) } else { None }, if req.with_vector { p.vector } else { vec![] })
+            } else {
+                (None, vec![])
+            };
+            let hit = ScoredPoint { id: Some(key.to_proto()), score, payload, vector };
+            bytes += prost::Message::encoded_len(&hit);
+            if bytes > RESPONSE_BYTES {
+                return Err(NodeError::TooLarge(format!("the search's hits pass {RESPONSE_BYTES} bytes; lower the limit or leave payloads or vectors out")));
+            }
+            out.push(hit);
+        }
+        Ok(out)
+    }
+
+    /// Exact scores of the listed points (or of the filter's points) against
+    /// every query vector, in id order.
+    pub fn score(&self, req: &ShardScoreRequest, hide: bool) -> Result<Vec<ScoredRow>> {
+        let metric = self.metric();
+        let mut queries = Vec::with_capacity(req.vectors.len());
+        for (i, v) in req.vectors.iter().enumerate() {
+            validate::vector(&format!("vectors[{i}]"), &v.values, self.config.dimension, metric)?;
+            let mut q = v.values.clone();
+            if metric == Metric::Cosine {
+                normalise(&mut q);
+            }
+            queries.push(q);
+        }
+        let hidden = self.hidden(hide);
+        let keys: Vec<PointKey> = if req.ids.is_empty() {
+            let st = self.state.read();
+            let mut allowed: RoaringBitmap = match non_empty(req.filter.as_ref()) {
+                Some(f) => filter::evaluate(f, &StoreSource { state: &st, store: &self.store }),
+                None => st.live.clone(),
+            };
+            if let Some(h) = &hidden {
+                allowed -= h;
+            }
+            if allowed.len() > req.max_points as u64 {
+                return Err(NodeError::TooLarge(format!("{} points to score on this shard, the request allows {}; narrow the filter", allowed.len(), req.max_points)));
+            }
+            allowed.iter().filter_map(|o| st.keys.get(o)).collect()
+        } else {
+            if req.ids.len() > shoal_proto::limits::MAX_FILTER_VALUES {
+                return Err(NodeError::Invalid(validate::invalid("ids", format!("{} ids, the limit is {}", req.ids.len(), shoal_proto::limits::MAX_FILTER_VALUES))));
+            }
+            let mut ks = Vec::with_capacity(req.ids.len());
+            for (i, id) in req.ids.iter().enumerate() {
+                ks.push(PointKey::try_from(id).map_err(|e| validate::invalid(format!("ids[{i}]"), e.to_string()))?);
+            }
+            ks
+        };
+        let mut rows = Vec::with_capacity(keys.len());
+        let mut bytes = 0usize;
+        for k in keys {
+            let Some(p) = self.store.get(&k)? else { continue };
+            if hidden.as_ref().is_some_and(|h| h.contains(p.offset)) {
+                continue;
+            }
+            let scores = queries.iter().map(|q| similarity(metric, q, &p.vector)).collect();
+            let row = ScoredRow { id: Some(k.to_proto()), scores, vector: if req.with_vector { p.vector } else { vec![] } };
+            bytes += prost::Message::encoded_len(&row);
+            if bytes > RESPONSE_BYTES {
+                return Err(NodeError::TooLarge(format!("the scored points pass {RESPONSE_BYTES} bytes; score fewer points or vectors")));
+            }
+            rows.push(row);
+        }
+        rows.sort_by(|a, b| {
+            let (ka, kb) = (a.id.as_ref().and_then(|i| PointKey::try_from(i).ok()), b.id.as_ref().and_then(|i| PointKey::try_from(i).ok()));
+            ka.partial_cmp(&kb).unwrap_or(Ordering::Equal)
+        });
+        Ok(rows)
+    }
+}

@@ -1,0 +1,369 @@
+//! Full text: the tokenizer, the per-shard inverted index of TEXT payload
+//! fields, and BM25 scoring (docs/query.md, "Full text").
+//!
+//! ## Tokens
+//! A string is split into Unicode words (UAX #29, `unicode-segmentation`),
+//! each lowercased and, unless `keep_accents`, folded to ASCII where it can
+//! be (NFKD, combining marks dropped: "Café" -> "cafe"); then stop words
+//! are dropped and the rest stemmed (`rust-stemmers`, Snowball) when the
+//! index asks. Tokens over [`MAX_TOKEN_BYTES`] are dropped.
+//!
+//! ## Index
+//! Per field: a vocabulary (token -> term id), a posting bitmap per term
+//! (point versions holding it), and per version its token count and
+//! sorted (term, frequency) list. The index lives in memory and is built
+//! from stored payloads when the shard opens and kept current by writes;
+//! it is never persisted (so a change of tokenizer code only needs a
+//! restart). Collection-wide BM25 statistics are the coordinator's sum of
+//! [`TextIndex::stats`] over shards.
+use std::collections::{HashMap, HashSet};
+
+use roaring::RoaringBitmap;
+use rust_stemmers::{Algorithm, Stemmer};
+use shoal_proto::payload::lookup;
+use shoal_proto::v1::{value::Kind, Struct, TextIndexParams, TextMatch};
+use unicode_normalization::char::is_combining_mark;
+use unicode_normalization::UnicodeNormalization;
+use unicode_segmentation::UnicodeSegmentation;
+
+/// Longest token kept, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 64;
+
+/// Lucene's English stop words (`EnglishAnalyzer.ENGLISH_STOP_WORDS_SET`).
+pub const ENGLISH_STOP_WORDS: &[&str] = &[
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was", "will", "with",
+];
+
+/// Stemmer names accepted in `TextIndexParams.stemmer`.
+pub const STEMMERS: &[&str] = &["english", "french", "german", "spanish", "italian", "portuguese", "dutch", "swedish", "norwegian", "danish", "finnish", "russian"];
+
+fn algorithm(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "english" => Algorithm::English,
+        "french" => Algorithm::French,
+        "german" => Algorithm::German,
+        "spanish" => Algorithm::Spanish,
+        "italian" => Algorithm::Italian,
+        "portuguese" => Algorithm::Portuguese,
+        "dutch" => Algorithm::Dutch,
+        "swedish" => Algorithm::Swedish,
+        "norwegian" => Algorithm::Norwegian,
+        "danish" => Algorithm::Danish,
+        "finnish" => Algorithm::Finnish,
+        "russian" => Algorithm::Russian,
+        _ => return None,
+    })
+}
+
+/// Checks tokenizer settings (collection creation).
+pub fn check_params(p: &TextIndexParams) -> Result<(), String> {
+    if !p.stemmer.is_empty() && algorithm(&p.stemmer).is_none() {
+        return Err(format!("unknown stemmer {:?}; one of {}", p.stemmer, STEMMERS.join(", ")));
+    }
+    if !p.stop_words.is_empty() && p.stop_words != "english" {
+        return Err(format!("unknown stop word list {:?}; \"english\" or none", p.stop_words));
+    }
+    Ok(())
+}
+
+/// A configured tokenizer.
+pub struct Tokenizer {
+    stemmer: Option<Stemmer>,
+    stop: HashSet<&'static str>,
+    fold: bool,
+}
+
+impl Default for Tokenizer {
+    fn default() -> Self {
+        Tokenizer::new(&TextIndexParams::default())
+    }
+}
+
+impl Tokenizer {
+    /// Unknown names (refused at creation) act as "none".
+    pub fn new(p: &TextIndexParams) -> Self {
+        let stop = if p.stop_words == "english" { ENGLISH_STOP_WORDS.iter().copied().collect() } else { HashSet::new() };
+        Tokenizer { stemmer: algorithm(&p.stemmer).map(Stemmer::create), stop, fold: !p.keep_accents }
+    }
+
+    /// The tokens of `text`, in order, repeats kept.
+    pub fn tokens(&self, text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for w in text.unicode_words() {
+            let lower = w.to_lowercase();
+            let t = if self.fold && !lower.is_ascii() { lower.nfkd().filter(|c| !is_combining_mark(*c)).collect::<String>() } else { lower };
+            if t.is_empty() || self.stop.contains(t.as_str()) {
+                continue;
+            }
+            let t = match &self.stemmer {
+                Some(s) => s.stem(&t).into_owned(),
+                None => t,
+            };
+            if !t.is_empty() && t.len() <= MAX_TOKEN_BYTES {
+                out.push(t);
+            }
+        }
+        out
+    }
+
+    /// Token lists of every string value at `key` (a list gives one per
+    /// element).
+    pub fn field_values(&self, payload: &Struct, key: &str) -> Vec<Vec<String>> {
+        let mut vals = vec![];
+        lookup(payload, key, &mut vals);
+        vals.iter().filter_map(|v| if let Some(Kind::StringValue(s)) = &v.kind { Some(self.tokens(s)) } else { None }).collect()
+    }
+
+    /// Does one value's token list satisfy a text condition's tokens?
+    pub fn value_matches(doc: &[String], query: &[String], mode: TextMatch) -> bool {
+        match mode {
+            TextMatch::All => query.iter().all(|q| doc.contains(q)),
+            TextMatch::Any => query.iter().any(|q| doc.contains(q)),
+            TextMatch::Phrase => !query.is_empty() && doc.windows(query.len()).any(|w| w == query),
+        }
+    }
+
+    /// The reference semantics of a text condition on one payload.
+    pub fn payload_matches(&self, payload: &Struct, key: &str, query: &[String], mode: TextMatch) -> bool {
+        if query.is_empty() {
+            return false;
+        }
+        self.field_values(payload, key).iter().any(|d| Self::value_matches(d, query, mode))
+    }
+}
+
+/// One indexed version's terms.
+struct Doc {
+    len: u32,
+    /// (term id, frequency), sorted by term id.
+    terms: Box<[(u32, u32)]>,
+}
+
+/// Shard-local statistics of one field for a query.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    pub docs: u64,
+    pub tokens: u64,
+    pub terms: Vec<String>,
+    pub df: Vec<u64>,
+}
+
+/// The inverted index of one TEXT field.
+pub struct TextIndex {
+    pub tokenizer: Tokenizer,
+    vocab: HashMap<String, u32>,
+    postings: Vec<RoaringBitmap>,
+    docs: HashMap<u32, Doc>,
+    total_len: u64,
+}
+
+impl TextIndex {
+    pub fn new(p: &TextIndexParams) -> Self {
+        TextIndex { tokenizer: Tokenizer::new(p), vocab: HashMap::new(), postings: Vec::new(), docs: HashMap::new(), total_len: 0 }
+    }
+
+    /// Indexes version `offset`'s values at `key` (all its string values
+    /// together form one document). A version with no token is not a
+    /// document.
+    pub fn insert(&mut self, payload: Option<&Struct>, key: &str, offset: u32) {
+        let Some(payload) = payload else { return };
+        let mut tf: HashMap<u32, u32> = HashMap::new();
+        let mut len = 0u32;
+        for toks in self.tokenizer.field_values(payload, key) {
+            for t in toks {
+                let next = self.vocab.len() as u32;
+                let id = *self.vocab.entry(t).or_insert(next);
+                if id as usize == self.postings.len() {
+                    self.postings.push(RoaringBitmap::new());
+                }
+                *tf.entry(id).or_default() += 1;
+                len = len.saturating_add(1);
+            }
+        }
+        if len == 0 {
+            return;
+        }
+        let mut terms: Vec<(u32, u32)> = tf.into_iter().collect();
+        terms.sort_unstable();
+        for (t, _) in &terms {
+            self.postings[*t as usize].insert(offset);
+        }
+        self.total_len += len as u64;
+        if let Some(old) = self.docs.insert(offset, Doc { len, terms: terms.into_boxed_slice() }) {
+            // Offsets are unique among live versions; keep counts right anyway.
+            self.total_len -= old.len as u64;
+        }
+    }
+
+    /// Forgets version `offset`.
+    pub fn remove(&mut self, offset: u32) {
+        if let Some(d) = self.docs.remove(&offset) {
+            self.total_len -= d.len as u64;
+            for (t, _) in d.terms.iter() {
+                self.postings[*t as usize].remove(offset);
+            }
+        }
+    }
+
+    fn posting(&self, t: &str) -> Option<&RoaringBitmap> {
+        self.vocab.get(t).map(|id| &self.postings[*id as usize])
+    }
+
+    /// Versions holding all (ALL, and PHRASE candidates) or any of
+    /// `query`'s tokens. PHRASE still needs [`Tokenizer::payload_matches`]
+    /// on each candidate: positions are not indexed.
+    pub fn lookup(&self, query: &[String], mode: TextMatch) -> RoaringBitmap {
+        if query.is_empty() {
+            return RoaringBitmap::new();
+        }
+        match mode {
+            TextMatch::Any => query.iter().filter_map(|t| self.posting(t)).fold(RoaringBitmap::new(), |a, b| a | b),
+            TextMatch::All | TextMatch::Phrase => {
+                let mut lists: Vec<&RoaringBitmap> = Vec::with_capacity(query.len());
+                for t in query {
+                    match self.posting(t) {
+                        Some(b) => lists.push(b),
+                        None => return RoaringBitmap::new(),
+                    }
+                }
+                lists.sort_by_key(|b| b.len());
+                let mut out = lists[0].clone();
+                for b in &lists[1..] {
+                    out &= *b;
+                }
+                out
+            }
+        }
+    }
+
+    /// This shard's statistics for `terms`, counting only `live` versions
+    /// outside `hidden` (a pending split's frozen copies).
+    pub fn stats(&self, terms: Vec<String>, live: &RoaringBitmap, hidden: Option<&RoaringBitmap>) -> Stats {
+        let visible = |o: &u32| live.contains(*o) && hidden.is_none_or(|h| !h.contains(*o));
+        let (docs, tokens) = if hidden.is_none() && self.docs.keys().all(|o| live.contains(*o)) {
+            (self.docs.len() as u64, self.total_len)
+        } else {
+            self.docs.iter().filter(|(o, _)| visible(o)).fold((0, 0), |(n, l), (_, d)| (n + 1, l + d.len as u64))
+        };
+        let df = terms
+            .iter()
+            .map(|t| match self.posting(t) {
+                None => 0,
+                Some(b) => {
+                    let mut b = b & live;
+                    if let Some(h) = hidden {
+                        b -= h;
+                    }
+                    b.len()
+                }
+            })
+            .collect();
+        Stats { docs, tokens, terms, df }
+    }
+
+    /// BM25 scores of the versions in `allowed` that hold a query term:
+    /// `(offset, score)`, unsorted. `idf[i]` belongs to `terms[i]`.
+    pub fn bm25(&self, terms: &[String], idf: &[f64], avgdl: f64, k1: f64, b: f64, allowed: &RoaringBitmap) -> Vec<(u32, f64)> {
+        let mut acc: HashMap<u32, f64> = HashMap::new();
+        let avgdl = if avgdl > 0.0 { avgdl } else { 1.0 };
+        for (t, w) in terms.iter().zip(idf) {
+            let Some(&id) = self.vocab.get(t) else { continue };
+            let hits = &self.postings[id as usize] & allowed;
+            for o in hits.iter() {
+                let Some(d) = self.docs.get(&o) else { continue };
+                let Ok(i) = d.terms.binary_search_by_key(&id, |(t, _)| *t) else { continue };
+                let tf = d.terms[i].1 as f64;
+                let norm = k1 * (1.0 - b + b * d.len as f64 / avgdl);
+                *acc.entry(o).or_default() += w * tf * (k1 + 1.0) / (tf + norm);
+            }
+        }
+        acc.into_iter().collect()
+    }
+
+    /// Rough bytes used, for status output.
+    pub fn memory_bytes(&self) -> usize {
+        let vocab: usize = self.vocab.keys().map(|k| k.len() + 32).sum();
+        let post: usize = self.postings.iter().map(|b| b.serialized_size()).sum();
+        let docs: usize = self.docs.values().map(|d| 24 + d.terms.len() * 8).sum();
+        vocab + post + docs
+    }
+}
+
+/// Lucene's BM25 idf.
+pub fn idf(docs: u64, df: u64) -> f64 {
+    let (n, df) = (docs as f64, df as f64);
+    (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(stem: &str, stop: &str) -> TextIndexParams {
+        TextIndexParams { stemmer: stem.into(), stop_words: stop.into(), keep_accents: false }
+    }
+
+    #[test]
+    fn tokens_are_unicode_words_lowercased_and_folded() {
+        let t = Tokenizer::default();
+        assert_eq!(t.tokens("Café au lait, DON'T stop: 3.14 naïve—Ünïcödé"), ["cafe", "au", "lait", "don't", "stop", "3.14", "naive", "unicode"]);
+        let keep = Tokenizer::new(&TextIndexParams { keep_accents: true, ..Default::default() });
+        assert_eq!(keep.tokens("Café Ünï"), ["café", "ünï"]);
+        assert!(t.tokens(" ,.;!? ").is_empty());
+        let long = "x".repeat(MAX_TOKEN_BYTES + 1);
+        assert_eq!(t.tokens(&format!("a {long} b")), ["a", "b"]);
+    }
+
+    #[test]
+    fn stop_words_and_stemming() {
+        let t = Tokenizer::new(&p("english", "english"));
+        assert_eq!(t.tokens("The runners are running to the games"), ["runner", "run", "game"]);
+        assert!(check_params(&p("klingon", "")).is_err());
+        assert!(check_params(&p("", "french")).is_err());
+        assert!(check_params(&p("french", "english")).is_ok());
+    }
+
+    #[test]
+    fn text_modes() {
+        let t = Tokenizer::default();
+        let doc = t.tokens("a quick brown fox jumps");
+        let q = |s: &str| t.tokens(s);
+        assert!(Tokenizer::value_matches(&doc, &q("fox quick"), TextMatch::All));
+        assert!(!Tokenizer::value_matches(&doc, &q("fox cat"), TextMatch::All));
+        assert!(Tokenizer::value_matches(&doc, &q("fox cat"), TextMatch::Any));
+        assert!(Tokenizer::value_matches(&doc, &q("Brown FOX"), TextMatch::Phrase));
+        assert!(!Tokenizer::value_matches(&doc, &q("fox brown"), TextMatch::Phrase));
+    }
+
+    #[test]
+    fn index_lookup_stats_and_bm25_match_a_direct_computation() {
+        let docs = ["the cat sat", "the cat and the dog", "dogs bark", ""];
+        let mut idx = TextIndex::new(&TextIndexParams::default());
+        let mut live = RoaringBitmap::new();
+        for (i, d) in docs.iter().enumerate() {
+            let mut s = Struct::default();
+            s.fields.insert("t".into(), shoal_proto::v1::Value { kind: Some(Kind::StringValue(d.to_string())) });
+            idx.insert(Some(&s), "t", i as u32);
+            live.insert(i as u32);
+        }
+        let q: Vec<String> = vec!["cat".into(), "the".into()];
+        assert_eq!(idx.lookup(&q, TextMatch::All).iter().collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(idx.lookup(&["dogs".to_string(), "sat".to_string()], TextMatch::Any).iter().collect::<Vec<_>>(), [0, 2]);
+        let st = idx.stats(q.clone(), &live, None);
+        // The empty string is no document.
+        assert_eq!((st.docs, st.tokens, st.df.clone()), (3, 10, vec![2, 2]));
+        let avgdl = st.tokens as f64 / st.docs as f64;
+        let w: Vec<f64> = st.df.iter().map(|df| idf(st.docs, *df)).collect();
+        let mut got = idx.bm25(&q, &w, avgdl, 1.2, 0.75, &live);
+        got.sort_by_key(|x| x.0);
+        // Doc 1: "the" twice, "cat" once, length 5.
+        let s = |tf: f64, dl: f64, df: f64| (1.0 + (3.0 - df + 0.5) / (df + 0.5)).ln() * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * dl / avgdl));
+        assert!((got[0].1 - (s(1.0, 3.0, 2.0) + s(1.0, 3.0, 2.0))).abs() < 1e-12);
+        assert!((got[1].1 - (s(1.0, 5.0, 2.0) + s(2.0, 5.0, 2.0))).abs() < 1e-12);
+        assert_eq!(got.len(), 2);
+        idx.remove(1);
+        live.remove(1);
+        let st = idx.stats(q, &live, None);
+        assert_eq!((st.docs, st.tokens, st.df), (2, 5, vec![1, 1]));
+    }
+}
