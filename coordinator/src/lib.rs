@@ -36,6 +36,8 @@ pub mod error;
 pub mod merge;
 pub mod query;
 pub mod query_exec;
+#[cfg(test)]
+mod query_tests;
 pub mod router;
 pub mod server;
 pub mod service;
