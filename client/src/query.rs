@@ -97,6 +97,11 @@ impl QueryBuilder {
         self.0.prefetch.push(p.0);
         self
     }
+    /// The collection this query targets.
+    pub fn collection(mut self, name: impl Into<String>) -> Self {
+        self.0.collection = name.into();
+        self
+    }
     pub fn filter(mut self, f: Filter) -> Self {
         self.0.filter = Some(f);
         self

@@ -1,0 +1,303 @@
+//! The query API and the new filters through the public API of a 3-node
+//! cluster: the same data in a 1-shard and a 5-shard collection (2
+//! replicas each). Every query form gives the same answer at 1 and at 5
+//! shards, and equals a brute-force reference computed here from the data
+//! (exact dense scores in f64, BM25 from its formula over the tokens of
+//! the collection's tokenizer, filters by the node's reference semantics).
+use std::collections::{HashMap, HashSet};
+
+use serde_json::json;
+use shoal_client::{Client, Point, PrefetchBuilder, QueryBuilder, Q};
+use shoal_node::filter::filter_matches;
+use shoal_node::text::Tokenizer;
+use shoal_proto::v1::*;
+use shoal_proto::PointKey;
+use shoal_tests::procs::ProcCluster;
+use shoal_tests::vector;
+
+const DIM: usize = 8;
+const N: u64 = 600;
+const WORDS: &[&str] = &["vector", "vectors", "search", "searching", "database", "graph", "index", "indexes", "fast", "rust", "the", "of", "raft", "shard", "query", "café", "Cafe", "hybrid", "text", "dense"];
+
+fn text_params() -> TextIndexParams {
+    TextIndexParams { stemmer: "english".into(), stop_words: "english".into(), keep_accents: false }
+}
+
+fn payload(i: u64) -> serde_json::Value {
+    let mut x = i.wrapping_mul(2654435761) % 1_000_003;
+    let mut next = |m: u64| {
+        x = (x * 48271 + 11) % 2_147_483_647;
+        x % m
+    };
+    let len = 3 + next(12) as usize;
+    let text: Vec<&str> = (0..len).map(|_| WORDS[next(WORDS.len() as u64) as usize]).collect();
+    let tags: Vec<String> = (0..next(4)).map(|t| format!("t{t}")).collect();
+    let cat = ["books", "music", "garden", "tools", "food"][(i % 5) as usize];
+    let prefix = ["alpha", "beta", "gamma"][(i % 3) as usize];
+    json!({
+        "cat": cat,
+        "n": i % 37,
+        "price": (i % 7) as f64 / 2.0,
+        "name": format!("{prefix}-{i}"),
+        "text": text.join(" "),
+        "at": format!("2026-{:02}-{:02}T{:02}:00:00Z", 1 + i % 12, 1 + i % 28, i % 24),
+        "loc": {"lat": -60.0 + (i % 120) as f64, "lon": -170.0 + (i * 7 % 340) as f64},
+        "tags": tags,
+    })
+}
+
+struct Data {
+    points: Vec<(PointKey, Vec<f32>, Struct)>,
+    tok: Tokenizer,
+}
+
+fn unit(mut v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt() as f32;
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+impl Data {
+    fn new() -> Self {
+        let points = (0..N).map(|i| (PointKey::Num(i), unit(vector(i, DIM)), Struct::try_from(&payload(i)).unwrap())).collect();
+        Data { points, tok: Tokenizer::new(&text_params()) }
+    }
+    fn passes(&self, f: &Option<Filter>, k: &PointKey, p: &Struct) -> bool {
+        f.as_ref().is_none_or(|f| filter_matches(f, k, Some(p)))
+    }
+    fn dense(&self, q: &[f32], f: &Option<Filter>) -> Vec<(PointKey, f32)> {
+        let q = unit(q.to_vec());
+        self.points.iter().filter(|(k, _, p)| self.passes(f, k, p)).map(|(k, v, _)| (*k, v.iter().zip(&q).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32)).collect()
+    }
+    fn bm25(&self, text: &str, f: &Option<Filter>, k1: f64, b: f64) -> Vec<(PointKey, f32)> {
+        let docs: Vec<(PointKey, Vec<String>, &Struct)> = self.points.iter().map(|(k, _, p)| (*k, self.tok.field_values(p, "text").concat(), p)).filter(|(_, t, _)| !t.is_empty()).collect();
+        let n = docs.len() as f64;
+        let avgdl = docs.iter().map(|d| d.1.len()).sum::<usize>() as f64 / n;
+        let q = self.tok.tokens(text);
+        let df = |t: &String| docs.iter().filter(|d| d.1.contains(t)).count() as f64;
+        let mut out = vec![];
+        for (k, toks, p) in &docs {
+            if !self.passes(f, k, p) {
+                continue;
+            }
+            let mut s = 0.0;
+            let mut hit = false;
+            for t in &q {
+                let tf = toks.iter().filter(|x| *x == t).count() as f64;
+                if tf > 0.0 {
+                    hit = true;
+                    let idf = (1.0 + (n - df(t) + 0.5) / (df(t) + 0.5)).ln();
+                    s += idf * tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * toks.len() as f64 / avgdl));
+                }
+            }
+            if hit {
+                out.push((*k, s as f32));
+            }
+        }
+        out
+    }
+}
+
+fn top(mut v: Vec<(PointKey, f32)>, k: usize) -> Vec<(PointKey, f32)> {
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(k);
+    v
+}
+
+fn got(r: &QueryPointsResponse) -> Vec<(PointKey, f32)> {
+    r.points.iter().map(|p| (PointKey::try_from(p.id.as_ref().unwrap()).unwrap(), p.score)).collect()
+}
+
+/// Same ids in order and scores within `tol` (relative); ids may swap only
+/// where the reference's scores are within `tol` of each other.
+fn assert_close(what: &str, got: &[(PointKey, f32)], want: &[(PointKey, f32)], tol: f32) {
+    assert!(!want.is_empty(), "{what}: an empty reference tests nothing");
+    assert_eq!(got.len(), want.len(), "{what}: got {got:?}\nwant {want:?}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g.1 - w.1).abs() <= tol * w.1.abs().max(1.0), "{what}: score {i}: got {got:?}\nwant {want:?}");
+        if g.0 != w.0 {
+            let tie = want.iter().any(|x| x.0 == g.0 && (x.1 - w.1).abs() <= tol * w.1.abs().max(1.0));
+            assert!(tie, "{what}: id {i}: got {got:?}\nwant {want:?}");
+        }
+    }
+}
+
+async fn create(c: &Client, name: &str, shards: u32) {
+    let mut cfg = shoal_client::CollectionBuilder::new(name, DIM as u32, Metric::Cosine).shards(shards).replication_factor(2).text_index("text", text_params()).index("cat", PayloadIndexType::Keyword).index("name", PayloadIndexType::Keyword).index("n", PayloadIndexType::Numeric).index("price", PayloadIndexType::Numeric).build();
+    cfg.payload_indexes.push(PayloadIndexSpec { key: "at".into(), r#type: PayloadIndexType::Datetime as i32, text: None });
+    c.create_collection(cfg).await.unwrap();
+    let pts: Vec<Point> = (0..N).map(|i| Point::new(i, vector(i, DIM)).payload(payload(i))).collect();
+    for chunk in pts.chunks(200) {
+        c.upsert(name, chunk.to_vec()).await.unwrap();
+    }
+}
+
+fn cond(k: condition::Kind) -> Condition {
+    Condition { kind: Some(k) }
+}
+
+fn must(c: Condition) -> Option<Filter> {
+    Some(Filter { must: vec![c], ..Default::default() })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_query_form_is_shard_count_independent_and_equals_brute_force() {
+    let cluster = ProcCluster::start(3).await.unwrap();
+    let c = shoal_tests::tls::client(&cluster.coordinator.addr).await;
+    create(&c, "q1", 1).await;
+    create(&c, "q5", 5).await;
+    let d = Data::new();
+    let qv = vector(10_001, DIM);
+    let cat = |v: &str| must(cond(condition::Kind::Match(MatchCondition { key: "cat".into(), value: Some(match_condition::Value::Keyword(v.into())) })));
+    let run = |b: QueryBuilder| {
+        let c = c.clone();
+        async move {
+            let mut out = vec![];
+            for name in ["q1", "q5"] {
+                out.push(c.query(b.clone().collection(name)).await.unwrap());
+            }
+            let (a, b) = (got(&out[0]), got(&out[1]));
+            assert_eq!(a.iter().map(|x| x.0).collect::<Vec<_>>(), b.iter().map(|x| x.0).collect::<Vec<_>>(), "1 shard vs 5 shards");
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x.1 - y.1).abs() <= 1e-5 * x.1.abs().max(1.0), "scores at 1 vs 5 shards: {a:?} {b:?}");
+            }
+            out.pop().unwrap()
+        }
+    };
+
+    // Dense, exact, filtered.
+    let r = run(QueryBuilder::new("", Q::nearest(qv.clone())).filter(cat("music").unwrap()).exact().limit(15)).await;
+    assert_close("dense", &got(&r), &top(d.dense(&qv, &cat("music")), 15), 1e-4);
+
+    // BM25 alone, default and custom k1/b, with a filter.
+    for (k1, b) in [(1.2, 0.75), (0.5, 0.3)] {
+        let r = run(QueryBuilder::new("", Q::bm25_with("text", "fast vector searches of the Café", k1 as f32, b as f32)).limit(20)).await;
+        assert_close("bm25", &got(&r), &top(d.bm25("fast vector searches of the Café", &None, k1, b), 20), 1e-5);
+    }
+    let r = run(QueryBuilder::new("", Q::bm25("text", "graph index")).filter(cat("books").unwrap()).limit(10)).await;
+    assert_close("bm25 filtered", &got(&r), &top(d.bm25("graph index", &cat("books"), 1.2, 0.75), 10), 1e-5);
+
+    // RRF and DBSF of dense and BM25, each stage's global list first.
+    let dense50 = top(d.dense(&qv, &None), 50);
+    let text50 = top(d.bm25("rust raft shard", &None, 1.2, 0.75), 50);
+    let hybrid = |fusion: Query| QueryBuilder::new("", fusion).prefetch(PrefetchBuilder::new(Q::nearest(qv.clone()), 50).exact()).prefetch(PrefetchBuilder::new(Q::bm25("text", "rust raft shard"), 50)).limit(10);
+    let r = run(hybrid(Q::rrf())).await;
+    assert_close("rrf", &got(&r), &top(shoal_coordinator::query::rrf(&[dense50.clone(), text50.clone()], &[], 60), 10), 1e-5);
+    let r = run(hybrid(Q::dbsf(vec![1.0, 2.0]))).await;
+    assert_close("dbsf", &got(&r), &top(shoal_coordinator::query::dbsf(&[dense50.clone(), text50.clone()], &[true, true], &[1.0, 2.0]), 10), 1e-5);
+    // Pagination: the next page continues the same ranking.
+    let r = run(hybrid(Q::rrf()).offset(10)).await;
+    assert_close("rrf page 2", &got(&r), &top(shoal_coordinator::query::rrf(&[dense50.clone(), text50.clone()], &[], 60), 20)[10..], 1e-5);
+
+    // Re-score: BM25 candidates ordered by the dense vector; the top-level
+    // filter applies to the prefetch too.
+    let r = run(QueryBuilder::new("", Q::nearest(qv.clone())).prefetch(PrefetchBuilder::new(Q::bm25("text", "database query"), 40)).filter(cat("tools").unwrap()).limit(10)).await;
+    let cands: HashSet<PointKey> = top(d.bm25("database query", &cat("tools"), 1.2, 0.75), 40).into_iter().map(|x| x.0).collect();
+    let want = top(d.dense(&qv, &None).into_iter().filter(|x| cands.contains(&x.0)).collect(), 10);
+    assert_close("re-score", &got(&r), &want, 1e-5);
+
+    // Score threshold.
+    let r = run(QueryBuilder::new("", Q::nearest(qv.clone())).exact().score_threshold(0.5).limit(1000)).await;
+    let want = top(d.dense(&qv, &None).into_iter().filter(|x| x.1 >= 0.5).collect(), 1000);
+    assert!(!want.is_empty());
+    assert_close("threshold", &got(&r), &want, 1e-4);
+
+    // Recommend, average vector (examples by id, left out of the results).
+    let (p1, p2, n1) = (3u64, 77u64, 150u64);
+    let vec_of = |i: u64| d.points[i as usize].1.clone();
+    let avg: Vec<f32> = (0..DIM).map(|j| {
+        let p = (vec_of(p1)[j] + vec_of(p2)[j]) / 2.0;
+        p + (p - vec_of(n1)[j])
+    }).collect();
+    let r = run(QueryBuilder::new("", Q::recommend(vec![shoal_client::query::by_id(p1), shoal_client::query::by_id(p2)], vec![shoal_client::query::by_id(n1)], RecommendStrategy::AverageVector)).exact().limit(10)).await;
+    let want = top(d.dense(&avg, &None).into_iter().filter(|x| ![p1, p2, n1].contains(&match x.0 { PointKey::Num(n) => n, _ => 0 })).collect(), 10);
+    assert_close("recommend average", &got(&r), &want, 1e-4);
+
+    // Recommend, best score.
+    let r = run(QueryBuilder::new("", Q::recommend(vec![shoal_client::query::by_id(p1), shoal_client::query::by_vector(qv.clone())], vec![shoal_client::query::by_id(n1)], RecommendStrategy::BestScore)).filter(cat("garden").unwrap()).limit(10)).await;
+    let sims = |q: &[f32]| -> HashMap<PointKey, f32> { d.dense(q, &cat("garden")).into_iter().collect() };
+    let (s1, s2, s3) = (sims(&vec_of(p1)), sims(&qv), sims(&vec_of(n1)));
+    let want = top(s1.keys().filter(|k| ![PointKey::Num(p1), PointKey::Num(n1)].contains(k)).map(|k| (*k, shoal_coordinator::query::best_score(&[s1[k], s2[k]], &[s3[k]]))).collect(), 10);
+    assert_close("recommend best score", &got(&r), &want, 1e-5);
+
+    // MMR over the 60 nearest.
+    let r = run(QueryBuilder::new("", Q::mmr(shoal_client::query::by_vector(qv.clone()), 0.6, 60)).exact().limit(8)).await;
+    let near60: Vec<(PointKey, f32, Vec<f32>)> = top(d.dense(&qv, &None), 60).into_iter().map(|(k, s)| (k, s, d.points[match k { PointKey::Num(n) => n as usize, _ => 0 }].1.clone())).collect();
+    assert_close("mmr", &got(&r), &shoal_coordinator::query::mmr(Metric::Cosine, near60, 0.6, 8), 1e-5);
+
+    // Group-by a payload key, with payload key selection.
+    let mut reqs = vec![];
+    for name in ["q1", "q5"] {
+        reqs.push(c.query(QueryBuilder::new(name, Q::bm25("text", "hybrid dense text")).group_by("cat", 2).payload_keys(&["cat"]).limit(3)).await.unwrap());
+    }
+    assert_eq!(reqs[0], reqs[1], "group-by at 1 and 5 shards");
+    let ranked = top(d.bm25("hybrid dense text", &None, 1.2, 0.75), (3 * 2 * shoal_coordinator::query::GROUP_CANDIDATE_FACTOR).min(10_000));
+    let mut want: Vec<(String, Vec<PointKey>)> = vec![];
+    for (k, _) in &ranked {
+        let cat = d.points[match k { PointKey::Num(n) => *n as usize, _ => 0 }].2.fields["cat"].clone();
+        let Some(value::Kind::StringValue(cat)) = cat.kind else { panic!() };
+        match want.iter_mut().find(|g| g.0 == cat) {
+            Some(g) if g.1.len() < 2 => g.1.push(*k),
+            Some(_) => {}
+            None => want.push((cat, vec![*k])),
+        }
+    }
+    want.truncate(3);
+    let groups: Vec<(String, Vec<PointKey>)> = reqs[1]
+        .groups
+        .iter()
+        .map(|g| {
+            let Some(value::Kind::StringValue(s)) = g.key.as_ref().unwrap().kind.clone() else { panic!() };
+            for p in &g.points {
+                let pl = p.payload.as_ref().unwrap();
+                assert_eq!(pl.fields.keys().collect::<Vec<_>>(), vec!["cat"], "only the selected payload key");
+            }
+            (s, g.points.iter().map(|p| PointKey::try_from(p.id.as_ref().unwrap()).unwrap()).collect())
+        })
+        .collect();
+    assert_eq!(groups, want, "groups");
+
+    // Every new filter kind, counted at 1 and 5 shards against the reference.
+    let geo = |lat: f64, lon: f64| Some(GeoPoint { lat, lon });
+    let filters: Vec<(&str, Option<Filter>)> = vec![
+        ("text all", must(cond(condition::Kind::Text(TextCondition { key: "text".into(), text: "Vectors searching".into(), mode: TextMatch::All as i32 })))),
+        ("text any", must(cond(condition::Kind::Text(TextCondition { key: "text".into(), text: "cafe graph".into(), mode: TextMatch::Any as i32 })))),
+        ("phrase", must(cond(condition::Kind::Text(TextCondition { key: "text".into(), text: "fast rust".into(), mode: TextMatch::Phrase as i32 })))),
+        ("float", must(cond(condition::Kind::Match(MatchCondition { key: "price".into(), value: Some(match_condition::Value::Float(1.5)) })))),
+        ("prefix", must(cond(condition::Kind::Match(MatchCondition { key: "name".into(), value: Some(match_condition::Value::Prefix("gamma-1".into())) })))),
+        ("datetime", must(cond(condition::Kind::DatetimeRange(DatetimeRangeCondition { key: "at".into(), gte: Some("2026-03-01".into()), lt: Some("2026-05-15T12:00:00+02:00".into()), ..Default::default() })))),
+        ("values_count", must(cond(condition::Kind::ValuesCount(ValuesCountCondition { key: "tags".into(), gte: Some(2), ..Default::default() })))),
+        ("is_empty", must(cond(condition::Kind::IsEmpty(IsEmptyCondition { key: "tags".into() })))),
+        ("geo radius", must(cond(condition::Kind::GeoRadius(GeoRadiusCondition { key: "loc".into(), center: geo(10.0, 20.0), radius_m: 3_000_000.0 })))),
+        ("geo box", must(cond(condition::Kind::GeoBoundingBox(GeoBoundingBoxCondition { key: "loc".into(), top_left: geo(30.0, 160.0), bottom_right: geo(-30.0, -160.0) })))),
+        ("geo polygon", must(cond(condition::Kind::GeoPolygon(GeoPolygonCondition { key: "loc".into(), exterior: vec![GeoPoint { lat: 0.0, lon: 0.0 }, GeoPoint { lat: 40.0, lon: 0.0 }, GeoPoint { lat: 0.0, lon: 60.0 }] })))),
+    ];
+    let text_ref = |name: &str, f: &Option<Filter>, k: &PointKey, p: &Struct| -> bool {
+        // Text conditions use the field's tokenizer (stemming, stop words).
+        if name.starts_with("text") || name == "phrase" {
+            let Some(condition::Kind::Text(t)) = &f.as_ref().unwrap().must[0].kind else { unreachable!() };
+            d.tok.payload_matches(p, "text", &d.tok.tokens(&t.text), TextMatch::try_from(t.mode).unwrap())
+        } else {
+            d.passes(f, k, p)
+        }
+    };
+    for (name, f) in &filters {
+        let want = d.points.iter().filter(|(k, _, p)| text_ref(name, f, k, p)).count() as u64;
+        assert!(want > 0 && want < N, "{name}: a filter that selects {want} of {N} tests nothing");
+        for col in ["q1", "q5"] {
+            assert_eq!(c.count(col, f.clone()).await.unwrap(), want, "{name} on {col}");
+        }
+        // And as a search filter, with the dense reference.
+        let r = run(QueryBuilder::new("", Q::nearest(qv.clone())).filter(f.clone().unwrap()).exact().limit(5)).await;
+        let want = top(d.points.iter().filter(|(k, _, p)| text_ref(name, f, k, p)).map(|(k, v, _)| (*k, v.iter().zip(&unit(qv.clone())).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32)).collect(), 5);
+        assert_close(name, &got(&r), &want, 1e-4);
+    }
+
+    // Bad queries get INVALID_ARGUMENT, not a hang or a crash.
+    let bad = c.query(QueryBuilder::new("q5", Q::bm25("cat", "books"))).await.unwrap_err();
+    assert!(bad.to_string().contains("InvalidArgument") || bad.to_string().contains("invalid"), "{bad}");
+    let bad = c.query(QueryBuilder::new("q5", Q::rrf())).await.unwrap_err();
+    assert!(bad.to_string().contains("prefetch"), "{bad}");
+    let bad = c.query(QueryBuilder::new("q5", Q::bm25("text", "the of"))).await.unwrap_err();
+    assert!(bad.to_string().contains("no tokens"), "{bad}");
+}
