@@ -6,7 +6,16 @@
 //! `{"key": K, "match": V}` (V a string, integer or bool),
 //! `{"key": K, "match_any": [V...]}`, `{"key": K, "range": {"gt"|"gte"|"lt"|"lte": N}}`,
 //! `{"key": K, "exists": true}`, `{"key": K, "is_null": true}`,
-//! `{"has_id": [ID...]}` and `{"filter": {...}}` (nesting).
+//! `{"has_id": [ID...]}` and `{"filter": {...}}` (nesting), and the
+//! conditions of the query API (docs/query.md): `{"key": K, "match": 1.5}`
+//! (a non-integer number matches as a float), `{"key": K, "prefix": S}`,
+//! `{"key": K, "text": S}`, `{"key": K, "text_any": S}`,
+//! `{"key": K, "phrase": S}`, `{"key": K, "values_count": {"gte": N...}}`,
+//! `{"key": K, "is_empty": true}`,
+//! `{"key": K, "datetime_range": {"gte": "2026-01-01T00:00:00Z"...}}`,
+//! `{"key": K, "geo_radius": {"lat": A, "lon": B, "radius_m": R}}`,
+//! `{"key": K, "geo_bounding_box": {"top_left": {"lat", "lon"}, "bottom_right": {...}}}`
+//! and `{"key": K, "geo_polygon": [{"lat", "lon"}...]}`.
 use serde_json::Value as J;
 use shoal_proto::v1::*;
 
@@ -55,7 +64,10 @@ fn condition(v: &J) -> Result<Condition> {
         let value = match m {
             J::String(s) => match_condition::Value::Keyword(s.clone()),
             J::Bool(b) => match_condition::Value::Boolean(*b),
-            J::Number(n) => match_condition::Value::Integer(n.as_i64().ok_or_else(|| err(format!("match value {n} is not an integer")))?),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => match_condition::Value::Integer(i),
+                None => match_condition::Value::Float(n.as_f64().ok_or_else(|| err(format!("match value {n} is not a number")))?),
+            },
             other => return Err(err(format!("match value {other} must be a string, integer or bool"))),
         };
         condition::Kind::Match(MatchCondition { key, value: Some(value) })
@@ -75,14 +87,43 @@ fn condition(v: &J) -> Result<Condition> {
             r.get(n).map(|x| x.as_f64().ok_or_else(|| err(format!("range bound {n} must be a number")))).transpose()
         };
         condition::Kind::Range(RangeCondition { key, gt: b("gt")?, gte: b("gte")?, lt: b("lt")?, lte: b("lte")? })
+    } else if let Some(p) = o.get("prefix") {
+        condition::Kind::Match(MatchCondition { key, value: Some(match_condition::Value::Prefix(p.as_str().ok_or_else(|| err("prefix must be a string"))?.to_string())) })
+    } else if let Some((t, mode)) = [("text", TextMatch::All), ("text_any", TextMatch::Any), ("phrase", TextMatch::Phrase)].iter().find_map(|(n, m)| o.get(*n).map(|t| (t, *m))) {
+        condition::Kind::Text(TextCondition { key, text: t.as_str().ok_or_else(|| err("text, text_any and phrase take a string"))?.to_string(), mode: mode as i32 })
+    } else if let Some(r) = o.get("values_count") {
+        let r = r.as_object().ok_or_else(|| err("values_count must be an object"))?;
+        let b = |n: &str| -> Result<Option<u32>> { r.get(n).map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()).ok_or_else(|| err(format!("values_count bound {n} must be a count")))).transpose() };
+        condition::Kind::ValuesCount(ValuesCountCondition { key, gt: b("gt")?, gte: b("gte")?, lt: b("lt")?, lte: b("lte")? })
+    } else if o.get("is_empty").is_some() {
+        condition::Kind::IsEmpty(IsEmptyCondition { key })
+    } else if let Some(r) = o.get("datetime_range") {
+        let r = r.as_object().ok_or_else(|| err("datetime_range must be an object"))?;
+        let b = |n: &str| -> Result<Option<String>> { r.get(n).map(|x| x.as_str().map(String::from).ok_or_else(|| err(format!("datetime_range bound {n} must be a string")))).transpose() };
+        condition::Kind::DatetimeRange(DatetimeRangeCondition { key, gt: b("gt")?, gte: b("gte")?, lt: b("lt")?, lte: b("lte")? })
+    } else if let Some(g) = o.get("geo_radius") {
+        let c = geo(g)?;
+        let radius_m = g.get("radius_m").and_then(J::as_f64).ok_or_else(|| err("geo_radius needs radius_m"))?;
+        condition::Kind::GeoRadius(GeoRadiusCondition { key, center: Some(c), radius_m })
+    } else if let Some(g) = o.get("geo_bounding_box") {
+        let p = |n: &str| g.get(n).ok_or_else(|| err(format!("geo_bounding_box needs {n}"))).and_then(geo);
+        condition::Kind::GeoBoundingBox(GeoBoundingBoxCondition { key, top_left: Some(p("top_left")?), bottom_right: Some(p("bottom_right")?) })
+    } else if let Some(g) = o.get("geo_polygon") {
+        let exterior = g.as_array().ok_or_else(|| err("geo_polygon must be an array of points"))?.iter().map(geo).collect::<Result<_>>()?;
+        condition::Kind::GeoPolygon(GeoPolygonCondition { key, exterior })
     } else if o.get("exists").is_some() {
         condition::Kind::Exists(ExistsCondition { key })
     } else if o.get("is_null").is_some() {
         condition::Kind::IsNull(IsNullCondition { key })
     } else {
-        return Err(err(format!("condition {v} needs match, match_any, range, exists or is_null")));
+        return Err(err(format!("condition {v} needs match, match_any, range, exists, is_null, prefix, text, text_any, phrase, values_count, is_empty, datetime_range or a geo condition")));
     };
     Ok(Condition { kind: Some(kind) })
+}
+
+fn geo(v: &J) -> Result<GeoPoint> {
+    let n = |k: &str| v.get(k).and_then(J::as_f64).ok_or_else(|| err(format!("geo point {v} needs a numeric {k}")));
+    Ok(GeoPoint { lat: n("lat")?, lon: n("lon")? })
 }
 
 #[cfg(test)]
@@ -102,7 +143,18 @@ mod tests {
         assert!(matches!(&f.must[1].kind, Some(condition::Kind::Range(r)) if r.gte == Some(10.0) && r.lt == Some(99.5)));
         assert!(matches!(&f.should[0].kind, Some(condition::Kind::Filter(_))));
         assert!(shoal_proto::validate::filter(&f).is_ok());
-        for bad in [json!([]), json!({"must": {}}), json!({"must": [{"match": 1}]}), json!({"must": [{"key": "a", "match": 1.5}]}), json!({"whatever": []})] {
+        let g = from_json(&json!({"must": [
+            {"key": "p", "match": 1.5}, {"key": "t", "phrase": "a b"}, {"key": "n", "prefix": "ab"},
+            {"key": "c", "values_count": {"gte": 2}}, {"key": "e", "is_empty": true},
+            {"key": "d", "datetime_range": {"gte": "2026-01-01"}},
+            {"key": "l", "geo_radius": {"lat": 1.0, "lon": 2.0, "radius_m": 1000.0}},
+            {"key": "l", "geo_polygon": [{"lat": 0, "lon": 0}, {"lat": 1, "lon": 0}, {"lat": 0, "lon": 1}]}
+        ]}))
+        .unwrap();
+        assert!(matches!(&g.must[0].kind, Some(condition::Kind::Match(m)) if m.value == Some(match_condition::Value::Float(1.5))));
+        assert!(matches!(&g.must[1].kind, Some(condition::Kind::Text(t)) if t.mode == TextMatch::Phrase as i32));
+        assert!(shoal_proto::validate::filter(&g).is_ok());
+        for bad in [json!([]), json!({"must": {}}), json!({"must": [{"match": 1}]}), json!({"whatever": []})] {
             assert!(from_json(&bad).is_err(), "{bad}");
         }
     }

@@ -293,6 +293,22 @@ async fn every_query_form_is_shard_count_independent_and_equals_brute_force() {
         assert_close(name, &got(&r), &want, 1e-4);
     }
 
+    // shoalctl: a hybrid query from flags gives the SDK's answer.
+    let addr = cluster.coordinator.addr.clone();
+    let v: Vec<String> = qv.iter().map(|x| x.to_string()).collect();
+    let (ok, out, err) = shoal_tests::shoalctl(&["-o", "json", "--addr", &addr, "query", "-c", "q5", "--vector", &v.join(","), "--text", "rust raft shard", "--exact", "--prefetch-limit", "50", "-k", "10", "--payload-keys", "cat"]);
+    assert!(ok, "shoalctl query: {out}\n{err}");
+    let rows: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let sdk = run(hybrid(Q::rrf())).await;
+    let cli_ids: Vec<u64> = rows.as_array().unwrap().iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    let sdk_ids: Vec<u64> = got(&sdk).iter().map(|(k, _)| match k { PointKey::Num(n) => *n, _ => 0 }).collect();
+    assert_eq!(cli_ids, sdk_ids);
+    assert!(rows[0]["payload"]["cat"].is_string() && rows[0]["payload"].as_object().unwrap().len() == 1);
+    let (ok, out, err) = shoal_tests::shoalctl(&["-o", "json", "--addr", &addr, "query", "-c", "q5", "--text", "graph", "--filter", r#"{"must": [{"key": "text", "phrase": "fast rust"}]}"#, "--group-by", "cat", "--group-size", "1"]);
+    assert!(ok, "shoalctl grouped query: {out}\n{err}");
+    let groups: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(groups.as_array().is_some_and(|g| !g.is_empty() && g.iter().all(|g| g["points"].as_array().unwrap().len() == 1)), "{groups}");
+
     // Bad queries get INVALID_ARGUMENT, not a hang or a crash.
     let bad = c.query(QueryBuilder::new("q5", Q::bm25("cat", "books"))).await.unwrap_err();
     assert!(bad.to_string().contains("InvalidArgument") || bad.to_string().contains("invalid"), "{bad}");

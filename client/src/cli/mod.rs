@@ -12,6 +12,7 @@ use shoal_proto::v1::*;
 use crate::{dataset, filter, Client, CollectionBuilder, Point, SearchBuilder};
 
 mod cluster;
+mod query;
 
 #[derive(Parser)]
 #[command(name = "shoalctl", version, about = "Shoal admin CLI")]
@@ -62,6 +63,9 @@ pub enum Cmd {
     Point(PointCmd),
     /// Search a collection.
     Search(SearchArgs),
+    /// Hybrid and multi-stage queries: nearest, BM25, both fused,
+    /// recommend, MMR, group-by (docs/query.md).
+    Query(query::QueryArgs),
     /// Cluster operations.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -114,9 +118,19 @@ pub enum CollectionCmd {
         /// Store vectors in the index as f16.
         #[arg(long)]
         f16: bool,
-        /// Payload index, `field:keyword|numeric|bool` (repeatable).
+        /// Payload index, `field:keyword|numeric|bool|text|datetime`
+        /// (repeatable).
         #[arg(long = "index")]
         indexes: Vec<String>,
+        /// Text indexes: Snowball stemmer ("english", ...; default none).
+        #[arg(long, default_value = "")]
+        text_stemmer: String,
+        /// Text indexes: stop word list ("english"; default none).
+        #[arg(long, default_value = "")]
+        text_stop_words: String,
+        /// Text indexes: keep accents (no ASCII folding).
+        #[arg(long)]
+        text_keep_accents: bool,
     },
     /// List collections.
     List,
@@ -236,7 +250,9 @@ fn parse_index(s: &str) -> Result<PayloadIndexType> {
         "keyword" => Ok(PayloadIndexType::Keyword),
         "numeric" => Ok(PayloadIndexType::Numeric),
         "bool" => Ok(PayloadIndexType::Bool),
-        _ => bail!("unknown index type {s:?}: use keyword, numeric or bool"),
+        "text" => Ok(PayloadIndexType::Text),
+        "datetime" => Ok(PayloadIndexType::Datetime),
+        _ => bail!("unknown index type {s:?}: use keyword, numeric, bool, text or datetime"),
     }
 }
 
@@ -294,14 +310,17 @@ pub async fn run(cli: Cli) -> Result<()> {
     let client = public_client(&cli.addr).await?;
     let json_out = cli.output == Output::Json;
     match cli.cmd {
-        Cmd::Collection(CollectionCmd::Create { name, dim, metric, shards, replication_factor, m, ef_construction, ef_search, f16, indexes }) => {
+        Cmd::Collection(CollectionCmd::Create { name, dim, metric, shards, replication_factor, m, ef_construction, ef_search, f16, indexes, text_stemmer, text_stop_words, text_keep_accents }) => {
             let mut b = CollectionBuilder::new(name, dim, metric.into()).shards(shards).replication_factor(replication_factor).hnsw(m, ef_construction, ef_search);
             if f16 {
                 b = b.f16();
             }
             for spec in indexes {
                 let (field, ty) = spec.split_once(':').with_context(|| format!("--index {spec:?}: expected field:type"))?;
-                b = b.index(field, parse_index(ty)?);
+                b = match parse_index(ty)? {
+                    PayloadIndexType::Text => b.text_index(field, TextIndexParams { stemmer: text_stemmer.clone(), stop_words: text_stop_words.clone(), keep_accents: text_keep_accents }),
+                    t => b.index(field, t),
+                };
             }
             let info = client.create_collection(b.build()).await?;
             if json_out {
@@ -385,6 +404,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("imported {done} points in {secs:.1} s ({:.0} points/s)", done as f64 / secs);
             }
         }
+        Cmd::Query(a) => query::run(&client, &a, json_out).await?,
         Cmd::Search(a) => {
             let vector = a.vector.split(',').map(|x| x.trim().parse::<f32>().with_context(|| format!("--vector: {x:?} is not a number"))).collect::<Result<Vec<_>>>()?;
             let mut s = SearchBuilder::new(&a.collection, vector, a.top_k).exact(a.exact);

@@ -1,0 +1,190 @@
+//! `shoalctl query`: the query API from the command line (docs/query.md).
+//!
+//! One flag set covers the common shapes: `--vector`/`--id` alone is a
+//! nearest search (or MMR with `--mmr`), `--text` alone is BM25, both
+//! together are a hybrid query fusing a dense and a BM25 prefetch
+//! (`--fusion rrf|dbsf`), and `--positive`/`--negative` ids recommend.
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use serde_json::json;
+use shoal_proto::v1::{PointId, Query, RecommendStrategy, VectorInput};
+
+use super::{id_json, print_table, table};
+use crate::query::{by_id, by_vector};
+use crate::{filter, Client, PrefetchBuilder, QueryBuilder, Q};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FusionArg {
+    Rrf,
+    Dbsf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum StrategyArg {
+    Average,
+    Best,
+}
+
+#[derive(clap::Args)]
+pub struct QueryArgs {
+    #[arg(long, short)]
+    pub collection: String,
+    /// Dense query vector, comma-separated.
+    #[arg(long)]
+    pub vector: Option<String>,
+    /// Use this stored point's vector as the query (a number or a UUID).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// BM25 query text (needs a TEXT index on --text-key).
+    #[arg(long)]
+    pub text: Option<String>,
+    #[arg(long, default_value = "text")]
+    pub text_key: String,
+    /// How a vector and a text query are combined.
+    #[arg(long, value_enum, default_value_t = FusionArg::Rrf)]
+    pub fusion: FusionArg,
+    /// Candidates of each prefetch of a hybrid query.
+    #[arg(long, default_value_t = 100)]
+    pub prefetch_limit: u32,
+    /// Recommend: positive example ids, comma-separated.
+    #[arg(long)]
+    pub positive: Option<String>,
+    /// Recommend: negative example ids, comma-separated.
+    #[arg(long)]
+    pub negative: Option<String>,
+    #[arg(long, value_enum, default_value_t = StrategyArg::Average)]
+    pub strategy: StrategyArg,
+    /// Diversify with MMR at this diversity (0..=1).
+    #[arg(long)]
+    pub mmr: Option<f32>,
+    /// Filter as JSON (docs/filters.md).
+    #[arg(long)]
+    pub filter: Option<String>,
+    #[arg(long, short = 'k', default_value_t = 10)]
+    pub limit: u32,
+    #[arg(long, default_value_t = 0)]
+    pub offset: u32,
+    #[arg(long)]
+    pub score_threshold: Option<f32>,
+    /// Group results by this payload key.
+    #[arg(long)]
+    pub group_by: Option<String>,
+    #[arg(long, default_value_t = 3)]
+    pub group_size: u32,
+    #[arg(long)]
+    pub with_payload: bool,
+    /// Return only these payload keys, comma-separated.
+    #[arg(long)]
+    pub payload_keys: Option<String>,
+    #[arg(long)]
+    pub exact: bool,
+    #[arg(long)]
+    pub ef: Option<u32>,
+}
+
+fn parse_id(s: &str) -> PointId {
+    match s.trim().parse::<u64>() {
+        Ok(n) => PointId::from(n),
+        Err(_) => PointId { kind: Some(shoal_proto::v1::point_id::Kind::Uuid(s.trim().to_string())) },
+    }
+}
+
+fn ids(s: &Option<String>) -> Vec<VectorInput> {
+    s.as_deref().map(|s| s.split(',').filter(|x| !x.trim().is_empty()).map(|x| by_id(parse_id(x))).collect()).unwrap_or_default()
+}
+
+/// The request the flags describe.
+pub fn build(a: &QueryArgs) -> Result<QueryBuilder> {
+    let vector = match (&a.vector, &a.id) {
+        (Some(_), Some(_)) => bail!("give --vector or --id, not both"),
+        (Some(v), None) => Some(by_vector(v.split(',').map(|x| x.trim().parse::<f32>().with_context(|| format!("--vector: {x:?} is not a number"))).collect::<Result<Vec<_>>>()?)),
+        (None, Some(id)) => Some(by_id(parse_id(id))),
+        (None, None) => None,
+    };
+    let nearest = |v: VectorInput| Query { kind: Some(shoal_proto::v1::query::Kind::Nearest(shoal_proto::v1::NearestQuery { vector: Some(v) })) };
+    let (pos, neg) = (ids(&a.positive), ids(&a.negative));
+    let mut b = if !pos.is_empty() || !neg.is_empty() {
+        let strategy = match a.strategy {
+            StrategyArg::Average => RecommendStrategy::AverageVector,
+            StrategyArg::Best => RecommendStrategy::BestScore,
+        };
+        QueryBuilder::new(&a.collection, Q::recommend(pos, neg, strategy))
+    } else {
+        match (vector, &a.text) {
+            (None, None) => bail!("give --vector, --id, --text or --positive/--negative"),
+            (Some(v), None) => match a.mmr {
+                Some(d) => QueryBuilder::new(&a.collection, Q::mmr(v, d, 0)),
+                None => QueryBuilder::new(&a.collection, nearest(v)),
+            },
+            (None, Some(t)) => QueryBuilder::new(&a.collection, Q::bm25(&a.text_key, t)),
+            (Some(v), Some(t)) => {
+                let fusion = match a.fusion {
+                    FusionArg::Rrf => Q::rrf(),
+                    FusionArg::Dbsf => Q::dbsf(vec![]),
+                };
+                let mut dense = PrefetchBuilder::new(nearest(v), a.prefetch_limit);
+                if a.exact {
+                    dense = dense.exact();
+                }
+                if let Some(ef) = a.ef {
+                    dense = dense.ef(ef);
+                }
+                QueryBuilder::new(&a.collection, fusion).prefetch(dense).prefetch(PrefetchBuilder::new(Q::bm25(&a.text_key, t), a.prefetch_limit))
+            }
+        }
+    };
+    b = b.limit(a.limit).offset(a.offset);
+    if let Some(f) = &a.filter {
+        b = b.filter(filter::from_json(&serde_json::from_str(f).context("--filter is not JSON")?)?);
+    }
+    if let Some(t) = a.score_threshold {
+        b = b.score_threshold(t);
+    }
+    if let Some(g) = &a.group_by {
+        b = b.group_by(g, a.group_size);
+    }
+    if a.with_payload {
+        b = b.with_payload();
+    }
+    if let Some(keys) = &a.payload_keys {
+        let keys: Vec<&str> = keys.split(',').map(str::trim).filter(|k| !k.is_empty()).collect();
+        b = b.payload_keys(&keys);
+    }
+    if a.exact {
+        b = b.exact();
+    }
+    if let Some(ef) = a.ef {
+        b = b.ef(ef);
+    }
+    Ok(b)
+}
+
+pub async fn run(client: &Client, a: &QueryArgs, json_out: bool) -> Result<()> {
+    let r = client.query(build(a)?).await?;
+    let row = |p: &shoal_proto::v1::ScoredPoint| json!({"id": id_json(&p.id), "score": p.score, "payload": p.payload.as_ref().map(serde_json::Value::from)});
+    if json_out {
+        if a.group_by.is_some() {
+            let groups: Vec<serde_json::Value> = r.groups.iter().map(|g| json!({"key": g.key.as_ref().map(serde_json::Value::from), "points": g.points.iter().map(row).collect::<Vec<_>>()})).collect();
+            println!("{}", json!(groups));
+        } else {
+            println!("{}", json!(r.points.iter().map(row).collect::<Vec<_>>()));
+        }
+        return Ok(());
+    }
+    let mut t = table(&["GROUP", "ID", "SCORE", "PAYLOAD"]);
+    let mut add = |g: String, p: &shoal_proto::v1::ScoredPoint| {
+        let r = row(p);
+        t.add_row(vec![g, r["id"].to_string(), format!("{:.4}", p.score), if r["payload"].is_null() { String::new() } else { r["payload"].to_string() }]);
+    };
+    for p in &r.points {
+        add(String::new(), p);
+    }
+    for g in &r.groups {
+        let key = g.key.as_ref().map(|v| serde_json::Value::from(v).to_string()).unwrap_or_default();
+        for p in &g.points {
+            add(key.clone(), p);
+        }
+    }
+    print_table(t);
+    Ok(())
+}
