@@ -274,7 +274,7 @@ impl TextIndex {
                 let Ok(i) = d.terms.binary_search_by_key(&id, |(t, _)| *t) else { continue };
                 let tf = d.terms[i].1 as f64;
                 let norm = k1 * (1.0 - b + b * d.len as f64 / avgdl);
-                *acc.entry(o).or_default() += w * tf * (k1 + 1.0) / (tf + norm);
+                *acc.entry(o).or_default() += w * tf / (tf + norm);
             }
         }
         acc.into_iter().collect()
@@ -357,7 +357,7 @@ mod tests {
         let mut got = idx.bm25(&q, &w, avgdl, 1.2, 0.75, &live);
         got.sort_by_key(|x| x.0);
         // Doc 1: "the" twice, "cat" once, length 5.
-        let s = |tf: f64, dl: f64, df: f64| (1.0 + (3.0 - df + 0.5) / (df + 0.5)).ln() * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * dl / avgdl));
+        let s = |tf: f64, dl: f64, df: f64| (1.0 + (3.0 - df + 0.5) / (df + 0.5)).ln() * tf / (tf + 1.2 * (0.25 + 0.75 * dl / avgdl));
         assert!((got[0].1 - (s(1.0, 3.0, 2.0) + s(1.0, 3.0, 2.0))).abs() < 1e-12);
         assert!((got[1].1 - (s(1.0, 5.0, 2.0) + s(2.0, 5.0, 2.0))).abs() < 1e-12);
         assert_eq!(got.len(), 2);

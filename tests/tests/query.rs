@@ -87,7 +87,7 @@ impl Data {
                 if tf > 0.0 {
                     hit = true;
                     let idf = (1.0 + (n - df(t) + 0.5) / (df(t) + 0.5)).ln();
-                    s += idf * tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * toks.len() as f64 / avgdl));
+                    s += idf * tf / (tf + k1 * (1.0 - b + b * toks.len() as f64 / avgdl));
                 }
             }
             if hit {
