@@ -164,7 +164,7 @@ fn num_id(id: &Option<PointId>) -> Option<u64> {
 }
 
 /// The median (upper middle for even counts); sorts `xs`.
-fn median(xs: &mut [f64]) -> f64 {
+pub(crate) fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs.get(xs.len() / 2).copied().unwrap_or(0.0)
 }

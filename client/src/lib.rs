@@ -39,6 +39,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub mod bench;
+pub mod bench_hybrid;
 pub mod cli;
 pub mod dataset;
 pub mod filter;

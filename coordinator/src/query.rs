@@ -477,17 +477,18 @@ async fn run_stage<E: Exec>(exec: &E, st: Stage<'_>, page: usize) -> Result<(Vec
     let dense_higher = metric != Metric::L2;
     let q = st.query.and_then(|q| q.kind.as_ref()).ok_or_else(|| bad(&st.path, "query is missing"))?;
     let filter = and_filters(&st.filters);
-    // Prefetches first: their lists, each computed over the collection.
-    let mut children: Vec<(Vec<Scored>, bool)> = Vec::with_capacity(st.prefetch.len());
-    for (i, p) in st.prefetch.iter().enumerate() {
+    // Prefetches first, all at once: their lists, each computed over the
+    // collection.
+    let kids = st.prefetch.iter().enumerate().map(|(i, p)| {
         let mut filters = st.filters.clone();
         if let Some(f) = non_empty(&p.filter) {
             filters.push(f);
         }
         let child = Stage { query: p.query.as_ref(), prefetch: &p.prefetch, filters, limit: stage_limit(p, page), threshold: p.score_threshold, params: p.params.unwrap_or(st.params), path: format!("{}.prefetch[{i}]", st.path) };
         let cl = child.limit;
-        children.push(Box::pin(run_stage(exec, child, cl)).await?);
-    }
+        Box::pin(run_stage(exec, child, cl))
+    });
+    let children: Vec<(Vec<Scored>, bool)> = futures::future::try_join_all(kids).await?;
     let leaf = st.prefetch.is_empty();
     let candidates: Vec<PointKey> = {
         let mut seen = HashSet::new();

@@ -132,13 +132,6 @@ impl Tokenizer {
     }
 }
 
-/// One indexed version's terms.
-struct Doc {
-    len: u32,
-    /// (term id, frequency), sorted by term id.
-    terms: Box<[(u32, u32)]>,
-}
-
 /// Shard-local statistics of one field for a query.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
@@ -148,18 +141,26 @@ pub struct Stats {
     pub df: Vec<u64>,
 }
 
-/// The inverted index of one TEXT field.
+/// The inverted index of one TEXT field. Only live versions are in it
+/// (writes remove retired ones under the shard's state lock).
 pub struct TextIndex {
     pub tokenizer: Tokenizer,
     vocab: HashMap<String, u32>,
+    /// Per term: the versions holding it (filters, intersections).
     postings: Vec<RoaringBitmap>,
-    docs: HashMap<u32, Doc>,
+    /// Per term: (offset, term frequency), sorted by offset (scoring reads
+    /// these in one pass without a per-document lookup).
+    tfs: Vec<Vec<(u32, u32)>>,
+    /// Token count by offset; 0: not a document.
+    lens: Vec<u32>,
+    /// Term ids of each document, for removal.
+    doc_terms: HashMap<u32, Box<[u32]>>,
     total_len: u64,
 }
 
 impl TextIndex {
     pub fn new(p: &TextIndexParams) -> Self {
-        TextIndex { tokenizer: Tokenizer::new(p), vocab: HashMap::new(), postings: Vec::new(), docs: HashMap::new(), total_len: 0 }
+        TextIndex { tokenizer: Tokenizer::new(p), vocab: HashMap::new(), postings: Vec::new(), tfs: Vec::new(), lens: Vec::new(), doc_terms: HashMap::new(), total_len: 0 }
     }
 
     /// Indexes version `offset`'s values at `key` (all its string values
@@ -167,6 +168,7 @@ impl TextIndex {
     /// document.
     pub fn insert(&mut self, payload: Option<&Struct>, key: &str, offset: u32) {
         let Some(payload) = payload else { return };
+        self.remove(offset);
         let mut tf: HashMap<u32, u32> = HashMap::new();
         let mut len = 0u32;
         for toks in self.tokenizer.field_values(payload, key) {
@@ -175,6 +177,7 @@ impl TextIndex {
                 let id = *self.vocab.entry(t).or_insert(next);
                 if id as usize == self.postings.len() {
                     self.postings.push(RoaringBitmap::new());
+                    self.tfs.push(Vec::new());
                 }
                 *tf.entry(id).or_default() += 1;
                 len = len.saturating_add(1);
@@ -183,26 +186,40 @@ impl TextIndex {
         if len == 0 {
             return;
         }
-        let mut terms: Vec<(u32, u32)> = tf.into_iter().collect();
-        terms.sort_unstable();
-        for (t, _) in &terms {
-            self.postings[*t as usize].insert(offset);
+        let mut ids = Vec::with_capacity(tf.len());
+        for (t, n) in tf {
+            self.postings[t as usize].insert(offset);
+            let list = &mut self.tfs[t as usize];
+            // New offsets are usually the highest: an append.
+            match list.last() {
+                Some((o, _)) if *o > offset => {
+                    let at = list.partition_point(|(o, _)| *o < offset);
+                    list.insert(at, (offset, n));
+                }
+                _ => list.push((offset, n)),
+            }
+            ids.push(t);
         }
+        if self.lens.len() <= offset as usize {
+            self.lens.resize(offset as usize + 1, 0);
+        }
+        self.lens[offset as usize] = len;
         self.total_len += len as u64;
-        if let Some(old) = self.docs.insert(offset, Doc { len, terms: terms.into_boxed_slice() }) {
-            // Offsets are unique among live versions; keep counts right anyway.
-            self.total_len -= old.len as u64;
-        }
+        self.doc_terms.insert(offset, ids.into_boxed_slice());
     }
 
     /// Forgets version `offset`.
     pub fn remove(&mut self, offset: u32) {
-        if let Some(d) = self.docs.remove(&offset) {
-            self.total_len -= d.len as u64;
-            for (t, _) in d.terms.iter() {
-                self.postings[*t as usize].remove(offset);
+        let Some(ids) = self.doc_terms.remove(&offset) else { return };
+        for t in ids.iter() {
+            self.postings[*t as usize].remove(offset);
+            let list = &mut self.tfs[*t as usize];
+            if let Ok(at) = list.binary_search_by_key(&offset, |(o, _)| *o) {
+                list.remove(at);
             }
         }
+        self.total_len -= self.lens[offset as usize] as u64;
+        self.lens[offset as usize] = 0;
     }
 
     fn posting(&self, t: &str) -> Option<&RoaringBitmap> {
@@ -236,57 +253,81 @@ impl TextIndex {
         }
     }
 
-    /// This shard's statistics for `terms`, counting only `live` versions
-    /// outside `hidden` (a pending split's frozen copies).
-    pub fn stats(&self, terms: Vec<String>, live: &RoaringBitmap, hidden: Option<&RoaringBitmap>) -> Stats {
-        let visible = |o: &u32| live.contains(*o) && hidden.is_none_or(|h| !h.contains(*o));
-        let (docs, tokens) = if hidden.is_none() && self.docs.keys().all(|o| live.contains(*o)) {
-            (self.docs.len() as u64, self.total_len)
-        } else {
-            self.docs.iter().filter(|(o, _)| visible(o)).fold((0, 0), |(n, l), (_, d)| (n + 1, l + d.len as u64))
+    /// This shard's statistics for `terms`, leaving out `hidden` versions
+    /// (a pending split's frozen copies).
+    pub fn stats(&self, terms: Vec<String>, hidden: Option<&RoaringBitmap>) -> Stats {
+        let (docs, tokens) = match hidden {
+            None => (self.doc_terms.len() as u64, self.total_len),
+            Some(h) => self.doc_terms.keys().filter(|o| !h.contains(**o)).fold((0, 0), |(n, l), o| (n + 1, l + self.lens[*o as usize] as u64)),
         };
         let df = terms
             .iter()
-            .map(|t| match self.posting(t) {
-                None => 0,
-                Some(b) => {
-                    let mut b = b & live;
-                    if let Some(h) = hidden {
-                        b -= h;
-                    }
-                    b.len()
-                }
+            .map(|t| match (self.posting(t), hidden) {
+                (None, _) => 0,
+                (Some(b), None) => b.len(),
+                (Some(b), Some(h)) => b.len() - b.intersection_len(h),
             })
             .collect();
         Stats { docs, tokens, terms, df }
     }
 
-    /// BM25 scores of the versions in `allowed` that hold a query term:
-    /// `(offset, score)`, unsorted. `idf[i]` belongs to `terms[i]`.
-    pub fn bm25(&self, terms: &[String], idf: &[f64], avgdl: f64, k1: f64, b: f64, allowed: &RoaringBitmap) -> Vec<(u32, f64)> {
-        let mut acc: HashMap<u32, f64> = HashMap::new();
-        let avgdl = if avgdl > 0.0 { avgdl } else { 1.0 };
-        for (t, w) in terms.iter().zip(idf) {
+    /// The BM25 top `k` among the versions `allowed` admits (None: all)
+    /// that hold a query term, best first, ties broken by `order` (the
+    /// point ids' order). `idf[i]` belongs to `terms[i]`.
+    pub fn bm25<K: Ord + Copy>(&self, q: &Bm25Params, allowed: Option<&RoaringBitmap>, k: usize, key_of: impl Fn(u32) -> Option<K>) -> Vec<(K, f32)> {
+        let avgdl = if q.avgdl > 0.0 { q.avgdl } else { 1.0 };
+        let mut acc = vec![0f64; self.lens.len()];
+        let mut touched: Vec<u32> = Vec::new();
+        for (t, w) in q.terms.iter().zip(q.idf) {
             let Some(&id) = self.vocab.get(t) else { continue };
-            let hits = &self.postings[id as usize] & allowed;
-            for o in hits.iter() {
-                let Some(d) = self.docs.get(&o) else { continue };
-                let Ok(i) = d.terms.binary_search_by_key(&id, |(t, _)| *t) else { continue };
-                let tf = d.terms[i].1 as f64;
-                let norm = k1 * (1.0 - b + b * d.len as f64 / avgdl);
-                *acc.entry(o).or_default() += w * tf / (tf + norm);
+            for &(o, tf) in &self.tfs[id as usize] {
+                if allowed.is_some_and(|a| !a.contains(o)) {
+                    continue;
+                }
+                let (tf, dl) = (tf as f64, self.lens[o as usize] as f64);
+                let slot = &mut acc[o as usize];
+                if *slot == 0.0 {
+                    touched.push(o);
+                }
+                // Scores are positive (idf > 0, tf > 0): 0.0 marks untouched.
+                *slot += w * tf / (tf + q.k1 * (1.0 - q.b + q.b * dl / avgdl));
             }
         }
-        acc.into_iter().collect()
+        // The k-th best score, then every hit at least as good (ties are
+        // ordered by id after the key lookup). Cut and ordered in f32, the
+        // precision answers carry, so shard counts cannot cut a tie
+        // differently.
+        let f = |o: &u32| acc[*o as usize] as f32;
+        let mut scores: Vec<f32> = touched.iter().map(f).collect();
+        let cut = if scores.len() > k && k > 0 {
+            let (_, kth, _) = scores.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+            *kth
+        } else {
+            f32::NEG_INFINITY
+        };
+        let mut out: Vec<(K, f32)> = touched.iter().filter(|o| f(o) >= cut).filter_map(|o| key_of(*o).map(|key| (key, f(o)))).collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out.truncate(k);
+        out
     }
 
     /// Rough bytes used, for status output.
     pub fn memory_bytes(&self) -> usize {
         let vocab: usize = self.vocab.keys().map(|k| k.len() + 32).sum();
         let post: usize = self.postings.iter().map(|b| b.serialized_size()).sum();
-        let docs: usize = self.docs.values().map(|d| 24 + d.terms.len() * 8).sum();
-        vocab + post + docs
+        let tfs: usize = self.tfs.iter().map(|l| l.capacity() * 8).sum();
+        let docs: usize = self.doc_terms.values().map(|d| 16 + d.len() * 4).sum();
+        vocab + post + tfs + docs + self.lens.len() * 4
     }
+}
+
+/// A BM25 query under collection-wide statistics.
+pub struct Bm25Params<'a> {
+    pub terms: &'a [String],
+    pub idf: &'a [f64],
+    pub avgdl: f64,
+    pub k1: f64,
+    pub b: f64,
 }
 
 /// Lucene's BM25 idf.
@@ -349,21 +390,29 @@ mod tests {
         let q: Vec<String> = vec!["cat".into(), "the".into()];
         assert_eq!(idx.lookup(&q, TextMatch::All).iter().collect::<Vec<_>>(), [0, 1]);
         assert_eq!(idx.lookup(&["dogs".to_string(), "sat".to_string()], TextMatch::Any).iter().collect::<Vec<_>>(), [0, 2]);
-        let st = idx.stats(q.clone(), &live, None);
+        let st = idx.stats(q.clone(), None);
         // The empty string is no document.
         assert_eq!((st.docs, st.tokens, st.df.clone()), (3, 10, vec![2, 2]));
         let avgdl = st.tokens as f64 / st.docs as f64;
         let w: Vec<f64> = st.df.iter().map(|df| idf(st.docs, *df)).collect();
-        let mut got = idx.bm25(&q, &w, avgdl, 1.2, 0.75, &live);
-        got.sort_by_key(|x| x.0);
+        let params = Bm25Params { terms: &q, idf: &w, avgdl, k1: 1.2, b: 0.75 };
+        let got = idx.bm25(&params, None, 10, Some);
         // Doc 1: "the" twice, "cat" once, length 5.
         let s = |tf: f64, dl: f64, df: f64| (1.0 + (3.0 - df + 0.5) / (df + 0.5)).ln() * tf / (tf + 1.2 * (0.25 + 0.75 * dl / avgdl));
-        assert!((got[0].1 - (s(1.0, 3.0, 2.0) + s(1.0, 3.0, 2.0))).abs() < 1e-12);
-        assert!((got[1].1 - (s(1.0, 5.0, 2.0) + s(2.0, 5.0, 2.0))).abs() < 1e-12);
         assert_eq!(got.len(), 2);
+        let by = |o: u32| got.iter().find(|x| x.0 == o).unwrap().1;
+        assert!((by(0) as f64 - (s(1.0, 3.0, 2.0) + s(1.0, 3.0, 2.0))).abs() < 1e-6);
+        assert!((by(1) as f64 - (s(1.0, 5.0, 2.0) + s(2.0, 5.0, 2.0))).abs() < 1e-6);
+        assert!(got[0].1 >= got[1].1, "best first");
+        // k cuts, a filter restricts.
+        assert_eq!(idx.bm25(&params, None, 1, Some).len(), 1);
+        let only1: RoaringBitmap = [1u32].into_iter().collect();
+        assert_eq!(idx.bm25(&params, Some(&only1), 10, Some).iter().map(|x| x.0).collect::<Vec<_>>(), vec![1]);
+        // Hidden versions leave the statistics.
+        assert_eq!(idx.stats(q.clone(), Some(&only1)).df, vec![1, 1]);
         idx.remove(1);
         live.remove(1);
-        let st = idx.stats(q, &live, None);
+        let st = idx.stats(q, None);
         assert_eq!((st.docs, st.tokens, st.df), (2, 5, vec![1, 1]));
     }
 }

@@ -74,6 +74,9 @@ pub enum Cmd {
     Backup(cluster::BackupCmd),
     /// Benchmark a server against a dataset folder (see docs/benchmarks.md).
     Bench(crate::bench::BenchArgs),
+    /// Dense, BM25 and fused retrieval: quality on a judged set and cost
+    /// side by side (docs/benchmarks.md, "Hybrid retrieval").
+    BenchHybrid(crate::bench_hybrid::HybridArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -302,6 +305,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let _ = OPTIONS.set(build_options(&cli)?);
     let cmd = match cli.cmd {
         Cmd::Bench(args) => return crate::bench::run(&cli.addr, args).await,
+        Cmd::BenchHybrid(args) => return crate::bench_hybrid::run(&cli.addr, args).await,
         Cmd::Cluster(ClusterCmd::Ops(c)) => return cluster::run(c, cli.output).await,
         Cmd::Backup(c) => return cluster::run_backup(c, &cli.addr, cli.output).await,
         cmd => cmd,
@@ -496,7 +500,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Bench(_) | Cmd::Backup(_) | Cmd::Cluster(ClusterCmd::Ops(_)) => unreachable!("handled above"),
+        Cmd::Bench(_) | Cmd::BenchHybrid(_) | Cmd::Backup(_) | Cmd::Cluster(ClusterCmd::Ops(_)) => unreachable!("handled above"),
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use shoal_proto::{validate, PointKey};
 use super::{normalise, Shard, StoreSource, RESPONSE_BYTES};
 use crate::error::{NodeError, Result};
 use crate::filter;
-use crate::text::Stats;
+use crate::text::{Bm25Params, Stats};
 
 fn non_empty(f: Option<&Filter>) -> Option<&Filter> {
     f.filter(|f| !(f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty()))
@@ -44,7 +44,7 @@ impl Shard {
         if terms.is_empty() {
             return Err(NodeError::Invalid(validate::invalid("text", "the query text has no tokens (only punctuation or stop words)")));
         }
-        Ok(idx.stats(terms, &st.live, hidden.as_ref()))
+        Ok(idx.stats(terms, hidden.as_ref()))
     }
 
     /// BM25 top-k under the statistics in `req`. Best first, ties by id.
@@ -57,23 +57,13 @@ impl Shard {
         let k = req.top_k as usize;
         let top: Vec<(PointKey, f32)> = {
             let st = self.state.read();
-            let mut allowed = match non_empty(req.filter.as_ref()) {
-                Some(f) => filter::evaluate(f, &StoreSource { state: &st, store: &self.store }),
-                None => st.live.clone(),
-            };
+            let mut allowed = non_empty(req.filter.as_ref()).map(|f| filter::evaluate(f, &StoreSource { state: &st, store: &self.store }));
             if let Some(h) = hidden {
-                allowed -= h;
+                allowed = Some(allowed.unwrap_or_else(|| st.live.clone()) - h);
             }
             let idx = st.payload.text_index(&req.key).expect("checked above");
-            let scores = idx.bm25(&req.terms, &req.idf, req.avgdl, req.k1 as f64, req.b as f64, &allowed);
-            let mut scored: Vec<(PointKey, f32)> = scores.into_iter().filter_map(|(o, s)| st.keys.get(o).map(|k| (k, s as f32))).collect();
-            let cmp = |a: &(PointKey, f32), b: &(PointKey, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-            if scored.len() > k {
-                scored.select_nth_unstable_by(k, cmp);
-                scored.truncate(k);
-            }
-            scored.sort_by(cmp);
-            scored
+            let q = Bm25Params { terms: &req.terms, idf: &req.idf, avgdl: req.avgdl, k1: req.k1 as f64, b: req.b as f64 };
+            idx.bm25(&q, allowed.as_ref(), k, |o| st.keys.get(o))
         };
         let mut out = Vec::with_capacity(top.len());
         let mut bytes = 0usize;
