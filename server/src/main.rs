@@ -597,6 +597,7 @@ mod sample {
             payload_indexes: vec![
                 PayloadIndexSpec { key: "category".into(), r#type: PayloadIndexType::Keyword as i32, text: None },
                 PayloadIndexSpec { key: "price".into(), r#type: PayloadIndexType::Numeric as i32, text: None },
+                PayloadIndexSpec { key: "text".into(), r#type: PayloadIndexType::Text as i32, text: Some(TextIndexParams { stemmer: "english".into(), stop_words: "english".into(), keep_accents: false }) },
             ],
             ..Default::default()
         };
@@ -612,7 +613,9 @@ mod sample {
                 .map(|i| {
                     let c = (i % cats.len() as u64) as usize;
                     let vector = centers[c].iter().map(|x| x + rng.random_range(-0.5..0.5)).collect();
-                    let payload = serde_json::json!({"category": cats[c], "price": rng.random_range(1..500), "in_stock": rng.random_bool(0.7), "tags": [cats[(c + 1) % cats.len()]]});
+                    let adjectives = ["used", "new", "vintage", "handmade", "classic", "compact", "deluxe", "organic"];
+                    let text = format!("{} {} for {} lovers", adjectives[rng.random_range(0..adjectives.len())], cats[c], cats[rng.random_range(0..cats.len())]);
+                    let payload = serde_json::json!({"category": cats[c], "price": rng.random_range(1..500), "in_stock": rng.random_bool(0.7), "tags": [cats[(c + 1) % cats.len()]], "text": text});
                     PointStruct { id: Some(i.into()), vector, payload: Some(Struct::try_from(&payload).expect("object")) }
                 })
                 .collect();
