@@ -62,6 +62,8 @@ const MAX_GROUP_SIZE: u32 = 100;
 pub const GROUP_CANDIDATE_FACTOR: usize = 8;
 /// Examples of one recommend query.
 pub const MAX_EXAMPLES: usize = 256;
+/// Multiply-adds one MMR stage may spend (limit x candidates x dimension).
+pub const MAX_MMR_WORK: u64 = 1 << 30;
 /// Payload keys one query may select.
 const MAX_PAYLOAD_KEYS: usize = 256;
 
@@ -277,9 +279,7 @@ fn stage_ok(path: &str, q: Option<&Query>, prefetch: &[Prefetch], filter: Option
         Q::Nearest(n) => vector(format!("{path}.nearest.vector"), &n.vector)?,
         Q::Bm25(b) => {
             validate::key(&format!("{path}.bm25"), &b.key)?;
-            if b.text.trim().is_empty() || b.text.len() > validate::MAX_QUERY_TEXT_BYTES {
-                return Err(bad(format!("{path}.bm25.text"), format!("text is {} bytes, allowed 1..={} and not blank", b.text.len(), validate::MAX_QUERY_TEXT_BYTES)));
-            }
+            validate::query_text(&format!("{path}.bm25.text"), &b.text)?;
             if b.k1.is_some_and(|k| !(0.0..=10.0).contains(&k)) {
                 return Err(bad(format!("{path}.bm25.k1"), "k1 must be in 0..=10"));
             }
@@ -581,9 +581,15 @@ async fn run_stage<E: Exec>(exec: &E, st: Stage<'_>, page: usize) -> Result<(Vec
             } else {
                 candidates.into_iter().filter(|k| !used.contains(k)).collect()
             };
+            let work = (st.limit as u64).saturating_mul(cands.len() as u64).saturating_mul(exec.dimension() as u64);
+            if work > MAX_MMR_WORK {
+                return Err(bad(format!("{}.mmr", st.path), format!("MMR over {} candidates picking {} is {work} multiply-adds of {}-dimensional vectors, the limit is {MAX_MMR_WORK}; use fewer candidates or a lower limit", cands.len(), st.limit, exec.dimension())));
+            }
             let rows = if cands.is_empty() { vec![] } else { exec.score(&vs, Some(&cands), None, true).await? };
-            let cs = rows.into_iter().map(|r| (r.key, sim(metric, r.scores[0]), r.vector)).collect();
-            let picked = mmr(metric, cs, m.diversity.unwrap_or(0.5), st.limit);
+            let cs: Vec<(PointKey, f32, Vec<f32>)> = rows.into_iter().map(|r| (r.key, sim(metric, r.scores[0]), r.vector)).collect();
+            let (diversity, limit) = (m.diversity.unwrap_or(0.5), st.limit);
+            // Quadratic in the candidates: off the async workers.
+            let picked = tokio::task::spawn_blocking(move || mmr(metric, cs, diversity, limit)).await.map_err(|e| CoordError::Internal(format!("MMR task: {e}")))?;
             // MMR's order is its pick order, not the score order.
             let kept: Vec<Scored> = picked.into_iter().filter(|(_, s)| keep(*s, st.threshold, true)).collect();
             return Ok((kept, true));

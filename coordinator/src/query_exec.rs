@@ -39,6 +39,7 @@ impl ClusterExec<'_> {
     }
 
     async fn score_calls(&self, by_shard: Vec<(u32, ShardScoreRequest)>) -> Result<Vec<Row>> {
+        let want = by_shard.first().map_or(0, |(_, r)| r.vectors.len());
         let (route, consistency) = (self.route, self.consistency);
         let calls = by_shard.into_iter().map(|(sid, req)| async move {
             self.api
@@ -56,6 +57,9 @@ impl ClusterExec<'_> {
                 bytes += prost::Message::encoded_len(&row);
                 if bytes > RESPONSE_BYTES {
                     return Err(CoordError::TooLarge(format!("the scored candidates pass {RESPONSE_BYTES} bytes; lower the limits")));
+                }
+                if row.scores.len() != want {
+                    return Err(CoordError::Internal(format!("a shard scored {} vectors of {want}", row.scores.len())));
                 }
                 if let Some(key) = key_of(&row.id) {
                     rows.push(Row { key, scores: row.scores, vector: row.vector });

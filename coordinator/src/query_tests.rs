@@ -224,7 +224,7 @@ fn fusion_rrf_and_dbsf_by_hand() {
     assert!((r[&k(1)] - (1.0 / 61.0 + 1.0 / 62.0)).abs() < 1e-7);
     assert!((r[&k(2)] - 1.0 / 62.0).abs() < 1e-7);
     assert!((r[&k(3)] - (1.0 / 63.0 + 1.0 / 61.0)).abs() < 1e-7);
-    let d: HashMap<PointKey, f32> = query::dbsf(&[b.clone()], &[true], &[2.0]).into_iter().collect();
+    let d: HashMap<PointKey, f32> = query::dbsf(std::slice::from_ref(&b), &[true], &[2.0]).into_iter().collect();
     // mean 7.5, sd 2.5: [0, 15] -> 10 maps to 2/3, 5 to 1/3; weight 2.
     assert!((d[&k(3)] - 4.0 / 3.0).abs() < 1e-6 && (d[&k(1)] - 2.0 / 3.0).abs() < 1e-6);
     // Distances (lower is better) are negated first.

@@ -18,6 +18,7 @@
 //! [`TextIndex::stats`] over shards.
 use std::collections::{HashMap, HashSet};
 
+
 use roaring::RoaringBitmap;
 use rust_stemmers::{Algorithm, Stemmer};
 use shoal_proto::payload::lookup;
@@ -114,21 +115,25 @@ impl Tokenizer {
         vals.iter().filter_map(|v| if let Some(Kind::StringValue(s)) = &v.kind { Some(self.tokens(s)) } else { None }).collect()
     }
 
-    /// Does one value's token list satisfy a text condition's tokens?
-    pub fn value_matches(doc: &[String], query: &[String], mode: TextMatch) -> bool {
-        match mode {
-            TextMatch::All => query.iter().all(|q| doc.contains(q)),
-            TextMatch::Any => query.iter().any(|q| doc.contains(q)),
-            TextMatch::Phrase => !query.is_empty() && doc.windows(query.len()).any(|w| w == query),
-        }
-    }
-
-    /// The reference semantics of a text condition on one payload.
+    /// The reference semantics of a text condition on one payload: for ALL
+    /// and ANY the field's strings together are one text (as the index
+    /// sees them); a PHRASE must occur within one string.
     pub fn payload_matches(&self, payload: &Struct, key: &str, query: &[String], mode: TextMatch) -> bool {
         if query.is_empty() {
             return false;
         }
-        self.field_values(payload, key).iter().any(|d| Self::value_matches(d, query, mode))
+        let values = self.field_values(payload, key);
+        match mode {
+            TextMatch::All | TextMatch::Any => {
+                let doc: HashSet<&str> = values.iter().flatten().map(String::as_str).collect();
+                if mode == TextMatch::All {
+                    query.iter().all(|q| doc.contains(q.as_str()))
+                } else {
+                    query.iter().any(|q| doc.contains(q.as_str()))
+                }
+            }
+            TextMatch::Phrase => values.iter().any(|d| d.len() >= query.len() && d.windows(query.len()).any(|w| w == query)),
+        }
     }
 }
 
@@ -276,28 +281,38 @@ impl TextIndex {
     /// point ids' order). `idf[i]` belongs to `terms[i]`.
     pub fn bm25<K: Ord + Copy>(&self, q: &Bm25Params, allowed: Option<&RoaringBitmap>, k: usize, key_of: impl Fn(u32) -> Option<K>) -> Vec<(K, f32)> {
         let avgdl = if q.avgdl > 0.0 { q.avgdl } else { 1.0 };
-        let mut acc = vec![0f64; self.lens.len()];
+        let postings: Vec<(&Vec<(u32, u32)>, f64)> = q.terms.iter().zip(q.idf).filter_map(|(t, w)| self.vocab.get(t).map(|id| (&self.tfs[*id as usize], *w))).collect();
+        let hits: usize = postings.iter().map(|(l, _)| l.len()).sum();
+        // A dense accumulator when the postings cover a good part of the
+        // shard, a map otherwise (a rare term in a large shard should not
+        // allocate a slot per version).
+        let mut dense: Vec<f64> = if hits * 8 >= self.lens.len() { vec![0f64; self.lens.len()] } else { Vec::new() };
+        let mut sparse: HashMap<u32, f64> = HashMap::new();
+        let mut seen = RoaringBitmap::new();
         let mut touched: Vec<u32> = Vec::new();
-        for (t, w) in q.terms.iter().zip(q.idf) {
-            let Some(&id) = self.vocab.get(t) else { continue };
-            for &(o, tf) in &self.tfs[id as usize] {
+        for (list, w) in postings {
+            for &(o, tf) in list {
                 if allowed.is_some_and(|a| !a.contains(o)) {
                     continue;
                 }
                 let (tf, dl) = (tf as f64, self.lens[o as usize] as f64);
-                let slot = &mut acc[o as usize];
-                if *slot == 0.0 {
+                if seen.insert(o) {
                     touched.push(o);
                 }
-                // Scores are positive (idf > 0, tf > 0): 0.0 marks untouched.
-                *slot += w * tf / (tf + q.k1 * (1.0 - q.b + q.b * dl / avgdl));
+                let add = w * tf / (tf + q.k1 * (1.0 - q.b + q.b * dl / avgdl));
+                if dense.is_empty() {
+                    *sparse.entry(o).or_default() += add;
+                } else {
+                    dense[o as usize] += add;
+                }
             }
         }
+        let acc = |o: u32| if dense.is_empty() { sparse.get(&o).copied().unwrap_or(0.0) } else { dense[o as usize] };
         // The k-th best score, then every hit at least as good (ties are
         // ordered by id after the key lookup). Cut and ordered in f32, the
         // precision answers carry, so shard counts cannot cut a tie
         // differently.
-        let f = |o: &u32| acc[*o as usize] as f32;
+        let f = |o: &u32| acc(*o) as f32;
         let mut scores: Vec<f32> = touched.iter().map(f).collect();
         let cut = if scores.len() > k && k > 0 {
             let (_, kth, _) = scores.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
@@ -367,13 +382,19 @@ mod tests {
     #[test]
     fn text_modes() {
         let t = Tokenizer::default();
-        let doc = t.tokens("a quick brown fox jumps");
-        let q = |s: &str| t.tokens(s);
-        assert!(Tokenizer::value_matches(&doc, &q("fox quick"), TextMatch::All));
-        assert!(!Tokenizer::value_matches(&doc, &q("fox cat"), TextMatch::All));
-        assert!(Tokenizer::value_matches(&doc, &q("fox cat"), TextMatch::Any));
-        assert!(Tokenizer::value_matches(&doc, &q("Brown FOX"), TextMatch::Phrase));
-        assert!(!Tokenizer::value_matches(&doc, &q("fox brown"), TextMatch::Phrase));
+        let p = |v: serde_json::Value| Struct::try_from(&serde_json::json!({ "t": v })).unwrap();
+        let doc = p(serde_json::json!("a quick brown fox jumps"));
+        let m = |d: &Struct, q: &str, mode| t.payload_matches(d, "t", &t.tokens(q), mode);
+        assert!(m(&doc, "fox quick", TextMatch::All));
+        assert!(!m(&doc, "fox cat", TextMatch::All));
+        assert!(m(&doc, "fox cat", TextMatch::Any));
+        assert!(m(&doc, "Brown FOX", TextMatch::Phrase));
+        assert!(!m(&doc, "fox brown", TextMatch::Phrase));
+        // A list is one text for ALL (as the index sees it); a phrase stays
+        // within one string.
+        let list = p(serde_json::json!(["fast parser", "json"]));
+        assert!(m(&list, "json parser", TextMatch::All));
+        assert!(!m(&list, "parser json", TextMatch::Phrase));
     }
 
     #[test]

@@ -131,6 +131,22 @@ pub fn text_params(field: &str, t: &crate::v1::TextIndexParams) -> Result<(), Va
 
 /// Longest `text` of a text condition or BM25 query, in bytes.
 pub const MAX_QUERY_TEXT_BYTES: usize = 16 * 1024;
+/// Words (UAX #29) of a text condition or BM25 query: matching and
+/// scoring cost grows with them.
+pub const MAX_QUERY_WORDS: usize = 64;
+
+/// Checks the text of a text condition or a BM25 query.
+pub fn query_text(field: &str, text: &str) -> Result<(), ValidationError> {
+    use unicode_segmentation::UnicodeSegmentation;
+    if text.trim().is_empty() || text.len() > MAX_QUERY_TEXT_BYTES {
+        return Err(invalid(field, format!("text is {} bytes, allowed 1..={MAX_QUERY_TEXT_BYTES} and not blank", text.len())));
+    }
+    let words = text.unicode_words().count();
+    if words > MAX_QUERY_WORDS {
+        return Err(invalid(field, format!("text has {words} words, the limit is {MAX_QUERY_WORDS}")));
+    }
+    Ok(())
+}
 /// Vertices of a geo polygon.
 pub const MAX_POLYGON_POINTS: usize = 1_024;
 /// Largest geo radius, meters (more than half the Earth's circumference).
@@ -345,8 +361,8 @@ fn condition_at(path: &str, c: &Condition, depth: usize, strict: bool) -> Result
         }
         Some(condition::Kind::Text(t)) => {
             key_with(path, &t.key, strict)?;
-            if strict && (t.text.trim().is_empty() || t.text.len() > MAX_QUERY_TEXT_BYTES) {
-                return Err(invalid(format!("{path}.text.text"), format!("text is {} bytes, allowed 1..={MAX_QUERY_TEXT_BYTES} and not blank", t.text.len())));
+            if strict {
+                query_text(&format!("{path}.text.text"), &t.text)?;
             }
             crate::v1::TextMatch::try_from(t.mode).map_err(|_| invalid(format!("{path}.text.mode"), format!("unknown text match mode {}", t.mode)))?;
             Ok(())

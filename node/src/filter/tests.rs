@@ -262,3 +262,23 @@ fn new_conditions_indexed_and_scanned() {
     }
     assert!((haversine_m((50.11, 8.68), (52.52, 13.405)) - 424_000.0).abs() < 5_000.0);
 }
+
+/// Empty ranges (equal bounds with one excluded) match nothing and do not
+/// panic: `BTreeMap::range` panics on an empty excluded range, and a
+/// delete by such a filter once panicked inside Raft apply.
+#[test]
+fn empty_ranges_match_nothing() {
+    let s = src(vec![json!({"size": 5}), json!({"size": 6})]);
+    let f = |r: RangeCondition| Filter { must: vec![Condition { kind: Some(condition::Kind::Range(r)) }], ..Default::default() };
+    for r in [
+        RangeCondition { key: "size".into(), gt: Some(5.0), lt: Some(5.0), ..Default::default() },
+        RangeCondition { key: "size".into(), gte: Some(5.0), lt: Some(5.0), ..Default::default() },
+        RangeCondition { key: "size".into(), gt: Some(5.0), lte: Some(5.0), ..Default::default() },
+        RangeCondition { key: "size".into(), gt: Some(6.0), lt: Some(5.0), ..Default::default() },
+    ] {
+        assert!(evaluate(&f(r.clone()), &s).is_empty(), "{r:?}");
+        assert!(reference(&f(r), &s).is_empty());
+    }
+    let point = RangeCondition { key: "size".into(), gte: Some(5.0), lte: Some(5.0), ..Default::default() };
+    assert_eq!(evaluate(&f(point), &s).iter().collect::<Vec<_>>(), vec![0]);
+}

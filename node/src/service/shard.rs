@@ -246,9 +246,7 @@ impl ShardApi for ShardService {
         let req = req.into_inner();
         let (shard, hide) = self.shard(&req.shard, req.consistency).await?;
         validate::key("key", &req.key).map_err(NodeError::from)?;
-        if req.text.len() > validate::MAX_QUERY_TEXT_BYTES {
-            return Err(NodeError::from(invalid("text", format!("text is {} bytes, the limit is {}", req.text.len(), validate::MAX_QUERY_TEXT_BYTES))).into());
-        }
+        validate::query_text("text", &req.text).map_err(NodeError::from)?;
         let st = blocking(move || shard.text_stats(&req.key, &req.text, hide)).await?;
         Ok(Response::new(ShardTextStatsResponse { docs: st.docs, tokens: st.tokens, terms: st.terms, df: st.df }))
     }
@@ -258,8 +256,13 @@ impl ShardApi for ShardService {
         let (shard, hide) = self.shard(&req.shard, req.consistency).await?;
         validate::key("key", &req.key).map_err(NodeError::from)?;
         validate::search_params("", req.top_k, None).map_err(NodeError::from)?;
-        if req.terms.len() > validate::MAX_QUERY_TEXT_BYTES || req.idf.iter().any(|x| !x.is_finite()) || !req.avgdl.is_finite() || !(0.0..=10.0).contains(&req.k1) || !(0.0..=1.0).contains(&req.b) {
-            return Err(NodeError::from(invalid("bm25", "terms, idf, avgdl, k1 or b out of range")).into());
+        // Checked here too: any node or coordinator may call this.
+        if req.terms.is_empty() || req.terms.len() > validate::MAX_QUERY_WORDS || req.terms.iter().any(|t| t.len() > crate::text::MAX_TOKEN_BYTES) {
+            return Err(NodeError::from(invalid("terms", format!("{} terms, allowed 1..={} of at most {} bytes", req.terms.len(), validate::MAX_QUERY_WORDS, crate::text::MAX_TOKEN_BYTES))).into());
+        }
+        let sane = req.idf.iter().all(|x| x.is_finite() && *x > 0.0) && req.avgdl.is_finite() && req.avgdl > 0.0 && (0.0..=10.0).contains(&req.k1) && (0.0..=1.0).contains(&req.b);
+        if !sane {
+            return Err(NodeError::from(invalid("bm25", "idf must be finite and > 0, avgdl finite and > 0, k1 in 0..=10, b in 0..=1")).into());
         }
         if let Some(f) = &req.filter {
             validate::filter(f).map_err(NodeError::from)?;
@@ -280,6 +283,9 @@ impl ShardApi for ShardService {
         }
         if let Some(f) = &req.filter {
             validate::filter(f).map_err(NodeError::from)?;
+            if !req.ids.is_empty() {
+                return Err(NodeError::from(invalid("filter", "give ids or a filter, not both")).into());
+            }
         }
         let rows = blocking(move || shard.score(&req, hide)).await?;
         Ok(Response::new(ShardScoreResponse { rows }))

@@ -13,6 +13,10 @@ use crate::error::{NodeError, Result};
 use crate::filter;
 use crate::text::{Bm25Params, Stats};
 
+/// Multiply-adds one `Shard/Score` call may spend (points x vectors x
+/// dimension; about a second of one core).
+pub const MAX_SCORE_WORK: u64 = 1 << 30;
+
 fn non_empty(f: Option<&Filter>) -> Option<&Filter> {
     f.filter(|f| !(f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty()))
 }
@@ -121,6 +125,10 @@ impl Shard {
             }
             ks
         };
+        let work = keys.len() as u64 * queries.len() as u64 * self.config.dimension as u64;
+        if work > MAX_SCORE_WORK {
+            return Err(NodeError::TooLarge(format!("scoring {} points against {} vectors of {} dimensions is {work} multiply-adds, the limit is {MAX_SCORE_WORK}; narrow the filter or use fewer examples", keys.len(), queries.len(), self.config.dimension)));
+        }
         let mut rows = Vec::with_capacity(keys.len());
         let mut bytes = 0usize;
         for k in keys {
