@@ -1058,12 +1058,18 @@ impl Shard {
                 break;
             }
         }
-        let mut scored = Vec::with_capacity(out.len());
+        self.scored_points(out, req.with_payload, req.with_vector)
+    }
+
+    /// Hits as answers, with payloads and vectors read when asked; stops
+    /// with `TooLarge` once they pass [`RESPONSE_BYTES`].
+    pub(crate) fn scored_points(&self, hits: Vec<(PointKey, f32)>, with_payload: bool, with_vector: bool) -> Result<Vec<ScoredPoint>> {
+        let mut scored = Vec::with_capacity(hits.len());
         let mut bytes = 0usize;
-        for (key, score) in out {
-            let (payload, vector) = if req.with_payload || req.with_vector {
+        for (key, score) in hits {
+            let (payload, vector) = if with_payload || with_vector {
                 let p = self.store.get(&key)?.unwrap_or_default();
-                (if req.with_payload { Some(p.payload.unwrap_or_default()) } else { None }, if req.with_vector { p.vector } else { vec![] })
+                (if with_payload { Some(p.payload.unwrap_or_default()) } else { None }, if with_vector { p.vector } else { vec![] })
             } else {
                 (None, vec![])
             };

@@ -69,23 +69,7 @@ impl Shard {
             let q = Bm25Params { terms: &req.terms, idf: &req.idf, avgdl: req.avgdl, k1: req.k1 as f64, b: req.b as f64 };
             idx.bm25(&q, allowed.as_ref(), k, |o| st.keys.get(o))
         };
-        let mut out = Vec::with_capacity(top.len());
-        let mut bytes = 0usize;
-        for (key, score) in top {
-            let (payload, vector) = if req.with_payload || req.with_vector {
-                let p = self.store.get(&key)?.unwrap_or_default();
-                (if req.with_payload { Some(p.payload.unwrap_or_default()) } else { None }, if req.with_vector { p.vector } else { vec![] })
-            } else {
-                (None, vec![])
-            };
-            let hit = ScoredPoint { id: Some(key.to_proto()), score, payload, vector };
-            bytes += prost::Message::encoded_len(&hit);
-            if bytes > RESPONSE_BYTES {
-                return Err(NodeError::TooLarge(format!("the search's hits pass {RESPONSE_BYTES} bytes; lower the limit or leave payloads or vectors out")));
-            }
-            out.push(hit);
-        }
-        Ok(out)
+        self.scored_points(top, req.with_payload, req.with_vector)
     }
 
     /// Exact scores of the listed points (or of the filter's points) against
