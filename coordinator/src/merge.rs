@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use shoal_proto::v1::{RetrievedPoint, ScoredPoint};
 use shoal_proto::PointKey;
 
-fn key(p: &Option<shoal_proto::v1::PointId>) -> Option<PointKey> {
+/// The key of a wire id; None when absent or malformed.
+pub(crate) fn key(p: &Option<shoal_proto::v1::PointId>) -> Option<PointKey> {
     p.as_ref().and_then(|id| PointKey::try_from(id).ok())
 }
 

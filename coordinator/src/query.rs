@@ -391,7 +391,7 @@ fn group_size(g: &GroupBy) -> usize {
 /// Groups a ranked list by the string or integer values at `key`, in the
 /// order of each group's best point, each group holding its best `size`.
 pub fn group(list: &[Scored], payload: impl Fn(&PointKey) -> Option<Struct>, key: &str, size: usize) -> Vec<(Value, Vec<Scored>)> {
-    #[derive(PartialEq, Eq, Hash)]
+    #[derive(Clone, PartialEq, Eq, Hash)]
     enum GKey {
         S(String),
         I(i64),
@@ -404,31 +404,18 @@ pub fn group(list: &[Scored], payload: impl Fn(&PointKey) -> Option<Struct>, key
         shoal_proto::payload::lookup(&p, key, &mut vals);
         let mut seen = HashSet::new();
         for v in vals {
-            let g = match &v.kind {
-                Some(value::Kind::StringValue(x)) => GKey::S(x.clone()),
-                Some(value::Kind::IntegerValue(i)) => GKey::I(*i),
+            let (g, kind) = match &v.kind {
+                Some(value::Kind::StringValue(x)) => (GKey::S(x.clone()), value::Kind::StringValue(x.clone())),
+                Some(value::Kind::IntegerValue(i)) => (GKey::I(*i), value::Kind::IntegerValue(*i)),
                 _ => continue,
             };
-            if !seen.insert(match &g {
-                GKey::S(x) => format!("s{x}"),
-                GKey::I(i) => format!("i{i}"),
-            }) {
+            if !seen.insert(g.clone()) {
                 continue;
             }
-            let e = groups.entry(g).or_insert_with_key(|g| {
-                let kind = match g {
-                    GKey::S(x) => value::Kind::StringValue(x.clone()),
-                    GKey::I(i) => value::Kind::IntegerValue(*i),
-                };
+            let e = groups.entry(g.clone()).or_insert_with(|| {
+                order.push(g);
                 (Value { kind: Some(kind) }, Vec::new())
             });
-            if e.1.is_empty() {
-                order.push(match &e.0.kind {
-                    Some(value::Kind::StringValue(x)) => GKey::S(x.clone()),
-                    Some(value::Kind::IntegerValue(i)) => GKey::I(*i),
-                    _ => unreachable!("group keys are strings or integers"),
-                });
-            }
             if e.1.len() < size {
                 e.1.push((*k, *s));
             }

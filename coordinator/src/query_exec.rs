@@ -22,10 +22,6 @@ pub struct ClusterExec<'a> {
     pub consistency: i32,
 }
 
-fn key_of(id: &Option<PointId>) -> Option<PointKey> {
-    id.as_ref().and_then(|i| PointKey::try_from(i).ok())
-}
-
 fn checked(f: Option<Filter>) -> Result<Option<Filter>> {
     if let Some(f) = &f {
         validate::filter(f)?;
@@ -61,7 +57,7 @@ impl ClusterExec<'_> {
                 if row.scores.len() != want {
                     return Err(CoordError::Internal(format!("a shard scored {} vectors of {want}", row.scores.len())));
                 }
-                if let Some(key) = key_of(&row.id) {
+                if let Some(key) = merge::key(&row.id) {
                     rows.push(Row { key, scores: row.scores, vector: row.vector });
                 }
             }
@@ -87,7 +83,7 @@ impl Exec for ClusterExec<'_> {
     async fn nearest(&self, vector: &[f32], filter: Option<Filter>, limit: usize, params: &SearchParams) -> Result<Vec<Scored>> {
         let s = SearchPointsRequest { vector: vector.to_vec(), top_k: limit as u32, filter: checked(filter)?, ef: params.ef, exact: params.exact, consistency: self.consistency, ..Default::default() };
         let mut out = self.api.search_all(self.route, vec![s]).await?;
-        Ok(out.pop().map(|r| r.results).unwrap_or_default().into_iter().filter_map(|p| key_of(&p.id).map(|k| (k, p.score))).collect())
+        Ok(out.pop().map(|r| r.results).unwrap_or_default().into_iter().filter_map(|p| merge::key(&p.id).map(|k| (k, p.score))).collect())
     }
 
     async fn bm25(&self, q: &Bm25Query, filter: Option<Filter>, limit: usize) -> Result<Vec<Scored>> {
@@ -142,7 +138,7 @@ impl Exec for ClusterExec<'_> {
         }))
         .await?;
         let per_shard = lists.into_iter().map(|mut r| r.results.pop().map(|x| x.results).unwrap_or_default()).collect();
-        Ok(merge::merge_top_k(per_shard, limit, true, None).into_iter().filter_map(|p| key_of(&p.id).map(|k| (k, p.score))).collect())
+        Ok(merge::merge_top_k(per_shard, limit, true, None).into_iter().filter_map(|p| merge::key(&p.id).map(|k| (k, p.score))).collect())
     }
 
     async fn score(&self, vectors: &[Vec<f32>], ids: Option<&[PointKey]>, filter: Option<Filter>, with_vector: bool) -> Result<Vec<Row>> {
@@ -175,7 +171,7 @@ impl Exec for ClusterExec<'_> {
         let mut out = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_IDS_PER_REQUEST) {
             for p in self.api.get_points(self.route, chunk, with_payload, with_vector, self.consistency).await? {
-                if let Some(k) = key_of(&p.id) {
+                if let Some(k) = merge::key(&p.id) {
                     out.insert(k, (p.payload, p.vector));
                 }
             }

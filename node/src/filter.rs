@@ -472,15 +472,14 @@ fn collect_leaves<'a>(f: &'a Filter, src: &dyn FilterSource, leaves: &mut Leaves
         match &c.kind {
             Some(condition::Kind::Filter(inner)) => collect_leaves(inner, src, leaves, unindexed),
             Some(condition::Kind::HasId(_)) | None => {}
-            _ if src.index().phrase_candidates(c).is_some() => {
-                let cand = src.index().phrase_candidates(c).unwrap_or_default() & src.universe();
-                leaves.insert(c as *const Condition, src.verify(c, cand));
-            }
-            _ => match src.index().lookup(c) {
-                Some(b) => {
+            _ => match (src.index().phrase_candidates(c), src.index().lookup(c)) {
+                (Some(cand), _) => {
+                    leaves.insert(c as *const Condition, src.verify(c, cand & src.universe()));
+                }
+                (None, Some(b)) => {
                     leaves.insert(c as *const Condition, b & src.universe());
                 }
-                None => unindexed.push(c),
+                (None, None) => unindexed.push(c),
             },
         }
     }

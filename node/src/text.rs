@@ -35,9 +35,6 @@ pub const ENGLISH_STOP_WORDS: &[&str] = &[
     "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was", "will", "with",
 ];
 
-/// Stemmer names accepted in `TextIndexParams.stemmer`.
-pub const STEMMERS: &[&str] = &["english", "french", "german", "spanish", "italian", "portuguese", "dutch", "swedish", "norwegian", "danish", "finnish", "russian"];
-
 fn algorithm(name: &str) -> Option<Algorithm> {
     Some(match name {
         "english" => Algorithm::English,
@@ -56,17 +53,6 @@ fn algorithm(name: &str) -> Option<Algorithm> {
     })
 }
 
-/// Checks tokenizer settings (collection creation).
-pub fn check_params(p: &TextIndexParams) -> Result<(), String> {
-    if !p.stemmer.is_empty() && algorithm(&p.stemmer).is_none() {
-        return Err(format!("unknown stemmer {:?}; one of {}", p.stemmer, STEMMERS.join(", ")));
-    }
-    if !p.stop_words.is_empty() && p.stop_words != "english" {
-        return Err(format!("unknown stop word list {:?}; \"english\" or none", p.stop_words));
-    }
-    Ok(())
-}
-
 /// A configured tokenizer.
 pub struct Tokenizer {
     stemmer: Option<Stemmer>,
@@ -81,7 +67,8 @@ impl Default for Tokenizer {
 }
 
 impl Tokenizer {
-    /// Unknown names (refused at creation) act as "none".
+    /// Names are checked at creation (`validate::text_params`); an
+    /// unknown one acts as "none".
     pub fn new(p: &TextIndexParams) -> Self {
         let stop = if p.stop_words == "english" { ENGLISH_STOP_WORDS.iter().copied().collect() } else { HashSet::new() };
         Tokenizer { stemmer: algorithm(&p.stemmer).map(Stemmer::create), stop, fold: !p.keep_accents }
@@ -374,9 +361,11 @@ mod tests {
     fn stop_words_and_stemming() {
         let t = Tokenizer::new(&p("english", "english"));
         assert_eq!(t.tokens("The runners are running to the games"), ["runner", "run", "game"]);
-        assert!(check_params(&p("klingon", "")).is_err());
-        assert!(check_params(&p("", "french")).is_err());
-        assert!(check_params(&p("french", "english")).is_ok());
+        assert!(shoal_proto::validate::text_params("t", &p("klingon", "")).is_err());
+        assert!(shoal_proto::validate::text_params("t", &p("", "french")).is_err());
+        assert!(shoal_proto::validate::text_params("t", &p("french", "english")).is_ok());
+        // Every name validation accepts has a stemmer.
+        assert!(shoal_proto::validate::STEMMERS.iter().all(|n| algorithm(n).is_some()));
     }
 
     #[test]
