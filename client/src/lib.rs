@@ -108,6 +108,39 @@ impl Point {
     }
 }
 
+/// Which points a payload update changes.
+#[derive(Debug, Clone)]
+pub enum Select {
+    Ids(Vec<PointId>),
+    /// A filter with at least one condition.
+    Filter(Filter),
+    /// Every point of the collection.
+    All,
+}
+
+/// What a payload update does to each selected point's payload.
+#[derive(Debug, Clone)]
+pub enum PayloadOp {
+    /// Merges these top-level keys in (a JSON object).
+    Set(serde_json::Value),
+    /// Replaces the payload (a JSON object).
+    Overwrite(serde_json::Value),
+    /// Removes these top-level keys.
+    DeleteKeys(Vec<String>),
+    /// Removes the whole payload.
+    Clear,
+}
+
+/// An alias action that creates `alias` or re-points it to `collection`.
+pub fn alias_put(alias: impl Into<String>, collection: impl Into<String>) -> AliasAction {
+    AliasAction { action: Some(alias_action::Action::Put(Alias { alias: alias.into(), collection: collection.into() })) }
+}
+
+/// An alias action that deletes `alias`.
+pub fn alias_delete(alias: impl Into<String>) -> AliasAction {
+    AliasAction { action: Some(alias_action::Action::Delete(alias.into())) }
+}
+
 /// Builder for a collection config.
 #[derive(Debug, Clone)]
 pub struct CollectionBuilder(CollectionConfig);
@@ -352,6 +385,20 @@ impl Client {
         Ok(())
     }
 
+    /// Applies alias actions ([`alias_put`], [`alias_delete`]) in one
+    /// atomic step.
+    pub async fn update_aliases(&self, actions: Vec<AliasAction>) -> Result<()> {
+        let req = UpdateAliasesRequest { actions };
+        call!(self, CollectionsClient, update_aliases, req)?;
+        Ok(())
+    }
+
+    /// Aliases, sorted; of one collection, or all (`None`).
+    pub async fn list_aliases(&self, collection: Option<&str>) -> Result<Vec<Alias>> {
+        let req = ListAliasesRequest { collection: collection.unwrap_or_default().to_string() };
+        Ok(call!(self, CollectionsClient, list_aliases, req)?.aliases)
+    }
+
     /// Upserts points; returns how many were written.
     pub async fn upsert(&self, collection: &str, points: Vec<Point>) -> Result<u64> {
         let points = points.into_iter().map(Point::into_proto).collect::<Result<Vec<_>>>()?;
@@ -381,6 +428,25 @@ impl Client {
     pub async fn delete_all(&self, collection: &str) -> Result<u64> {
         let req = DeletePointsRequest { collection: collection.to_string(), selector: Some(delete_points_request::Selector::All(true)) };
         Ok(call!(self, PointsClient, delete, req)?.affected)
+    }
+
+    /// Updates the payloads of the selected points (their vectors stay);
+    /// returns how many points were updated.
+    pub async fn update_payload(&self, collection: &str, select: Select, op: PayloadOp) -> Result<u64> {
+        use update_payload_request::{Op, Selector};
+        let selector = match select {
+            Select::Ids(ids) => Selector::Ids(PointIdList { ids }),
+            Select::Filter(f) => Selector::Filter(f),
+            Select::All => Selector::All(true),
+        };
+        let op = match op {
+            PayloadOp::Set(v) => Op::Set(Struct::try_from(&v)?),
+            PayloadOp::Overwrite(v) => Op::Overwrite(Struct::try_from(&v)?),
+            PayloadOp::DeleteKeys(keys) => Op::DeleteKeys(PayloadKeys { keys }),
+            PayloadOp::Clear => Op::Clear(true),
+        };
+        let req = UpdatePayloadRequest { collection: collection.to_string(), selector: Some(selector), op: Some(op) };
+        Ok(call!(self, PointsClient, update_payload, req)?.affected)
     }
 
     pub async fn count(&self, collection: &str, filter: Option<Filter>) -> Result<u64> {

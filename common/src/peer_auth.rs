@@ -60,6 +60,7 @@ pub const INTERNAL_METHODS: &[(&str, Callers)] = &[
     ("/shoal.internal.v1.Meta/NodeStatus", Callers::NotAnonymous),
     ("/shoal.internal.v1.Meta/CreateCollection", Callers::NotAnonymous),
     ("/shoal.internal.v1.Meta/DeleteCollection", Callers::NotAnonymous),
+    ("/shoal.internal.v1.Meta/UpdateAliases", Callers::NotAnonymous),
     ("/shoal.internal.v1.Meta/RegisterNode", Callers::Nodes),
     ("/shoal.internal.v1.Meta/InitCluster", Callers::NodesOperators),
     ("/shoal.internal.v1.Meta/ShardDigest", Callers::NodesOperators),
@@ -82,6 +83,7 @@ pub const INTERNAL_METHODS: &[(&str, Callers)] = &[
 pub const AUDITED_INTERNAL: &[&str] = &[
     "/shoal.internal.v1.Meta/CreateCollection",
     "/shoal.internal.v1.Meta/DeleteCollection",
+    "/shoal.internal.v1.Meta/UpdateAliases",
     "/shoal.internal.v1.Meta/RegisterNode",
     "/shoal.internal.v1.Meta/InitCluster",
     "/shoal.internal.v1.Meta/SubmitOperations",

@@ -244,6 +244,13 @@ fn build_view(map: ClusterMap) -> View {
         };
         collections.insert(config.name.clone(), Arc::new(route));
     }
+    // An alias routes as its collection (the map never lets an alias take
+    // a collection's name).
+    for a in &map.aliases {
+        if let Some(route) = collections.get(&a.collection).cloned() {
+            collections.entry(a.alias.clone()).or_insert(route);
+        }
+    }
     View { map, collections }
 }
 

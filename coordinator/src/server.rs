@@ -18,6 +18,9 @@ use tokio::net::TcpListener;
 use crate::router::Router;
 use crate::service::Api;
 
+/// How often a coordinator reloads the cluster map in the background.
+pub const MAP_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
     /// A node served by this same process, called without the network.
@@ -76,6 +79,15 @@ pub async fn serve(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl
             reporter.set_serving::<CollectionsServer<Api>>().await;
             reporter.set_serving::<ClusterServer<Api>>().await;
             reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+            // Map changes made through other coordinators (an alias
+            // switch, a new collection) reach this one within
+            // MAP_REFRESH_INTERVAL, and at once on a routing miss.
+            loop {
+                tokio::time::sleep(MAP_REFRESH_INTERVAL).await;
+                if let Err(e) = router.refresh().await {
+                    tracing::debug!(error = %e, "periodic cluster map refresh failed");
+                }
+            }
         });
     }
     let watchers: Vec<_> = [cfg.tls.as_ref().map(|t| t.watch(shoal_common::tls::RELOAD_EVERY)), cfg.auth.as_ref().map(|a| a.watch(shoal_common::tls::RELOAD_EVERY))].into_iter().flatten().collect();

@@ -223,6 +223,49 @@ impl Collections for Api {
         Ok(Response::new(CreateCollectionResponse { collection: Some(info) }))
     }
 
+    async fn update_aliases(&self, req: Request<UpdateAliasesRequest>) -> std::result::Result<Response<UpdateAliasesResponse>, Status> {
+        shoal_common::audit::note(req.extensions(), None, format!("update aliases: {}", serde_json::to_string(&format!("{:?}", req.get_ref().actions)).unwrap_or_default()));
+        // A caller limited to some collections may name only those: as
+        // aliases, as new targets, and as the targets an alias leaves.
+        self.router.refresh().await?;
+        let current = self.router.map().aliases;
+        let target_of = |alias: &str| current.iter().find(|a| a.alias == alias).map(|a| a.collection.clone());
+        for a in &req.get_ref().actions {
+            let (alias, to) = match &a.action {
+                Some(alias_action::Action::Put(p)) => (&p.alias, Some(&p.collection)),
+                Some(alias_action::Action::Delete(n)) => (n, None),
+                None => continue,
+            };
+            shoal_common::auth::authorize(req.extensions(), alias)?;
+            for c in to.cloned().into_iter().chain(target_of(alias)) {
+                shoal_common::auth::authorize(req.extensions(), &c)?;
+            }
+        }
+        let req = req.into_inner();
+        validate::alias_update(&req).map_err(CoordError::from)?;
+        let map = self
+            .router
+            .meta_call("update aliases", |mut c| {
+                let r = req.clone();
+                async move { c.update_aliases(r).await }
+            })
+            .await?;
+        self.router.install(map);
+        Ok(Response::new(UpdateAliasesResponse {}))
+    }
+
+    async fn list_aliases(&self, req: Request<ListAliasesRequest>) -> std::result::Result<Response<ListAliasesResponse>, Status> {
+        // A caller limited to some collections sees the aliases of those.
+        let access = shoal_common::auth::access(req.extensions());
+        let want = req.into_inner().collection;
+        if !want.is_empty() {
+            validate::collection_name(&want).map_err(|e| bad("collection", e.message))?;
+        }
+        self.router.refresh().await?;
+        let aliases = self.router.map().aliases.into_iter().filter(|a| (want.is_empty() || a.collection == want) && access.may_see(&a.collection) && access.may_see(&a.alias)).collect();
+        Ok(Response::new(ListAliasesResponse { aliases }))
+    }
+
     async fn get(&self, req: Request<GetCollectionRequest>) -> std::result::Result<Response<GetCollectionResponse>, Status> {
         shoal_common::auth::authorize(req.extensions(), &req.get_ref().name)?;
         let name = req.into_inner().name;
@@ -340,6 +383,44 @@ impl Points for Api {
                         }
                     }
                     (None, _) => return Err(bad("selector", "delete needs ids or a filter")),
+                }
+                self.write(&route, by_shard).await
+            })
+            .await?;
+        Ok(Response::new(WriteResponse { affected }))
+    }
+
+    async fn update_payload(&self, req: Request<UpdatePayloadRequest>) -> std::result::Result<Response<WriteResponse>, Status> {
+        use shoal_proto::v1::update_payload_request::Selector;
+        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
+        // Writes by filter (and of every point) are audited.
+        match &req.get_ref().selector {
+            Some(Selector::Filter(f)) => shoal_common::audit::note(req.extensions(), Some(&req.get_ref().collection), format!("update payload by filter: {}", serde_json::to_string(&format!("{f:?}")).unwrap_or_default())),
+            Some(Selector::All(_)) => shoal_common::audit::note(req.extensions(), Some(&req.get_ref().collection), "update the payload of every point"),
+            _ => {}
+        }
+        let req = &req.into_inner();
+        let affected = self
+            .routed(&req.collection, |route| async move {
+                validate::payload_update(req, &route.config.payload_indexes, false).map_err(CoordError::from)?;
+                let mut by_shard: BTreeMap<u32, ShardWriteRequest> = BTreeMap::new();
+                let part = |sel: Selector| ShardWriteRequest { payload_update: Some(UpdatePayloadRequest { collection: String::new(), selector: Some(sel), op: req.op.clone() }), ..Default::default() };
+                match req.selector.as_ref() {
+                    Some(Selector::Ids(list)) => {
+                        let mut ids: BTreeMap<u32, Vec<PointId>> = BTreeMap::new();
+                        for (k, id) in keys(&list.ids, "ids")?.iter().zip(&list.ids) {
+                            ids.entry(route.shards.shard_for(k)).or_default().push(id.clone());
+                        }
+                        for (sid, ids) in ids {
+                            by_shard.insert(sid, part(Selector::Ids(PointIdList { ids })));
+                        }
+                    }
+                    Some(sel) => {
+                        for sid in Self::shard_ids(&route) {
+                            by_shard.insert(sid, part(sel.clone()));
+                        }
+                    }
+                    None => return Err(bad("selector", "a payload update needs ids, a filter or `all`")),
                 }
                 self.write(&route, by_shard).await
             })

@@ -607,6 +607,20 @@ impl Engine {
         }
     }
 
+    /// Creates, re-points and deletes aliases in one map change
+    /// ([`crate::raft::aliases`]). Leader only.
+    pub async fn update_aliases(&self, req: &shoal_proto::v1::UpdateAliasesRequest) -> Result<ClusterMap> {
+        let _w = self.meta_write.lock().await;
+        // Checked before proposing, so that a bad update never enters the
+        // log; the apply checks again.
+        crate::raft::aliases::apply(&mut self.cluster_map(), req).map_err(alias_error)?;
+        let reply = self.propose_meta(MetaCommand::UpdateAliases { request: prost::Message::encode_to_vec(req) }).await?;
+        match reply.error {
+            None => Ok(self.cluster_map()),
+            Some(e) => Err(alias_error(e)),
+        }
+    }
+
     /// Opens the replicas the map places here and drops the ones it no
     /// longer does. Blocking.
     pub fn reconcile(&self) -> Result<()> {
@@ -1050,5 +1064,16 @@ impl Engine {
             stopped_groups: self.stopped_groups(),
             ..Default::default()
         }
+    }
+}
+
+/// An alias update's rejection as the error clients see.
+fn alias_error(e: String) -> NodeError {
+    if let Some(m) = e.strip_prefix(crate::raft::meta::NOT_FOUND) {
+        NodeError::AliasNotFound(format!("not found{m}"))
+    } else if let Some(m) = e.strip_prefix(crate::raft::meta::EXISTS) {
+        NodeError::AliasConflict(format!("already exists{m}"))
+    } else {
+        NodeError::Invalid(validate::invalid("actions", e))
     }
 }

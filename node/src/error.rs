@@ -10,6 +10,12 @@ pub enum NodeError {
     CollectionNotFound(String),
     #[error("collection {0:?} already exists")]
     CollectionExists(String),
+    /// An alias update names an alias or collection that does not exist.
+    #[error("{0}")]
+    AliasNotFound(String),
+    /// An alias update would give an alias a collection's name.
+    #[error("{0}")]
+    AliasConflict(String),
     #[error("shard {collection}/{shard} is not hosted on this node")]
     ShardNotFound { collection: String, shard: u32 },
     #[error("stale cluster map: request routed with epoch {got}, node has {have}")]

@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use roaring::RoaringBitmap;
-use shoal_proto::v1::{CollectionConfig, Condition, Filter, Metric, PointId, PointStruct, RetrievedPoint, ScoredPoint, SearchPointsRequest, VectorStorage};
+use shoal_proto::v1::{CollectionConfig, Condition, Filter, Metric, PointId, PointStruct, RetrievedPoint, ScoredPoint, SearchPointsRequest, Struct, UpdatePayloadRequest, VectorStorage};
 use shoal_proto::{validate, PointKey};
 
 use crate::error::{IndexError, NodeError, Result};
@@ -240,6 +240,26 @@ fn normalise(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if n > 0.0 {
         v.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+/// A new version a write makes: key, vector (as indexed) and payload.
+type NewVersion = (PointKey, Vec<f32>, Option<Struct>);
+
+/// What one write changes: upserts, deletes (by ids, then by filter), or a
+/// payload update (alone).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOps<'a> {
+    pub upserts: &'a [PointStruct],
+    pub delete_ids: &'a [PointId],
+    pub delete_filter: Option<&'a Filter>,
+    pub payload_update: Option<&'a UpdatePayloadRequest>,
+}
+
+impl<'a> WriteOps<'a> {
+    /// The changes of a shard write request.
+    pub fn of(w: &'a shoal_proto::internal::v1::ShardWriteRequest) -> Self {
+        WriteOps { upserts: &w.upserts, delete_ids: &w.delete_ids, delete_filter: w.delete_filter.as_ref(), payload_update: w.payload_update.as_ref() }
     }
 }
 
@@ -470,6 +490,49 @@ impl Shard {
         Ok(Some((old.offset, entries)))
     }
 
+    /// The new versions a payload update makes: each live point it selects
+    /// with its stored vector and its updated payload, checked against the
+    /// payload limits (any failure refuses the whole update, the same way
+    /// on every replica).
+    fn payload_versions(&self, st: &State, u: &UpdatePayloadRequest) -> Result<Vec<NewVersion>> {
+        use shoal_proto::v1::update_payload_request::Selector;
+        let op = u.op.as_ref().ok_or_else(|| validate::invalid("op", "a payload update needs an op"))?;
+        let too_many = |n: usize| validate::invalid("selector", format!("the update selects {n} points on shard {}/{}, more than the limit of {}; narrow the filter or update by ids", self.collection, self.shard_id, shoal_proto::limits::MAX_PAYLOAD_UPDATE_POINTS));
+        let keys: Vec<PointKey> = match &u.selector {
+            Some(Selector::Ids(l)) => {
+                let mut seen = HashSet::with_capacity(l.ids.len());
+                l.ids.iter().filter_map(|id| PointKey::try_from(id).ok()).filter(|k| seen.insert(*k)).collect()
+            }
+            Some(Selector::Filter(f)) => {
+                let allowed = filter::evaluate(f, &StoreSource { state: st, store: &self.store });
+                if allowed.len() > shoal_proto::limits::MAX_PAYLOAD_UPDATE_POINTS as u64 {
+                    return Err(too_many(allowed.len() as usize).into());
+                }
+                allowed.iter().filter_map(|o| st.keys.get(o)).collect()
+            }
+            Some(Selector::All(_)) => {
+                if st.live.len() > shoal_proto::limits::MAX_PAYLOAD_UPDATE_POINTS as u64 {
+                    return Err(too_many(st.live.len() as usize).into());
+                }
+                st.live.iter().filter_map(|o| st.keys.get(o)).collect()
+            }
+            None => return Err(validate::invalid("selector", "a payload update needs a selector").into()),
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let Some(old) = self.store.get(&k)? else { continue };
+            if !st.live.contains(old.offset) {
+                continue;
+            }
+            let payload = shoal_proto::payload::apply_update(op, old.payload.as_ref());
+            if let Some(p) = &payload {
+                validate::payload(&format!("point {k}"), p, &self.config.payload_indexes)?;
+            }
+            out.push((k, old.vector, payload));
+        }
+        Ok(out)
+    }
+
     /// Applies upserts and deletes as one durable batch. Returns the number
     /// of points written plus points actually deleted.
     pub fn write(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>) -> Result<u64> {
@@ -651,7 +714,13 @@ impl Shard {
     /// Checked here, before proposing, and not again at apply: the payload
     /// limits and the empty-filter rule are newer than some logs, and a
     /// replica replaying an older entry must apply it as it was.
-    pub fn validate_write(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>, delete_all: bool) -> Result<()> {
+    pub fn validate_write(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>, delete_all: bool, payload_update: Option<&UpdatePayloadRequest>) -> Result<()> {
+        if let Some(u) = payload_update {
+            if !upserts.is_empty() || !delete_ids.is_empty() || delete_filter.is_some() {
+                return Err(validate::invalid("payload_update", "a payload update is a write of its own: upserts and deletes must be empty").into());
+            }
+            return Ok(validate::payload_update(u, &self.config.payload_indexes, false)?);
+        }
         for (i, p) in upserts.iter().enumerate() {
             self.check(i, p)?;
             if let Some(pl) = &p.payload {
@@ -674,32 +743,25 @@ impl Shard {
     /// batch (the Raft state machine stores its applied log id this way).
     /// If validation rejects the batch, nothing is written, `meta` included.
     pub fn write_with_meta(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>, meta: Vec<(&'static str, Vec<u8>)>, durability: Durability) -> Result<u64> {
-        self.write_request(upserts, delete_ids, delete_filter, meta, None, durability)
+        self.write_request(WriteOps { upserts, delete_ids, delete_filter, payload_update: None }, meta, None, durability)
     }
 
     /// Like [`Shard::write_with_meta`] for a write carrying a request id,
     /// applied at log index `request.1`: its record ([`requests`]) goes
     /// into the same batch. The caller has checked that the id is new.
-    pub fn write_request(
-        &self,
-        upserts: &[PointStruct],
-        delete_ids: &[PointId],
-        delete_filter: Option<&Filter>,
-        meta: Vec<(&'static str, Vec<u8>)>,
-        request: Option<(requests::RequestId, u64)>,
-        durability: Durability,
-    ) -> Result<u64> {
+    pub fn write_request(&self, ops: WriteOps<'_>, meta: Vec<(&'static str, Vec<u8>)>, request: Option<(requests::RequestId, u64)>, durability: Durability) -> Result<u64> {
+        let WriteOps { upserts, delete_ids, delete_filter, payload_update } = ops;
         let sync = durability == Durability::Sync;
-        // Validate everything before touching anything.
-        let mut prepared = Vec::with_capacity(upserts.len());
+        // Validate everything before touching anything. Each new version:
+        // its key, vector and payload.
+        let mut prepared: Vec<NewVersion> = Vec::with_capacity(upserts.len());
         for (i, p) in upserts.iter().enumerate() {
-            prepared.push(self.prepare(i, p)?);
+            let (k, v) = self.prepare(i, p)?;
+            prepared.push((k, v, p.payload.clone()));
         }
         let del_keys = Self::check_deletes(delete_ids, delete_filter)?;
-        // Last write of an id in a batch wins.
-        let mut last: HashMap<PointKey, usize> = HashMap::with_capacity(prepared.len());
-        for (i, (k, _)) in prepared.iter().enumerate() {
-            last.insert(*k, i);
+        if let Some(u) = payload_update {
+            validate::payload_update(u, &self.config.payload_indexes, true)?;
         }
 
         let _w = self.writer.lock();
@@ -727,8 +789,17 @@ impl Shard {
                     affected += 1;
                 }
             }
-            // Upserts.
-            for (i, (k, v)) in prepared.iter().enumerate() {
+            // A payload update: new versions of its points, with their
+            // stored vectors.
+            if let Some(u) = payload_update {
+                prepared.extend(self.payload_versions(&st, u)?);
+            }
+            // Upserts. Last write of an id in a batch wins.
+            let mut last: HashMap<PointKey, usize> = HashMap::with_capacity(prepared.len());
+            for (i, (k, _, _)) in prepared.iter().enumerate() {
+                last.insert(*k, i);
+            }
+            for (i, (k, _, payload)) in prepared.iter().enumerate() {
                 if last[k] != i {
                     continue;
                 }
@@ -747,9 +818,8 @@ impl Shard {
                         o
                     }
                 };
-                let payload = upserts[i].payload.clone();
                 batch.put_index.extend(st.payload.entries_for(payload.as_ref(), off));
-                batch.put_points.push(StoredPoint { id: Some(k.to_proto()), vector: v.clone(), payload, offset: off });
+                batch.put_points.push(StoredPoint { id: Some(k.to_proto()), vector: prepared[i].1.clone(), payload: payload.clone(), offset: off });
                 added.push((*k, off, i));
                 affected += 1;
             }

@@ -29,7 +29,8 @@ impl From<NodeError> for Status {
             NodeError::Raft(_) | NodeError::NoQuorum { .. } | NodeError::MapBehind { .. } | NodeError::ShardOpening { .. } | NodeError::Quarantined { .. } | NodeError::CatchingUp(_) | NodeError::NoCluster => Status::unavailable(msg),
             NodeError::AlreadyInitialized | NodeError::Precondition(_) => Status::failed_precondition(msg),
             NodeError::Forbidden(_) => Status::permission_denied(msg),
-            NodeError::CollectionExists(_) => Status::already_exists(msg),
+            NodeError::CollectionExists(_) | NodeError::AliasConflict(_) => Status::already_exists(msg),
+            NodeError::AliasNotFound(_) => Status::not_found(msg),
             NodeError::RangeMoved(_) => {
                 // Same contract as a stale epoch: reload the map, re-route.
                 let mut s = Status::new(Code::FailedPrecondition, msg);

@@ -7,6 +7,15 @@ pub const MAX_DIMENSION: u32 = 4096;
 pub const MAX_UPSERT_BATCH: usize = 10_000;
 /// Ids in one get or delete request.
 pub const MAX_IDS_PER_REQUEST: usize = 10_000;
+/// Points one payload update may change on one shard (a filter matching
+/// more is refused; narrow it or page by ids).
+pub const MAX_PAYLOAD_UPDATE_POINTS: usize = 10_000;
+/// Keys one payload update may delete.
+pub const MAX_PAYLOAD_DELETE_KEYS: usize = 1_024;
+/// Aliases in a cluster.
+pub const MAX_ALIASES: usize = 1_024;
+/// Actions in one alias update.
+pub const MAX_ALIAS_ACTIONS: usize = 100;
 /// Largest `top_k`.
 pub const MAX_TOP_K: u32 = 10_000;
 /// Largest `ef`.

@@ -139,6 +139,31 @@ pub fn geo_point(v: &Value) -> Option<(f64, f64)> {
     ((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)).then_some((lat, lon))
 }
 
+/// The payload a point ends up with after a payload update's `op`:
+/// `None` when it has none. `set` merges top-level keys, `overwrite`
+/// replaces, `delete_keys` removes top-level keys, `clear` removes all.
+/// An empty object is kept as no payload, so every path stores one form.
+pub fn apply_update(op: &crate::v1::update_payload_request::Op, old: Option<&Struct>) -> Option<Struct> {
+    use crate::v1::update_payload_request::Op;
+    let out = match op {
+        Op::Set(s) => {
+            let mut p = old.cloned().unwrap_or_default();
+            p.fields.extend(s.fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+            p
+        }
+        Op::Overwrite(s) => s.clone(),
+        Op::DeleteKeys(k) => {
+            let mut p = old.cloned().unwrap_or_default();
+            for key in &k.keys {
+                p.fields.remove(key);
+            }
+            p
+        }
+        Op::Clear(_) => Struct::default(),
+    };
+    (!out.fields.is_empty()).then_some(out)
+}
+
 #[cfg(test)]
 mod datetime_tests {
     use super::*;
@@ -158,6 +183,25 @@ mod datetime_tests {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn payload_updates_merge_replace_delete_and_clear() {
+        use crate::v1::update_payload_request::Op;
+        use crate::v1::PayloadKeys;
+        let st = |j: serde_json::Value| Struct::try_from(&j).unwrap();
+        let old = st(json!({"a": 1, "b": {"c": 2}, "d": "x"}));
+        let set = apply_update(&Op::Set(st(json!({"b": 3, "e": [1]}))), Some(&old)).unwrap();
+        assert_eq!(serde_json::Value::from(&set), json!({"a": 1, "b": 3, "d": "x", "e": [1]}));
+        assert_eq!(serde_json::Value::from(&apply_update(&Op::Set(st(json!({"k": true}))), None).unwrap()), json!({"k": true}));
+        let over = apply_update(&Op::Overwrite(st(json!({"z": null}))), Some(&old)).unwrap();
+        assert_eq!(serde_json::Value::from(&over), json!({"z": null}));
+        let del = apply_update(&Op::DeleteKeys(PayloadKeys { keys: vec!["a".into(), "missing".into(), "b".into()] }), Some(&old)).unwrap();
+        assert_eq!(serde_json::Value::from(&del), json!({"d": "x"}));
+        // Deleting the last key or clearing leaves no payload at all.
+        assert_eq!(apply_update(&Op::DeleteKeys(PayloadKeys { keys: vec!["a".into(), "b".into(), "d".into()] }), Some(&old)), None);
+        assert_eq!(apply_update(&Op::Clear(true), Some(&old)), None);
+        assert_eq!(apply_update(&Op::Overwrite(Struct::default()), Some(&old)), None);
+    }
 
     #[test]
     fn json_roundtrip() {

@@ -318,6 +318,74 @@ pub fn payload(path: &str, p: &Struct, indexes: &[PayloadIndexSpec]) -> Result<(
     Ok(())
 }
 
+/// Checks a payload update before it is proposed (`at_apply` false) or
+/// when a shard applies it (true: the rules every log entry met). A `set`
+/// payload is checked alone here; the merged payload each point ends up
+/// with is checked again where it is built ([`payload`]).
+pub fn payload_update(u: &crate::v1::UpdatePayloadRequest, indexes: &[PayloadIndexSpec], at_apply: bool) -> Result<(), ValidationError> {
+    use crate::v1::update_payload_request::{Op, Selector};
+    match &u.selector {
+        None => return Err(invalid("selector", "a payload update needs ids, a filter or `all`")),
+        Some(Selector::Ids(l)) => {
+            if l.ids.len() > MAX_IDS_PER_REQUEST {
+                return Err(invalid("ids", format!("{} ids exceed the limit of {MAX_IDS_PER_REQUEST}", l.ids.len())));
+            }
+            for (i, id) in l.ids.iter().enumerate() {
+                PointKey::try_from(id).map_err(|e| invalid(format!("ids[{i}]"), e.to_string()))?;
+            }
+        }
+        Some(Selector::Filter(f)) => {
+            filter_with(f, !at_apply)?;
+            if f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty() {
+                return Err(invalid("filter", "a filter without conditions would match every point; use the `all` selector to mean that"));
+            }
+        }
+        Some(Selector::All(true)) => {}
+        Some(Selector::All(false)) => return Err(invalid("all", "the `all` selector must be true")),
+    }
+    match &u.op {
+        None => Err(invalid("op", "a payload update needs set, overwrite, delete_keys or clear")),
+        Some(Op::Set(p)) => payload("set", p, indexes),
+        Some(Op::Overwrite(p)) => payload("overwrite", p, indexes),
+        Some(Op::DeleteKeys(k)) => {
+            if k.keys.is_empty() {
+                return Err(invalid("delete_keys", "no keys to delete"));
+            }
+            if k.keys.len() > MAX_PAYLOAD_DELETE_KEYS {
+                return Err(invalid("delete_keys", format!("{} keys exceed the limit of {MAX_PAYLOAD_DELETE_KEYS}", k.keys.len())));
+            }
+            for (i, key) in k.keys.iter().enumerate() {
+                key_with(&format!("delete_keys[{i}]"), key, !at_apply)?;
+            }
+            Ok(())
+        }
+        Some(Op::Clear(true)) => Ok(()),
+        Some(Op::Clear(false)) => Err(invalid("clear", "`clear` must be true")),
+    }
+}
+
+/// Checks an alias update's shape: 1..=MAX_ALIAS_ACTIONS actions, each
+/// with names that follow the collection name rules. Whether the names
+/// exist is the cluster map's to say.
+pub fn alias_update(u: &crate::v1::UpdateAliasesRequest) -> Result<(), ValidationError> {
+    use crate::v1::alias_action::Action;
+    if u.actions.is_empty() || u.actions.len() > MAX_ALIAS_ACTIONS {
+        return Err(invalid("actions", format!("{} actions is outside 1..={MAX_ALIAS_ACTIONS}", u.actions.len())));
+    }
+    for (i, a) in u.actions.iter().enumerate() {
+        let name = |field: &str, n: &str| collection_name(n).map_err(|e| invalid(format!("actions[{i}].{field}"), e.message));
+        match &a.action {
+            Some(Action::Put(p)) => {
+                name("put.alias", &p.alias)?;
+                name("put.collection", &p.collection)?;
+            }
+            Some(Action::Delete(n)) => name("delete", n)?,
+            None => return Err(invalid(format!("actions[{i}]"), "an action is `put` or `delete`")),
+        }
+    }
+    Ok(())
+}
+
 /// Nesting depth of a payload, stopping once past the limit (so a hostile
 /// payload costs no more than the limit to measure).
 fn struct_depth(s: &Struct, at: usize) -> usize {

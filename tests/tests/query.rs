@@ -309,6 +309,8 @@ async fn every_query_form_is_shard_count_independent_and_equals_brute_force() {
     let groups: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(groups.as_array().is_some_and(|g| !g.is_empty() && g.iter().all(|g| g["points"].as_array().unwrap().len() == 1)), "{groups}");
 
+    payload_updates_equal_the_reference(&c, &addr, d, &qv).await;
+
     // Bad queries get INVALID_ARGUMENT, not a hang or a crash.
     let bad = c.query(QueryBuilder::new("q5", Q::bm25("cat", "books"))).await.unwrap_err();
     assert!(bad.to_string().contains("InvalidArgument") || bad.to_string().contains("invalid"), "{bad}");
@@ -316,4 +318,171 @@ async fn every_query_form_is_shard_count_independent_and_equals_brute_force() {
     assert!(bad.to_string().contains("prefetch"), "{bad}");
     let bad = c.query(QueryBuilder::new("q5", Q::bm25("text", "the of"))).await.unwrap_err();
     assert!(bad.to_string().contains("no tokens"), "{bad}");
+}
+
+/// Payload set, delete-keys, overwrite and clear, by ids, by filter and
+/// through shoalctl, on both collections and on the reference (plain JSON
+/// edits here); then every payload, the indexed filters, BM25 over the
+/// updated texts and the (unchanged) vectors equal the reference at 1 and
+/// at 5 shards.
+async fn payload_updates_equal_the_reference(c: &Client, addr: &str, mut d: Data, qv: &[f32]) {
+    use shoal_client::{PayloadOp, Select};
+    let num = |k: &PointKey| match k {
+        PointKey::Num(n) => *n,
+        _ => u64::MAX,
+    };
+    let mut refs: Vec<serde_json::Value> = d.points.iter().map(|(_, _, p)| serde_json::Value::from(p)).collect();
+    let cat_is = |v: &str| Filter { must: vec![cond(condition::Kind::Match(MatchCondition { key: "cat".into(), value: Some(match_condition::Value::Keyword(v.into())) }))], ..Default::default() };
+    let n_below = |x: f64| Filter { must: vec![cond(condition::Kind::Range(RangeCondition { key: "n".into(), lt: Some(x), ..Default::default() }))], ..Default::default() };
+    for name in ["q1", "q5"] {
+        // Set by ids (one absent).
+        let n = c.update_payload(name, Select::Ids(vec![1u64.into(), 2u64.into(), 3u64.into(), 500u64.into(), 99_999u64.into()]), PayloadOp::Set(json!({"cat": "moved", "text": "rust raft moved shard", "extra": {"k": 1}}))).await.unwrap();
+        assert_eq!(n, 4, "{name}: set by ids");
+        // Set by filter on an indexed keyword.
+        let n = c.update_payload(name, Select::Filter(cat_is("music")), PayloadOp::Set(json!({"flag": true}))).await.unwrap();
+        // Point 1 was "music" until the update above.
+        assert_eq!(n, N / 5 - 1, "{name}: set by filter");
+        // Delete keys by a numeric range.
+        let n = c.update_payload(name, Select::Filter(n_below(3.0)), PayloadOp::DeleteKeys(vec!["tags".into(), "price".into(), "absent".into()])).await.unwrap();
+        assert_eq!(n, refs.iter().filter(|j| j["n"].as_f64().is_some_and(|x| x < 3.0)).count() as u64, "{name}: delete keys");
+        // Overwrite by ids.
+        assert_eq!(c.update_payload(name, Select::Ids(vec![10u64.into(), 11u64.into()]), PayloadOp::Overwrite(json!({"cat": "books", "text": "brand new moved text"}))).await.unwrap(), 2);
+        // Clear, through shoalctl.
+        let (ok, out, err) = shoal_tests::shoalctl(&["-o", "json", "--addr", addr, "point", "payload", "-c", name, "--ids", "20,21", "--clear"]);
+        assert!(ok && out.contains("\"updated\":2"), "shoalctl point payload: {out}\n{err}");
+    }
+    // The same edits on the reference.
+    for i in [1usize, 2, 3, 500] {
+        let o = refs[i].as_object_mut().unwrap();
+        o.insert("cat".into(), json!("moved"));
+        o.insert("text".into(), json!("rust raft moved shard"));
+        o.insert("extra".into(), json!({"k": 1}));
+    }
+    for j in refs.iter_mut().filter(|j| j["cat"] == "music") {
+        j.as_object_mut().unwrap().insert("flag".into(), json!(true));
+    }
+    for j in refs.iter_mut().filter(|j| j["n"].as_f64().is_some_and(|x| x < 3.0)) {
+        let o = j.as_object_mut().unwrap();
+        o.remove("tags");
+        o.remove("price");
+    }
+    for i in [10usize, 11] {
+        refs[i] = json!({"cat": "books", "text": "brand new moved text"});
+    }
+    for i in [20usize, 21] {
+        refs[i] = json!({});
+    }
+    for (p, j) in d.points.iter_mut().zip(&refs) {
+        p.2 = Struct::try_from(j).unwrap();
+    }
+    // Every payload and vector, read back from both collections.
+    let ids: Vec<PointId> = (0..N).map(PointId::from).collect();
+    for name in ["q1", "q5"] {
+        let got = c.get(name, ids.clone(), true, true).await.unwrap();
+        assert_eq!(got.len(), N as usize);
+        for (p, (k, v, _)) in got.iter().zip(&d.points) {
+            let i = num(k) as usize;
+            assert_eq!(p.id.as_ref().and_then(|x| PointKey::try_from(x).ok()), Some(*k));
+            assert_eq!(serde_json::Value::from(&p.payload.clone().unwrap_or_default()), refs[i], "{name}: payload of {i}");
+            assert!(p.vector.iter().zip(v).all(|(a, b)| (a - b).abs() < 1e-6), "{name}: vector of {i} changed");
+        }
+        // Indexed filters see the new values and not the old ones.
+        for cat in ["moved", "music", "books", "garden"] {
+            let want = refs.iter().filter(|j| j["cat"] == cat).count() as u64;
+            assert_eq!(c.count(name, Some(cat_is(cat))).await.unwrap(), want, "{name}: count cat={cat}");
+        }
+    }
+    // BM25 over the updated texts (collection-wide statistics moved too),
+    // and dense results over the kept vectors, at 1 and at 5 shards.
+    for name in ["q1", "q5"] {
+        let r = c.query(QueryBuilder::new(name, Q::bm25("text", "moved raft")).limit(10)).await.unwrap();
+        assert_close(&format!("{name}: bm25 after updates"), &got(&r), &top(d.bm25("moved raft", &None, 1.2, 0.75), 10), 1e-5);
+        let r = c.query(QueryBuilder::new(name, Q::nearest(qv.to_vec())).filter(cat_is("moved")).exact().limit(5)).await.unwrap();
+        assert_close(&format!("{name}: dense after updates"), &got(&r), &top(d.dense(qv, &Some(cat_is("moved"))), 5), 1e-4);
+    }
+    // Refused updates: no selector, an empty filter, no op.
+    let bad = c.update_payload("q5", Select::Filter(Filter::default()), PayloadOp::Clear).await.unwrap_err();
+    assert!(bad.to_string().contains("all"), "{bad}");
+    let bad = c.update_payload("q5", Select::All, PayloadOp::DeleteKeys(vec![])).await.unwrap_err();
+    assert!(bad.to_string().contains("no keys"), "{bad}");
+}
+
+/// Aliases on a 3-node cluster: reads and writes through an alias reach
+/// its collection; a switch under a stream of reads answers every read
+/// from the old collection or the new one, never an error; the rules
+/// (no alias with a collection's name, no alias to nothing, aliases go
+/// with their collection) hold; shoalctl sets, lists and deletes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn aliases_switch_atomically_under_reads() {
+    use shoal_client::{alias_delete, alias_put};
+    let cluster = ProcCluster::start(3).await.unwrap();
+    let c = shoal_tests::tls::client(&cluster.coordinator.addr).await;
+    for (name, n) in [("v1", 3u64), ("v2", 5)] {
+        c.create_collection(shoal_client::CollectionBuilder::new(name, DIM as u32, Metric::Cosine).shards(2).replication_factor(2).build()).await.unwrap();
+        c.upsert(name, (0..n).map(|i| Point::new(i, vector(i, DIM)).payload(json!({"from": name, "i": i}))).collect()).await.unwrap();
+    }
+    c.update_aliases(vec![alias_put("live", "v1")]).await.unwrap();
+    assert_eq!(c.count("live", None).await.unwrap(), 3);
+    assert_eq!(c.get_collection("live").await.unwrap().config.unwrap().name, "v1");
+    // A write through the alias lands in v1.
+    c.upsert("live", vec![Point::new(100u64, vector(100, DIM)).payload(json!({"from": "live"}))]).await.unwrap();
+    assert_eq!(c.count("v1", None).await.unwrap(), 4);
+
+    // Readers through the alias while it switches.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, stop) = (c.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seen = HashSet::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n = c.count("live", None).await.expect("a read through the alias failed during the switch");
+                    assert!(n == 4 || n == 5, "count {n} is neither v1's nor v2's");
+                    seen.insert(n);
+                }
+                seen
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    c.update_aliases(vec![alias_put("live", "v2"), alias_put("old", "v1")]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = HashSet::new();
+    for r in readers {
+        seen.extend(r.await.unwrap());
+    }
+    assert!(seen.contains(&5), "readers never saw the new collection: {seen:?}");
+    assert_eq!(c.count("live", None).await.unwrap(), 5);
+    assert_eq!(c.count("old", None).await.unwrap(), 4);
+    let r = c.query(QueryBuilder::new("live", Q::nearest(vector(2, DIM))).exact().limit(1)).await.unwrap();
+    assert_eq!(got(&r)[0].0, PointKey::Num(2));
+
+    // The rules.
+    let e = c.update_aliases(vec![alias_put("v1", "v2")]).await.unwrap_err();
+    assert!(e.to_string().contains("AlreadyExists") || e.to_string().contains("already exists"), "{e}");
+    let e = c.update_aliases(vec![alias_put("x", "v2"), alias_put("y", "nothing")]).await.unwrap_err();
+    assert!(e.to_string().contains("NotFound") || e.to_string().contains("not found"), "{e}");
+    assert!(c.list_aliases(None).await.unwrap().iter().all(|a| a.alias != "x"), "a failed update applies nothing");
+    let e = c.update_aliases(vec![alias_delete("nope")]).await.unwrap_err();
+    assert!(e.to_string().contains("not found"), "{e}");
+    let e = c.create_collection(shoal_client::CollectionBuilder::new("live", DIM as u32, Metric::Cosine).build()).await.unwrap_err();
+    assert!(e.to_string().contains("already exists") || e.to_string().contains("AlreadyExists"), "{e}");
+
+    // shoalctl.
+    let addr = cluster.coordinator.addr.clone();
+    let (ok, out, err) = shoal_tests::shoalctl(&["--addr", &addr, "alias", "set", "third", "v2"]);
+    assert!(ok, "{out}\n{err}");
+    let (ok, out, err) = shoal_tests::shoalctl(&["-o", "json", "--addr", &addr, "alias", "list", "-c", "v2"]);
+    assert!(ok, "{out}\n{err}");
+    let listed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(listed, json!([{"alias": "live", "collection": "v2"}, {"alias": "third", "collection": "v2"}]));
+    let (ok, out, err) = shoal_tests::shoalctl(&["--addr", &addr, "alias", "delete", "third"]);
+    assert!(ok, "{out}\n{err}");
+
+    // Deleting a collection deletes its aliases.
+    c.delete_collection("v1").await.unwrap();
+    let left: Vec<(String, String)> = c.list_aliases(None).await.unwrap().into_iter().map(|a| (a.alias, a.collection)).collect();
+    assert_eq!(left, vec![("live".to_string(), "v2".to_string())]);
+    assert!(c.count("old", None).await.is_err());
 }

@@ -1,12 +1,16 @@
 //! Randomized fault run on one shard group of three in-process nodes.
 //!
-//! A writer upserts fresh ids and deletes acknowledged ones while a seeded
+//! A writer upserts fresh ids, deletes acknowledged ones and sets a payload
+//! key on acknowledged ones (by ids and by filter) while a seeded
 //! schedule stops, restarts, partitions and heals nodes (one fault at a
 //! time, so a majority can always make progress). Afterwards every node is
 //! restarted and healed, and the history is checked against every replica:
 //! - every acknowledged upsert not later deleted (or sent a delete that may
 //!   have taken effect) is present, with its vector;
 //! - every acknowledged delete is absent;
+//! - every surviving point's payload `tag` is the last acknowledged one set
+//!   on it, or one set after it without an acknowledgement, and its other
+//!   keys are intact;
 //! - no id appears that was never written (unacknowledged writes may or may
 //!   not have taken effect);
 //! - all replicas hold identical contents.
@@ -35,6 +39,25 @@ struct History {
     /// Deletes sent but not acknowledged: they may or may not have taken
     /// effect (a timed-out write can still commit).
     maybe_deleted: BTreeSet<u64>,
+    /// Per id: the last acknowledged `tag` set on it, and tags sent after
+    /// it without an acknowledgement.
+    tags: BTreeMap<u64, (Option<u64>, BTreeSet<u64>)>,
+}
+
+/// Sets `{"tag": tag}` on `ids`: by ids, or (every other time) by a
+/// `has_id` filter, so both selectors go through the log.
+fn tag_cmd(ids: &[u64], tag: u64) -> Command {
+    use shoal_proto::v1::update_payload_request::{Op, Selector};
+    use shoal_proto::v1::{condition, Condition, Filter, HasIdCondition, PointIdList, Struct, UpdatePayloadRequest};
+    let pids: Vec<_> = ids.iter().map(|&i| i.into()).collect();
+    let selector = if tag.is_multiple_of(2) {
+        Selector::Ids(PointIdList { ids: pids })
+    } else {
+        Selector::Filter(Filter { must: vec![Condition { kind: Some(condition::Kind::HasId(HasIdCondition { ids: pids })) }], ..Default::default() })
+    };
+    let op = Op::Set(Struct::try_from(&serde_json::json!({"tag": tag})).expect("object"));
+    let u = UpdatePayloadRequest { collection: String::new(), selector: Some(selector), op: Some(op) };
+    Command { write: ShardWriteRequest { payload_update: Some(u), ..Default::default() }.encode_to_vec() }
 }
 
 fn delete_cmd(ids: &[u64]) -> Command {
@@ -56,6 +79,7 @@ async fn run_seed(seed: u64, steps: u64) {
         tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
             let mut next = 0u64;
+            let mut next_tag = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let raft = {
                     let c = cluster.read().await;
@@ -70,6 +94,20 @@ async fn run_seed(seed: u64, steps: u64) {
                     h.acked_upserts.difference(&h.acked_deletes).copied().collect()
                 };
                 if !deletable.is_empty() && rng.random_bool(0.2) {
+                    let ids: Vec<u64> = (0..3).map(|_| deletable[rng.random_range(0..deletable.len())]).collect();
+                    let tag = next_tag;
+                    next_tag += 1;
+                    let ok = matches!(tokio::time::timeout(Duration::from_secs(2), raft.client_write(tag_cmd(&ids, tag))).await, Ok(Ok(_)));
+                    let mut h = history.lock();
+                    for id in &ids {
+                        let e = h.tags.entry(*id).or_default();
+                        if ok {
+                            *e = (Some(tag), BTreeSet::new());
+                        } else {
+                            e.1.insert(tag);
+                        }
+                    }
+                } else if !deletable.is_empty() && rng.random_bool(0.2) {
                     let ids: Vec<u64> = (0..3).map(|_| deletable[rng.random_range(0..deletable.len())]).collect();
                     match tokio::time::timeout(Duration::from_secs(2), raft.client_write(delete_cmd(&ids))).await {
                         Ok(Ok(_)) => history.lock().acked_deletes.extend(ids),
@@ -135,6 +173,23 @@ async fn run_seed(seed: u64, steps: u64) {
             let d = present.get(id).unwrap_or_else(|| panic!("seed {seed}: acknowledged id {id} lost"));
             assert!(d.contains(&format!("[{}.0, 1.0, 1.0, 2.0]", *id as f32)), "seed {seed}: id {id} has the wrong vector: {d}");
         }
+        // Payloads: the tag, and the upsert's keys kept beside it.
+        let (points, _) = c.node(1).sm().expect("running").shard().export(&[]).unwrap();
+        let mut tagged = 0;
+        for p in &points {
+            let Some(shoal_proto::v1::point_id::Kind::Num(id)) = p.id.as_ref().and_then(|i| i.kind.clone()) else { continue };
+            if id == u64::MAX - 1 {
+                continue;
+            }
+            let j = serde_json::Value::from(&p.payload.clone().unwrap_or_default());
+            assert_eq!(j["id"], serde_json::json!(id), "seed {seed}: id {id} lost its upsert keys: {j}");
+            assert_eq!(j["nested"]["x"], serde_json::json!(id % 7), "seed {seed}: id {id} lost its nested keys: {j}");
+            let (acked, maybe) = h.tags.get(&id).cloned().unwrap_or_default();
+            let tag = j.get("tag").and_then(|t| t.as_u64());
+            let allowed = tag == acked || tag.is_some_and(|t| maybe.contains(&t));
+            assert!(allowed, "seed {seed}: id {id} has tag {tag:?}; last acknowledged {acked:?}, unacknowledged since {maybe:?}");
+            tagged += usize::from(tag.is_some());
+        }
         for id in &h.acked_deletes {
             assert!(!present.contains_key(id), "seed {seed}: acknowledged delete of {id} undone");
         }
@@ -142,7 +197,7 @@ async fn run_seed(seed: u64, steps: u64) {
             assert!(h.attempted.contains(id), "seed {seed}: phantom id {id} was never written");
         }
         eprintln!(
-            "  seed {seed}: {} acked upserts, {} acked deletes, {} attempted, {} present, replicas identical",
+            "  seed {seed}: {} acked upserts, {} acked deletes, {} attempted, {} present ({tagged} tagged), replicas identical",
             h.acked_upserts.len(),
             h.acked_deletes.len(),
             h.attempted.len(),

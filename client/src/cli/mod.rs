@@ -58,6 +58,10 @@ pub enum Cmd {
     /// Manage collections.
     #[command(subcommand)]
     Collection(CollectionCmd),
+    /// Collection aliases: set (create or re-point atomically), delete,
+    /// list.
+    #[command(subcommand)]
+    Alias(AliasCmd),
     /// Write points.
     #[command(subcommand)]
     Point(PointCmd),
@@ -151,6 +155,19 @@ pub enum Format {
 }
 
 #[derive(Subcommand)]
+pub enum AliasCmd {
+    /// Point ALIAS at COLLECTION (creates it, or switches it atomically).
+    Set { alias: String, collection: String },
+    /// Delete an alias (the collection stays).
+    Delete { alias: String },
+    /// List aliases, of one collection or all.
+    List {
+        #[arg(long, short)]
+        collection: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum PointCmd {
     /// Import points from .fvecs, .npy or JSONL, in batches.
     Import {
@@ -167,6 +184,38 @@ pub enum PointCmd {
         #[arg(long, default_value_t = 0)]
         start_id: u64,
     },
+    /// Set, overwrite or delete payload keys, or clear payloads, of the
+    /// points chosen by --ids, --filter or --all (vectors are kept).
+    Payload(PayloadArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("select").required(true).args(["ids", "filter", "all"])))]
+#[command(group(clap::ArgGroup::new("op").required(true).args(["set", "overwrite", "delete_keys", "clear"])))]
+pub struct PayloadArgs {
+    #[arg(long, short)]
+    pub collection: String,
+    /// Point ids, comma separated (numbers or UUIDs).
+    #[arg(long)]
+    pub ids: Option<String>,
+    /// Filter as JSON (docs/filters.md).
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Every point of the collection.
+    #[arg(long)]
+    pub all: bool,
+    /// Merge these keys in (a JSON object).
+    #[arg(long)]
+    pub set: Option<String>,
+    /// Replace the payload (a JSON object).
+    #[arg(long)]
+    pub overwrite: Option<String>,
+    /// Remove these top-level keys, comma separated.
+    #[arg(long)]
+    pub delete_keys: Option<String>,
+    /// Remove the whole payload.
+    #[arg(long)]
+    pub clear: bool,
 }
 
 #[derive(clap::Args)]
@@ -406,6 +455,54 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("{}", json!({"imported": done, "seconds": secs, "points_per_s": done as f64 / secs}));
             } else {
                 println!("imported {done} points in {secs:.1} s ({:.0} points/s)", done as f64 / secs);
+            }
+        }
+        Cmd::Alias(AliasCmd::Set { alias, collection }) => {
+            client.update_aliases(vec![crate::alias_put(&alias, &collection)]).await?;
+            if json_out {
+                println!("{}", json!({"alias": alias, "collection": collection}));
+            } else {
+                println!("alias {alias} -> {collection}");
+            }
+        }
+        Cmd::Alias(AliasCmd::Delete { alias }) => {
+            client.update_aliases(vec![crate::alias_delete(&alias)]).await?;
+            if json_out {
+                println!("{}", json!({"deleted": alias}));
+            } else {
+                println!("deleted alias {alias}");
+            }
+        }
+        Cmd::Alias(AliasCmd::List { collection }) => {
+            let aliases = client.list_aliases(collection.as_deref()).await?;
+            if json_out {
+                println!("{}", serde_json::Value::Array(aliases.iter().map(|a| json!({"alias": a.alias, "collection": a.collection})).collect()));
+            } else {
+                let mut t = table(&["ALIAS", "COLLECTION"]);
+                for a in aliases {
+                    t.add_row(vec![a.alias, a.collection]);
+                }
+                print_table(t);
+            }
+        }
+        Cmd::Point(PointCmd::Payload(a)) => {
+            let select = match (&a.ids, &a.filter) {
+                (Some(ids), _) => crate::Select::Ids(ids.split(',').filter(|x| !x.trim().is_empty()).map(query::parse_id).collect()),
+                (None, Some(f)) => crate::Select::Filter(filter::from_json(&serde_json::from_str(f).context("--filter is not JSON")?)?),
+                (None, None) => crate::Select::All,
+            };
+            let obj = |name: &str, v: &str| -> anyhow::Result<serde_json::Value> { serde_json::from_str(v).with_context(|| format!("--{name} is not JSON")) };
+            let op = match (&a.set, &a.overwrite, &a.delete_keys) {
+                (Some(v), _, _) => crate::PayloadOp::Set(obj("set", v)?),
+                (None, Some(v), _) => crate::PayloadOp::Overwrite(obj("overwrite", v)?),
+                (None, None, Some(k)) => crate::PayloadOp::DeleteKeys(k.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()),
+                (None, None, None) => crate::PayloadOp::Clear,
+            };
+            let n = client.update_payload(&a.collection, select, op).await?;
+            if json_out {
+                println!("{}", json!({"updated": n}));
+            } else {
+                println!("updated the payload of {n} points");
             }
         }
         Cmd::Query(a) => query::run(&client, &a, json_out).await?,

@@ -82,7 +82,7 @@ pub struct QueryArgs {
     pub ef: Option<u32>,
 }
 
-fn parse_id(s: &str) -> PointId {
+pub(super) fn parse_id(s: &str) -> PointId {
     match s.trim().parse::<u64>() {
         Ok(n) => PointId::from(n),
         Err(_) => PointId { kind: Some(shoal_proto::v1::point_id::Kind::Uuid(s.trim().to_string())) },

@@ -112,6 +112,11 @@ pub enum MetaCommand {
         address: String,
         incarnation: u64,
     },
+    /// Applies alias actions (protobuf `UpdateAliasesRequest`) all or none
+    /// ([`super::aliases::apply`]). Appended last.
+    UpdateAliases {
+        request: Vec<u8>,
+    },
 }
 
 impl MetaCommand {
@@ -173,7 +178,7 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
             // and an entry from a rogue or buggy leader skips the leader's
             // checks. (The name rules are as old as the log.)
             shoal_proto::validate::collection_name(name_of(&entry)).map_err(|e| format!("invalid collection name: {}", e.message))?;
-            if map.collections.iter().any(|c| name_of(c) == name_of(&entry)) {
+            if map.collections.iter().any(|c| name_of(c) == name_of(&entry)) || map.aliases.iter().any(|a| a.alias == name_of(&entry)) {
                 return Err(EXISTS.into());
             }
             entry.uid = index;
@@ -185,6 +190,9 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
             if map.collections.len() == before {
                 return Err(NOT_FOUND.into());
             }
+            // Its aliases go with it: a later collection of the same name
+            // is not what they were made for.
+            map.aliases.retain(|a| a.collection != name);
         }
         MetaCommand::SubmitOps { request } => {
             let req = SubmitOperationsRequest::decode(request.as_slice()).map_err(|e| format!("undecodable operations: {e}"))?;
@@ -287,6 +295,10 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
             }
             let c = map.collections.iter_mut().find(|c| name_of(c) == collection && c.uid == uid).ok_or(NOT_FOUND)?;
             c.shards.push(placed);
+        }
+        MetaCommand::UpdateAliases { request } => {
+            let req = shoal_proto::v1::UpdateAliasesRequest::decode(request.as_slice()).map_err(|e| format!("undecodable alias update: {e}"))?;
+            super::aliases::apply(map, &req)?;
         }
         MetaCommand::CommitSplit { collection, uid, parent, child } => {
             let c = map.collections.iter_mut().find(|c| name_of(c) == collection && c.uid == uid).ok_or(NOT_FOUND)?;

@@ -19,6 +19,7 @@
 //! (docs/raft.md tracks what exists).
 use serde::{Deserialize, Serialize};
 
+pub mod aliases;
 pub mod batch;
 pub mod election;
 pub mod log_store;

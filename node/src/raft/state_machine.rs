@@ -337,7 +337,7 @@ impl ShardStateMachine {
                             parts.push((done.affected, None));
                             continue;
                         }
-                        let res = Self::check_route(&shard, w).and_then(|()| shard.write_request(&w.upserts, &w.delete_ids, w.delete_filter.as_ref(), vec![], id.map(|id| (id, e.log_id.index)), Durability::Deferred));
+                        let res = Self::check_route(&shard, w).and_then(|()| shard.write_request(crate::shard::WriteOps::of(w), vec![], id.map(|id| (id, e.log_id.index)), Durability::Deferred));
                         match res {
                             Ok(n) => parts.push((n, None)),
                             Err(err) => match Self::rejection(err) {
@@ -359,7 +359,7 @@ impl ShardStateMachine {
                     shard.put_meta(meta, Durability::Deferred).map_err(|x| sm_err(ErrorVerb::Write, x))?;
                     return Ok(Reply { affected: done.affected, error: None, parts: vec![] });
                 }
-                let res = Self::check_route(&shard, &req).and_then(|()| shard.write_request(&req.upserts, &req.delete_ids, req.delete_filter.as_ref(), meta.clone(), id.map(|id| (id, e.log_id.index)), Durability::Deferred));
+                let res = Self::check_route(&shard, &req).and_then(|()| shard.write_request(crate::shard::WriteOps::of(&req), meta.clone(), id.map(|id| (id, e.log_id.index)), Durability::Deferred));
                 match res {
                     Ok(affected) => Ok(Reply { affected, error: None, parts: vec![] }),
                     Err(err) => {
@@ -388,7 +388,7 @@ impl ShardStateMachine {
 
     /// The split checks of one write ([`Shard::check_route`]).
     fn check_route(shard: &Shard, w: &ShardWriteRequest) -> Result<(), NodeError> {
-        shard.check_route(&w.upserts, &w.delete_ids, w.delete_filter.is_some(), w.shard.as_ref().map_or(0, |s| s.epoch))
+        shard.check_write_route(w)
     }
 
     /// A write every replica refuses the same way, as the reply's reason

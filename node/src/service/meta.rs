@@ -106,6 +106,11 @@ impl Meta for MetaService {
         self.on_leader(req, |e, r: DeleteCollectionRequest| async move { e.delete_collection(&r.name).await }, |mut c, r| async move { c.delete_collection(r).await }).await
     }
 
+    async fn update_aliases(&self, req: Request<shoal_proto::v1::UpdateAliasesRequest>) -> Result<Response<ClusterMap>, Status> {
+        shoal_proto::validate::alias_update(req.get_ref()).map_err(NodeError::from)?;
+        self.on_leader(req, |e, r: shoal_proto::v1::UpdateAliasesRequest| async move { e.update_aliases(&r).await }, |mut c, r| async move { c.update_aliases(r).await }).await
+    }
+
     async fn register_node(&self, req: Request<RegisterNodeRequest>) -> Result<Response<ClusterMap>, Status> {
         let id = req.get_ref().node_id;
         if id == 0 {

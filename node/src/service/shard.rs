@@ -147,9 +147,9 @@ impl ShardApi for ShardService {
             return Err(NodeError::from(invalid("batch", "write groups and control entries are formed by the node, not sent to it")).into());
         }
         let req = blocking(move || {
-            shard.validate_write(&req.upserts, &req.delete_ids, req.delete_filter.as_ref(), req.delete_all)?;
+            shard.validate_write(&req.upserts, &req.delete_ids, req.delete_filter.as_ref(), req.delete_all, req.payload_update.as_ref())?;
             let epoch = req.shard.as_ref().map_or(0, |s| s.epoch);
-            shard.check_route(&req.upserts, &req.delete_ids, req.delete_filter.is_some(), epoch)?;
+            shard.check_write_route(&req)?;
             // Only the epoch travels in the log: replicas check it too.
             Ok(ShardWriteRequest { shard: Some(ShardRef { epoch, ..Default::default() }), ..req })
         })

@@ -19,8 +19,9 @@ use std::path::Path;
 
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
+use shoal_proto::internal::v1::ShardWriteRequest;
 use shoal_proto::v1::{PointId, PointStruct};
-use shoal_proto::PointKey;
+use shoal_proto::{validate, PointKey};
 
 use super::{write_sidecar, Shard};
 use crate::error::{NodeError, Result};
@@ -130,6 +131,23 @@ impl Shard {
                     return Err(NodeError::RangeMoved(format!("point {k} (hash {h:#018x}) is outside shard {}/{}'s range {lo:#x}..={hi:#x} after a split", self.collection, self.shard_id)));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// [`Shard::check_route`] for one shard write: its upserts and deletes,
+    /// and a payload update's ids (or its filter, which waits for a split
+    /// like a filter delete).
+    pub fn check_write_route(&self, w: &ShardWriteRequest) -> Result<()> {
+        use shoal_proto::v1::update_payload_request::Selector;
+        let epoch = w.shard.as_ref().map_or(0, |s| s.epoch);
+        match w.payload_update.as_ref().and_then(|u| u.selector.as_ref()) {
+            Some(Selector::Ids(l)) => self.check_route(&w.upserts, &l.ids, w.delete_filter.is_some(), epoch)?,
+            Some(_) => self.check_route(&w.upserts, &w.delete_ids, true, epoch)?,
+            None => self.check_route(&w.upserts, &w.delete_ids, w.delete_filter.is_some(), epoch)?,
+        }
+        if w.payload_update.is_some() && !(w.upserts.is_empty() && w.delete_ids.is_empty()) {
+            return Err(validate::invalid("payload_update", "a payload update is a write of its own: upserts and deletes must be empty").into());
         }
         Ok(())
     }

@@ -91,6 +91,59 @@ fn upsert_replace_delete_count() {
     }
 }
 
+fn payload_update(sel: update_payload_request::Selector, op: update_payload_request::Op) -> UpdatePayloadRequest {
+    UpdatePayloadRequest { collection: String::new(), selector: Some(sel), op: Some(op) }
+}
+
+fn payload_json(s: &Shard, id: u64) -> serde_json::Value {
+    serde_json::Value::from(&s.get(&[id.into()], true, false).unwrap()[0].payload.clone().unwrap())
+}
+
+#[test]
+fn payload_updates_keep_vectors_and_move_index_entries() {
+    use update_payload_request::{Op, Selector};
+    let keyword = |k: &str, v: &str| Filter { must: vec![Condition { kind: Some(condition::Kind::Match(MatchCondition { key: k.into(), value: Some(match_condition::Value::Keyword(v.into())) })) }], ..Default::default() };
+    let st = |j: serde_json::Value| Struct::try_from(&j).unwrap();
+    for (engine, dir) in engines() {
+        let (s, _) = Shard::open(config(4, Metric::Cosine), 0, ShardStore::new(engine, "c", 0), dir.path()).unwrap();
+        let vs = vecs(50, 4, 3);
+        s.write(&points(&vs, 0), &[], None).unwrap();
+        let before = s.get(&[7u64.into()], false, true).unwrap()[0].vector.clone();
+        let apply = |u: UpdatePayloadRequest| s.write_request(WriteOps { payload_update: Some(&u), ..Default::default() }, vec![], None, Durability::Sync);
+        // Set by ids: merged, indexed under the new value, vector untouched
+        // (bit for bit: no second normalisation).
+        let n = apply(payload_update(Selector::Ids(PointIdList { ids: vec![7u64.into(), 8u64.into(), 1000u64.into(), 7u64.into()] }), Op::Set(st(json!({"group": "moved", "extra": [1, 2]}))))).unwrap();
+        assert_eq!(n, 2, "absent ids are skipped and duplicates counted once");
+        assert_eq!(payload_json(&s, 7), json!({"group": "moved", "i": 7, "extra": [1, 2]}));
+        assert_eq!(s.get(&[7u64.into()], false, true).unwrap()[0].vector, before);
+        assert_eq!(s.count(Some(&keyword("group", "moved"))).unwrap(), 2);
+        assert_eq!(s.count(Some(&keyword("group", "g7"))).unwrap(), 4, "the old index entry is gone");
+        assert_eq!(ids(&s.search(&search(&vs[7], 1)).unwrap()), vec![7], "the new version is searchable");
+        // Delete keys by filter.
+        let n = apply(payload_update(Selector::Filter(keyword("group", "moved")), Op::DeleteKeys(PayloadKeys { keys: vec!["extra".into(), "nope".into()] }))).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(payload_json(&s, 8), json!({"group": "moved", "i": 8}));
+        // Overwrite by filter, then clear all.
+        assert_eq!(apply(payload_update(Selector::Filter(keyword("group", "g3")), Op::Overwrite(st(json!({"only": true}))))).unwrap(), 5);
+        assert_eq!(payload_json(&s, 13), json!({"only": true}));
+        assert_eq!(s.count(Some(&keyword("group", "g3"))).unwrap(), 0);
+        assert_eq!(apply(payload_update(Selector::All(true), Op::Clear(true))).unwrap(), 50);
+        assert_eq!(payload_json(&s, 13), json!({}));
+        assert_eq!(s.count(None).unwrap(), 50);
+        assert_eq!(s.count(Some(&keyword("group", "moved"))).unwrap(), 0);
+        // A merge that breaks the payload limits refuses the whole update.
+        let big = "x".repeat(shoal_proto::limits::MAX_PAYLOAD_BYTES / 2 + 16);
+        apply(payload_update(Selector::Ids(PointIdList { ids: vec![1u64.into()] }), Op::Set(st(json!({"a": big.clone()}))))).unwrap();
+        let err = apply(payload_update(Selector::Ids(PointIdList { ids: vec![2u64.into(), 1u64.into()] }), Op::Set(st(json!({"b": big}))))).unwrap_err();
+        assert!(matches!(err, NodeError::Invalid(_)), "{err}");
+        assert_eq!(payload_json(&s, 2), json!({}), "nothing of a refused update is applied");
+        // Bad updates are refused before anything is read.
+        assert!(apply(payload_update(Selector::All(false), Op::Clear(true))).is_err());
+        assert!(apply(payload_update(Selector::Filter(Filter::default()), Op::Clear(true))).is_err());
+        assert!(apply(UpdatePayloadRequest { selector: Some(Selector::All(true)), ..Default::default() }).is_err());
+    }
+}
+
 #[test]
 fn bad_points_reject_the_whole_batch() {
     let (engine, dir) = engines().pop().unwrap();
