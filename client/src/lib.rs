@@ -399,6 +399,14 @@ impl Client {
         Ok(call!(self, CollectionsClient, list_aliases, req)?.aliases)
     }
 
+    /// Adds and drops payload indexes of a live collection (drops first);
+    /// returns the collection as it now is. Replicas re-index in the
+    /// background.
+    pub async fn update_payload_indexes(&self, collection: &str, create: Vec<PayloadIndexSpec>, drop: Vec<String>) -> Result<CollectionInfo> {
+        let req = UpdatePayloadIndexesRequest { collection: collection.to_string(), create, drop };
+        Ok(call!(self, CollectionsClient, update_payload_indexes, req)?.collection.unwrap_or_default())
+    }
+
     /// Upserts points; returns how many were written.
     pub async fn upsert(&self, collection: &str, points: Vec<Point>) -> Result<u64> {
         let points = points.into_iter().map(Point::into_proto).collect::<Result<Vec<_>>>()?;

@@ -266,6 +266,24 @@ impl Collections for Api {
         Ok(Response::new(ListAliasesResponse { aliases }))
     }
 
+    async fn update_payload_indexes(&self, req: Request<UpdatePayloadIndexesRequest>) -> std::result::Result<Response<UpdatePayloadIndexesResponse>, Status> {
+        shoal_common::audit::note(req.extensions(), Some(&req.get_ref().collection), "update payload indexes");
+        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
+        let mut req = req.into_inner();
+        // An alias names its collection here too.
+        req.collection = self.route(&req.collection).await?.config.name.clone();
+        let map = self
+            .router
+            .meta_call("update payload indexes", |mut c| {
+                let r = req.clone();
+                async move { c.update_payload_indexes(r).await }
+            })
+            .await?;
+        self.router.install(map);
+        let info = self.routed(&req.collection, |route| async move { self.info(&route).await }).await?;
+        Ok(Response::new(UpdatePayloadIndexesResponse { collection: Some(info) }))
+    }
+
     async fn get(&self, req: Request<GetCollectionRequest>) -> std::result::Result<Response<GetCollectionResponse>, Status> {
         shoal_common::auth::authorize(req.extensions(), &req.get_ref().name)?;
         let name = req.into_inner().name;

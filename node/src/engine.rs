@@ -621,6 +621,25 @@ impl Engine {
         }
     }
 
+    /// Adds and drops a collection's payload indexes in one map change;
+    /// every replica re-indexes when it applies it ([`Engine::reconcile`]).
+    /// Leader only.
+    pub async fn update_payload_indexes(&self, req: &shoal_proto::v1::UpdatePayloadIndexesRequest) -> Result<ClusterMap> {
+        let _w = self.meta_write.lock().await;
+        let map = self.cluster_map();
+        let entry = map.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == req.collection)).ok_or_else(|| NodeError::CollectionNotFound(req.collection.clone()))?;
+        let config = entry.config.clone().unwrap_or_default();
+        let specs = validate::payload_index_change(&config.payload_indexes, &req.create, &req.drop)?;
+        validate::collection_config(&CollectionConfig { payload_indexes: specs.clone(), ..config })?;
+        let encoded = prost::Message::encode_to_vec(&CollectionConfig { payload_indexes: specs, ..Default::default() });
+        let reply = self.propose_meta(MetaCommand::SetPayloadIndexes { collection: req.collection.clone(), uid: entry.uid, specs: encoded }).await?;
+        match reply.error.as_deref() {
+            None => Ok(self.cluster_map()),
+            Some(NOT_FOUND) => Err(NodeError::CollectionNotFound(req.collection.clone())),
+            Some(e) => Err(NodeError::Rejected(e.to_string())),
+        }
+    }
+
     /// Opens the replicas the map places here and drops the ones it no
     /// longer does. Blocking.
     pub fn reconcile(&self) -> Result<()> {
@@ -688,6 +707,14 @@ impl Engine {
             // Damaged data stays quarantined until repaired; an open that
             // failed for another reason (I/O, a full disk) is tried again
             // at every reconcile.
+            let open = self.shards.read().get(&key).filter(|r| r.uid == uid).map(|r| r.sm.clone());
+            if let Some(sm) = open {
+                // The collection's payload indexes changed: re-index here.
+                if let Err(e) = sm.set_payload_indexes(&config.payload_indexes) {
+                    tracing::error!(collection = %key.0, shard = key.1, error = %e, "re-indexing payloads failed; retried at the next reconcile");
+                }
+                continue;
+            }
             if self.shards.read().contains_key(&key) || self.quarantined.read().get(&key).is_some_and(|q| q.0 == uid && q.2) {
                 continue;
             }

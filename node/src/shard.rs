@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use roaring::RoaringBitmap;
-use shoal_proto::v1::{CollectionConfig, Condition, Filter, Metric, PointId, PointStruct, RetrievedPoint, ScoredPoint, SearchPointsRequest, Struct, UpdatePayloadRequest, VectorStorage};
+use shoal_proto::v1::{CollectionConfig, Condition, Filter, Metric, PayloadIndexSpec, PointId, PointStruct, RetrievedPoint, ScoredPoint, SearchPointsRequest, Struct, UpdatePayloadRequest, VectorStorage};
 use shoal_proto::{validate, PointKey};
 
 use crate::error::{IndexError, NodeError, Result};
@@ -96,6 +96,9 @@ pub struct Shard {
     pub collection: String,
     pub shard_id: u32,
     config: CollectionConfig,
+    /// The payload indexes the shard keeps ([`reindex`]): the config's at
+    /// open, changed live by [`Shard::set_payload_indexes`].
+    index_specs: RwLock<Vec<PayloadIndexSpec>>,
     dist: Distance,
     store: ShardStore,
     index: HnswIndex,
@@ -293,7 +296,11 @@ impl Shard {
             }
         };
 
-        let mut payload = PayloadIndex::new(&config.payload_indexes);
+        // The specs the stored entries were built for; re-indexed below if
+        // the config's differ.
+        let recorded = reindex::stored_specs(&store)?;
+        let built_for = recorded.clone().unwrap_or_else(|| config.payload_indexes.clone());
+        let mut payload = PayloadIndex::new(&built_for);
         store.scan_index(&mut |e| payload.insert(&e))?;
 
         let mut state = State {
@@ -379,6 +386,7 @@ impl Shard {
             collection: config.name.clone(),
             shard_id,
             dist: Distance(metric),
+            index_specs: RwLock::new(built_for),
             config,
             store,
             index,
@@ -401,6 +409,11 @@ impl Shard {
         if let Some(p) = shard.pending_split() {
             *shard.frozen.write() = shard.frozen_offsets(p.mid, p.end);
         }
+        if recorded.is_none() {
+            shard.store.write(StoreBatch { put_meta: vec![(reindex::SPECS, reindex::encode_specs(&shard.config.payload_indexes))], ..Default::default() }, true)?;
+        }
+        let specs = shard.config.payload_indexes.clone();
+        shard.set_payload_indexes(&specs)?;
         Ok((shard, outcome))
     }
 
@@ -409,6 +422,8 @@ impl Shard {
         self.opened
     }
 
+    /// The config the shard was opened with (its payload indexes may have
+    /// changed since: [`Shard::payload_index_specs`]).
     pub fn config(&self) -> &CollectionConfig {
         &self.config
     }
@@ -526,7 +541,7 @@ impl Shard {
             }
             let payload = shoal_proto::payload::apply_update(op, old.payload.as_ref());
             if let Some(p) = &payload {
-                validate::payload(&format!("point {k}"), p, &self.config.payload_indexes)?;
+                validate::payload(&format!("point {k}"), p, &self.index_specs.read())?;
             }
             out.push((k, old.vector, payload));
         }
@@ -719,12 +734,12 @@ impl Shard {
             if !upserts.is_empty() || !delete_ids.is_empty() || delete_filter.is_some() {
                 return Err(validate::invalid("payload_update", "a payload update is a write of its own: upserts and deletes must be empty").into());
             }
-            return Ok(validate::payload_update(u, &self.config.payload_indexes, false)?);
+            return Ok(validate::payload_update(u, &self.index_specs.read(), false)?);
         }
         for (i, p) in upserts.iter().enumerate() {
             self.check(i, p)?;
             if let Some(pl) = &p.payload {
-                validate::payload(&format!("points[{i}].payload"), pl, &self.config.payload_indexes)?;
+                validate::payload(&format!("points[{i}].payload"), pl, &self.index_specs.read())?;
             }
         }
         if let Some(f) = delete_filter {
@@ -761,7 +776,7 @@ impl Shard {
         }
         let del_keys = Self::check_deletes(delete_ids, delete_filter)?;
         if let Some(u) = payload_update {
-            validate::payload_update(u, &self.config.payload_indexes, true)?;
+            validate::payload_update(u, &self.index_specs.read(), true)?;
         }
 
         let _w = self.writer.lock();
@@ -1249,6 +1264,7 @@ pub(crate) fn parse_sidecar(meta: &str) -> Option<(u64, u32)> {
 
 pub mod compact;
 pub mod query;
+mod reindex;
 pub mod requests;
 mod keys;
 pub mod split;

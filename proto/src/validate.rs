@@ -364,6 +364,38 @@ pub fn payload_update(u: &crate::v1::UpdatePayloadRequest, indexes: &[PayloadInd
     }
 }
 
+/// The payload index specs after dropping `drop` and adding `create` to
+/// `current` (drops first). A field dropped must be indexed; a field
+/// created that is indexed with the same settings is skipped, and with
+/// other settings refused. The result still has to pass
+/// [`collection_config`].
+pub fn payload_index_change(current: &[PayloadIndexSpec], create: &[PayloadIndexSpec], drop: &[String]) -> Result<Vec<PayloadIndexSpec>, ValidationError> {
+    if create.is_empty() && drop.is_empty() {
+        return Err(invalid("create", "nothing to create or drop"));
+    }
+    if create.len() > MAX_PAYLOAD_INDEXES || drop.len() > MAX_PAYLOAD_INDEXES {
+        return Err(invalid("create", format!("at most {MAX_PAYLOAD_INDEXES} indexes to create and to drop")));
+    }
+    let mut specs = current.to_vec();
+    for (i, k) in drop.iter().enumerate() {
+        key(&format!("drop[{i}]"), k)?;
+        let before = specs.len();
+        specs.retain(|s| &s.key != k);
+        if specs.len() == before {
+            return Err(invalid(format!("drop[{i}]"), format!("payload field {k:?} is not indexed")));
+        }
+    }
+    for (i, c) in create.iter().enumerate() {
+        key(&format!("create[{i}]"), &c.key)?;
+        match specs.iter().find(|s| s.key == c.key) {
+            Some(s) if s == c => {}
+            Some(_) => return Err(invalid(format!("create[{i}]"), format!("payload field {:?} is indexed with other settings; drop it in the same request to change them", c.key))),
+            None => specs.push(c.clone()),
+        }
+    }
+    Ok(specs)
+}
+
 /// Checks an alias update's shape: 1..=MAX_ALIAS_ACTIONS actions, each
 /// with names that follow the collection name rules. Whether the names
 /// exist is the cluster map's to say.

@@ -70,10 +70,13 @@ impl Data {
         self.points.iter().filter(|(k, _, p)| self.passes(f, k, p)).map(|(k, v, _)| (*k, v.iter().zip(&q).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32)).collect()
     }
     fn bm25(&self, text: &str, f: &Option<Filter>, k1: f64, b: f64) -> Vec<(PointKey, f32)> {
-        let docs: Vec<(PointKey, Vec<String>, &Struct)> = self.points.iter().map(|(k, _, p)| (*k, self.tok.field_values(p, "text").concat(), p)).filter(|(_, t, _)| !t.is_empty()).collect();
+        self.bm25_on(&self.tok, "text", text, f, k1, b)
+    }
+    fn bm25_on(&self, tok: &Tokenizer, field: &str, text: &str, f: &Option<Filter>, k1: f64, b: f64) -> Vec<(PointKey, f32)> {
+        let docs: Vec<(PointKey, Vec<String>, &Struct)> = self.points.iter().map(|(k, _, p)| (*k, tok.field_values(p, field).concat(), p)).filter(|(_, t, _)| !t.is_empty()).collect();
         let n = docs.len() as f64;
         let avgdl = docs.iter().map(|d| d.1.len()).sum::<usize>() as f64 / n;
-        let q = self.tok.tokens(text);
+        let q = tok.tokens(text);
         let df = |t: &String| docs.iter().filter(|d| d.1.contains(t)).count() as f64;
         let mut out = vec![];
         for (k, toks, p) in &docs {
@@ -400,6 +403,41 @@ async fn payload_updates_equal_the_reference(c: &Client, addr: &str, mut d: Data
         let r = c.query(QueryBuilder::new(name, Q::nearest(qv.to_vec())).filter(cat_is("moved")).exact().limit(5)).await.unwrap();
         assert_close(&format!("{name}: dense after updates"), &got(&r), &top(d.dense(qv, &Some(cat_is("moved"))), 5), 1e-4);
     }
+    // Payload indexes on the live collections: a text index on "name" is
+    // added and "price" dropped. BM25 over "name" answers once every
+    // replica has re-indexed, equal to the reference at 1 and 5 shards; a
+    // range filter on the dropped field scans to the same answer.
+    let name_text = PayloadIndexSpec { key: "name".into(), r#type: PayloadIndexType::Text as i32, text: Some(TextIndexParams::default()) };
+    for name in ["q1", "q5"] {
+        // "name" was a keyword index: dropped and re-created as text.
+        let info = c.update_payload_indexes(name, vec![name_text.clone()], vec!["price".into(), "name".into()]).await.unwrap();
+        let keys: Vec<String> = info.config.unwrap().payload_indexes.into_iter().map(|p| p.key).collect();
+        assert!(keys.contains(&"name".to_string()) && !keys.contains(&"price".to_string()), "{keys:?}");
+    }
+    let name_tok = Tokenizer::new(&TextIndexParams::default());
+    let want = top(d.bm25_on(&name_tok, "name", "gamma 59", &None, 1.2, 0.75), 10);
+    for name in ["q1", "q5"] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let r = loop {
+            match c.query(QueryBuilder::new(name, Q::bm25("name", "gamma 59")).limit(10)).await {
+                Ok(r) if got(&r).len() == want.len() => break r,
+                other if std::time::Instant::now() > deadline => panic!("{name}: BM25 over the new text index never answered: {other:?}"),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        };
+        assert_close(&format!("{name}: bm25 over a live-added index"), &got(&r), &want, 1e-5);
+        let cheap = Filter { must: vec![cond(condition::Kind::Range(RangeCondition { key: "price".into(), lt: Some(1.0), ..Default::default() }))], ..Default::default() };
+        let want_n = refs.iter().filter(|j| j["price"].as_f64().is_some_and(|p| p < 1.0)).count() as u64;
+        assert_eq!(c.count(name, Some(cheap)).await.unwrap(), want_n, "{name}: a dropped index's field is scanned");
+    }
+    // Through shoalctl: drop it again; BM25 over "name" is then refused.
+    let (ok, out, err) = shoal_tests::shoalctl(&["--addr", addr, "collection", "index", "q5", "--drop", "name"]);
+    assert!(ok, "shoalctl collection index: {out}\n{err}");
+    let bad = c.query(QueryBuilder::new("q5", Q::bm25("name", "gamma"))).await.unwrap_err();
+    assert!(bad.to_string().contains("no TEXT index"), "{bad}");
+    let bad = c.update_payload_indexes("q5", vec![], vec!["nope".into()]).await.unwrap_err();
+    assert!(bad.to_string().contains("not indexed"), "{bad}");
+
     // Refused updates: no selector, an empty filter, no op.
     let bad = c.update_payload("q5", Select::Filter(Filter::default()), PayloadOp::Clear).await.unwrap_err();
     assert!(bad.to_string().contains("all"), "{bad}");

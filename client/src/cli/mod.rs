@@ -139,6 +139,27 @@ pub enum CollectionCmd {
         #[arg(long)]
         text_keep_accents: bool,
     },
+    /// Add and drop payload indexes of a live collection (the replicas
+    /// re-index in the background).
+    Index {
+        name: String,
+        /// Index to add, `field:keyword|numeric|bool|text|datetime`
+        /// (repeatable).
+        #[arg(long)]
+        create: Vec<String>,
+        /// Field whose index to drop (repeatable; applied first).
+        #[arg(long)]
+        drop: Vec<String>,
+        /// Text indexes: Snowball stemmer ("english", ...; default none).
+        #[arg(long, default_value = "")]
+        text_stemmer: String,
+        /// Text indexes: stop word list ("english"; default none).
+        #[arg(long, default_value = "")]
+        text_stop_words: String,
+        /// Text indexes: keep accents (no ASCII folding).
+        #[arg(long)]
+        text_keep_accents: bool,
+    },
     /// List collections.
     List,
     /// Describe one collection.
@@ -380,6 +401,22 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("{}", info_json(&info));
             } else {
                 println!("created collection {}", info.config.map(|c| c.name).unwrap_or_default());
+            }
+        }
+        Cmd::Collection(CollectionCmd::Index { name, create, drop, text_stemmer, text_stop_words, text_keep_accents }) => {
+            let mut specs = vec![];
+            for spec in &create {
+                let (field, ty) = spec.split_once(':').with_context(|| format!("--create {spec:?}: expected field:type"))?;
+                let ty = parse_index(ty)?;
+                let text = (ty == PayloadIndexType::Text).then(|| TextIndexParams { stemmer: text_stemmer.clone(), stop_words: text_stop_words.clone(), keep_accents: text_keep_accents });
+                specs.push(PayloadIndexSpec { key: field.to_string(), r#type: ty as i32, text });
+            }
+            let info = client.update_payload_indexes(&name, specs, drop).await?;
+            if json_out {
+                println!("{}", info_json(&info));
+            } else {
+                let keys: Vec<String> = info.config.map(|c| c.payload_indexes.into_iter().map(|p| p.key).collect()).unwrap_or_default();
+                println!("collection {name} indexes: {}", keys.join(", "));
             }
         }
         Cmd::Collection(CollectionCmd::List) => {

@@ -117,6 +117,14 @@ pub enum MetaCommand {
     UpdateAliases {
         request: Vec<u8>,
     },
+    /// Replaces a collection's payload index specs (a protobuf
+    /// `CollectionConfig` holding only them); every replica re-indexes
+    /// when it sees the change. Appended last.
+    SetPayloadIndexes {
+        collection: String,
+        uid: u64,
+        specs: Vec<u8>,
+    },
 }
 
 impl MetaCommand {
@@ -299,6 +307,17 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
         MetaCommand::UpdateAliases { request } => {
             let req = shoal_proto::v1::UpdateAliasesRequest::decode(request.as_slice()).map_err(|e| format!("undecodable alias update: {e}"))?;
             super::aliases::apply(map, &req)?;
+        }
+        MetaCommand::SetPayloadIndexes { collection, uid, specs } => {
+            let specs = shoal_proto::v1::CollectionConfig::decode(specs.as_slice()).map_err(|e| format!("undecodable payload index specs: {e}"))?.payload_indexes;
+            let c = map.collections.iter_mut().find(|c| name_of(c) == collection && c.uid == uid).ok_or(NOT_FOUND)?;
+            let config = c.config.as_ref().ok_or(NOT_FOUND)?;
+            if specs == config.payload_indexes {
+                return Ok(0);
+            }
+            let changed = shoal_proto::v1::CollectionConfig { payload_indexes: specs, ..config.clone() };
+            shoal_proto::validate::collection_config(&changed).map_err(|e| e.to_string())?;
+            c.config = Some(changed);
         }
         MetaCommand::CommitSplit { collection, uid, parent, child } => {
             let c = map.collections.iter_mut().find(|c| name_of(c) == collection && c.uid == uid).ok_or(NOT_FOUND)?;

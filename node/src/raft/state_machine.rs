@@ -126,6 +126,11 @@ fn nonce() -> u128 {
 /// Everything needed to (re)open the shard after an install.
 struct Recipe {
     config: CollectionConfig,
+    /// The payload indexes now (the config's at open, changed live by
+    /// [`ShardStateMachine::set_payload_indexes`]); a snapshot install
+    /// builds its shard for these. Held across an install, so that a
+    /// change and an install never interleave.
+    specs: parking_lot::Mutex<Vec<shoal_proto::v1::PayloadIndexSpec>>,
     shard_id: u32,
     /// Generation 0's store; other generations derive from it.
     store: ShardStore,
@@ -138,6 +143,11 @@ struct Recipe {
 impl Recipe {
     fn snapshot_dir(&self) -> PathBuf {
         snapshot_dir(&self.index_dir, self.shard_id)
+    }
+
+    /// The config with the payload indexes `specs`.
+    fn config_with(&self, specs: &[shoal_proto::v1::PayloadIndexSpec]) -> CollectionConfig {
+        CollectionConfig { payload_indexes: specs.to_vec(), ..self.config.clone() }
     }
 }
 
@@ -203,9 +213,20 @@ impl ShardStateMachine {
         let dir = generation_dir(&index_dir, shard_id, g);
         let (mut shard, _) = Shard::open(config.clone(), shard_id, store.with_generation(g), &dir)?;
         shard.exact_scan_threshold = exact_scan_threshold;
-        let recipe = Recipe { config, shard_id, store, kv, index_dir, exact_scan_threshold, generation: AtomicU64::new(g) };
+        let recipe = Recipe { specs: parking_lot::Mutex::new(config.payload_indexes.clone()), config, shard_id, store, kv, index_dir, exact_scan_threshold, generation: AtomicU64::new(g) };
         Self::load_current(&recipe.snapshot_dir());
         Ok(ShardStateMachine { shard: Arc::new(RwLock::new(Arc::new(shard))), defer_index: Arc::default(), recipe: Arc::new(recipe), current: Arc::default(), split_hook: Arc::default(), node_id: Arc::default() })
+    }
+
+    /// Changes the replica's payload indexes (the collection's changed in
+    /// the cluster map): re-indexes the live shard and makes later snapshot
+    /// installs build for `specs`. Blocking; returns whether anything
+    /// changed.
+    pub fn set_payload_indexes(&self, specs: &[shoal_proto::v1::PayloadIndexSpec]) -> Result<bool, NodeError> {
+        let mut current = self.recipe.specs.lock();
+        let changed = self.shard().set_payload_indexes(specs)?;
+        *current = specs.to_vec();
+        Ok(changed)
     }
 
     /// Tells the state machine which node it runs on.
@@ -544,6 +565,8 @@ impl ShardStateMachine {
         let werr = |e: &dyn std::fmt::Display| sm_err(ErrorVerb::Write, e);
         let r = &self.recipe;
         let started = std::time::Instant::now();
+        let specs = r.specs.lock();
+        let config = r.config_with(&specs);
 
         let file = std::fs::File::open(path).map_err(|e| bad(&e))?;
         let len = file.metadata().map_err(|e| bad(&e))?.len();
@@ -578,10 +601,10 @@ impl ShardStateMachine {
                 points.read_exact(&mut buf).map_err(|e| bad(&SnapshotFileError::Corrupt { section: "points", detail: e.to_string() }))?;
                 batch.push(StoredPoint::decode(buf.as_slice()).map_err(|e| bad(&SnapshotFileError::Corrupt { section: "points", detail: e.to_string() }))?);
                 if batch.len() == IMPORT_BATCH {
-                    Shard::import(&staging, &r.config, std::mem::take(&mut batch)).map_err(|e| werr(&e))?;
+                    Shard::import(&staging, &config, std::mem::take(&mut batch)).map_err(|e| werr(&e))?;
                 }
             }
-            Shard::import(&staging, &r.config, batch).map_err(|e| werr(&e))?;
+            Shard::import(&staging, &config, batch).map_err(|e| werr(&e))?;
             if points.bytes != header.points_bytes || points.digest() != header.points_checksum {
                 return Err(bad(&SnapshotFileError::Corrupt { section: "points", detail: "checksum or length mismatch".into() }));
             }
@@ -611,7 +634,7 @@ impl ShardStateMachine {
         // must open as a shard before it becomes live. A snapshot whose
         // points cannot be served (another collection's, say) once
         // committed and then left a replica that could not open.
-        let (mut fresh, outcome) = match Shard::open(r.config.clone(), r.shard_id, staging.clone(), &gen_dir) {
+        let (mut fresh, outcome) = match Shard::open(config.clone(), r.shard_id, staging.clone(), &gen_dir) {
             Ok(x) => x,
             Err(e) => {
                 let _ = drop_generation(&r.store, &r.index_dir, r.shard_id, new_gen);

@@ -145,6 +145,46 @@ fn payload_updates_keep_vectors_and_move_index_entries() {
 }
 
 #[test]
+fn payload_indexes_change_live_and_at_reopen() {
+    let keyword = |k: &str, v: &str| Filter { must: vec![Condition { kind: Some(condition::Kind::Match(MatchCondition { key: k.into(), value: Some(match_condition::Value::Keyword(v.into())) })) }], ..Default::default() };
+    let below = |k: &str, x: f64| Filter { must: vec![Condition { kind: Some(condition::Kind::Range(RangeCondition { key: k.into(), lt: Some(x), ..Default::default() })) }], ..Default::default() };
+    let numeric_i = PayloadIndexSpec { key: "i".into(), r#type: PayloadIndexType::Numeric as i32, text: None };
+    let fields = |s: &Shard| {
+        let mut f = std::collections::BTreeSet::new();
+        s.store.scan_index(&mut |e| {
+            f.insert(e.field.clone());
+        })
+        .unwrap();
+        f
+    };
+    let d = tempfile::tempdir().unwrap();
+    let engine: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d.path().join("db")).unwrap());
+    let (s, _) = Shard::open(config(4, Metric::L2), 0, ShardStore::new(engine.clone(), "c", 0), d.path()).unwrap();
+    s.write(&points(&vecs(200, 4, 5), 0), &[], None).unwrap();
+    let (g3, lt50) = (s.count(Some(&keyword("group", "g3"))).unwrap(), s.count(Some(&below("i", 50.0))).unwrap());
+    assert_eq!((g3, lt50), (20, 50));
+    assert_eq!(fields(&s), ["group".to_string()].into());
+    // Drop "group", add "i": the stored entries follow, results do not change.
+    assert!(s.set_payload_indexes(std::slice::from_ref(&numeric_i)).unwrap());
+    assert!(!s.set_payload_indexes(std::slice::from_ref(&numeric_i)).unwrap(), "the same specs change nothing");
+    assert_eq!(fields(&s), ["i".to_string()].into());
+    assert_eq!(s.count(Some(&keyword("group", "g3"))).unwrap(), 20, "an unindexed field is scanned");
+    assert_eq!(s.count(Some(&below("i", 50.0))).unwrap(), 50);
+    // Writes after the change keep the new index.
+    s.write(&points(&vecs(10, 4, 6), 1000), &[], None).unwrap();
+    assert_eq!(s.count(Some(&below("i", 50.0))).unwrap(), 50);
+    assert_eq!(s.count(Some(&below("i", 1005.0))).unwrap(), 205);
+    drop(s);
+    // Reopened with the config it was created with (its node missed the
+    // change back): it re-indexes at open to the config's specs.
+    let (s, _) = Shard::open(config(4, Metric::L2), 0, ShardStore::new(engine.clone(), "c", 0), d.path()).unwrap();
+    assert_eq!(fields(&s), ["group".to_string()].into());
+    assert_eq!(s.payload_index_specs(), config(4, Metric::L2).payload_indexes);
+    assert_eq!(s.count(Some(&keyword("group", "g3"))).unwrap(), 21);
+    assert_eq!(s.count(Some(&below("i", 1005.0))).unwrap(), 205);
+}
+
+#[test]
 fn bad_points_reject_the_whole_batch() {
     let (engine, dir) = engines().pop().unwrap();
     let (s, _) = Shard::open(config(3, Metric::Cosine), 0, ShardStore::new(engine, "c", 0), dir.path()).unwrap();
