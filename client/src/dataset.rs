@@ -82,6 +82,16 @@ pub struct JsonPoint {
     pub vector: Vec<f32>,
     #[serde(default)]
     pub payload: Option<serde_json::Value>,
+    /// Sparse vectors by name: `{"name": {"indices": [..], "values": [..]}}`.
+    #[serde(default)]
+    pub sparse: std::collections::BTreeMap<String, JsonSparse>,
+}
+
+/// A sparse vector in a JSONL record.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct JsonSparse {
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
 }
 
 /// Streams JSONL records, with 1-based line numbers in errors.

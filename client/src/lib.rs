@@ -92,19 +92,26 @@ pub struct Point {
     pub id: PointId,
     pub vector: Vec<f32>,
     pub payload: Option<serde_json::Value>,
+    /// Named sparse vectors (declared by the collection).
+    pub sparse: std::collections::BTreeMap<String, SparseVector>,
 }
 
 impl Point {
     pub fn new(id: impl Into<PointId>, vector: Vec<f32>) -> Self {
-        Point { id: id.into(), vector, payload: None }
+        Point { id: id.into(), vector, payload: None, sparse: Default::default() }
     }
     pub fn payload(mut self, p: serde_json::Value) -> Self {
         self.payload = Some(p);
         self
     }
+    /// Adds sparse vector `name` (indices and values, one each).
+    pub fn sparse(mut self, name: impl Into<String>, indices: Vec<u32>, values: Vec<f32>) -> Self {
+        self.sparse.insert(name.into(), SparseVector { indices, values });
+        self
+    }
     fn into_proto(self) -> Result<PointStruct> {
         let payload = self.payload.as_ref().map(Struct::try_from).transpose()?;
-        Ok(PointStruct { id: Some(self.id), vector: self.vector, payload })
+        Ok(PointStruct { id: Some(self.id), vector: self.vector, payload, sparse: self.sparse })
     }
 }
 
@@ -167,6 +174,13 @@ impl CollectionBuilder {
     }
     pub fn index(mut self, key: impl Into<String>, ty: PayloadIndexType) -> Self {
         self.0.payload_indexes.push(PayloadIndexSpec { key: key.into(), r#type: ty as i32, text: None });
+        self
+    }
+    /// Declares sparse vector `name`; `idf` weighs query dimensions by
+    /// their collection-wide inverse document frequency.
+    pub fn sparse_vector(mut self, name: impl Into<String>, idf: bool) -> Self {
+        let modifier = if idf { SparseModifier::Idf } else { SparseModifier::None };
+        self.0.sparse_vectors.push(SparseVectorConfig { name: name.into(), modifier: modifier as i32 });
         self
     }
     /// A full-text index (text filters, BM25) with tokenizer settings.

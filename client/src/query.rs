@@ -33,6 +33,10 @@ impl Q {
     pub fn bm25_with(key: impl Into<String>, text: impl Into<String>, k1: f32, b: f32) -> Query {
         Query { kind: Some(Kind::Bm25(Bm25Query { key: key.into(), text: text.into(), k1: Some(k1), b: Some(b) })) }
     }
+    /// Top points by a named sparse vector's dot product with this one.
+    pub fn sparse(name: impl Into<String>, indices: Vec<u32>, values: Vec<f32>) -> Query {
+        Query { kind: Some(Kind::Sparse(SparseQuery { name: name.into(), vector: Some(SparseVector { indices, values }) })) }
+    }
     /// Reciprocal rank fusion of the prefetches (k = 60, equal weights).
     pub fn rrf() -> Query {
         Query { kind: Some(Kind::Fusion(FusionQuery { method: FusionMethod::Rrf as i32, weights: vec![], rrf_k: None })) }

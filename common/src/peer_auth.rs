@@ -56,6 +56,8 @@ pub const INTERNAL_METHODS: &[(&str, Callers)] = &[
     ("/shoal.internal.v1.Shard/TextStats", Callers::NotAnonymous),
     ("/shoal.internal.v1.Shard/TextSearch", Callers::NotAnonymous),
     ("/shoal.internal.v1.Shard/Score", Callers::NotAnonymous),
+    ("/shoal.internal.v1.Shard/SparseStats", Callers::NotAnonymous),
+    ("/shoal.internal.v1.Shard/SparseSearch", Callers::NotAnonymous),
     ("/shoal.internal.v1.Meta/GetClusterMap", Callers::NotAnonymous),
     ("/shoal.internal.v1.Meta/NodeStatus", Callers::NotAnonymous),
     ("/shoal.internal.v1.Meta/CreateCollection", Callers::NotAnonymous),

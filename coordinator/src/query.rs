@@ -38,6 +38,9 @@ pub trait Exec {
     async fn nearest(&self, vector: &[f32], filter: Option<Filter>, limit: usize, params: &SearchParams) -> Result<Vec<Scored>>;
     /// BM25 top `limit` under collection-wide statistics, ties by id.
     async fn bm25(&self, q: &Bm25Query, filter: Option<Filter>, limit: usize) -> Result<Vec<Scored>>;
+    /// Sparse dot-product top `limit` (IDF-weighted where the vector's
+    /// modifier says so, under collection-wide statistics), ties by id.
+    async fn sparse(&self, q: &SparseQuery, filter: Option<Filter>, limit: usize) -> Result<Vec<Scored>>;
     /// Scores of stored points against `vectors`: the listed ids, or every
     /// point passing `filter`.
     async fn score(&self, vectors: &[Vec<f32>], ids: Option<&[PointKey]>, filter: Option<Filter>, with_vector: bool) -> Result<Vec<Row>>;
@@ -274,7 +277,7 @@ fn stage_ok(path: &str, q: Option<&Query>, prefetch: &[Prefetch], filter: Option
             Some(vector_input::Kind::Id(id)) => PointKey::try_from(id).map(|_| ()).map_err(|e| bad(field, e.to_string())),
         }
     };
-    let kind = q.and_then(|q| q.kind.as_ref()).ok_or_else(|| bad(format!("{path}.kind"), "query is missing: set nearest, bm25, fusion, recommend or mmr"))?;
+    let kind = q.and_then(|q| q.kind.as_ref()).ok_or_else(|| bad(format!("{path}.kind"), "query is missing: set nearest, bm25, sparse, fusion, recommend or mmr"))?;
     match kind {
         Q::Nearest(n) => vector(format!("{path}.nearest.vector"), &n.vector)?,
         Q::Bm25(b) => {
@@ -285,6 +288,16 @@ fn stage_ok(path: &str, q: Option<&Query>, prefetch: &[Prefetch], filter: Option
             }
             if b.b.is_some_and(|x| !(0.0..=1.0).contains(&x)) {
                 return Err(bad(format!("{path}.bm25.b"), "b must be in 0..=1"));
+            }
+        }
+        Q::Sparse(sq) => {
+            if sq.name.is_empty() {
+                return Err(bad(format!("{path}.sparse.name"), "name the sparse vector to search"));
+            }
+            let v = sq.vector.as_ref().ok_or_else(|| bad(format!("{path}.sparse.vector"), "the query's sparse vector is missing"))?;
+            validate::sparse_vector(&format!("{path}.sparse.vector"), v)?;
+            if v.indices.is_empty() {
+                return Err(bad(format!("{path}.sparse.vector"), "the query's sparse vector is empty"));
             }
         }
         Q::Fusion(f) => {
@@ -510,6 +523,16 @@ async fn run_stage<E: Exec>(exec: &E, st: Stage<'_>, page: usize) -> Result<(Vec
             } else {
                 let only = Filter { must: vec![Condition { kind: Some(condition::Kind::HasId(HasIdCondition { ids: candidates.iter().map(|k| k.to_proto()).collect() })) }], ..Default::default() };
                 (exec.bm25(b, Some(only), st.limit).await?, true)
+            }
+        }
+        Q::Sparse(sq) => {
+            if leaf {
+                (exec.sparse(sq, filter, st.limit).await?, true)
+            } else if candidates.is_empty() {
+                (vec![], true)
+            } else {
+                let only = Filter { must: vec![Condition { kind: Some(condition::Kind::HasId(HasIdCondition { ids: candidates.iter().map(|k| k.to_proto()).collect() })) }], ..Default::default() };
+                (exec.sparse(sq, Some(only), st.limit).await?, true)
             }
         }
         Q::Recommend(r) => {

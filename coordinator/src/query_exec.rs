@@ -141,6 +141,51 @@ impl Exec for ClusterExec<'_> {
         Ok(merge::merge_top_k(per_shard, limit, true, None).into_iter().filter_map(|p| merge::key(&p.id).map(|k| (k, p.score))).collect())
     }
 
+    async fn sparse(&self, q: &SparseQuery, filter: Option<Filter>, limit: usize) -> Result<Vec<Scored>> {
+        let filter = checked(filter)?;
+        let (route, consistency) = (self.route, self.consistency);
+        let spec = route.config.sparse_vectors.iter().find(|s| s.name == q.name).ok_or_else(|| CoordError::Invalid(validate::invalid("sparse.name", format!("collection {:?} declares no sparse vector {:?}", route.config.name, q.name))))?;
+        let mut vector = q.vector.clone().unwrap_or_default();
+        if spec.modifier == SparseModifier::Idf as i32 {
+            // Round 1: every shard's document count and frequencies,
+            // summed, so the weights are the collection's at any shard
+            // count.
+            let indices = &vector.indices;
+            let stats = try_join_all(self.shard_ids().into_iter().map(|sid| async move {
+                self.api
+                    .router
+                    .call_shard(route, sid, Target::for_read(consistency), |mut c, shard| {
+                        let r = ShardSparseStatsRequest { shard: Some(shard), name: q.name.clone(), indices: indices.clone(), consistency };
+                        async move { c.sparse_stats(r).await }
+                    })
+                    .await
+            }))
+            .await?;
+            if stats.iter().any(|s| s.df.len() != indices.len()) {
+                return Err(CoordError::Internal("a shard answered sparse statistics of another length".into()));
+            }
+            let docs: u64 = stats.iter().map(|s| s.docs).sum();
+            for (i, v) in vector.values.iter_mut().enumerate() {
+                let df: u64 = stats.iter().map(|s| s.df[i]).sum();
+                *v = (*v as f64 * bm25_idf(docs, df)) as f32;
+            }
+        }
+        // Round 2 (the only one without IDF): top-k per shard.
+        let (vector, filter) = (&vector, &filter);
+        let lists = try_join_all(self.shard_ids().into_iter().map(|sid| async move {
+            self.api
+                .router
+                .call_shard(route, sid, Target::for_read(consistency), |mut c, shard| {
+                    let r = ShardSparseSearchRequest { shard: Some(shard), name: q.name.clone(), vector: Some(vector.clone()), top_k: limit as u32, filter: filter.clone(), consistency };
+                    async move { c.sparse_search(r).await }
+                })
+                .await
+        }))
+        .await?;
+        let per_shard = lists.into_iter().map(|mut r| r.results.pop().map(|x| x.results).unwrap_or_default()).collect();
+        Ok(merge::merge_top_k(per_shard, limit, true, None).into_iter().filter_map(|p| merge::key(&p.id).map(|k| (k, p.score))).collect())
+    }
+
     async fn score(&self, vectors: &[Vec<f32>], ids: Option<&[PointKey]>, filter: Option<Filter>, with_vector: bool) -> Result<Vec<Row>> {
         let vectors: Vec<DenseVector> = vectors.iter().map(|v| DenseVector { values: v.clone() }).collect();
         let base = ShardScoreRequest { vectors, with_vector, consistency: self.consistency, max_points: MAX_SCORE_POINTS as u32, ..Default::default() };

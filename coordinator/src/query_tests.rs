@@ -48,6 +48,13 @@ fn bm25_like(p: &P, text: &str) -> f32 {
     p.words.iter().filter(|w| q.contains(&w.as_str())).count() as f32 + 1.0 / (1.0 + p.words.len() as f32)
 }
 
+/// The test's sparse semantics: a point's positive dense components are its
+/// sparse vector; points sharing no dimension with the query are left out.
+fn sparse_like(p: &P, q: &SparseVector) -> Option<f32> {
+    let hits: Vec<f64> = q.indices.iter().zip(&q.values).filter_map(|(i, w)| p.v.get(*i as usize).filter(|x| **x > 0.0).map(|x| *x as f64 * *w as f64)).collect();
+    (!hits.is_empty()).then(|| hits.iter().sum::<f64>() as f32)
+}
+
 fn top(mut v: Vec<Scored>, limit: usize) -> Vec<Scored> {
     v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     v.truncate(limit);
@@ -66,6 +73,10 @@ impl Exec for Brute {
     }
     async fn bm25(&self, q: &Bm25Query, filter: Option<Filter>, limit: usize) -> Result<Vec<Scored>> {
         Ok(top(self.points.iter().filter(|p| filter.as_ref().is_none_or(|f| passes(f, p))).map(|p| (p.key, bm25_like(p, &q.text))).filter(|(_, s)| *s >= 1.0).collect(), limit))
+    }
+    async fn sparse(&self, q: &SparseQuery, filter: Option<Filter>, limit: usize) -> Result<Vec<Scored>> {
+        let v = q.vector.clone().unwrap_or_default();
+        Ok(top(self.points.iter().filter(|p| filter.as_ref().is_none_or(|f| passes(f, p))).filter_map(|p| sparse_like(p, &v).map(|s| (p.key, s))).collect(), limit))
     }
     async fn score(&self, vectors: &[Vec<f32>], ids: Option<&[PointKey]>, filter: Option<Filter>, with_vector: bool) -> Result<Vec<Row>> {
         let keep = |p: &P| match ids {
@@ -114,6 +125,7 @@ fn reference(points: &[P], q: &Query, prefetch: &[Prefetch], filters: &[Filter],
             points.iter().filter(|p| pool(p)).map(|p| (p.key, dot(&v.values, &p.v))).collect()
         }
         Q::Bm25(b) => points.iter().filter(|p| pool(p)).map(|p| (p.key, bm25_like(p, &b.text))).filter(|(_, s)| *s >= 1.0).collect(),
+        Q::Sparse(sq) => points.iter().filter(|p| pool(p)).filter_map(|p| sparse_like(p, sq.vector.as_ref().unwrap()).map(|s| (p.key, s))).collect(),
         Q::Fusion(f) => {
             let mut acc: HashMap<PointKey, f64> = HashMap::new();
             for (i, l) in kids.iter().enumerate() {
@@ -155,6 +167,9 @@ fn arb_leaf() -> impl Strategy<Value = Query> {
     prop_oneof![
         arb_vec().prop_map(crate_nearest),
         prop::sample::subsequence(vec!["w0", "w1", "w2", "w3"], 1..3).prop_map(|w| Query { kind: Some(Q::Bm25(Bm25Query { key: "t".into(), text: w.join(" "), k1: None, b: None })) }),
+        (prop::sample::subsequence(vec![0u32, 1, 2], 1..3), 1i32..4).prop_map(|(ix, w)| Query {
+            kind: Some(Q::Sparse(SparseQuery { name: "s".into(), vector: Some(SparseVector { values: ix.iter().map(|i| (w + *i as i32) as f32 / 2.0).collect(), indices: ix }) }))
+        }),
     ]
 }
 

@@ -117,6 +117,18 @@ impl ShardConn {
             ShardConn::Local(s) => s.text_search(tonic::Request::new(r)).await,
         }
     }
+    pub async fn sparse_stats(&mut self, r: ShardSparseStatsRequest) -> Reply<ShardSparseStatsResponse> {
+        match self {
+            ShardConn::Remote(c) => c.sparse_stats(shoal_common::telemetry::request(r)).await,
+            ShardConn::Local(s) => s.sparse_stats(tonic::Request::new(r)).await,
+        }
+    }
+    pub async fn sparse_search(&mut self, r: ShardSparseSearchRequest) -> Reply<ShardSearchResponse> {
+        match self {
+            ShardConn::Remote(c) => c.sparse_search(shoal_common::telemetry::request(r)).await,
+            ShardConn::Local(s) => s.sparse_search(tonic::Request::new(r)).await,
+        }
+    }
     pub async fn score(&mut self, r: ShardScoreRequest) -> Reply<ShardScoreResponse> {
         match self {
             ShardConn::Remote(c) => c.score(shoal_common::telemetry::request(r)).await,

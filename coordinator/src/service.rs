@@ -338,6 +338,7 @@ impl Points for Api {
                     let id = p.id.as_ref().ok_or_else(|| bad(format!("points[{i}].id"), "point id is missing"))?;
                     let key = PointKey::try_from(id).map_err(|e| bad(format!("points[{i}].id"), e.to_string()))?;
                     validate::vector(&format!("points[{i}].vector"), &p.vector, route.config.dimension, route.metric).map_err(CoordError::from)?;
+                    validate::point_sparse(&format!("points[{i}]"), &p.sparse, &route.config.sparse_vectors).map_err(CoordError::from)?;
                     if let Some(pl) = &p.payload {
                         validate::payload(&format!("points[{i}].payload"), pl, &route.config.payload_indexes).map_err(CoordError::from)?;
                     }
@@ -669,7 +670,7 @@ mod chunk_tests {
     /// small ones and deletes stay whole.
     #[test]
     fn shard_writes_split_by_bytes_in_order() {
-        let upserts: Vec<PointStruct> = (0..1000u64).map(|i| PointStruct { id: Some(i.into()), vector: vec![0.5; 384], payload: None }).collect();
+        let upserts: Vec<PointStruct> = (0..1000u64).map(|i| PointStruct { id: Some(i.into()), vector: vec![0.5; 384], payload: None, sparse: Default::default() }).collect();
         let req = ShardWriteRequest { upserts, ..Default::default() };
         let whole = prost::Message::encoded_len(&req);
         let parts = chunks(req.clone(), whole / 4);
@@ -680,7 +681,7 @@ mod chunk_tests {
         assert_eq!(chunks(req.clone(), whole).len(), 1);
         // A repeated id keeps only its last version once split.
         let mut twice = req.upserts.clone();
-        twice.push(PointStruct { id: Some(3u64.into()), vector: vec![0.25; 384], payload: None });
+        twice.push(PointStruct { id: Some(3u64.into()), vector: vec![0.25; 384], payload: None, sparse: Default::default() });
         let parts = chunks(ShardWriteRequest { upserts: twice, ..Default::default() }, whole / 4);
         let threes: Vec<&PointStruct> = parts.iter().flat_map(|p| &p.upserts).filter(|p| p.id == Some(3u64.into())).collect();
         assert_eq!(threes.len(), 1);

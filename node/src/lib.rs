@@ -49,6 +49,7 @@ pub mod raft;
 pub mod server;
 pub mod service;
 pub mod shard;
+pub mod sparse;
 pub mod status;
 pub mod storage;
 pub mod text;

@@ -44,11 +44,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use roaring::RoaringBitmap;
-use shoal_proto::v1::{CollectionConfig, Condition, Filter, Metric, PayloadIndexSpec, PointId, PointStruct, RetrievedPoint, ScoredPoint, SearchPointsRequest, Struct, UpdatePayloadRequest, VectorStorage};
+use shoal_proto::v1::{CollectionConfig, Condition, Filter, Metric, PayloadIndexSpec, PointId, PointStruct, RetrievedPoint, ScoredPoint, SearchPointsRequest, SparseVector, Struct, UpdatePayloadRequest, VectorStorage};
 use shoal_proto::{validate, PointKey};
 
 use crate::error::{IndexError, NodeError, Result};
 use crate::filter::{self, FilterSource, PayloadIndex};
+use crate::sparse::SparseIndex;
 use crate::index::hnsw::{HnswIndex, HnswParams};
 use crate::index::{Allowed, Distance, Hit, Precision, VectorIndex};
 use crate::storage::{ShardStore, StoreBatch, StoredPoint};
@@ -70,6 +71,8 @@ struct State {
     keys: KeyTable,
     live: RoaringBitmap,
     payload: PayloadIndex,
+    /// One inverted index per declared sparse vector ([`crate::sparse`]).
+    sparse: HashMap<String, SparseIndex>,
     /// High-water mark of offsets handed out (persisted).
     next_offset: u32,
     seq: u64,
@@ -247,7 +250,7 @@ fn normalise(v: &mut [f32]) {
 }
 
 /// A new version a write makes: key, vector (as indexed) and payload.
-type NewVersion = (PointKey, Vec<f32>, Option<Struct>);
+type NewVersion = (PointKey, Vec<f32>, Option<Struct>, BTreeMap<String, SparseVector>);
 
 /// What one write changes: upserts, deletes (by ids, then by filter), or a
 /// payload update (alone).
@@ -307,6 +310,7 @@ impl Shard {
             keys: KeyTable::default(),
             live: RoaringBitmap::new(),
             payload,
+            sparse: config.sparse_vectors.iter().map(|s| (s.name.clone(), SparseIndex::default())).collect(),
             next_offset,
             seq,
             reusable: RoaringBitmap::new(),
@@ -328,6 +332,11 @@ impl Shard {
             state.live.insert(p.offset);
             if text {
                 state.payload.insert_text(p.payload.as_ref(), p.offset);
+            }
+            for (name, v) in &p.sparse {
+                if let Some(idx) = state.sparse.get_mut(name) {
+                    idx.insert(p.offset, v);
+                }
             }
             if !index.contains(p.offset as u64) {
                 pending.push((p.offset as u64, p.vector));
@@ -449,7 +458,7 @@ impl Shard {
 
     pub fn index_memory_bytes(&self) -> usize {
         let st = self.state.read();
-        self.index.memory_bytes() + self.pending.read().len() * self.config.dimension as usize * 4 + st.payload.memory_bytes() + st.keys.memory_bytes() + st.live.serialized_size()
+        self.index.memory_bytes() + self.pending.read().len() * self.config.dimension as usize * 4 + st.payload.memory_bytes() + st.sparse.values().map(SparseIndex::memory_bytes).sum::<usize>() + st.keys.memory_bytes() + st.live.serialized_size()
     }
 
     fn metric(&self) -> Metric {
@@ -477,6 +486,7 @@ impl Shard {
         let id = p.id.as_ref().ok_or_else(|| validate::invalid(format!("points[{i}].id"), "point id is missing"))?;
         let key = PointKey::try_from(id).map_err(|e| validate::invalid(format!("points[{i}].id"), e.to_string()))?;
         validate::vector(&format!("points[{i}].vector"), &p.vector, self.config.dimension, self.metric())?;
+        validate::point_sparse(&format!("points[{i}]"), &p.sparse, &self.config.sparse_vectors)?;
         Ok(key)
     }
 
@@ -543,7 +553,7 @@ impl Shard {
             if let Some(p) = &payload {
                 validate::payload(&format!("point {k}"), p, &self.index_specs.read())?;
             }
-            out.push((k, old.vector, payload));
+            out.push((k, old.vector, payload, old.sparse));
         }
         Ok(out)
     }
@@ -607,7 +617,7 @@ impl Shard {
         let mut n = 0u64;
         let mut failed = None;
         self.store.scan_points(None, &mut |_, p| {
-            let frame = shoal_proto::v1::PointStruct { id: p.id, vector: p.vector, payload: p.payload }.encode_to_vec();
+            let frame = shoal_proto::v1::PointStruct { id: p.id, vector: p.vector, payload: p.payload, sparse: p.sparse }.encode_to_vec();
             let res = out.write_all(&(frame.len() as u32).to_be_bytes()).and_then(|()| out.write_all(&frame));
             match res {
                 Ok(()) => {
@@ -772,7 +782,7 @@ impl Shard {
         let mut prepared: Vec<NewVersion> = Vec::with_capacity(upserts.len());
         for (i, p) in upserts.iter().enumerate() {
             let (k, v) = self.prepare(i, p)?;
-            prepared.push((k, v, p.payload.clone()));
+            prepared.push((k, v, p.payload.clone(), p.sparse.clone()));
         }
         let del_keys = Self::check_deletes(delete_ids, delete_filter)?;
         if let Some(u) = payload_update {
@@ -811,10 +821,10 @@ impl Shard {
             }
             // Upserts. Last write of an id in a batch wins.
             let mut last: HashMap<PointKey, usize> = HashMap::with_capacity(prepared.len());
-            for (i, (k, _, _)) in prepared.iter().enumerate() {
+            for (i, (k, _, _, _)) in prepared.iter().enumerate() {
                 last.insert(*k, i);
             }
-            for (i, (k, _, payload)) in prepared.iter().enumerate() {
+            for (i, (k, _, payload, sparse)) in prepared.iter().enumerate() {
                 if last[k] != i {
                     continue;
                 }
@@ -834,7 +844,7 @@ impl Shard {
                     }
                 };
                 batch.put_index.extend(st.payload.entries_for(payload.as_ref(), off));
-                batch.put_points.push(StoredPoint { id: Some(k.to_proto()), vector: prepared[i].1.clone(), payload: payload.clone(), offset: off });
+                batch.put_points.push(StoredPoint { id: Some(k.to_proto()), vector: prepared[i].1.clone(), payload: payload.clone(), offset: off, sparse: sparse.clone() });
                 added.push((*k, off, i));
                 affected += 1;
             }
@@ -857,6 +867,7 @@ impl Shard {
             let entries_put = batch.put_index.clone();
             let entries_del = batch.delete_index.clone();
             let texts: Vec<(u32, Option<shoal_proto::v1::Struct>)> = if st.payload.has_text() { batch.put_points.iter().map(|p| (p.offset, p.payload.clone())).collect() } else { vec![] };
+            let sparse: Vec<(u32, BTreeMap<String, SparseVector>)> = if st.sparse.is_empty() { vec![] } else { batch.put_points.iter().filter(|p| !p.sparse.is_empty()).map(|p| (p.offset, p.sparse.clone())).collect() };
             drop(st);
 
             // 1. Durable first.
@@ -885,6 +896,18 @@ impl Shard {
             }
             for (off, p) in &texts {
                 st.payload.insert_text(p.as_ref(), *off);
+            }
+            if !st.sparse.is_empty() {
+                for (_, off) in &retire {
+                    st.sparse.values_mut().for_each(|x| x.remove(*off));
+                }
+                for (off, vs) in &sparse {
+                    for (name, v) in vs {
+                        if let Some(x) = st.sparse.get_mut(name) {
+                            x.insert(*off, v);
+                        }
+                    }
+                }
             }
             for (k, off, _) in &added {
                 st.keys.insert(*off, *k);
@@ -984,7 +1007,8 @@ impl Shard {
 
     fn retrieved(&self, k: PointKey, p: Option<StoredPoint>, with_payload: bool, with_vector: bool) -> RetrievedPoint {
         let p = p.unwrap_or_default();
-        RetrievedPoint { id: Some(k.to_proto()), vector: if with_vector { p.vector } else { vec![] }, payload: if with_payload { Some(p.payload.unwrap_or_default()) } else { None } }
+        let (vector, sparse) = if with_vector { (p.vector, p.sparse) } else { (vec![], Default::default()) };
+        RetrievedPoint { id: Some(k.to_proto()), vector, payload: if with_payload { Some(p.payload.unwrap_or_default()) } else { None }, sparse }
     }
 
     /// Points by id, in request order; absent ids are skipped.

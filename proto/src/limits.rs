@@ -16,6 +16,10 @@ pub const MAX_PAYLOAD_DELETE_KEYS: usize = 1_024;
 pub const MAX_ALIASES: usize = 1_024;
 /// Actions in one alias update.
 pub const MAX_ALIAS_ACTIONS: usize = 100;
+/// Sparse vectors a collection declares.
+pub const MAX_SPARSE_VECTORS: usize = 16;
+/// Non-zeros of one sparse vector (stored or queried).
+pub const MAX_SPARSE_NNZ: usize = 4_096;
 /// Largest `top_k`.
 pub const MAX_TOP_K: u32 = 10_000;
 /// Largest `ef`.

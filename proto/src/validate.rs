@@ -80,6 +80,22 @@ pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, Val
     if cfg.payload_indexes.len() > MAX_PAYLOAD_INDEXES {
         return Err(invalid("payload_indexes", format!("{} payload indexes, the limit is {MAX_PAYLOAD_INDEXES}", cfg.payload_indexes.len())));
     }
+    if cfg.sparse_vectors.len() > MAX_SPARSE_VECTORS {
+        return Err(invalid("sparse_vectors", format!("{} sparse vectors, the limit is {MAX_SPARSE_VECTORS}", cfg.sparse_vectors.len())));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, s) in cfg.sparse_vectors.iter().enumerate() {
+        let field = format!("sparse_vectors[{i}]");
+        if s.name.is_empty() || s.name.len() > 64 || !s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(invalid(format!("{field}.name"), format!("sparse vector name {:?} is not 1..=64 characters of [A-Za-z0-9_-]", s.name)));
+        }
+        if crate::v1::SparseModifier::try_from(s.modifier).is_err() {
+            return Err(invalid(format!("{field}.modifier"), format!("unknown sparse modifier {}", s.modifier)));
+        }
+        if !names.insert(s.name.as_str()) {
+            return Err(invalid(format!("{field}.name"), format!("sparse vector {:?} is declared twice", s.name)));
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     for (i, p) in cfg.payload_indexes.iter().enumerate() {
         let field = format!("payload_indexes[{i}]");
@@ -112,7 +128,39 @@ pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, Val
         hnsw: Some(hnsw),
         storage: storage as i32,
         payload_indexes: cfg.payload_indexes.clone(),
+        sparse_vectors: cfg.sparse_vectors.clone(),
     })
+}
+
+/// Checks a sparse vector: as many values as indices, at most
+/// MAX_SPARSE_NNZ, unique indices, finite values.
+pub fn sparse_vector(field: &str, v: &crate::v1::SparseVector) -> Result<(), ValidationError> {
+    if v.indices.len() != v.values.len() {
+        return Err(invalid(field, format!("{} indices and {} values; they go in pairs", v.indices.len(), v.values.len())));
+    }
+    if v.indices.len() > MAX_SPARSE_NNZ {
+        return Err(invalid(field, format!("{} non-zeros, the limit is {MAX_SPARSE_NNZ}", v.indices.len())));
+    }
+    if let Some(i) = v.values.iter().position(|x| !x.is_finite()) {
+        return Err(invalid(format!("{field}.values[{i}]"), "values must be finite"));
+    }
+    let mut sorted = v.indices.clone();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(invalid(format!("{field}.indices"), format!("index {} appears twice", w[0])));
+    }
+    Ok(())
+}
+
+/// Checks a point's sparse vectors against the collection's declared ones.
+pub fn point_sparse(path: &str, sparse: &std::collections::BTreeMap<String, crate::v1::SparseVector>, declared: &[crate::v1::SparseVectorConfig]) -> Result<(), ValidationError> {
+    for (name, v) in sparse {
+        if !declared.iter().any(|d| &d.name == name) {
+            return Err(invalid(format!("{path}.sparse"), format!("sparse vector {name:?} is not declared in the collection's sparse_vectors")));
+        }
+        sparse_vector(&format!("{path}.sparse[{name:?}]"), v)?;
+    }
+    Ok(())
 }
 
 /// Snowball stemmers a text index may name.

@@ -29,10 +29,16 @@ use tokio::task::JoinHandle;
 
 pub const GROUP: &str = "c/0";
 
-/// The shard's collection: 4-d L2 vectors.
+/// The shard's collection: 4-d L2 vectors and a sparse vector `s`.
 pub fn collection() -> CollectionConfig {
-    let c = CollectionConfig { name: "c".into(), dimension: 4, metric: Metric::L2 as i32, ..Default::default() };
+    let sparse = vec![shoal_proto::v1::SparseVectorConfig { name: "s".into(), modifier: 0 }];
+    let c = CollectionConfig { name: "c".into(), dimension: 4, metric: Metric::L2 as i32, sparse_vectors: sparse, ..Default::default() };
     shoal_proto::validate::collection_config(&c).expect("valid config")
+}
+
+/// The sparse vector `s` of point `i` at `version`.
+pub fn sparse_of(i: u64, version: u64) -> shoal_proto::v1::SparseVector {
+    shoal_proto::v1::SparseVector { indices: vec![(i % 7) as u32, 100 + (i % 3) as u32], values: vec![1.0, version as f32] }
 }
 
 /// A write of points `ids` (vector derived from the id and `version`).
@@ -44,6 +50,7 @@ pub fn upsert_cmd(ids: impl Iterator<Item = u64>, version: u64) -> Command {
             // Several keys and a nested object: replica digests must not
             // depend on map order (issue 14, point 8).
             payload: Some(Struct::try_from(&serde_json::json!({"v": version, "id": i, "tags": ["a", format!("t{}", i % 5)], "nested": {"x": i % 7, "y": "s", "z": [1.5, version]}})).expect("object")),
+            sparse: [("s".to_string(), sparse_of(i, version))].into(),
         })
         .collect();
     Command { write: ShardWriteRequest { upserts, ..Default::default() }.encode_to_vec() }
@@ -271,7 +278,7 @@ impl RaftCluster {
         let mut out = BTreeMap::new();
         for n in self.nodes.iter().filter(|n| n.running.is_some()) {
             let (points, _) = n.sm().expect("running").shard().export(&[])?;
-            let mut d: Vec<String> = points.iter().map(|p| format!("{:?}|{:?}|{:?}", p.id, p.vector, p.payload)).collect();
+            let mut d: Vec<String> = points.iter().map(|p| format!("{:?}|{:?}|{:?}|{:?}", p.id, p.vector, p.payload, p.sparse)).collect();
             d.sort();
             out.insert(n.id, d);
         }

@@ -46,6 +46,22 @@ fn payload(i: u64) -> serde_json::Value {
     })
 }
 
+/// Point `i`'s sparse vectors: `kw`, its text's word counts over WORDS
+/// (searched with the IDF modifier), and `raw`, two dimensions on three
+/// points in four (no modifier).
+fn sparse_of(i: u64) -> Vec<(&'static str, SparseVector)> {
+    let text = payload(i)["text"].as_str().unwrap().to_string();
+    let mut counts = std::collections::BTreeMap::new();
+    for w in text.split(' ') {
+        *counts.entry(WORDS.iter().position(|x| *x == w).unwrap() as u32).or_insert(0f32) += 1.0;
+    }
+    let mut out = vec![("kw", SparseVector { indices: counts.keys().copied().collect(), values: counts.values().copied().collect() })];
+    if !i.is_multiple_of(4) {
+        out.push(("raw", SparseVector { indices: vec![(i % 10) as u32, 10 + (i % 13) as u32], values: vec![0.5 + (i % 3) as f32, 1.0] }));
+    }
+    out
+}
+
 struct Data {
     points: Vec<(PointKey, Vec<f32>, Struct)>,
     tok: Tokenizer,
@@ -61,6 +77,26 @@ impl Data {
     fn new() -> Self {
         let points = (0..N).map(|i| (PointKey::Num(i), unit(vector(i, DIM)), Struct::try_from(&payload(i)).unwrap())).collect();
         Data { points, tok: Tokenizer::new(&text_params()) }
+    }
+    /// Sparse dot products in f64: `kw` weighted by the collection-wide
+    /// IDF, `raw` plain; points sharing no dimension left out.
+    fn sparse(&self, name: &str, q: &SparseVector, f: &Option<Filter>) -> Vec<(PointKey, f32)> {
+        let vecs: Vec<(PointKey, &Struct, SparseVector)> = self.points.iter().filter_map(|(k, _, p)| sparse_of(num_of(k)).into_iter().find(|(n, _)| *n == name).map(|(_, v)| (*k, p, v))).collect();
+        let n = vecs.len() as f64;
+        let weight = |d: u32, w: f32| {
+            if name != "kw" {
+                return w as f64;
+            }
+            let df = vecs.iter().filter(|(_, _, v)| v.indices.contains(&d)).count() as f64;
+            w as f64 * (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+        };
+        vecs.iter()
+            .filter(|(k, p, _)| self.passes(f, k, p))
+            .filter_map(|(k, _, v)| {
+                let hits: Vec<f64> = q.indices.iter().zip(&q.values).filter_map(|(d, w)| v.indices.iter().position(|x| x == d).map(|at| weight(*d, *w) * v.values[at] as f64)).collect();
+                (!hits.is_empty()).then(|| (*k, hits.iter().sum::<f64>() as f32))
+            })
+            .collect()
     }
     fn passes(&self, f: &Option<Filter>, k: &PointKey, p: &Struct) -> bool {
         f.as_ref().is_none_or(|f| filter_matches(f, k, Some(p)))
@@ -101,6 +137,13 @@ impl Data {
     }
 }
 
+fn num_of(k: &PointKey) -> u64 {
+    match k {
+        PointKey::Num(n) => *n,
+        _ => panic!("numeric ids only"),
+    }
+}
+
 fn top(mut v: Vec<(PointKey, f32)>, k: usize) -> Vec<(PointKey, f32)> {
     v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     v.truncate(k);
@@ -126,10 +169,10 @@ fn assert_close(what: &str, got: &[(PointKey, f32)], want: &[(PointKey, f32)], t
 }
 
 async fn create(c: &Client, name: &str, shards: u32) {
-    let mut cfg = shoal_client::CollectionBuilder::new(name, DIM as u32, Metric::Cosine).shards(shards).replication_factor(2).text_index("text", text_params()).index("cat", PayloadIndexType::Keyword).index("name", PayloadIndexType::Keyword).index("n", PayloadIndexType::Numeric).index("price", PayloadIndexType::Numeric).build();
+    let mut cfg = shoal_client::CollectionBuilder::new(name, DIM as u32, Metric::Cosine).shards(shards).replication_factor(2).text_index("text", text_params()).sparse_vector("kw", true).sparse_vector("raw", false).index("cat", PayloadIndexType::Keyword).index("name", PayloadIndexType::Keyword).index("n", PayloadIndexType::Numeric).index("price", PayloadIndexType::Numeric).build();
     cfg.payload_indexes.push(PayloadIndexSpec { key: "at".into(), r#type: PayloadIndexType::Datetime as i32, text: None });
     c.create_collection(cfg).await.unwrap();
-    let pts: Vec<Point> = (0..N).map(|i| Point::new(i, vector(i, DIM)).payload(payload(i))).collect();
+    let pts: Vec<Point> = (0..N).map(|i| sparse_of(i).into_iter().fold(Point::new(i, vector(i, DIM)).payload(payload(i)), |p, (n, v)| p.sparse(n, v.indices, v.values))).collect();
     for chunk in pts.chunks(200) {
         c.upsert(name, chunk.to_vec()).await.unwrap();
     }
@@ -191,6 +234,30 @@ async fn every_query_form_is_shard_count_independent_and_equals_brute_force() {
     // Pagination: the next page continues the same ranking.
     let r = run(hybrid(Q::rrf()).offset(10)).await;
     assert_close("rrf page 2", &got(&r), &top(shoal_coordinator::query::rrf(&[dense50.clone(), text50.clone()], &[], 60), 20)[10..], 1e-5);
+
+    // Sparse: with the collection-wide IDF, plain with a filter, fused with
+    // dense, and as the re-score of a dense prefetch.
+    let kw = SparseVector { indices: vec![0, 5, 12, 19], values: vec![1.0, 2.0, 0.5, 1.0] };
+    let r = run(QueryBuilder::new("", Q::sparse("kw", kw.indices.clone(), kw.values.clone())).limit(15)).await;
+    assert_close("sparse idf", &got(&r), &top(d.sparse("kw", &kw, &None), 15), 1e-5);
+    let raw = SparseVector { indices: vec![3, 12, 15], values: vec![1.0, 0.5, 2.0] };
+    let r = run(QueryBuilder::new("", Q::sparse("raw", raw.indices.clone(), raw.values.clone())).filter(cat("garden").unwrap()).limit(10)).await;
+    assert_close("sparse filtered", &got(&r), &top(d.sparse("raw", &raw, &cat("garden")), 10), 1e-5);
+    let r = run(QueryBuilder::new("", Q::rrf()).prefetch(PrefetchBuilder::new(Q::nearest(qv.clone()), 50).exact()).prefetch(PrefetchBuilder::new(Q::sparse("kw", kw.indices.clone(), kw.values.clone()), 50)).limit(10)).await;
+    assert_close("sparse + dense rrf", &got(&r), &top(shoal_coordinator::query::rrf(&[dense50.clone(), top(d.sparse("kw", &kw, &None), 50)], &[], 60), 10), 1e-5);
+    let r = run(QueryBuilder::new("", Q::sparse("raw", raw.indices.clone(), raw.values.clone())).prefetch(PrefetchBuilder::new(Q::nearest(qv.clone()), 100).exact()).limit(10)).await;
+    let cands: HashSet<PointKey> = top(d.dense(&qv, &None), 100).into_iter().map(|x| x.0).collect();
+    assert_close("sparse re-score", &got(&r), &top(d.sparse("raw", &raw, &None).into_iter().filter(|x| cands.contains(&x.0)).collect(), 10), 1e-5);
+    // Stored and returned with the point.
+    let back = c.get("q5", vec![7u64.into()], false, true).await.unwrap();
+    assert_eq!(back[0].sparse, sparse_of(7).into_iter().map(|(n, v)| (n.to_string(), v)).collect());
+    // Bad sparse input: an undeclared name, a repeated index.
+    let bad = c.query(QueryBuilder::new("q5", Q::sparse("nope", vec![1], vec![1.0]))).await.unwrap_err();
+    assert!(bad.to_string().contains("declares no sparse vector"), "{bad}");
+    let bad = c.upsert("q5", vec![Point::new(1u64, vector(1, DIM)).sparse("raw", vec![3, 3], vec![1.0, 2.0])]).await.unwrap_err();
+    assert!(bad.to_string().contains("appears twice"), "{bad}");
+    let bad = c.upsert("q5", vec![Point::new(1u64, vector(1, DIM)).sparse("other", vec![3], vec![1.0])]).await.unwrap_err();
+    assert!(bad.to_string().contains("not declared"), "{bad}");
 
     // Re-score: BM25 candidates ordered by the dense vector; the top-level
     // filter applies to the prefetch too.
@@ -388,6 +455,7 @@ async fn payload_updates_equal_the_reference(c: &Client, addr: &str, mut d: Data
             assert_eq!(p.id.as_ref().and_then(|x| PointKey::try_from(x).ok()), Some(*k));
             assert_eq!(serde_json::Value::from(&p.payload.clone().unwrap_or_default()), refs[i], "{name}: payload of {i}");
             assert!(p.vector.iter().zip(v).all(|(a, b)| (a - b).abs() < 1e-6), "{name}: vector of {i} changed");
+            assert_eq!(p.sparse.len(), sparse_of(i as u64).len(), "{name}: sparse vectors of {i} kept");
         }
         // Indexed filters see the new values and not the old ones.
         for cat in ["moved", "music", "books", "garden"] {

@@ -13,7 +13,8 @@
 //!   keys are intact;
 //! - no id appears that was never written (unacknowledged writes may or may
 //!   not have taken effect);
-//! - all replicas hold identical contents.
+//! - all replicas hold identical contents (vectors, payloads and sparse
+//!   vectors).
 //!
 //! Seeds: `SHOAL_FAULT_SEEDS` (how many, default 2), `SHOAL_FAULT_SEED`
 //! (replay one), `SHOAL_FAULT_STEPS` (faults per seed, default 6). Every
@@ -184,6 +185,7 @@ async fn run_seed(seed: u64, steps: u64) {
             let j = serde_json::Value::from(&p.payload.clone().unwrap_or_default());
             assert_eq!(j["id"], serde_json::json!(id), "seed {seed}: id {id} lost its upsert keys: {j}");
             assert_eq!(j["nested"]["x"], serde_json::json!(id % 7), "seed {seed}: id {id} lost its nested keys: {j}");
+            assert_eq!(p.sparse.get("s"), Some(&shoal_tests::raft_cluster::sparse_of(id, 1)), "seed {seed}: id {id} lost its sparse vector");
             let (acked, maybe) = h.tags.get(&id).cloned().unwrap_or_default();
             let tag = j.get("tag").and_then(|t| t.as_u64());
             let allowed = tag == acked || tag.is_some_and(|t| maybe.contains(&t));

@@ -470,7 +470,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Format::Jsonl => dataset::read_jsonl(&file)?
                     .into_iter()
                     .enumerate()
-                    .map(|(i, r)| Ok(Point { id: json_id(&r.id, i + 1)?, vector: r.vector, payload: r.payload }))
+                    .map(|(i, r)| {
+                        let sparse = r.sparse.into_iter().map(|(k, v)| (k, shoal_proto::v1::SparseVector { indices: v.indices, values: v.values })).collect();
+                        Ok(Point { id: json_id(&r.id, i + 1)?, vector: r.vector, payload: r.payload, sparse })
+                    })
                     .collect::<Result<_>>()?,
             };
             let total = points.len() as u64;

@@ -272,6 +272,29 @@ impl ShardApi for ShardService {
         Ok(Response::new(ShardSearchResponse { results: vec![SearchResult { results }] }))
     }
 
+    async fn sparse_stats(&self, req: Request<ShardSparseStatsRequest>) -> Result<Response<ShardSparseStatsResponse>, Status> {
+        let req = req.into_inner();
+        let (shard, hide) = self.shard(&req.shard, req.consistency).await?;
+        if req.indices.len() > shoal_proto::limits::MAX_SPARSE_NNZ {
+            return Err(NodeError::from(invalid("indices", format!("{} indices, the limit is {}", req.indices.len(), shoal_proto::limits::MAX_SPARSE_NNZ))).into());
+        }
+        let (docs, df) = blocking(move || shard.sparse_stats(&req.name, &req.indices, hide)).await?;
+        Ok(Response::new(ShardSparseStatsResponse { docs, df }))
+    }
+
+    async fn sparse_search(&self, req: Request<ShardSparseSearchRequest>) -> Result<Response<ShardSearchResponse>, Status> {
+        let req = req.into_inner();
+        let (shard, hide) = self.shard(&req.shard, req.consistency).await?;
+        validate::search_params("", req.top_k, None).map_err(NodeError::from)?;
+        let vector = req.vector.unwrap_or_default();
+        validate::sparse_vector("vector", &vector).map_err(NodeError::from)?;
+        if let Some(f) = &req.filter {
+            validate::filter(f).map_err(NodeError::from)?;
+        }
+        let results = blocking(move || shard.sparse_search(&req.name, &vector, req.filter.as_ref(), req.top_k, hide)).await?;
+        Ok(Response::new(ShardSearchResponse { results: vec![SearchResult { results }] }))
+    }
+
     async fn score(&self, req: Request<ShardScoreRequest>) -> Result<Response<ShardScoreResponse>, Status> {
         let req = req.into_inner();
         let (shard, hide) = self.shard(&req.shard, req.consistency).await?;

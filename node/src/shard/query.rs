@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 
 use roaring::RoaringBitmap;
 use shoal_proto::internal::v1::{ScoredRow, ShardScoreRequest, ShardTextSearchRequest};
-use shoal_proto::v1::{Filter, Metric, ScoredPoint};
+use shoal_proto::v1::{Filter, Metric, ScoredPoint, SparseVector};
 use shoal_proto::{validate, PointKey};
 
 use super::{normalise, Shard, StoreSource, RESPONSE_BYTES};
@@ -70,6 +70,37 @@ impl Shard {
             idx.bm25(&q, allowed.as_ref(), k, |o| st.keys.get(o))
         };
         self.scored_points(top, req.with_payload, req.with_vector)
+    }
+
+    /// How many points hold sparse vector `name`, and the document
+    /// frequency of each of `dims` (for the collection-wide IDF).
+    pub fn sparse_stats(&self, name: &str, dims: &[u32], hide: bool) -> Result<(u64, Vec<u64>)> {
+        let hidden = self.hidden(hide);
+        let st = self.state.read();
+        let idx = st.sparse.get(name).ok_or_else(|| self.undeclared_sparse(name))?;
+        // Frozen copies of a pending split are not counted here.
+        Ok(idx.stats(dims, hidden.as_ref()))
+    }
+
+    /// Sparse dot-product top-k (the query weighted by the caller). Best
+    /// first, ties by id.
+    pub fn sparse_search(&self, name: &str, q: &SparseVector, filter: Option<&Filter>, top_k: u32, hide: bool) -> Result<Vec<ScoredPoint>> {
+        validate::sparse_vector("vector", q)?;
+        let hidden = self.hidden(hide);
+        let top: Vec<(PointKey, f32)> = {
+            let st = self.state.read();
+            let idx = st.sparse.get(name).ok_or_else(|| self.undeclared_sparse(name))?;
+            let mut allowed = non_empty(filter).map(|f| filter::evaluate(f, &StoreSource { state: &st, store: &self.store }));
+            if let Some(h) = hidden {
+                allowed = Some(allowed.unwrap_or_else(|| st.live.clone()) - h);
+            }
+            idx.search(q, allowed.as_ref(), top_k as usize, st.next_offset, |o| st.keys.get(o))
+        };
+        self.scored_points(top, false, false)
+    }
+
+    fn undeclared_sparse(&self, name: &str) -> NodeError {
+        NodeError::Invalid(validate::invalid("name", format!("collection {:?} declares no sparse vector {name:?}", self.collection)))
     }
 
     /// Exact scores of the listed points (or of the filter's points) against

@@ -23,6 +23,9 @@ pub struct StoredPoint {
     /// any time can be reconciled with storage exactly (see `shard.rs`).
     #[prost(uint32, tag = "4")]
     pub offset: u32,
+    /// Named sparse vectors (absent in points written before they existed).
+    #[prost(btree_map = "string, message", tag = "5")]
+    pub sparse: std::collections::BTreeMap<String, shoal_proto::v1::SparseVector>,
 }
 
 /// A value in a payload index.
@@ -343,7 +346,7 @@ mod tests {
         let (g1, g2) = (g0.with_generation(1), g0.with_generation(2));
         let others = [ShardStore::new(engine.clone(), "c", 2), ShardStore::new(engine.clone(), "c\u{0}1", 2), ShardStore::new(engine.clone(), "cc", 1)];
         let put = |s: &ShardStore, id: u64| {
-            let p = StoredPoint { id: Some(id.into()), vector: vec![id as f32], payload: None, offset: id as u32 };
+            let p = StoredPoint { id: Some(id.into()), vector: vec![id as f32], payload: None, offset: id as u32, sparse: Default::default() };
             s.write(StoreBatch { put_points: vec![p], put_meta: vec![("m", id.to_be_bytes().to_vec())], ..Default::default() }, false).unwrap();
         };
         for (i, s) in [&g0, &g1, &g2].into_iter().chain(others.iter()).enumerate() {
