@@ -374,6 +374,12 @@ async fn every_query_form_is_shard_count_independent_and_equals_brute_force() {
     let sdk_ids: Vec<u64> = got(&sdk).iter().map(|(k, _)| match k { PointKey::Num(n) => *n, _ => 0 }).collect();
     assert_eq!(cli_ids, sdk_ids);
     assert!(rows[0]["payload"]["cat"].is_string() && rows[0]["payload"].as_object().unwrap().len() == 1);
+    // A sparse query from flags, fused with the dense one.
+    let (ok, out, err) = shoal_tests::shoalctl(&["-o", "json", "--addr", &addr, "query", "-c", "q5", "--vector", &v.join(","), "--sparse", "kw:0=1,5=2,12=0.5,19=1", "--exact", "--prefetch-limit", "50", "-k", "10"]);
+    assert!(ok, "shoalctl sparse query: {out}\n{err}");
+    let rows: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let want = top(shoal_coordinator::query::rrf(&[dense50.clone(), top(d.sparse("kw", &kw, &None), 50)], &[], 60), 10);
+    assert_eq!(rows.as_array().unwrap().iter().map(|r| r["id"].as_u64().unwrap()).collect::<Vec<_>>(), want.iter().map(|(k, _)| num_of(k)).collect::<Vec<_>>());
     let (ok, out, err) = shoal_tests::shoalctl(&["-o", "json", "--addr", &addr, "query", "-c", "q5", "--text", "graph", "--filter", r#"{"must": [{"key": "text", "phrase": "fast rust"}]}"#, "--group-by", "cat", "--group-size", "1"]);
     assert!(ok, "shoalctl grouped query: {out}\n{err}");
     let groups: serde_json::Value = serde_json::from_str(out.trim()).unwrap();

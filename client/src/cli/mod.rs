@@ -138,6 +138,10 @@ pub enum CollectionCmd {
         /// Text indexes: keep accents (no ASCII folding).
         #[arg(long)]
         text_keep_accents: bool,
+        /// Sparse vector, `name` or `name:idf` for the IDF modifier
+        /// (repeatable).
+        #[arg(long = "sparse")]
+        sparse: Vec<String>,
     },
     /// Add and drop payload indexes of a live collection (the replicas
     /// re-index in the background).
@@ -307,6 +311,7 @@ fn info_json(c: &CollectionInfo) -> serde_json::Value {
         "hnsw": {"m": h.m, "ef_construction": h.ef_construction, "ef_search": h.ef_search},
         "storage": if cfg.storage == VectorStorage::F16 as i32 { "f16" } else { "f32" },
         "payload_indexes": cfg.payload_indexes.iter().map(|p| json!({"key": p.key, "type": PayloadIndexType::try_from(p.r#type).map(|t| t.as_str_name()).unwrap_or("?")})).collect::<Vec<_>>(),
+        "sparse_vectors": cfg.sparse_vectors.iter().map(|s| json!({"name": s.name, "modifier": shoal_proto::v1::SparseModifier::try_from(s.modifier).map(|m| m.as_str_name()).unwrap_or("?")})).collect::<Vec<_>>(),
     })
 }
 
@@ -384,8 +389,15 @@ pub async fn run(cli: Cli) -> Result<()> {
     let client = public_client(&cli.addr).await?;
     let json_out = cli.output == Output::Json;
     match cli.cmd {
-        Cmd::Collection(CollectionCmd::Create { name, dim, metric, shards, replication_factor, m, ef_construction, ef_search, f16, indexes, text_stemmer, text_stop_words, text_keep_accents }) => {
+        Cmd::Collection(CollectionCmd::Create { name, dim, metric, shards, replication_factor, m, ef_construction, ef_search, f16, indexes, text_stemmer, text_stop_words, text_keep_accents, sparse }) => {
             let mut b = CollectionBuilder::new(name, dim, metric.into()).shards(shards).replication_factor(replication_factor).hnsw(m, ef_construction, ef_search);
+            for s in sparse {
+                b = match s.split_once(':') {
+                    None => b.sparse_vector(s, false),
+                    Some((n, "idf")) => b.sparse_vector(n, true),
+                    Some((_, m)) => bail!("--sparse {s:?}: unknown modifier {m:?} (use name or name:idf)"),
+                };
+            }
             if f16 {
                 b = b.f16();
             }

@@ -4,6 +4,8 @@
 //! nearest search (or MMR with `--mmr`), `--text` alone is BM25, both
 //! together are a hybrid query fusing a dense and a BM25 prefetch
 //! (`--fusion rrf|dbsf`), and `--positive`/`--negative` ids recommend.
+//! `--sparse name:i=v,...` takes the place of `--text` with a sparse
+//! vector query.
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use serde_json::json;
@@ -40,6 +42,10 @@ pub struct QueryArgs {
     pub text: Option<String>,
     #[arg(long, default_value = "text")]
     pub text_key: String,
+    /// Sparse vector query, `name:index=value,index=value,...` (instead of
+    /// --text).
+    #[arg(long)]
+    pub sparse: Option<String>,
     /// How a vector and a text query are combined.
     #[arg(long, value_enum, default_value_t = FusionArg::Rrf)]
     pub fusion: FusionArg,
@@ -93,6 +99,18 @@ fn ids(s: &Option<String>) -> Vec<VectorInput> {
     s.as_deref().map(|s| s.split(',').filter(|x| !x.trim().is_empty()).map(|x| by_id(parse_id(x))).collect()).unwrap_or_default()
 }
 
+/// `name:index=value,...` as a sparse query.
+fn parse_sparse(s: &str) -> Result<Query> {
+    let (name, pairs) = s.split_once(':').context("--sparse: expected name:index=value,...")?;
+    let (mut indices, mut values) = (vec![], vec![]);
+    for p in pairs.split(',').filter(|p| !p.trim().is_empty()) {
+        let (i, v) = p.split_once('=').with_context(|| format!("--sparse: {p:?} is not index=value"))?;
+        indices.push(i.trim().parse::<u32>().with_context(|| format!("--sparse: index {i:?} is not a u32"))?);
+        values.push(v.trim().parse::<f32>().with_context(|| format!("--sparse: value {v:?} is not a number"))?);
+    }
+    Ok(Q::sparse(name, indices, values))
+}
+
 /// The request the flags describe.
 pub fn build(a: &QueryArgs) -> Result<QueryBuilder> {
     let vector = match (&a.vector, &a.id) {
@@ -102,6 +120,12 @@ pub fn build(a: &QueryArgs) -> Result<QueryBuilder> {
         (None, None) => None,
     };
     let nearest = |v: VectorInput| Query { kind: Some(shoal_proto::v1::query::Kind::Nearest(shoal_proto::v1::NearestQuery { vector: Some(v) })) };
+    let lexical = match (&a.text, &a.sparse) {
+        (Some(_), Some(_)) => bail!("give --text or --sparse, not both"),
+        (Some(t), None) => Some(Q::bm25(&a.text_key, t)),
+        (None, Some(s)) => Some(parse_sparse(s)?),
+        (None, None) => None,
+    };
     let (pos, neg) = (ids(&a.positive), ids(&a.negative));
     let mut b = if !pos.is_empty() || !neg.is_empty() {
         let strategy = match a.strategy {
@@ -110,14 +134,14 @@ pub fn build(a: &QueryArgs) -> Result<QueryBuilder> {
         };
         QueryBuilder::new(&a.collection, Q::recommend(pos, neg, strategy))
     } else {
-        match (vector, &a.text) {
-            (None, None) => bail!("give --vector, --id, --text or --positive/--negative"),
+        match (vector, lexical) {
+            (None, None) => bail!("give --vector, --id, --text, --sparse or --positive/--negative"),
             (Some(v), None) => match a.mmr {
                 Some(d) => QueryBuilder::new(&a.collection, Q::mmr(v, d, 0)),
                 None => QueryBuilder::new(&a.collection, nearest(v)),
             },
-            (None, Some(t)) => QueryBuilder::new(&a.collection, Q::bm25(&a.text_key, t)),
-            (Some(v), Some(t)) => {
+            (None, Some(l)) => QueryBuilder::new(&a.collection, l),
+            (Some(v), Some(l)) => {
                 let fusion = match a.fusion {
                     FusionArg::Rrf => Q::rrf(),
                     FusionArg::Dbsf => Q::dbsf(vec![]),
@@ -129,7 +153,7 @@ pub fn build(a: &QueryArgs) -> Result<QueryBuilder> {
                 if let Some(ef) = a.ef {
                     dense = dense.ef(ef);
                 }
-                QueryBuilder::new(&a.collection, fusion).prefetch(dense).prefetch(PrefetchBuilder::new(Q::bm25(&a.text_key, t), a.prefetch_limit))
+                QueryBuilder::new(&a.collection, fusion).prefetch(dense).prefetch(PrefetchBuilder::new(l, a.prefetch_limit))
             }
         }
     };
