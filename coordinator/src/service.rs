@@ -43,6 +43,23 @@ fn keys(ids: &[PointId], field: &str) -> Result<Vec<PointKey>> {
 }
 
 impl Api {
+    /// [`shoal_common::auth::authorize`] for a collection named directly
+    /// or through an alias: a credential limited to some collections must
+    /// cover both the alias and the collection it stands for.
+    pub(crate) fn authorize(&self, ext: &http::Extensions, name: &str) -> std::result::Result<(), Status> {
+        shoal_common::auth::authorize(ext, name)?;
+        match self.alias_target(name) {
+            Some(t) => shoal_common::auth::authorize(ext, &t),
+            None => Ok(()),
+        }
+    }
+
+    /// The collection `name` stands for when it is an alias (as this
+    /// coordinator's map says).
+    pub(crate) fn alias_target(&self, name: &str) -> Option<String> {
+        self.router.collection(name).ok().map(|r| r.config.name.clone()).filter(|t| t != name)
+    }
+
     async fn route(&self, name: &str) -> Result<Arc<CollectionRoute>> {
         validate::collection_name(name).map_err(|e| bad("collection", e.message))?;
         self.router.collection_fresh(name).await
@@ -261,14 +278,15 @@ impl Collections for Api {
         if !want.is_empty() {
             validate::collection_name(&want).map_err(|e| bad("collection", e.message))?;
         }
-        self.router.refresh().await?;
+        // The map as cached (reloaded every second): a listing any
+        // credential may ask for must not make every node send its map.
         let aliases = self.router.map().aliases.into_iter().filter(|a| (want.is_empty() || a.collection == want) && access.may_see(&a.collection) && access.may_see(&a.alias)).collect();
         Ok(Response::new(ListAliasesResponse { aliases }))
     }
 
     async fn update_payload_indexes(&self, req: Request<UpdatePayloadIndexesRequest>) -> std::result::Result<Response<UpdatePayloadIndexesResponse>, Status> {
         shoal_common::audit::note(req.extensions(), Some(&req.get_ref().collection), "update payload indexes");
-        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
+        self.authorize(req.extensions(), &req.get_ref().collection)?;
         let mut req = req.into_inner();
         // An alias names its collection here too.
         req.collection = self.route(&req.collection).await?.config.name.clone();
@@ -285,7 +303,7 @@ impl Collections for Api {
     }
 
     async fn get(&self, req: Request<GetCollectionRequest>) -> std::result::Result<Response<GetCollectionResponse>, Status> {
-        shoal_common::auth::authorize(req.extensions(), &req.get_ref().name)?;
+        self.authorize(req.extensions(), &req.get_ref().name)?;
         let name = req.into_inner().name;
         let info = self.routed(&name, |route| async move { self.info(&route).await }).await?;
         Ok(Response::new(GetCollectionResponse { collection: Some(info) }))
@@ -322,7 +340,7 @@ impl Collections for Api {
 #[tonic::async_trait]
 impl Points for Api {
     async fn upsert(&self, req: Request<UpsertPointsRequest>) -> std::result::Result<Response<WriteResponse>, Status> {
-        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
+        self.authorize(req.extensions(), &req.get_ref().collection)?;
         let req = req.into_inner();
         if req.points.is_empty() {
             return Err(bad("points", "upsert batch is empty").into());
@@ -351,7 +369,7 @@ impl Points for Api {
     }
 
     async fn get(&self, req: Request<GetPointsRequest>) -> std::result::Result<Response<GetPointsResponse>, Status> {
-        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
+        self.authorize(req.extensions(), &req.get_ref().collection)?;
         let req = req.into_inner();
         let ks = keys(&req.ids, "ids")?;
         let (ks, req) = (&ks, &req);
@@ -360,7 +378,7 @@ impl Points for Api {
     }
 
     async fn delete(&self, req: Request<DeletePointsRequest>) -> std::result::Result<Response<WriteResponse>, Status> {
-        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
+        self.authorize(req.extensions(), &req.get_ref().collection)?;
         // Writes by filter (and deletes of everything) are audited.
         match &req.get_ref().selector {
             Some(delete_points_request::Selector::Filter(f)) => shoal_common::audit::note(req.extensions(), Some(&req.get_ref().collection), format!("delete by filter: {}", serde_json::to_string(&format!("{f:?}")).unwrap_or_default())),
@@ -411,7 +429,7 @@ impl Points for Api {
 
     async fn update_payload(&self, req: Request<UpdatePayloadRequest>) -> std::result::Result<Response<WriteResponse>, Status> {
         use shoal_proto::v1::update_payload_request::Selector;
-        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
+        self.authorize(req.extensions(), &req.get_ref().collection)?;
         // Writes by filter (and of every point) are audited.
         match &req.get_ref().selector {
             Some(Selector::Filter(f)) => shoal_common::audit::note(req.extensions(), Some(&req.get_ref().collection), format!("update payload by filter: {}", serde_json::to_string(&format!("{f:?}")).unwrap_or_default())),
@@ -435,6 +453,19 @@ impl Points for Api {
                         }
                     }
                     Some(sel) => {
+                        // Counted first, collection-wide: a match over the
+                        // limit is refused whole, at any shard count, rather
+                        // than applied on the shards under it. (Writes in
+                        // between can still push one shard over its own
+                        // limit; that shard then refuses alone.)
+                        let filter = match sel {
+                            Selector::Filter(f) => Some(f.clone()),
+                            _ => None,
+                        };
+                        let n = self.count_collection(&route, filter, 0).await?;
+                        if n > MAX_PAYLOAD_UPDATE_POINTS as u64 {
+                            return Err(bad("selector", format!("the update selects {n} points, more than the limit of {MAX_PAYLOAD_UPDATE_POINTS}; narrow the filter or update by ids")));
+                        }
                         for sid in Self::shard_ids(&route) {
                             by_shard.insert(sid, part(sel.clone()));
                         }
@@ -448,7 +479,7 @@ impl Points for Api {
     }
 
     async fn count(&self, req: Request<CountPointsRequest>) -> std::result::Result<Response<CountPointsResponse>, Status> {
-        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
+        self.authorize(req.extensions(), &req.get_ref().collection)?;
         let req = req.into_inner();
         filter_opt(&req.filter)?;
         let req = &req;
@@ -457,7 +488,7 @@ impl Points for Api {
     }
 
     async fn scroll(&self, req: Request<ScrollPointsRequest>) -> std::result::Result<Response<ScrollPointsResponse>, Status> {
-        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
+        self.authorize(req.extensions(), &req.get_ref().collection)?;
         let req = req.into_inner();
         validate::collection_name(&req.collection).map_err(|e| bad("collection", e.message))?;
         filter_opt(&req.filter)?;
@@ -496,7 +527,7 @@ impl Points for Api {
     }
 
     async fn search(&self, req: Request<SearchPointsRequest>) -> std::result::Result<Response<SearchPointsResponse>, Status> {
-        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
+        self.authorize(req.extensions(), &req.get_ref().collection)?;
         Ok(Response::new(SearchPointsResponse { results: self.search_one(&req.into_inner()).await? }))
     }
 
@@ -508,7 +539,7 @@ impl Points for Api {
     }
 
     async fn query(&self, req: Request<QueryPointsRequest>) -> std::result::Result<Response<QueryPointsResponse>, Status> {
-        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
+        self.authorize(req.extensions(), &req.get_ref().collection)?;
         let req = req.into_inner();
         let req = &req;
         let out = self.routed(&req.collection, |route| async move { crate::query_exec::query(self, &route, req).await }).await?;
@@ -516,7 +547,7 @@ impl Points for Api {
     }
 
     async fn search_batch(&self, req: Request<SearchBatchRequest>) -> std::result::Result<Response<SearchBatchResponse>, Status> {
-        shoal_common::auth::authorize(req.extensions(), &req.get_ref().collection)?;
+        self.authorize(req.extensions(), &req.get_ref().collection)?;
         let req = req.into_inner();
         if req.searches.is_empty() || req.searches.len() > MAX_SEARCH_BATCH {
             return Err(bad("searches", format!("{} searches is outside 1..={MAX_SEARCH_BATCH}", req.searches.len())).into());

@@ -67,7 +67,11 @@ pub fn serve(api: Api, access: shoal_common::auth::Access, mut input: Streaming<
 async fn answer(api: &Api, access: &shoal_common::auth::Access, m: SearchStreamRequest) -> SearchStreamResponse {
     let result = match &m.search {
         None => Err(CoordError::Invalid(shoal_proto::validate::invalid("search", "missing: each message carries one search"))),
-        Some(s) => match access.check(shoal_common::auth::Need::Read, Some(&s.collection)) {
+        Some(s) => match access.check(shoal_common::auth::Need::Read, Some(&s.collection)).and_then(|()| match api.alias_target(&s.collection) {
+            // Through an alias: its collection must be in scope too.
+            Some(t) => access.check(shoal_common::auth::Need::Read, Some(&t)),
+            None => Ok(()),
+        }) {
             Ok(()) => api.search_one(s).await,
             Err(e) => Err(CoordError::Auth(e)),
         },

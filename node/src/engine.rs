@@ -111,6 +111,10 @@ pub fn group_name(collection: &str, shard_id: u32) -> String {
 /// Proposes `cmd` to `raft` and waits until it is committed and applied
 /// here. Waits for an election when the group has no leader; on a
 /// follower it answers `NotLeader` naming the leader.
+/// How often a node checks the shards it leads for payload index changes
+/// ([`Engine::sync_payload_indexes`]).
+pub const INDEX_SYNC_INTERVAL: Duration = Duration::from_millis(500);
+
 pub async fn propose(raft: &Raft<TypeConfig>, group: &str, cmd: Command) -> Result<Reply> {
     let deadline = tokio::time::Instant::now() + LEADER_WAIT;
     loop {
@@ -357,6 +361,47 @@ impl Engine {
             let _ = h.join();
         }
         self.kv.quiesce();
+    }
+
+    /// Every [`INDEX_SYNC_INTERVAL`], on each shard this node leads whose
+    /// payload indexes differ from the cluster map's: proposes the change
+    /// as a control entry of the shard's log, so that every replica
+    /// switches at the same position ([`crate::shard::SPECS`]). A failed
+    /// proposal is tried again at the next tick.
+    pub fn sync_payload_indexes(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Engine> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(INDEX_SYNC_INTERVAL).await;
+                let Some(engine) = weak.upgrade() else { break };
+                if engine.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let map = engine.cluster_map();
+                let due: Vec<(Raft<TypeConfig>, String, Vec<shoal_proto::v1::PayloadIndexSpec>)> = engine
+                    .shards
+                    .read()
+                    .iter()
+                    .filter_map(|((name, _), r)| {
+                        let entry = map.collections.iter().find(|c| c.uid == r.uid && c.config.as_ref().is_some_and(|x| &x.name == name))?;
+                        let want = entry.config.as_ref()?.payload_indexes.clone();
+                        let leads = r.raft.metrics().borrow().state == ServerState::Leader;
+                        (leads && r.shard().payload_index_specs() != want).then(|| (r.raft.clone(), r.group.clone(), want))
+                    })
+                    .collect();
+                drop(engine);
+                for (raft, group, want) in due {
+                    let specs = prost::Message::encode_to_vec(&CollectionConfig { payload_indexes: want, ..Default::default() });
+                    let ctl = shoal_proto::internal::v1::ShardControl { op: Some(shoal_proto::internal::v1::shard_control::Op::PayloadIndexes(shoal_proto::internal::v1::PayloadIndexesControl { specs })) };
+                    let write = shoal_proto::internal::v1::ShardWriteRequest { control: Some(ctl), ..Default::default() };
+                    match propose(&raft, &group, Command { write: prost::Message::encode_to_vec(&write) }).await {
+                        Ok(Reply { error: Some(e), .. }) => tracing::error!(%group, error = %e, "payload index change refused"),
+                        Ok(_) => tracing::info!(%group, "payload index change applied"),
+                        Err(e) => tracing::warn!(%group, error = %e, "payload index change not proposed; retrying"),
+                    }
+                }
+            }
+        })
     }
 
     /// Runs [`Engine::reconcile`] whenever the applied map changes, until
@@ -707,14 +752,6 @@ impl Engine {
             // Damaged data stays quarantined until repaired; an open that
             // failed for another reason (I/O, a full disk) is tried again
             // at every reconcile.
-            let open = self.shards.read().get(&key).filter(|r| r.uid == uid).map(|r| r.sm.clone());
-            if let Some(sm) = open {
-                // The collection's payload indexes changed: re-index here.
-                if let Err(e) = sm.set_payload_indexes(&config.payload_indexes) {
-                    tracing::error!(collection = %key.0, shard = key.1, error = %e, "re-indexing payloads failed; retried at the next reconcile");
-                }
-                continue;
-            }
             if self.shards.read().contains_key(&key) || self.quarantined.read().get(&key).is_some_and(|q| q.0 == uid && q.2) {
                 continue;
             }

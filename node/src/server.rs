@@ -62,6 +62,7 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
     let elector = engine.elections.spawn(engine.groups.clone(), engine.peers.clone(), Some(engine.catch_up.clone()));
     // Open and drop shard replicas as the applied cluster map changes.
     let watcher = engine.watch_map();
+    let index_sync = engine.sync_payload_indexes();
     // Drive cluster operations while this node leads the metadata group.
     let driver = engine.drive_operations();
     // `shoal.ready`: SERVING once caught up (the Kubernetes readiness
@@ -163,6 +164,7 @@ pub async fn serve_internal(engine: Arc<Engine>, listener: TcpListener, save_eve
     trimmer.abort();
     elector.abort();
     watcher.abort();
+    index_sync.abort();
     driver.abort();
     readiness.abort();
     engine.shutdown_groups().await;

@@ -92,6 +92,9 @@ struct State {
 /// Bytes of points one get or one search may return from a shard (half
 /// the message limit: a shard's answer must fit one message).
 pub const RESPONSE_BYTES: usize = shoal_proto::limits::MAX_MESSAGE_BYTES / 2;
+/// Bytes of new versions one payload update may write on a shard (8 times
+/// the largest write entry).
+pub const MAX_PAYLOAD_UPDATE_BYTES: usize = 8 * shoal_proto::limits::MAX_WRITE_BYTES;
 /// Bytes of points one scroll page holds at most; a page ends early there.
 pub const SCROLL_PAGE_BYTES: usize = shoal_proto::limits::MAX_MESSAGE_BYTES / 4;
 
@@ -299,8 +302,8 @@ impl Shard {
             }
         };
 
-        // The specs the stored entries were built for; re-indexed below if
-        // the config's differ.
+        // The specs the stored entries were built for (the log changes
+        // them, [`reindex`]); the config's for a shard without a record.
         let recorded = reindex::stored_specs(&store)?;
         let built_for = recorded.clone().unwrap_or_else(|| config.payload_indexes.clone());
         let mut payload = PayloadIndex::new(&built_for);
@@ -421,8 +424,6 @@ impl Shard {
         if recorded.is_none() {
             shard.store.write(StoreBatch { put_meta: vec![(reindex::SPECS, reindex::encode_specs(&shard.config.payload_indexes))], ..Default::default() }, true)?;
         }
-        let specs = shard.config.payload_indexes.clone();
-        shard.set_payload_indexes(&specs)?;
         Ok((shard, outcome))
     }
 
@@ -544,6 +545,8 @@ impl Shard {
             None => return Err(validate::invalid("selector", "a payload update needs a selector").into()),
         };
         let mut out = Vec::with_capacity(keys.len());
+        let mut bytes = 0usize;
+        let specs = self.index_specs.read().clone();
         for k in keys {
             let Some(old) = self.store.get(&k)? else { continue };
             if !st.live.contains(old.offset) {
@@ -551,7 +554,13 @@ impl Shard {
             }
             let payload = shoal_proto::payload::apply_update(op, old.payload.as_ref());
             if let Some(p) = &payload {
-                validate::payload(&format!("point {k}"), p, &self.index_specs.read())?;
+                validate::payload(&format!("point {k}"), p, &specs)?;
+            }
+            // The versions this entry writes, bounded like a write's bytes
+            // (a small entry must not become gigabytes of apply work).
+            bytes += old.vector.len() * 4 + payload.as_ref().map_or(0, prost::Message::encoded_len) + old.sparse.values().map(|v| v.indices.len() * 8).sum::<usize>();
+            if bytes > MAX_PAYLOAD_UPDATE_BYTES {
+                return Err(validate::invalid("selector", format!("the update rewrites more than {MAX_PAYLOAD_UPDATE_BYTES} bytes of points on shard {}/{}; update fewer points at a time", self.collection, self.shard_id)).into());
             }
             out.push((k, old.vector, payload, old.sparse));
         }
@@ -711,8 +720,8 @@ impl Shard {
     /// Writes snapshot points into an (empty, staging) store as they are,
     /// offsets included, with their payload-index entries; not synced
     /// ([`Shard::import_finish`] syncs).
-    pub fn import(store: &ShardStore, config: &CollectionConfig, points: Vec<StoredPoint>) -> Result<()> {
-        let payload = PayloadIndex::new(&config.payload_indexes);
+    pub fn import(store: &ShardStore, specs: &[PayloadIndexSpec], points: Vec<StoredPoint>) -> Result<()> {
+        let payload = PayloadIndex::new(specs);
         let mut batch = StoreBatch::default();
         for p in points {
             batch.put_index.extend(payload.entries_for(p.payload.as_ref(), p.offset));
@@ -724,8 +733,11 @@ impl Shard {
 
     /// Ends an import: the offset counter, the write sequence and `meta`,
     /// synced together with everything imported before.
-    pub fn import_finish(store: &ShardStore, next_offset: u32, seq: u64, meta: Vec<(&'static str, Vec<u8>)>, requests: &[(requests::RequestId, requests::Done)]) -> Result<()> {
+    /// `specs` are the payload indexes the imported entries were built for
+    /// (recorded, [`reindex`]).
+    pub fn import_finish(store: &ShardStore, next_offset: u32, seq: u64, meta: Vec<(&'static str, Vec<u8>)>, requests: &[(requests::RequestId, requests::Done)], specs: &[PayloadIndexSpec]) -> Result<()> {
         let mut put_meta = meta;
+        put_meta.push((reindex::SPECS, reindex::encode_specs(specs)));
         put_meta.push((META_SEQ, seq.to_be_bytes().to_vec()));
         put_meta.push((META_NEXT_OFFSET, (next_offset as u64).to_be_bytes().to_vec()));
         let put_requests = requests.iter().map(|(id, d)| (*id, requests::encode_done(d))).collect();
@@ -1289,6 +1301,7 @@ pub(crate) fn parse_sidecar(meta: &str) -> Option<(u64, u32)> {
 pub mod compact;
 pub mod query;
 mod reindex;
+pub use reindex::SPECS;
 pub mod requests;
 mod keys;
 pub mod split;

@@ -100,6 +100,11 @@ impl SparseIndex {
         hits
     }
 
+    /// Postings a query walks (its work).
+    pub fn work(&self, q: &SparseVector) -> u64 {
+        q.indices.iter().filter_map(|d| self.postings.get(d)).map(|l| l.len() as u64).sum()
+    }
+
     /// Approximate heap bytes.
     pub fn memory_bytes(&self) -> usize {
         self.postings.values().map(|l| l.capacity() * 8 + 32).sum::<usize>() + self.docs.values().map(|d| d.capacity() * 4 + 40).sum::<usize>()

@@ -20,6 +20,9 @@ pub const MAX_ALIAS_ACTIONS: usize = 100;
 pub const MAX_SPARSE_VECTORS: usize = 16;
 /// Non-zeros of one sparse vector (stored or queried).
 pub const MAX_SPARSE_NNZ: usize = 4_096;
+/// Largest magnitude of a sparse vector value (sums of products stay
+/// finite in f32).
+pub const MAX_SPARSE_VALUE: f32 = 1e9;
 /// Largest `top_k`.
 pub const MAX_TOP_K: u32 = 10_000;
 /// Largest `ef`.

@@ -133,7 +133,7 @@ pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, Val
 }
 
 /// Checks a sparse vector: as many values as indices, at most
-/// MAX_SPARSE_NNZ, unique indices, finite values.
+/// MAX_SPARSE_NNZ, unique indices, finite values within MAX_SPARSE_VALUE.
 pub fn sparse_vector(field: &str, v: &crate::v1::SparseVector) -> Result<(), ValidationError> {
     if v.indices.len() != v.values.len() {
         return Err(invalid(field, format!("{} indices and {} values; they go in pairs", v.indices.len(), v.values.len())));
@@ -141,8 +141,8 @@ pub fn sparse_vector(field: &str, v: &crate::v1::SparseVector) -> Result<(), Val
     if v.indices.len() > MAX_SPARSE_NNZ {
         return Err(invalid(field, format!("{} non-zeros, the limit is {MAX_SPARSE_NNZ}", v.indices.len())));
     }
-    if let Some(i) = v.values.iter().position(|x| !x.is_finite()) {
-        return Err(invalid(format!("{field}.values[{i}]"), "values must be finite"));
+    if let Some(i) = v.values.iter().position(|x| !(x.is_finite() && x.abs() <= MAX_SPARSE_VALUE)) {
+        return Err(invalid(format!("{field}.values[{i}]"), format!("values must be finite, of magnitude at most {MAX_SPARSE_VALUE:e}")));
     }
     let mut sorted = v.indices.clone();
     sorted.sort_unstable();

@@ -152,6 +152,32 @@ async fn minority_partition_acknowledges_nothing_and_heals() {
 
 /// A follower down while the leader snapshots and purges its log catches
 /// up by snapshot (streamed in chunks over gRPC) and then by log.
+/// A control entry that sets the shard's payload indexes.
+fn indexes_cmd(specs: &[(&str, shoal_proto::v1::PayloadIndexType)]) -> shoal_node::raft::Command {
+    use prost::Message;
+    use shoal_proto::internal::v1::{shard_control, PayloadIndexesControl, ShardControl, ShardWriteRequest};
+    let payload_indexes = specs.iter().map(|(k, t)| shoal_proto::v1::PayloadIndexSpec { key: k.to_string(), r#type: *t as i32, text: None }).collect();
+    let specs = shoal_proto::v1::CollectionConfig { payload_indexes, ..Default::default() }.encode_to_vec();
+    let ctl = ShardControl { op: Some(shard_control::Op::PayloadIndexes(PayloadIndexesControl { specs })) };
+    shoal_node::raft::Command { write: ShardWriteRequest { control: Some(ctl), ..Default::default() }.encode_to_vec() }
+}
+
+/// Every running replica indexes `keys` and counts the same points for a
+/// filter on an indexed field.
+fn check_indexes(c: &RaftCluster, keys: &[&str]) {
+    let f = shoal_proto::v1::Filter {
+        must: vec![shoal_proto::v1::Condition { kind: Some(shoal_proto::v1::condition::Kind::Match(shoal_proto::v1::MatchCondition { key: "tags".into(), value: Some(shoal_proto::v1::match_condition::Value::Keyword("t3".into())) })) }],
+        ..Default::default()
+    };
+    let mut counts = BTreeSet::new();
+    for id in 1..=3 {
+        let shard = c.node(id).sm().unwrap().shard();
+        assert_eq!(shard.payload_index_specs().iter().map(|s| s.key.as_str()).collect::<Vec<_>>(), keys, "replica {id}'s indexes");
+        counts.insert(shard.count(Some(&f)).unwrap());
+    }
+    assert_eq!(counts.len(), 1, "replicas count differently: {counts:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lagging_follower_catches_up_by_snapshot() {
     let config = openraft::Config {
@@ -166,9 +192,16 @@ async fn lagging_follower_catches_up_by_snapshot() {
     let mut acked = BTreeSet::new();
     c.write(upsert_cmd(0..10, 1), T).await.unwrap();
     acked.extend(0..10);
+    // Payload indexes change through the log: every replica switches.
+    use shoal_proto::v1::PayloadIndexType::{Keyword, Numeric};
+    let at = c.write(indexes_cmd(&[("tags", Keyword)]), T).await.unwrap();
+    c.applied_everywhere(at, T).await.unwrap();
+    check_indexes(&c, &["tags"]);
     let leader = c.leader(T).await.unwrap();
     let follower = (1..=3).find(|&n| n != leader).unwrap();
     c.stop(follower).await;
+    // And again while a follower is down: it gets them with the snapshot.
+    c.write(indexes_cmd(&[("v", Numeric), ("tags", Keyword)]), T).await.unwrap();
 
     let mut last = 0;
     for b in 1..60u64 {
@@ -194,6 +227,7 @@ async fn lagging_follower_catches_up_by_snapshot() {
     assert!(sm.generation() >= 1, "the snapshot was installed as a new storage generation");
     assert!(matches!(sm.shard().index_open(), shoal_node::shard::IndexOpen::Loaded { .. }), "the shipped graph was loaded, not rebuilt: {:?}", sm.shard().index_open());
     check_replicas(&c, &acked);
+    check_indexes(&c, &["v", "tags"]);
     c.shutdown().await;
 }
 

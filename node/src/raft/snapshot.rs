@@ -27,8 +27,11 @@ use serde::{Deserialize, Serialize};
 
 use super::NodeId;
 
-/// Format 4: the header carries the request-id table.
-pub const MAGIC: &[u8; 8] = b"SHOALSN4";
+/// Format 5: the header carries the payload index specs.
+pub const MAGIC: &[u8; 8] = b"SHOALSN5";
+/// Format 4 (no specs), still read: its body is format 5's without the
+/// trailing empty `specs` (one zero byte in postcard).
+pub const MAGIC_V4: &[u8; 8] = b"SHOALSN4";
 /// Format 3 (no request ids), still read: a node of the previous version
 /// may send one during a rolling upgrade.
 pub const MAGIC_V3: &[u8; 8] = b"SHOALSN3";
@@ -136,6 +139,9 @@ pub struct Header {
     /// The shard's request-id table, oldest first (`shard::requests`; at
     /// most `MAX_REQUESTS`, about 1.5 MB).
     pub requests: Vec<(crate::shard::requests::RequestId, crate::shard::requests::Done)>,
+    /// The payload index specs the shard had at export (a protobuf
+    /// `CollectionConfig` holding only them); empty from older senders.
+    pub specs: Vec<u8>,
 }
 
 /// A header of format 3 (before request ids), still read.
@@ -171,6 +177,7 @@ impl From<HeaderV3> for Header {
             index_next_offset: h.index_next_offset,
             range: h.range,
             requests: Vec::new(),
+            specs: Vec::new(),
         }
     }
 }
@@ -208,7 +215,7 @@ pub fn write_header(out: &mut impl Write, h: &Header) -> Result<usize, SnapshotF
 pub fn read_header(r: &mut impl Read) -> Result<(Header, usize), SnapshotFileError> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;
-    if &magic != MAGIC && &magic != MAGIC_V3 {
+    if &magic != MAGIC && &magic != MAGIC_V4 && &magic != MAGIC_V3 {
         return Err(SnapshotFileError::Magic);
     }
     let mut len = [0u8; 4];
@@ -221,6 +228,9 @@ pub fn read_header(r: &mut impl Read) -> Result<(Header, usize), SnapshotFileErr
     r.read_exact(&mut body)?;
     let h = if &magic == MAGIC_V3 {
         postcard::from_bytes::<HeaderV3>(&body).map(Header::from)
+    } else if &magic == MAGIC_V4 {
+        body.push(0);
+        postcard::from_bytes(&body)
     } else {
         postcard::from_bytes(&body)
     }
@@ -285,6 +295,7 @@ mod tests {
             index_next_offset: 5,
             range: vec![],
             requests: vec![([7; 16], crate::shard::requests::Done { index: 6, affected: 2 })],
+            specs: vec![1, 2, 3],
         };
         let mut buf = Vec::new();
         let n = write_header(&mut buf, &h).unwrap();
@@ -293,16 +304,25 @@ mod tests {
         let (back, m) = read_header(&mut buf.as_slice()).unwrap();
         assert_eq!((back, m), (h.clone(), n));
 
-        // Format 3 is the same header without the request ids (postcard:
-        // an empty list is one trailing zero byte).
-        let v4 = Header { requests: vec![], ..h.clone() };
+        // Format 4 is the same header without the specs, and format 3
+        // without the request ids too (postcard: an empty list is one
+        // trailing zero byte).
+        let v5 = Header { specs: vec![], ..h.clone() };
+        let mut b5 = Vec::new();
+        let n5 = write_header(&mut b5, &v5).unwrap();
+        assert_eq!(b5.last(), Some(&0));
+        let mut v4 = MAGIC_V4.to_vec();
+        v4.extend_from_slice(&(n5 as u32 - 1).to_be_bytes());
+        v4.extend_from_slice(&b5[12..b5.len() - 1]);
+        assert_eq!(read_header(&mut v4.as_slice()).unwrap(), (v5.clone(), n5 - 1));
+        let v4h = Header { requests: vec![], specs: vec![], ..h.clone() };
         let mut b4 = Vec::new();
-        let n4 = write_header(&mut b4, &v4).unwrap();
-        assert_eq!(b4.last(), Some(&0));
+        let n4 = write_header(&mut b4, &v4h).unwrap();
+        assert_eq!(&b4[b4.len() - 2..], &[0, 0]);
         let mut v3 = MAGIC_V3.to_vec();
-        v3.extend_from_slice(&(n4 as u32 - 1).to_be_bytes());
-        v3.extend_from_slice(&b4[12..b4.len() - 1]);
-        assert_eq!(read_header(&mut v3.as_slice()).unwrap(), (v4, n4 - 1));
+        v3.extend_from_slice(&(n4 as u32 - 2).to_be_bytes());
+        v3.extend_from_slice(&b4[12..b4.len() - 2]);
+        assert_eq!(read_header(&mut v3.as_slice()).unwrap(), (v4h, n4 - 2));
 
         let mut bad = buf.clone();
         bad[0] = b'X';

@@ -218,17 +218,6 @@ impl ShardStateMachine {
         Ok(ShardStateMachine { shard: Arc::new(RwLock::new(Arc::new(shard))), defer_index: Arc::default(), recipe: Arc::new(recipe), current: Arc::default(), split_hook: Arc::default(), node_id: Arc::default() })
     }
 
-    /// Changes the replica's payload indexes (the collection's changed in
-    /// the cluster map): re-indexes the live shard and makes later snapshot
-    /// installs build for `specs`. Blocking; returns whether anything
-    /// changed.
-    pub fn set_payload_indexes(&self, specs: &[shoal_proto::v1::PayloadIndexSpec]) -> Result<bool, NodeError> {
-        let mut current = self.recipe.specs.lock();
-        let changed = self.shard().set_payload_indexes(specs)?;
-        *current = specs.to_vec();
-        Ok(changed)
-    }
-
     /// Tells the state machine which node it runs on.
     pub fn set_node_id(&self, id: u64) {
         self.node_id.store(id, Ordering::Relaxed);
@@ -433,6 +422,21 @@ impl ShardStateMachine {
         };
         match &c.op {
             None => refuse("empty control entry".into()),
+            Some(shard_control::Op::PayloadIndexes(p)) => {
+                let specs = match CollectionConfig::decode(p.specs.as_slice()) {
+                    Ok(c) => c.payload_indexes,
+                    Err(e) => return refuse(format!("undecodable payload index specs: {e}")),
+                };
+                let r = &self.recipe;
+                if let Err(e) = shoal_proto::validate::collection_config(&r.config_with(&specs)) {
+                    return refuse(format!("payload index specs: {e}"));
+                }
+                // Held across the re-index: a snapshot install waits.
+                let mut current = r.specs.lock();
+                shard.set_payload_indexes(&specs, meta).map_err(|x| werr(&x))?;
+                *current = specs;
+                Ok(Reply::default())
+            }
             Some(shard_control::Op::Split(s)) => {
                 let rs = shard.range_state();
                 if rs.pending.is_some_and(|p| p.child == s.child_shard_id) || rs.owned.is_some_and(|(_, hi)| hi < s.mid) {
@@ -511,7 +515,7 @@ impl ShardStateMachine {
                 let generation = self.generation();
                 let shard = self.shard();
                 let mut points = Hashing::new(BufWriter::new(std::fs::File::create(&points_tmp).map_err(|e| werr(&e))?));
-                match shard.export_to(&[APPLIED, MEMBERSHIP, RANGE], &mut points, &index_tmp) {
+                match shard.export_to(&[APPLIED, MEMBERSHIP, RANGE, shard_mod::SPECS], &mut points, &index_tmp) {
                     Ok(info) if self.generation() == generation => break (info, points.bytes, points.digest()),
                     Ok(_) => {}
                     Err(e) if self.generation() == generation => return Err(werr(&e)),
@@ -538,6 +542,7 @@ impl ShardStateMachine {
                 index_next_offset: info.next_offset,
                 range: info.meta[2].clone().unwrap_or_default(),
                 requests: info.requests,
+                specs: info.meta[3].clone().unwrap_or_default(),
             };
             let file = std::fs::File::create(&snap_tmp).map_err(|e| werr(&e))?;
             let mut out = BufWriter::new(file);
@@ -565,13 +570,20 @@ impl ShardStateMachine {
         let werr = |e: &dyn std::fmt::Display| sm_err(ErrorVerb::Write, e);
         let r = &self.recipe;
         let started = std::time::Instant::now();
-        let specs = r.specs.lock();
-        let config = r.config_with(&specs);
+        let mut specs = r.specs.lock();
 
         let file = std::fs::File::open(path).map_err(|e| bad(&e))?;
         let len = file.metadata().map_err(|e| bad(&e))?.len();
         let mut f = BufReader::with_capacity(1 << 20, file);
         let (header, hlen) = snapshot::read_header(&mut f).map_err(|e| bad(&e))?;
+        // The payload indexes the sender had at the snapshot's log
+        // position (an older sender's carry none: this replica's own).
+        let config = if header.specs.is_empty() {
+            r.config_with(&specs)
+        } else {
+            let sent = CollectionConfig::decode(header.specs.as_slice()).map_err(|e| bad(&SnapshotFileError::Header(format!("payload index specs: {e}"))))?.payload_indexes;
+            r.config_with(&sent)
+        };
         if header.file_len(hlen) != len {
             return Err(bad(&format!("snapshot file is {len} bytes, its header promises {}", header.file_len(hlen))));
         }
@@ -601,10 +613,10 @@ impl ShardStateMachine {
                 points.read_exact(&mut buf).map_err(|e| bad(&SnapshotFileError::Corrupt { section: "points", detail: e.to_string() }))?;
                 batch.push(StoredPoint::decode(buf.as_slice()).map_err(|e| bad(&SnapshotFileError::Corrupt { section: "points", detail: e.to_string() }))?);
                 if batch.len() == IMPORT_BATCH {
-                    Shard::import(&staging, &config, std::mem::take(&mut batch)).map_err(|e| werr(&e))?;
+                    Shard::import(&staging, &config.payload_indexes, std::mem::take(&mut batch)).map_err(|e| werr(&e))?;
                 }
             }
-            Shard::import(&staging, &config, batch).map_err(|e| werr(&e))?;
+            Shard::import(&staging, &config.payload_indexes, batch).map_err(|e| werr(&e))?;
             if points.bytes != header.points_bytes || points.digest() != header.points_checksum {
                 return Err(bad(&SnapshotFileError::Corrupt { section: "points", detail: "checksum or length mismatch".into() }));
             }
@@ -624,7 +636,7 @@ impl ShardStateMachine {
             if !header.range.is_empty() {
                 records.push((RANGE, header.range.clone()));
             }
-            Shard::import_finish(&staging, header.next_offset, header.seq, records, &header.requests).map_err(|e| werr(&e))
+            Shard::import_finish(&staging, header.next_offset, header.seq, records, &header.requests, &config.payload_indexes).map_err(|e| werr(&e))
         })();
         if let Err(e) = staged {
             let _ = drop_generation(&r.store, &r.index_dir, r.shard_id, new_gen);
@@ -660,6 +672,7 @@ impl ShardStateMachine {
         fresh.exact_scan_threshold = r.exact_scan_threshold;
         fresh.set_defer_index(self.defer_index.load(Ordering::Relaxed));
         let points = fresh.len();
+        *specs = config.payload_indexes.clone();
         let old = std::mem::replace(&mut *self.shard.write(), Arc::new(fresh));
         // Under the old shard's writer lock, so an export running on it
         // finishes first; stale handles see it retired.

@@ -287,7 +287,11 @@ impl ShardApi for ShardService {
         let (shard, hide) = self.shard(&req.shard, req.consistency).await?;
         validate::search_params("", req.top_k, None).map_err(NodeError::from)?;
         let vector = req.vector.unwrap_or_default();
-        validate::sparse_vector("vector", &vector).map_err(NodeError::from)?;
+        // Weighted by idf (at most ln(1 + 2N) < 50): within 64 times the
+        // stored bound.
+        let bound = shoal_proto::limits::MAX_SPARSE_VALUE * 64.0;
+        let scaled = shoal_proto::v1::SparseVector { indices: vector.indices.clone(), values: vector.values.iter().map(|x| if x.abs() <= bound { x / 64.0 } else { f32::INFINITY }).collect() };
+        validate::sparse_vector("vector", &scaled).map_err(NodeError::from)?;
         if let Some(f) = &req.filter {
             validate::filter(f).map_err(NodeError::from)?;
         }

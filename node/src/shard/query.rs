@@ -16,6 +16,9 @@ use crate::text::{Bm25Params, Stats};
 /// Multiply-adds one `Shard/Score` call may spend (points x vectors x
 /// dimension; about a second of one core).
 pub const MAX_SCORE_WORK: u64 = 1 << 30;
+/// Postings one sparse query may walk on a shard (it holds the state read
+/// lock meanwhile).
+pub const MAX_SPARSE_WORK: u64 = 1 << 27;
 
 fn non_empty(f: Option<&Filter>) -> Option<&Filter> {
     f.filter(|f| !(f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty()))
@@ -85,11 +88,14 @@ impl Shard {
     /// Sparse dot-product top-k (the query weighted by the caller). Best
     /// first, ties by id.
     pub fn sparse_search(&self, name: &str, q: &SparseVector, filter: Option<&Filter>, top_k: u32, hide: bool) -> Result<Vec<ScoredPoint>> {
-        validate::sparse_vector("vector", q)?;
         let hidden = self.hidden(hide);
         let top: Vec<(PointKey, f32)> = {
             let st = self.state.read();
             let idx = st.sparse.get(name).ok_or_else(|| self.undeclared_sparse(name))?;
+            let work = idx.work(q);
+            if work > MAX_SPARSE_WORK {
+                return Err(NodeError::TooLarge(format!("the sparse query walks {work} postings on shard {}/{}, the limit is {MAX_SPARSE_WORK}; use fewer or rarer dimensions", self.collection, self.shard_id)));
+            }
             let mut allowed = non_empty(filter).map(|f| filter::evaluate(f, &StoreSource { state: &st, store: &self.store }));
             if let Some(h) = hidden {
                 allowed = Some(allowed.unwrap_or_else(|| st.live.clone()) - h);

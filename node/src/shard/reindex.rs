@@ -2,10 +2,13 @@
 //! list of payload index specs (a collection's indexes were added or
 //! dropped through the cluster map).
 //!
-//! The specs a shard's stored index entries were built for are a shard
-//! metadata record ([`SPECS`]). A shard that opens with other specs than
-//! its record (its node was down while the indexes changed) re-indexes at
-//! open, so the stored entries always match the record.
+//! A change reaches a shard as a control entry of its Raft log
+//! (`PayloadIndexesControl`), proposed by the shard's leader when the
+//! cluster map's specs differ from its own: every replica switches at the
+//! same log position, so writes after it are validated and filtered alike
+//! everywhere. The specs a shard's stored entries were built for are a
+//! shard metadata record ([`SPECS`]), written with the entries; a shard
+//! opens with the specs of its record, and snapshots carry them.
 use prost::Message;
 use shoal_proto::v1::{CollectionConfig, PayloadIndexSpec};
 
@@ -16,7 +19,7 @@ use crate::storage::{ShardStore, StoreBatch};
 
 /// Shard metadata record: the payload index specs the stored index entries
 /// were built for (a protobuf `CollectionConfig` holding only them).
-pub(super) const SPECS: &str = "payload_index_specs";
+pub const SPECS: &str = "payload_index_specs";
 
 /// The specs recorded for `store`'s index entries; `None` for a shard
 /// written before the record existed (its entries match its config).
@@ -42,11 +45,15 @@ impl Shard {
 
     /// Re-indexes every point for `specs`: builds a new payload and text
     /// index, replaces the stored entries and the record in one synced
-    /// batch, and swaps the index in. Returns false when `specs` are the
-    /// current ones. Writes wait meanwhile (the writer lock); searches go
+    /// batch with `meta` (the Raft applied id), and swaps the index in.
+    /// Returns false when `specs` are the current ones (`meta` is written
+    /// alone then). Writes wait meanwhile (the writer lock); searches go
     /// on with the old index until the swap.
-    pub fn set_payload_indexes(&self, specs: &[PayloadIndexSpec]) -> Result<bool> {
+    pub fn set_payload_indexes(&self, specs: &[PayloadIndexSpec], meta: Vec<(&'static str, Vec<u8>)>) -> Result<bool> {
         if self.index_specs.read().as_slice() == specs {
+            if !meta.is_empty() {
+                self.put_meta(meta, super::Durability::Deferred)?;
+            }
             return Ok(false);
         }
         let _w = self.writer.lock();
@@ -69,7 +76,9 @@ impl Shard {
             fresh.insert(e);
         }
         let entries = put.len();
-        self.store.write(StoreBatch { delete_index: old, put_index: put, put_meta: vec![(SPECS, encode_specs(specs))], ..Default::default() }, true)?;
+        let mut put_meta = meta;
+        put_meta.push((SPECS, encode_specs(specs)));
+        self.store.write(StoreBatch { delete_index: old, put_index: put, put_meta, ..Default::default() }, true)?;
         {
             let mut st: parking_lot::RwLockWriteGuard<'_, State> = self.state.write();
             st.payload = fresh;
