@@ -118,6 +118,10 @@ impl PayloadIndex {
                         Some(t) => IndexValue::Number(t as f64),
                         None => continue,
                     },
+                    (PayloadIndexType::Geo, _) => match geo_point(v) {
+                        Some((lat, lon)) => IndexValue::Number(geo::code(lat, lon) as f64),
+                        None => continue,
+                    },
                     _ => continue,
                 };
                 let id = match (&value, &v.kind) {
@@ -286,9 +290,24 @@ impl PayloadIndex {
         kw + num + text
     }
 
-    /// Candidates of a PHRASE condition on a text-indexed field (versions
-    /// holding every token), to be checked on their payloads.
-    pub fn phrase_candidates(&self, c: &Condition) -> Option<RoaringBitmap> {
+    /// Candidates of a condition the index narrows but cannot decide, to
+    /// be checked on their payloads: a PHRASE on a text-indexed field
+    /// (versions holding every token), or a geo region on a geo-indexed
+    /// field (versions in the cells covering it, [`geo`]).
+    pub fn candidates(&self, c: &Condition) -> Option<RoaringBitmap> {
+        use std::ops::Bound::Included;
+        if let Some((key, boxes)) = geo::boxes(c) {
+            if self.ty(key)? != PayloadIndexType::Geo {
+                return None;
+            }
+            let mut out = RoaringBitmap::new();
+            for (lat0, lat1, lon0, lon1) in boxes {
+                for (a, b) in geo::cover(lat0, lat1, lon0, lon1) {
+                    out |= self.numbers(key, Included(a as f64), Included(b as f64));
+                }
+            }
+            return Some(out);
+        }
         let Some(condition::Kind::Text(t)) = &c.kind else { return None };
         let idx = self.text.get(&t.key)?;
         (t.mode == TextMatch::Phrase as i32).then(|| idx.lookup(&idx.tokenizer.tokens(&t.text), TextMatch::Phrase))
@@ -472,7 +491,7 @@ fn collect_leaves<'a>(f: &'a Filter, src: &dyn FilterSource, leaves: &mut Leaves
         match &c.kind {
             Some(condition::Kind::Filter(inner)) => collect_leaves(inner, src, leaves, unindexed),
             Some(condition::Kind::HasId(_)) | None => {}
-            _ => match (src.index().phrase_candidates(c), src.index().lookup(c)) {
+            _ => match (src.index().candidates(c), src.index().lookup(c)) {
                 (Some(cand), _) => {
                     leaves.insert(c as *const Condition, src.verify(c, cand & src.universe()));
                 }
@@ -563,5 +582,6 @@ impl<'a> Prepared<'a> {
     }
 }
 
+pub mod geo;
 #[cfg(test)]
 mod tests;

@@ -102,7 +102,7 @@ pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, Val
         key(&field, &p.key)?;
         match PayloadIndexType::try_from(p.r#type) {
             Ok(PayloadIndexType::Unspecified) | Err(_) => {
-                return Err(invalid(format!("{field}.type"), format!("unknown payload index type {}: expected KEYWORD, NUMERIC, BOOL, TEXT or DATETIME", p.r#type)))
+                return Err(invalid(format!("{field}.type"), format!("unknown payload index type {}: expected KEYWORD, NUMERIC, BOOL, TEXT, DATETIME or GEO", p.r#type)))
             }
             Ok(PayloadIndexType::Text) => {
                 if let Some(t) = &p.text {

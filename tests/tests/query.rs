@@ -169,7 +169,7 @@ fn assert_close(what: &str, got: &[(PointKey, f32)], want: &[(PointKey, f32)], t
 }
 
 async fn create(c: &Client, name: &str, shards: u32) {
-    let mut cfg = shoal_client::CollectionBuilder::new(name, DIM as u32, Metric::Cosine).shards(shards).replication_factor(2).text_index("text", text_params()).sparse_vector("kw", true).sparse_vector("raw", false).index("cat", PayloadIndexType::Keyword).index("name", PayloadIndexType::Keyword).index("n", PayloadIndexType::Numeric).index("price", PayloadIndexType::Numeric).build();
+    let mut cfg = shoal_client::CollectionBuilder::new(name, DIM as u32, Metric::Cosine).shards(shards).replication_factor(2).text_index("text", text_params()).sparse_vector("kw", true).sparse_vector("raw", false).index("cat", PayloadIndexType::Keyword).index("name", PayloadIndexType::Keyword).index("n", PayloadIndexType::Numeric).index("price", PayloadIndexType::Numeric).index("loc", PayloadIndexType::Geo).build();
     cfg.payload_indexes.push(PayloadIndexSpec { key: "at".into(), r#type: PayloadIndexType::Datetime as i32, text: None });
     c.create_collection(cfg).await.unwrap();
     let pts: Vec<Point> = (0..N).map(|i| sparse_of(i).into_iter().fold(Point::new(i, vector(i, DIM)).payload(payload(i)), |p, (n, v)| p.sparse(n, v.indices, v.values))).collect();

@@ -125,7 +125,7 @@ pub enum CollectionCmd {
         /// Store vectors in the index as f16.
         #[arg(long)]
         f16: bool,
-        /// Payload index, `field:keyword|numeric|bool|text|datetime`
+        /// Payload index, `field:keyword|numeric|bool|text|datetime|geo`
         /// (repeatable).
         #[arg(long = "index")]
         indexes: Vec<String>,
@@ -147,7 +147,7 @@ pub enum CollectionCmd {
     /// re-index in the background).
     Index {
         name: String,
-        /// Index to add, `field:keyword|numeric|bool|text|datetime`
+        /// Index to add, `field:keyword|numeric|bool|text|datetime|geo`
         /// (repeatable).
         #[arg(long)]
         create: Vec<String>,
@@ -330,7 +330,8 @@ fn parse_index(s: &str) -> Result<PayloadIndexType> {
         "bool" => Ok(PayloadIndexType::Bool),
         "text" => Ok(PayloadIndexType::Text),
         "datetime" => Ok(PayloadIndexType::Datetime),
-        _ => bail!("unknown index type {s:?}: use keyword, numeric, bool, text or datetime"),
+        "geo" => Ok(PayloadIndexType::Geo),
+        _ => bail!("unknown index type {s:?}: use keyword, numeric, bool, text, datetime or geo"),
     }
 }
 

@@ -282,3 +282,56 @@ fn empty_ranges_match_nothing() {
     let point = RangeCondition { key: "size".into(), gte: Some(5.0), lte: Some(5.0), ..Default::default() };
     assert_eq!(evaluate(&f(point), &s).iter().collect::<Vec<_>>(), vec![0]);
 }
+
+/// Geo conditions answered through the geo index (cell candidates checked
+/// exactly) equal the reference on random points, radii, boxes and
+/// polygons, near the poles and across the antimeridian included.
+#[test]
+fn geo_index_equals_the_reference() {
+    use rand::{Rng, SeedableRng};
+    let mut r = rand::rngs::StdRng::seed_from_u64(11);
+    let spec = vec![PayloadIndexSpec { key: "loc".into(), r#type: PayloadIndexType::Geo as i32, text: None }];
+    let mut index = PayloadIndex::new(&spec);
+    let mut points = vec![];
+    for i in 0..3000u32 {
+        // Half clustered near a few places (dense cells), half anywhere.
+        let (lat, lon) = if i % 2 == 0 {
+            let c = [(52.5, 13.4), (-33.9, 151.2), (0.0, 179.9), (89.5, 0.0)][(i / 2 % 4) as usize];
+            (f64::clamp(c.0 + r.random_range(-0.5..0.5), -90.0, 90.0), (c.1 + r.random_range(-0.5f64..0.5) + 540.0) % 360.0 - 180.0)
+        } else {
+            (r.random_range(-90.0..90.0), r.random_range(-180.0..180.0))
+        };
+        let p = Struct::try_from(&json!({"loc": {"lat": lat, "lon": lon}})).unwrap();
+        for e in index.entries_for(Some(&p), i) {
+            index.insert(&e);
+        }
+        points.push((PointKey::Num(i as u64), p));
+    }
+    let s = Src { universe: (0..points.len() as u32).collect(), points, index };
+    let gp = |lat: f64, lon: f64| GeoPoint { lat, lon };
+    let mut conds = vec![];
+    for _ in 0..60 {
+        let (lat, lon) = (r.random_range(-89.0..89.0), r.random_range(-180.0..180.0));
+        let radius_m = [500.0, 20_000.0, 300_000.0, 3_000_000.0][r.random_range(0..4)];
+        conds.push(condition::Kind::GeoRadius(GeoRadiusCondition { key: "loc".into(), center: Some(gp(lat, lon)), radius_m }));
+        let (w, h) = (r.random_range(0.1..40.0), r.random_range(0.1..30.0));
+        let left = r.random_range(-180.0..180.0);
+        let right = if left + w > 180.0 { left + w - 360.0 } else { left + w };
+        conds.push(condition::Kind::GeoBoundingBox(GeoBoundingBoxCondition { key: "loc".into(), top_left: Some(gp((lat + h).min(90.0), left)), bottom_right: Some(gp(lat, right)) }));
+        conds.push(condition::Kind::GeoPolygon(GeoPolygonCondition { key: "loc".into(), exterior: vec![gp(lat, lon), gp((lat + h).min(90.0), lon), gp(lat, (lon + w).min(180.0))] }));
+    }
+    // The clusters themselves, and a radius around a pole.
+    conds.push(condition::Kind::GeoRadius(GeoRadiusCondition { key: "loc".into(), center: Some(gp(52.5, 13.4)), radius_m: 30_000.0 }));
+    conds.push(condition::Kind::GeoRadius(GeoRadiusCondition { key: "loc".into(), center: Some(gp(0.0, -179.95)), radius_m: 50_000.0 }));
+    conds.push(condition::Kind::GeoRadius(GeoRadiusCondition { key: "loc".into(), center: Some(gp(89.9, 100.0)), radius_m: 100_000.0 }));
+    let mut nonempty = 0;
+    for k in conds {
+        let c = Condition { kind: Some(k) };
+        assert!(s.index.candidates(&c).is_some(), "a geo condition on a geo-indexed field uses the index");
+        let f = Filter { must: vec![c], ..Default::default() };
+        let want = reference(&f, &s);
+        nonempty += usize::from(!want.is_empty());
+        assert_eq!(evaluate(&f, &s), want, "{f:?}");
+    }
+    assert!(nonempty > 20, "the conditions should match something: {nonempty}");
+}
