@@ -329,6 +329,18 @@ impl Router {
     /// Calls the `Meta` service of the first node that answers (any node
     /// forwards changes to the metadata leader). Only transport failures
     /// move on to the next node.
+    /// A metadata change through the metadata leader ([`Router::meta_call`]
+    /// answering the new map), installed here at once.
+    pub async fn change_map<F, Fut>(&self, what: &str, f: F) -> Result<()>
+    where
+        F: Fn(MetaClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<ClusterMap>, tonic::Status>>,
+    {
+        let map = self.meta_call(what, f).await?;
+        self.install(map);
+        Ok(())
+    }
+
     pub async fn meta_call<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
         F: Fn(MetaClient<Channel>) -> Fut,

@@ -228,14 +228,12 @@ impl Collections for Api {
         let req = req.into_inner();
         let config = req.config.as_ref().ok_or_else(|| bad("config", "collection config is missing"))?;
         validate::collection_config(config).map_err(CoordError::from)?;
-        let map = self
-            .router
-            .meta_call("create collection", |mut c| {
+        self.router
+            .change_map("create collection", |mut c| {
                 let r = req.clone();
                 async move { c.create_collection(r).await }
             })
             .await?;
-        self.router.install(map);
         let info = self.routed(&config.name, |route| async move { self.info(&route).await }).await?;
         Ok(Response::new(CreateCollectionResponse { collection: Some(info) }))
     }
@@ -260,14 +258,12 @@ impl Collections for Api {
         }
         let req = req.into_inner();
         validate::alias_update(&req).map_err(CoordError::from)?;
-        let map = self
-            .router
-            .meta_call("update aliases", |mut c| {
+        self.router
+            .change_map("update aliases", |mut c| {
                 let r = req.clone();
                 async move { c.update_aliases(r).await }
             })
             .await?;
-        self.router.install(map);
         Ok(Response::new(UpdateAliasesResponse {}))
     }
 
@@ -290,14 +286,12 @@ impl Collections for Api {
         let mut req = req.into_inner();
         // An alias names its collection here too.
         req.collection = self.route(&req.collection).await?.config.name.clone();
-        let map = self
-            .router
-            .meta_call("update payload indexes", |mut c| {
+        self.router
+            .change_map("update payload indexes", |mut c| {
                 let r = req.clone();
                 async move { c.update_payload_indexes(r).await }
             })
             .await?;
-        self.router.install(map);
         let info = self.routed(&req.collection, |route| async move { self.info(&route).await }).await?;
         Ok(Response::new(UpdatePayloadIndexesResponse { collection: Some(info) }))
     }
@@ -325,14 +319,12 @@ impl Collections for Api {
         shoal_common::audit::note(req.extensions(), Some(&req.get_ref().name), "delete collection");
         let req = req.into_inner();
         validate::collection_name(&req.name).map_err(|e| bad("name", e.message))?;
-        let map = self
-            .router
-            .meta_call("delete collection", |mut c| {
+        self.router
+            .change_map("delete collection", |mut c| {
                 let r = req.clone();
                 async move { c.delete_collection(r).await }
             })
             .await?;
-        self.router.install(map);
         Ok(Response::new(DeleteCollectionResponse {}))
     }
 }
