@@ -137,8 +137,7 @@ impl Exec for ClusterExec<'_> {
                 .await
         }))
         .await?;
-        let per_shard = lists.into_iter().map(|mut r| r.results.pop().map(|x| x.results).unwrap_or_default()).collect();
-        Ok(merge::merge_top_k(per_shard, limit, true, None).into_iter().filter_map(|p| merge::key(&p.id).map(|k| (k, p.score))).collect())
+        Ok(merged(lists, limit))
     }
 
     async fn sparse(&self, q: &SparseQuery, filter: Option<Filter>, limit: usize) -> Result<Vec<Scored>> {
@@ -182,8 +181,7 @@ impl Exec for ClusterExec<'_> {
                 .await
         }))
         .await?;
-        let per_shard = lists.into_iter().map(|mut r| r.results.pop().map(|x| x.results).unwrap_or_default()).collect();
-        Ok(merge::merge_top_k(per_shard, limit, true, None).into_iter().filter_map(|p| merge::key(&p.id).map(|k| (k, p.score))).collect())
+        Ok(merged(lists, limit))
     }
 
     async fn score(&self, vectors: &[Vec<f32>], ids: Option<&[PointKey]>, filter: Option<Filter>, with_vector: bool) -> Result<Vec<Row>> {
@@ -226,6 +224,13 @@ impl Exec for ClusterExec<'_> {
 }
 
 /// Lucene's BM25 idf (the nodes score with what the coordinator sends).
+/// The global top `limit` of shards' one-search answers (higher is
+/// better), ties by id.
+fn merged(lists: Vec<ShardSearchResponse>, limit: usize) -> Vec<Scored> {
+    let per_shard = lists.into_iter().map(|mut r| r.results.pop().map(|x| x.results).unwrap_or_default()).collect();
+    merge::merge_top_k(per_shard, limit, true, None).into_iter().filter_map(|p| merge::key(&p.id).map(|k| (k, p.score))).collect()
+}
+
 pub fn bm25_idf(docs: u64, df: u64) -> f64 {
     let (n, df) = (docs as f64, df as f64);
     (1.0 + (n - df + 0.5) / (df + 0.5)).ln()

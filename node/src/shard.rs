@@ -753,9 +753,7 @@ impl Shard {
     /// replica replaying an older entry must apply it as it was.
     pub fn validate_write(&self, upserts: &[PointStruct], delete_ids: &[PointId], delete_filter: Option<&Filter>, delete_all: bool, payload_update: Option<&UpdatePayloadRequest>) -> Result<()> {
         if let Some(u) = payload_update {
-            if !upserts.is_empty() || !delete_ids.is_empty() || delete_filter.is_some() {
-                return Err(validate::invalid("payload_update", "a payload update is a write of its own: upserts and deletes must be empty").into());
-            }
+            // Alone in its write: [`Shard::check_write_route`] checks that.
             return Ok(validate::payload_update(u, &self.index_specs.read(), false)?);
         }
         for (i, p) in upserts.iter().enumerate() {

@@ -549,25 +549,41 @@ async fn aliases_switch_atomically_under_reads() {
     assert_eq!(c.count("v1", None).await.unwrap(), 4);
 
     // Readers through the alias while it switches.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (stop, reads) = (std::sync::Arc::new(AtomicBool::new(false)), std::sync::Arc::new(AtomicUsize::new(0)));
     let readers: Vec<_> = (0..3)
         .map(|_| {
-            let (c, stop) = (c.clone(), stop.clone());
+            let (c, stop, reads) = (c.clone(), stop.clone(), reads.clone());
             tokio::spawn(async move {
                 let mut seen = HashSet::new();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) {
                     let n = c.count("live", None).await.expect("a read through the alias failed during the switch");
                     assert!(n == 4 || n == 5, "count {n} is neither v1's nor v2's");
                     seen.insert(n);
+                    reads.fetch_add(1, Ordering::Relaxed);
                 }
                 seen
             })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Reads complete before the switch and after it: each reader has at
+    // most one read in flight, so 6 completions after the switch include
+    // reads that started after it.
+    let reads_past = |n: usize| {
+        let reads = reads.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while reads.load(Ordering::Relaxed) < n {
+                assert!(std::time::Instant::now() < deadline, "the readers stalled");
+                tokio::task::yield_now().await;
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    };
+    reads_past(6).await;
     c.update_aliases(vec![alias_put("live", "v2"), alias_put("old", "v1")]).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reads_past(reads.load(Ordering::Relaxed) + 6).await;
+    stop.store(true, Ordering::Relaxed);
     let mut seen = HashSet::new();
     for r in readers {
         seen.extend(r.await.unwrap());

@@ -146,7 +146,7 @@ impl Shard {
             Some(_) => self.check_route(&w.upserts, &w.delete_ids, true, epoch)?,
             None => self.check_route(&w.upserts, &w.delete_ids, w.delete_filter.is_some(), epoch)?,
         }
-        if w.payload_update.is_some() && !(w.upserts.is_empty() && w.delete_ids.is_empty()) {
+        if w.payload_update.is_some() && !(w.upserts.is_empty() && w.delete_ids.is_empty() && w.delete_filter.is_none()) {
             return Err(validate::invalid("payload_update", "a payload update is a write of its own: upserts and deletes must be empty").into());
         }
         Ok(())
