@@ -85,6 +85,18 @@ pub struct JsonPoint {
     /// Sparse vectors by name: `{"name": {"indices": [..], "values": [..]}}`.
     #[serde(default)]
     pub sparse: std::collections::BTreeMap<String, JsonSparse>,
+    /// Named vectors by name: a list of numbers (dense) or a list of lists
+    /// (a multi-vector's rows).
+    #[serde(default)]
+    pub vectors: std::collections::BTreeMap<String, JsonNamed>,
+}
+
+/// A named vector in a JSONL record.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum JsonNamed {
+    Dense(Vec<f32>),
+    Multi(Vec<Vec<f32>>),
 }
 
 /// A sparse vector in a JSONL record.

@@ -94,11 +94,13 @@ pub struct Point {
     pub payload: Option<serde_json::Value>,
     /// Named sparse vectors (declared by the collection).
     pub sparse: std::collections::BTreeMap<String, SparseVector>,
+    /// Named dense vectors and multi-vectors (declared by the collection).
+    pub vectors: std::collections::BTreeMap<String, NamedVector>,
 }
 
 impl Point {
     pub fn new(id: impl Into<PointId>, vector: Vec<f32>) -> Self {
-        Point { id: id.into(), vector, payload: None, sparse: Default::default() }
+        Point { id: id.into(), vector, payload: None, sparse: Default::default(), vectors: Default::default() }
     }
     pub fn payload(mut self, p: serde_json::Value) -> Self {
         self.payload = Some(p);
@@ -109,9 +111,19 @@ impl Point {
         self.sparse.insert(name.into(), SparseVector { indices, values });
         self
     }
+    /// Adds named dense vector `name`.
+    pub fn named(mut self, name: impl Into<String>, values: Vec<f32>) -> Self {
+        self.vectors.insert(name.into(), NamedVector { values, rows: vec![] });
+        self
+    }
+    /// Adds named multi-vector `name` (its rows).
+    pub fn multi(mut self, name: impl Into<String>, rows: Vec<Vec<f32>>) -> Self {
+        self.vectors.insert(name.into(), NamedVector { values: vec![], rows: rows.into_iter().map(|values| DenseVector { values }).collect() });
+        self
+    }
     fn into_proto(self) -> Result<PointStruct> {
         let payload = self.payload.as_ref().map(Struct::try_from).transpose()?;
-        Ok(PointStruct { id: Some(self.id), vector: self.vector, payload, sparse: self.sparse })
+        Ok(PointStruct { id: Some(self.id), vector: self.vector, payload, sparse: self.sparse, vectors: self.vectors })
     }
 }
 
@@ -183,6 +195,12 @@ impl CollectionBuilder {
         self.0.sparse_vectors.push(SparseVectorConfig { name: name.into(), modifier: modifier as i32 });
         self
     }
+    /// Declares a named dense vector (or, with `multivector`, a
+    /// multi-vector scored by MaxSim), with default HNSW settings.
+    pub fn vector(mut self, name: impl Into<String>, dimension: u32, metric: Metric, multivector: bool) -> Self {
+        self.0.vectors.push(NamedVectorConfig { name: name.into(), dimension, metric: metric as i32, multivector, ..Default::default() });
+        self
+    }
     /// A full-text index (text filters, BM25) with tokenizer settings.
     pub fn text_index(mut self, key: impl Into<String>, params: TextIndexParams) -> Self {
         self.0.payload_indexes.push(PayloadIndexSpec { key: key.into(), r#type: PayloadIndexType::Text as i32, text: Some(params) });
@@ -207,6 +225,11 @@ impl SearchBuilder {
     }
     pub fn filter(mut self, f: Filter) -> Self {
         self.0.filter = Some(f);
+        self
+    }
+    /// Searches named dense vector `name` instead of the default one.
+    pub fn using(mut self, name: impl Into<String>) -> Self {
+        self.0.vector_name = name.into();
         self
     }
     pub fn ef(mut self, ef: u32) -> Self {
@@ -416,6 +439,12 @@ impl Client {
     /// Adds and drops payload indexes of a live collection (drops first);
     /// returns the collection as it now is. Replicas re-index in the
     /// background.
+    /// Adds and drops named vectors of a live collection.
+    pub async fn update_vectors(&self, collection: &str, add: Vec<NamedVectorConfig>, drop: Vec<String>) -> Result<CollectionInfo> {
+        let req = UpdateVectorsRequest { collection: collection.into(), add, drop };
+        Ok(call!(self, CollectionsClient, update_vectors, req)?.collection.unwrap_or_default())
+    }
+
     pub async fn update_payload_indexes(&self, collection: &str, create: Vec<PayloadIndexSpec>, drop: Vec<String>) -> Result<CollectionInfo> {
         let req = UpdatePayloadIndexesRequest { collection: collection.to_string(), create, drop };
         Ok(call!(self, CollectionsClient, update_payload_indexes, req)?.collection.unwrap_or_default())

@@ -20,11 +20,20 @@ pub fn by_id(id: impl Into<PointId>) -> VectorInput {
 
 impl Q {
     pub fn nearest(v: Vec<f32>) -> Query {
-        Query { kind: Some(Kind::Nearest(NearestQuery { vector: input_vector(v) })) }
+        Query { kind: Some(Kind::Nearest(NearestQuery { vector: input_vector(v), using: String::new() })) }
+    }
+    /// Nearest by a named dense vector.
+    pub fn nearest_using(using: impl Into<String>, v: VectorInput) -> Query {
+        Query { kind: Some(Kind::Nearest(NearestQuery { vector: Some(v), using: using.into() })) }
+    }
+    /// MaxSim against a named multi-vector (late interaction; a re-score
+    /// over prefetches, or a bounded scan as a leaf).
+    pub fn maxsim(using: impl Into<String>, rows: Vec<Vec<f32>>) -> Query {
+        Query { kind: Some(Kind::Multivector(MultiVectorQuery { using: using.into(), rows: rows.into_iter().map(|values| DenseVector { values }).collect() })) }
     }
     /// Nearest to a stored point's vector (the point itself is left out).
     pub fn nearest_to(id: impl Into<PointId>) -> Query {
-        Query { kind: Some(Kind::Nearest(NearestQuery { vector: Some(by_id(id)) })) }
+        Query { kind: Some(Kind::Nearest(NearestQuery { vector: Some(by_id(id)), using: String::new() })) }
     }
     /// BM25 over a TEXT-indexed field, with the default k1 = 1.2, b = 0.75.
     pub fn bm25(key: impl Into<String>, text: impl Into<String>) -> Query {
@@ -49,10 +58,14 @@ impl Q {
         Query { kind: Some(Kind::Fusion(FusionQuery { method: FusionMethod::Dbsf as i32, weights, rrf_k: None })) }
     }
     pub fn recommend(positive: Vec<VectorInput>, negative: Vec<VectorInput>, strategy: RecommendStrategy) -> Query {
-        Query { kind: Some(Kind::Recommend(RecommendQuery { positive, negative, strategy: strategy as i32 })) }
+        Query { kind: Some(Kind::Recommend(RecommendQuery { positive, negative, strategy: strategy as i32, using: String::new() })) }
+    }
+    /// Recommend by a named dense vector.
+    pub fn recommend_using(using: impl Into<String>, positive: Vec<VectorInput>, negative: Vec<VectorInput>, strategy: RecommendStrategy) -> Query {
+        Query { kind: Some(Kind::Recommend(RecommendQuery { positive, negative, strategy: strategy as i32, using: using.into() })) }
     }
     pub fn mmr(vector: VectorInput, diversity: f32, candidates: u32) -> Query {
-        Query { kind: Some(Kind::Mmr(MmrQuery { vector: Some(vector), diversity: Some(diversity), candidates })) }
+        Query { kind: Some(Kind::Mmr(MmrQuery { vector: Some(vector), diversity: Some(diversity), candidates, using: String::new() })) }
     }
 }
 
@@ -96,6 +109,13 @@ pub struct QueryBuilder(pub(crate) QueryPointsRequest);
 impl QueryBuilder {
     pub fn new(collection: impl Into<String>, q: Query) -> Self {
         QueryBuilder(QueryPointsRequest { collection: collection.into(), query: Some(q), ..Default::default() })
+    }
+    /// Makes the request so far a prefetch of `limit` candidates that `q`
+    /// re-scores (e.g. a MaxSim stage over a dense or hybrid search).
+    pub fn rescore(self, q: Query, limit: u32) -> Self {
+        let inner = self.0;
+        let stage = Prefetch { prefetch: inner.prefetch, query: inner.query, filter: None, limit, score_threshold: None, params: inner.params };
+        QueryBuilder(QueryPointsRequest { prefetch: vec![stage], query: Some(q), ..inner })
     }
     pub fn prefetch(mut self, p: PrefetchBuilder) -> Self {
         self.0.prefetch.push(p.0);

@@ -32,20 +32,27 @@ pub struct Row {
 /// shard and returns a global answer.
 #[allow(async_fn_in_trait)]
 pub trait Exec {
-    fn metric(&self) -> Metric;
-    fn dimension(&self) -> u32;
-    /// Top `limit` by the metric (L2: distances, ascending), ties by id.
-    async fn nearest(&self, vector: &[f32], filter: Option<Filter>, limit: usize, params: &SearchParams) -> Result<Vec<Scored>>;
+    /// The collection's config (its vectors: [`space_of`]).
+    fn config(&self) -> &CollectionConfig;
+    /// Top `limit` of vector `using` ("": the default one) by its metric
+    /// (L2: distances, ascending), ties by id.
+    async fn nearest(&self, using: &str, vector: &[f32], filter: Option<Filter>, limit: usize, params: &SearchParams) -> Result<Vec<Scored>>;
     /// BM25 top `limit` under collection-wide statistics, ties by id.
     async fn bm25(&self, q: &Bm25Query, filter: Option<Filter>, limit: usize) -> Result<Vec<Scored>>;
     /// Sparse dot-product top `limit` (IDF-weighted where the vector's
     /// modifier says so, under collection-wide statistics), ties by id.
     async fn sparse(&self, q: &SparseQuery, filter: Option<Filter>, limit: usize) -> Result<Vec<Scored>>;
-    /// Scores of stored points against `vectors`: the listed ids, or every
-    /// point passing `filter`.
-    async fn score(&self, vectors: &[Vec<f32>], ids: Option<&[PointKey]>, filter: Option<Filter>, with_vector: bool) -> Result<Vec<Row>>;
-    /// Stored vectors of points (absent ids are left out).
-    async fn vectors(&self, ids: &[PointKey]) -> Result<HashMap<PointKey, Vec<f32>>>;
+    /// Scores of stored points' vector `using` against `vectors`: the
+    /// listed ids, or every point passing `filter` (points without that
+    /// vector are left out).
+    async fn score(&self, using: &str, vectors: &[Vec<f32>], ids: Option<&[PointKey]>, filter: Option<Filter>, with_vector: bool) -> Result<Vec<Row>>;
+    /// MaxSim of multi-vector `using` against the query's `rows`: the
+    /// listed ids, or every point passing `filter` (points without it are
+    /// left out).
+    async fn maxsim(&self, using: &str, rows: &[Vec<f32>], ids: Option<&[PointKey]>, filter: Option<Filter>) -> Result<Vec<Scored>>;
+    /// Stored vectors `using` of points (absent ids, and points without
+    /// that vector, are left out).
+    async fn vectors(&self, using: &str, ids: &[PointKey]) -> Result<HashMap<PointKey, Vec<f32>>>;
     /// Payloads (whole) and vectors of points, for the final page and
     /// group-by.
     async fn fetch(&self, ids: &[PointKey], with_payload: bool, with_vector: bool) -> Result<HashMap<PointKey, (Option<Struct>, Vec<f32>)>>;
@@ -225,8 +232,26 @@ pub fn mmr(metric: Metric, cands: Vec<(PointKey, f32, Vec<f32>)>, diversity: f32
     picked.into_iter().map(|(k, s, _)| (k, s)).collect()
 }
 
+/// A vector of the collection by name ("": the default one): its metric,
+/// dimension, and whether it is a multi-vector. `None` if undeclared.
+pub fn space_of(cfg: &CollectionConfig, using: &str) -> Option<(Metric, u32, bool)> {
+    if using.is_empty() {
+        return Some((Metric::try_from(cfg.metric).unwrap_or(Metric::Cosine), cfg.dimension, false));
+    }
+    cfg.vectors.iter().find(|v| v.name == using).map(|v| (Metric::try_from(v.metric).unwrap_or(Metric::Cosine), v.dimension, v.multivector))
+}
+
+/// The dense vector `using` names, or why it cannot be used.
+fn dense_space(cfg: &CollectionConfig, field: &str, using: &str) -> Result<(Metric, u32)> {
+    match space_of(cfg, using) {
+        None => Err(bad(field, format!("collection {:?} declares no vector {using:?}", cfg.name))),
+        Some((_, _, true)) => Err(bad(field, format!("{using:?} is a multi-vector: query it with a multivector query"))),
+        Some((m, d, false)) => Ok((m, d)),
+    }
+}
+
 /// Checks a request's shape and limits before anything runs.
-pub fn validate(req: &QueryPointsRequest, dimension: u32, metric: Metric) -> Result<()> {
+pub fn validate(req: &QueryPointsRequest, cfg: &CollectionConfig) -> Result<()> {
     let limit = if req.limit == 0 { DEFAULT_LIMIT } else { req.limit };
     if limit > MAX_TOP_K || req.offset.saturating_add(limit) > MAX_TOP_K {
         return Err(bad("limit", format!("offset + limit is {}, the limit is {MAX_TOP_K}", req.offset as u64 + limit as u64)));
@@ -250,11 +275,11 @@ pub fn validate(req: &QueryPointsRequest, dimension: u32, metric: Metric) -> Res
         }
     }
     let mut stages = 0usize;
-    stage_ok("query", req.query.as_ref(), &req.prefetch, req.filter.as_ref(), req.params.as_ref(), 1, &mut stages, dimension, metric)
+    stage_ok("query", req.query.as_ref(), &req.prefetch, req.filter.as_ref(), req.params.as_ref(), 1, &mut stages, cfg)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn stage_ok(path: &str, q: Option<&Query>, prefetch: &[Prefetch], filter: Option<&Filter>, params: Option<&SearchParams>, depth: usize, stages: &mut usize, dim: u32, metric: Metric) -> Result<()> {
+fn stage_ok(path: &str, q: Option<&Query>, prefetch: &[Prefetch], filter: Option<&Filter>, params: Option<&SearchParams>, depth: usize, stages: &mut usize, cfg: &CollectionConfig) -> Result<()> {
     *stages += 1;
     if *stages > MAX_QUERY_STAGES {
         return Err(bad(path, format!("the query has more than {MAX_QUERY_STAGES} stages (the limit)")));
@@ -270,16 +295,31 @@ fn stage_ok(path: &str, q: Option<&Query>, prefetch: &[Prefetch], filter: Option
             return Err(bad(format!("{path}.params.ef"), format!("ef {ef} is outside 1..={MAX_EF}")));
         }
     }
-    let vector = |field: String, v: &Option<VectorInput>| -> Result<()> {
+    let vector = |field: String, v: &Option<VectorInput>, using: &str| -> Result<()> {
+        let (metric, dim) = dense_space(cfg, &format!("{path}.using"), using)?;
         match v.as_ref().and_then(|v| v.kind.as_ref()) {
             None => Err(bad(field, "vector input is missing: set vector or id")),
             Some(vector_input::Kind::Vector(d)) => validate::vector(&field, &d.values, dim, metric).map_err(CoordError::from),
             Some(vector_input::Kind::Id(id)) => PointKey::try_from(id).map(|_| ()).map_err(|e| bad(field, e.to_string())),
         }
     };
-    let kind = q.and_then(|q| q.kind.as_ref()).ok_or_else(|| bad(format!("{path}.kind"), "query is missing: set nearest, bm25, sparse, fusion, recommend or mmr"))?;
+    let kind = q.and_then(|q| q.kind.as_ref()).ok_or_else(|| bad(format!("{path}.kind"), "query is missing: set nearest, bm25, sparse, multivector, fusion, recommend or mmr"))?;
     match kind {
-        Q::Nearest(n) => vector(format!("{path}.nearest.vector"), &n.vector)?,
+        Q::Nearest(n) => vector(format!("{path}.nearest.vector"), &n.vector, &n.using)?,
+        Q::Multivector(mv) => {
+            match space_of(cfg, &mv.using) {
+                Some((metric, dim, true)) => {
+                    if mv.rows.is_empty() || mv.rows.len() > MAX_MULTIVECTOR_ROWS {
+                        return Err(bad(format!("{path}.multivector.rows"), format!("{} rows, allowed 1..={MAX_MULTIVECTOR_ROWS}", mv.rows.len())));
+                    }
+                    for (i, r) in mv.rows.iter().enumerate() {
+                        validate::vector(&format!("{path}.multivector.rows[{i}]"), &r.values, dim, metric)?;
+                    }
+                }
+                Some(_) => return Err(bad(format!("{path}.multivector.using"), format!("{:?} is not a multi-vector", mv.using))),
+                None => return Err(bad(format!("{path}.multivector.using"), format!("collection {:?} declares no multi-vector {:?}", cfg.name, mv.using))),
+            }
+        }
         Q::Bm25(b) => {
             validate::key(&format!("{path}.bm25"), &b.key)?;
             validate::query_text(&format!("{path}.bm25.text"), &b.text)?;
@@ -325,14 +365,14 @@ fn stage_ok(path: &str, q: Option<&Query>, prefetch: &[Prefetch], filter: Option
                 return Err(bad(format!("{path}.recommend.positive"), "the average-vector strategy needs a positive example"));
             }
             for (i, v) in r.positive.iter().enumerate() {
-                vector(format!("{path}.recommend.positive[{i}]"), &Some(v.clone()))?;
+                vector(format!("{path}.recommend.positive[{i}]"), &Some(v.clone()), &r.using)?;
             }
             for (i, v) in r.negative.iter().enumerate() {
-                vector(format!("{path}.recommend.negative[{i}]"), &Some(v.clone()))?;
+                vector(format!("{path}.recommend.negative[{i}]"), &Some(v.clone()), &r.using)?;
             }
         }
         Q::Mmr(m) => {
-            vector(format!("{path}.mmr.vector"), &m.vector)?;
+            vector(format!("{path}.mmr.vector"), &m.vector, &m.using)?;
             if m.diversity.is_some_and(|d| !(0.0..=1.0).contains(&d)) {
                 return Err(bad(format!("{path}.mmr.diversity"), "diversity must be in 0..=1"));
             }
@@ -353,7 +393,7 @@ fn stage_ok(path: &str, q: Option<&Query>, prefetch: &[Prefetch], filter: Option
             }
         }
         union += if p.limit == 0 { MAX_TOP_K as usize } else { p.limit as usize };
-        stage_ok(&sub, p.query.as_ref(), &p.prefetch, p.filter.as_ref(), p.params.as_ref(), depth + 1, stages, dim, metric)?;
+        stage_ok(&sub, p.query.as_ref(), &p.prefetch, p.filter.as_ref(), p.params.as_ref(), depth + 1, stages, cfg)?;
     }
     if !prefetch.is_empty() && !matches!(kind, Q::Fusion(_)) && union > MAX_RESCORE_CANDIDATES {
         return Err(bad(format!("{path}.prefetch"), format!("the prefetches pass up to {union} candidates to re-score, the limit is {MAX_RESCORE_CANDIDATES}; lower their limits")));
@@ -447,16 +487,16 @@ fn stage_limit(p: &Prefetch, parent_page: usize) -> usize {
 
 /// Resolves vector inputs: literal vectors as given, ids through the
 /// stored vectors. Returns the vectors and the ids used (to leave out).
-async fn resolve<E: Exec>(exec: &E, inputs: &[&VectorInput], path: &str) -> Result<(Vec<Vec<f32>>, Vec<PointKey>)> {
+async fn resolve<E: Exec>(exec: &E, using: &str, inputs: &[&VectorInput], path: &str) -> Result<(Vec<Vec<f32>>, Vec<PointKey>)> {
     let ids: Vec<PointKey> = inputs.iter().filter_map(|v| if let Some(vector_input::Kind::Id(id)) = &v.kind { PointKey::try_from(id).ok() } else { None }).collect();
-    let stored = if ids.is_empty() { HashMap::new() } else { exec.vectors(&ids).await? };
+    let stored = if ids.is_empty() { HashMap::new() } else { exec.vectors(using, &ids).await? };
     let mut out = Vec::with_capacity(inputs.len());
     for v in inputs {
         match &v.kind {
             Some(vector_input::Kind::Vector(d)) => out.push(d.values.clone()),
             Some(vector_input::Kind::Id(id)) => {
                 let k = PointKey::try_from(id).map_err(|e| bad(path, e.to_string()))?;
-                out.push(stored.get(&k).cloned().ok_or_else(|| bad(path, format!("example point {k} does not exist")))?);
+                out.push(stored.get(&k).cloned().ok_or_else(|| if using.is_empty() { bad(path, format!("example point {k} does not exist")) } else { bad(path, format!("example point {k} does not exist or has no vector {using:?}")) })?);
             }
             None => return Err(bad(path, "vector input is missing")),
         }
@@ -473,8 +513,8 @@ fn average(vs: &[Vec<f32>]) -> Vec<f32> {
 /// Runs one stage; returns its list (best first) and whether its scores
 /// are higher-is-better.
 async fn run_stage<E: Exec>(exec: &E, st: Stage<'_>, page: usize) -> Result<(Vec<Scored>, bool)> {
-    let metric = exec.metric();
-    let dense_higher = metric != Metric::L2;
+    // The metric of the vector a stage uses.
+    let space = |using: &str| dense_space(exec.config(), &st.path, using);
     let q = st.query.and_then(|q| q.kind.as_ref()).ok_or_else(|| bad(&st.path, "query is missing"))?;
     let filter = and_filters(&st.filters);
     // Prefetches first, all at once: their lists, each computed over the
@@ -505,14 +545,25 @@ async fn run_stage<E: Exec>(exec: &E, st: Stage<'_>, page: usize) -> Result<(Vec
             (fused, true)
         }
         Q::Nearest(n) => {
-            let (vs, used) = resolve(exec, &[n.vector.as_ref().ok_or_else(|| bad(&st.path, "vector is missing"))?], &st.path).await?;
+            let dense_higher = space(&n.using)?.0 != Metric::L2;
+            let (vs, used) = resolve(exec, &n.using, &[n.vector.as_ref().ok_or_else(|| bad(&st.path, "vector is missing"))?], &st.path).await?;
             let f = exclude(filter, &used);
             if leaf {
-                (exec.nearest(&vs[0], f, st.limit, &st.params).await?, dense_higher)
+                (exec.nearest(&n.using, &vs[0], f, st.limit, &st.params).await?, dense_higher)
             } else {
                 let cands: Vec<PointKey> = candidates.into_iter().filter(|k| !used.contains(k)).collect();
-                let rows = exec.score(&vs, Some(&cands), None, false).await?;
+                let rows = exec.score(&n.using, &vs, Some(&cands), None, false).await?;
                 (rows.into_iter().map(|r| (r.key, r.scores[0])).collect(), dense_higher)
+            }
+        }
+        Q::Multivector(mv) => {
+            let rows: Vec<Vec<f32>> = mv.rows.iter().map(|r| r.values.clone()).collect();
+            if leaf {
+                (exec.maxsim(&mv.using, &rows, None, filter).await?, true)
+            } else if candidates.is_empty() {
+                (vec![], true)
+            } else {
+                (exec.maxsim(&mv.using, &rows, Some(&candidates), None).await?, true)
             }
         }
         Q::Bm25(b) => {
@@ -536,10 +587,12 @@ async fn run_stage<E: Exec>(exec: &E, st: Stage<'_>, page: usize) -> Result<(Vec
             }
         }
         Q::Recommend(r) => {
+            let metric = space(&r.using)?.0;
+            let dense_higher = metric != Metric::L2;
             let pos: Vec<&VectorInput> = r.positive.iter().collect();
             let neg: Vec<&VectorInput> = r.negative.iter().collect();
-            let (pv, pu) = resolve(exec, &pos, &format!("{}.recommend.positive", st.path)).await?;
-            let (nv, nu) = resolve(exec, &neg, &format!("{}.recommend.negative", st.path)).await?;
+            let (pv, pu) = resolve(exec, &r.using, &pos, &format!("{}.recommend.positive", st.path)).await?;
+            let (nv, nu) = resolve(exec, &r.using, &neg, &format!("{}.recommend.negative", st.path)).await?;
             let used: Vec<PointKey> = pu.into_iter().chain(nu).collect();
             match RecommendStrategy::try_from(r.strategy).unwrap_or(RecommendStrategy::AverageVector) {
                 RecommendStrategy::AverageVector => {
@@ -555,20 +608,20 @@ async fn run_stage<E: Exec>(exec: &E, st: Stage<'_>, page: usize) -> Result<(Vec
                     }
                     let f = exclude(filter, &used);
                     if leaf {
-                        (exec.nearest(&v, f, st.limit, &st.params).await?, dense_higher)
+                        (exec.nearest(&r.using, &v, f, st.limit, &st.params).await?, dense_higher)
                     } else {
                         let cands: Vec<PointKey> = candidates.into_iter().filter(|k| !used.contains(k)).collect();
-                        let rows = exec.score(&[v], Some(&cands), None, false).await?;
+                        let rows = exec.score(&r.using, &[v], Some(&cands), None, false).await?;
                         (rows.into_iter().map(|r| (r.key, r.scores[0])).collect(), dense_higher)
                     }
                 }
                 RecommendStrategy::BestScore => {
                     let all: Vec<Vec<f32>> = pv.iter().chain(&nv).cloned().collect();
                     let rows = if leaf {
-                        exec.score(&all, None, exclude(filter, &used), false).await?
+                        exec.score(&r.using, &all, None, exclude(filter, &used), false).await?
                     } else {
                         let cands: Vec<PointKey> = candidates.into_iter().filter(|k| !used.contains(k)).collect();
-                        exec.score(&all, Some(&cands), None, false).await?
+                        exec.score(&r.using, &all, Some(&cands), None, false).await?
                     };
                     let np = pv.len();
                     let list = rows
@@ -584,18 +637,19 @@ async fn run_stage<E: Exec>(exec: &E, st: Stage<'_>, page: usize) -> Result<(Vec
             }
         }
         Q::Mmr(m) => {
-            let (vs, used) = resolve(exec, &[m.vector.as_ref().ok_or_else(|| bad(&st.path, "vector is missing"))?], &st.path).await?;
+            let (metric, dimension) = space(&m.using)?;
+            let (vs, used) = resolve(exec, &m.using, &[m.vector.as_ref().ok_or_else(|| bad(&st.path, "vector is missing"))?], &st.path).await?;
             let cands: Vec<PointKey> = if leaf {
                 let n = if m.candidates == 0 { DEFAULT_MMR_CANDIDATES } else { m.candidates } as usize;
-                exec.nearest(&vs[0], exclude(filter, &used), n.max(st.limit), &st.params).await?.into_iter().map(|(k, _)| k).collect()
+                exec.nearest(&m.using, &vs[0], exclude(filter, &used), n.max(st.limit), &st.params).await?.into_iter().map(|(k, _)| k).collect()
             } else {
                 candidates.into_iter().filter(|k| !used.contains(k)).collect()
             };
-            let work = (st.limit as u64).saturating_mul(cands.len() as u64).saturating_mul(exec.dimension() as u64);
+            let work = (st.limit as u64).saturating_mul(cands.len() as u64).saturating_mul(dimension as u64);
             if work > MAX_MMR_WORK {
-                return Err(bad(format!("{}.mmr", st.path), format!("MMR over {} candidates picking {} is {work} multiply-adds of {}-dimensional vectors, the limit is {MAX_MMR_WORK}; use fewer candidates or a lower limit", cands.len(), st.limit, exec.dimension())));
+                return Err(bad(format!("{}.mmr", st.path), format!("MMR over {} candidates picking {} is {work} multiply-adds of {}-dimensional vectors, the limit is {MAX_MMR_WORK}; use fewer candidates or a lower limit", cands.len(), st.limit, dimension)));
             }
-            let rows = if cands.is_empty() { vec![] } else { exec.score(&vs, Some(&cands), None, true).await? };
+            let rows = if cands.is_empty() { vec![] } else { exec.score(&m.using, &vs, Some(&cands), None, true).await? };
             let cs: Vec<(PointKey, f32, Vec<f32>)> = rows.into_iter().map(|r| (r.key, sim(metric, r.scores[0]), r.vector)).collect();
             let (diversity, limit) = (m.diversity.unwrap_or(0.5), st.limit);
             // Quadratic in the candidates: off the async workers.

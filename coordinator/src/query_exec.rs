@@ -35,7 +35,7 @@ impl ClusterExec<'_> {
     }
 
     async fn score_calls(&self, by_shard: Vec<(u32, ShardScoreRequest)>) -> Result<Vec<Row>> {
-        let want = by_shard.first().map_or(0, |(_, r)| r.vectors.len());
+        let want = by_shard.first().map_or(0, |(_, r)| if r.maxsim { 1 } else { r.vectors.len() });
         let (route, consistency) = (self.route, self.consistency);
         let calls = by_shard.into_iter().map(|(sid, req)| async move {
             self.api
@@ -72,16 +72,12 @@ impl ClusterExec<'_> {
 const RESPONSE_BYTES: usize = MAX_MESSAGE_BYTES / 2;
 
 impl Exec for ClusterExec<'_> {
-    fn metric(&self) -> Metric {
-        self.route.metric
+    fn config(&self) -> &CollectionConfig {
+        &self.route.config
     }
 
-    fn dimension(&self) -> u32 {
-        self.route.config.dimension
-    }
-
-    async fn nearest(&self, vector: &[f32], filter: Option<Filter>, limit: usize, params: &SearchParams) -> Result<Vec<Scored>> {
-        let s = SearchPointsRequest { vector: vector.to_vec(), top_k: limit as u32, filter: checked(filter)?, ef: params.ef, exact: params.exact, consistency: self.consistency, ..Default::default() };
+    async fn nearest(&self, using: &str, vector: &[f32], filter: Option<Filter>, limit: usize, params: &SearchParams) -> Result<Vec<Scored>> {
+        let s = SearchPointsRequest { vector: vector.to_vec(), top_k: limit as u32, filter: checked(filter)?, ef: params.ef, exact: params.exact, consistency: self.consistency, vector_name: using.to_string(), ..Default::default() };
         let mut out = self.api.search_all(self.route, vec![s]).await?;
         Ok(out.pop().map(|r| r.results).unwrap_or_default().into_iter().filter_map(|p| merge::key(&p.id).map(|k| (k, p.score))).collect())
     }
@@ -184,9 +180,50 @@ impl Exec for ClusterExec<'_> {
         Ok(merged(lists, limit))
     }
 
-    async fn score(&self, vectors: &[Vec<f32>], ids: Option<&[PointKey]>, filter: Option<Filter>, with_vector: bool) -> Result<Vec<Row>> {
+    async fn score(&self, using: &str, vectors: &[Vec<f32>], ids: Option<&[PointKey]>, filter: Option<Filter>, with_vector: bool) -> Result<Vec<Row>> {
         let vectors: Vec<DenseVector> = vectors.iter().map(|v| DenseVector { values: v.clone() }).collect();
-        let base = ShardScoreRequest { vectors, with_vector, consistency: self.consistency, max_points: MAX_SCORE_POINTS as u32, ..Default::default() };
+        let base = ShardScoreRequest { vectors, with_vector, consistency: self.consistency, max_points: MAX_SCORE_POINTS as u32, using: using.to_string(), ..Default::default() };
+        self.score_request(base, ids, filter).await
+    }
+
+    async fn maxsim(&self, using: &str, rows: &[Vec<f32>], ids: Option<&[PointKey]>, filter: Option<Filter>) -> Result<Vec<Scored>> {
+        let vectors: Vec<DenseVector> = rows.iter().map(|v| DenseVector { values: v.clone() }).collect();
+        let base = ShardScoreRequest { vectors, consistency: self.consistency, max_points: MAX_SCORE_POINTS as u32, using: using.to_string(), maxsim: true, ..Default::default() };
+        // One MaxSim score per point.
+        Ok(self.score_request(base, ids, filter).await?.into_iter().map(|r| (r.key, r.scores[0])).collect())
+    }
+
+    async fn vectors(&self, using: &str, ids: &[PointKey]) -> Result<HashMap<PointKey, Vec<f32>>> {
+        let mut out = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_IDS_PER_REQUEST) {
+            for p in self.api.get_points(self.route, chunk, false, true, self.consistency).await? {
+                let Some(k) = merge::key(&p.id) else { continue };
+                let v = if using.is_empty() { Some(p.vector) } else { p.vectors.get(using).map(|v| v.values.clone()).filter(|v| !v.is_empty()) };
+                if let Some(v) = v {
+                    out.insert(k, v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn fetch(&self, ids: &[PointKey], with_payload: bool, with_vector: bool) -> Result<HashMap<PointKey, (Option<Struct>, Vec<f32>)>> {
+        let mut out = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_IDS_PER_REQUEST) {
+            for p in self.api.get_points(self.route, chunk, with_payload, with_vector, self.consistency).await? {
+                if let Some(k) = merge::key(&p.id) {
+                    out.insert(k, (p.payload, p.vector));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl ClusterExec<'_> {
+    /// A `Shard/Score` fan-out: to the shards holding `ids`, or to every
+    /// shard with `filter`.
+    async fn score_request(&self, base: ShardScoreRequest, ids: Option<&[PointKey]>, filter: Option<Filter>) -> Result<Vec<Row>> {
         let by_shard: Vec<(u32, ShardScoreRequest)> = match ids {
             Some(ids) => {
                 if ids.is_empty() {
@@ -205,22 +242,6 @@ impl Exec for ClusterExec<'_> {
         };
         self.score_calls(by_shard).await
     }
-
-    async fn vectors(&self, ids: &[PointKey]) -> Result<HashMap<PointKey, Vec<f32>>> {
-        Ok(self.fetch(ids, false, true).await?.into_iter().map(|(k, (_, v))| (k, v)).collect())
-    }
-
-    async fn fetch(&self, ids: &[PointKey], with_payload: bool, with_vector: bool) -> Result<HashMap<PointKey, (Option<Struct>, Vec<f32>)>> {
-        let mut out = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(MAX_IDS_PER_REQUEST) {
-            for p in self.api.get_points(self.route, chunk, with_payload, with_vector, self.consistency).await? {
-                if let Some(k) = merge::key(&p.id) {
-                    out.insert(k, (p.payload, p.vector));
-                }
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// Lucene's BM25 idf (the nodes score with what the coordinator sends).
@@ -238,7 +259,7 @@ pub fn bm25_idf(docs: u64, df: u64) -> f64 {
 
 /// The whole `Points/Query` on one route.
 pub async fn query(api: &Api, route: &CollectionRoute, req: &QueryPointsRequest) -> Result<QueryPointsResponse> {
-    query::validate(req, route.config.dimension, route.metric)?;
+    query::validate(req, &route.config)?;
     let exec = ClusterExec { api, route, consistency: req.consistency };
     let answer = query::run(&exec, req).await?;
     let keys: Vec<PointKey> = match &answer {

@@ -61,14 +61,33 @@ fn top(mut v: Vec<Scored>, limit: usize) -> Vec<Scored> {
     v
 }
 
+/// The collection the brute-force evaluator stands for: dot, 3
+/// dimensions, and a multi-vector "mv" whose rows for a point are its
+/// vector and the vector negated (so MaxSim is the sum of |q . v|).
+fn brute_config() -> &'static CollectionConfig {
+    static C: std::sync::OnceLock<CollectionConfig> = std::sync::OnceLock::new();
+    C.get_or_init(|| CollectionConfig {
+        name: "c".into(),
+        dimension: 3,
+        metric: Metric::Dot as i32,
+        vectors: vec![NamedVectorConfig { name: "mv".into(), dimension: 3, metric: Metric::Dot as i32, multivector: true, ..Default::default() }],
+        ..Default::default()
+    })
+}
+
 impl Exec for Brute {
-    fn metric(&self) -> Metric {
-        Metric::Dot
+    fn config(&self) -> &CollectionConfig {
+        brute_config()
     }
-    fn dimension(&self) -> u32 {
-        3
+    async fn maxsim(&self, using: &str, rows: &[Vec<f32>], ids: Option<&[PointKey]>, filter: Option<Filter>) -> Result<Vec<Scored>> {
+        assert_eq!(using, "mv");
+        let keep = |p: &P| match ids {
+            Some(ids) => ids.contains(&p.key),
+            None => filter.as_ref().is_none_or(|f| passes(f, p)),
+        };
+        Ok(self.points.iter().filter(|p| keep(p)).map(|p| (p.key, rows.iter().map(|q| dot(q, &p.v) as f64).map(f64::abs).sum::<f64>() as f32)).collect())
     }
-    async fn nearest(&self, vector: &[f32], filter: Option<Filter>, limit: usize, _: &SearchParams) -> Result<Vec<Scored>> {
+    async fn nearest(&self, _: &str, vector: &[f32], filter: Option<Filter>, limit: usize, _: &SearchParams) -> Result<Vec<Scored>> {
         Ok(top(self.points.iter().filter(|p| filter.as_ref().is_none_or(|f| passes(f, p))).map(|p| (p.key, dot(vector, &p.v))).collect(), limit))
     }
     async fn bm25(&self, q: &Bm25Query, filter: Option<Filter>, limit: usize) -> Result<Vec<Scored>> {
@@ -78,14 +97,14 @@ impl Exec for Brute {
         let v = q.vector.clone().unwrap_or_default();
         Ok(top(self.points.iter().filter(|p| filter.as_ref().is_none_or(|f| passes(f, p))).filter_map(|p| sparse_like(p, &v).map(|s| (p.key, s))).collect(), limit))
     }
-    async fn score(&self, vectors: &[Vec<f32>], ids: Option<&[PointKey]>, filter: Option<Filter>, with_vector: bool) -> Result<Vec<Row>> {
+    async fn score(&self, _: &str, vectors: &[Vec<f32>], ids: Option<&[PointKey]>, filter: Option<Filter>, with_vector: bool) -> Result<Vec<Row>> {
         let keep = |p: &P| match ids {
             Some(ids) => ids.contains(&p.key),
             None => filter.as_ref().is_none_or(|f| passes(f, p)),
         };
         Ok(self.points.iter().filter(|p| keep(p)).map(|p| Row { key: p.key, scores: vectors.iter().map(|v| dot(v, &p.v)).collect(), vector: if with_vector { p.v.clone() } else { vec![] } }).collect())
     }
-    async fn vectors(&self, ids: &[PointKey]) -> Result<HashMap<PointKey, Vec<f32>>> {
+    async fn vectors(&self, _: &str, ids: &[PointKey]) -> Result<HashMap<PointKey, Vec<f32>>> {
         Ok(self.points.iter().filter(|p| ids.contains(&p.key)).map(|p| (p.key, p.v.clone())).collect())
     }
     async fn fetch(&self, ids: &[PointKey], _: bool, _: bool) -> Result<HashMap<PointKey, (Option<Struct>, Vec<f32>)>> {
@@ -125,6 +144,7 @@ fn reference(points: &[P], q: &Query, prefetch: &[Prefetch], filters: &[Filter],
             points.iter().filter(|p| pool(p)).map(|p| (p.key, dot(&v.values, &p.v))).collect()
         }
         Q::Bm25(b) => points.iter().filter(|p| pool(p)).map(|p| (p.key, bm25_like(p, &b.text))).filter(|(_, s)| *s >= 1.0).collect(),
+        Q::Multivector(mv) => points.iter().filter(|p| pool(p)).map(|p| (p.key, mv.rows.iter().map(|r| (dot(&r.values, &p.v) as f64).abs()).sum::<f64>() as f32)).collect(),
         Q::Sparse(sq) => points.iter().filter(|p| pool(p)).filter_map(|p| sparse_like(p, sq.vector.as_ref().unwrap()).map(|s| (p.key, s))).collect(),
         Q::Fusion(f) => {
             let mut acc: HashMap<PointKey, f64> = HashMap::new();
@@ -167,14 +187,19 @@ fn arb_leaf() -> impl Strategy<Value = Query> {
     prop_oneof![
         arb_vec().prop_map(crate_nearest),
         prop::sample::subsequence(vec!["w0", "w1", "w2", "w3"], 1..3).prop_map(|w| Query { kind: Some(Q::Bm25(Bm25Query { key: "t".into(), text: w.join(" "), k1: None, b: None })) }),
+        prop::collection::vec(arb_vec(), 1..3).prop_map(multivector),
         (prop::sample::subsequence(vec![0u32, 1, 2], 1..3), 1i32..4).prop_map(|(ix, w)| Query {
             kind: Some(Q::Sparse(SparseQuery { name: "s".into(), vector: Some(SparseVector { values: ix.iter().map(|i| (w + *i as i32) as f32 / 2.0).collect(), indices: ix }) }))
         }),
     ]
 }
 
+fn multivector(rows: Vec<Vec<f32>>) -> Query {
+    Query { kind: Some(Q::Multivector(MultiVectorQuery { using: "mv".into(), rows: rows.into_iter().map(|values| DenseVector { values }).collect() })) }
+}
+
 fn crate_nearest(v: Vec<f32>) -> Query {
-    Query { kind: Some(Q::Nearest(NearestQuery { vector: Some(VectorInput { kind: Some(vector_input::Kind::Vector(DenseVector { values: v })) }) })) }
+    Query { kind: Some(Q::Nearest(NearestQuery { vector: Some(VectorInput { kind: Some(vector_input::Kind::Vector(DenseVector { values: v })) }), using: String::new() })) }
 }
 
 fn arb_prefetch() -> impl Strategy<Value = Prefetch> {
@@ -184,8 +209,11 @@ fn arb_prefetch() -> impl Strategy<Value = Prefetch> {
             let n = kids.len();
             let q = if fuse {
                 Query { kind: Some(Q::Fusion(FusionQuery { method: if rrf { FusionMethod::Rrf } else { FusionMethod::Dbsf } as i32, weights: (0..n).map(|i| 1.0 + i as f32 / 2.0).collect(), rrf_k: None })) }
-            } else {
+            } else if rrf {
                 crate_nearest(v)
+            } else {
+                // A late-interaction re-score of the prefetches.
+                multivector(vec![v.clone(), v.iter().map(|x| x * 0.5 + 0.25).collect()])
             };
             Prefetch { prefetch: kids, query: Some(q), filter, limit, ..Default::default() }
         })
@@ -216,7 +244,7 @@ proptest! {
             req.filter = Some(match filter.clone() { Some(outer) => query::and_filters(&[&outer, f]).unwrap(), None => f.clone() });
         }
         req.score_threshold = top.score_threshold;
-        query::validate(&req, 3, Metric::Dot).unwrap();
+        query::validate(&req, brute_config()).unwrap();
         let exec = Brute { points: points.clone() };
         let Answer::Points(got) = block_on(query::run(&exec, &req)).unwrap() else { panic!("points expected") };
         let filters: Vec<Filter> = req.filter.iter().cloned().collect();
@@ -282,17 +310,17 @@ fn group_by_keeps_group_order_and_size() {
 fn validation_refuses_bad_trees() {
     let near = crate_nearest(vec![1.0, 0.0, 0.0]);
     let base = QueryPointsRequest { collection: "c".into(), query: Some(near.clone()), ..Default::default() };
-    assert!(query::validate(&base, 3, Metric::Dot).is_ok());
+    assert!(query::validate(&base, brute_config()).is_ok());
     let mut r = base.clone();
     r.query = Some(Query { kind: Some(Q::Fusion(FusionQuery::default())) });
-    assert!(query::validate(&r, 3, Metric::Dot).unwrap_err().to_string().contains("at least one"));
+    assert!(query::validate(&r, brute_config()).unwrap_err().to_string().contains("at least one"));
     r = base.clone();
     r.query = Some(crate_nearest(vec![1.0]));
-    assert!(query::validate(&r, 3, Metric::Dot).unwrap_err().to_string().contains("dimensions"));
+    assert!(query::validate(&r, brute_config()).unwrap_err().to_string().contains("dimensions"));
     r = base.clone();
     r.limit = 9_000;
     r.offset = 2_000;
-    assert!(query::validate(&r, 3, Metric::Dot).is_err());
+    assert!(query::validate(&r, brute_config()).is_err());
     // Too deep.
     let mut p = Prefetch { query: Some(near.clone()), ..Default::default() };
     for _ in 0..9 {
@@ -300,17 +328,17 @@ fn validation_refuses_bad_trees() {
     }
     r = base.clone();
     r.prefetch = vec![p];
-    assert!(query::validate(&r, 3, Metric::Dot).unwrap_err().to_string().contains("deeper"));
+    assert!(query::validate(&r, brute_config()).unwrap_err().to_string().contains("deeper"));
     // Too many stages.
     r = base.clone();
     r.query = Some(Query { kind: Some(Q::Fusion(FusionQuery::default())) });
     r.prefetch = (0..70).map(|_| Prefetch { query: Some(near.clone()), limit: 10, ..Default::default() }).collect();
-    assert!(query::validate(&r, 3, Metric::Dot).unwrap_err().to_string().contains("stages"));
+    assert!(query::validate(&r, brute_config()).unwrap_err().to_string().contains("stages"));
     // A re-score over too many candidates.
     r = base.clone();
     r.prefetch = (0..7).map(|_| Prefetch { query: Some(near.clone()), limit: 10_000, ..Default::default() }).collect();
-    assert!(query::validate(&r, 3, Metric::Dot).unwrap_err().to_string().contains("re-score"));
+    assert!(query::validate(&r, brute_config()).unwrap_err().to_string().contains("re-score"));
     r = base;
     r.query = Some(Query { kind: Some(Q::Bm25(Bm25Query { key: "t".into(), text: " ".into(), k1: None, b: None })) });
-    assert!(query::validate(&r, 3, Metric::Dot).is_err());
+    assert!(query::validate(&r, brute_config()).is_err());
 }

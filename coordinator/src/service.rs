@@ -108,7 +108,12 @@ impl Api {
     }
 
     fn validate_search(route: &CollectionRoute, s: &SearchPointsRequest, field: &str) -> Result<()> {
-        validate::vector(&format!("{field}vector"), &s.vector, route.config.dimension, route.metric)?;
+        let (metric, dimension) = match crate::query::space_of(&route.config, &s.vector_name) {
+            Some((m, d, false)) => (m, d),
+            Some(_) => return Err(bad(format!("{field}vector_name"), format!("{:?} is a multi-vector: query it with Points/Query (multivector)", s.vector_name))),
+            None => return Err(bad(format!("{field}vector_name"), format!("collection {:?} declares no vector {:?}", route.config.name, s.vector_name))),
+        };
+        validate::vector(&format!("{field}vector"), &s.vector, dimension, metric)?;
         validate::search_params(field, s.top_k, s.ef)?;
         if let Some(t) = s.score_threshold {
             if !t.is_finite() {
@@ -148,11 +153,12 @@ impl Api {
                 .await
         });
         let mut per_shard = try_join_all(calls).await?;
-        let higher = route.metric != Metric::L2;
         let merged: Vec<SearchResult> = searches
             .iter()
             .enumerate()
             .map(|(i, s)| {
+                // The order of the vector searched (a named one has its own metric).
+                let higher = crate::query::space_of(&route.config, &s.vector_name).map_or(route.metric, |x| x.0) != Metric::L2;
                 let lists = per_shard.iter_mut().map(|r| r.results.get_mut(i).map(|x| std::mem::take(&mut x.results)).unwrap_or_default()).collect();
                 SearchResult { results: merge::merge_top_k(lists, s.top_k as usize, higher, s.score_threshold) }
             })
@@ -296,6 +302,21 @@ impl Collections for Api {
         Ok(Response::new(UpdatePayloadIndexesResponse { collection: Some(info) }))
     }
 
+    async fn update_vectors(&self, req: Request<UpdateVectorsRequest>) -> std::result::Result<Response<UpdateVectorsResponse>, Status> {
+        shoal_common::audit::note(req.extensions(), Some(&req.get_ref().collection), "update vectors");
+        self.authorize(req.extensions(), &req.get_ref().collection)?;
+        let mut req = req.into_inner();
+        req.collection = self.route(&req.collection).await?.config.name.clone();
+        self.router
+            .change_map("update vectors", |mut c| {
+                let r = req.clone();
+                async move { c.update_vectors(r).await }
+            })
+            .await?;
+        let info = self.routed(&req.collection, |route| async move { self.info(&route).await }).await?;
+        Ok(Response::new(UpdateVectorsResponse { collection: Some(info) }))
+    }
+
     async fn get(&self, req: Request<GetCollectionRequest>) -> std::result::Result<Response<GetCollectionResponse>, Status> {
         self.authorize(req.extensions(), &req.get_ref().name)?;
         let name = req.into_inner().name;
@@ -349,6 +370,7 @@ impl Points for Api {
                     let key = PointKey::try_from(id).map_err(|e| bad(format!("points[{i}].id"), e.to_string()))?;
                     validate::vector(&format!("points[{i}].vector"), &p.vector, route.config.dimension, route.metric).map_err(CoordError::from)?;
                     validate::point_sparse(&format!("points[{i}]"), &p.sparse, &route.config.sparse_vectors).map_err(CoordError::from)?;
+                    validate::point_vectors(&format!("points[{i}]"), &p.vectors, &route.config.vectors).map_err(CoordError::from)?;
                     if let Some(pl) = &p.payload {
                         validate::payload(&format!("points[{i}].payload"), pl, &route.config.payload_indexes).map_err(CoordError::from)?;
                     }
@@ -693,7 +715,7 @@ mod chunk_tests {
     /// small ones and deletes stay whole.
     #[test]
     fn shard_writes_split_by_bytes_in_order() {
-        let upserts: Vec<PointStruct> = (0..1000u64).map(|i| PointStruct { id: Some(i.into()), vector: vec![0.5; 384], payload: None, sparse: Default::default() }).collect();
+        let upserts: Vec<PointStruct> = (0..1000u64).map(|i| PointStruct { id: Some(i.into()), vector: vec![0.5; 384], payload: None, sparse: Default::default(), vectors: Default::default() }).collect();
         let req = ShardWriteRequest { upserts, ..Default::default() };
         let whole = prost::Message::encoded_len(&req);
         let parts = chunks(req.clone(), whole / 4);
@@ -704,7 +726,7 @@ mod chunk_tests {
         assert_eq!(chunks(req.clone(), whole).len(), 1);
         // A repeated id keeps only its last version once split.
         let mut twice = req.upserts.clone();
-        twice.push(PointStruct { id: Some(3u64.into()), vector: vec![0.25; 384], payload: None, sparse: Default::default() });
+        twice.push(PointStruct { id: Some(3u64.into()), vector: vec![0.25; 384], payload: None, sparse: Default::default(), vectors: Default::default() });
         let parts = chunks(ShardWriteRequest { upserts: twice, ..Default::default() }, whole / 4);
         let threes: Vec<&PointStruct> = parts.iter().flat_map(|p| &p.upserts).filter(|p| p.id == Some(3u64.into())).collect();
         assert_eq!(threes.len(), 1);

@@ -378,20 +378,20 @@ impl Engine {
                     break;
                 }
                 let map = engine.cluster_map();
-                let due: Vec<(Raft<TypeConfig>, String, Vec<shoal_proto::v1::PayloadIndexSpec>)> = engine
+                let due: Vec<(Raft<TypeConfig>, String, crate::shard::Schema)> = engine
                     .shards
                     .read()
                     .iter()
                     .filter_map(|((name, _), r)| {
                         let entry = map.collections.iter().find(|c| c.uid == r.uid && c.config.as_ref().is_some_and(|x| &x.name == name))?;
-                        let want = entry.config.as_ref()?.payload_indexes.clone();
+                        let want = crate::shard::Schema::of(entry.config.as_ref()?);
                         let leads = r.raft.metrics().borrow().state == ServerState::Leader;
-                        (leads && r.shard().payload_index_specs() != want).then(|| (r.raft.clone(), r.group.clone(), want))
+                        (leads && r.shard().schema() != want).then(|| (r.raft.clone(), r.group.clone(), want))
                     })
                     .collect();
                 drop(engine);
                 for (raft, group, want) in due {
-                    let specs = prost::Message::encode_to_vec(&CollectionConfig { payload_indexes: want, ..Default::default() });
+                    let specs = want.encode();
                     let ctl = shoal_proto::internal::v1::ShardControl { op: Some(shoal_proto::internal::v1::shard_control::Op::PayloadIndexes(shoal_proto::internal::v1::PayloadIndexesControl { specs })) };
                     let write = shoal_proto::internal::v1::ShardWriteRequest { control: Some(ctl), ..Default::default() };
                     match propose(&raft, &group, Command { write: prost::Message::encode_to_vec(&write) }).await {
@@ -678,6 +678,25 @@ impl Engine {
         validate::collection_config(&CollectionConfig { payload_indexes: specs.clone(), ..config })?;
         let encoded = prost::Message::encode_to_vec(&CollectionConfig { payload_indexes: specs, ..Default::default() });
         let reply = self.propose_meta(MetaCommand::SetPayloadIndexes { collection: req.collection.clone(), uid: entry.uid, specs: encoded }).await?;
+        match reply.error.as_deref() {
+            None => Ok(self.cluster_map()),
+            Some(NOT_FOUND) => Err(NodeError::CollectionNotFound(req.collection.clone())),
+            Some(e) => Err(NodeError::Rejected(e.to_string())),
+        }
+    }
+
+    /// Adds and drops a collection's named vectors in one map change; each
+    /// shard's leader then switches its shard through the shard's log
+    /// ([`Engine::sync_payload_indexes`]). Leader only.
+    pub async fn update_vectors(&self, req: &shoal_proto::v1::UpdateVectorsRequest) -> Result<ClusterMap> {
+        let _w = self.meta_write.lock().await;
+        let map = self.cluster_map();
+        let entry = map.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == req.collection)).ok_or_else(|| NodeError::CollectionNotFound(req.collection.clone()))?;
+        let config = entry.config.clone().unwrap_or_default();
+        let vectors = validate::vector_change(&config.vectors, &req.add, &req.drop)?;
+        let vectors = validate::collection_config(&CollectionConfig { vectors, ..config })?.vectors;
+        let encoded = prost::Message::encode_to_vec(&CollectionConfig { vectors, ..Default::default() });
+        let reply = self.propose_meta(MetaCommand::SetVectors { collection: req.collection.clone(), uid: entry.uid, vectors: encoded }).await?;
         match reply.error.as_deref() {
             None => Ok(self.cluster_map()),
             Some(NOT_FOUND) => Err(NodeError::CollectionNotFound(req.collection.clone())),

@@ -53,6 +53,7 @@ use crate::sparse::SparseIndex;
 use crate::index::hnsw::{HnswIndex, HnswParams};
 use crate::index::{Allowed, Distance, Hit, Precision, VectorIndex};
 use crate::storage::{ShardStore, StoreBatch, StoredPoint};
+pub use reindex::Schema;
 
 /// Filtered searches whose filter allows at most this many points scan
 /// them exactly instead of walking the HNSW graph with a predicate.
@@ -105,6 +106,9 @@ pub struct Shard {
     /// The payload indexes the shard keeps ([`reindex`]): the config's at
     /// open, changed live by [`Shard::set_payload_indexes`].
     index_specs: RwLock<Vec<PayloadIndexSpec>>,
+    /// Named vectors ([`named`]): the config's at open, changed live by
+    /// [`Shard::set_schema`].
+    named: RwLock<named::NamedSet>,
     dist: Distance,
     store: ShardStore,
     index: HnswIndex,
@@ -253,7 +257,7 @@ fn normalise(v: &mut [f32]) {
 }
 
 /// A new version a write makes: key, vector (as indexed) and payload.
-type NewVersion = (PointKey, Vec<f32>, Option<Struct>, BTreeMap<String, SparseVector>);
+type NewVersion = (PointKey, Vec<f32>, Option<Struct>, BTreeMap<String, SparseVector>, BTreeMap<String, shoal_proto::v1::NamedVector>);
 
 /// What one write changes: upserts, deletes (by ids, then by filter), or a
 /// payload update (alone).
@@ -304,8 +308,10 @@ impl Shard {
 
         // The specs the stored entries were built for (the log changes
         // them, [`reindex`]); the config's for a shard without a record.
-        let recorded = reindex::stored_specs(&store)?;
-        let built_for = recorded.clone().unwrap_or_else(|| config.payload_indexes.clone());
+        let recorded = reindex::stored_schema(&store)?;
+        let schema = recorded.clone().unwrap_or_else(|| reindex::Schema::of(&config));
+        let built_for = schema.specs.clone();
+        let named = named::NamedSet::new(&schema.vectors)?;
         let mut payload = PayloadIndex::new(&built_for);
         store.scan_index(&mut |e| payload.insert(&e))?;
 
@@ -330,7 +336,19 @@ impl Shard {
             Ok(())
         };
         let text = state.payload.has_text();
+        let mut named_batch: Vec<(u32, BTreeMap<String, shoal_proto::v1::NamedVector>)> = Vec::new();
         store.scan_points(None, &mut |k, p| {
+            if !p.vectors.is_empty() && !named.is_empty() {
+                named_batch.push((p.offset, p.vectors.clone()));
+                if named_batch.len() >= 4096 {
+                    let items: Vec<(u32, &BTreeMap<String, shoal_proto::v1::NamedVector>)> = named_batch.iter().map(|(o, v)| (*o, v)).collect();
+                    if let Err(e) = named.add(&items) {
+                        scan_err = Some(IndexError::Usearch(e.to_string()));
+                        return false;
+                    }
+                    named_batch.clear();
+                }
+            }
             state.keys.insert(p.offset, k);
             state.live.insert(p.offset);
             if text {
@@ -357,6 +375,8 @@ impl Shard {
             return Err(e.into());
         }
         flush(&mut pending)?;
+        named.add(&named_batch.iter().map(|(o, v)| (*o, v)).collect::<Vec<_>>())?;
+        drop(named_batch);
         let mut removed = 0;
         if let Some(file_next) = file_next {
             for off in 0..file_next.max(next_offset) {
@@ -399,6 +419,7 @@ impl Shard {
             shard_id,
             dist: Distance(metric),
             index_specs: RwLock::new(built_for),
+            named: RwLock::new(named),
             config,
             store,
             index,
@@ -422,7 +443,7 @@ impl Shard {
             *shard.frozen.write() = shard.frozen_offsets(p.mid, p.end);
         }
         if recorded.is_none() {
-            shard.store.write(StoreBatch { put_meta: vec![(reindex::SPECS, reindex::encode_specs(&shard.config.payload_indexes))], ..Default::default() }, true)?;
+            shard.store.write(StoreBatch { put_meta: vec![(reindex::SPECS, schema.encode())], ..Default::default() }, true)?;
         }
         Ok((shard, outcome))
     }
@@ -459,7 +480,7 @@ impl Shard {
 
     pub fn index_memory_bytes(&self) -> usize {
         let st = self.state.read();
-        self.index.memory_bytes() + self.pending.read().len() * self.config.dimension as usize * 4 + st.payload.memory_bytes() + st.sparse.values().map(SparseIndex::memory_bytes).sum::<usize>() + st.keys.memory_bytes() + st.live.serialized_size()
+        self.index.memory_bytes() + self.pending.read().len() * self.config.dimension as usize * 4 + st.payload.memory_bytes() + st.sparse.values().map(SparseIndex::memory_bytes).sum::<usize>() + self.named.read().memory_bytes() + st.keys.memory_bytes() + st.live.serialized_size()
     }
 
     fn metric(&self) -> Metric {
@@ -488,6 +509,9 @@ impl Shard {
         let key = PointKey::try_from(id).map_err(|e| validate::invalid(format!("points[{i}].id"), e.to_string()))?;
         validate::vector(&format!("points[{i}].vector"), &p.vector, self.config.dimension, self.metric())?;
         validate::point_sparse(&format!("points[{i}]"), &p.sparse, &self.config.sparse_vectors)?;
+        if !p.vectors.is_empty() {
+            validate::point_vectors(&format!("points[{i}]"), &p.vectors, &self.named.read().configs())?;
+        }
         Ok(key)
     }
 
@@ -558,11 +582,11 @@ impl Shard {
             }
             // The versions this entry writes, bounded like a write's bytes
             // (a small entry must not become gigabytes of apply work).
-            bytes += old.vector.len() * 4 + payload.as_ref().map_or(0, prost::Message::encoded_len) + old.sparse.values().map(|v| v.indices.len() * 8).sum::<usize>();
+            bytes += old.vector.len() * 4 + payload.as_ref().map_or(0, prost::Message::encoded_len) + old.sparse.values().map(|v| v.indices.len() * 8).sum::<usize>() + old.vectors.values().map(prost::Message::encoded_len).sum::<usize>();
             if bytes > MAX_PAYLOAD_UPDATE_BYTES {
                 return Err(validate::invalid("selector", format!("the update rewrites more than {MAX_PAYLOAD_UPDATE_BYTES} bytes of points on shard {}/{}; update fewer points at a time", self.collection, self.shard_id)).into());
             }
-            out.push((k, old.vector, payload, old.sparse));
+            out.push((k, old.vector, payload, old.sparse, old.vectors));
         }
         Ok(out)
     }
@@ -626,7 +650,7 @@ impl Shard {
         let mut n = 0u64;
         let mut failed = None;
         self.store.scan_points(None, &mut |_, p| {
-            let frame = shoal_proto::v1::PointStruct { id: p.id, vector: p.vector, payload: p.payload, sparse: p.sparse }.encode_to_vec();
+            let frame = shoal_proto::v1::PointStruct { id: p.id, vector: p.vector, payload: p.payload, sparse: p.sparse, vectors: p.vectors }.encode_to_vec();
             let res = out.write_all(&(frame.len() as u32).to_be_bytes()).and_then(|()| out.write_all(&frame));
             match res {
                 Ok(()) => {
@@ -733,11 +757,11 @@ impl Shard {
 
     /// Ends an import: the offset counter, the write sequence and `meta`,
     /// synced together with everything imported before.
-    /// `specs` are the payload indexes the imported entries were built for
+    /// `schema` is what the imported entries and vectors were built for
     /// (recorded, [`reindex`]).
-    pub fn import_finish(store: &ShardStore, next_offset: u32, seq: u64, meta: Vec<(&'static str, Vec<u8>)>, requests: &[(requests::RequestId, requests::Done)], specs: &[PayloadIndexSpec]) -> Result<()> {
+    pub fn import_finish(store: &ShardStore, next_offset: u32, seq: u64, meta: Vec<(&'static str, Vec<u8>)>, requests: &[(requests::RequestId, requests::Done)], schema: &Schema) -> Result<()> {
         let mut put_meta = meta;
-        put_meta.push((reindex::SPECS, reindex::encode_specs(specs)));
+        put_meta.push((reindex::SPECS, schema.encode()));
         put_meta.push((META_SEQ, seq.to_be_bytes().to_vec()));
         put_meta.push((META_NEXT_OFFSET, (next_offset as u64).to_be_bytes().to_vec()));
         let put_requests = requests.iter().map(|(id, d)| (*id, requests::encode_done(d))).collect();
@@ -792,7 +816,8 @@ impl Shard {
         let mut prepared: Vec<NewVersion> = Vec::with_capacity(upserts.len());
         for (i, p) in upserts.iter().enumerate() {
             let (k, v) = self.prepare(i, p)?;
-            prepared.push((k, v, p.payload.clone(), p.sparse.clone()));
+            let named = if p.vectors.is_empty() { BTreeMap::new() } else { named::prepare(&self.named.read().configs(), &p.vectors) };
+            prepared.push((k, v, p.payload.clone(), p.sparse.clone(), named));
         }
         let del_keys = Self::check_deletes(delete_ids, delete_filter)?;
         if let Some(u) = payload_update {
@@ -804,6 +829,7 @@ impl Shard {
         let mut affected = 0u64;
         let frozen = self.frozen.read().clone();
         let mut reused: Vec<u32> = Vec::new();
+        let named_new: Vec<(u32, BTreeMap<String, shoal_proto::v1::NamedVector>)>;
         {
             let st = self.state.read();
             let mut next = st.next_offset;
@@ -831,10 +857,10 @@ impl Shard {
             }
             // Upserts. Last write of an id in a batch wins.
             let mut last: HashMap<PointKey, usize> = HashMap::with_capacity(prepared.len());
-            for (i, (k, _, _, _)) in prepared.iter().enumerate() {
+            for (i, (k, ..)) in prepared.iter().enumerate() {
                 last.insert(*k, i);
             }
-            for (i, (k, _, payload, sparse)) in prepared.iter().enumerate() {
+            for (i, (k, _, payload, sparse, vectors)) in prepared.iter().enumerate() {
                 if last[k] != i {
                     continue;
                 }
@@ -854,7 +880,7 @@ impl Shard {
                     }
                 };
                 batch.put_index.extend(st.payload.entries_for(payload.as_ref(), off));
-                batch.put_points.push(StoredPoint { id: Some(k.to_proto()), vector: prepared[i].1.clone(), payload: payload.clone(), offset: off, sparse: sparse.clone() });
+                batch.put_points.push(StoredPoint { id: Some(k.to_proto()), vector: prepared[i].1.clone(), payload: payload.clone(), offset: off, sparse: sparse.clone(), vectors: vectors.clone() });
                 added.push((*k, off, i));
                 affected += 1;
             }
@@ -877,6 +903,7 @@ impl Shard {
             let entries_put = batch.put_index.clone();
             let entries_del = batch.delete_index.clone();
             let texts: Vec<(u32, Option<shoal_proto::v1::Struct>)> = if st.payload.has_text() { batch.put_points.iter().map(|p| (p.offset, p.payload.clone())).collect() } else { vec![] };
+            named_new = batch.put_points.iter().filter(|p| !p.vectors.is_empty()).map(|p| (p.offset, p.vectors.clone())).collect();
             let sparse: Vec<(u32, BTreeMap<String, SparseVector>)> = if st.sparse.is_empty() { vec![] } else { batch.put_points.iter().filter(|p| !p.sparse.is_empty()).map(|p| (p.offset, p.sparse.clone())).collect() };
             drop(st);
 
@@ -950,6 +977,15 @@ impl Shard {
         for (_, off) in &retire {
             self.index.remove(*off as u64)?;
         }
+        {
+            // Named vectors: retired versions out, new ones in (a reused
+            // offset was retired by an earlier write).
+            let named = self.named.read();
+            if !named.is_empty() {
+                named.remove(&retire.iter().map(|(_, o)| *o).collect::<Vec<_>>())?;
+                named.add(&named_new.iter().map(|(o, v)| (*o, v)).collect::<Vec<_>>())?;
+            }
+        }
         Ok(affected)
     }
 
@@ -1017,8 +1053,8 @@ impl Shard {
 
     fn retrieved(&self, k: PointKey, p: Option<StoredPoint>, with_payload: bool, with_vector: bool) -> RetrievedPoint {
         let p = p.unwrap_or_default();
-        let (vector, sparse) = if with_vector { (p.vector, p.sparse) } else { (vec![], Default::default()) };
-        RetrievedPoint { id: Some(k.to_proto()), vector, payload: if with_payload { Some(p.payload.unwrap_or_default()) } else { None }, sparse }
+        let (vector, sparse, vectors) = if with_vector { (p.vector, p.sparse, p.vectors) } else { (vec![], Default::default(), Default::default()) };
+        RetrievedPoint { id: Some(k.to_proto()), vector, payload: if with_payload { Some(p.payload.unwrap_or_default()) } else { None }, sparse, vectors }
     }
 
     /// Points by id, in request order; absent ids are skipped.
@@ -1114,6 +1150,9 @@ impl Shard {
     /// `hide` (a filtered search over the rest, for the moments between
     /// the map routing them to the child and the split finishing).
     pub fn search_scoped(&self, req: &SearchPointsRequest, hide: bool) -> Result<Vec<ScoredPoint>> {
+        if !req.vector_name.is_empty() {
+            return self.search_named(req, hide);
+        }
         let hidden = self.hidden(hide);
         validate::vector("vector", &req.vector, self.config.dimension, self.metric())?;
         let mut q = req.vector.clone();
@@ -1154,10 +1193,10 @@ impl Shard {
             let keys: Vec<Option<PointKey>> = hits.iter().map(|h| st.keys.get(h.key as u32)).collect();
             (hits, keys)
         };
-        self.score_hits(req, hits, keys, k)
+        self.score_hits(self.dist, req, hits, keys, k)
     }
 
-    fn score_hits(&self, req: &SearchPointsRequest, hits: Vec<Hit>, keys: Vec<Option<PointKey>>, k: usize) -> Result<Vec<ScoredPoint>> {
+    fn score_hits(&self, dist: Distance, req: &SearchPointsRequest, hits: Vec<Hit>, keys: Vec<Option<PointKey>>, k: usize) -> Result<Vec<ScoredPoint>> {
         let mut seen = HashSet::with_capacity(hits.len());
         let mut out = Vec::with_capacity(k);
         for (h, key) in hits.into_iter().zip(keys) {
@@ -1165,9 +1204,9 @@ impl Shard {
             if !seen.insert(key) {
                 continue;
             }
-            let score = self.dist.score(h.distance);
+            let score = dist.score(h.distance);
             if let Some(t) = req.score_threshold {
-                let keep = if self.dist.higher_is_better() { score >= t } else { score <= t };
+                let keep = if dist.higher_is_better() { score >= t } else { score <= t };
                 if !keep {
                     continue;
                 }
@@ -1297,6 +1336,7 @@ pub(crate) fn parse_sidecar(meta: &str) -> Option<(u64, u32)> {
 }
 
 pub mod compact;
+pub mod named;
 pub mod query;
 mod reindex;
 pub use reindex::SPECS;
@@ -1305,5 +1345,7 @@ mod keys;
 pub mod split;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod named_tests;
 
 use keys::KeyTable;

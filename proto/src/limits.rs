@@ -18,6 +18,10 @@ pub const MAX_ALIASES: usize = 1_024;
 pub const MAX_ALIAS_ACTIONS: usize = 100;
 /// Sparse vectors a collection declares.
 pub const MAX_SPARSE_VECTORS: usize = 16;
+/// Named dense vectors and multi-vectors a collection declares.
+pub const MAX_NAMED_VECTORS: usize = 16;
+/// Rows of one multi-vector (stored or queried).
+pub const MAX_MULTIVECTOR_ROWS: usize = 256;
 /// Non-zeros of one sparse vector (stored or queried).
 pub const MAX_SPARSE_NNZ: usize = 4_096;
 /// Largest magnitude of a sparse vector value (sums of products stay

@@ -67,16 +67,7 @@ pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, Val
     let storage = storage(cfg.storage)?;
     let shard_count = if cfg.shard_count == 0 { 1 } else { in_range("shard_count", cfg.shard_count, (1, MAX_SHARDS))? };
     let replication_factor = cfg.replication_factor.max(1);
-    let h = cfg.hnsw.unwrap_or_default();
-    let hnsw = HnswConfig {
-        m: if h.m == 0 { DEFAULT_HNSW_M } else { in_range("hnsw.m", h.m, HNSW_M_RANGE)? },
-        ef_construction: if h.ef_construction == 0 {
-            DEFAULT_HNSW_EF_CONSTRUCTION
-        } else {
-            in_range("hnsw.ef_construction", h.ef_construction, HNSW_EF_CONSTRUCTION_RANGE)?
-        },
-        ef_search: if h.ef_search == 0 { DEFAULT_HNSW_EF_SEARCH } else { in_range("hnsw.ef_search", h.ef_search, (1, MAX_EF))? },
-    };
+    let hnsw = hnsw_config("hnsw", cfg.hnsw)?;
     if cfg.payload_indexes.len() > MAX_PAYLOAD_INDEXES {
         return Err(invalid("payload_indexes", format!("{} payload indexes, the limit is {MAX_PAYLOAD_INDEXES}", cfg.payload_indexes.len())));
     }
@@ -86,7 +77,7 @@ pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, Val
     let mut names = std::collections::HashSet::new();
     for (i, s) in cfg.sparse_vectors.iter().enumerate() {
         let field = format!("sparse_vectors[{i}]");
-        if s.name.is_empty() || s.name.len() > 64 || !s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        if !vector_name_ok(&s.name) {
             return Err(invalid(format!("{field}.name"), format!("sparse vector name {:?} is not 1..=64 characters of [A-Za-z0-9_-]", s.name)));
         }
         if crate::v1::SparseModifier::try_from(s.modifier).is_err() {
@@ -95,6 +86,17 @@ pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, Val
         if !names.insert(s.name.as_str()) {
             return Err(invalid(format!("{field}.name"), format!("sparse vector {:?} is declared twice", s.name)));
         }
+    }
+    if cfg.vectors.len() > MAX_NAMED_VECTORS {
+        return Err(invalid("vectors", format!("{} named vectors, the limit is {MAX_NAMED_VECTORS}", cfg.vectors.len())));
+    }
+    let mut vectors = Vec::with_capacity(cfg.vectors.len());
+    for (i, v) in cfg.vectors.iter().enumerate() {
+        let field = format!("vectors[{i}]");
+        if !names.insert(v.name.as_str()) {
+            return Err(invalid(format!("{field}.name"), format!("vector name {:?} is declared twice (named dense and sparse vectors share one namespace)", v.name)));
+        }
+        vectors.push(named_vector_config(&field, v)?);
     }
     let mut seen = std::collections::HashSet::new();
     for (i, p) in cfg.payload_indexes.iter().enumerate() {
@@ -129,7 +131,105 @@ pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, Val
         storage: storage as i32,
         payload_indexes: cfg.payload_indexes.clone(),
         sparse_vectors: cfg.sparse_vectors.clone(),
+        vectors,
     })
+}
+
+/// HNSW parameters with defaults filled in.
+fn hnsw_config(field: &str, h: Option<HnswConfig>) -> Result<HnswConfig, ValidationError> {
+    let h = h.unwrap_or_default();
+    Ok(HnswConfig {
+        m: if h.m == 0 { DEFAULT_HNSW_M } else { in_range(&format!("{field}.m"), h.m, HNSW_M_RANGE)? },
+        ef_construction: if h.ef_construction == 0 {
+            DEFAULT_HNSW_EF_CONSTRUCTION
+        } else {
+            in_range(&format!("{field}.ef_construction"), h.ef_construction, HNSW_EF_CONSTRUCTION_RANGE)?
+        },
+        ef_search: if h.ef_search == 0 { DEFAULT_HNSW_EF_SEARCH } else { in_range(&format!("{field}.ef_search"), h.ef_search, (1, MAX_EF))? },
+    })
+}
+
+fn vector_name_ok(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Validates a named vector's config and returns it with defaults filled
+/// in (the name's uniqueness is the caller's to check).
+pub fn named_vector_config(field: &str, v: &crate::v1::NamedVectorConfig) -> Result<crate::v1::NamedVectorConfig, ValidationError> {
+    if !vector_name_ok(&v.name) {
+        return Err(invalid(format!("{field}.name"), format!("vector name {:?} is not 1..=64 characters of [A-Za-z0-9_-]", v.name)));
+    }
+    if v.dimension == 0 || v.dimension > MAX_DIMENSION {
+        return Err(invalid(format!("{field}.dimension"), format!("dimension {} is outside 1..={MAX_DIMENSION}", v.dimension)));
+    }
+    let metric = metric(v.metric).map_err(|e| invalid(format!("{field}.metric"), e.message))?;
+    let storage = storage(v.storage).map_err(|e| invalid(format!("{field}.storage"), e.message))?;
+    Ok(crate::v1::NamedVectorConfig {
+        name: v.name.clone(),
+        dimension: v.dimension,
+        metric: metric as i32,
+        hnsw: Some(hnsw_config(&format!("{field}.hnsw"), v.hnsw)?),
+        storage: storage as i32,
+        multivector: v.multivector,
+    })
+}
+
+/// Checks a point's named vectors against the collection's declared ones:
+/// a dense one has `values` only, a multi-vector 1..=MAX_MULTIVECTOR_ROWS
+/// `rows` only, each of the declared dimension.
+pub fn point_vectors(path: &str, vectors: &std::collections::BTreeMap<String, crate::v1::NamedVector>, declared: &[crate::v1::NamedVectorConfig]) -> Result<(), ValidationError> {
+    for (name, v) in vectors {
+        let field = format!("{path}.vectors[{name:?}]");
+        let d = declared.iter().find(|d| &d.name == name).ok_or_else(|| invalid(format!("{path}.vectors"), format!("vector {name:?} is not declared in the collection's vectors")))?;
+        let m = metric(d.metric)?;
+        if d.multivector {
+            if !v.values.is_empty() {
+                return Err(invalid(format!("{field}.values"), format!("{name:?} is a multi-vector: give its rows, not values")));
+            }
+            if v.rows.is_empty() || v.rows.len() > MAX_MULTIVECTOR_ROWS {
+                return Err(invalid(format!("{field}.rows"), format!("{} rows, allowed 1..={MAX_MULTIVECTOR_ROWS}", v.rows.len())));
+            }
+            for (i, r) in v.rows.iter().enumerate() {
+                vector(&format!("{field}.rows[{i}]"), &r.values, d.dimension, m)?;
+            }
+        } else {
+            if !v.rows.is_empty() {
+                return Err(invalid(format!("{field}.rows"), format!("{name:?} is a dense vector: give its values, not rows")));
+            }
+            vector(&format!("{field}.values"), &v.values, d.dimension, m)?;
+        }
+    }
+    Ok(())
+}
+
+/// The named vectors after dropping `drop` and adding `add` to `current`
+/// (drops first). A dropped name must be declared; an added one must not
+/// be (after the drops). The result still has to pass
+/// [`collection_config`] (limits, the shared namespace with sparse
+/// vectors).
+pub fn vector_change(current: &[crate::v1::NamedVectorConfig], add: &[crate::v1::NamedVectorConfig], drop: &[String]) -> Result<Vec<crate::v1::NamedVectorConfig>, ValidationError> {
+    if add.is_empty() && drop.is_empty() {
+        return Err(invalid("add", "nothing to add or drop"));
+    }
+    if add.len() > MAX_NAMED_VECTORS || drop.len() > MAX_NAMED_VECTORS {
+        return Err(invalid("add", format!("at most {MAX_NAMED_VECTORS} vectors to add and to drop")));
+    }
+    let mut out = current.to_vec();
+    for (i, name) in drop.iter().enumerate() {
+        let before = out.len();
+        out.retain(|v| &v.name != name);
+        if out.len() == before {
+            return Err(invalid(format!("drop[{i}]"), format!("vector {name:?} is not declared")));
+        }
+    }
+    for (i, a) in add.iter().enumerate() {
+        let a = named_vector_config(&format!("add[{i}]"), a)?;
+        if out.iter().any(|v| v.name == a.name) {
+            return Err(invalid(format!("add[{i}].name"), format!("vector {:?} is already declared; drop it in the same request to replace it", a.name)));
+        }
+        out.push(a);
+    }
+    Ok(out)
 }
 
 /// Checks a sparse vector: as many values as indices, at most

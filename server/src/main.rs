@@ -616,7 +616,7 @@ mod sample {
                     let adjectives = ["used", "new", "vintage", "handmade", "classic", "compact", "deluxe", "organic"];
                     let text = format!("{} {} for {} lovers", adjectives[rng.random_range(0..adjectives.len())], cats[c], cats[rng.random_range(0..cats.len())]);
                     let payload = serde_json::json!({"category": cats[c], "price": rng.random_range(1..500), "in_stock": rng.random_bool(0.7), "tags": [cats[(c + 1) % cats.len()]], "text": text});
-                    PointStruct { id: Some(i.into()), vector, payload: Some(Struct::try_from(&payload).expect("object")), sparse: Default::default() }
+                    PointStruct { id: Some(i.into()), vector, payload: Some(Struct::try_from(&payload).expect("object")), sparse: Default::default(), vectors: Default::default() }
                 })
                 .collect();
             id += batch.len() as u64;

@@ -29,16 +29,34 @@ use tokio::task::JoinHandle;
 
 pub const GROUP: &str = "c/0";
 
-/// The shard's collection: 4-d L2 vectors and a sparse vector `s`.
+/// The shard's collection: 4-d L2 vectors, a sparse vector `s`, a named
+/// dense vector `d` (3-d cosine) and a multi-vector `m` (2-d dot).
 pub fn collection() -> CollectionConfig {
     let sparse = vec![shoal_proto::v1::SparseVectorConfig { name: "s".into(), modifier: 0 }];
-    let c = CollectionConfig { name: "c".into(), dimension: 4, metric: Metric::L2 as i32, sparse_vectors: sparse, ..Default::default() };
+    let vectors = vec![
+        shoal_proto::v1::NamedVectorConfig { name: "d".into(), dimension: 3, metric: Metric::Cosine as i32, ..Default::default() },
+        shoal_proto::v1::NamedVectorConfig { name: "m".into(), dimension: 2, metric: Metric::Dot as i32, multivector: true, ..Default::default() },
+    ];
+    let c = CollectionConfig { name: "c".into(), dimension: 4, metric: Metric::L2 as i32, sparse_vectors: sparse, vectors, ..Default::default() };
     shoal_proto::validate::collection_config(&c).expect("valid config")
 }
 
 /// The sparse vector `s` of point `i` at `version`.
 pub fn sparse_of(i: u64, version: u64) -> shoal_proto::v1::SparseVector {
     shoal_proto::v1::SparseVector { indices: vec![(i % 7) as u32, 100 + (i % 3) as u32], values: vec![1.0, version as f32] }
+}
+
+/// The named vectors of point `i` at `version`: `d` on every point, `m`
+/// (1 to 3 rows) on odd ones.
+pub fn named_of(i: u64, version: u64) -> std::collections::BTreeMap<String, shoal_proto::v1::NamedVector> {
+    use shoal_proto::v1::{DenseVector, NamedVector};
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("d".to_string(), NamedVector { values: vec![1.0 + i as f32, version as f32, 0.5], rows: vec![] });
+    if i % 2 == 1 {
+        let rows = (0..1 + (i + version) % 3).map(|r| DenseVector { values: vec![r as f32, version as f32 + i as f32] }).collect();
+        m.insert("m".to_string(), NamedVector { values: vec![], rows });
+    }
+    m
 }
 
 /// A write of points `ids` (vector derived from the id and `version`).
@@ -51,6 +69,7 @@ pub fn upsert_cmd(ids: impl Iterator<Item = u64>, version: u64) -> Command {
             // depend on map order (issue 14, point 8).
             payload: Some(Struct::try_from(&serde_json::json!({"v": version, "id": i, "tags": ["a", format!("t{}", i % 5)], "nested": {"x": i % 7, "y": "s", "z": [1.5, version]}})).expect("object")),
             sparse: [("s".to_string(), sparse_of(i, version))].into(),
+            vectors: named_of(i, version),
         })
         .collect();
     Command { write: ShardWriteRequest { upserts, ..Default::default() }.encode_to_vec() }

@@ -91,7 +91,7 @@ impl Load {
                     b += 1;
                     let ids: Vec<u64> = (start..start + 20).collect();
                     attempted.lock().unwrap().extend(&ids);
-                    let points = ids.iter().map(|&i| PointStruct { id: Some(i.into()), vector: vector(i, DIM), payload: Some(payload_struct(i)), sparse: Default::default() }).collect();
+                    let points = ids.iter().map(|&i| PointStruct { id: Some(i.into()), vector: vector(i, DIM), payload: Some(payload_struct(i)), sparse: Default::default(), vectors: Default::default() }).collect();
                     let sent = Instant::now();
                     match c.upsert(UpsertPointsRequest { collection: collection.clone(), points }).await {
                         Ok(_) => {

@@ -46,7 +46,7 @@ async fn bad_input_gets_precise_statuses() {
     expect(c.upsert("docs", vec![]).await, Code::InvalidArgument, "upsert batch is empty");
     let big: Vec<Point> = (0..10_001u64).map(|i| Point::new(i, vector(i, 4))).collect();
     expect(c.upsert("docs", big).await, Code::InvalidArgument, "10001 points exceed the batch limit of 10000");
-    let bad_uuid = Point { id: PointId { kind: Some(point_id::Kind::Uuid("not-a-uuid".into())) }, vector: vector(1, 4), payload: None, sparse: Default::default() };
+    let bad_uuid = Point { id: PointId { kind: Some(point_id::Kind::Uuid("not-a-uuid".into())) }, vector: vector(1, 4), payload: None, sparse: Default::default(), vectors: Default::default() };
     expect(c.upsert("docs", vec![bad_uuid]).await, Code::InvalidArgument, "not a valid UUID");
     assert_eq!(c.count("docs", None).await.unwrap(), 10, "rejected batches wrote nothing");
 
@@ -68,7 +68,7 @@ async fn bad_input_gets_precise_statuses() {
     // Over the message size limit: the server refuses to decode it.
     let mut raw = PointsClient::connect(format!("http://{}", server.addr)).await.unwrap().max_encoding_message_size(usize::MAX);
     let huge = "x".repeat(65 * 1024 * 1024);
-    let p = PointStruct { id: Some(1u64.into()), vector: vector(1, 4), payload: Some(Struct { fields: [("blob".to_string(), Value { kind: Some(value::Kind::StringValue(huge)) })].into() }), sparse: Default::default() };
+    let p = PointStruct { id: Some(1u64.into()), vector: vector(1, 4), payload: Some(Struct { fields: [("blob".to_string(), Value { kind: Some(value::Kind::StringValue(huge)) })].into() }), sparse: Default::default(), vectors: Default::default() };
     let r = raw.upsert(UpsertPointsRequest { collection: "docs".into(), points: vec![p] }).await;
     let s = r.expect_err("oversized request must be refused");
     assert!(matches!(s.code(), Code::ResourceExhausted | Code::OutOfRange), "{s:?}");
@@ -207,7 +207,7 @@ async fn bad_input_public_and_internal() {
     k.client(c.upsert("docs", vec![Point::new(1u64, vector(1, 4)).payload(deep)]).await, Code::InvalidArgument, "levels deep");
     let tags: Vec<String> = (0..=MAX_INDEXED_VALUES).map(|i| format!("t{i}")).collect();
     k.client(c.upsert("docs", vec![Point::new(1u64, vector(1, 4)).payload(serde_json::json!({ "tags": tags }))]).await, Code::InvalidArgument, "indexed field \"tags\" holds 1025 values");
-    let no_id = PointStruct { id: None, vector: vector(1, 4), payload: None, sparse: Default::default() };
+    let no_id = PointStruct { id: None, vector: vector(1, 4), payload: None, sparse: Default::default(), vectors: Default::default() };
     let mut raw = PointsClient::connect(format!("http://{}", server.addr)).await.unwrap();
     k.check(raw.upsert(UpsertPointsRequest { collection: "docs".into(), points: vec![no_id] }).await, Code::InvalidArgument, "point id is missing");
 
@@ -232,7 +232,7 @@ async fn bad_input_public_and_internal() {
     let ich = tonic::transport::Endpoint::from_shared(format!("http://{}", server.internal)).unwrap().connect().await.unwrap();
     let mut shard = ShardClient::new(ich.clone()).max_encoding_message_size(usize::MAX);
     let sref = Some(ShardRef { collection: "docs".into(), shard_id: 0, epoch: 0 });
-    let pt = |i: u64| PointStruct { id: Some(i.into()), vector: vector(i, 4), payload: None, sparse: Default::default() };
+    let pt = |i: u64| PointStruct { id: Some(i.into()), vector: vector(i, 4), payload: None, sparse: Default::default(), vectors: Default::default() };
     k.check(shard.write(ShardWriteRequest { shard: None, upserts: vec![pt(1)], ..Default::default() }).await, Code::InvalidArgument, "shard reference is missing");
     k.check(shard.write(ShardWriteRequest { shard: Some(ShardRef { collection: "nope".into(), shard_id: 0, epoch: 0 }), upserts: vec![pt(1)], ..Default::default() }).await, Code::NotFound, "nope");
     k.check(shard.write(ShardWriteRequest { shard: Some(ShardRef { collection: "docs".into(), shard_id: 77, epoch: 0 }), upserts: vec![pt(1)], ..Default::default() }).await, Code::NotFound, "77");

@@ -73,7 +73,7 @@ async fn one_search_is_one_trace_across_coordinator_and_nodes() {
     let addr = cluster.coordinator.addr.clone();
     create(&addr, "t", 2, 3).await;
     let mut points = PointsClient::new(channel(&addr).await);
-    let batch: Vec<PointStruct> = (0..200u64).map(|i| PointStruct { id: Some(i.into()), vector: vector(i, DIM), payload: None, sparse: Default::default() }).collect();
+    let batch: Vec<PointStruct> = (0..200u64).map(|i| PointStruct { id: Some(i.into()), vector: vector(i, DIM), payload: None, sparse: Default::default(), vectors: Default::default() }).collect();
     points.upsert(UpsertPointsRequest { collection: "t".into(), points: batch }).await.unwrap();
 
     // The test is the trace's root: it sends its own traceparent.

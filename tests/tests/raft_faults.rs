@@ -186,6 +186,13 @@ async fn run_seed(seed: u64, steps: u64) {
             assert_eq!(j["id"], serde_json::json!(id), "seed {seed}: id {id} lost its upsert keys: {j}");
             assert_eq!(j["nested"]["x"], serde_json::json!(id % 7), "seed {seed}: id {id} lost its nested keys: {j}");
             assert_eq!(p.sparse.get("s"), Some(&shoal_tests::raft_cluster::sparse_of(id, 1)), "seed {seed}: id {id} lost its sparse vector");
+            // Named vectors survive payload updates: the multi-vector as
+            // written, the cosine one as its unit vector.
+            let want = shoal_tests::raft_cluster::named_of(id, 1);
+            assert_eq!(p.vectors.get("m"), want.get("m"), "seed {seed}: id {id} lost its multi-vector");
+            let (d, w) = (&p.vectors.get("d").unwrap_or_else(|| panic!("seed {seed}: id {id} lost its named vector")).values, &want["d"].values);
+            let n = w.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            assert!(d.iter().zip(w).all(|(a, b)| (*a as f64 - *b as f64 / n).abs() < 1e-6), "seed {seed}: id {id} has named vector {d:?}, wrote {w:?}");
             let (acked, maybe) = h.tags.get(&id).cloned().unwrap_or_default();
             let tag = j.get("tag").and_then(|t| t.as_u64());
             let allowed = tag == acked || tag.is_some_and(|t| maybe.contains(&t));

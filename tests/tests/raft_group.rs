@@ -284,7 +284,7 @@ async fn bench_snapshot_catch_up() {
     let mut last = 0;
     for start in (0..points).step_by(1000) {
         use prost::Message;
-        let upserts = (start..(start + 1000).min(points)).map(|i| PointStruct { id: Some(i.into()), vector: shoal_tests::vector(i, dim as usize), payload: None, sparse: Default::default() }).collect();
+        let upserts = (start..(start + 1000).min(points)).map(|i| PointStruct { id: Some(i.into()), vector: shoal_tests::vector(i, dim as usize), payload: None, sparse: Default::default(), vectors: Default::default() }).collect();
         let cmd = shoal_node::raft::Command { write: shoal_proto::internal::v1::ShardWriteRequest { upserts, ..Default::default() }.encode_to_vec() };
         last = c.write(cmd, Duration::from_secs(60)).await.unwrap();
     }
@@ -377,7 +377,7 @@ async fn a_follower_far_behind_on_large_batches_catches_up() {
             .map(|i| PointStruct {
                 id: Some(i.into()),
                 vector: shoal_tests::vector(i, dim),
-                payload: Some(Struct::try_from(&shoal_tests::workload::payload(i)).unwrap()), sparse: Default::default()
+                payload: Some(Struct::try_from(&shoal_tests::workload::payload(i)).unwrap()), sparse: Default::default(), vectors: Default::default()
             })
             .collect();
         let cmd = shoal_node::raft::Command { write: shoal_proto::internal::v1::ShardWriteRequest { upserts, ..Default::default() }.encode_to_vec() };

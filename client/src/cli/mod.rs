@@ -142,6 +142,21 @@ pub enum CollectionCmd {
         /// (repeatable).
         #[arg(long = "sparse")]
         sparse: Vec<String>,
+        /// Named vector, `name:dim:cosine|dot|l2`, or
+        /// `name:dim:metric:multi` for a multi-vector (repeatable).
+        #[arg(long = "vector")]
+        vectors: Vec<String>,
+    },
+    /// Add and drop named vectors of a live collection.
+    Vectors {
+        name: String,
+        /// Named vector to add, `name:dim:metric[:multi]` (repeatable).
+        #[arg(long)]
+        add: Vec<String>,
+        /// Named vector to drop (repeatable; applied first). Its values
+        /// leave every point.
+        #[arg(long)]
+        drop: Vec<String>,
     },
     /// Add and drop payload indexes of a live collection (the replicas
     /// re-index in the background).
@@ -302,6 +317,24 @@ fn metric_name(m: i32) -> &'static str {
     }
 }
 
+/// `name:dim:metric[:multi]` as a named vector config.
+fn parse_named(s: &str) -> Result<shoal_proto::v1::NamedVectorConfig> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let (name, dim, metric, multi) = match parts.as_slice() {
+        [n, d, m] => (n, d, m, false),
+        [n, d, m, "multi"] => (n, d, m, true),
+        _ => bail!("--vector {s:?}: expected name:dim:cosine|dot|l2 or name:dim:metric:multi"),
+    };
+    let dimension = dim.parse::<u32>().with_context(|| format!("--vector {s:?}: {dim:?} is not a dimension"))?;
+    let metric = match *metric {
+        "cosine" => Metric::Cosine,
+        "dot" => Metric::Dot,
+        "l2" => Metric::L2,
+        m => bail!("--vector {s:?}: unknown metric {m:?} (cosine, dot or l2)"),
+    };
+    Ok(shoal_proto::v1::NamedVectorConfig { name: name.to_string(), dimension, metric: metric as i32, multivector: multi, ..Default::default() })
+}
+
 fn info_json(c: &CollectionInfo) -> serde_json::Value {
     let cfg = c.config.clone().unwrap_or_default();
     let h = cfg.hnsw.unwrap_or_default();
@@ -311,6 +344,7 @@ fn info_json(c: &CollectionInfo) -> serde_json::Value {
         "hnsw": {"m": h.m, "ef_construction": h.ef_construction, "ef_search": h.ef_search},
         "storage": if cfg.storage == VectorStorage::F16 as i32 { "f16" } else { "f32" },
         "payload_indexes": cfg.payload_indexes.iter().map(|p| json!({"key": p.key, "type": PayloadIndexType::try_from(p.r#type).map(|t| t.as_str_name()).unwrap_or("?")})).collect::<Vec<_>>(),
+        "vectors": cfg.vectors.iter().map(|v| json!({"name": v.name, "dimension": v.dimension, "metric": metric_name(v.metric), "multivector": v.multivector})).collect::<Vec<_>>(),
         "sparse_vectors": cfg.sparse_vectors.iter().map(|s| json!({"name": s.name, "modifier": shoal_proto::v1::SparseModifier::try_from(s.modifier).map(|m| m.as_str_name()).unwrap_or("?")})).collect::<Vec<_>>(),
     })
 }
@@ -390,8 +424,12 @@ pub async fn run(cli: Cli) -> Result<()> {
     let client = public_client(&cli.addr).await?;
     let json_out = cli.output == Output::Json;
     match cli.cmd {
-        Cmd::Collection(CollectionCmd::Create { name, dim, metric, shards, replication_factor, m, ef_construction, ef_search, f16, indexes, text_stemmer, text_stop_words, text_keep_accents, sparse }) => {
+        Cmd::Collection(CollectionCmd::Create { name, dim, metric, shards, replication_factor, m, ef_construction, ef_search, f16, indexes, text_stemmer, text_stop_words, text_keep_accents, sparse, vectors }) => {
             let mut b = CollectionBuilder::new(name, dim, metric.into()).shards(shards).replication_factor(replication_factor).hnsw(m, ef_construction, ef_search);
+            for v in &vectors {
+                let c = parse_named(v)?;
+                b = b.vector(c.name, c.dimension, Metric::try_from(c.metric).unwrap_or(Metric::Cosine), c.multivector);
+            }
             for s in sparse {
                 b = match s.split_once(':') {
                     None => b.sparse_vector(s, false),
@@ -414,6 +452,16 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("{}", info_json(&info));
             } else {
                 println!("created collection {}", info.config.map(|c| c.name).unwrap_or_default());
+            }
+        }
+        Cmd::Collection(CollectionCmd::Vectors { name, add, drop }) => {
+            let add = add.iter().map(|v| parse_named(v)).collect::<Result<Vec<_>>>()?;
+            let info = client.update_vectors(&name, add, drop).await?;
+            if json_out {
+                println!("{}", info_json(&info));
+            } else {
+                let names: Vec<String> = info.config.map(|c| c.vectors.into_iter().map(|v| v.name).collect()).unwrap_or_default();
+                println!("collection {name} vectors: {}", names.join(", "));
             }
         }
         Cmd::Collection(CollectionCmd::Index { name, create, drop, text_stemmer, text_stop_words, text_keep_accents }) => {
@@ -485,7 +533,18 @@ pub async fn run(cli: Cli) -> Result<()> {
                     .enumerate()
                     .map(|(i, r)| {
                         let sparse = r.sparse.into_iter().map(|(k, v)| (k, shoal_proto::v1::SparseVector { indices: v.indices, values: v.values })).collect();
-                        Ok(Point { id: json_id(&r.id, i + 1)?, vector: r.vector, payload: r.payload, sparse })
+                        let vectors = r
+                            .vectors
+                            .into_iter()
+                            .map(|(k, v)| {
+                                let v = match v {
+                                    dataset::JsonNamed::Dense(values) => shoal_proto::v1::NamedVector { values, rows: vec![] },
+                                    dataset::JsonNamed::Multi(rows) => shoal_proto::v1::NamedVector { values: vec![], rows: rows.into_iter().map(|values| shoal_proto::v1::DenseVector { values }).collect() },
+                                };
+                                (k, v)
+                            })
+                            .collect();
+                        Ok(Point { id: json_id(&r.id, i + 1)?, vector: r.vector, payload: r.payload, sparse, vectors })
                     })
                     .collect::<Result<_>>()?,
             };

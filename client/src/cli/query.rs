@@ -5,7 +5,9 @@
 //! together are a hybrid query fusing a dense and a BM25 prefetch
 //! (`--fusion rrf|dbsf`), and `--positive`/`--negative` ids recommend.
 //! `--sparse name:i=v,...` takes the place of `--text` with a sparse
-//! vector query.
+//! vector query. `--using NAME` searches a named dense vector, and
+//! `--maxsim NAME:[[..],..]` re-scores the result list's candidates by
+//! MaxSim against a multi-vector (alone: a MaxSim scan).
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use serde_json::json;
@@ -46,6 +48,13 @@ pub struct QueryArgs {
     /// --text).
     #[arg(long)]
     pub sparse: Option<String>,
+    /// The named dense vector --vector, --id, --mmr and recommend use.
+    #[arg(long, default_value = "")]
+    pub using: String,
+    /// Late interaction: `name:[[row],[row],...]`, re-scoring the other
+    /// flags' candidates (--prefetch-limit of them) by MaxSim.
+    #[arg(long)]
+    pub maxsim: Option<String>,
     /// How a vector and a text query are combined.
     #[arg(long, value_enum, default_value_t = FusionArg::Rrf)]
     pub fusion: FusionArg,
@@ -99,6 +108,20 @@ fn ids(s: &Option<String>) -> Vec<VectorInput> {
     s.as_deref().map(|s| s.split(',').filter(|x| !x.trim().is_empty()).map(|x| by_id(parse_id(x))).collect()).unwrap_or_default()
 }
 
+fn mmr_using(mut q: Query, using: &str) -> Query {
+    if let Some(shoal_proto::v1::query::Kind::Mmr(m)) = q.kind.as_mut() {
+        m.using = using.to_string();
+    }
+    q
+}
+
+/// `name:[[row],[row],...]` as a MaxSim query.
+fn parse_maxsim(s: &str) -> Result<Query> {
+    let (name, rows) = s.split_once(':').context("--maxsim: expected name:[[row],...]")?;
+    let rows: Vec<Vec<f32>> = serde_json::from_str(rows).context("--maxsim: the rows are not a JSON list of lists of numbers")?;
+    Ok(Q::maxsim(name, rows))
+}
+
 /// `name:index=value,...` as a sparse query.
 fn parse_sparse(s: &str) -> Result<Query> {
     let (name, pairs) = s.split_once(':').context("--sparse: expected name:index=value,...")?;
@@ -119,7 +142,8 @@ pub fn build(a: &QueryArgs) -> Result<QueryBuilder> {
         (None, Some(id)) => Some(by_id(parse_id(id))),
         (None, None) => None,
     };
-    let nearest = |v: VectorInput| Query { kind: Some(shoal_proto::v1::query::Kind::Nearest(shoal_proto::v1::NearestQuery { vector: Some(v) })) };
+    let nearest = |v: VectorInput| Q::nearest_using(&a.using, v);
+    let maxsim = a.maxsim.as_deref().map(parse_maxsim).transpose()?;
     let lexical = match (&a.text, &a.sparse) {
         (Some(_), Some(_)) => bail!("give --text or --sparse, not both"),
         (Some(t), None) => Some(Q::bm25(&a.text_key, t)),
@@ -132,12 +156,15 @@ pub fn build(a: &QueryArgs) -> Result<QueryBuilder> {
             StrategyArg::Average => RecommendStrategy::AverageVector,
             StrategyArg::Best => RecommendStrategy::BestScore,
         };
-        QueryBuilder::new(&a.collection, Q::recommend(pos, neg, strategy))
+        QueryBuilder::new(&a.collection, Q::recommend_using(&a.using, pos, neg, strategy))
     } else {
         match (vector, lexical) {
-            (None, None) => bail!("give --vector, --id, --text, --sparse or --positive/--negative"),
+            (None, None) => match maxsim.clone() {
+                Some(m) => QueryBuilder::new(&a.collection, m),
+                None => bail!("give --vector, --id, --text, --sparse, --maxsim or --positive/--negative"),
+            },
             (Some(v), None) => match a.mmr {
-                Some(d) => QueryBuilder::new(&a.collection, Q::mmr(v, d, 0)),
+                Some(d) => QueryBuilder::new(&a.collection, mmr_using(Q::mmr(v, d, 0), &a.using)),
                 None => QueryBuilder::new(&a.collection, nearest(v)),
             },
             (None, Some(l)) => QueryBuilder::new(&a.collection, l),
@@ -157,6 +184,10 @@ pub fn build(a: &QueryArgs) -> Result<QueryBuilder> {
             }
         }
     };
+    // A MaxSim re-score over what the other flags asked for.
+    if let (Some(m), true) = (maxsim, a.vector.is_some() || a.id.is_some() || a.text.is_some() || a.sparse.is_some() || a.positive.is_some() || a.negative.is_some()) {
+        b = b.rescore(m, a.prefetch_limit);
+    }
     b = b.limit(a.limit).offset(a.offset);
     if let Some(f) = &a.filter {
         b = b.filter(filter::from_json(&serde_json::from_str(f).context("--filter is not JSON")?)?);

@@ -310,7 +310,7 @@ mod tests {
     #[test]
     fn backup_reads_are_bounded_and_follow_no_symlinks() {
         let dir = tempfile::tempdir().unwrap();
-        let good = PointStruct { id: Some(7u64.into()), vector: vec![1.0; 4], payload: None, sparse: Default::default() }.encode_to_vec();
+        let good = PointStruct { id: Some(7u64.into()), vector: vec![1.0; 4], payload: None, sparse: Default::default(), vectors: Default::default() }.encode_to_vec();
         let mut file = (good.len() as u32).to_be_bytes().to_vec();
         file.extend_from_slice(&good);
         let p = dir.path().join("shard-0.pts");

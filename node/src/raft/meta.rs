@@ -125,6 +125,14 @@ pub enum MetaCommand {
         uid: u64,
         specs: Vec<u8>,
     },
+    /// Replaces a collection's named vectors (a protobuf `CollectionConfig`
+    /// holding only them); every replica adds and drops them when it sees
+    /// the change. Appended last.
+    SetVectors {
+        collection: String,
+        uid: u64,
+        vectors: Vec<u8>,
+    },
 }
 
 impl MetaCommand {
@@ -317,6 +325,16 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
             }
             let changed = shoal_proto::v1::CollectionConfig { payload_indexes: specs, ..config.clone() };
             shoal_proto::validate::collection_config(&changed).map_err(|e| e.to_string())?;
+            c.config = Some(changed);
+        }
+        MetaCommand::SetVectors { collection, uid, vectors } => {
+            let vectors = shoal_proto::v1::CollectionConfig::decode(vectors.as_slice()).map_err(|e| format!("undecodable named vectors: {e}"))?.vectors;
+            let c = map.collections.iter_mut().find(|c| name_of(c) == collection && c.uid == uid).ok_or(NOT_FOUND)?;
+            let config = c.config.as_ref().ok_or(NOT_FOUND)?;
+            if vectors == config.vectors {
+                return Ok(0);
+            }
+            let changed = shoal_proto::validate::collection_config(&shoal_proto::v1::CollectionConfig { vectors, ..config.clone() }).map_err(|e| e.to_string())?;
             c.config = Some(changed);
         }
         MetaCommand::CommitSplit { collection, uid, parent, child } => {

@@ -48,7 +48,7 @@ use tokio::io::AsyncWriteExt;
 use super::snapshot::{self, Hashing, Header, SnapshotData, SnapshotFileError};
 use super::{Entry, NodeId, Reply, TypeConfig};
 use crate::error::NodeError;
-use crate::shard::{self as shard_mod, Durability, Shard};
+use crate::shard::{self as shard_mod, Durability, Schema, Shard};
 use crate::shard::requests::request_id;
 use crate::storage::{shard_store, KvEngine, ShardStore, StoredPoint};
 
@@ -130,7 +130,7 @@ struct Recipe {
     /// [`ShardStateMachine::set_payload_indexes`]); a snapshot install
     /// builds its shard for these. Held across an install, so that a
     /// change and an install never interleave.
-    specs: parking_lot::Mutex<Vec<shoal_proto::v1::PayloadIndexSpec>>,
+    specs: parking_lot::Mutex<Schema>,
     shard_id: u32,
     /// Generation 0's store; other generations derive from it.
     store: ShardStore,
@@ -145,9 +145,9 @@ impl Recipe {
         snapshot_dir(&self.index_dir, self.shard_id)
     }
 
-    /// The config with the payload indexes `specs`.
-    fn config_with(&self, specs: &[shoal_proto::v1::PayloadIndexSpec]) -> CollectionConfig {
-        CollectionConfig { payload_indexes: specs.to_vec(), ..self.config.clone() }
+    /// The config with `schema`'s payload indexes and named vectors.
+    fn config_with(&self, schema: &Schema) -> CollectionConfig {
+        schema.apply_to(&self.config)
     }
 }
 
@@ -213,7 +213,7 @@ impl ShardStateMachine {
         let dir = generation_dir(&index_dir, shard_id, g);
         let (mut shard, _) = Shard::open(config.clone(), shard_id, store.with_generation(g), &dir)?;
         shard.exact_scan_threshold = exact_scan_threshold;
-        let recipe = Recipe { specs: parking_lot::Mutex::new(config.payload_indexes.clone()), config, shard_id, store, kv, index_dir, exact_scan_threshold, generation: AtomicU64::new(g) };
+        let recipe = Recipe { specs: parking_lot::Mutex::new(Schema::of(&config)), config, shard_id, store, kv, index_dir, exact_scan_threshold, generation: AtomicU64::new(g) };
         Self::load_current(&recipe.snapshot_dir());
         Ok(ShardStateMachine { shard: Arc::new(RwLock::new(Arc::new(shard))), defer_index: Arc::default(), recipe: Arc::new(recipe), current: Arc::default(), split_hook: Arc::default(), node_id: Arc::default() })
     }
@@ -423,8 +423,8 @@ impl ShardStateMachine {
         match &c.op {
             None => refuse("empty control entry".into()),
             Some(shard_control::Op::PayloadIndexes(p)) => {
-                let specs = match CollectionConfig::decode(p.specs.as_slice()) {
-                    Ok(c) => c.payload_indexes,
+                let specs = match Schema::decode(p.specs.as_slice()) {
+                    Ok(c) => c,
                     Err(e) => return refuse(format!("undecodable payload index specs: {e}")),
                 };
                 let r = &self.recipe;
@@ -433,7 +433,7 @@ impl ShardStateMachine {
                 }
                 // Held across the re-index: a snapshot install waits.
                 let mut current = r.specs.lock();
-                shard.set_payload_indexes(&specs, meta).map_err(|x| werr(&x))?;
+                shard.set_schema(&specs, meta).map_err(|x| werr(&x))?;
                 *current = specs;
                 Ok(Reply::default())
             }
@@ -581,7 +581,7 @@ impl ShardStateMachine {
         let config = if header.specs.is_empty() {
             r.config_with(&specs)
         } else {
-            let sent = CollectionConfig::decode(header.specs.as_slice()).map_err(|e| bad(&SnapshotFileError::Header(format!("payload index specs: {e}"))))?.payload_indexes;
+            let sent = Schema::decode(header.specs.as_slice()).map_err(|e| bad(&SnapshotFileError::Header(format!("payload index specs: {e}"))))?;
             r.config_with(&sent)
         };
         if header.file_len(hlen) != len {
@@ -636,7 +636,7 @@ impl ShardStateMachine {
             if !header.range.is_empty() {
                 records.push((RANGE, header.range.clone()));
             }
-            Shard::import_finish(&staging, header.next_offset, header.seq, records, &header.requests, &config.payload_indexes).map_err(|e| werr(&e))
+            Shard::import_finish(&staging, header.next_offset, header.seq, records, &header.requests, &Schema::of(&config)).map_err(|e| werr(&e))
         })();
         if let Err(e) = staged {
             let _ = drop_generation(&r.store, &r.index_dir, r.shard_id, new_gen);
@@ -672,7 +672,7 @@ impl ShardStateMachine {
         fresh.exact_scan_threshold = r.exact_scan_threshold;
         fresh.set_defer_index(self.defer_index.load(Ordering::Relaxed));
         let points = fresh.len();
-        *specs = config.payload_indexes.clone();
+        *specs = Schema::of(&config);
         let old = std::mem::replace(&mut *self.shard.write(), Arc::new(fresh));
         // Under the old shard's writer lock, so an export running on it
         // finishes first; stale handles see it retired.

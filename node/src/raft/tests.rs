@@ -174,7 +174,7 @@ fn write_cmd(ids: std::ops::Range<u64>, delete: &[u64]) -> EntryPayload<TypeConf
         .map(|i| PointStruct {
             id: Some(i.into()),
             vector: vec![i as f32, 1.0, 2.0, 3.0],
-            payload: Some(Struct::try_from(&serde_json::json!({"g": if i % 2 == 0 { "even" } else { "odd" }})).unwrap()), sparse: Default::default()
+            payload: Some(Struct::try_from(&serde_json::json!({"g": if i % 2 == 0 { "even" } else { "odd" }})).unwrap()), sparse: Default::default(), vectors: Default::default()
         })
         .collect();
     let req = ShardWriteRequest { upserts, delete_ids: delete.iter().map(|&i| i.into()).collect(), ..Default::default() };
@@ -204,7 +204,7 @@ fn shard_state_machine_applies_snapshots_and_restarts() {
         let bad = {
             use prost::Message;
             let req = shoal_proto::internal::v1::ShardWriteRequest {
-                upserts: vec![shoal_proto::v1::PointStruct { id: Some(99u64.into()), vector: vec![1.0], payload: None, sparse: Default::default() }],
+                upserts: vec![shoal_proto::v1::PointStruct { id: Some(99u64.into()), vector: vec![1.0], payload: None, sparse: Default::default(), vectors: Default::default() }],
                 ..Default::default()
             };
             EntryPayload::Normal(super::Command { write: req.encode_to_vec() })
@@ -334,7 +334,7 @@ fn snapshot_install_is_atomic_and_ships_the_graph() {
             use prost::Message;
             use shoal_proto::internal::v1::ShardWriteRequest;
             use shoal_proto::v1::PointStruct;
-            let upserts = ids.map(|i| PointStruct { id: Some(i.into()), vector: vec![i as f32, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], payload: None, sparse: Default::default() }).collect();
+            let upserts = ids.map(|i| PointStruct { id: Some(i.into()), vector: vec![i as f32, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], payload: None, sparse: Default::default(), vectors: Default::default() }).collect();
             EntryPayload::Normal(super::Command { write: ShardWriteRequest { upserts, ..Default::default() }.encode_to_vec() })
         };
         alien.apply(vec![entry(1, 1, eight(0..50))]).await.unwrap();
@@ -371,7 +371,7 @@ fn request(id: u8, ids: std::ops::Range<u64>, g: &str, v: f32, filter: Option<&s
         let cond = Condition { kind: Some(condition::Kind::Match(MatchCondition { key: "g".into(), value: Some(match_condition::Value::Keyword(f.into())) })) };
         return ShardWriteRequest { delete_filter: Some(Filter { must: vec![cond], ..Default::default() }), request_id, ..Default::default() };
     }
-    let upserts = ids.map(|i| PointStruct { id: Some(i.into()), vector: vec![v, 1.0, 2.0, 3.0], payload: Some(Struct::try_from(&serde_json::json!({ "g": g })).unwrap()), sparse: Default::default() }).collect();
+    let upserts = ids.map(|i| PointStruct { id: Some(i.into()), vector: vec![v, 1.0, 2.0, 3.0], payload: Some(Struct::try_from(&serde_json::json!({ "g": g })).unwrap()), sparse: Default::default(), vectors: Default::default() }).collect();
     ShardWriteRequest { upserts, request_id, ..Default::default() }
 }
 

@@ -112,10 +112,23 @@ impl Shard {
     /// Exact scores of the listed points (or of the filter's points) against
     /// every query vector, in id order.
     pub fn score(&self, req: &ShardScoreRequest, hide: bool) -> Result<Vec<ScoredRow>> {
-        let metric = self.metric();
+        // The vector scored: the default one, or a named one.
+        let (metric, dimension, multi, holders) = if req.using.is_empty() {
+            (self.metric(), self.config.dimension, false, None)
+        } else {
+            let c = self.named_config(&req.using)?;
+            (validate::metric(c.metric)?, c.dimension, c.multivector, Some(self.holders(&req.using)?))
+        };
+        if multi != req.maxsim {
+            let why = if multi { "is a multi-vector: score it by MaxSim" } else { "is not a multi-vector: MaxSim needs one" };
+            return Err(NodeError::Invalid(validate::invalid("using", format!("{:?} {why}", req.using))));
+        }
+        if req.maxsim && (req.vectors.is_empty() || req.vectors.len() > shoal_proto::limits::MAX_MULTIVECTOR_ROWS) {
+            return Err(NodeError::Invalid(validate::invalid("vectors", format!("{} query rows, allowed 1..={}", req.vectors.len(), shoal_proto::limits::MAX_MULTIVECTOR_ROWS))));
+        }
         let mut queries = Vec::with_capacity(req.vectors.len());
         for (i, v) in req.vectors.iter().enumerate() {
-            validate::vector(&format!("vectors[{i}]"), &v.values, self.config.dimension, metric)?;
+            validate::vector(&format!("vectors[{i}]"), &v.values, dimension, metric)?;
             let mut q = v.values.clone();
             if metric == Metric::Cosine {
                 normalise(&mut q);
@@ -132,6 +145,9 @@ impl Shard {
             if let Some(h) = &hidden {
                 allowed -= h;
             }
+            if let Some(h) = &holders {
+                allowed &= h;
+            }
             if allowed.len() > req.max_points as u64 {
                 return Err(NodeError::TooLarge(format!("{} points to score on this shard, the request allows {}; narrow the filter", allowed.len(), req.max_points)));
             }
@@ -146,19 +162,41 @@ impl Shard {
             }
             ks
         };
-        let work = keys.len() as u64 * queries.len() as u64 * self.config.dimension as u64;
+        let (n_points, n_queries) = (keys.len(), queries.len());
+        let too_much = |work: u64| NodeError::TooLarge(format!("scoring {n_points} points against {n_queries} query vectors of {dimension} dimensions is {work} multiply-adds or more, the limit is {MAX_SCORE_WORK}; narrow the filter or use fewer examples or rows"));
+        let mut work = keys.len() as u64 * queries.len() as u64 * dimension as u64;
         if work > MAX_SCORE_WORK {
-            return Err(NodeError::TooLarge(format!("scoring {} points against {} vectors of {} dimensions is {work} multiply-adds, the limit is {MAX_SCORE_WORK}; narrow the filter or use fewer examples", keys.len(), queries.len(), self.config.dimension)));
+            return Err(too_much(work));
         }
         let mut rows = Vec::with_capacity(keys.len());
         let mut bytes = 0usize;
         for k in keys {
-            let Some(p) = self.store.get(&k)? else { continue };
+            let Some(mut p) = self.store.get(&k)? else { continue };
             if hidden.as_ref().is_some_and(|h| h.contains(p.offset)) {
                 continue;
             }
-            let scores = queries.iter().map(|q| similarity(metric, q, &p.vector)).collect();
-            let row = ScoredRow { id: Some(k.to_proto()), scores, vector: if req.with_vector { p.vector } else { vec![] } };
+            let vector = if req.using.is_empty() {
+                std::mem::take(&mut p.vector)
+            } else {
+                // Points without the named vector are not scored.
+                let Some(v) = p.vectors.remove(&req.using) else { continue };
+                if req.maxsim {
+                    // Each point's rows multiply the work.
+                    work += (v.rows.len().saturating_sub(1) as u64) * queries.len() as u64 * dimension as u64;
+                    if work > MAX_SCORE_WORK {
+                        return Err(too_much(work));
+                    }
+                    let rs: Vec<&[f32]> = v.rows.iter().map(|r| r.values.as_slice()).collect();
+                    let score = super::named::maxsim(metric, &queries, &rs);
+                    let row = ScoredRow { id: Some(k.to_proto()), scores: vec![score], vector: vec![] };
+                    bytes += prost::Message::encoded_len(&row);
+                    rows.push(row);
+                    continue;
+                }
+                v.values
+            };
+            let scores = queries.iter().map(|q| similarity(metric, q, &vector)).collect();
+            let row = ScoredRow { id: Some(k.to_proto()), scores, vector: if req.with_vector { vector } else { vec![] } };
             bytes += prost::Message::encoded_len(&row);
             if bytes > RESPONSE_BYTES {
                 return Err(NodeError::TooLarge(format!("the scored points pass {RESPONSE_BYTES} bytes; score fewer points or vectors")));

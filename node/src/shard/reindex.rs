@@ -1,40 +1,62 @@
-//! Live payload-index changes: a shard re-indexes its points for a new
-//! list of payload index specs (a collection's indexes were added or
-//! dropped through the cluster map).
+//! Live schema changes: a shard re-indexes its points for a new list of
+//! payload index specs, and adds or drops named vectors (a collection's
+//! indexes or vectors changed through the cluster map).
 //!
 //! A change reaches a shard as a control entry of its Raft log
-//! (`PayloadIndexesControl`), proposed by the shard's leader when the
-//! cluster map's specs differ from its own: every replica switches at the
-//! same log position, so writes after it are validated and filtered alike
-//! everywhere. The specs a shard's stored entries were built for are a
-//! shard metadata record ([`SPECS`]), written with the entries; a shard
-//! opens with the specs of its record, and snapshots carry them.
+//! (`PayloadIndexesControl`, which carries the whole [`Schema`]), proposed
+//! by the shard's leader when the cluster map's schema differs from its
+//! own: every replica switches at the same log position, so writes after
+//! it are validated and filtered alike everywhere. The schema a shard's
+//! stored entries and vectors were built for is a shard metadata record
+//! ([`SPECS`]), written with them; a shard opens with the schema of its
+//! record, and snapshots carry it.
 use prost::Message;
-use shoal_proto::v1::{CollectionConfig, PayloadIndexSpec};
+use shoal_proto::v1::{CollectionConfig, NamedVectorConfig, PayloadIndexSpec};
 
 use super::{Shard, State};
 use crate::error::{Result, StorageError};
 use crate::filter::PayloadIndex;
 use crate::storage::{ShardStore, StoreBatch};
 
-/// Shard metadata record: the payload index specs the stored index entries
-/// were built for (a protobuf `CollectionConfig` holding only them).
+/// Shard metadata record: the [`Schema`] the stored index entries and
+/// vectors were built for (a protobuf `CollectionConfig` holding only
+/// `payload_indexes` and `vectors`).
 pub const SPECS: &str = "payload_index_specs";
 
-/// The specs recorded for `store`'s index entries; `None` for a shard
-/// written before the record existed (its entries match its config).
-pub(super) fn stored_specs(store: &ShardStore) -> Result<Option<Vec<PayloadIndexSpec>>> {
-    match store.meta_get(SPECS)? {
-        None => Ok(None),
-        Some(b) => {
-            let c = CollectionConfig::decode(b.as_slice()).map_err(|e| StorageError::Corrupt { what: "payload index specs", detail: e.to_string() })?;
-            Ok(Some(c.payload_indexes))
-        }
+/// The parts of a collection's config that change on a live collection.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Schema {
+    pub specs: Vec<PayloadIndexSpec>,
+    pub vectors: Vec<NamedVectorConfig>,
+}
+
+impl Schema {
+    pub fn of(c: &CollectionConfig) -> Self {
+        Schema { specs: c.payload_indexes.clone(), vectors: c.vectors.clone() }
+    }
+
+    /// A protobuf `CollectionConfig` holding only the schema.
+    pub fn encode(&self) -> Vec<u8> {
+        CollectionConfig { payload_indexes: self.specs.clone(), vectors: self.vectors.clone(), ..Default::default() }.encode_to_vec()
+    }
+
+    pub fn decode(b: &[u8]) -> std::result::Result<Self, prost::DecodeError> {
+        CollectionConfig::decode(b).map(|c| Self::of(&c))
+    }
+
+    /// `c` with this schema.
+    pub fn apply_to(&self, c: &CollectionConfig) -> CollectionConfig {
+        CollectionConfig { payload_indexes: self.specs.clone(), vectors: self.vectors.clone(), ..c.clone() }
     }
 }
 
-pub(super) fn encode_specs(specs: &[PayloadIndexSpec]) -> Vec<u8> {
-    CollectionConfig { payload_indexes: specs.to_vec(), ..Default::default() }.encode_to_vec()
+/// The schema recorded for `store`; `None` for a shard written before the
+/// record existed (its entries match its config).
+pub(super) fn stored_schema(store: &ShardStore) -> Result<Option<Schema>> {
+    match store.meta_get(SPECS)? {
+        None => Ok(None),
+        Some(b) => Ok(Some(Schema::decode(&b).map_err(|e| StorageError::Corrupt { what: "payload index specs", detail: e.to_string() })?)),
+    }
 }
 
 impl Shard {
@@ -43,14 +65,31 @@ impl Shard {
         self.index_specs.read().clone()
     }
 
-    /// Re-indexes every point for `specs`: builds a new payload and text
-    /// index, replaces the stored entries and the record in one synced
-    /// batch with `meta` (the Raft applied id), and swaps the index in.
-    /// Returns false when `specs` are the current ones (`meta` is written
-    /// alone then). Writes wait meanwhile (the writer lock); searches go
-    /// on with the old index until the swap.
+    /// [`Shard::set_schema`] with new payload index specs and the named
+    /// vectors unchanged.
     pub fn set_payload_indexes(&self, specs: &[PayloadIndexSpec], meta: Vec<(&'static str, Vec<u8>)>) -> Result<bool> {
-        if self.index_specs.read().as_slice() == specs {
+        let schema = Schema { specs: specs.to_vec(), vectors: self.named.read().configs() };
+        self.set_schema(&schema, meta)
+    }
+
+    /// The payload indexes and named vectors this shard has now.
+    pub fn schema(&self) -> Schema {
+        Schema { specs: self.index_specs.read().clone(), vectors: self.named.read().configs() }
+    }
+
+    /// Switches the shard to `schema`, with `meta` (the Raft applied id) in
+    /// the same synced batch as everything it rewrites:
+    /// * new payload specs: builds a new payload and text index and
+    ///   replaces the stored entries;
+    /// * a dropped named vector (or one declared anew with other settings):
+    ///   its values leave every stored point and its graph goes;
+    /// * an added one starts empty.
+    ///
+    /// Returns false when `schema` is the current one (`meta` is written
+    /// alone then). Writes wait meanwhile (the writer lock); searches go on
+    /// with the old indexes until the swap.
+    pub fn set_schema(&self, schema: &Schema, meta: Vec<(&'static str, Vec<u8>)>) -> Result<bool> {
+        if self.schema() == *schema {
             if !meta.is_empty() {
                 self.put_meta(meta, super::Durability::Deferred)?;
             }
@@ -58,33 +97,46 @@ impl Shard {
         }
         let _w = self.writer.lock();
         let started = std::time::Instant::now();
-        let mut fresh = PayloadIndex::new(specs);
+        let specs_changed = *self.index_specs.read() != schema.specs;
+        let current = self.named.read().configs();
+        // Names whose stored values go: dropped, or re-declared otherwise.
+        let gone: Vec<String> = current.iter().filter(|c| !schema.vectors.contains(c)).map(|c| c.name.clone()).collect();
+        let mut fresh = PayloadIndex::new(&schema.specs);
         let text = fresh.has_text();
-        let mut put = Vec::new();
+        let (mut put, mut rewritten) = (Vec::new(), Vec::new());
         let mut points = 0u64;
-        self.store.scan_points(None, &mut |_, p| {
-            put.extend(fresh.entries_for(p.payload.as_ref(), p.offset));
-            if text {
-                fresh.insert_text(p.payload.as_ref(), p.offset);
+        self.store.scan_points(None, &mut |_, mut p| {
+            if specs_changed {
+                put.extend(fresh.entries_for(p.payload.as_ref(), p.offset));
+                if text {
+                    fresh.insert_text(p.payload.as_ref(), p.offset);
+                }
+            }
+            if gone.iter().any(|g| p.vectors.contains_key(g)) {
+                p.vectors.retain(|k, _| !gone.contains(k));
+                rewritten.push(p);
             }
             points += 1;
             true
         })?;
         let mut old = Vec::new();
-        self.store.scan_index(&mut |e| old.push(e))?;
-        for e in &put {
-            fresh.insert(e);
+        if specs_changed {
+            self.store.scan_index(&mut |e| old.push(e))?;
+            for e in &put {
+                fresh.insert(e);
+            }
         }
-        let entries = put.len();
+        let (entries, stripped) = (put.len(), rewritten.len());
         let mut put_meta = meta;
-        put_meta.push((SPECS, encode_specs(specs)));
-        self.store.write(StoreBatch { delete_index: old, put_index: put, put_meta, ..Default::default() }, true)?;
-        {
+        put_meta.push((SPECS, schema.encode()));
+        self.store.write(StoreBatch { delete_index: old, put_index: put, put_points: rewritten, put_meta, ..Default::default() }, true)?;
+        if specs_changed {
             let mut st: parking_lot::RwLockWriteGuard<'_, State> = self.state.write();
             st.payload = fresh;
+            *self.index_specs.write() = schema.specs.clone();
         }
-        *self.index_specs.write() = specs.to_vec();
-        tracing::info!(collection = %self.collection, shard = self.shard_id, points, entries, ms = started.elapsed().as_millis() as u64, indexes = specs.len(), "payload indexes rebuilt");
+        self.named.write().reshape(&schema.vectors)?;
+        tracing::info!(collection = %self.collection, shard = self.shard_id, points, entries, stripped, ms = started.elapsed().as_millis() as u64, indexes = schema.specs.len(), vectors = schema.vectors.len(), "shard schema changed");
         Ok(true)
     }
 }

@@ -166,7 +166,7 @@ impl Shard {
         let mut copied = 0u64;
         // The child's entries are built for the parent's indexes now (they
         // may have changed since it opened), and recorded as such.
-        let specs = self.payload_index_specs();
+        let schema = self.schema();
         self.scan_in_batches(
             COPY_BATCH,
             &mut |k, _| {
@@ -175,7 +175,7 @@ impl Shard {
             },
             &mut |batch| {
                 copied += batch.len() as u64;
-                Shard::import(spec.store, &specs, batch)
+                Shard::import(spec.store, &schema.specs, batch)
             },
         )?;
         // The graph before the synced metadata: a missing or partial file
@@ -190,7 +190,7 @@ impl Shard {
         // Its log starts at 1: inherited ids take index 0, so they are the
         // first to go as the child's own writes arrive.
         let requests: Vec<_> = self.requests.lock().entries().into_iter().map(|(id, d)| (id, super::requests::Done { index: 0, ..d })).collect();
-        Shard::import_finish(spec.store, next_offset, seq, spec.meta, &requests, &specs)?;
+        Shard::import_finish(spec.store, next_offset, seq, spec.meta, &requests, &schema)?;
         Ok(copied)
     }
 

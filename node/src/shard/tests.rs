@@ -33,7 +33,7 @@ fn points(vs: &[Vec<f32>], from: u64) -> Vec<PointStruct> {
         .map(|(i, v)| PointStruct {
             id: Some((from + i as u64).into()),
             vector: v.clone(),
-            payload: Some(Struct::try_from(&json!({"group": format!("g{}", (from + i as u64) % 10), "i": from + i as u64})).unwrap()), sparse: Default::default()
+            payload: Some(Struct::try_from(&json!({"group": format!("g{}", (from + i as u64) % 10), "i": from + i as u64})).unwrap()), sparse: Default::default(), vectors: Default::default()
         })
         .collect()
 }
@@ -67,7 +67,7 @@ fn upsert_replace_delete_count() {
         assert_eq!(ids(&s.search(&search(&vs[7], 1)).unwrap()), vec![7]);
         // Replace point 7 with a far-away vector: its old position is empty at once.
         let far = vec![50.0, 50.0, 50.0, 50.0];
-        s.write(&[PointStruct { id: Some(7u64.into()), vector: far.clone(), payload: None, sparse: Default::default() }], &[], None).unwrap();
+        s.write(&[PointStruct { id: Some(7u64.into()), vector: far.clone(), payload: None, sparse: Default::default(), vectors: Default::default() }], &[], None).unwrap();
         assert_eq!(s.count(None).unwrap(), 100);
         assert!(!ids(&s.search(&search(&vs[7], 3)).unwrap()).contains(&7));
         assert_eq!(ids(&s.search(&search(&far, 1)).unwrap()), vec![7]);
@@ -84,8 +84,8 @@ fn upsert_replace_delete_count() {
         assert_eq!(s.count(Some(&g5)).unwrap(), 0);
         assert_eq!(s.count(None).unwrap(), 89);
         // Duplicate ids in one batch: the last one wins.
-        let a = PointStruct { id: Some(500u64.into()), vector: vec![1.0; 4], payload: None, sparse: Default::default() };
-        let b = PointStruct { id: Some(500u64.into()), vector: vec![2.0; 4], payload: None, sparse: Default::default() };
+        let a = PointStruct { id: Some(500u64.into()), vector: vec![1.0; 4], payload: None, sparse: Default::default(), vectors: Default::default() };
+        let b = PointStruct { id: Some(500u64.into()), vector: vec![2.0; 4], payload: None, sparse: Default::default(), vectors: Default::default() };
         assert_eq!(s.write(&[a, b], &[], None).unwrap(), 1);
         assert_eq!(s.get(&[500u64.into()], false, true).unwrap()[0].vector, vec![2.0; 4]);
     }
@@ -188,12 +188,12 @@ fn payload_indexes_change_live_and_at_reopen() {
 fn bad_points_reject_the_whole_batch() {
     let (engine, dir) = engines().pop().unwrap();
     let (s, _) = Shard::open(config(3, Metric::Cosine), 0, ShardStore::new(engine, "c", 0), dir.path()).unwrap();
-    let good = PointStruct { id: Some(1u64.into()), vector: vec![1.0, 0.0, 0.0], payload: None, sparse: Default::default() };
+    let good = PointStruct { id: Some(1u64.into()), vector: vec![1.0, 0.0, 0.0], payload: None, sparse: Default::default(), vectors: Default::default() };
     for (bad, field) in [
-        (PointStruct { id: Some(2u64.into()), vector: vec![1.0, 0.0], payload: None, sparse: Default::default() }, "points[1].vector"),
-        (PointStruct { id: Some(2u64.into()), vector: vec![1.0, f32::NAN, 0.0], payload: None, sparse: Default::default() }, "points[1].vector"),
-        (PointStruct { id: Some(2u64.into()), vector: vec![0.0; 3], payload: None, sparse: Default::default() }, "points[1].vector"),
-        (PointStruct { id: None, vector: vec![1.0, 0.0, 0.0], payload: None, sparse: Default::default() }, "points[1].id"),
+        (PointStruct { id: Some(2u64.into()), vector: vec![1.0, 0.0], payload: None, sparse: Default::default(), vectors: Default::default() }, "points[1].vector"),
+        (PointStruct { id: Some(2u64.into()), vector: vec![1.0, f32::NAN, 0.0], payload: None, sparse: Default::default(), vectors: Default::default() }, "points[1].vector"),
+        (PointStruct { id: Some(2u64.into()), vector: vec![0.0; 3], payload: None, sparse: Default::default(), vectors: Default::default() }, "points[1].vector"),
+        (PointStruct { id: None, vector: vec![1.0, 0.0, 0.0], payload: None, sparse: Default::default(), vectors: Default::default() }, "points[1].id"),
     ] {
         match s.write(&[good.clone(), bad], &[], None) {
             Err(NodeError::Invalid(e)) => assert_eq!(e.field, field),

@@ -90,7 +90,7 @@ fn kv_delete_range(e: Arc<dyn KvEngine>) {
 
 fn point(id: PointKey, offset: u32) -> StoredPoint {
     let payload = Struct { fields: [("n".to_string(), shoal_proto::v1::Value { kind: Some(shoal_proto::v1::value::Kind::IntegerValue(offset as i64)) })].into() };
-    StoredPoint { id: Some(id.to_proto()), vector: vec![offset as f32, 1.0], payload: Some(payload), offset, sparse: Default::default() }
+    StoredPoint { id: Some(id.to_proto()), vector: vec![offset as f32, 1.0], payload: Some(payload), offset, sparse: Default::default(), vectors: Default::default() }
 }
 
 fn shard_points_roundtrip_and_isolation(e: Arc<dyn KvEngine>) {

@@ -26,6 +26,9 @@ pub struct StoredPoint {
     /// Named sparse vectors (absent in points written before they existed).
     #[prost(btree_map = "string, message", tag = "5")]
     pub sparse: std::collections::BTreeMap<String, shoal_proto::v1::SparseVector>,
+    /// Named dense vectors and multi-vectors (cosine ones normalised).
+    #[prost(btree_map = "string, message", tag = "6")]
+    pub vectors: std::collections::BTreeMap<String, shoal_proto::v1::NamedVector>,
 }
 
 /// A value in a payload index.
@@ -346,7 +349,7 @@ mod tests {
         let (g1, g2) = (g0.with_generation(1), g0.with_generation(2));
         let others = [ShardStore::new(engine.clone(), "c", 2), ShardStore::new(engine.clone(), "c\u{0}1", 2), ShardStore::new(engine.clone(), "cc", 1)];
         let put = |s: &ShardStore, id: u64| {
-            let p = StoredPoint { id: Some(id.into()), vector: vec![id as f32], payload: None, offset: id as u32, sparse: Default::default() };
+            let p = StoredPoint { id: Some(id.into()), vector: vec![id as f32], payload: None, offset: id as u32, sparse: Default::default(), vectors: Default::default() };
             s.write(StoreBatch { put_points: vec![p], put_meta: vec![("m", id.to_be_bytes().to_vec())], ..Default::default() }, false).unwrap();
         };
         for (i, s) in [&g0, &g1, &g2].into_iter().chain(others.iter()).enumerate() {
