@@ -115,6 +115,17 @@ pub fn group_name(collection: &str, shard_id: u32) -> String {
 /// ([`Engine::sync_payload_indexes`]).
 pub const INDEX_SYNC_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Proposes a shard's schema change as a control entry of its log
+/// ([`crate::shard::Schema`]) and waits for it to apply here.
+pub async fn propose_schema(raft: &Raft<TypeConfig>, group: &str, want: &crate::shard::Schema) -> Result<()> {
+    let ctl = shoal_proto::internal::v1::ShardControl { op: Some(shoal_proto::internal::v1::shard_control::Op::PayloadIndexes(shoal_proto::internal::v1::PayloadIndexesControl { specs: want.encode() })) };
+    let write = shoal_proto::internal::v1::ShardWriteRequest { control: Some(ctl), ..Default::default() };
+    match propose(raft, group, Command { write: prost::Message::encode_to_vec(&write) }).await? {
+        Reply { error: Some(e), .. } => Err(NodeError::Rejected(format!("shard schema change refused: {e}"))),
+        _ => Ok(()),
+    }
+}
+
 pub async fn propose(raft: &Raft<TypeConfig>, group: &str, cmd: Command) -> Result<Reply> {
     let deadline = tokio::time::Instant::now() + LEADER_WAIT;
     loop {
@@ -383,25 +394,38 @@ impl Engine {
                     .read()
                     .iter()
                     .filter_map(|((name, _), r)| {
-                        let entry = map.collections.iter().find(|c| c.uid == r.uid && c.config.as_ref().is_some_and(|x| &x.name == name))?;
-                        let want = crate::shard::Schema::of(entry.config.as_ref()?);
+                        let want = Self::schema_in(&map, name, r.uid)?;
                         let leads = r.raft.metrics().borrow().state == ServerState::Leader;
                         (leads && r.shard().schema() != want).then(|| (r.raft.clone(), r.group.clone(), want))
                     })
                     .collect();
                 drop(engine);
                 for (raft, group, want) in due {
-                    let specs = want.encode();
-                    let ctl = shoal_proto::internal::v1::ShardControl { op: Some(shoal_proto::internal::v1::shard_control::Op::PayloadIndexes(shoal_proto::internal::v1::PayloadIndexesControl { specs })) };
-                    let write = shoal_proto::internal::v1::ShardWriteRequest { control: Some(ctl), ..Default::default() };
-                    match propose(&raft, &group, Command { write: prost::Message::encode_to_vec(&write) }).await {
-                        Ok(Reply { error: Some(e), .. }) => tracing::error!(%group, error = %e, "payload index change refused"),
-                        Ok(_) => tracing::info!(%group, "payload index change applied"),
-                        Err(e) => tracing::warn!(%group, error = %e, "payload index change not proposed; retrying"),
+                    match propose_schema(&raft, &group, &want).await {
+                        Ok(()) => tracing::info!(%group, "shard schema change applied"),
+                        Err(e) => tracing::warn!(%group, error = %e, "shard schema change not applied; retrying"),
                     }
                 }
             }
         })
+    }
+
+    /// The schema (payload indexes, named vectors) the map gives collection
+    /// `name` of `uid`.
+    fn schema_in(map: &ClusterMap, name: &str, uid: u64) -> Option<crate::shard::Schema> {
+        let entry = map.collections.iter().find(|c| c.uid == uid && c.config.as_ref().is_some_and(|x| x.name == name))?;
+        Some(crate::shard::Schema::of(entry.config.as_ref()?))
+    }
+
+    /// Brings a shard this node leads to the map's schema before a write
+    /// that names vectors: a write sent right after `UpdateVectors` added a
+    /// vector must not be refused because the sync loop has not run yet.
+    pub async fn catch_up_schema(&self, collection: &str, replica: &Replica) -> Result<()> {
+        let Some(want) = Self::schema_in(&self.cluster_map(), collection, replica.uid) else { return Ok(()) };
+        if replica.shard().schema() == want {
+            return Ok(());
+        }
+        propose_schema(&replica.raft, &replica.group, &want).await
     }
 
     /// Runs [`Engine::reconcile`] whenever the applied map changes, until

@@ -142,6 +142,10 @@ impl ShardApi for ShardService {
         if let Some(done) = crate::shard::requests::request_id(&req.request_id).and_then(|id| shard.request_done(&id)) {
             return Ok(Response::new(ShardWriteResponse { affected: done.affected }));
         }
+        if req.upserts.iter().any(|p| !p.vectors.is_empty()) {
+            let collection = req.shard.as_ref().map(|s| s.collection.clone()).unwrap_or_default();
+            self.engine.catch_up_schema(&collection, &replica).await?;
+        }
         let bulk = req.upserts.len() >= BULK_WRITE_POINTS;
         if !req.batch.is_empty() || req.control.is_some() {
             return Err(NodeError::from(invalid("batch", "write groups and control entries are formed by the node, not sent to it")).into());
