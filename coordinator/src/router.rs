@@ -662,7 +662,7 @@ mod tests {
         let config = CollectionConfig { name: "c".into(), ..Default::default() };
         let parent = ShardPlacement { shard_id: 0, range_start: 0, range_end: u64::MAX, replicas: vec![1], ..Default::default() };
         let child = ShardPlacement { shard_id: 1, range_start: 1 << 63, range_end: u64::MAX, replicas: vec![1], splitting: true, split_from: 0, ..Default::default() };
-        let map = |shards| ClusterMap { collections: vec![CollectionEntry { config: Some(config.clone()), shards, uid: 1 }], ..Default::default() };
+        let map = |shards| ClusterMap { collections: vec![CollectionEntry { config: Some(config.clone()), shards, uid: 1, ..Default::default() }], ..Default::default() };
         let v = build_view(map(vec![parent.clone(), child.clone()]));
         let route = &v.collections["c"];
         assert_eq!(route.shards.ranges().len(), 1);

@@ -396,7 +396,7 @@ impl Engine {
                     .filter_map(|((name, _), r)| {
                         let want = Self::schema_in(&map, name, r.uid)?;
                         let leads = r.raft.metrics().borrow().state == ServerState::Leader;
-                        (leads && r.shard().schema() != want).then(|| (r.raft.clone(), r.group.clone(), want))
+                        (leads && want.version > r.shard().schema().version).then(|| (r.raft.clone(), r.group.clone(), want))
                     })
                     .collect();
                 drop(engine);
@@ -414,7 +414,7 @@ impl Engine {
     /// `name` of `uid`.
     fn schema_in(map: &ClusterMap, name: &str, uid: u64) -> Option<crate::shard::Schema> {
         let entry = map.collections.iter().find(|c| c.uid == uid && c.config.as_ref().is_some_and(|x| x.name == name))?;
-        Some(crate::shard::Schema::of(entry.config.as_ref()?))
+        crate::shard::Schema::current(entry)
     }
 
     /// Brings a shard this node leads to the map's schema before a write
@@ -422,7 +422,7 @@ impl Engine {
     /// vector must not be refused because the sync loop has not run yet.
     pub async fn catch_up_schema(&self, collection: &str, replica: &Replica) -> Result<()> {
         let Some(want) = Self::schema_in(&self.cluster_map(), collection, replica.uid) else { return Ok(()) };
-        if replica.shard().schema() == want {
+        if want.version <= replica.shard().schema().version {
             return Ok(());
         }
         propose_schema(&replica.raft, &replica.group, &want).await
@@ -652,7 +652,7 @@ impl Engine {
             .map(|(i, ((start, end), replicas))| ShardPlacement { shard_id: i as u32, range_start: start, range_end: end, replicas, ..Default::default() })
             .collect();
         let name = config.name.clone();
-        let entry = CollectionEntry { config: Some(config), shards, uid: 0 };
+        let entry = CollectionEntry { config: Some(config), shards, uid: 0, ..Default::default() };
         let reply = self.propose_meta(MetaCommand::CreateCollection { entry: prost::Message::encode_to_vec(&entry) }).await?;
         match reply.error.as_deref() {
             None => Ok(self.cluster_map()),
@@ -751,7 +751,11 @@ impl Engine {
                 if s.splitting && !self.holds_uid(&config.name, s.shard_id, c.uid) && !self.shards.read().contains_key(&(config.name.clone(), s.shard_id)) && !self.parent_past_split(&config.name, s) {
                     continue;
                 }
-                wanted.insert((config.name.clone(), s.shard_id), (config.clone(), s.clone(), c.uid));
+                // A replica that starts empty replays its log from the
+                // beginning: under the schema the collection was created
+                // with (a shard with data opens with its recorded one).
+                let start = crate::shard::Schema::initial(c).map_or_else(|| config.clone(), |s| s.apply_to(config));
+                wanted.insert((config.name.clone(), s.shard_id), (start, s.clone(), c.uid));
             }
         }
         let doomed: Vec<Replica> = {

@@ -109,6 +109,8 @@ pub struct Shard {
     /// Named vectors ([`named`]): the config's at open, changed live by
     /// [`Shard::set_schema`].
     named: RwLock<named::NamedSet>,
+    /// The version of the shard's schema ([`Schema`]).
+    schema_version: AtomicU64,
     dist: Distance,
     store: ShardStore,
     index: HnswIndex,
@@ -336,11 +338,18 @@ impl Shard {
             Ok(())
         };
         let text = state.payload.has_text();
+        // Named vectors go into their graphs in batches bounded in points
+        // and bytes; a multi-vector needs no graph, so only its presence
+        // is kept (no copy of its rows).
         let mut named_batch: Vec<(u32, BTreeMap<String, shoal_proto::v1::NamedVector>)> = Vec::new();
+        let mut named_bytes = 0usize;
         store.scan_points(None, &mut |k, p| {
             if !p.vectors.is_empty() && !named.is_empty() {
-                named_batch.push((p.offset, p.vectors.clone()));
-                if named_batch.len() >= 4096 {
+                let vs: BTreeMap<String, shoal_proto::v1::NamedVector> = p.vectors.iter().map(|(n, v)| (n.clone(), if v.rows.is_empty() { v.clone() } else { Default::default() })).collect();
+                named_bytes += vs.values().map(|v| v.values.len() * 4).sum::<usize>();
+                named_batch.push((p.offset, vs));
+                if named_batch.len() >= 4096 || named_bytes >= 64 << 20 {
+                    named_bytes = 0;
                     let items: Vec<(u32, &BTreeMap<String, shoal_proto::v1::NamedVector>)> = named_batch.iter().map(|(o, v)| (*o, v)).collect();
                     if let Err(e) = named.add(&items) {
                         scan_err = Some(IndexError::Usearch(e.to_string()));
@@ -420,6 +429,7 @@ impl Shard {
             dist: Distance(metric),
             index_specs: RwLock::new(built_for),
             named: RwLock::new(named),
+            schema_version: AtomicU64::new(schema.version),
             config,
             store,
             index,
@@ -479,8 +489,10 @@ impl Shard {
     }
 
     pub fn index_memory_bytes(&self) -> usize {
+        // Not under the state lock: searches take `named` before `state`.
+        let named = self.named.read().memory_bytes();
         let st = self.state.read();
-        self.index.memory_bytes() + self.pending.read().len() * self.config.dimension as usize * 4 + st.payload.memory_bytes() + st.sparse.values().map(SparseIndex::memory_bytes).sum::<usize>() + self.named.read().memory_bytes() + st.keys.memory_bytes() + st.live.serialized_size()
+        self.index.memory_bytes() + self.pending.read().len() * self.config.dimension as usize * 4 + st.payload.memory_bytes() + st.sparse.values().map(SparseIndex::memory_bytes).sum::<usize>() + named + st.keys.memory_bytes() + st.live.serialized_size()
     }
 
     fn metric(&self) -> Metric {

@@ -913,7 +913,7 @@ mod tests {
         let placement = ShardPlacement { shard_id: 0, replicas: vec![1, 2], ..Default::default() };
         let map = ClusterMap {
             nodes: (1..=3).map(|id| NodeEntry { id, address: format!("n{id}:1"), ..Default::default() }).collect(),
-            collections: vec![CollectionEntry { config: Some(shoal_proto::v1::CollectionConfig { name: "c".into(), ..Default::default() }), shards: vec![placement], uid: 1 }],
+            collections: vec![CollectionEntry { config: Some(shoal_proto::v1::CollectionConfig { name: "c".into(), ..Default::default() }), shards: vec![placement], uid: 1, ..Default::default() }],
             ..Default::default()
         };
         let mv = |from, to| Operation { kind: Some(Kind::Move(MoveReplica { collection: "c".into(), shard_id: 0, from_node: from, to_node: to })), ..Default::default() };

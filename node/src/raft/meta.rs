@@ -198,6 +198,8 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
                 return Err(EXISTS.into());
             }
             entry.uid = index;
+            entry.schema_version = 0;
+            entry.initial_schema = entry.config.as_ref().map(|c| shoal_proto::internal::v1::ShardSchema { payload_indexes: c.payload_indexes.clone(), vectors: c.vectors.clone(), version: 0 });
             map.collections.push(entry);
         }
         MetaCommand::DeleteCollection { name } => {
@@ -326,6 +328,7 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
             let changed = shoal_proto::v1::CollectionConfig { payload_indexes: specs, ..config.clone() };
             shoal_proto::validate::collection_config(&changed).map_err(|e| e.to_string())?;
             c.config = Some(changed);
+            c.schema_version = index;
         }
         MetaCommand::SetVectors { collection, uid, vectors } => {
             let vectors = shoal_proto::v1::CollectionConfig::decode(vectors.as_slice()).map_err(|e| format!("undecodable named vectors: {e}"))?.vectors;
@@ -336,6 +339,7 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
             }
             let changed = shoal_proto::validate::collection_config(&shoal_proto::v1::CollectionConfig { vectors, ..config.clone() }).map_err(|e| e.to_string())?;
             c.config = Some(changed);
+            c.schema_version = index;
         }
         MetaCommand::CommitSplit { collection, uid, parent, child } => {
             let c = map.collections.iter_mut().find(|c| name_of(c) == collection && c.uid == uid).ok_or(NOT_FOUND)?;
@@ -509,6 +513,32 @@ mod tests {
         CollectionEntry { config: Some(CollectionConfig { name: name.into(), ..Default::default() }), ..Default::default() }.encode_to_vec()
     }
 
+    /// A schema change records its log index as the collection's schema
+    /// version; the creation schema stays for replicas that start empty.
+    #[test]
+    fn schema_changes_are_versioned_by_log_index() {
+        use shoal_proto::v1::{Metric, NamedVectorConfig};
+        let mut m = ClusterMap::default();
+        let v = |name: &str, dim| NamedVectorConfig { name: name.into(), dimension: dim, metric: Metric::Dot as i32, ..Default::default() };
+        let cfg = shoal_proto::validate::collection_config(&CollectionConfig { name: "c".into(), dimension: 2, metric: Metric::Cosine as i32, vectors: vec![v("a", 3)], ..Default::default() }).unwrap();
+        let e = CollectionEntry { config: Some(cfg.clone()), ..Default::default() };
+        apply_command(&mut m, MetaCommand::CreateCollection { entry: e.encode_to_vec() }, 5).unwrap();
+        assert_eq!(m.collections[0].schema_version, 0);
+        let initial = m.collections[0].initial_schema.clone().expect("recorded at creation");
+        assert_eq!(initial.vectors, cfg.vectors);
+        let change = |vs: Vec<NamedVectorConfig>| MetaCommand::SetVectors { collection: "c".into(), uid: 5, vectors: CollectionConfig { vectors: vs, ..Default::default() }.encode_to_vec() };
+        let b = shoal_proto::validate::named_vector_config("b", &v("b", 4)).unwrap();
+        assert_eq!(apply_command(&mut m, change(vec![b.clone()]), 9), Ok(1));
+        assert_eq!(m.collections[0].schema_version, 9);
+        assert_eq!(m.collections[0].config.as_ref().unwrap().vectors, vec![b.clone()]);
+        assert_eq!(m.collections[0].initial_schema, Some(initial), "the creation schema stays");
+        assert_eq!(apply_command(&mut m, change(vec![b]), 12), Ok(0), "the same vectors change nothing");
+        assert_eq!(m.collections[0].schema_version, 9);
+        // Invalid at apply (a dimension out of range): refused everywhere.
+        assert!(apply_command(&mut m, change(vec![v("x", 0)]), 13).is_err());
+        assert_eq!(m.collections[0].schema_version, 9);
+    }
+
     #[test]
     fn commands_change_the_map_and_its_epoch_deterministically() {
         let mut m = ClusterMap::default();
@@ -569,6 +599,7 @@ mod tests {
             config: Some(shoal_proto::v1::CollectionConfig { name: "c".into(), ..Default::default() }),
             shards: vec![ShardPlacement { replicas: vec![1], ..Default::default() }],
             uid: 0,
+            ..Default::default()
         };
         apply_command(&mut m, MetaCommand::CreateCollection { entry: e.encode_to_vec() }, 3).unwrap();
         let req = SubmitOperationsRequest { operations: vec![Operation::default(), Operation::default()], batch: "b".into(), parallel: 2 };
@@ -624,6 +655,7 @@ mod tests {
             config: Some(shoal_proto::v1::CollectionConfig { name: "c".into(), shard_count: 1, ..Default::default() }),
             shards: vec![ShardPlacement { shard_id: 0, range_start: 0, range_end: u64::MAX, replicas: vec![1, 2], ..Default::default() }],
             uid: 0,
+            ..Default::default()
         };
         apply_command(&mut m, MetaCommand::CreateCollection { entry: e.encode_to_vec() }, 3).unwrap();
         let op = Operation { kind: Some(Kind::Split(SplitShard { collection: "c".into(), shard_id: 0, ..Default::default() })), ..Default::default() };

@@ -213,7 +213,7 @@ impl ShardStateMachine {
         let dir = generation_dir(&index_dir, shard_id, g);
         let (mut shard, _) = Shard::open(config.clone(), shard_id, store.with_generation(g), &dir)?;
         shard.exact_scan_threshold = exact_scan_threshold;
-        let recipe = Recipe { specs: parking_lot::Mutex::new(Schema::of(&config)), config, shard_id, store, kv, index_dir, exact_scan_threshold, generation: AtomicU64::new(g) };
+        let recipe = Recipe { specs: parking_lot::Mutex::new(shard.schema()), config, shard_id, store, kv, index_dir, exact_scan_threshold, generation: AtomicU64::new(g) };
         Self::load_current(&recipe.snapshot_dir());
         Ok(ShardStateMachine { shard: Arc::new(RwLock::new(Arc::new(shard))), defer_index: Arc::default(), recipe: Arc::new(recipe), current: Arc::default(), split_hook: Arc::default(), node_id: Arc::default() })
     }
@@ -428,13 +428,21 @@ impl ShardStateMachine {
                     Err(e) => return refuse(format!("undecodable payload index specs: {e}")),
                 };
                 let r = &self.recipe;
-                if let Err(e) = shoal_proto::validate::collection_config(&r.config_with(&specs)) {
-                    return refuse(format!("payload index specs: {e}"));
-                }
                 // Held across the re-index: a snapshot install waits.
                 let mut current = r.specs.lock();
-                shard.set_schema(&specs, meta).map_err(|x| werr(&x))?;
-                *current = specs;
+                // An older schema than the shard's (a leader whose map
+                // lagged, a proposal overtaken by a newer one) changes
+                // nothing.
+                let Some(next) = specs.successor_of(&shard.schema()) else {
+                    shard.put_meta(meta, Durability::Deferred).map_err(|x| werr(&x))?;
+                    return Ok(Reply::default());
+                };
+                if let Err(e) = shoal_proto::validate::collection_config(&r.config_with(&next)) {
+                    drop(current);
+                    return refuse(format!("payload index specs: {e}"));
+                }
+                shard.set_schema(&next, meta).map_err(|x| werr(&x))?;
+                *current = next;
                 Ok(Reply::default())
             }
             Some(shard_control::Op::Split(s)) => {
@@ -672,7 +680,7 @@ impl ShardStateMachine {
         fresh.exact_scan_threshold = r.exact_scan_threshold;
         fresh.set_defer_index(self.defer_index.load(Ordering::Relaxed));
         let points = fresh.len();
-        *specs = Schema::of(&config);
+        *specs = fresh.schema();
         let old = std::mem::replace(&mut *self.shard.write(), Arc::new(fresh));
         // Under the old shard's writer lock, so an export running on it
         // finishes first; stale handles see it retired.

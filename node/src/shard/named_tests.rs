@@ -188,3 +188,24 @@ fn bad_named_vectors_are_refused() {
     let sreq = ShardScoreRequest { vectors: vec![], using: "m".into(), maxsim: true, max_points: 10, ..Default::default() };
     assert!(matches!(s.score(&sreq, false), Err(NodeError::Invalid(_))));
 }
+
+/// A control entry's schema replaces the shard's only if newer; an
+/// unversioned one (from a node older than named vectors) changes the
+/// payload indexes only, never the named vectors.
+#[test]
+fn schema_versions_never_go_back() {
+    let cfg = config();
+    let at = |version, vectors: Vec<NamedVectorConfig>| Schema { specs: cfg.payload_indexes.clone(), vectors, version };
+    let cur = at(5, cfg.vectors.clone());
+    let newer = at(7, cfg.vectors[..1].to_vec());
+    assert_eq!(newer.successor_of(&cur), Some(newer.clone()));
+    assert_eq!(at(5, vec![]).successor_of(&cur), None, "the same version");
+    assert_eq!(at(3, vec![]).successor_of(&cur), None, "an older one, e.g. from a leader whose map lags");
+    let legacy = Schema { specs: vec![], vectors: vec![], version: 0 };
+    assert_eq!(legacy.successor_of(&cur), Some(Schema { specs: vec![], ..cur.clone() }), "specs only; the vectors stay");
+    assert_eq!(Schema { specs: cur.specs.clone(), vectors: vec![], version: 0 }.successor_of(&cur), None);
+    // Records written as a CollectionConfig decode as version 0.
+    let old = CollectionConfig { payload_indexes: cfg.payload_indexes.clone(), ..Default::default() };
+    assert_eq!(Schema::decode(&prost::Message::encode_to_vec(&old)).unwrap(), Schema { specs: cfg.payload_indexes.clone(), vectors: vec![], version: 0 });
+    assert_eq!(Schema::decode(&cur.encode()).unwrap(), cur);
+}
