@@ -344,6 +344,10 @@ impl Engine {
                         if let Err(e) = s.compact_index(&stopping) {
                             tracing::error!(collection = %s.collection, shard = s.shard_id, error = %e, "compacting the HNSW graph failed");
                         }
+                    } else if let Some(s) = shards.iter().find(|s| s.named_need_compaction()) {
+                        if let Err(e) = s.compact_named(&stopping) {
+                            tracing::error!(collection = %s.collection, shard = s.shard_id, error = %e, "compacting a named HNSW graph failed");
+                        }
                     }
                 }
                 if moved == 0 {

@@ -27,6 +27,12 @@ impl Shard {
         removed >= COMPACT_MIN_REMOVED && removed * 2 >= self.index.len()
     }
 
+    /// Whether a named vector's graph needs compacting
+    /// ([`Shard::compact_named`]).
+    pub fn named_need_compaction(&self) -> bool {
+        self.named.read().needs_compaction()
+    }
+
     /// Rebuilds the graph from the stored vectors of the versions it
     /// holds, without the removed nodes; then, with writers held off,
     /// brings it up to date with what changed meanwhile and swaps it in.

@@ -8,6 +8,7 @@
 //! scans). Graphs of named vectors are not saved: a shard builds them from
 //! its stored points when it opens (docs/decisions.md).
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 use roaring::RoaringBitmap;
@@ -27,6 +28,9 @@ pub struct Named {
     pub graph: Option<HnswIndex>,
     /// Offsets of the live versions that carry this vector.
     pub holders: RwLock<RoaringBitmap>,
+    /// Offsets added while a compaction of the graph builds (it takes
+    /// them again from the old graph at the swap).
+    watch: parking_lot::Mutex<Option<RoaringBitmap>>,
 }
 
 impl Named {
@@ -39,19 +43,19 @@ impl Named {
             let precision = if VectorStorage::try_from(cfg.storage) == Ok(VectorStorage::F16) { Precision::F16 } else { Precision::F32 };
             Some(HnswIndex::new(HnswParams { dim: cfg.dimension as usize, metric, precision, m: h.m as usize, ef_construction: h.ef_construction as usize })?)
         };
-        Ok(Named { cfg: cfg.clone(), metric, graph, holders: RwLock::new(RoaringBitmap::new()) })
+        Ok(Named { cfg: cfg.clone(), metric, graph, holders: RwLock::new(RoaringBitmap::new()), watch: parking_lot::Mutex::new(None) })
     }
 }
 
 /// A shard's named vectors, in declaration order.
 #[derive(Default)]
 pub struct NamedSet {
-    list: Vec<Named>,
+    list: Vec<Arc<Named>>,
 }
 
 impl NamedSet {
     pub fn new(cfgs: &[NamedVectorConfig]) -> Result<Self> {
-        Ok(NamedSet { list: cfgs.iter().map(Named::new).collect::<Result<_>>()? })
+        Ok(NamedSet { list: cfgs.iter().map(|c| Named::new(c).map(Arc::new)).collect::<Result<_>>()? })
     }
 
     pub fn configs(&self) -> Vec<NamedVectorConfig> {
@@ -63,7 +67,7 @@ impl NamedSet {
     }
 
     pub fn get(&self, name: &str) -> Option<&Named> {
-        self.list.iter().find(|n| n.cfg.name == name)
+        self.list.iter().find(|n| n.cfg.name == name).map(|n| &**n)
     }
 
     /// Switches to `cfgs`: a vector declared alike keeps its graph, a new
@@ -73,7 +77,7 @@ impl NamedSet {
         for c in cfgs {
             match old.iter().position(|n| &n.cfg == c) {
                 Some(i) => self.list.push(old.swap_remove(i)),
-                None => self.list.push(Named::new(c)?),
+                None => self.list.push(Arc::new(Named::new(c)?)),
             }
         }
         Ok(())
@@ -88,6 +92,9 @@ impl NamedSet {
             }
             if let Some(g) = &n.graph {
                 g.add_batch(&mine)?;
+            }
+            if let Some(w) = n.watch.lock().as_mut() {
+                w.extend(mine.iter().map(|(o, _)| *o as u32));
             }
             n.holders.write().extend(mine.iter().map(|(o, _)| *o as u32));
         }
@@ -107,6 +114,12 @@ impl NamedSet {
             }
         }
         Ok(())
+    }
+
+    /// Whether a named graph holds as many removed nodes as
+    /// [`Shard::needs_compaction`] asks of the default one.
+    pub fn needs_compaction(&self) -> bool {
+        self.list.iter().filter_map(|n| n.graph.as_ref()).any(|g| g.removed() >= super::compact::COMPACT_MIN_REMOVED && g.removed() * 2 >= g.len())
     }
 
     pub fn memory_bytes(&self) -> usize {
@@ -181,6 +194,77 @@ impl Shard {
         let dist = Distance(n.metric);
         drop(named);
         self.score_hits(dist, req, hits, keys, k)
+    }
+
+    /// Rebuilds the named graphs full of removed nodes from their own
+    /// vectors, without those nodes (see [`Shard::compact_index`]): built
+    /// beside the old graph while writes go on, then brought up to date
+    /// under the writer lock and swapped in. Returns the graphs rebuilt.
+    pub fn compact_named(&self, stop: &std::sync::atomic::AtomicBool) -> Result<usize> {
+        // Not under the `named` lock: a schema change (which takes it
+        // exclusively, holding the writer lock) must not wait for a build.
+        let list: Vec<Arc<Named>> = self.named.read().list.clone();
+        let mut rebuilt = 0;
+        for n in &list {
+            let Some(old) = n.graph.as_ref() else { continue };
+            if !(old.removed() >= super::compact::COMPACT_MIN_REMOVED && old.removed() * 2 >= old.len()) {
+                continue;
+            }
+            *n.watch.lock() = Some(RoaringBitmap::new());
+            let snap = n.holders.read().clone();
+            let fresh = HnswIndex::new(old.params())?;
+            let dim = n.cfg.dimension as usize;
+            let copy = |offs: &mut dyn Iterator<Item = u32>, into: &HnswIndex| -> Result<()> {
+                let mut buf: Vec<(u64, Vec<f32>)> = Vec::with_capacity(4096);
+                let flush = |buf: &mut Vec<(u64, Vec<f32>)>| -> Result<()> {
+                    into.add_batch(&buf.iter().map(|(k, v)| (*k, v.as_slice())).collect::<Vec<_>>())?;
+                    buf.clear();
+                    Ok(())
+                };
+                for off in offs {
+                    let mut v = vec![0f32; dim];
+                    if old.get(off as u64, &mut v) {
+                        buf.push((off as u64, v));
+                    }
+                    if buf.len() == 4096 {
+                        flush(&mut buf)?;
+                    }
+                }
+                flush(&mut buf)
+            };
+            let built = copy(&mut snap.iter().take_while(|_| !stop.load(std::sync::atomic::Ordering::Relaxed)), &fresh);
+            if built.is_err() || stop.load(std::sync::atomic::Ordering::Relaxed) {
+                *n.watch.lock() = None;
+                built?;
+                return Ok(rebuilt);
+            }
+            // Writes wait from here to the swap.
+            let _w = self.writer.lock();
+            let changed = n.watch.lock().take().unwrap_or_default();
+            if !self.named.read().list.iter().any(|x| Arc::ptr_eq(x, n)) {
+                // Dropped or re-declared meanwhile: nothing to swap.
+                continue;
+            }
+            let now = n.holders.read().clone();
+            for off in (&snap - &now).iter().chain((&changed - &now).iter()) {
+                if fresh.contains(off as u64) {
+                    fresh.remove(off as u64)?;
+                }
+            }
+            // Taken again from the old graph: added meanwhile, or retired
+            // and reused with another vector.
+            let again: RoaringBitmap = (&now - &snap) | (&changed & &now);
+            for off in again.iter() {
+                if fresh.contains(off as u64) {
+                    fresh.remove(off as u64)?;
+                }
+            }
+            copy(&mut again.iter(), &fresh)?;
+            old.replace_with(fresh);
+            rebuilt += 1;
+            tracing::info!(collection = %self.collection, shard = self.shard_id, vector = %n.cfg.name, vectors = now.len(), "named HNSW graph compacted");
+        }
+        Ok(rebuilt)
     }
 
     /// The offsets holding named vector `name` (for MaxSim scans).

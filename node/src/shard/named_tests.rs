@@ -209,3 +209,26 @@ fn schema_versions_never_go_back() {
     assert_eq!(Schema::decode(&prost::Message::encode_to_vec(&old)).unwrap(), Schema { specs: cfg.payload_indexes.clone(), vectors: vec![], version: 0 });
     assert_eq!(Schema::decode(&cur.encode()).unwrap(), cur);
 }
+
+/// Named graphs full of removed nodes (replaced points) are rebuilt
+/// without them and answer as before.
+#[test]
+fn named_graphs_compact() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Shard::open(config(), 0, ShardStore::new(Arc::new(crate::storage::memory::MemoryEngine::new()), "c", 0), d.path()).unwrap().0;
+    let mut data = write(&s, 300, 1);
+    assert!(!s.named_need_compaction());
+    for v in 2..8 {
+        data = write(&s, 300, v);
+    }
+    assert!(s.named_need_compaction(), "six replaces of 300 points leave 1,800 removed nodes");
+    let stopped = std::sync::atomic::AtomicBool::new(true);
+    assert_eq!(s.compact_named(&stopped).unwrap(), 0, "a node shutting down gives up");
+    assert!(s.named_need_compaction());
+    assert_eq!(s.compact_named(&Default::default()).unwrap(), 2, "`t` and `c` (the multi-vector has no graph)");
+    assert!(!s.named_need_compaction());
+    check(&s, &data, "after compacting the named graphs");
+    // Writes after the swap go to the new graphs.
+    let data = write(&s, 300, 9);
+    check(&s, &data, "after a write to the compacted graphs");
+}
