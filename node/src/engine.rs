@@ -698,36 +698,41 @@ impl Engine {
     /// every replica re-indexes when it applies it ([`Engine::reconcile`]).
     /// Leader only.
     pub async fn update_payload_indexes(&self, req: &shoal_proto::v1::UpdatePayloadIndexesRequest) -> Result<ClusterMap> {
-        let _w = self.meta_write.lock().await;
-        let map = self.cluster_map();
-        let entry = map.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == req.collection)).ok_or_else(|| NodeError::CollectionNotFound(req.collection.clone()))?;
-        let config = entry.config.clone().unwrap_or_default();
-        let specs = validate::payload_index_change(&config.payload_indexes, &req.create, &req.drop)?;
-        validate::collection_config(&CollectionConfig { payload_indexes: specs.clone(), ..config })?;
-        let encoded = prost::Message::encode_to_vec(&CollectionConfig { payload_indexes: specs, ..Default::default() });
-        let reply = self.propose_meta(MetaCommand::SetPayloadIndexes { collection: req.collection.clone(), uid: entry.uid, specs: encoded }).await?;
-        match reply.error.as_deref() {
-            None => Ok(self.cluster_map()),
-            Some(NOT_FOUND) => Err(NodeError::CollectionNotFound(req.collection.clone())),
-            Some(e) => Err(NodeError::Rejected(e.to_string())),
-        }
+        self.change_collection(&req.collection, |entry| {
+            let config = entry.config.clone().unwrap_or_default();
+            let specs = validate::payload_index_change(&config.payload_indexes, &req.create, &req.drop)?;
+            validate::collection_config(&CollectionConfig { payload_indexes: specs.clone(), ..config })?;
+            let encoded = prost::Message::encode_to_vec(&CollectionConfig { payload_indexes: specs, ..Default::default() });
+            Ok(MetaCommand::SetPayloadIndexes { collection: req.collection.clone(), uid: entry.uid, specs: encoded })
+        })
+        .await
     }
 
     /// Adds and drops a collection's named vectors in one map change; each
     /// shard's leader then switches its shard through the shard's log
     /// ([`Engine::sync_payload_indexes`]). Leader only.
     pub async fn update_vectors(&self, req: &shoal_proto::v1::UpdateVectorsRequest) -> Result<ClusterMap> {
+        self.change_collection(&req.collection, |entry| {
+            let config = entry.config.clone().unwrap_or_default();
+            let vectors = validate::vector_change(&config.vectors, &req.add, &req.drop)?;
+            let vectors = validate::collection_config(&CollectionConfig { vectors, ..config })?.vectors;
+            let encoded = prost::Message::encode_to_vec(&CollectionConfig { vectors, ..Default::default() });
+            Ok(MetaCommand::SetVectors { collection: req.collection.clone(), uid: entry.uid, vectors: encoded })
+        })
+        .await
+    }
+
+    /// Proposes the metadata command `make` builds from collection
+    /// `name`'s map entry (checks and proposal under the metadata write
+    /// lock); returns the map after it. Leader only.
+    async fn change_collection(&self, name: &str, make: impl FnOnce(&shoal_proto::internal::v1::CollectionEntry) -> Result<MetaCommand>) -> Result<ClusterMap> {
         let _w = self.meta_write.lock().await;
         let map = self.cluster_map();
-        let entry = map.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == req.collection)).ok_or_else(|| NodeError::CollectionNotFound(req.collection.clone()))?;
-        let config = entry.config.clone().unwrap_or_default();
-        let vectors = validate::vector_change(&config.vectors, &req.add, &req.drop)?;
-        let vectors = validate::collection_config(&CollectionConfig { vectors, ..config })?.vectors;
-        let encoded = prost::Message::encode_to_vec(&CollectionConfig { vectors, ..Default::default() });
-        let reply = self.propose_meta(MetaCommand::SetVectors { collection: req.collection.clone(), uid: entry.uid, vectors: encoded }).await?;
+        let entry = map.collections.iter().find(|c| c.config.as_ref().is_some_and(|x| x.name == name)).ok_or_else(|| NodeError::CollectionNotFound(name.to_string()))?;
+        let reply = self.propose_meta(make(entry)?).await?;
         match reply.error.as_deref() {
             None => Ok(self.cluster_map()),
-            Some(NOT_FOUND) => Err(NodeError::CollectionNotFound(req.collection.clone())),
+            Some(NOT_FOUND) => Err(NodeError::CollectionNotFound(name.to_string())),
             Some(e) => Err(NodeError::Rejected(e.to_string())),
         }
     }

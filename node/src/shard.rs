@@ -1185,14 +1185,7 @@ impl Shard {
             if let Some(h) = hidden {
                 allowed = Some(allowed.unwrap_or_else(|| st.live.clone()) - h);
             }
-            let mut hits = match (&allowed, req.exact) {
-                (Some(a), _) if a.is_empty() => vec![],
-                (Some(a), true) => self.index.exact(&q, fetch, &Allowed::Set(a))?,
-                (None, true) => self.index.exact(&q, fetch, &Allowed::Set(&st.live))?,
-                (Some(a), false) if a.len() <= self.exact_scan_threshold => self.index.exact(&q, fetch, &Allowed::Set(a))?,
-                (Some(a), false) => self.index.search(&q, fetch, ef.max(fetch), &Allowed::Set(a))?,
-                (None, false) => self.index.search(&q, fetch, ef.max(fetch), &Allowed::All)?,
-            };
+            let mut hits = self.graph_hits(&self.index, &q, fetch, ef, allowed.as_ref(), &st.live, req.exact)?;
             let extra = self.pending_hits(&q, allowed.as_ref().unwrap_or(&st.live));
             if !extra.is_empty() {
                 // A version being moved into the graph can be in both.
@@ -1206,6 +1199,21 @@ impl Shard {
             (hits, keys)
         };
         self.score_hits(self.dist, req, hits, keys, k)
+    }
+
+    /// The `fetch` nearest to `q` in `graph` among `allowed` (all of
+    /// `universe` when `None`): an exact scan when asked or when the
+    /// filter leaves few points, else the graph walk.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn graph_hits(&self, graph: &HnswIndex, q: &[f32], fetch: usize, ef: usize, allowed: Option<&RoaringBitmap>, universe: &RoaringBitmap, exact: bool) -> Result<Vec<Hit>> {
+        Ok(match (allowed, exact) {
+            (Some(a), _) if a.is_empty() => vec![],
+            (Some(a), true) => graph.exact(q, fetch, &Allowed::Set(a))?,
+            (None, true) => graph.exact(q, fetch, &Allowed::Set(universe))?,
+            (Some(a), false) if a.len() <= self.exact_scan_threshold => graph.exact(q, fetch, &Allowed::Set(a))?,
+            (Some(a), false) => graph.search(q, fetch, ef.max(fetch), &Allowed::Set(a))?,
+            (None, false) => graph.search(q, fetch, ef.max(fetch), &Allowed::All)?,
+        })
     }
 
     fn score_hits(&self, dist: Distance, req: &SearchPointsRequest, hits: Vec<Hit>, keys: Vec<Option<PointKey>>, k: usize) -> Result<Vec<ScoredPoint>> {

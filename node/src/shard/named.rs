@@ -18,7 +18,7 @@ use shoal_proto::{validate, PointKey};
 use super::{filter, normalise, Shard, StoreSource};
 use crate::error::{NodeError, Result};
 use crate::index::hnsw::{HnswIndex, HnswParams};
-use crate::index::{Allowed, Distance, Precision, VectorIndex};
+use crate::index::{Distance, Precision, VectorIndex};
 
 /// One named vector on a shard.
 pub struct Named {
@@ -180,14 +180,7 @@ impl Shard {
             if let Some(h) = hidden {
                 allowed = Some(allowed.unwrap_or_else(|| holders.clone()) - h);
             }
-            let hits = match (&allowed, req.exact) {
-                (Some(a), _) if a.is_empty() => vec![],
-                (Some(a), true) => graph.exact(&q, fetch, &Allowed::Set(a))?,
-                (None, true) => graph.exact(&q, fetch, &Allowed::Set(&holders))?,
-                (Some(a), false) if a.len() <= self.exact_scan_threshold => graph.exact(&q, fetch, &Allowed::Set(a))?,
-                (Some(a), false) => graph.search(&q, fetch, ef.max(fetch), &Allowed::Set(a))?,
-                (None, false) => graph.search(&q, fetch, ef.max(fetch), &Allowed::All)?,
-            };
+            let hits = self.graph_hits(graph, &q, fetch, ef, allowed.as_ref(), &holders, req.exact)?;
             let keys: Vec<Option<PointKey>> = hits.iter().map(|h| st.keys.get(h.key as u32)).collect();
             (hits, keys)
         };
