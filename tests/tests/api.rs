@@ -63,6 +63,14 @@ async fn collection_and_point_lifecycle() {
     assert_eq!(batch.len(), 2);
     assert_eq!(batch[0].len(), 3);
     assert_eq!(batch[1].len(), 2);
+    // A long batch runs on several threads per shard: the same answers, in
+    // request order, as the searches one by one (exact: no graph ties).
+    let one = |i: u64| SearchBuilder::new("items", vector(100 + i, 8), 1 + (i % 5) as u32).exact(true);
+    let batch = c.search_batch("items", (0..40u64).map(one).collect()).await.unwrap();
+    assert_eq!(batch.len(), 40);
+    for i in 0..40u64 {
+        assert_eq!(batch[i as usize], c.search(one(i)).await.unwrap(), "search {i} of the batch");
+    }
 
     // Scroll over 3 shards: every point exactly once, in id order.
     let mut seen = vec![];

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use shoal_proto::internal::v1::shard_server::Shard as ShardApi;
 use shoal_proto::internal::v1::*;
 use shoal_proto::limits::*;
-use shoal_proto::v1::{Filter, SearchResult};
+use shoal_proto::v1::{Filter, SearchPointsRequest, SearchResult};
 use shoal_proto::validate::{self, invalid};
 use tonic::{Request, Response, Status};
 
@@ -21,6 +21,10 @@ use crate::shard::Shard;
 /// vectors, runs on the async worker (its cost is small and bounded);
 /// anything heavier goes to the blocking pool.
 const CHEAP_TOP_K: u32 = 100;
+
+/// Searches per thread below which a batch runs on one thread (a thread
+/// costs tens of microseconds to start; a search, hundreds).
+const PARALLEL_SEARCHES_MIN: usize = 4;
 
 /// Write batches at least this large trim the heap when done.
 const BULK_WRITE_POINTS: usize = 256;
@@ -224,16 +228,46 @@ impl ShardApi for ShardService {
         // Payloads can make a response far larger than its hit count says:
         // stop building it once it passes the message limit.
         let run = move || {
+            let n = req.searches.len();
+            // A batch's searches run on every core, each thread taking a
+            // contiguous part (answers stay in request order). Each part
+            // stops once it alone passes the response limit.
+            let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(n / PARALLEL_SEARCHES_MIN).max(1);
+            let part = |searches: &[SearchPointsRequest]| -> Result<Vec<SearchResult>, NodeError> {
+                let mut bytes = 0usize;
+                let mut out = Vec::with_capacity(searches.len());
+                for s in searches {
+                    let r = SearchResult { results: shard.search_scoped(s, hide)? };
+                    bytes += prost::Message::encoded_len(&r) + 11;
+                    if bytes > crate::shard::RESPONSE_BYTES {
+                        break;
+                    }
+                    out.push(r);
+                }
+                Ok(out)
+            };
+            let parts: Vec<Vec<SearchResult>> = if threads == 1 {
+                vec![part(&req.searches)?]
+            } else {
+                let chunk = n.div_ceil(threads);
+                std::thread::scope(|sc| {
+                    let handles: Vec<_> = req.searches.chunks(chunk).map(|c| sc.spawn(move || part(c))).collect();
+                    handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(NodeError::Index(crate::error::IndexError::Usearch("a search thread panicked".into()))))).collect::<Result<Vec<_>, NodeError>>()
+                })?
+            };
+            // The result, its field tag and its length prefix, over the
+            // whole answer.
             let mut bytes = 0usize;
-            let mut out = Vec::with_capacity(req.searches.len());
-            for s in &req.searches {
-                let r = SearchResult { results: shard.search_scoped(s, hide)? };
-                // The result, its field tag and its length prefix.
+            let mut out = Vec::with_capacity(n);
+            for r in parts.into_iter().flatten() {
                 bytes += prost::Message::encoded_len(&r) + 11;
                 if bytes > crate::shard::RESPONSE_BYTES {
-                    return Err(NodeError::TooLarge(format!("the search response passes {} bytes at search {} of {}; ask for fewer hits, fewer payload fields or no vectors", crate::shard::RESPONSE_BYTES, out.len() + 1, req.searches.len())));
+                    break;
                 }
                 out.push(r);
+            }
+            if out.len() < n {
+                return Err(NodeError::TooLarge(format!("the search response passes {} bytes at search {} of {n}; ask for fewer hits, fewer payload fields or no vectors", crate::shard::RESPONSE_BYTES, out.len() + 1)));
             }
             Ok(out)
         };
