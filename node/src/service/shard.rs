@@ -26,6 +26,32 @@ const CHEAP_TOP_K: u32 = 100;
 /// costs tens of microseconds to start; a search, hundreds).
 const PARALLEL_SEARCHES_MIN: usize = 4;
 
+/// Extra search threads running batches on this node at once, at most
+/// twice the cores.
+static BATCH_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Extra batch threads reserved (released on drop).
+struct BatchThreads(usize);
+
+impl BatchThreads {
+    fn reserve(want: usize) -> Self {
+        use std::sync::atomic::Ordering;
+        let max = 2 * std::thread::available_parallelism().map_or(1, |t| t.get());
+        let mut got = 0;
+        let _ = BATCH_THREADS.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+            got = want.min(max.saturating_sub(cur));
+            Some(cur + got)
+        });
+        BatchThreads(got)
+    }
+}
+
+impl Drop for BatchThreads {
+    fn drop(&mut self) {
+        BATCH_THREADS.fetch_sub(self.0, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Write batches at least this large trim the heap when done.
 const BULK_WRITE_POINTS: usize = 256;
 
@@ -232,7 +258,11 @@ impl ShardApi for ShardService {
             // A batch's searches run on every core, each thread taking a
             // contiguous part (answers stay in request order). Each part
             // stops once it alone passes the response limit.
-            let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(n / PARALLEL_SEARCHES_MIN).max(1);
+            let want = std::thread::available_parallelism().map_or(1, |t| t.get()).min(n / PARALLEL_SEARCHES_MIN).max(1);
+            // Extra threads are bounded node-wide: many concurrent
+            // batches share the cores instead of multiplying threads.
+            let extra = BatchThreads::reserve(want - 1);
+            let threads = 1 + extra.0;
             let part = |searches: &[SearchPointsRequest]| -> Result<Vec<SearchResult>, NodeError> {
                 let mut bytes = 0usize;
                 let mut out = Vec::with_capacity(searches.len());
@@ -250,9 +280,18 @@ impl ShardApi for ShardService {
                 vec![part(&req.searches)?]
             } else {
                 let chunk = n.div_ceil(threads);
+                let chunks: Vec<&[SearchPointsRequest]> = req.searches.chunks(chunk).collect();
                 std::thread::scope(|sc| {
-                    let handles: Vec<_> = req.searches.chunks(chunk).map(|c| sc.spawn(move || part(c))).collect();
-                    handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(NodeError::Index(crate::error::IndexError::Usearch("a search thread panicked".into()))))).collect::<Result<Vec<_>, NodeError>>()
+                    // The first part runs on this thread, the others on
+                    // their own; a part whose thread cannot start runs here.
+                    let handles: Vec<_> = chunks[1..].iter().map(|c| (*c, std::thread::Builder::new().name("shoal-batch".into()).spawn_scoped(sc, move || part(c)).ok())).collect();
+                    let first = part(chunks[0]);
+                    std::iter::once(first)
+                        .chain(handles.into_iter().map(|(c, h)| match h {
+                            Some(h) => h.join().unwrap_or_else(|_| Err(NodeError::Index(crate::error::IndexError::Usearch("a search thread panicked".into())))),
+                            None => part(c),
+                        }))
+                        .collect::<Result<Vec<_>, NodeError>>()
                 })?
             };
             // The result, its field tag and its length prefix, over the
