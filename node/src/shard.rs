@@ -506,8 +506,8 @@ impl Shard {
 
     /// Validates and prepares an upsert: checks the vector, normalises cosine
     /// vectors.
-    fn prepare(&self, i: usize, p: &PointStruct) -> Result<(PointKey, Vec<f32>)> {
-        let key = self.check(i, p)?;
+    fn prepare(&self, i: usize, p: &PointStruct, named: &[shoal_proto::v1::NamedVectorConfig]) -> Result<(PointKey, Vec<f32>)> {
+        let key = self.check(i, p, named)?;
         let mut v = p.vector.clone();
         if self.metric() == Metric::Cosine {
             normalise(&mut v);
@@ -515,14 +515,15 @@ impl Shard {
         Ok((key, v))
     }
 
-    /// Checks one upsert's id and vector; returns its key.
-    fn check(&self, i: usize, p: &PointStruct) -> Result<PointKey> {
+    /// Checks one upsert's id and vectors (`named`: the shard's named
+    /// vectors, read once per write); returns its key.
+    fn check(&self, i: usize, p: &PointStruct, named: &[shoal_proto::v1::NamedVectorConfig]) -> Result<PointKey> {
         let id = p.id.as_ref().ok_or_else(|| validate::invalid(format!("points[{i}].id"), "point id is missing"))?;
         let key = PointKey::try_from(id).map_err(|e| validate::invalid(format!("points[{i}].id"), e.to_string()))?;
         validate::vector(&format!("points[{i}].vector"), &p.vector, self.config.dimension, self.metric())?;
         validate::point_sparse(&format!("points[{i}]"), &p.sparse, &self.config.sparse_vectors)?;
         if !p.vectors.is_empty() {
-            validate::point_vectors(&format!("points[{i}]"), &p.vectors, &self.named.read().configs())?;
+            validate::point_vectors(&format!("points[{i}]"), &p.vectors, named)?;
         }
         Ok(key)
     }
@@ -792,8 +793,9 @@ impl Shard {
             // Alone in its write: [`Shard::check_write_route`] checks that.
             return Ok(validate::payload_update(u, &self.index_specs.read(), false)?);
         }
+        let named = self.named.read().configs();
         for (i, p) in upserts.iter().enumerate() {
-            self.check(i, p)?;
+            self.check(i, p, &named)?;
             if let Some(pl) = &p.payload {
                 validate::payload(&format!("points[{i}].payload"), pl, &self.index_specs.read())?;
             }
@@ -826,9 +828,10 @@ impl Shard {
         // Validate everything before touching anything. Each new version:
         // its key, vector and payload.
         let mut prepared: Vec<NewVersion> = Vec::with_capacity(upserts.len());
+        let named_cfgs = self.named.read().configs();
         for (i, p) in upserts.iter().enumerate() {
-            let (k, v) = self.prepare(i, p)?;
-            let named = if p.vectors.is_empty() { BTreeMap::new() } else { named::prepare(&self.named.read().configs(), &p.vectors) };
+            let (k, v) = self.prepare(i, p, &named_cfgs)?;
+            let named = if p.vectors.is_empty() { BTreeMap::new() } else { named::prepare(&named_cfgs, &p.vectors) };
             prepared.push((k, v, p.payload.clone(), p.sparse.clone(), named));
         }
         let del_keys = Self::check_deletes(delete_ids, delete_filter)?;
