@@ -110,6 +110,17 @@ pub struct BenchArgs {
     /// --concurrency in flight) instead of one `Search` call each.
     #[arg(long, conflicts_with = "search_batch")]
     pub stream: bool,
+    /// How the collection's graph stores vectors (f32, f16, int8, binary);
+    /// other than f32, the collection is `bench-<dataset>-<storage>`.
+    #[arg(long, value_enum, default_value_t = crate::cli::StorageArg::F32)]
+    pub storage: crate::cli::StorageArg,
+    /// int8/binary: where the full vectors live.
+    #[arg(long, value_enum)]
+    pub memory: Option<crate::cli::MemoryArg>,
+    /// int8/binary: candidates per result before re-scoring (default: the
+    /// server's per kind).
+    #[arg(long)]
+    pub oversampling: Option<f32>,
 }
 
 /// CPU time (user + system, seconds) a process has used so far, from
@@ -458,11 +469,20 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
         ds.groundtruth.iter().map(|r| r.iter().map(|x| *x as u64).collect()).collect()
     };
     let client = crate::cli::public_client(addr).await?;
+    let oversampling = a.oversampling;
+    let over = move |s: SearchBuilder| match oversampling {
+        Some(o) => s.oversampling(o),
+        None => s,
+    };
     // Search clients: one HTTP/2 connection per 32 requests in flight (more
     // connections measured slower here: each costs client CPU on the same
     // cores as the server).
     let pool = Load { addr: addr.to_string(), connections: a.inflight.unwrap_or(a.concurrency).div_ceil(32), threads: a.client_threads, batch: if a.stream { 0 } else { a.search_batch as usize } };
-    let name: String = format!("bench-{}", ds.meta.name).chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
+    let suffix = match a.storage {
+        crate::cli::StorageArg::F32 => String::new(),
+        s => format!("-{s:?}").to_lowercase(),
+    };
+    let name: String = format!("bench-{}{suffix}", ds.meta.name).chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
     let reuse = a.reuse && client.count(&name, None).await.ok() == Some(n as u64);
     if reuse {
         eprintln!("reusing {name}: it holds the {n} points; ingest skipped");
@@ -471,7 +491,10 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     }
 
     // Payload indexes for the fields the filter sets use.
-    let mut b = CollectionBuilder::new(&name, ds.meta.dim, metric).shards(a.shards).replication_factor(a.replication_factor).hnsw(a.m, a.ef_construction, 0);
+    let mut b = CollectionBuilder::new(&name, ds.meta.dim, metric).shards(a.shards).replication_factor(a.replication_factor).hnsw(a.m, a.ef_construction, 0).storage(a.storage.into());
+    if let Some(m) = a.memory {
+        b = b.memory(m.into());
+    }
     if let Some(p) = ds.payloads.as_ref().and_then(|p| p.first()) {
         let mut keys: Vec<String> = vec![];
         for s in &ds.filters {
@@ -575,7 +598,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     // was up to 20% slower without it (caches, and the node settling
     // after ingest).
     if let Some(&ef) = a.ef.first() {
-        let warm: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| SearchBuilder::new(&name, q.clone(), 10).ef(ef)).collect());
+        let warm: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| over(SearchBuilder::new(&name, q.clone(), 10).ef(ef))).collect());
         grpc_run(&pool, warm, truth.clone(), a.inflight.unwrap_or(a.concurrency), 0.0).await?;
         if let Some((idx, _)) = inproc.as_ref() {
             inprocess_qps(idx, &inproc_queries, ef, a.concurrency, 0.0);
@@ -588,7 +611,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
             "leader" => shoal_proto::v1::Consistency::Leader,
             _ => shoal_proto::v1::Consistency::Strong,
         };
-        let searches: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| SearchBuilder::new(&name, q.clone(), 10).ef(ef).consistency(consistency)).collect());
+        let searches: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| over(SearchBuilder::new(&name, q.clone(), 10).ef(ef).consistency(consistency))).collect());
         // Rounds alternate gRPC and in-process measurements, so a noisy
         // moment on the machine hits both; the medians are reported.
         let (mut grpc_qps, mut ip_qps, mut first) = (vec![], vec![], None);
@@ -630,7 +653,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
         for set in &ds.filters {
             let f = filter::from_json(&set.filter).with_context(|| format!("filter set {}", set.name))?;
             let gt: Arc<Vec<Vec<u64>>> = Arc::new(set.groundtruth.clone());
-            let mk = |exact: bool| -> Arc<Vec<SearchBuilder>> { Arc::new(ds.queries.iter().map(|q| SearchBuilder::new(&name, q.clone(), 10).filter(f.clone()).exact(exact)).collect()) };
+            let mk = |exact: bool| -> Arc<Vec<SearchBuilder>> { Arc::new(ds.queries.iter().map(|q| over(SearchBuilder::new(&name, q.clone(), 10).filter(f.clone()).exact(exact))).collect()) };
             let approx = grpc_run(&pool, mk(false), gt.clone(), a.inflight.unwrap_or(a.concurrency), 0.0).await?;
             let exact = grpc_run(&pool, mk(true), gt, a.inflight.unwrap_or(a.concurrency), 0.0).await?;
             eprintln!(
@@ -646,7 +669,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     let raw = ds.meta.dim as f64 * 4.0;
     let links = 2.0 * a.m as f64 * 4.0;
     let out = json!({
-        "dataset": ds.meta.name,
+        "dataset": ds.meta.name, "storage": format!("{:?}", a.storage).to_lowercase(), "oversampling": a.oversampling,
         "vectors": n,
         "dim": ds.meta.dim,
         "metric": ds.meta.metric,

@@ -184,6 +184,18 @@ impl CollectionBuilder {
         self.0.storage = VectorStorage::F16 as i32;
         self
     }
+    /// How the default vector is stored in the graph: F32, F16, INT8 or
+    /// BINARY (the last two re-score with full vectors kept in a
+    /// memory-mapped file; see docs/storage.md).
+    pub fn storage(mut self, storage: VectorStorage) -> Self {
+        self.0.storage = storage as i32;
+        self
+    }
+    /// Where a quantized collection's full vectors live (RAM, CACHED, COLD).
+    pub fn memory(mut self, memory: VectorMemory) -> Self {
+        self.0.memory = memory as i32;
+        self
+    }
     pub fn index(mut self, key: impl Into<String>, ty: PayloadIndexType) -> Self {
         self.0.payload_indexes.push(PayloadIndexSpec { key: key.into(), r#type: ty as i32, text: None });
         self
@@ -238,6 +250,16 @@ impl SearchBuilder {
     }
     pub fn exact(mut self, exact: bool) -> Self {
         self.0.exact = exact;
+        self
+    }
+    /// Quantized storage: candidates per result taken before re-scoring.
+    pub fn oversampling(mut self, factor: f32) -> Self {
+        self.0.oversampling = Some(factor);
+        self
+    }
+    /// Quantized storage: re-score with full vectors (on by default).
+    pub fn rescore(mut self, on: bool) -> Self {
+        self.0.rescore = Some(on);
         self
     }
     pub fn with_payload(mut self) -> Self {

@@ -97,6 +97,17 @@ impl PrefetchBuilder {
         self.0.params.get_or_insert_with(Default::default).ef = Some(ef);
         self
     }
+    /// Quantized storage: candidates per result taken before re-scoring.
+    pub fn oversampling(mut self, factor: f32) -> Self {
+        self.0.params.get_or_insert_with(Default::default).oversampling = Some(factor);
+        self
+    }
+    /// Quantized storage: re-score with full vectors (on by default).
+    /// (Not [`QueryBuilder::rescore`], which re-scores by MaxSim.)
+    pub fn quantized_rescore(mut self, on: bool) -> Self {
+        self.0.params.get_or_insert_with(Default::default).rescore = Some(on);
+        self
+    }
     pub fn build(self) -> Prefetch {
         self.0
     }
@@ -162,6 +173,17 @@ impl QueryBuilder {
     }
     pub fn ef(mut self, ef: u32) -> Self {
         self.0.params.get_or_insert_with(Default::default).ef = Some(ef);
+        self
+    }
+    /// Quantized storage: candidates per result taken before re-scoring.
+    pub fn oversampling(mut self, factor: f32) -> Self {
+        self.0.params.get_or_insert_with(Default::default).oversampling = Some(factor);
+        self
+    }
+    /// Quantized storage: re-score with full vectors (on by default).
+    /// (Not [`QueryBuilder::rescore`], which re-scores by MaxSim.)
+    pub fn quantized_rescore(mut self, on: bool) -> Self {
+        self.0.params.get_or_insert_with(Default::default).rescore = Some(on);
         self
     }
     pub fn group_by(mut self, key: impl Into<String>, group_size: u32) -> Self {

@@ -290,6 +290,7 @@ fn stage_ok(path: &str, q: Option<&Query>, prefetch: &[Prefetch], filter: Option
     if let Some(f) = filter {
         validate::filter(f).map_err(|e| bad(format!("{path}.{}", e.field), e.message))?;
     }
+    validate::oversampling(&format!("{path}.params."), params.and_then(|p| p.oversampling))?;
     if let Some(ef) = params.and_then(|p| p.ef) {
         if ef == 0 || ef > MAX_EF {
             return Err(bad(format!("{path}.params.ef"), format!("ef {ef} is outside 1..={MAX_EF}")));

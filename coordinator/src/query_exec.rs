@@ -77,7 +77,7 @@ impl Exec for ClusterExec<'_> {
     }
 
     async fn nearest(&self, using: &str, vector: &[f32], filter: Option<Filter>, limit: usize, params: &SearchParams) -> Result<Vec<Scored>> {
-        let s = SearchPointsRequest { vector: vector.to_vec(), top_k: limit as u32, filter: checked(filter)?, ef: params.ef, exact: params.exact, consistency: self.consistency, vector_name: using.to_string(), ..Default::default() };
+        let s = SearchPointsRequest { vector: vector.to_vec(), top_k: limit as u32, filter: checked(filter)?, ef: params.ef, exact: params.exact, oversampling: params.oversampling, rescore: params.rescore, consistency: self.consistency, vector_name: using.to_string(), ..Default::default() };
         let mut out = self.api.search_all(self.route, vec![s]).await?;
         Ok(out.pop().map(|r| r.results).unwrap_or_default().into_iter().filter_map(|p| merge::key(&p.id).map(|k| (k, p.score))).collect())
     }

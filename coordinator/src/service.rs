@@ -115,6 +115,7 @@ impl Api {
         };
         validate::vector(&format!("{field}vector"), &s.vector, dimension, metric)?;
         validate::search_params(field, s.top_k, s.ef)?;
+        validate::oversampling(field, s.oversampling)?;
         if let Some(t) = s.score_threshold {
             if !t.is_finite() {
                 return Err(bad(format!("{field}score_threshold"), "score_threshold must be finite"));

@@ -41,16 +41,18 @@ use std::collections::BTreeMap;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use roaring::RoaringBitmap;
-use shoal_proto::v1::{CollectionConfig, Condition, Filter, Metric, PayloadIndexSpec, PointId, PointStruct, RetrievedPoint, ScoredPoint, SearchPointsRequest, SparseVector, Struct, UpdatePayloadRequest, VectorStorage};
+use shoal_proto::v1::{CollectionConfig, Condition, Filter, Metric, PayloadIndexSpec, PointId, PointStruct, RetrievedPoint, ScoredPoint, SearchPointsRequest, SparseVector, Struct, UpdatePayloadRequest, VectorMemory, VectorStorage};
 use shoal_proto::{validate, PointKey};
 
 use crate::error::{IndexError, NodeError, Result};
 use crate::filter::{self, FilterSource, PayloadIndex};
 use crate::sparse::SparseIndex;
-use crate::index::hnsw::{HnswIndex, HnswParams};
+use crate::index::hnsw::{HnswIndex, HnswParams, SearchOpts};
+use crate::index::vecfile::{Memory, VectorFile};
 use crate::index::{Allowed, Distance, Hit, Precision, VectorIndex};
 use crate::storage::{ShardStore, StoreBatch, StoredPoint};
 pub use reindex::Schema;
@@ -284,17 +286,25 @@ impl Shard {
     pub fn open(config: CollectionConfig, shard_id: u32, store: ShardStore, index_dir: &Path) -> Result<(Self, IndexOpen)> {
         let metric = validate::metric(config.metric)?;
         let hnsw = config.hnsw.unwrap_or_default();
-        let precision = match VectorStorage::try_from(config.storage) {
-            Ok(VectorStorage::F16) => Precision::F16,
-            _ => Precision::F32,
-        };
+        let precision = Precision::of(VectorStorage::try_from(config.storage).unwrap_or(VectorStorage::F32));
         let params = HnswParams { dim: config.dimension as usize, metric, precision, m: hnsw.m as usize, ef_construction: hnsw.ef_construction as usize };
         std::fs::create_dir_all(index_dir).map_err(crate::error::StorageError::from)?;
         let index_path = index_file(index_dir, shard_id);
         let seq = store.meta_u64(META_SEQ)?;
         let next_offset = store.meta_u64(META_NEXT_OFFSET)? as u32;
+        let vectors = if precision.quantized() {
+            let memory = match validate::memory(config.memory) {
+                Ok(VectorMemory::Ram) => Memory::Ram,
+                Ok(VectorMemory::Cold) => Memory::Cold,
+                _ => Memory::Cached,
+            };
+            Some(Arc::new(VectorFile::open(&vector_file(index_dir, shard_id), params.dim, memory).map_err(crate::error::StorageError::from)?))
+        } else {
+            VectorFile::remove(&vector_file(index_dir, shard_id));
+            None
+        };
 
-        let (index, file_next) = match load_index(params, &index_path) {
+        let (index, file_next) = match load_index(params, &index_path, vectors.clone()) {
             Ok(x) => (x.0, Some(x.1)),
             Err(e) => {
                 if index_path.exists() {
@@ -304,7 +314,7 @@ impl Shard {
                     // at shutdown), e.g. after a kill -9: expected.
                     tracing::info!(collection = %config.name, shard_id, "no saved HNSW index; building it from storage");
                 }
-                (HnswIndex::new(params)?, None)
+                (HnswIndex::with_vectors(params, vectors.clone())?, None)
             }
         };
 
@@ -330,6 +340,8 @@ impl Shard {
         };
         let mut pending: Vec<(u64, Vec<f32>)> = Vec::new();
         let mut added = 0usize;
+        // Vector-file slots that did not hold their stored vector.
+        let mut repaired = 0usize;
         let mut scan_err: Option<IndexError> = None;
         let flush = |pending: &mut Vec<(u64, Vec<f32>)>| -> std::result::Result<(), IndexError> {
             let items: Vec<(u64, &[f32])> = pending.iter().map(|(k, v)| (*k, v.as_slice())).collect();
@@ -368,7 +380,16 @@ impl Shard {
                     idx.insert(p.offset, v);
                 }
             }
-            if !index.contains(p.offset as u64) {
+            if index.contains(p.offset as u64) {
+                match index.keep_loaded(p.offset as u64, &p.vector) {
+                    Ok(true) => repaired += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        scan_err = Some(e);
+                        return false;
+                    }
+                }
+            } else {
                 pending.push((p.offset as u64, p.vector));
                 added += 1;
                 if pending.len() >= 4096 {
@@ -422,6 +443,9 @@ impl Shard {
         let saved = if matches!(outcome, IndexOpen::Loaded { added: 0, removed: 0 }) { seq } else { u64::MAX };
         let range = split::RangeState::decode(store.meta_get(split::RANGE)?.as_deref())?;
         let requests = Self::load_requests(&store)?;
+        if repaired > 0 {
+            tracing::warn!(collection = %config.name, shard_id, repaired, "vector file slots rewritten from storage (a new file, a crash before the slot write, or damage)");
+        }
         tracing::info!(collection = %config.name, shard_id, points = state.live.len(), ?outcome, "shard opened");
         let shard = Shard {
             collection: config.name.clone(),
@@ -1188,7 +1212,7 @@ impl Shard {
             if let Some(h) = hidden {
                 allowed = Some(allowed.unwrap_or_else(|| st.live.clone()) - h);
             }
-            let mut hits = self.graph_hits(&self.index, &q, fetch, ef, allowed.as_ref(), &st.live, req.exact)?;
+            let mut hits = self.graph_hits(&self.index, &q, fetch, ef, allowed.as_ref(), &st.live, req)?;
             let extra = self.pending_hits(&q, allowed.as_ref().unwrap_or(&st.live));
             if !extra.is_empty() {
                 // A version being moved into the graph can be in both.
@@ -1207,15 +1231,17 @@ impl Shard {
     /// The `fetch` nearest to `q` in `graph` among `allowed` (all of
     /// `universe` when `None`): an exact scan when asked or when the
     /// filter leaves few points, else the graph walk.
+    /// A quantized graph oversamples and re-scores as `req` asks.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn graph_hits(&self, graph: &HnswIndex, q: &[f32], fetch: usize, ef: usize, allowed: Option<&RoaringBitmap>, universe: &RoaringBitmap, exact: bool) -> Result<Vec<Hit>> {
-        Ok(match (allowed, exact) {
+    pub(crate) fn graph_hits(&self, graph: &HnswIndex, q: &[f32], fetch: usize, ef: usize, allowed: Option<&RoaringBitmap>, universe: &RoaringBitmap, req: &SearchPointsRequest) -> Result<Vec<Hit>> {
+        let opts = SearchOpts { oversampling: req.oversampling, rescore: req.rescore };
+        Ok(match (allowed, req.exact) {
             (Some(a), _) if a.is_empty() => vec![],
             (Some(a), true) => graph.exact(q, fetch, &Allowed::Set(a))?,
             (None, true) => graph.exact(q, fetch, &Allowed::Set(universe))?,
             (Some(a), false) if a.len() <= self.exact_scan_threshold => graph.exact(q, fetch, &Allowed::Set(a))?,
-            (Some(a), false) => graph.search(q, fetch, ef.max(fetch), &Allowed::Set(a))?,
-            (None, false) => graph.search(q, fetch, ef.max(fetch), &Allowed::All)?,
+            (Some(a), false) => graph.search_with(q, fetch, ef.max(fetch), &Allowed::Set(a), opts)?,
+            (None, false) => graph.search_with(q, fetch, ef.max(fetch), &Allowed::All, opts)?,
         })
     }
 
@@ -1288,7 +1314,7 @@ impl Shard {
         self.store.engine().sync_log()?;
         self.index.save(&self.index_path)?;
         let bytes = std::fs::read(&self.index_path).map_err(crate::error::StorageError::from)?;
-        write_sidecar(&self.index_path, xxhash_rust::xxh3::xxh3_64(&bytes), next, seq)?;
+        write_sidecar(&self.index_path, xxhash_rust::xxh3::xxh3_64(&bytes), next, seq, self.index.calibration().as_deref())?;
         {
             // The file on disk no longer holds the versions retired before
             // this save: their offsets may be taken again, but for `busy`.
@@ -1310,8 +1336,14 @@ impl Shard {
         self.store.destroy()?;
         let _ = std::fs::remove_file(&self.index_path);
         let _ = std::fs::remove_file(self.index_path.with_extension("meta"));
+        let _ = std::fs::remove_file(self.index_path.with_extension("vectors"));
         Ok(())
     }
+}
+
+/// The full-vector file of a quantized shard (beside its HNSW file).
+pub fn vector_file(index_dir: &Path, shard_id: u32) -> PathBuf {
+    index_file(index_dir, shard_id).with_extension("vectors")
 }
 
 /// The HNSW file of shard `shard_id` in `index_dir` (its sidecar has the
@@ -1320,10 +1352,12 @@ pub fn index_file(index_dir: &Path, shard_id: u32) -> PathBuf {
     index_dir.join(format!("{shard_id}.usearch"))
 }
 
-/// Writes the sidecar that makes `index_path` loadable: its checksum and
-/// the offset counter and write sequence it reflects.
-pub fn write_sidecar(index_path: &Path, checksum: u64, next_offset: u32, seq: u64) -> Result<()> {
-    let meta = format!("{{\"checksum\":{checksum},\"next_offset\":{next_offset},\"seq\":{seq}}}");
+/// Writes the sidecar that makes `index_path` loadable: its checksum, the
+/// offset counter and write sequence it reflects, and a quantized graph's
+/// calibration ([`HnswIndex::calibration`]; digits, letters and `:;,.-+`).
+pub fn write_sidecar(index_path: &Path, checksum: u64, next_offset: u32, seq: u64, calibration: Option<&str>) -> Result<()> {
+    let calibration = calibration.map_or(String::new(), |c| format!(",\"calibration\":\"{c}\""));
+    let meta = format!("{{\"checksum\":{checksum},\"next_offset\":{next_offset},\"seq\":{seq}{calibration}}}");
     let meta_path = index_path.with_extension("meta");
     let tmp = meta_path.with_extension("meta.tmp");
     std::fs::write(&tmp, meta).and_then(|_| std::fs::File::open(&tmp)?.sync_all()).and_then(|_| crate::storage::rename_durable(&tmp, &meta_path)).map_err(crate::error::StorageError::from)?;
@@ -1332,7 +1366,7 @@ pub fn write_sidecar(index_path: &Path, checksum: u64, next_offset: u32, seq: u6
 
 /// Loads an index file whose sidecar checksum matches; returns it with the
 /// offset counter recorded at save time.
-fn load_index(params: HnswParams, path: &Path) -> std::result::Result<(HnswIndex, u32), NodeError> {
+fn load_index(params: HnswParams, path: &Path, vectors: Option<Arc<VectorFile>>) -> std::result::Result<(HnswIndex, u32), NodeError> {
     let meta_path = path.with_extension("meta");
     let bad = |d: &str| NodeError::Index(IndexError::File { path: path.display().to_string(), detail: d.to_string() });
     let meta = std::fs::read_to_string(&meta_path).map_err(|_| bad("no sidecar .meta file"))?;
@@ -1344,7 +1378,8 @@ fn load_index(params: HnswParams, path: &Path) -> std::result::Result<(HnswIndex
         return Err(bad("checksum mismatch"));
     }
     drop(bytes);
-    Ok((HnswIndex::load(params, path)?, next))
+    let calibration = meta.split_once("\"calibration\":\"").and_then(|(_, rest)| rest.split_once('"')).map(|(c, _)| c);
+    Ok((HnswIndex::load(params, path, calibration, vectors)?, next))
 }
 
 /// The checksum and offset counter of an index sidecar
@@ -1370,5 +1405,7 @@ pub mod split;
 mod tests;
 #[cfg(test)]
 mod named_tests;
+#[cfg(test)]
+mod quant_tests;
 
 use keys::KeyTable;

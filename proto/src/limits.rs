@@ -31,6 +31,9 @@ pub const MAX_SPARSE_VALUE: f32 = 1e9;
 pub const MAX_TOP_K: u32 = 10_000;
 /// Largest `ef`.
 pub const MAX_EF: u32 = 4_096;
+/// Largest oversampling factor of a quantized search (candidates taken
+/// from the graph per result before re-scoring; at most MAX_EF in all).
+pub const MAX_OVERSAMPLING: f32 = 64.0;
 /// Searches in one batch.
 pub const MAX_SEARCH_BATCH: usize = 1_024;
 /// Searches of one `SearchStream` running at once; the server reads the

@@ -33,7 +33,33 @@ pub fn storage(raw: i32) -> Result<VectorStorage, ValidationError> {
     match VectorStorage::try_from(raw) {
         Ok(VectorStorage::Unspecified) => Ok(VectorStorage::F32),
         Ok(s) => Ok(s),
-        Err(_) => Err(invalid("storage", format!("unknown vector storage {raw}: expected VECTOR_STORAGE_F32 (1) or VECTOR_STORAGE_F16 (2)"))),
+        Err(_) => Err(invalid("storage", format!("unknown vector storage {raw}: expected VECTOR_STORAGE_F32 (1), F16 (2), INT8 (3) or BINARY (4)"))),
+    }
+}
+
+/// A collection's vector memory setting (unspecified means cached).
+pub fn memory(raw: i32) -> Result<crate::v1::VectorMemory, ValidationError> {
+    use crate::v1::VectorMemory;
+    match VectorMemory::try_from(raw) {
+        Ok(VectorMemory::Unspecified) => Ok(VectorMemory::Cached),
+        Ok(m) => Ok(m),
+        Err(_) => Err(invalid("memory", format!("unknown vector memory {raw}: expected VECTOR_MEMORY_RAM (1), CACHED (2) or COLD (3)"))),
+    }
+}
+
+/// Whether a storage kind keeps codes in the graph and full vectors in a
+/// vector file (INT8, BINARY).
+pub fn is_quantized(s: VectorStorage) -> bool {
+    matches!(s, VectorStorage::Int8 | VectorStorage::Binary)
+}
+
+/// A search's oversampling factor (quantized storage), when given.
+pub fn oversampling(field: &str, o: Option<f32>) -> Result<(), ValidationError> {
+    match o {
+        Some(o) if !(o.is_finite() && (1.0..=crate::limits::MAX_OVERSAMPLING).contains(&o)) => {
+            Err(invalid(format!("{field}oversampling"), format!("oversampling {o} is outside 1..={}", crate::limits::MAX_OVERSAMPLING)))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -65,6 +91,7 @@ pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, Val
     }
     let metric = metric(cfg.metric)?;
     let storage = storage(cfg.storage)?;
+    let memory = memory(cfg.memory)?;
     let shard_count = if cfg.shard_count == 0 { 1 } else { in_range("shard_count", cfg.shard_count, (1, MAX_SHARDS))? };
     let replication_factor = cfg.replication_factor.max(1);
     let hnsw = hnsw_config("hnsw", cfg.hnsw)?;
@@ -132,6 +159,7 @@ pub fn collection_config(cfg: &CollectionConfig) -> Result<CollectionConfig, Val
         payload_indexes: cfg.payload_indexes.clone(),
         sparse_vectors: cfg.sparse_vectors.clone(),
         vectors,
+        memory: memory as i32,
     })
 }
 
@@ -164,6 +192,9 @@ pub fn named_vector_config(field: &str, v: &crate::v1::NamedVectorConfig) -> Res
     }
     let metric = metric(v.metric).map_err(|e| invalid(format!("{field}.metric"), e.message))?;
     let storage = storage(v.storage).map_err(|e| invalid(format!("{field}.storage"), e.message))?;
+    if is_quantized(storage) {
+        return Err(invalid(format!("{field}.storage"), "INT8 and BINARY storage are for the default vector only; a named vector stores F32 or F16"));
+    }
     Ok(crate::v1::NamedVectorConfig {
         name: v.name.clone(),
         dimension: v.dimension,

@@ -122,9 +122,16 @@ pub enum CollectionCmd {
         /// Default search candidate list (0 = default 128).
         #[arg(long, default_value_t = 0)]
         ef_search: u32,
-        /// Store vectors in the index as f16.
+        /// Store vectors in the index as f16 (same as `--storage f16`).
         #[arg(long)]
         f16: bool,
+        /// How the graph stores vectors: f32, f16, int8 or binary (int8 and
+        /// binary re-score with full vectors from a memory-mapped file).
+        #[arg(long, value_enum)]
+        storage: Option<StorageArg>,
+        /// int8/binary: where the full vectors live (ram, cached, cold).
+        #[arg(long, value_enum)]
+        memory: Option<MemoryArg>,
         /// Payload index, `field:keyword|numeric|bool|text|datetime|geo`
         /// (repeatable).
         #[arg(long = "index")]
@@ -274,6 +281,12 @@ pub struct SearchArgs {
     pub ef: Option<u32>,
     #[arg(long)]
     pub exact: bool,
+    /// int8/binary storage: candidates per result before re-scoring.
+    #[arg(long)]
+    pub oversampling: Option<f32>,
+    /// int8/binary storage: score by the codes alone (no re-scoring).
+    #[arg(long)]
+    pub no_rescore: bool,
     #[arg(long)]
     pub with_payload: bool,
     #[arg(long)]
@@ -335,6 +348,49 @@ fn parse_named(s: &str) -> Result<shoal_proto::v1::NamedVectorConfig> {
     Ok(shoal_proto::v1::NamedVectorConfig { name: name.to_string(), dimension, metric: metric as i32, multivector: multi, ..Default::default() })
 }
 
+/// `f32`, `f16`, `int8` or `binary`.
+fn storage_name(raw: i32) -> String {
+    VectorStorage::try_from(raw).map_or("?", |s| s.as_str_name()).trim_start_matches("VECTOR_STORAGE_").replace("UNSPECIFIED", "F32").to_lowercase()
+}
+
+/// Storage kinds for `--storage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StorageArg {
+    F32,
+    F16,
+    Int8,
+    Binary,
+}
+
+impl From<StorageArg> for VectorStorage {
+    fn from(s: StorageArg) -> Self {
+        match s {
+            StorageArg::F32 => VectorStorage::F32,
+            StorageArg::F16 => VectorStorage::F16,
+            StorageArg::Int8 => VectorStorage::Int8,
+            StorageArg::Binary => VectorStorage::Binary,
+        }
+    }
+}
+
+/// Vector memory settings for `--memory`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MemoryArg {
+    Ram,
+    Cached,
+    Cold,
+}
+
+impl From<MemoryArg> for shoal_proto::v1::VectorMemory {
+    fn from(m: MemoryArg) -> Self {
+        match m {
+            MemoryArg::Ram => Self::Ram,
+            MemoryArg::Cached => Self::Cached,
+            MemoryArg::Cold => Self::Cold,
+        }
+    }
+}
+
 fn info_json(c: &CollectionInfo) -> serde_json::Value {
     let cfg = c.config.clone().unwrap_or_default();
     let h = cfg.hnsw.unwrap_or_default();
@@ -342,7 +398,8 @@ fn info_json(c: &CollectionInfo) -> serde_json::Value {
         "name": cfg.name, "dimension": cfg.dimension, "metric": metric_name(cfg.metric), "shards": cfg.shard_count,
         "replication_factor": cfg.replication_factor, "points": c.points_count,
         "hnsw": {"m": h.m, "ef_construction": h.ef_construction, "ef_search": h.ef_search},
-        "storage": if cfg.storage == VectorStorage::F16 as i32 { "f16" } else { "f32" },
+        "storage": storage_name(cfg.storage),
+        "memory": shoal_proto::v1::VectorMemory::try_from(cfg.memory).map_or("?", |m| m.as_str_name()).trim_start_matches("VECTOR_MEMORY_").to_lowercase(),
         "payload_indexes": cfg.payload_indexes.iter().map(|p| json!({"key": p.key, "type": PayloadIndexType::try_from(p.r#type).map(|t| t.as_str_name()).unwrap_or("?")})).collect::<Vec<_>>(),
         "vectors": cfg.vectors.iter().map(|v| json!({"name": v.name, "dimension": v.dimension, "metric": metric_name(v.metric), "multivector": v.multivector})).collect::<Vec<_>>(),
         "sparse_vectors": cfg.sparse_vectors.iter().map(|s| json!({"name": s.name, "modifier": shoal_proto::v1::SparseModifier::try_from(s.modifier).map(|m| m.as_str_name()).unwrap_or("?")})).collect::<Vec<_>>(),
@@ -424,7 +481,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let client = public_client(&cli.addr).await?;
     let json_out = cli.output == Output::Json;
     match cli.cmd {
-        Cmd::Collection(CollectionCmd::Create { name, dim, metric, shards, replication_factor, m, ef_construction, ef_search, f16, indexes, text_stemmer, text_stop_words, text_keep_accents, sparse, vectors }) => {
+        Cmd::Collection(CollectionCmd::Create { name, dim, metric, shards, replication_factor, m, ef_construction, ef_search, f16, storage, memory, indexes, text_stemmer, text_stop_words, text_keep_accents, sparse, vectors }) => {
             let mut b = CollectionBuilder::new(name, dim, metric.into()).shards(shards).replication_factor(replication_factor).hnsw(m, ef_construction, ef_search);
             for v in &vectors {
                 let c = parse_named(v)?;
@@ -439,6 +496,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             if f16 {
                 b = b.f16();
+            }
+            match (f16, storage) {
+                (true, Some(s)) if s != StorageArg::F16 => bail!("--f16 and --storage {s:?} disagree"),
+                (_, Some(s)) => b = b.storage(s.into()),
+                _ => {}
+            }
+            if let Some(m) = memory {
+                b = b.memory(m.into());
             }
             for spec in indexes {
                 let (field, ty) = spec.split_once(':').with_context(|| format!("--index {spec:?}: expected field:type"))?;
@@ -626,6 +691,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             if let Some(ef) = a.ef {
                 s = s.ef(ef);
+            }
+            if let Some(o) = a.oversampling {
+                s = s.oversampling(o);
+            }
+            if a.no_rescore {
+                s = s.rescore(false);
             }
             if a.with_payload {
                 s = s.with_payload();

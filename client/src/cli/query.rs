@@ -95,6 +95,12 @@ pub struct QueryArgs {
     pub exact: bool,
     #[arg(long)]
     pub ef: Option<u32>,
+    /// int8/binary storage: candidates per result before re-scoring.
+    #[arg(long)]
+    pub oversampling: Option<f32>,
+    /// int8/binary storage: score by the codes alone (no re-scoring).
+    #[arg(long)]
+    pub no_rescore: bool,
 }
 
 pub(super) fn parse_id(s: &str) -> PointId {
@@ -180,6 +186,12 @@ pub fn build(a: &QueryArgs) -> Result<QueryBuilder> {
                 if let Some(ef) = a.ef {
                     dense = dense.ef(ef);
                 }
+                if let Some(o) = a.oversampling {
+                    dense = dense.oversampling(o);
+                }
+                if a.no_rescore {
+                    dense = dense.quantized_rescore(false);
+                }
                 QueryBuilder::new(&a.collection, fusion).prefetch(dense).prefetch(PrefetchBuilder::new(l, a.prefetch_limit))
             }
         }
@@ -210,6 +222,12 @@ pub fn build(a: &QueryArgs) -> Result<QueryBuilder> {
     }
     if let Some(ef) = a.ef {
         b = b.ef(ef);
+    }
+    if let Some(o) = a.oversampling {
+        b = b.oversampling(o);
+    }
+    if a.no_rescore {
+        b = b.quantized_rescore(false);
     }
     Ok(b)
 }

@@ -28,8 +28,8 @@ pub struct FlatIndex {
 impl FlatIndex {
     pub fn new(dim: usize, dist: Distance, precision: Precision) -> Self {
         let rows = match precision {
-            Precision::F32 => Rows::F32(Vec::new()),
             Precision::F16 => Rows::F16(Vec::new()),
+            _ => Rows::F32(Vec::new()),
         };
         FlatIndex { dim, dist, inner: RwLock::new(Inner { keys: vec![], slot: HashMap::new(), rows }) }
     }

@@ -1,4 +1,9 @@
-//! HNSW index on usearch, storing f32 or f16.
+//! HNSW index on usearch, storing f32, f16, or quantized codes
+//! ([`super::quant`]) with the full vectors in a [`VectorFile`].
+//!
+//! Quantized searches take `oversampling × k` candidates from the graph by
+//! their codes' distance and re-score them with the full vectors
+//! ([`SearchOpts`]); exact scans read the full vectors.
 //!
 //! Per-request `ef`: usearch takes the expansion as an index-wide setting,
 //! but its search uses `max(expansion_search, wanted)` candidates. We keep
@@ -13,13 +18,41 @@
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex, RwLock};
+use roaring::RoaringBitmap;
 use shoal_proto::v1::Metric;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
+use super::quant::{Code, Codec, CALIBRATION_ROWS};
+use super::vecfile::VectorFile;
 use super::{sort_hits, Allowed, Distance, Hit, Precision, VectorIndex};
 use crate::error::IndexError;
+
+/// Oversampling of an INT8 search when the request names none: measured
+/// in docs/benchmarks.md ("Quantized storage").
+pub const DEFAULT_OVERSAMPLING_INT8: f32 = 2.0;
+/// Oversampling of a BINARY search when the request names none.
+pub const DEFAULT_OVERSAMPLING_BINARY: f32 = 4.0;
+
+/// Per-search settings of a quantized graph (ignored by f32 and f16).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SearchOpts {
+    /// Candidates per result taken from the graph (default per kind).
+    pub oversampling: Option<f32>,
+    /// Re-score with the full vectors (default true).
+    pub rescore: Option<bool>,
+}
+
+/// The graph and the codec its codes were made with: they change together
+/// (a compaction swaps both).
+struct Graph {
+    index: Index,
+    codec: Option<Codec>,
+    /// Rows the codec was calibrated on (0 before the first add).
+    calibrated_on: usize,
+}
 
 /// Build parameters.
 #[derive(Debug, Clone, Copy)]
@@ -68,7 +101,14 @@ impl Drop for Permit<'_> {
 pub struct HnswIndex {
     params: HnswParams,
     dist: Distance,
-    index: RwLock<Index>,
+    index: RwLock<Graph>,
+    /// Quantized kinds: the full vectors, and whether this graph writes
+    /// them (a compaction's new graph shares the live graph's file and
+    /// leaves it to the live one).
+    vectors: Option<Arc<VectorFile>>,
+    write_vectors: bool,
+    /// Quantized kinds: the keys in the graph (exact scans of all of it).
+    keys: Mutex<RoaringBitmap>,
     /// Held shared by adds and removes, exclusively by a save and a memory
     /// measurement: usearch cannot serialise (or walk) a graph while nodes
     /// are being inserted, but searches may run during a save. (A save
@@ -87,6 +127,10 @@ pub struct HnswIndex {
 }
 
 fn options(p: &HnswParams) -> IndexOptions {
+    if p.precision.quantized() {
+        let (quantization, metric) = Codec::usearch_kind(p.precision == Precision::I8, p.metric);
+        return IndexOptions { dimensions: p.dim, metric, quantization, connectivity: p.m, expansion_add: p.ef_construction, expansion_search: 1, multi: false };
+    }
     IndexOptions {
         dimensions: p.dim,
         // Cosine vectors are stored and queried as unit vectors (see
@@ -98,8 +142,8 @@ fn options(p: &HnswParams) -> IndexOptions {
         },
         // Set explicitly: usearch's default stores BF16.
         quantization: match p.precision {
-            Precision::F32 => ScalarKind::F32,
             Precision::F16 => ScalarKind::F16,
+            _ => ScalarKind::F32,
         },
         connectivity: p.m,
         expansion_add: p.ef_construction,
@@ -109,29 +153,68 @@ fn options(p: &HnswParams) -> IndexOptions {
 }
 
 impl HnswIndex {
+    /// An empty graph. Quantized kinds need `vectors`, the file their full
+    /// vectors go to.
     pub fn new(params: HnswParams) -> Result<Self, IndexError> {
-        let index = Index::new(&options(&params))?;
-        index.reserve_capacity_and_threads(1024, max_concurrency())?;
-        Ok(Self::wrap(params, index, 0))
+        Self::with_vectors(params, None)
     }
 
-    fn wrap(params: HnswParams, index: Index, live: usize) -> Self {
-        HnswIndex {
+    /// [`HnswIndex::new`] with the full-vector file of a quantized kind.
+    pub fn with_vectors(params: HnswParams, vectors: Option<Arc<VectorFile>>) -> Result<Self, IndexError> {
+        let index = Index::new(&options(&params))?;
+        index.reserve_capacity_and_threads(1024, max_concurrency())?;
+        Self::wrap(params, Graph { index, codec: None, calibrated_on: 0 }, 0, vectors)
+    }
+
+    /// An empty graph with `params` that reads this one's vector file but
+    /// leaves writing it to this graph (a compaction's rebuild). A graph
+    /// of another kind (a storage change) writes the file itself when this
+    /// one has none.
+    pub fn fresh(&self, params: HnswParams, vectors: Option<Arc<VectorFile>>) -> Result<Self, IndexError> {
+        let shared = self.vectors.is_some() && vectors.is_none();
+        let mut g = Self::with_vectors(params, if shared { self.vectors.clone() } else { vectors })?;
+        g.write_vectors = !shared;
+        Ok(g)
+    }
+
+    fn wrap(params: HnswParams, graph: Graph, live: usize, vectors: Option<Arc<VectorFile>>) -> Result<Self, IndexError> {
+        if params.precision.quantized() != vectors.is_some() {
+            return Err(IndexError::Usearch(format!("{:?} storage {} a vector file", params.precision, if vectors.is_some() { "takes no" } else { "needs" })));
+        }
+        Ok(HnswIndex {
             params,
             dist: Distance(params.metric),
-            index: RwLock::new(index),
+            index: RwLock::new(graph),
+            vectors,
+            write_vectors: true,
+            keys: Mutex::new(RoaringBitmap::new()),
             mutate: RwLock::new(()),
             gate: Gate { free: Mutex::new(max_concurrency()), cv: Condvar::new() },
             live: AtomicUsize::new(live),
             removed: AtomicUsize::new(0),
             memory: AtomicUsize::new(0),
-        }
+        })
     }
 
     /// Loads an index saved by [`VectorIndex::save`]. Fails if the file is
-    /// missing, damaged or was built with other parameters.
-    pub fn load(params: HnswParams, path: &Path) -> Result<Self, IndexError> {
+    /// missing, damaged or was built with other parameters. A quantized
+    /// kind needs the calibration saved with it ([`HnswIndex::calibration`])
+    /// and its vector file; `keys` are the keys the file holds (the shard's
+    /// reconciliation removes the stale ones).
+    pub fn load(params: HnswParams, path: &Path, calibration: Option<&str>, vectors: Option<Arc<VectorFile>>) -> Result<Self, IndexError> {
         let file_err = |d: String| IndexError::File { path: path.display().to_string(), detail: d };
+        let (codec, calibrated_on) = if params.precision.quantized() {
+            let text = calibration.ok_or_else(|| file_err("no calibration for a quantized graph".into()))?;
+            let (c, rows) = text.rsplit_once(';').ok_or_else(|| file_err("malformed calibration".into()))?;
+            let codec = Codec::from_text(c, params.dim).ok_or_else(|| file_err("malformed calibration".into()))?;
+            let matches = matches!((&codec, params.precision), (Codec::I8 { .. }, Precision::I8) | (Codec::B1 { .. }, Precision::B1));
+            if !matches {
+                return Err(file_err("calibration of another storage kind".into()));
+            }
+            (Some(codec), rows.parse().map_err(|_| file_err("malformed calibration".into()))?)
+        } else {
+            (None, 0)
+        };
         let index = Index::new(&options(&params))?;
         index.load(path.to_str().ok_or_else(|| file_err("non-UTF-8 path".into()))?).map_err(|e| file_err(e.what().to_string()))?;
         if index.dimensions() != params.dim {
@@ -139,7 +222,64 @@ impl HnswIndex {
         }
         let size = index.size();
         index.reserve_capacity_and_threads((size + 1024).max(index.capacity()), max_concurrency())?;
-        Ok(Self::wrap(params, index, size))
+        Self::wrap(params, Graph { index, codec, calibrated_on }, size, vectors)
+    }
+
+    /// The calibration of a quantized graph, for its sidecar (`None` for
+    /// f32 and f16, and before the first vector).
+    pub fn calibration(&self) -> Option<String> {
+        let g = self.index.read();
+        g.codec.as_ref().map(|c| format!("{};{}", c.to_text(), g.calibrated_on))
+    }
+
+    /// Whether a quantized graph's calibration was made on a sample small
+    /// beside what it holds now, so a rebuild would calibrate better
+    /// (its first [`CALIBRATION_ROWS`]). Cosine int8 needs none.
+    pub fn needs_recalibration(&self) -> bool {
+        let g = self.index.read();
+        let sampled = match &g.codec {
+            Some(Codec::I8 { scale }) if *scale == 0.0 => return false,
+            Some(Codec::B1 { center }) if center.is_empty() => return false,
+            Some(_) => g.calibrated_on,
+            None => return false,
+        };
+        sampled < CALIBRATION_ROWS && self.len() >= 4 * sampled.max(256)
+    }
+
+    /// The full-vector file of a quantized graph.
+    pub fn vector_file(&self) -> Option<&Arc<VectorFile>> {
+        self.vectors.as_ref()
+    }
+
+    /// Keeps `key`, which a loaded graph holds and storage has as `v`: a
+    /// quantized graph notes the key and checks its vector-file slot,
+    /// rewriting it when it does not hold `v` (returns true then). The
+    /// shard calls this for every live key at open.
+    pub fn keep_loaded(&self, key: u64, v: &[f32]) -> Result<bool, IndexError> {
+        let Some(file) = &self.vectors else { return Ok(false) };
+        let off = u32::try_from(key).map_err(|_| IndexError::Usearch(format!("key {key} past the offset range")))?;
+        self.check_dim(v)?;
+        self.keys.lock().insert(off);
+        let v = self.unit(v);
+        if file.holds(key, &v) {
+            return Ok(false);
+        }
+        file.put(key, &v).map_err(|e| IndexError::File { path: "vector file".into(), detail: e.to_string() })?;
+        Ok(true)
+    }
+
+    /// Sets the codec from `sample` if the graph has none yet.
+    fn calibrate(&self, sample: &[&[f32]]) {
+        if sample.is_empty() || !self.params.precision.quantized() || self.index.read().codec.is_some() {
+            return;
+        }
+        let mut g = self.index.write();
+        if g.codec.is_none() {
+            let unit: Vec<Cow<[f32]>> = sample.iter().take(CALIBRATION_ROWS).map(|v| self.unit(v)).collect();
+            let refs: Vec<&[f32]> = unit.iter().map(|v| &**v).collect();
+            g.codec = Some(Codec::calibrate(self.params.precision == Precision::I8, self.params.metric, self.params.dim, &refs));
+            g.calibrated_on = refs.len();
+        }
     }
 
     /// The build parameters.
@@ -169,32 +309,129 @@ impl HnswIndex {
     pub fn replace_with(&self, other: HnswIndex) {
         let mut g = self.index.write();
         *g = other.index.into_inner();
+        *self.keys.lock() = std::mem::take(&mut *other.keys.lock());
         self.live.store(other.live.load(Ordering::Relaxed), Ordering::Relaxed);
         self.removed.store(0, Ordering::Relaxed);
     }
 
-    /// Adds one vector; the caller holds `mutate` and has grown the index.
+    /// Adds one vector; the caller holds `mutate`, has grown the index and
+    /// calibrated it.
     fn add_one(&self, key: u64, v: &[f32]) -> Result<(), IndexError> {
-        let v = self.unit(v);
         let _p = self.gate.acquire();
-        self.index.read().add(key, &v)?;
+        self.insert(&self.index.read(), key, v)
+    }
+
+    /// Writes `v`'s full vector (quantized kinds) and its code or value
+    /// to the graph.
+    fn insert(&self, g: &Graph, key: u64, v: &[f32]) -> Result<(), IndexError> {
+        let v = self.unit(v);
+        match (&g.codec, &self.vectors) {
+            (None, None) => g.index.add(key, &v)?,
+            (Some(codec), Some(file)) => {
+                let off = u32::try_from(key).map_err(|_| IndexError::Usearch(format!("key {key} past the offset range")))?;
+                if self.write_vectors {
+                    file.put(key, &v).map_err(|e| IndexError::File { path: "vector file".into(), detail: e.to_string() })?;
+                }
+                match codec.encode(&v) {
+                    Code::I8(c) => g.index.add(key, &c)?,
+                    Code::B1(c) => g.index.add(key, &c)?,
+                }
+                self.keys.lock().insert(off);
+            }
+            _ => return Err(IndexError::Usearch("quantized graph without its calibration or vector file".into())),
+        }
         self.live.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The search's candidates by the codes (quantized) or values, and
+    /// the scale the query was coded with.
+    fn walk(&self, g: &Graph, q: &[f32], want: usize, allowed: &Allowed<'_>) -> Result<(usearch::ffi::Matches, f32), IndexError> {
+        let filter = |key| allowed.contains(key);
+        let all = matches!(allowed, Allowed::All);
+        let Some(codec) = &g.codec else {
+            return Ok((if all { g.index.search(q, want)? } else { g.index.filtered_search(q, want, filter)? }, 1.0));
+        };
+        let (code, qscale) = codec.encode_query(self.params.metric, q);
+        Ok((
+            match code {
+                Code::I8(c) if all => g.index.search(&c, want)?,
+                Code::I8(c) => g.index.filtered_search(&c, want, filter)?,
+                Code::B1(c) if all => g.index.search(&c, want)?,
+                Code::B1(c) => g.index.filtered_search(&c, want, filter)?,
+            },
+            qscale,
+        ))
+    }
+
+    /// Distance between a (unit for cosine) query and a stored full vector,
+    /// in the graph's convention (`1 - dot` for cosine and dot).
+    fn full_distance(&self, q: &[f32], v: &[f32]) -> f32 {
+        use simsimd::SpatialSimilarity;
+        match self.params.metric {
+            Metric::L2 => <f32 as SpatialSimilarity>::l2sq(q, v).map_or(f32::INFINITY, |x| x as f32),
+            _ => <f32 as SpatialSimilarity>::dot(q, v).map_or(f32::INFINITY, |x| (1.0 - x) as f32),
+        }
+    }
+
+    /// Approximate top-`k` with per-search settings for quantized kinds.
+    pub fn search_with(&self, q: &[f32], k: usize, ef: usize, allowed: &Allowed<'_>, opts: SearchOpts) -> Result<Vec<Hit>, IndexError> {
+        self.check_dim(q)?;
+        let q = self.unit(q);
+        let q = &*q;
+        let _p = self.gate.acquire();
+        let g = self.index.read();
+        let (Some(codec), Some(file)) = (&g.codec, &self.vectors) else {
+            if self.vectors.is_some() {
+                // A quantized graph before its first vector.
+                return Ok(vec![]);
+            }
+            let (m, _) = self.walk(&g, q, ef.max(k), allowed)?;
+            let mut hits: Vec<Hit> = m.keys.iter().zip(&m.distances).map(|(k, d)| Hit { key: *k, distance: *d }).collect();
+            sort_hits(&mut hits, k);
+            return Ok(hits);
+        };
+        let rescore = opts.rescore.unwrap_or(true);
+        let over = opts.oversampling.unwrap_or(match self.params.precision {
+            Precision::B1 => DEFAULT_OVERSAMPLING_BINARY,
+            _ => DEFAULT_OVERSAMPLING_INT8,
+        });
+        let take = if rescore { ((k as f32 * over.max(1.0)).ceil() as usize).clamp(k, shoal_proto::limits::MAX_EF as usize) } else { k };
+        let (m, qscale) = self.walk(&g, q, ef.max(take), allowed)?;
+        let mut hits: Vec<Hit> = m.keys.iter().zip(&m.distances).map(|(k, d)| Hit { key: *k, distance: *d }).collect();
+        sort_hits(&mut hits, take);
+        if !rescore {
+            for h in &mut hits {
+                h.distance = codec.approx_distance(self.params.metric, self.params.dim, h.distance, qscale);
+            }
+            sort_hits(&mut hits, k);
+            return Ok(hits);
+        }
+        let r = file.reader();
+        hits.retain_mut(|h| match r.get(h.key) {
+            Some(v) => {
+                h.distance = self.full_distance(q, v);
+                true
+            }
+            None => false,
+        });
+        sort_hits(&mut hits, k);
+        Ok(hits)
     }
 
     /// Ensures room for `extra` more vectors.
     fn grow(&self, extra: usize) -> Result<(), IndexError> {
         let need = {
             let g = self.index.read();
-            let need = g.size() + extra;
-            if need <= g.capacity() {
+            let need = g.index.size() + extra;
+            if need <= g.index.capacity() {
                 return Ok(());
             }
             need
         };
         let g = self.index.write();
-        if need > g.capacity() {
-            g.reserve_capacity_and_threads((need + need / 2).max(1024), max_concurrency())?;
+        if need > g.index.capacity() {
+            g.index.reserve_capacity_and_threads((need + need / 2).max(1024), max_concurrency())?;
         }
         Ok(())
     }
@@ -235,6 +472,7 @@ impl VectorIndex for HnswIndex {
         // the save's read lock would hold up every search behind it.
         let _m = self.mutate.read();
         self.grow(1)?;
+        self.calibrate(&[v]);
         self.add_one(key, v)
     }
 
@@ -246,11 +484,12 @@ impl VectorIndex for HnswIndex {
         // taken twice deadlocks behind a waiting save).
         let _m = self.mutate.read();
         self.grow(items.len())?;
+        self.calibrate(&items.iter().map(|(_, v)| *v).collect::<Vec<_>>());
         // The first nodes of a graph go in one at a time: inserted
         // concurrently into a near-empty graph, they link to each other
         // poorly and a few end up unreachable (seen: 5 of 200 points that
         // no search found, ef 200, after a compaction built in parallel).
-        let seed = SEQUENTIAL_SEED.saturating_sub(self.index.read().size()).min(items.len());
+        let seed = SEQUENTIAL_SEED.saturating_sub(self.index.read().index.size()).min(items.len());
         let (first, items) = items.split_at(seed);
         first.iter().try_for_each(|(k, v)| self.add_one(*k, v))?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len().div_ceil(64)).max(1);
@@ -266,8 +505,7 @@ impl VectorIndex for HnswIndex {
                         let _p = self.gate.acquire();
                         let g = self.index.read();
                         for (k, v) in part {
-                            g.add(*k, &self.unit(v))?;
-                            self.live.fetch_add(1, Ordering::Relaxed);
+                            self.insert(&g, *k, v)?;
                         }
                         Ok(())
                     })
@@ -280,7 +518,10 @@ impl VectorIndex for HnswIndex {
     fn remove(&self, key: u64) -> Result<(), IndexError> {
         let _m = self.mutate.read();
         let _p = self.gate.acquire();
-        let removed = self.index.read().remove(key)?;
+        let removed = self.index.read().index.remove(key)?;
+        if self.vectors.is_some() && key <= u32::MAX as u64 {
+            self.keys.lock().remove(key as u32);
+        }
         if removed > 0 {
             self.live.fetch_sub(1, Ordering::Relaxed);
             self.removed.fetch_add(1, Ordering::Relaxed);
@@ -289,23 +530,11 @@ impl VectorIndex for HnswIndex {
     }
 
     fn contains(&self, key: u64) -> bool {
-        self.index.read().contains(key)
+        self.index.read().index.contains(key)
     }
 
     fn search(&self, q: &[f32], k: usize, ef: usize, allowed: &Allowed<'_>) -> Result<Vec<Hit>, IndexError> {
-        self.check_dim(q)?;
-        let want = ef.max(k);
-        let q = self.unit(q);
-        let q = &*q;
-        let _p = self.gate.acquire();
-        let g = self.index.read();
-        let m = match allowed {
-            Allowed::All => g.search(q, want)?,
-            Allowed::Set(_) => g.filtered_search(q, want, |key| allowed.contains(key))?,
-        };
-        let mut hits: Vec<Hit> = m.keys.iter().zip(&m.distances).map(|(k, d)| Hit { key: *k, distance: *d }).collect();
-        sort_hits(&mut hits, k);
-        Ok(hits)
+        self.search_with(q, k, ef, allowed, SearchOpts::default())
     }
 
     fn exact(&self, q: &[f32], k: usize, allowed: &Allowed<'_>) -> Result<Vec<Hit>, IndexError> {
@@ -314,6 +543,27 @@ impl VectorIndex for HnswIndex {
         let q = &*q;
         let _p = self.gate.acquire();
         let g = self.index.read();
+        if let Some(file) = &self.vectors {
+            // The full vectors of the allowed keys the graph holds.
+            let keys = self.keys.lock().clone();
+            let keys = match allowed {
+                Allowed::All => keys,
+                Allowed::Set(set) => keys & *set,
+            };
+            let r = file.reader();
+            let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
+            for key in keys.iter() {
+                let Some(v) = r.get(key as u64) else { continue };
+                heap.push(HeapHit(Hit { key: key as u64, distance: self.full_distance(q, v) }));
+                if heap.len() > k {
+                    heap.pop();
+                }
+            }
+            let mut hits: Vec<Hit> = heap.into_iter().map(|h| h.0).collect();
+            sort_hits(&mut hits, k);
+            return Ok(hits);
+        }
+        let g = &g.index;
         let Allowed::Set(set) = allowed else {
             let m = g.exact_search(q, k)?;
             let mut hits: Vec<Hit> = m.keys.iter().zip(&m.distances).map(|(k, d)| Hit { key: *k, distance: *d }).collect();
@@ -339,7 +589,19 @@ impl VectorIndex for HnswIndex {
     }
 
     fn get(&self, key: u64, out: &mut [f32]) -> bool {
-        matches!(self.index.read().get(key, out), Ok(n) if n > 0)
+        if let Some(file) = &self.vectors {
+            if key > u32::MAX as u64 || !self.keys.lock().contains(key as u32) || out.len() != self.params.dim {
+                return false;
+            }
+            return match file.reader().get(key) {
+                Some(v) => {
+                    out.copy_from_slice(v);
+                    true
+                }
+                None => false,
+            };
+        }
+        matches!(self.index.read().index.get(key, out), Ok(n) if n > 0)
     }
 
     fn memory_bytes(&self) -> usize {
@@ -349,7 +611,7 @@ impl VectorIndex for HnswIndex {
         // indexer behind a status call: measure only when the index is
         // idle, else report the last measurement.
         if let Some(_m) = self.mutate.try_write() {
-            self.memory.store(self.index.read().memory_usage(), Ordering::Relaxed);
+            self.memory.store(self.index.read().index.memory_usage(), Ordering::Relaxed);
         }
         self.memory.load(Ordering::Relaxed)
     }
@@ -360,8 +622,11 @@ impl VectorIndex for HnswIndex {
         // No add or remove may race the serialisation; searches may.
         let _m = self.mutate.write();
         let g = self.index.read();
-        self.memory.store(g.memory_usage(), Ordering::Relaxed);
-        g.save(tmp.to_str().ok_or_else(|| file_err("non-UTF-8 path".into()))?).map_err(|e| file_err(e.what().to_string()))?;
+        self.memory.store(g.index.memory_usage(), Ordering::Relaxed);
+        if let Some(f) = &self.vectors {
+            f.sync().map_err(|e| file_err(format!("vector file: {e}")))?;
+        }
+        g.index.save(tmp.to_str().ok_or_else(|| file_err("non-UTF-8 path".into()))?).map_err(|e| file_err(e.what().to_string()))?;
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| file_err(e.to_string()))?;
         crate::storage::rename_durable(&tmp, path).map_err(|e| file_err(e.to_string()))?;
         Ok(())

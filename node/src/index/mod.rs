@@ -3,6 +3,8 @@
 //! - [`hnsw::HnswIndex`]: the production index, usearch HNSW storing f32 or
 //!   f16. Approximate search (optionally with a predicate) and exact search
 //!   over its stored vectors with simsimd kernels.
+//! - [`quant`] and [`vecfile`]: the codes of INT8 and BINARY storage and
+//!   the memory-mapped file of full vectors they are re-scored with.
 //! - [`flat::FlatIndex`]: exact brute force over a contiguous array with
 //!   simsimd kernels. It is the oracle that recall and equivalence tests
 //!   compare against.
@@ -20,6 +22,8 @@ use crate::error::IndexError;
 
 pub mod flat;
 pub mod hnsw;
+pub mod quant;
+pub mod vecfile;
 
 /// One search result.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,6 +37,28 @@ pub struct Hit {
 pub enum Precision {
     F32,
     F16,
+    /// int8 codes; full vectors in a vector file ([`quant`], [`vecfile`]).
+    I8,
+    /// One bit per dimension; full vectors in a vector file.
+    B1,
+}
+
+impl Precision {
+    /// The precision of a collection's storage kind.
+    pub fn of(storage: shoal_proto::v1::VectorStorage) -> Precision {
+        use shoal_proto::v1::VectorStorage as S;
+        match storage {
+            S::F16 => Precision::F16,
+            S::Int8 => Precision::I8,
+            S::Binary => Precision::B1,
+            _ => Precision::F32,
+        }
+    }
+
+    /// Codes in the graph, full vectors in a vector file.
+    pub fn quantized(self) -> bool {
+        matches!(self, Precision::I8 | Precision::B1)
+    }
 }
 
 /// Which vectors a search may return.
@@ -205,3 +231,5 @@ pub trait VectorIndex: Send + Sync {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod quant_tests;

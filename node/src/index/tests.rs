@@ -64,6 +64,7 @@ fn hnsw_recall_against_flat_oracle() {
                 let tol = match precision {
                     Precision::F32 => KERNEL_TOLERANCE,
                     Precision::F16 => 4.0 * 2f64.powi(-11) + KERNEL_TOLERANCE,
+                    Precision::I8 | Precision::B1 => unreachable!("quantized kinds: quant_tests.rs"),
                 };
                 let check = |hit: &Hit| {
                     let row = &v[hit.key as usize];
@@ -126,7 +127,7 @@ fn hnsw_save_load_and_damage() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("i.usearch");
     h.save(&path).unwrap();
-    let l = HnswIndex::load(p, &path).unwrap();
+    let l = HnswIndex::load(p, &path, None, None).unwrap();
     assert!(!l.contains(5));
     assert!(l.contains(6));
     for q in v.iter().take(20) {
@@ -134,8 +135,8 @@ fn hnsw_save_load_and_damage() {
     }
     l.add(5000, &v[0]).unwrap();
     std::fs::write(&path, b"garbage").unwrap();
-    assert!(HnswIndex::load(p, &path).is_err(), "damaged file must not load");
-    assert!(HnswIndex::load(p, &dir.path().join("missing")).is_err());
+    assert!(HnswIndex::load(p, &path, None, None).is_err(), "damaged file must not load");
+    assert!(HnswIndex::load(p, &dir.path().join("missing"), None, None).is_err());
 }
 
 /// Memory accounting (cluster status) while another thread adds and

@@ -635,7 +635,7 @@ impl ShardStateMachine {
             let ok = index.bytes == header.index_bytes && index.digest() == header.index_checksum && header.index_bytes > 0;
             index.inner.into_inner().map_err(|e| werr(&e.error().to_string()))?.sync_all().map_err(|e| werr(&e))?;
             if ok {
-                shard_mod::write_sidecar(&index_path, header.index_checksum, header.index_next_offset, header.seq).map_err(|e| werr(&e))?;
+                shard_mod::write_sidecar(&index_path, header.index_checksum, header.index_next_offset, header.seq, None).map_err(|e| werr(&e))?;
             } else {
                 tracing::warn!(snapshot = %meta.snapshot_id, "snapshot's HNSW file is missing or corrupt; rebuilding the graph from its points");
                 let _ = std::fs::remove_file(&index_path);

@@ -245,6 +245,7 @@ impl ShardApi for ShardService {
         let cheap = !hide && req.searches.len() == 1 && req.searches.iter().all(|s| !s.exact && non_empty(&s.filter).is_none() && s.top_k <= CHEAP_TOP_K && !s.with_payload && !s.with_vector);
         for (i, s) in req.searches.iter().enumerate() {
             validate::search_params(&format!("searches[{i}]."), s.top_k, s.ef).map_err(NodeError::from)?;
+            validate::oversampling(&format!("searches[{i}]."), s.oversampling).map_err(NodeError::from)?;
             if let Some(f) = &s.filter {
                 validate::filter(f).map_err(NodeError::from)?;
             }

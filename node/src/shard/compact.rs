@@ -11,7 +11,6 @@ use roaring::RoaringBitmap;
 
 use super::Shard;
 use crate::error::{NodeError, Result};
-use crate::index::hnsw::HnswIndex;
 use crate::index::VectorIndex;
 
 /// Fewer removals than this never trigger a rebuild.
@@ -24,7 +23,7 @@ impl Shard {
     /// least [`COMPACT_MIN_REMOVED`]).
     pub fn needs_compaction(&self) -> bool {
         let removed = self.index.removed();
-        removed >= COMPACT_MIN_REMOVED && removed * 2 >= self.index.len()
+        (removed >= COMPACT_MIN_REMOVED && removed * 2 >= self.index.len()) || self.index.needs_recalibration()
     }
 
     /// Whether a named vector's graph needs compacting
@@ -46,7 +45,7 @@ impl Shard {
         }
         let started = Instant::now();
         let removed = self.index.removed();
-        let fresh = HnswIndex::new(self.index.params())?;
+        let fresh = self.index.fresh(self.index.params(), None)?;
         // Offsets reused while the new graph builds hold other vectors by
         // the swap; the swap takes them from storage again.
         self.state.write().reused_watch = Some(RoaringBitmap::new());

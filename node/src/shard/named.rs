@@ -180,7 +180,7 @@ impl Shard {
             if let Some(h) = hidden {
                 allowed = Some(allowed.unwrap_or_else(|| holders.clone()) - h);
             }
-            let hits = self.graph_hits(graph, &q, fetch, ef, allowed.as_ref(), &holders, req.exact)?;
+            let hits = self.graph_hits(graph, &q, fetch, ef, allowed.as_ref(), &holders, req)?;
             let keys: Vec<Option<PointKey>> = hits.iter().map(|h| st.keys.get(h.key as u32)).collect();
             (hits, keys)
         };
@@ -205,7 +205,7 @@ impl Shard {
             }
             *n.watch.lock() = Some(RoaringBitmap::new());
             let snap = n.holders.read().clone();
-            let fresh = HnswIndex::new(old.params())?;
+            let fresh = old.fresh(old.params(), None)?;
             let dim = n.cfg.dimension as usize;
             let copy = |offs: &mut dyn Iterator<Item = u32>, into: &HnswIndex| -> Result<()> {
                 let mut buf: Vec<(u64, Vec<f32>)> = Vec::with_capacity(4096);

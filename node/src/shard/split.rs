@@ -184,7 +184,13 @@ impl Shard {
         let path = super::index_file(spec.index_dir, spec.shard_id);
         self.index.save(&path)?;
         let bytes = std::fs::read(&path).map_err(crate::error::StorageError::from)?;
-        write_sidecar(&path, xxhash_rust::xxh3::xxh3_64(&bytes), next_offset, seq)?;
+        write_sidecar(&path, xxhash_rust::xxh3::xxh3_64(&bytes), next_offset, seq, self.index.calibration().as_deref())?;
+        // A quantized graph's full vectors: the child checks each live
+        // slot at open and rewrites what does not match.
+        if let Some(file) = self.index.vector_file() {
+            file.sync().map_err(crate::error::StorageError::from)?;
+            std::fs::copy(self.index_path.with_extension("vectors"), super::vector_file(spec.index_dir, spec.shard_id)).map_err(crate::error::StorageError::from)?;
+        }
         // The child keeps the parent's request ids: a write retried after
         // the split must not apply twice in the child either.
         // Its log starts at 1: inherited ids take index 0, so they are the
