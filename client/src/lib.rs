@@ -462,6 +462,13 @@ impl Client {
     /// returns the collection as it now is. Replicas re-index in the
     /// background.
     /// Adds and drops named vectors of a live collection.
+    /// Changes a live collection's storage kind and/or vector memory
+    /// (`None`: unchanged); replicas rebuild in the background.
+    pub async fn update_storage(&self, collection: &str, storage: Option<VectorStorage>, memory: Option<VectorMemory>) -> Result<CollectionInfo> {
+        let req = UpdateStorageRequest { collection: collection.into(), storage: storage.map_or(0, |s| s as i32), memory: memory.map_or(0, |m| m as i32) };
+        Ok(call!(self, CollectionsClient, update_storage, req)?.collection.unwrap_or_default())
+    }
+
     pub async fn update_vectors(&self, collection: &str, add: Vec<NamedVectorConfig>, drop: Vec<String>) -> Result<CollectionInfo> {
         let req = UpdateVectorsRequest { collection: collection.into(), add, drop };
         Ok(call!(self, CollectionsClient, update_vectors, req)?.collection.unwrap_or_default())

@@ -303,6 +303,21 @@ impl Collections for Api {
         Ok(Response::new(UpdatePayloadIndexesResponse { collection: Some(info) }))
     }
 
+    async fn update_storage(&self, req: Request<UpdateStorageRequest>) -> std::result::Result<Response<UpdateStorageResponse>, Status> {
+        shoal_common::audit::note(req.extensions(), Some(&req.get_ref().collection), "update storage");
+        self.authorize(req.extensions(), &req.get_ref().collection)?;
+        let mut req = req.into_inner();
+        req.collection = self.route(&req.collection).await?.config.name.clone();
+        self.router
+            .change_map("update storage", |mut c| {
+                let r = req.clone();
+                async move { c.update_storage(r).await }
+            })
+            .await?;
+        let info = self.routed(&req.collection, |route| async move { self.info(&route).await }).await?;
+        Ok(Response::new(UpdateStorageResponse { collection: Some(info) }))
+    }
+
     async fn update_vectors(&self, req: Request<UpdateVectorsRequest>) -> std::result::Result<Response<UpdateVectorsResponse>, Status> {
         shoal_common::audit::note(req.extensions(), Some(&req.get_ref().collection), "update vectors");
         self.authorize(req.extensions(), &req.get_ref().collection)?;
@@ -695,6 +710,9 @@ impl Cluster for Api {
                                 points: r.points,
                                 unindexed: r.unindexed,
                                 reason: String::new(),
+                                storage: r.storage,
+                                vectors_mapped_bytes: r.vectors_mapped_bytes,
+                                vectors_resident_bytes: r.vectors_resident_bytes,
                             }
                         }
                         None => ReplicaStatus { node_id: *node, state: ReplicaState::Unreachable as i32, ..Default::default() },

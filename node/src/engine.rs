@@ -722,6 +722,20 @@ impl Engine {
         .await
     }
 
+    /// Changes a collection's storage kind and vector memory in one map
+    /// change; each replica takes them from the map ([`Engine::reconcile`],
+    /// [`Shard::set_storage`]). Leader only.
+    pub async fn update_storage(&self, req: &shoal_proto::v1::UpdateStorageRequest) -> Result<ClusterMap> {
+        self.change_collection(&req.collection, |entry| {
+            let config = entry.config.clone().unwrap_or_default();
+            let storage = if req.storage == 0 { config.storage } else { validate::storage(req.storage)? as i32 };
+            let memory = if req.memory == 0 { config.memory } else { validate::memory(req.memory)? as i32 };
+            validate::collection_config(&CollectionConfig { storage, memory, ..config })?;
+            Ok(MetaCommand::SetStorage { collection: req.collection.clone(), uid: entry.uid, storage, memory })
+        })
+        .await
+    }
+
     /// Proposes the metadata command `make` builds from collection
     /// `name`'s map entry (checks and proposal under the metadata write
     /// lock); returns the map after it. Leader only.
@@ -808,6 +822,9 @@ impl Engine {
             // Damaged data stays quarantined until repaired; an open that
             // failed for another reason (I/O, a full disk) is tried again
             // at every reconcile.
+            if let Some(r) = self.shards.read().get(&key) {
+                r.shard().set_storage(config.storage, config.memory);
+            }
             if self.shards.read().contains_key(&key) || self.quarantined.read().get(&key).is_some_and(|q| q.0 == uid && q.2) {
                 continue;
             }
@@ -1162,6 +1179,9 @@ impl Engine {
                     unindexed: s.unindexed(),
                     quarantined: String::new(),
                     catching_up: self.catch_up.is_held(&r.group),
+                    storage: s.storage_kind() as i32,
+                    vectors_mapped_bytes: s.vector_file_bytes().0,
+                    vectors_resident_bytes: s.vector_file_bytes().1,
                 }
             })
             .collect();

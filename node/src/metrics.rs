@@ -25,6 +25,8 @@ struct Gauges {
     catching_up: GaugeVec,
     disk_free: GaugeVec,
     disk_low: GaugeVec,
+    vectors_mapped: GaugeVec,
+    vectors_resident: GaugeVec,
 }
 
 static GAUGES: LazyLock<Gauges> = LazyLock::new(|| Gauges {
@@ -42,6 +44,8 @@ static GAUGES: LazyLock<Gauges> = LazyLock::new(|| Gauges {
     quarantined: gauge_vec("shoal_replica_quarantined", "1 per local replica that could not be opened and serves nothing (see cluster status for why)", &["collection", "shard"]),
     disk_free: gauge_vec("shoal_disk_free_bytes", "Free bytes on the node's data volume", &[]),
     disk_low: gauge_vec("shoal_disk_low", "1 while the data volume is below the free-space watermark (upserts refused)", &[]),
+    vectors_mapped: gauge_vec("shoal_shard_vector_file_mapped_bytes", "Bytes of a quantized replica's full-vector file (memory-mapped)", &["collection", "shard"]),
+    vectors_resident: gauge_vec("shoal_shard_vector_file_resident_bytes", "Bytes of a quantized replica's full-vector file in memory now", &["collection", "shard"]),
     catching_up: gauge_vec("shoal_raft_catching_up", "1 per local group that lost its data with the disk and does not vote until it holds every committed entry", &["group"]),
 });
 
@@ -85,6 +89,8 @@ pub fn collect(engine: &Engine, device: &str) {
         }
         g.points.with_label_values(&l).set(s.points as f64);
         g.unindexed.with_label_values(&l).set(s.unindexed as f64);
+        g.vectors_mapped.with_label_values(&l).set(s.vectors_mapped_bytes as f64);
+        g.vectors_resident.with_label_values(&l).set(s.vectors_resident_bytes as f64);
     }
     g.index_bytes.with_label_values::<&str>(&[]).set(st.index_bytes as f64);
     g.rss.with_label_values::<&str>(&[]).set(st.rss_bytes as f64);

@@ -116,6 +116,10 @@ pub struct Shard {
     dist: Distance,
     store: ShardStore,
     index: HnswIndex,
+    /// The storage kind and vector memory the cluster map asks for
+    /// ([`Shard::set_storage`]); the indexer rebuilds the graph when the
+    /// kind differs from the graph's.
+    storage_target: Mutex<(Precision, Memory)>,
     state: RwLock<State>,
     writer: Mutex<()>,
     /// Recent request ids and what they did ([`requests`]); changed under
@@ -292,12 +296,8 @@ impl Shard {
         let index_path = index_file(index_dir, shard_id);
         let seq = store.meta_u64(META_SEQ)?;
         let next_offset = store.meta_u64(META_NEXT_OFFSET)? as u32;
+        let memory = memory_of(config.memory);
         let vectors = if precision.quantized() {
-            let memory = match validate::memory(config.memory) {
-                Ok(VectorMemory::Ram) => Memory::Ram,
-                Ok(VectorMemory::Cold) => Memory::Cold,
-                _ => Memory::Cached,
-            };
             Some(Arc::new(VectorFile::open(&vector_file(index_dir, shard_id), params.dim, memory).map_err(crate::error::StorageError::from)?))
         } else {
             VectorFile::remove(&vector_file(index_dir, shard_id));
@@ -457,6 +457,7 @@ impl Shard {
             config,
             store,
             index,
+            storage_target: Mutex::new((precision, memory)),
             state: RwLock::new(state),
             writer: Mutex::new(()),
             requests: Mutex::new(requests),
@@ -1338,6 +1339,15 @@ impl Shard {
         let _ = std::fs::remove_file(self.index_path.with_extension("meta"));
         let _ = std::fs::remove_file(self.index_path.with_extension("vectors"));
         Ok(())
+    }
+}
+
+/// A collection's `memory` setting as the vector file's.
+pub(crate) fn memory_of(raw: i32) -> Memory {
+    match validate::memory(raw) {
+        Ok(VectorMemory::Ram) => Memory::Ram,
+        Ok(VectorMemory::Cold) => Memory::Cold,
+        _ => Memory::Cached,
     }
 }
 

@@ -154,6 +154,15 @@ pub enum CollectionCmd {
         #[arg(long = "vector")]
         vectors: Vec<String>,
     },
+    /// Change how a live collection stores its vectors (replicas rebuild
+    /// in the background; `cluster status` shows each replica's kind).
+    Storage {
+        name: String,
+        #[arg(long, value_enum)]
+        storage: Option<StorageArg>,
+        #[arg(long, value_enum)]
+        memory: Option<MemoryArg>,
+    },
     /// Add and drop named vectors of a live collection.
     Vectors {
         name: String,
@@ -517,6 +526,18 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("{}", info_json(&info));
             } else {
                 println!("created collection {}", info.config.map(|c| c.name).unwrap_or_default());
+            }
+        }
+        Cmd::Collection(CollectionCmd::Storage { name, storage, memory }) => {
+            if storage.is_none() && memory.is_none() {
+                bail!("give --storage, --memory or both");
+            }
+            let info = client.update_storage(&name, storage.map(Into::into), memory.map(Into::into)).await?;
+            if json_out {
+                println!("{}", info_json(&info));
+            } else {
+                let c = info.config.unwrap_or_default();
+                println!("collection {name}: storage {}, memory {} (replicas rebuild in the background)", storage_name(c.storage), shoal_proto::v1::VectorMemory::try_from(c.memory).map_or("?", |m| m.as_str_name()).trim_start_matches("VECTOR_MEMORY_").to_lowercase());
             }
         }
         Cmd::Collection(CollectionCmd::Vectors { name, add, drop }) => {

@@ -34,7 +34,7 @@ use crate::error::IndexError;
 /// in docs/benchmarks.md ("Quantized storage").
 pub const DEFAULT_OVERSAMPLING_INT8: f32 = 2.0;
 /// Oversampling of a BINARY search when the request names none.
-pub const DEFAULT_OVERSAMPLING_BINARY: f32 = 4.0;
+pub const DEFAULT_OVERSAMPLING_BINARY: f32 = 16.0;
 
 /// Per-search settings of a quantized graph (ignored by f32 and f16).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -52,6 +52,14 @@ struct Graph {
     codec: Option<Codec>,
     /// Rows the codec was calibrated on (0 before the first add).
     calibrated_on: usize,
+    /// The storage kind: a live storage change swaps in a graph of
+    /// another kind ([`HnswIndex::replace_with`]).
+    precision: Precision,
+    /// Quantized kinds: the full vectors, and whether this graph writes
+    /// them (a compaction's new graph shares the live graph's file and
+    /// leaves it to the live one).
+    vectors: Option<Arc<VectorFile>>,
+    write_vectors: bool,
 }
 
 /// Build parameters.
@@ -102,11 +110,6 @@ pub struct HnswIndex {
     params: HnswParams,
     dist: Distance,
     index: RwLock<Graph>,
-    /// Quantized kinds: the full vectors, and whether this graph writes
-    /// them (a compaction's new graph shares the live graph's file and
-    /// leaves it to the live one).
-    vectors: Option<Arc<VectorFile>>,
-    write_vectors: bool,
     /// Quantized kinds: the keys in the graph (exact scans of all of it).
     keys: Mutex<RoaringBitmap>,
     /// Held shared by adds and removes, exclusively by a save and a memory
@@ -163,7 +166,7 @@ impl HnswIndex {
     pub fn with_vectors(params: HnswParams, vectors: Option<Arc<VectorFile>>) -> Result<Self, IndexError> {
         let index = Index::new(&options(&params))?;
         index.reserve_capacity_and_threads(1024, max_concurrency())?;
-        Self::wrap(params, Graph { index, codec: None, calibrated_on: 0 }, 0, vectors)
+        Self::wrap(params, Graph { index, codec: None, calibrated_on: 0, precision: params.precision, vectors, write_vectors: true }, 0)
     }
 
     /// An empty graph with `params` that reads this one's vector file but
@@ -171,22 +174,21 @@ impl HnswIndex {
     /// of another kind (a storage change) writes the file itself when this
     /// one has none.
     pub fn fresh(&self, params: HnswParams, vectors: Option<Arc<VectorFile>>) -> Result<Self, IndexError> {
-        let shared = self.vectors.is_some() && vectors.is_none();
-        let mut g = Self::with_vectors(params, if shared { self.vectors.clone() } else { vectors })?;
-        g.write_vectors = !shared;
+        let mine = self.vector_file();
+        let shared = params.precision.quantized() && mine.is_some() && vectors.is_none();
+        let g = Self::with_vectors(params, if shared { mine } else { vectors })?;
+        g.index.write().write_vectors = !shared;
         Ok(g)
     }
 
-    fn wrap(params: HnswParams, graph: Graph, live: usize, vectors: Option<Arc<VectorFile>>) -> Result<Self, IndexError> {
-        if params.precision.quantized() != vectors.is_some() {
-            return Err(IndexError::Usearch(format!("{:?} storage {} a vector file", params.precision, if vectors.is_some() { "takes no" } else { "needs" })));
+    fn wrap(params: HnswParams, graph: Graph, live: usize) -> Result<Self, IndexError> {
+        if params.precision.quantized() != graph.vectors.is_some() {
+            return Err(IndexError::Usearch(format!("{:?} storage {} a vector file", params.precision, if graph.vectors.is_some() { "takes no" } else { "needs" })));
         }
         Ok(HnswIndex {
             params,
             dist: Distance(params.metric),
             index: RwLock::new(graph),
-            vectors,
-            write_vectors: true,
             keys: Mutex::new(RoaringBitmap::new()),
             mutate: RwLock::new(()),
             gate: Gate { free: Mutex::new(max_concurrency()), cv: Condvar::new() },
@@ -203,17 +205,25 @@ impl HnswIndex {
     /// reconciliation removes the stale ones).
     pub fn load(params: HnswParams, path: &Path, calibration: Option<&str>, vectors: Option<Arc<VectorFile>>) -> Result<Self, IndexError> {
         let file_err = |d: String| IndexError::File { path: path.display().to_string(), detail: d };
-        let (codec, calibrated_on) = if params.precision.quantized() {
-            let text = calibration.ok_or_else(|| file_err("no calibration for a quantized graph".into()))?;
-            let (c, rows) = text.rsplit_once(';').ok_or_else(|| file_err("malformed calibration".into()))?;
-            let codec = Codec::from_text(c, params.dim).ok_or_else(|| file_err("malformed calibration".into()))?;
-            let matches = matches!((&codec, params.precision), (Codec::I8 { .. }, Precision::I8) | (Codec::B1 { .. }, Precision::B1));
-            if !matches {
-                return Err(file_err("calibration of another storage kind".into()));
+        let plain = |p: Precision| match p {
+            Precision::F16 => "f16",
+            _ => "f32",
+        };
+        let (codec, calibrated_on) = match (params.precision.quantized(), calibration) {
+            // Sidecars from before live storage changes name no kind.
+            (false, None) => (None, 0),
+            (false, Some(text)) if text == plain(params.precision) => (None, 0),
+            (false, Some(text)) => return Err(file_err(format!("the file is a {text:?} graph, the collection stores {:?}", params.precision))),
+            (true, None) => return Err(file_err("no calibration for a quantized graph".into())),
+            (true, Some(text)) => {
+                let (c, rows) = text.rsplit_once(';').ok_or_else(|| file_err(format!("the file is a {text:?} graph, the collection stores {:?}", params.precision)))?;
+                let codec = Codec::from_text(c, params.dim).ok_or_else(|| file_err("malformed calibration".into()))?;
+                let matches = matches!((&codec, params.precision), (Codec::I8 { .. }, Precision::I8) | (Codec::B1 { .. }, Precision::B1));
+                if !matches {
+                    return Err(file_err("calibration of another storage kind".into()));
+                }
+                (Some(codec), rows.parse().map_err(|_| file_err("malformed calibration".into()))?)
             }
-            (Some(codec), rows.parse().map_err(|_| file_err("malformed calibration".into()))?)
-        } else {
-            (None, 0)
         };
         let index = Index::new(&options(&params))?;
         index.load(path.to_str().ok_or_else(|| file_err("non-UTF-8 path".into()))?).map_err(|e| file_err(e.what().to_string()))?;
@@ -222,14 +232,19 @@ impl HnswIndex {
         }
         let size = index.size();
         index.reserve_capacity_and_threads((size + 1024).max(index.capacity()), max_concurrency())?;
-        Self::wrap(params, Graph { index, codec, calibrated_on }, size, vectors)
+        Self::wrap(params, Graph { index, codec, calibrated_on, precision: params.precision, vectors, write_vectors: true }, size)
     }
 
-    /// The calibration of a quantized graph, for its sidecar (`None` for
-    /// f32 and f16, and before the first vector).
+    /// The graph's kind and a quantized graph's calibration, for its
+    /// sidecar: `f32`, `f16`, or the codec and its sample size (`None` for
+    /// a quantized graph before its first vector).
     pub fn calibration(&self) -> Option<String> {
         let g = self.index.read();
-        g.codec.as_ref().map(|c| format!("{};{}", c.to_text(), g.calibrated_on))
+        match (g.precision, &g.codec) {
+            (Precision::F32, _) => Some("f32".into()),
+            (Precision::F16, _) => Some("f16".into()),
+            (_, c) => c.as_ref().map(|c| format!("{};{}", c.to_text(), g.calibrated_on)),
+        }
     }
 
     /// Whether a quantized graph's calibration was made on a sample small
@@ -247,8 +262,8 @@ impl HnswIndex {
     }
 
     /// The full-vector file of a quantized graph.
-    pub fn vector_file(&self) -> Option<&Arc<VectorFile>> {
-        self.vectors.as_ref()
+    pub fn vector_file(&self) -> Option<Arc<VectorFile>> {
+        self.index.read().vectors.clone()
     }
 
     /// Keeps `key`, which a loaded graph holds and storage has as `v`: a
@@ -256,7 +271,7 @@ impl HnswIndex {
     /// rewriting it when it does not hold `v` (returns true then). The
     /// shard calls this for every live key at open.
     pub fn keep_loaded(&self, key: u64, v: &[f32]) -> Result<bool, IndexError> {
-        let Some(file) = &self.vectors else { return Ok(false) };
+        let Some(file) = self.vector_file() else { return Ok(false) };
         let off = u32::try_from(key).map_err(|_| IndexError::Usearch(format!("key {key} past the offset range")))?;
         self.check_dim(v)?;
         self.keys.lock().insert(off);
@@ -270,21 +285,27 @@ impl HnswIndex {
 
     /// Sets the codec from `sample` if the graph has none yet.
     fn calibrate(&self, sample: &[&[f32]]) {
-        if sample.is_empty() || !self.params.precision.quantized() || self.index.read().codec.is_some() {
+        if sample.is_empty() {
             return;
+        }
+        {
+            let g = self.index.read();
+            if !g.precision.quantized() || g.codec.is_some() {
+                return;
+            }
         }
         let mut g = self.index.write();
         if g.codec.is_none() {
             let unit: Vec<Cow<[f32]>> = sample.iter().take(CALIBRATION_ROWS).map(|v| self.unit(v)).collect();
             let refs: Vec<&[f32]> = unit.iter().map(|v| &**v).collect();
-            g.codec = Some(Codec::calibrate(self.params.precision == Precision::I8, self.params.metric, self.params.dim, &refs));
+            g.codec = Some(Codec::calibrate(g.precision == Precision::I8, self.params.metric, self.params.dim, &refs));
             g.calibrated_on = refs.len();
         }
     }
 
     /// The build parameters.
     pub fn params(&self) -> HnswParams {
-        self.params
+        HnswParams { precision: self.index.read().precision, ..self.params }
     }
 
     /// Removals since this graph was built or loaded.
@@ -309,6 +330,8 @@ impl HnswIndex {
     pub fn replace_with(&self, other: HnswIndex) {
         let mut g = self.index.write();
         *g = other.index.into_inner();
+        // The live graph writes its vector file from now on.
+        g.write_vectors = true;
         *self.keys.lock() = std::mem::take(&mut *other.keys.lock());
         self.live.store(other.live.load(Ordering::Relaxed), Ordering::Relaxed);
         self.removed.store(0, Ordering::Relaxed);
@@ -325,11 +348,11 @@ impl HnswIndex {
     /// to the graph.
     fn insert(&self, g: &Graph, key: u64, v: &[f32]) -> Result<(), IndexError> {
         let v = self.unit(v);
-        match (&g.codec, &self.vectors) {
+        match (&g.codec, &g.vectors) {
             (None, None) => g.index.add(key, &v)?,
             (Some(codec), Some(file)) => {
                 let off = u32::try_from(key).map_err(|_| IndexError::Usearch(format!("key {key} past the offset range")))?;
-                if self.write_vectors {
+                if g.write_vectors {
                     file.put(key, &v).map_err(|e| IndexError::File { path: "vector file".into(), detail: e.to_string() })?;
                 }
                 match codec.encode(&v) {
@@ -381,8 +404,8 @@ impl HnswIndex {
         let q = &*q;
         let _p = self.gate.acquire();
         let g = self.index.read();
-        let (Some(codec), Some(file)) = (&g.codec, &self.vectors) else {
-            if self.vectors.is_some() {
+        let (Some(codec), Some(file)) = (&g.codec, &g.vectors) else {
+            if g.vectors.is_some() {
                 // A quantized graph before its first vector.
                 return Ok(vec![]);
             }
@@ -392,7 +415,7 @@ impl HnswIndex {
             return Ok(hits);
         };
         let rescore = opts.rescore.unwrap_or(true);
-        let over = opts.oversampling.unwrap_or(match self.params.precision {
+        let over = opts.oversampling.unwrap_or(match g.precision {
             Precision::B1 => DEFAULT_OVERSAMPLING_BINARY,
             _ => DEFAULT_OVERSAMPLING_INT8,
         });
@@ -518,8 +541,9 @@ impl VectorIndex for HnswIndex {
     fn remove(&self, key: u64) -> Result<(), IndexError> {
         let _m = self.mutate.read();
         let _p = self.gate.acquire();
-        let removed = self.index.read().index.remove(key)?;
-        if self.vectors.is_some() && key <= u32::MAX as u64 {
+        let g = self.index.read();
+        let removed = g.index.remove(key)?;
+        if g.vectors.is_some() && key <= u32::MAX as u64 {
             self.keys.lock().remove(key as u32);
         }
         if removed > 0 {
@@ -543,7 +567,7 @@ impl VectorIndex for HnswIndex {
         let q = &*q;
         let _p = self.gate.acquire();
         let g = self.index.read();
-        if let Some(file) = &self.vectors {
+        if let Some(file) = &g.vectors {
             // The full vectors of the allowed keys the graph holds.
             let keys = self.keys.lock().clone();
             let keys = match allowed {
@@ -589,7 +613,7 @@ impl VectorIndex for HnswIndex {
     }
 
     fn get(&self, key: u64, out: &mut [f32]) -> bool {
-        if let Some(file) = &self.vectors {
+        if let Some(file) = self.vector_file() {
             if key > u32::MAX as u64 || !self.keys.lock().contains(key as u32) || out.len() != self.params.dim {
                 return false;
             }
@@ -623,7 +647,7 @@ impl VectorIndex for HnswIndex {
         let _m = self.mutate.write();
         let g = self.index.read();
         self.memory.store(g.index.memory_usage(), Ordering::Relaxed);
-        if let Some(f) = &self.vectors {
+        if let Some(f) = &g.vectors {
             f.sync().map_err(|e| file_err(format!("vector file: {e}")))?;
         }
         g.index.save(tmp.to_str().ok_or_else(|| file_err("non-UTF-8 path".into()))?).map_err(|e| file_err(e.what().to_string()))?;

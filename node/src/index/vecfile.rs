@@ -45,7 +45,7 @@ pub struct VectorFile {
     file: File,
     dim: usize,
     stride: u64,
-    memory: Memory,
+    memory: RwLock<Memory>,
     map: RwLock<Option<Mmap>>,
     /// Slots the file has room for (its length less the header).
     slots: RwLock<u64>,
@@ -99,36 +99,43 @@ impl VectorFile {
         }
         let stride = dim as u64 * 4 + 4;
         let len = file.metadata()?.len();
-        let vf = VectorFile { path: path.to_path_buf(), file, dim, stride, memory, map: RwLock::new(None), slots: RwLock::new((len - HEADER) / stride), grow: Mutex::new(()) };
-        vf.remap()?;
+        let vf = VectorFile { path: path.to_path_buf(), file, dim, stride, memory: RwLock::new(memory), map: RwLock::new(None), slots: RwLock::new((len - HEADER) / stride), grow: Mutex::new(()) };
+        {
+            let _g = vf.grow.lock();
+            vf.remap()?;
+        }
         Ok(vf)
     }
 
+    /// Maps the file's current length. The new mapping is made (and, for
+    /// RAM, read in) before the lock is taken, so searches wait only for
+    /// the swap. Callers hold `grow` (one remap at a time).
     fn remap(&self) -> std::io::Result<()> {
         let len = self.file.metadata()?.len();
-        let mut map = self.map.write();
-        *map = None;
-        if len == 0 {
-            return Ok(());
-        }
-        let mut opts = MmapOptions::new();
-        if self.memory == Memory::Ram {
-            opts.populate();
-        }
-        // SAFETY: the file is this node's own; it is only ever extended
-        // (never truncated while mapped) and slots are rewritten only when
-        // no reader can reach them (see the module doc).
-        let m = unsafe { opts.map(&self.file)? };
-        let advice = match self.memory {
-            Memory::Ram => Advice::WillNeed,
-            Memory::Cached => Advice::Normal,
-            Memory::Cold => Advice::Random,
+        let memory = *self.memory.read();
+        let fresh = if len == 0 {
+            None
+        } else {
+            let mut opts = MmapOptions::new();
+            if memory == Memory::Ram {
+                opts.populate();
+            }
+            // SAFETY: the file is this node's own; it is only ever extended
+            // (never truncated while mapped) and slots are rewritten only
+            // when no reader can reach them (see the module doc).
+            let m = unsafe { opts.map(&self.file)? };
+            let advice = match memory {
+                Memory::Ram => Advice::WillNeed,
+                Memory::Cached => Advice::Normal,
+                Memory::Cold => Advice::Random,
+            };
+            if let Err(e) = m.advise(advice) {
+                tracing::debug!(path = %self.path.display(), error = %e, "madvise failed");
+            }
+            Some(m)
         };
-        if let Err(e) = m.advise(advice) {
-            tracing::debug!(path = %self.path.display(), error = %e, "madvise failed");
-        }
-        *map = Some(m);
-        *self.slots.write() = (len - HEADER) / self.stride;
+        *self.map.write() = fresh;
+        *self.slots.write() = len.saturating_sub(HEADER) / self.stride;
         Ok(())
     }
 
@@ -137,7 +144,14 @@ impl VectorFile {
     }
 
     pub fn memory(&self) -> Memory {
-        self.memory
+        *self.memory.read()
+    }
+
+    /// Maps the file again under another memory setting.
+    pub fn set_memory(&self, memory: Memory) -> std::io::Result<()> {
+        let _g = self.grow.lock();
+        *self.memory.write() = memory;
+        self.remap()
     }
 
     /// Reads the slots (see [`Reader`]).

@@ -133,6 +133,15 @@ pub enum MetaCommand {
         uid: u64,
         vectors: Vec<u8>,
     },
+    /// Sets a collection's storage kind and vector memory (raw
+    /// `VectorStorage` and `VectorMemory`); each replica rebuilds its graph
+    /// in the background. Appended last.
+    SetStorage {
+        collection: String,
+        uid: u64,
+        storage: i32,
+        memory: i32,
+    },
 }
 
 impl MetaCommand {
@@ -340,6 +349,15 @@ fn apply_command(map: &mut ClusterMap, cmd: MetaCommand, index: u64) -> Result<u
             let changed = shoal_proto::validate::collection_config(&shoal_proto::v1::CollectionConfig { vectors, ..config.clone() }).map_err(|e| e.to_string())?;
             c.config = Some(changed);
             c.schema_version = index;
+        }
+        MetaCommand::SetStorage { collection, uid, storage, memory } => {
+            let c = map.collections.iter_mut().find(|c| name_of(c) == collection && c.uid == uid).ok_or(NOT_FOUND)?;
+            let config = c.config.as_ref().ok_or(NOT_FOUND)?;
+            if config.storage == storage && config.memory == memory {
+                return Ok(0);
+            }
+            let changed = shoal_proto::validate::collection_config(&shoal_proto::v1::CollectionConfig { storage, memory, ..config.clone() }).map_err(|e| e.to_string())?;
+            c.config = Some(changed);
         }
         MetaCommand::CommitSplit { collection, uid, parent, child } => {
             let c = map.collections.iter_mut().find(|c| name_of(c) == collection && c.uid == uid).ok_or(NOT_FOUND)?;

@@ -121,6 +121,11 @@ impl Meta for MetaService {
         self.on_leader(req, |e, r: shoal_proto::v1::UpdateVectorsRequest| async move { e.update_vectors(&r).await }, |mut c, r| async move { c.update_vectors(r).await }).await
     }
 
+    async fn update_storage(&self, req: Request<shoal_proto::v1::UpdateStorageRequest>) -> Result<Response<ClusterMap>, Status> {
+        shoal_proto::validate::collection_name(&req.get_ref().collection).map_err(NodeError::from)?;
+        self.on_leader(req, |e, r: shoal_proto::v1::UpdateStorageRequest| async move { e.update_storage(&r).await }, |mut c, r| async move { c.update_storage(r).await }).await
+    }
+
     async fn register_node(&self, req: Request<RegisterNodeRequest>) -> Result<Response<ClusterMap>, Status> {
         let id = req.get_ref().node_id;
         if id == 0 {

@@ -9,8 +9,15 @@ use std::time::Instant;
 
 use roaring::RoaringBitmap;
 
-use super::Shard;
+use std::sync::Arc;
+
+use shoal_proto::v1::VectorStorage;
+
+use super::{memory_of, Shard};
 use crate::error::{NodeError, Result};
+use crate::index::hnsw::HnswParams;
+use crate::index::vecfile::VectorFile;
+use crate::index::Precision;
 use crate::index::VectorIndex;
 
 /// Fewer removals than this never trigger a rebuild.
@@ -23,7 +30,53 @@ impl Shard {
     /// least [`COMPACT_MIN_REMOVED`]).
     pub fn needs_compaction(&self) -> bool {
         let removed = self.index.removed();
-        (removed >= COMPACT_MIN_REMOVED && removed * 2 >= self.index.len()) || self.index.needs_recalibration()
+        (removed >= COMPACT_MIN_REMOVED && removed * 2 >= self.index.len()) || self.index.needs_recalibration() || self.storage_change().is_some()
+    }
+
+    /// The storage kind of the graph now.
+    pub fn storage_kind(&self) -> VectorStorage {
+        match self.index.params().precision {
+            Precision::F32 => VectorStorage::F32,
+            Precision::F16 => VectorStorage::F16,
+            Precision::I8 => VectorStorage::Int8,
+            Precision::B1 => VectorStorage::Binary,
+        }
+    }
+
+    /// The vector file's mapped and resident bytes (0 without one).
+    pub fn vector_file_bytes(&self) -> (u64, u64) {
+        self.index.vector_file().map_or((0, 0), |f| (f.mapped_bytes(), f.resident_bytes()))
+    }
+
+    /// The storage kind the map asks for, when the graph has another.
+    pub fn storage_change(&self) -> Option<Precision> {
+        let want = self.storage_target.lock().0;
+        (want != self.index.params().precision).then_some(want)
+    }
+
+    /// Takes the collection's storage settings from the cluster map: a
+    /// new `memory` applies at once (the vector file is mapped again); a
+    /// new storage kind is built by the indexer in the background
+    /// ([`Shard::compact_index`]), searches and writes going on.
+    pub fn set_storage(&self, storage: i32, memory: i32) {
+        let precision = Precision::of(VectorStorage::try_from(storage).unwrap_or(VectorStorage::F32));
+        let memory = memory_of(memory);
+        let mut t = self.storage_target.lock();
+        if *t == (precision, memory) {
+            return;
+        }
+        *t = (precision, memory);
+        drop(t);
+        if let Some(file) = self.index.vector_file() {
+            if file.memory() != memory {
+                if let Err(e) = file.set_memory(memory) {
+                    tracing::warn!(collection = %self.collection, shard = self.shard_id, error = %e, "mapping the vector file with the new memory setting failed");
+                }
+            }
+        }
+        if precision != self.index.params().precision {
+            tracing::info!(collection = %self.collection, shard = self.shard_id, from = ?self.index.params().precision, to = ?precision, "storage change: the graph is rebuilt in the background");
+        }
     }
 
     /// Whether a named vector's graph needs compacting
@@ -45,7 +98,18 @@ impl Shard {
         }
         let started = Instant::now();
         let removed = self.index.removed();
-        let fresh = self.index.fresh(self.index.params(), None)?;
+        let current = self.index.params();
+        let (target, memory) = *self.storage_target.lock();
+        // A storage change to a quantized kind from f32 or f16 builds its
+        // vector file beside the graph's, moved into place at the swap.
+        let new_file = if target.quantized() && !current.precision.quantized() {
+            let path = self.index_path.with_extension("vectors.new");
+            let _ = std::fs::remove_file(&path);
+            Some(Arc::new(VectorFile::open(&path, current.dim, memory).map_err(crate::error::StorageError::from)?))
+        } else {
+            None
+        };
+        let fresh = self.index.fresh(HnswParams { precision: target, ..current }, new_file.clone())?;
         // Offsets reused while the new graph builds hold other vectors by
         // the swap; the swap takes them from storage again.
         self.state.write().reused_watch = Some(RoaringBitmap::new());
@@ -101,10 +165,17 @@ impl Shard {
         let items: Vec<(u64, &[f32])> = extra.iter().map(|(k, v)| (*k, v.as_slice())).collect();
         fresh.add_batch(&items)?;
         let n = fresh.len();
+        if new_file.is_some() {
+            crate::storage::rename_durable(&self.index_path.with_extension("vectors.new"), &self.index_path.with_extension("vectors")).map_err(crate::error::StorageError::from)?;
+        }
         self.index.replace_with(fresh);
+        if !target.quantized() && current.precision.quantized() {
+            // Searches still on the old graph keep their mapping.
+            let _ = std::fs::remove_file(self.index_path.with_extension("vectors"));
+        }
         // The saved file is stale now.
         self.indexed.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(collection = %self.collection, shard = self.shard_id, vectors = n, removed, secs = started.elapsed().as_secs_f64(), "HNSW graph compacted");
+        tracing::info!(collection = %self.collection, shard = self.shard_id, vectors = n, removed, storage = ?target, secs = started.elapsed().as_secs_f64(), "HNSW graph rebuilt");
         Ok(n)
     }
 }

@@ -1,0 +1,240 @@
+//! `shoal-index-bench`: Shoal's vector search in-process, single-threaded,
+//! for every storage kind, on a dataset folder (`../shared/data/README.md`).
+//!
+//! Two levels are measured, each on one thread with no RPC:
+//! - `index`: the node's HNSW index (`HnswIndex::search_with`), the walk
+//!   and, for INT8 and BINARY, the re-scoring from the vector file;
+//! - `shard`: a whole `Shard::search` over an in-memory store: the same
+//!   walk plus what the node does per request around it (query checks
+//!   and normalisation, the key table, answers with ids).
+//!
+//! For each kind it reports build time, memory per vector (graph, and the
+//! vector file mapped and resident), and for each `ef` (and oversampling,
+//! for quantized kinds) QPS over the whole query set (repeated until
+//! `--min-secs`) and recall@10 from the first pass. `bench/engines.sh`
+//! runs it beside faiss, Qdrant's engine and usearch (`bench/engines.py`)
+//! so that every figure is a ratio from one run.
+//!
+//! `shoal-index-bench --dataset ../shared/data/debian-384 --storage f32,int8,binary --ef 32,64 --json out.json`
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde_json::json;
+use shoal_node::index::hnsw::{HnswIndex, HnswParams, SearchOpts};
+use shoal_node::index::vecfile::{Memory, VectorFile};
+use shoal_node::index::{Allowed, Precision, VectorIndex};
+use shoal_node::shard::Shard;
+use shoal_node::storage::{memory::MemoryEngine, ShardStore};
+use shoal_proto::v1::{CollectionConfig, HnswConfig, Metric, PointStruct, SearchPointsRequest, VectorStorage};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Dataset folder (meta.json, base.fvecs, query.fvecs, groundtruth.ivecs).
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Storage kinds: f32, f16, int8, binary.
+    #[arg(long, value_delimiter = ',', default_value = "f32,int8,binary")]
+    storage: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "32,64,128")]
+    ef: Vec<usize>,
+    /// Oversampling factors for quantized kinds (default: the server's).
+    #[arg(long, value_delimiter = ',')]
+    oversampling: Vec<f32>,
+    /// index, shard or both.
+    #[arg(long, default_value = "both")]
+    level: String,
+    #[arg(long, default_value_t = 16)]
+    m: usize,
+    #[arg(long, default_value_t = 128)]
+    ef_construction: usize,
+    /// Use only the first N base vectors (exact ground truth computed here).
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 3.0)]
+    min_secs: f64,
+    /// Where the vector files go (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn read_vecs<T>(path: &Path, conv: fn([u8; 4]) -> T) -> Result<Vec<Vec<T>>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?.read_to_end(&mut bytes)?;
+    let mut rows = Vec::new();
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        let dim = i32::from_le_bytes(bytes[at..at + 4].try_into()?);
+        if dim <= 0 || at + 4 + dim as usize * 4 > bytes.len() {
+            bail!("{}: bad row at byte {at}", path.display());
+        }
+        let end = at + 4 + dim as usize * 4;
+        rows.push(bytes[at + 4..end].chunks_exact(4).map(|c| conv(c.try_into().expect("4 bytes"))).collect());
+        at = end;
+    }
+    Ok(rows)
+}
+
+fn unit(v: &[f32]) -> Vec<f32> {
+    let n = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    v.iter().map(|x| (*x as f64 / n.max(f64::MIN_POSITIVE)) as f32).collect()
+}
+
+/// Exact top-10 by f64 arithmetic (for `--limit`).
+fn truth(base: &[Vec<f32>], queries: &[Vec<f32>], metric: Metric) -> Vec<Vec<u64>> {
+    let prep = |v: &[f32]| if metric == Metric::Cosine { unit(v) } else { v.to_vec() };
+    let base: Vec<Vec<f32>> = base.iter().map(|b| prep(b)).collect();
+    queries
+        .iter()
+        .map(|q| {
+            let q = prep(q);
+            let mut s: Vec<(f64, u64)> = base
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let d = match metric {
+                        Metric::L2 => q.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>(),
+                        _ => -q.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>(),
+                    };
+                    (d, i as u64)
+                })
+                .collect();
+            s.sort_by(|a, b| a.0.total_cmp(&b.0));
+            s.iter().take(10).map(|x| x.1).collect()
+        })
+        .collect()
+}
+
+fn recall(got: &[u64], want: &[u64]) -> f64 {
+    let want = &want[..want.len().min(10)];
+    got.iter().filter(|g| want.contains(g)).count() as f64 / want.len().max(1) as f64
+}
+
+/// Runs `search` over the queries until `min_secs`; QPS and mean recall@10
+/// of the first pass.
+fn measure(queries: &[Vec<f32>], truth: &[Vec<u64>], min_secs: f64, mut search: impl FnMut(&[f32]) -> Vec<u64>) -> (f64, f64) {
+    let first: Vec<Vec<u64>> = queries.iter().map(|q| search(q)).collect();
+    let r = first.iter().zip(truth).map(|(g, t)| recall(g, t)).sum::<f64>() / queries.len().max(1) as f64;
+    let start = Instant::now();
+    let mut n = 0usize;
+    while start.elapsed().as_secs_f64() < min_secs {
+        for q in queries {
+            std::hint::black_box(search(q));
+        }
+        n += queries.len();
+    }
+    (n as f64 / start.elapsed().as_secs_f64(), r)
+}
+
+fn storage_of(s: &str) -> Result<(VectorStorage, Precision)> {
+    Ok(match s {
+        "f32" => (VectorStorage::F32, Precision::F32),
+        "f16" => (VectorStorage::F16, Precision::F16),
+        "int8" => (VectorStorage::Int8, Precision::I8),
+        "binary" => (VectorStorage::Binary, Precision::B1),
+        other => bail!("unknown storage {other:?}: f32, f16, int8 or binary"),
+    })
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(a.dataset.join("meta.json"))?)?;
+    let name = meta["name"].as_str().unwrap_or("dataset").to_string();
+    let metric = match meta["metric"].as_str() {
+        Some("cosine") | Some("angular") => Metric::Cosine,
+        Some("dot") | Some("ip") => Metric::Dot,
+        Some("l2") | Some("euclidean") => Metric::L2,
+        m => bail!("unknown metric {m:?}"),
+    };
+    let mut base = read_vecs(&a.dataset.join("base.fvecs"), f32::from_le_bytes)?;
+    let queries = read_vecs(&a.dataset.join("query.fvecs"), f32::from_le_bytes)?;
+    let truth: Vec<Vec<u64>> = match a.limit {
+        Some(n) if n < base.len() => {
+            base.truncate(n);
+            eprintln!("exact ground truth for the first {n} vectors");
+            truth(&base, &queries, metric)
+        }
+        _ => read_vecs(&a.dataset.join("groundtruth.ivecs"), i32::from_le_bytes)?.into_iter().map(|r| r.into_iter().map(|x| x as u64).collect()).collect(),
+    };
+    let dim = base[0].len();
+    let tmp = tempfile::tempdir()?;
+    let dir = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir)?;
+    let mut out = vec![];
+    for kind in &a.storage {
+        let (storage, precision) = storage_of(kind)?;
+        let overs: Vec<Option<f32>> = if precision.quantized() && !a.oversampling.is_empty() { a.oversampling.iter().map(|o| Some(*o)).collect() } else { vec![None] };
+        if a.level == "index" || a.level == "both" {
+            let params = HnswParams { dim, metric, precision, m: a.m, ef_construction: a.ef_construction };
+            let path = dir.join(format!("{name}-{kind}.vectors"));
+            let _ = std::fs::remove_file(&path);
+            let file = if precision.quantized() { Some(Arc::new(VectorFile::open(&path, dim, Memory::Cached)?)) } else { None };
+            let index = HnswIndex::with_vectors(params, file.clone())?;
+            let started = Instant::now();
+            for (c, chunk) in base.chunks(10_000).enumerate() {
+                let items: Vec<(u64, &[f32])> = chunk.iter().enumerate().map(|(i, v)| ((c * 10_000 + i) as u64, v.as_slice())).collect();
+                index.add_batch(&items)?;
+            }
+            let build = started.elapsed().as_secs_f64();
+            let graph = index.memory_bytes() as f64 / base.len() as f64;
+            let (mapped, resident) = file.as_ref().map_or((0.0, 0.0), |f| (f.mapped_bytes() as f64 / base.len() as f64, f.resident_bytes() as f64 / base.len() as f64));
+            eprintln!("{name} {kind} index: built in {build:.1}s ({:.0}/s); graph {graph:.0} B/vector, vector file {mapped:.0} B/vector mapped, {resident:.0} resident (raw f32 {} B)", base.len() as f64 / build, dim * 4);
+            for &ef in &a.ef {
+                for over in &overs {
+                    let opts = SearchOpts { oversampling: *over, rescore: None };
+                    let (qps, r) = measure(&queries, &truth, a.min_secs, |q| index.search_with(q, 10, ef, &Allowed::All, opts).expect("search").iter().map(|h| h.key).collect());
+                    eprintln!("{name} {kind} index ef={ef} oversampling={over:?}: qps={qps:.0} recall@10={r:.4}");
+                    out.push(json!({"dataset": name, "engine": "shoal", "level": "index", "storage": kind, "ef": ef, "oversampling": over, "qps": qps, "recall_at_10": r,
+                        "build_s": build, "n": base.len(), "dim": dim, "graph_bytes_per_vector": graph, "file_mapped_bytes_per_vector": mapped, "file_resident_bytes_per_vector": resident}));
+                }
+            }
+        }
+        if a.level == "shard" || a.level == "both" {
+            let config = shoal_proto::validate::collection_config(&CollectionConfig {
+                name: "bench".into(),
+                dimension: dim as u32,
+                metric: metric as i32,
+                storage: storage as i32,
+                hnsw: Some(HnswConfig { m: a.m as u32, ef_construction: a.ef_construction as u32, ef_search: 0 }),
+                ..Default::default()
+            })?;
+            let sdir = dir.join(format!("shard-{kind}"));
+            let _ = std::fs::remove_dir_all(&sdir);
+            let (shard, _) = Shard::open(config, 0, ShardStore::new(Arc::new(MemoryEngine::new()), "bench", 0), &sdir)?;
+            let started = Instant::now();
+            for (c, chunk) in base.chunks(1000).enumerate() {
+                let points: Vec<PointStruct> = chunk.iter().enumerate().map(|(i, v)| PointStruct { id: Some(((c * 1000 + i) as u64).into()), vector: v.clone(), ..Default::default() }).collect();
+                shard.write(&points, &[], None)?;
+            }
+            let build = started.elapsed().as_secs_f64();
+            eprintln!("{name} {kind} shard: {} points written in {build:.1}s", base.len());
+            for &ef in &a.ef {
+                for over in &overs {
+                    let (qps, r) = measure(&queries, &truth, a.min_secs, |q| {
+                        let req = SearchPointsRequest { vector: q.to_vec(), top_k: 10, ef: Some(ef as u32), oversampling: *over, ..Default::default() };
+                        shard
+                            .search(&req)
+                            .expect("search")
+                            .iter()
+                            .map(|p| match p.id.as_ref().and_then(|i| i.kind.as_ref()) {
+                                Some(shoal_proto::v1::point_id::Kind::Num(n)) => *n,
+                                _ => u64::MAX,
+                            })
+                            .collect()
+                    });
+                    eprintln!("{name} {kind} shard ef={ef} oversampling={over:?}: qps={qps:.0} recall@10={r:.4}");
+                    out.push(json!({"dataset": name, "engine": "shoal", "level": "shard", "storage": kind, "ef": ef, "oversampling": over, "qps": qps, "recall_at_10": r, "n": base.len(), "dim": dim}));
+                }
+            }
+        }
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&out)?)?;
+    }
+    Ok(())
+}
