@@ -823,7 +823,7 @@ impl Engine {
             // failed for another reason (I/O, a full disk) is tried again
             // at every reconcile.
             if let Some(r) = self.shards.read().get(&key) {
-                r.shard().set_storage(config.storage, config.memory);
+                r.sm.set_storage(config.storage, config.memory);
             }
             if self.shards.read().contains_key(&key) || self.quarantined.read().get(&key).is_some_and(|q| q.0 == uid && q.2) {
                 continue;
@@ -1168,6 +1168,7 @@ impl Engine {
             .map(|r| {
                 let s = r.shard();
                 let m = r.raft.metrics().borrow().clone();
+                let vectors = s.vector_file_bytes();
                 ShardReplicaStatus {
                     collection: s.collection.clone(),
                     shard_id: s.shard_id,
@@ -1180,8 +1181,8 @@ impl Engine {
                     quarantined: String::new(),
                     catching_up: self.catch_up.is_held(&r.group),
                     storage: s.storage_kind() as i32,
-                    vectors_mapped_bytes: s.vector_file_bytes().0,
-                    vectors_resident_bytes: s.vector_file_bytes().1,
+                    vectors_mapped_bytes: vectors.0,
+                    vectors_resident_bytes: vectors.1,
                 }
             })
             .collect();

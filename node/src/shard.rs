@@ -176,6 +176,8 @@ pub struct ExportInfo {
     pub points: u64,
     pub next_offset: u32,
     pub seq: u64,
+    /// The saved graph's kind and calibration ([`HnswIndex::calibration`]).
+    pub index_kind: Option<String>,
 }
 
 /// Outcome of opening a shard, for logs and tests.
@@ -747,7 +749,10 @@ impl Shard {
         }
         points.flush().map_err(crate::error::StorageError::from)?;
         self.index.save(index_path)?;
-        Ok(ExportInfo { meta: values, requests, points: count, next_offset, seq })
+        // Under the writer lock: a rebuild's swap waits for it, so this is
+        // the saved graph's kind.
+        let index_kind = self.index.calibration();
+        Ok(ExportInfo { meta: values, requests, points: count, next_offset, seq, index_kind })
     }
 
     /// Hands the stored points `keep` selects to `sink`, in id order and in
@@ -1365,8 +1370,12 @@ pub fn index_file(index_dir: &Path, shard_id: u32) -> PathBuf {
 /// Writes the sidecar that makes `index_path` loadable: its checksum, the
 /// offset counter and write sequence it reflects, and a quantized graph's
 /// calibration ([`HnswIndex::calibration`]; digits, letters and `:;,.-+`).
+/// A calibration from a peer (a snapshot header) that is not of that
+/// alphabet or longer than 1 MiB is left out: the graph then loads only if
+/// it is f32 or f16, else it is rebuilt from the points.
 pub fn write_sidecar(index_path: &Path, checksum: u64, next_offset: u32, seq: u64, calibration: Option<&str>) -> Result<()> {
-    let calibration = calibration.map_or(String::new(), |c| format!(",\"calibration\":\"{c}\""));
+    let ok = |c: &&str| c.len() <= 1 << 20 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b":;,.-+".contains(&b));
+    let calibration = calibration.filter(ok).map_or(String::new(), |c| format!(",\"calibration\":\"{c}\""));
     let meta = format!("{{\"checksum\":{checksum},\"next_offset\":{next_offset},\"seq\":{seq}{calibration}}}");
     let meta_path = index_path.with_extension("meta");
     let tmp = meta_path.with_extension("meta.tmp");

@@ -15,6 +15,9 @@ use shoal_tests::procs::ProcCluster;
 use shoal_tests::vector;
 
 const DIM: usize = 16;
+/// Points of the live collection before the load starts (enough that each
+/// rebuild overlaps many writes and searches).
+const BASE: u64 = 6000;
 
 fn point(i: u64) -> Point {
     let cat = ["a", "b", "c"][(i % 3) as usize];
@@ -68,7 +71,11 @@ async fn storage_kinds_change_under_load_without_a_failed_request() {
         let exact = c.search(SearchBuilder::new("q8", vector(i, DIM), 3).exact(true)).await.unwrap();
         assert_eq!(exact.iter().map(id_of).collect::<Vec<_>>(), hits.iter().map(id_of).collect::<Vec<_>>());
         let codes = c.search(SearchBuilder::new("q8", vector(i, DIM), 3).ef(64).rescore(false)).await.unwrap();
-        assert_eq!(codes.len(), 3);
+        assert_eq!(id_of(&codes[0]), i);
+        assert!((codes[0].score - 1.0).abs() < 0.05, "the int8 estimate of a cosine of 1: {}", codes[0].score);
+        // A limit past MAX_EF candidates is served.
+        let many = c.search(SearchBuilder::new("q8", vector(i, DIM), 10_000)).await.unwrap();
+        assert_eq!(many.len(), 600);
     }
     wait_kind(&c, "q8", VectorStorage::Int8).await;
 
@@ -92,13 +99,13 @@ async fn storage_kinds_change_under_load_without_a_failed_request() {
 
     // A live F32 collection under load.
     c.create_collection(CollectionBuilder::new("live", DIM as u32, Metric::Cosine).shards(2).replication_factor(2).build()).await.unwrap();
-    let first: Vec<Point> = (0..1500).map(point).collect();
+    let first: Vec<Point> = (0..BASE).map(point).collect();
     for chunk in first.chunks(250) {
         c.upsert("live", chunk.to_vec()).await.unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
-    let next = Arc::new(AtomicU64::new(1500));
+    let next = Arc::new(AtomicU64::new(BASE));
     let writer = {
         let (c, stop, failures, next) = (c.clone(), stop.clone(), failures.clone(), next.clone());
         tokio::spawn(async move {
@@ -122,7 +129,7 @@ async fn storage_kinds_change_under_load_without_a_failed_request() {
         tokio::spawn(async move {
             let (mut n, mut top1) = (0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
-                let i = n % 1500;
+                let i = n % BASE;
                 let exact = n % 5 == 0;
                 match c.search(SearchBuilder::new("live", vector(i, DIM), 5).ef(64).exact(exact)).await {
                     Ok(hits) => top1 += u64::from(hits.first().map(id_of) == Some(i)),
@@ -156,7 +163,7 @@ async fn storage_kinds_change_under_load_without_a_failed_request() {
     assert!(searches >= 50 && top1 * 10 >= searches * 9, "searches found their point: {top1} of {searches}");
 
     // Every acknowledged point is there with its vector and payload.
-    let all: Vec<u64> = (0..1500).chain(acked.iter().copied()).collect();
+    let all: Vec<u64> = (0..BASE).chain(acked.iter().copied()).collect();
     for chunk in all.chunks(500) {
         let ids: Vec<PointId> = chunk.iter().map(|i| (*i).into()).collect();
         let got = c.get("live", ids, true, true).await.unwrap();
@@ -176,7 +183,7 @@ async fn storage_kinds_change_under_load_without_a_failed_request() {
         }
     }
     assert_eq!(c.count("live", None).await.unwrap(), all.len() as u64);
-    for i in [5u64, 1499, *acked.iter().last().unwrap()] {
+    for i in [5u64, BASE - 1, *acked.iter().last().unwrap()] {
         let hits = c.search(SearchBuilder::new("live", vector(i, DIM), 1).ef(64)).await.unwrap();
         assert_eq!(id_of(&hits[0]), i);
     }

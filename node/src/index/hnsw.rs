@@ -419,7 +419,8 @@ impl HnswIndex {
             Precision::B1 => DEFAULT_OVERSAMPLING_BINARY,
             _ => DEFAULT_OVERSAMPLING_INT8,
         });
-        let take = if rescore { ((k as f32 * over.max(1.0)).ceil() as usize).clamp(k, shoal_proto::limits::MAX_EF as usize) } else { k };
+        // At least k; more by oversampling, up to MAX_EF (top_k may pass it).
+        let take = if rescore { ((k as f32 * over.max(1.0)).ceil() as usize).min(shoal_proto::limits::MAX_EF as usize).max(k) } else { k };
         let (m, qscale) = self.walk(&g, q, ef.max(take), allowed)?;
         let mut hits: Vec<Hit> = m.keys.iter().zip(&m.distances).map(|(k, d)| Hit { key: *k, distance: *d }).collect();
         sort_hits(&mut hits, take);

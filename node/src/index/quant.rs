@@ -63,7 +63,9 @@ impl Codec {
             let at = ((abs.len() - 1) as f64 * CLIP_QUANTILE).round() as usize;
             let (_, q, _) = abs.select_nth_unstable_by(at, f32::total_cmp);
             let q = *q;
-            return Codec::I8 { scale: if q > 0.0 { 127.0 / q } else { 127.0 } };
+            // A sample of (sub)normal zeros would give an infinite scale.
+            let scale = 127.0 / q;
+            return Codec::I8 { scale: if q > 0.0 && scale.is_finite() { scale } else { 127.0 } };
         }
         if metric != Metric::L2 || sample.is_empty() {
             return Codec::B1 { center: vec![] };

@@ -90,13 +90,20 @@ impl VectorFile {
         header[12..16].copy_from_slice(&(dim as u32).to_le_bytes());
         let mut found = [0u8; HEADER as usize];
         let len = file.metadata()?.len();
-        if len < HEADER || file.read_exact_at(&mut found, 0).is_err() || found != header {
+        let file = if len < HEADER || file.read_exact_at(&mut found, 0).is_err() || found != header {
             if len > 0 {
                 tracing::warn!(path = %path.display(), "vector file header does not match; starting it over");
             }
-            file.set_len(0)?;
+            // A new file, not a truncation: a mapping of the old one (a
+            // graph still being searched) keeps its pages.
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
             file.write_all_at(&header, 0)?;
-        }
+            file
+        } else {
+            file
+        };
         let stride = dim as u64 * 4 + 4;
         let len = file.metadata()?.len();
         let vf = VectorFile { path: path.to_path_buf(), file, dim, stride, memory: RwLock::new(memory), map: RwLock::new(None), slots: RwLock::new((len - HEADER) / stride), grow: Mutex::new(()) };

@@ -27,8 +27,13 @@ use serde::{Deserialize, Serialize};
 
 use super::NodeId;
 
-/// Format 5: the header carries the payload index specs.
-pub const MAGIC: &[u8; 8] = b"SHOALSN5";
+/// Format 6: the header names the graph's kind and calibration (written
+/// only for quantized graphs; others are written as format 5, which every
+/// node of the previous version reads).
+pub const MAGIC: &[u8; 8] = b"SHOALSN6";
+/// Format 5: the header carries the payload index specs; its body is
+/// format 6's without the trailing empty `index_kind`.
+pub const MAGIC_V5: &[u8; 8] = b"SHOALSN5";
 /// Format 4 (no specs), still read: its body is format 5's without the
 /// trailing empty `specs` (one zero byte in postcard).
 pub const MAGIC_V4: &[u8; 8] = b"SHOALSN4";
@@ -142,6 +147,10 @@ pub struct Header {
     /// The payload index specs the shard had at export (a protobuf
     /// `CollectionConfig` holding only them); empty from older senders.
     pub specs: Vec<u8>,
+    /// The graph's kind and calibration as its sidecar names them
+    /// (`HnswIndex::calibration`); empty from older senders and for f32
+    /// and f16 graphs written as format 5.
+    pub index_kind: String,
 }
 
 /// A header of format 3 (before request ids), still read.
@@ -178,6 +187,7 @@ impl From<HeaderV3> for Header {
             range: h.range,
             requests: Vec::new(),
             specs: Vec::new(),
+            index_kind: String::new(),
         }
     }
 }
@@ -204,8 +214,16 @@ pub enum SnapshotFileError {
 
 /// Writes the magic and the header; returns the header's encoded length.
 pub fn write_header(out: &mut impl Write, h: &Header) -> Result<usize, SnapshotFileError> {
-    let body = postcard::to_stdvec(h).map_err(|e| SnapshotFileError::Header(e.to_string()))?;
-    out.write_all(MAGIC)?;
+    let quantized = h.index_kind.contains(':');
+    let mut body = if quantized { postcard::to_stdvec(h) } else { postcard::to_stdvec(&Header { index_kind: String::new(), ..h.clone() }) }.map_err(|e| SnapshotFileError::Header(e.to_string()))?;
+    let magic = if quantized {
+        MAGIC
+    } else {
+        // Format 5: the body of an empty `index_kind`, less its one byte.
+        body.pop();
+        MAGIC_V5
+    };
+    out.write_all(magic)?;
     out.write_all(&(body.len() as u32).to_be_bytes())?;
     out.write_all(&body)?;
     Ok(body.len())
@@ -215,7 +233,7 @@ pub fn write_header(out: &mut impl Write, h: &Header) -> Result<usize, SnapshotF
 pub fn read_header(r: &mut impl Read) -> Result<(Header, usize), SnapshotFileError> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;
-    if &magic != MAGIC && &magic != MAGIC_V4 && &magic != MAGIC_V3 {
+    if &magic != MAGIC && &magic != MAGIC_V5 && &magic != MAGIC_V4 && &magic != MAGIC_V3 {
         return Err(SnapshotFileError::Magic);
     }
     let mut len = [0u8; 4];
@@ -229,6 +247,9 @@ pub fn read_header(r: &mut impl Read) -> Result<(Header, usize), SnapshotFileErr
     let h = if &magic == MAGIC_V3 {
         postcard::from_bytes::<HeaderV3>(&body).map(Header::from)
     } else if &magic == MAGIC_V4 {
+        body.extend_from_slice(&[0, 0]);
+        postcard::from_bytes(&body)
+    } else if &magic == MAGIC_V5 {
         body.push(0);
         postcard::from_bytes(&body)
     } else {
@@ -296,6 +317,7 @@ mod tests {
             range: vec![],
             requests: vec![([7; 16], crate::shard::requests::Done { index: 6, affected: 2 })],
             specs: vec![1, 2, 3],
+            index_kind: "i8:0;4096".into(),
         };
         let mut buf = Vec::new();
         let n = write_header(&mut buf, &h).unwrap();
@@ -307,15 +329,24 @@ mod tests {
         // Format 4 is the same header without the specs, and format 3
         // without the request ids too (postcard: an empty list is one
         // trailing zero byte).
-        let v5 = Header { specs: vec![], ..h.clone() };
+        // An f32 graph's header is written as format 5 (readable by the
+        // previous version), a quantized one's as format 6.
+        assert_eq!(&buf[..8], MAGIC);
+        let f32h = Header { index_kind: "f32".into(), ..h.clone() };
+        let mut bf = Vec::new();
+        write_header(&mut bf, &f32h).unwrap();
+        assert_eq!(&bf[..8], MAGIC_V5);
+        assert_eq!(read_header(&mut bf.as_slice()).unwrap().0, Header { index_kind: String::new(), ..h.clone() });
+        let v5 = Header { specs: vec![], index_kind: String::new(), ..h.clone() };
         let mut b5 = Vec::new();
         let n5 = write_header(&mut b5, &v5).unwrap();
+        assert_eq!(&b5[..8], MAGIC_V5);
         assert_eq!(b5.last(), Some(&0));
         let mut v4 = MAGIC_V4.to_vec();
         v4.extend_from_slice(&(n5 as u32 - 1).to_be_bytes());
         v4.extend_from_slice(&b5[12..b5.len() - 1]);
         assert_eq!(read_header(&mut v4.as_slice()).unwrap(), (v5.clone(), n5 - 1));
-        let v4h = Header { requests: vec![], specs: vec![], ..h.clone() };
+        let v4h = Header { requests: vec![], specs: vec![], index_kind: String::new(), ..h.clone() };
         let mut b4 = Vec::new();
         let n4 = write_header(&mut b4, &v4h).unwrap();
         assert_eq!(&b4[b4.len() - 2..], &[0, 0]);

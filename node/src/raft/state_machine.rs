@@ -111,6 +111,8 @@ fn drop_generation(store0: &ShardStore, index_dir: &Path, shard_id: u32, g: u64)
     if g == 0 {
         let f = shard_mod::index_file(&dir, shard_id);
         let _ = std::fs::remove_file(f.with_extension("meta"));
+        let _ = std::fs::remove_file(f.with_extension("vectors"));
+        let _ = std::fs::remove_file(f.with_extension("vectors.new"));
         let _ = std::fs::remove_file(f);
     } else {
         let _ = std::fs::remove_dir_all(dir);
@@ -131,6 +133,10 @@ struct Recipe {
     /// builds its shard for these. Held across an install, so that a
     /// change and an install never interleave.
     specs: parking_lot::Mutex<Schema>,
+    /// The storage kind and vector memory now (raw; the config's at open,
+    /// changed live by [`ShardStateMachine::set_storage`]): a snapshot
+    /// install or a split child opens with them.
+    storage: parking_lot::Mutex<(i32, i32)>,
     shard_id: u32,
     /// Generation 0's store; other generations derive from it.
     store: ShardStore,
@@ -145,9 +151,11 @@ impl Recipe {
         snapshot_dir(&self.index_dir, self.shard_id)
     }
 
-    /// The config with `schema`'s payload indexes and named vectors.
+    /// The config with `schema`'s payload indexes and named vectors, and
+    /// the storage settings now.
     fn config_with(&self, schema: &Schema) -> CollectionConfig {
-        schema.apply_to(&self.config)
+        let (storage, memory) = *self.storage.lock();
+        CollectionConfig { storage, memory, ..schema.apply_to(&self.config) }
     }
 }
 
@@ -213,7 +221,7 @@ impl ShardStateMachine {
         let dir = generation_dir(&index_dir, shard_id, g);
         let (mut shard, _) = Shard::open(config.clone(), shard_id, store.with_generation(g), &dir)?;
         shard.exact_scan_threshold = exact_scan_threshold;
-        let recipe = Recipe { specs: parking_lot::Mutex::new(shard.schema()), config, shard_id, store, kv, index_dir, exact_scan_threshold, generation: AtomicU64::new(g) };
+        let recipe = Recipe { specs: parking_lot::Mutex::new(shard.schema()), storage: parking_lot::Mutex::new((config.storage, config.memory)), config, shard_id, store, kv, index_dir, exact_scan_threshold, generation: AtomicU64::new(g) };
         Self::load_current(&recipe.snapshot_dir());
         Ok(ShardStateMachine { shard: Arc::new(RwLock::new(Arc::new(shard))), defer_index: Arc::default(), recipe: Arc::new(recipe), current: Arc::default(), split_hook: Arc::default(), node_id: Arc::default() })
     }
@@ -288,6 +296,11 @@ impl ShardStateMachine {
 
     /// Defers HNSW inserts of applied writes to the node's indexer (on a
     /// follower) or makes them part of every apply (on the leader).
+    pub fn set_storage(&self, storage: i32, memory: i32) {
+        *self.recipe.storage.lock() = (storage, memory);
+        self.shard().set_storage(storage, memory);
+    }
+
     pub fn set_defer_index(&self, on: bool) {
         self.defer_index.store(on, Ordering::Relaxed);
         self.shard().set_defer_index(on);
@@ -551,6 +564,7 @@ impl ShardStateMachine {
                 range: info.meta[2].clone().unwrap_or_default(),
                 requests: info.requests,
                 specs: info.meta[3].clone().unwrap_or_default(),
+                index_kind: info.index_kind.clone().unwrap_or_default(),
             };
             let file = std::fs::File::create(&snap_tmp).map_err(|e| werr(&e))?;
             let mut out = BufWriter::new(file);
@@ -635,7 +649,7 @@ impl ShardStateMachine {
             let ok = index.bytes == header.index_bytes && index.digest() == header.index_checksum && header.index_bytes > 0;
             index.inner.into_inner().map_err(|e| werr(&e.error().to_string()))?.sync_all().map_err(|e| werr(&e))?;
             if ok {
-                shard_mod::write_sidecar(&index_path, header.index_checksum, header.index_next_offset, header.seq, None).map_err(|e| werr(&e))?;
+                shard_mod::write_sidecar(&index_path, header.index_checksum, header.index_next_offset, header.seq, Some(header.index_kind.as_str()).filter(|k| !k.is_empty())).map_err(|e| werr(&e))?;
             } else {
                 tracing::warn!(snapshot = %meta.snapshot_id, "snapshot's HNSW file is missing or corrupt; rebuilding the graph from its points");
                 let _ = std::fs::remove_file(&index_path);
@@ -682,6 +696,9 @@ impl ShardStateMachine {
         let points = fresh.len();
         *specs = fresh.schema();
         let old = std::mem::replace(&mut *self.shard.write(), Arc::new(fresh));
+        // A storage change that came while the shard opened.
+        let (storage, memory) = *r.storage.lock();
+        self.shard().set_storage(storage, memory);
         // Under the old shard's writer lock, so an export running on it
         // finishes first; stale handles see it retired.
         old.destroy().map_err(|e| werr(&e))?;

@@ -453,3 +453,39 @@ fn a_retried_request_applies_once() {
         assert_eq!(contents(&other), contents(&again), "replicas agree");
     });
 }
+
+/// A quantized shard's snapshot names its graph's kind and calibration
+/// (format 6): the receiver loads the shipped int8 graph instead of
+/// rebuilding it, writes its vector file from the points, and answers
+/// like the sender.
+#[test]
+fn snapshot_of_a_quantized_shard_ships_its_calibration() {
+    use crate::shard::IndexOpen;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let config = shoal_proto::validate::collection_config(&CollectionConfig { storage: shoal_proto::v1::VectorStorage::Int8 as i32, ..test_config() }).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d.path().join("db")).unwrap());
+        let mut sm = ShardStateMachine::open(config.clone(), 0, ShardStore::new(engine, "c", 0), d.path().join("index")).unwrap();
+        sm.apply(vec![entry(1, 1, write_cmd(0..300, &[]))]).await.unwrap();
+        let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let bytes = std::fs::read(d.path().join("index/0.snapshots/current.snap")).unwrap();
+        assert_eq!(&bytes[..8], super::snapshot::MAGIC, "a quantized graph's snapshot is format 6");
+        let (header, _) = super::snapshot::read_header(&mut bytes.as_slice()).unwrap();
+        assert!(header.index_kind.starts_with("i8:"), "{:?}", header.index_kind);
+
+        let d2 = tempfile::tempdir().unwrap();
+        let e2: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d2.path().join("db")).unwrap());
+        let mut other = ShardStateMachine::open(config, 0, ShardStore::new(e2, "c", 0), d2.path().join("index")).unwrap();
+        let p = d2.path().join("q.snap");
+        std::fs::write(&p, bytes).unwrap();
+        other.install_snapshot(&snap.meta, SnapshotData::open(p).await.unwrap()).await.unwrap();
+        assert_eq!(other.shard().index_open(), IndexOpen::Loaded { added: 0, removed: 0 }, "shipped int8 graph loaded as is");
+        for v in [[7.0, 1.0, 2.0, 3.0], [250.0, 1.0, 2.0, 3.0]] {
+            let q = shoal_proto::v1::SearchPointsRequest { vector: v.to_vec(), top_k: 5, ..Default::default() };
+            assert_eq!(other.shard().search(&q).unwrap(), sm.shard().search(&q).unwrap(), "graph search agrees");
+            let e = shoal_proto::v1::SearchPointsRequest { exact: true, ..q };
+            assert_eq!(other.shard().search(&e).unwrap(), sm.shard().search(&e).unwrap(), "exact scans read the rewritten vector file");
+        }
+    });
+}

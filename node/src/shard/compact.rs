@@ -61,12 +61,9 @@ impl Shard {
     pub fn set_storage(&self, storage: i32, memory: i32) {
         let precision = Precision::of(VectorStorage::try_from(storage).unwrap_or(VectorStorage::F32));
         let memory = memory_of(memory);
-        let mut t = self.storage_target.lock();
-        if *t == (precision, memory) {
-            return;
-        }
-        *t = (precision, memory);
-        drop(t);
+        let changed = std::mem::replace(&mut *self.storage_target.lock(), (precision, memory)) != (precision, memory);
+        // Checked against the file each time: a rebuild that began before
+        // a memory change swaps in a file mapped the old way.
         if let Some(file) = self.index.vector_file() {
             if file.memory() != memory {
                 if let Err(e) = file.set_memory(memory) {
@@ -74,7 +71,7 @@ impl Shard {
                 }
             }
         }
-        if precision != self.index.params().precision {
+        if changed && precision != self.index.params().precision {
             tracing::info!(collection = %self.collection, shard = self.shard_id, from = ?self.index.params().precision, to = ?precision, "storage change: the graph is rebuilt in the background");
         }
     }
@@ -169,6 +166,13 @@ impl Shard {
             crate::storage::rename_durable(&self.index_path.with_extension("vectors.new"), &self.index_path.with_extension("vectors")).map_err(crate::error::StorageError::from)?;
         }
         self.index.replace_with(fresh);
+        // A memory change that came during the build.
+        let (_, memory_now) = *self.storage_target.lock();
+        if let Some(f) = self.index.vector_file().filter(|f| f.memory() != memory_now) {
+            if let Err(e) = f.set_memory(memory_now) {
+                tracing::warn!(collection = %self.collection, shard = self.shard_id, error = %e, "mapping the vector file with the new memory setting failed");
+            }
+        }
         if !target.quantized() && current.precision.quantized() {
             // Searches still on the old graph keep their mapping.
             let _ = std::fs::remove_file(self.index_path.with_extension("vectors"));

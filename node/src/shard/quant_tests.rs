@@ -71,6 +71,18 @@ fn quantized_shards_search_exactly_after_rescoring_and_survive_reopen() {
         // Codes alone: scores differ from the full ones (they are estimates).
         let plain = s.search(&SearchPointsRequest { rescore: Some(false), ..req.clone() }).unwrap();
         assert_eq!(plain.len(), 5);
+        let plain: Vec<f32> = plain.iter().map(|p| p.score).collect();
+        assert_ne!(plain, approx, "{storage:?}: scores from the codes are estimates");
+        if storage == VectorStorage::Int8 {
+            // int8 estimates of these L2 distances are within a few percent.
+            for (p, w) in plain.iter().zip(&want) {
+                assert!((*p as f64 - w.1).abs() < 0.1 * w.1.max(1.0), "int8 estimate {p} vs {}", w.1);
+            }
+        }
+        // top_k past MAX_EF: at least top_k candidates, no panic.
+        let all = s.search(&SearchPointsRequest { vector: q.clone(), top_k: 10_000, ..Default::default() }).unwrap();
+        assert!(all.len() >= 500 && all.len() <= 600, "{storage:?}: {}", all.len());
+        assert!(all.windows(2).all(|w| w[0].score <= w[1].score), "L2 scores ascend");
         s.save_index().unwrap();
         drop(s);
 
