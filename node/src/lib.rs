@@ -10,8 +10,9 @@
 //! - [`storage`]: the [`storage::KvEngine`] trait with RocksDB and
 //!   in-memory engines and their conformance suite; [`storage::ShardStore`]
 //!   lays out one shard's points, payload-index entries and metadata.
-//! - [`index`]: the [`index::VectorIndex`] trait; usearch HNSW and the flat
-//!   simsimd oracle.
+//! - [`index`]: the [`index::VectorIndex`] trait; usearch HNSW (f32, f16,
+//!   or int8/binary codes re-scored from a memory-mapped vector file) and
+//!   the flat simsimd oracle.
 //! - [`filter`]: payload indexes in memory and filter evaluation to a bitmap
 //!   of allowed point versions.
 //! - [`shard`]: one shard replica: applies write batches (storage first,
