@@ -157,6 +157,7 @@ pub const METHODS: &[(&str, Need)] = &[
     ("/shoal.v1.Collections/UpdateAliases", Need::Manage),
     ("/shoal.v1.Collections/UpdatePayloadIndexes", Need::Manage),
     ("/shoal.v1.Collections/UpdateVectors", Need::Manage),
+    ("/shoal.v1.Collections/UpdateStorage", Need::Manage),
     ("/shoal.v1.Collections/ListAliases", Need::List),
     ("/shoal.v1.Points/Upsert", Need::Write),
     ("/shoal.v1.Points/Delete", Need::Write),
