@@ -158,7 +158,8 @@ impl CpuMeter {
     }
 }
 
-fn metric_of(s: &str) -> Result<Metric> {
+/// A dataset's `meta.json` metric.
+pub fn metric_of(s: &str) -> Result<Metric> {
     Ok(match s {
         "cosine" | "angular" => Metric::Cosine,
         "dot" | "ip" => Metric::Dot,
@@ -431,7 +432,7 @@ fn inprocess_qps(index: &usearch::Index, queries: &[Vec<f32>], ef: u32, threads:
 }
 
 /// Exact top-100 by brute force (used with --limit).
-fn exact_truth(base: &[Vec<f32>], queries: &[Vec<f32>], metric: Metric) -> Vec<Vec<u64>> {
+pub fn exact_truth(base: &[Vec<f32>], queries: &[Vec<f32>], metric: Metric) -> Vec<Vec<u64>> {
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
     queries
         .iter()

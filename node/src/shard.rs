@@ -292,7 +292,7 @@ impl Shard {
     pub fn open(config: CollectionConfig, shard_id: u32, store: ShardStore, index_dir: &Path) -> Result<(Self, IndexOpen)> {
         let metric = validate::metric(config.metric)?;
         let hnsw = config.hnsw.unwrap_or_default();
-        let precision = Precision::of(VectorStorage::try_from(config.storage).unwrap_or(VectorStorage::F32));
+        let precision = precision_of(config.storage);
         let params = HnswParams { dim: config.dimension as usize, metric, precision, m: hnsw.m as usize, ef_construction: hnsw.ef_construction as usize };
         std::fs::create_dir_all(index_dir).map_err(crate::error::StorageError::from)?;
         let index_path = index_file(index_dir, shard_id);
@@ -1345,6 +1345,11 @@ impl Shard {
         let _ = std::fs::remove_file(self.index_path.with_extension("vectors"));
         Ok(())
     }
+}
+
+/// A collection's raw `storage` as the graph's precision (unknown: f32).
+pub(crate) fn precision_of(raw: i32) -> Precision {
+    Precision::of(VectorStorage::try_from(raw).unwrap_or(VectorStorage::F32))
 }
 
 /// A collection's `memory` setting as the vector file's.

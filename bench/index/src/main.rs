@@ -16,12 +16,11 @@
 //! so that every figure is a ratio from one run.
 //!
 //! `shoal-index-bench --dataset ../shared/data/debian-384 --storage f32,int8,binary --ef 32,64 --json out.json`
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use serde_json::json;
 use shoal_node::index::hnsw::{HnswIndex, HnswParams, SearchOpts};
@@ -29,7 +28,10 @@ use shoal_node::index::vecfile::{Memory, VectorFile};
 use shoal_node::index::{Allowed, Precision, VectorIndex};
 use shoal_node::shard::Shard;
 use shoal_node::storage::{memory::MemoryEngine, ShardStore};
-use shoal_proto::v1::{CollectionConfig, HnswConfig, Metric, PointStruct, SearchPointsRequest, VectorStorage};
+use shoal_client::bench::{exact_truth, metric_of};
+use shoal_client::cli::StorageArg;
+use shoal_client::dataset::Dataset;
+use shoal_proto::v1::{CollectionConfig, HnswConfig, PointStruct, SearchPointsRequest, VectorStorage};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -37,8 +39,8 @@ struct Args {
     #[arg(long)]
     dataset: PathBuf,
     /// Storage kinds: f32, f16, int8, binary.
-    #[arg(long, value_delimiter = ',', default_value = "f32,int8,binary")]
-    storage: Vec<String>,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,int8,binary")]
+    storage: Vec<StorageArg>,
     #[arg(long, value_delimiter = ',', default_value = "32,64,128")]
     ef: Vec<usize>,
     /// Oversampling factors for quantized kinds (default: the server's).
@@ -63,53 +65,6 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-fn read_vecs<T>(path: &Path, conv: fn([u8; 4]) -> T) -> Result<Vec<Vec<T>>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?.read_to_end(&mut bytes)?;
-    let mut rows = Vec::new();
-    let mut at = 0;
-    while at + 4 <= bytes.len() {
-        let dim = i32::from_le_bytes(bytes[at..at + 4].try_into()?);
-        if dim <= 0 || at + 4 + dim as usize * 4 > bytes.len() {
-            bail!("{}: bad row at byte {at}", path.display());
-        }
-        let end = at + 4 + dim as usize * 4;
-        rows.push(bytes[at + 4..end].chunks_exact(4).map(|c| conv(c.try_into().expect("4 bytes"))).collect());
-        at = end;
-    }
-    Ok(rows)
-}
-
-fn unit(v: &[f32]) -> Vec<f32> {
-    let n = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    v.iter().map(|x| (*x as f64 / n.max(f64::MIN_POSITIVE)) as f32).collect()
-}
-
-/// Exact top-10 by f64 arithmetic (for `--limit`).
-fn truth(base: &[Vec<f32>], queries: &[Vec<f32>], metric: Metric) -> Vec<Vec<u64>> {
-    let prep = |v: &[f32]| if metric == Metric::Cosine { unit(v) } else { v.to_vec() };
-    let base: Vec<Vec<f32>> = base.iter().map(|b| prep(b)).collect();
-    queries
-        .iter()
-        .map(|q| {
-            let q = prep(q);
-            let mut s: Vec<(f64, u64)> = base
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    let d = match metric {
-                        Metric::L2 => q.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>(),
-                        _ => -q.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>(),
-                    };
-                    (d, i as u64)
-                })
-                .collect();
-            s.sort_by(|a, b| a.0.total_cmp(&b.0));
-            s.iter().take(10).map(|x| x.1).collect()
-        })
-        .collect()
-}
-
 fn recall(got: &[u64], want: &[u64]) -> f64 {
     let want = &want[..want.len().min(10)];
     got.iter().filter(|g| want.contains(g)).count() as f64 / want.len().max(1) as f64
@@ -131,43 +86,29 @@ fn measure(queries: &[Vec<f32>], truth: &[Vec<u64>], min_secs: f64, mut search: 
     (n as f64 / start.elapsed().as_secs_f64(), r)
 }
 
-fn storage_of(s: &str) -> Result<(VectorStorage, Precision)> {
-    Ok(match s {
-        "f32" => (VectorStorage::F32, Precision::F32),
-        "f16" => (VectorStorage::F16, Precision::F16),
-        "int8" => (VectorStorage::Int8, Precision::I8),
-        "binary" => (VectorStorage::Binary, Precision::B1),
-        other => bail!("unknown storage {other:?}: f32, f16, int8 or binary"),
-    })
-}
-
 fn main() -> Result<()> {
     let a = Args::parse();
-    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(a.dataset.join("meta.json"))?)?;
-    let name = meta["name"].as_str().unwrap_or("dataset").to_string();
-    let metric = match meta["metric"].as_str() {
-        Some("cosine") | Some("angular") => Metric::Cosine,
-        Some("dot") | Some("ip") => Metric::Dot,
-        Some("l2") | Some("euclidean") => Metric::L2,
-        m => bail!("unknown metric {m:?}"),
-    };
-    let mut base = read_vecs(&a.dataset.join("base.fvecs"), f32::from_le_bytes)?;
-    let queries = read_vecs(&a.dataset.join("query.fvecs"), f32::from_le_bytes)?;
+    let ds = Dataset::load(&a.dataset)?;
+    let name = ds.meta.name.clone();
+    let metric = metric_of(&ds.meta.metric)?;
+    let (mut base, queries) = (ds.base, ds.queries);
     let truth: Vec<Vec<u64>> = match a.limit {
         Some(n) if n < base.len() => {
             base.truncate(n);
             eprintln!("exact ground truth for the first {n} vectors");
-            truth(&base, &queries, metric)
+            exact_truth(&base, &queries, metric)
         }
-        _ => read_vecs(&a.dataset.join("groundtruth.ivecs"), i32::from_le_bytes)?.into_iter().map(|r| r.into_iter().map(|x| x as u64).collect()).collect(),
+        _ => ds.groundtruth.into_iter().map(|r| r.into_iter().map(|x| x as u64).collect()).collect(),
     };
     let dim = base[0].len();
     let tmp = tempfile::tempdir()?;
     let dir = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
     let mut out = vec![];
-    for kind in &a.storage {
-        let (storage, precision) = storage_of(kind)?;
+    for arg in &a.storage {
+        let storage = VectorStorage::from(*arg);
+        let precision = Precision::of(storage);
+        let kind = format!("{arg:?}").to_lowercase();
         let overs: Vec<Option<f32>> = if precision.quantized() && !a.oversampling.is_empty() { a.oversampling.iter().map(|o| Some(*o)).collect() } else { vec![None] };
         if a.level == "index" || a.level == "both" {
             let params = HnswParams { dim, metric, precision, m: a.m, ef_construction: a.ef_construction };

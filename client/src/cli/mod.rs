@@ -362,6 +362,11 @@ fn storage_name(raw: i32) -> String {
     VectorStorage::try_from(raw).map_or("?", |s| s.as_str_name()).trim_start_matches("VECTOR_STORAGE_").replace("UNSPECIFIED", "F32").to_lowercase()
 }
 
+/// `ram`, `cached` or `cold`.
+fn memory_name(raw: i32) -> String {
+    shoal_proto::v1::VectorMemory::try_from(raw).map_or("?", |m| m.as_str_name()).trim_start_matches("VECTOR_MEMORY_").to_lowercase()
+}
+
 /// Storage kinds for `--storage`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StorageArg {
@@ -408,7 +413,7 @@ fn info_json(c: &CollectionInfo) -> serde_json::Value {
         "replication_factor": cfg.replication_factor, "points": c.points_count,
         "hnsw": {"m": h.m, "ef_construction": h.ef_construction, "ef_search": h.ef_search},
         "storage": storage_name(cfg.storage),
-        "memory": shoal_proto::v1::VectorMemory::try_from(cfg.memory).map_or("?", |m| m.as_str_name()).trim_start_matches("VECTOR_MEMORY_").to_lowercase(),
+        "memory": memory_name(cfg.memory),
         "payload_indexes": cfg.payload_indexes.iter().map(|p| json!({"key": p.key, "type": PayloadIndexType::try_from(p.r#type).map(|t| t.as_str_name()).unwrap_or("?")})).collect::<Vec<_>>(),
         "vectors": cfg.vectors.iter().map(|v| json!({"name": v.name, "dimension": v.dimension, "metric": metric_name(v.metric), "multivector": v.multivector})).collect::<Vec<_>>(),
         "sparse_vectors": cfg.sparse_vectors.iter().map(|s| json!({"name": s.name, "modifier": shoal_proto::v1::SparseModifier::try_from(s.modifier).map(|m| m.as_str_name()).unwrap_or("?")})).collect::<Vec<_>>(),
@@ -537,7 +542,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("{}", info_json(&info));
             } else {
                 let c = info.config.unwrap_or_default();
-                println!("collection {name}: storage {}, memory {} (replicas rebuild in the background)", storage_name(c.storage), shoal_proto::v1::VectorMemory::try_from(c.memory).map_or("?", |m| m.as_str_name()).trim_start_matches("VECTOR_MEMORY_").to_lowercase());
+                println!("collection {name}: storage {}, memory {} (replicas rebuild in the background)", storage_name(c.storage), memory_name(c.memory));
             }
         }
         Cmd::Collection(CollectionCmd::Vectors { name, add, drop }) => {

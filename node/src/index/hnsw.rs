@@ -62,6 +62,25 @@ struct Graph {
     write_vectors: bool,
 }
 
+/// The sidecar name of an unquantized graph's kind (`None` when quantized:
+/// its calibration names it).
+fn plain_kind(p: Precision) -> Option<&'static str> {
+    match p {
+        Precision::F32 => Some("f32"),
+        Precision::F16 => Some("f16"),
+        _ => None,
+    }
+}
+
+/// A graph key as a vector-file offset (keys are u32 point-version offsets).
+fn offset_of(key: u64) -> Result<u32, IndexError> {
+    u32::try_from(key).map_err(|_| IndexError::Usearch(format!("key {key} past the offset range")))
+}
+
+fn file_error(e: std::io::Error) -> IndexError {
+    IndexError::File { path: "vector file".into(), detail: e.to_string() }
+}
+
 /// Build parameters.
 #[derive(Debug, Clone, Copy)]
 pub struct HnswParams {
@@ -205,14 +224,10 @@ impl HnswIndex {
     /// reconciliation removes the stale ones).
     pub fn load(params: HnswParams, path: &Path, calibration: Option<&str>, vectors: Option<Arc<VectorFile>>) -> Result<Self, IndexError> {
         let file_err = |d: String| IndexError::File { path: path.display().to_string(), detail: d };
-        let plain = |p: Precision| match p {
-            Precision::F16 => "f16",
-            _ => "f32",
-        };
         let (codec, calibrated_on) = match (params.precision.quantized(), calibration) {
             // Sidecars from before live storage changes name no kind.
             (false, None) => (None, 0),
-            (false, Some(text)) if text == plain(params.precision) => (None, 0),
+            (false, Some(text)) if Some(text) == plain_kind(params.precision) => (None, 0),
             (false, Some(text)) => return Err(file_err(format!("the file is a {text:?} graph, the collection stores {:?}", params.precision))),
             (true, None) => return Err(file_err("no calibration for a quantized graph".into())),
             (true, Some(text)) => {
@@ -240,10 +255,9 @@ impl HnswIndex {
     /// a quantized graph before its first vector).
     pub fn calibration(&self) -> Option<String> {
         let g = self.index.read();
-        match (g.precision, &g.codec) {
-            (Precision::F32, _) => Some("f32".into()),
-            (Precision::F16, _) => Some("f16".into()),
-            (_, c) => c.as_ref().map(|c| format!("{};{}", c.to_text(), g.calibrated_on)),
+        match plain_kind(g.precision) {
+            Some(kind) => Some(kind.into()),
+            None => g.codec.as_ref().map(|c| format!("{};{}", c.to_text(), g.calibrated_on)),
         }
     }
 
@@ -272,14 +286,14 @@ impl HnswIndex {
     /// shard calls this for every live key at open.
     pub fn keep_loaded(&self, key: u64, v: &[f32]) -> Result<bool, IndexError> {
         let Some(file) = self.vector_file() else { return Ok(false) };
-        let off = u32::try_from(key).map_err(|_| IndexError::Usearch(format!("key {key} past the offset range")))?;
+        let off = offset_of(key)?;
         self.check_dim(v)?;
         self.keys.lock().insert(off);
         let v = self.unit(v);
         if file.holds(key, &v) {
             return Ok(false);
         }
-        file.put(key, &v).map_err(|e| IndexError::File { path: "vector file".into(), detail: e.to_string() })?;
+        file.put(key, &v).map_err(file_error)?;
         Ok(true)
     }
 
@@ -351,9 +365,9 @@ impl HnswIndex {
         match (&g.codec, &g.vectors) {
             (None, None) => g.index.add(key, &v)?,
             (Some(codec), Some(file)) => {
-                let off = u32::try_from(key).map_err(|_| IndexError::Usearch(format!("key {key} past the offset range")))?;
+                let off = offset_of(key)?;
                 if g.write_vectors {
-                    file.put(key, &v).map_err(|e| IndexError::File { path: "vector file".into(), detail: e.to_string() })?;
+                    file.put(key, &v).map_err(file_error)?;
                 }
                 match codec.encode(&v) {
                     Code::I8(c) => g.index.add(key, &c)?,

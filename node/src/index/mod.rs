@@ -55,6 +55,17 @@ impl Precision {
         }
     }
 
+    /// The storage kind of this precision ([`Precision::of`]'s inverse).
+    pub fn storage(self) -> shoal_proto::v1::VectorStorage {
+        use shoal_proto::v1::VectorStorage as S;
+        match self {
+            Precision::F32 => S::F32,
+            Precision::F16 => S::F16,
+            Precision::I8 => S::Int8,
+            Precision::B1 => S::Binary,
+        }
+    }
+
     /// Codes in the graph, full vectors in a vector file.
     pub fn quantized(self) -> bool {
         matches!(self, Precision::I8 | Precision::B1)

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use shoal_proto::v1::VectorStorage;
 
-use super::{memory_of, Shard};
+use super::{memory_of, precision_of, Shard};
 use crate::error::{NodeError, Result};
 use crate::index::hnsw::HnswParams;
 use crate::index::vecfile::VectorFile;
@@ -35,17 +35,23 @@ impl Shard {
 
     /// The storage kind of the graph now.
     pub fn storage_kind(&self) -> VectorStorage {
-        match self.index.params().precision {
-            Precision::F32 => VectorStorage::F32,
-            Precision::F16 => VectorStorage::F16,
-            Precision::I8 => VectorStorage::Int8,
-            Precision::B1 => VectorStorage::Binary,
-        }
+        self.index.params().precision.storage()
     }
 
     /// The vector file's mapped and resident bytes (0 without one).
     pub fn vector_file_bytes(&self) -> (u64, u64) {
         self.index.vector_file().map_or((0, 0), |f| (f.mapped_bytes(), f.resident_bytes()))
+    }
+
+    /// Maps the vector file (if any) with the memory setting asked for,
+    /// when it is mapped another way.
+    fn map_vectors_as_asked(&self) {
+        let memory = self.storage_target.lock().1;
+        if let Some(file) = self.index.vector_file().filter(|f| f.memory() != memory) {
+            if let Err(e) = file.set_memory(memory) {
+                tracing::warn!(collection = %self.collection, shard = self.shard_id, error = %e, "mapping the vector file with the new memory setting failed");
+            }
+        }
     }
 
     /// The storage kind the map asks for, when the graph has another.
@@ -59,18 +65,12 @@ impl Shard {
     /// new storage kind is built by the indexer in the background
     /// ([`Shard::compact_index`]), searches and writes going on.
     pub fn set_storage(&self, storage: i32, memory: i32) {
-        let precision = Precision::of(VectorStorage::try_from(storage).unwrap_or(VectorStorage::F32));
+        let precision = precision_of(storage);
         let memory = memory_of(memory);
         let changed = std::mem::replace(&mut *self.storage_target.lock(), (precision, memory)) != (precision, memory);
         // Checked against the file each time: a rebuild that began before
         // a memory change swaps in a file mapped the old way.
-        if let Some(file) = self.index.vector_file() {
-            if file.memory() != memory {
-                if let Err(e) = file.set_memory(memory) {
-                    tracing::warn!(collection = %self.collection, shard = self.shard_id, error = %e, "mapping the vector file with the new memory setting failed");
-                }
-            }
-        }
+        self.map_vectors_as_asked();
         if changed && precision != self.index.params().precision {
             tracing::info!(collection = %self.collection, shard = self.shard_id, from = ?self.index.params().precision, to = ?precision, "storage change: the graph is rebuilt in the background");
         }
@@ -167,12 +167,7 @@ impl Shard {
         }
         self.index.replace_with(fresh);
         // A memory change that came during the build.
-        let (_, memory_now) = *self.storage_target.lock();
-        if let Some(f) = self.index.vector_file().filter(|f| f.memory() != memory_now) {
-            if let Err(e) = f.set_memory(memory_now) {
-                tracing::warn!(collection = %self.collection, shard = self.shard_id, error = %e, "mapping the vector file with the new memory setting failed");
-            }
-        }
+        self.map_vectors_as_asked();
         if !target.quantized() && current.precision.quantized() {
             // Searches still on the old graph keep their mapping.
             let _ = std::fs::remove_file(self.index_path.with_extension("vectors"));
