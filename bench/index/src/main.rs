@@ -46,6 +46,11 @@ struct Args {
     /// Oversampling factors for quantized kinds (default: the server's).
     #[arg(long, value_delimiter = ',')]
     oversampling: Vec<f32>,
+    /// f32 distance kernels to compare: shoal (node/src/index/kernel.rs),
+    /// usearch (its built-in numkong kernels). Other kinds always use
+    /// usearch's.
+    #[arg(long, value_delimiter = ',', default_value = "shoal")]
+    kernels: Vec<String>,
     /// index, shard or both.
     #[arg(long, default_value = "both")]
     level: String,
@@ -105,14 +110,27 @@ fn main() -> Result<()> {
     let dir = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
     let mut out = vec![];
-    for arg in &a.storage {
-        let storage = VectorStorage::from(*arg);
+    eprintln!("shoal f32 kernels: {}", shoal_node::index::kernel::isa());
+    let mut runs: Vec<(StorageArg, &str)> = vec![];
+    for s in &a.storage {
+        for (i, k) in a.kernels.iter().enumerate() {
+            if i == 0 || *s == StorageArg::F32 {
+                runs.push((*s, k.as_str()));
+            }
+        }
+    }
+    for (arg, kernels) in runs {
+        if !matches!(kernels, "shoal" | "usearch") {
+            anyhow::bail!("--kernels takes shoal or usearch, not {kernels:?}");
+        }
+        shoal_node::index::kernel::set_enabled(kernels == "shoal");
+        let storage = VectorStorage::from(arg);
         let precision = Precision::of(storage);
-        let kind = format!("{arg:?}").to_lowercase();
+        let kind = if precision == Precision::F32 && a.kernels.len() > 1 { format!("f32/{kernels}") } else { format!("{arg:?}").to_lowercase() };
         let overs: Vec<Option<f32>> = if precision.quantized() && !a.oversampling.is_empty() { a.oversampling.iter().map(|o| Some(*o)).collect() } else { vec![None] };
         if a.level == "index" || a.level == "both" {
             let params = HnswParams { dim, metric, precision, m: a.m, ef_construction: a.ef_construction };
-            let path = dir.join(format!("{name}-{kind}.vectors"));
+            let path = dir.join(format!("{name}-{}.vectors", kind.replace('/', "-")));
             let _ = std::fs::remove_file(&path);
             let file = if precision.quantized() { Some(Arc::new(VectorFile::open(&path, dim, Memory::Cached)?)) } else { None };
             let index = HnswIndex::with_vectors(params, file.clone())?;
@@ -144,7 +162,7 @@ fn main() -> Result<()> {
                 hnsw: Some(HnswConfig { m: a.m as u32, ef_construction: a.ef_construction as u32, ef_search: 0 }),
                 ..Default::default()
             })?;
-            let sdir = dir.join(format!("shard-{kind}"));
+            let sdir = dir.join(format!("shard-{}", kind.replace('/', "-")));
             let _ = std::fs::remove_dir_all(&sdir);
             let (shard, _) = Shard::open(config, 0, ShardStore::new(Arc::new(MemoryEngine::new()), "bench", 0), &sdir)?;
             let started = Instant::now();

@@ -27,7 +27,7 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use super::quant::{Code, Codec, CALIBRATION_ROWS};
 use super::vecfile::VectorFile;
-use super::{sort_hits, Allowed, Distance, Hit, Precision, VectorIndex};
+use super::{kernel, sort_hits, Allowed, Distance, Hit, Precision, VectorIndex};
 use crate::error::IndexError;
 
 /// Oversampling of an INT8 search when the request names none: measured
@@ -174,6 +174,21 @@ fn options(p: &HnswParams) -> IndexOptions {
     }
 }
 
+/// An f32 graph measures with Shoal's f32-accumulating kernels
+/// (kernel.rs); usearch keeps its own for the other kinds.
+fn use_kernels(index: &mut Index, p: &HnswParams) -> Result<(), IndexError> {
+    if p.precision == Precision::F32 && kernel::enabled() {
+        kernel::register(index, p.dim, p.metric == Metric::L2)?;
+    }
+    Ok(())
+}
+
+fn usearch_index(p: &HnswParams) -> Result<Index, IndexError> {
+    let mut index = Index::new(&options(p))?;
+    use_kernels(&mut index, p)?;
+    Ok(index)
+}
+
 impl HnswIndex {
     /// An empty graph. Quantized kinds need `vectors`, the file their full
     /// vectors go to.
@@ -183,7 +198,7 @@ impl HnswIndex {
 
     /// [`HnswIndex::new`] with the full-vector file of a quantized kind.
     pub fn with_vectors(params: HnswParams, vectors: Option<Arc<VectorFile>>) -> Result<Self, IndexError> {
-        let index = Index::new(&options(&params))?;
+        let index = usearch_index(&params)?;
         index.reserve_capacity_and_threads(1024, max_concurrency())?;
         Self::wrap(params, Graph { index, codec: None, calibrated_on: 0, precision: params.precision, vectors, write_vectors: true }, 0)
     }
@@ -240,11 +255,12 @@ impl HnswIndex {
                 (Some(codec), rows.parse().map_err(|_| file_err("malformed calibration".into()))?)
             }
         };
-        let index = Index::new(&options(&params))?;
+        let mut index = Index::new(&options(&params))?;
         index.load(path.to_str().ok_or_else(|| file_err("non-UTF-8 path".into()))?).map_err(|e| file_err(e.what().to_string()))?;
         if index.dimensions() != params.dim {
             return Err(file_err(format!("file has {} dimensions, collection has {}", index.dimensions(), params.dim)));
         }
+        use_kernels(&mut index, &params)?;
         let size = index.size();
         index.reserve_capacity_and_threads((size + 1024).max(index.capacity()), max_concurrency())?;
         Self::wrap(params, Graph { index, codec, calibrated_on, precision: params.precision, vectors, write_vectors: true }, size)
@@ -404,10 +420,9 @@ impl HnswIndex {
     /// Distance between a (unit for cosine) query and a stored full vector,
     /// in the graph's convention (`1 - dot` for cosine and dot).
     fn full_distance(&self, q: &[f32], v: &[f32]) -> f32 {
-        use simsimd::SpatialSimilarity;
         match self.params.metric {
-            Metric::L2 => <f32 as SpatialSimilarity>::l2sq(q, v).map_or(f32::INFINITY, |x| x as f32),
-            _ => <f32 as SpatialSimilarity>::dot(q, v).map_or(f32::INFINITY, |x| (1.0 - x) as f32),
+            Metric::L2 => kernel::l2sq(q, v),
+            _ => 1.0 - kernel::dot(q, v),
         }
     }
 

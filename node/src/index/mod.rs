@@ -22,6 +22,7 @@ use crate::error::IndexError;
 
 pub mod flat;
 pub mod hnsw;
+pub mod kernel;
 pub mod quant;
 pub mod vecfile;
 
