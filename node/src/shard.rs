@@ -140,6 +140,9 @@ pub struct Shard {
     defer_index: AtomicBool,
     /// How the HNSW graph was obtained at open.
     opened: IndexOpen,
+    /// Whether open used the key checkpoint instead of scanning every
+    /// stored point (keyfile.rs).
+    from_checkpoint: bool,
     /// Destroyed (e.g. replaced by a snapshot install): later saves and
     /// exports through stale handles must not recreate files or read the
     /// deleted records as if they were the shard.
@@ -306,8 +309,8 @@ impl Shard {
             None
         };
 
-        let (index, file_next) = match load_index(params, &index_path, vectors.clone()) {
-            Ok(x) => (x.0, Some(x.1)),
+        let (index, file_next, graph_sum) = match load_index(params, &index_path, vectors.clone()) {
+            Ok(x) => (x.0, Some(x.1), Some(x.2)),
             Err(e) => {
                 if index_path.exists() {
                     tracing::warn!(collection = %config.name, shard_id, error = %e, "HNSW index unusable; rebuilding from storage");
@@ -316,7 +319,7 @@ impl Shard {
                     // at shutdown), e.g. after a kill -9: expected.
                     tracing::info!(collection = %config.name, shard_id, "no saved HNSW index; building it from storage");
                 }
-                (HnswIndex::with_vectors(params, vectors.clone())?, None)
+                (HnswIndex::with_vectors(params, vectors.clone())?, None, None)
             }
         };
 
@@ -340,75 +343,26 @@ impl Shard {
             retired_unsaved: RoaringBitmap::new(),
             reused_watch: None,
         };
-        let mut pending: Vec<(u64, Vec<f32>)> = Vec::new();
         let mut added = 0usize;
         // Vector-file slots that did not hold their stored vector.
         let mut repaired = 0usize;
-        let mut scan_err: Option<IndexError> = None;
-        let flush = |pending: &mut Vec<(u64, Vec<f32>)>| -> std::result::Result<(), IndexError> {
-            let items: Vec<(u64, &[f32])> = pending.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-            index.add_batch(&items)?;
-            pending.clear();
-            Ok(())
-        };
         let text = state.payload.has_text();
-        // Named vectors go into their graphs in batches bounded in points
-        // and bytes; a multi-vector needs no graph, so only its presence
-        // is kept (no copy of its rows).
-        let mut named_batch: Vec<(u32, BTreeMap<String, shoal_proto::v1::NamedVector>)> = Vec::new();
-        let mut named_bytes = 0usize;
-        store.scan_points(None, &mut |k, p| {
-            if !p.vectors.is_empty() && !named.is_empty() {
-                let vs: BTreeMap<String, shoal_proto::v1::NamedVector> = p.vectors.iter().map(|(n, v)| (n.clone(), if v.rows.is_empty() { v.clone() } else { Default::default() })).collect();
-                named_bytes += vs.values().map(|v| v.values.len() * 4).sum::<usize>();
-                named_batch.push((p.offset, vs));
-                if named_batch.len() >= 4096 || named_bytes >= 64 << 20 {
-                    named_bytes = 0;
-                    let items: Vec<(u32, &BTreeMap<String, shoal_proto::v1::NamedVector>)> = named_batch.iter().map(|(o, v)| (*o, v)).collect();
-                    if let Err(e) = named.add(&items) {
-                        scan_err = Some(IndexError::Usearch(e.to_string()));
-                        return false;
-                    }
-                    named_batch.clear();
-                }
-            }
-            state.keys.insert(p.offset, k);
-            state.live.insert(p.offset);
-            if text {
-                state.payload.insert_text(p.payload.as_ref(), p.offset);
-            }
-            for (name, v) in &p.sparse {
-                if let Some(idx) = state.sparse.get_mut(name) {
-                    idx.insert(p.offset, v);
-                }
-            }
-            if index.contains(p.offset as u64) {
-                match index.keep_loaded(p.offset as u64, &p.vector) {
-                    Ok(true) => repaired += 1,
-                    Ok(false) => {}
-                    Err(e) => {
-                        scan_err = Some(e);
-                        return false;
-                    }
-                }
-            } else {
-                pending.push((p.offset as u64, p.vector));
-                added += 1;
-                if pending.len() >= 4096 {
-                    if let Err(e) = flush(&mut pending) {
-                        scan_err = Some(e);
-                        return false;
-                    }
-                }
-            }
-            true
-        })?;
-        if let Some(e) = scan_err {
-            return Err(e.into());
+        // A clean restart: the key checkpoint saved with this graph at
+        // storage's current write sequence stands in for the scan below.
+        let checkpoint = match graph_sum {
+            Some(sum) if !text && state.sparse.is_empty() && named.is_empty() => keyfile::read(&keyfile::path(&index_path), seq, sum),
+            _ => None,
+        };
+        let restored = match checkpoint {
+            Some((live, keys)) => keyfile::restore(&store, &index, &live, &keys)?.map(|r| {
+                (added, repaired) = (r.added, r.repaired);
+                (state.live, state.keys) = (live, keys);
+            }),
+            None => None,
+        };
+        if restored.is_none() {
+            scan_points(&store, &index, &named, &mut state, text, &mut added, &mut repaired)?;
         }
-        flush(&mut pending)?;
-        named.add(&named_batch.iter().map(|(o, v)| (*o, v)).collect::<Vec<_>>())?;
-        drop(named_batch);
         let mut removed = 0;
         if let Some(file_next) = file_next {
             for off in 0..file_next.max(next_offset) {
@@ -448,7 +402,7 @@ impl Shard {
         if repaired > 0 {
             tracing::warn!(collection = %config.name, shard_id, repaired, "vector file slots rewritten from storage (a new file, a crash before the slot write, or damage)");
         }
-        tracing::info!(collection = %config.name, shard_id, points = state.live.len(), ?outcome, "shard opened");
+        tracing::info!(collection = %config.name, shard_id, points = state.live.len(), ?outcome, from_checkpoint = restored.is_some(), "shard opened");
         let shard = Shard {
             collection: config.name.clone(),
             shard_id,
@@ -472,6 +426,7 @@ impl Shard {
             pending: RwLock::new(BTreeMap::new()),
             defer_index: AtomicBool::new(false),
             opened: outcome,
+            from_checkpoint: restored.is_some(),
             retired: AtomicBool::new(false),
             range: RwLock::new(range),
             frozen: RwLock::new(RoaringBitmap::new()),
@@ -488,6 +443,12 @@ impl Shard {
     /// How the HNSW graph was obtained when the shard was opened.
     pub fn index_open(&self) -> IndexOpen {
         self.opened
+    }
+
+    /// Whether the shard opened from its key checkpoint (a clean restart)
+    /// rather than by scanning every stored point.
+    pub fn opened_from_checkpoint(&self) -> bool {
+        self.from_checkpoint
     }
 
     /// The config the shard was opened with (its payload indexes may have
@@ -1320,7 +1281,13 @@ impl Shard {
         self.store.engine().sync_log()?;
         self.index.save(&self.index_path)?;
         let bytes = std::fs::read(&self.index_path).map_err(crate::error::StorageError::from)?;
-        write_sidecar(&self.index_path, xxhash_rust::xxh3::xxh3_64(&bytes), next, seq, self.index.calibration().as_deref())?;
+        let sum = xxhash_rust::xxh3::xxh3_64(&bytes);
+        drop(bytes);
+        write_sidecar(&self.index_path, sum, next, seq, self.index.calibration().as_deref())?;
+        {
+            let st = self.state.read();
+            keyfile::write(&keyfile::path(&self.index_path), seq, sum, &st.live, &st.keys).map_err(crate::error::StorageError::from)?;
+        }
         {
             // The file on disk no longer holds the versions retired before
             // this save: their offsets may be taken again, but for `busy`.
@@ -1343,8 +1310,82 @@ impl Shard {
         let _ = std::fs::remove_file(&self.index_path);
         let _ = std::fs::remove_file(self.index_path.with_extension("meta"));
         let _ = std::fs::remove_file(self.index_path.with_extension("vectors"));
+        let _ = std::fs::remove_file(keyfile::path(&self.index_path));
         Ok(())
     }
+}
+
+/// The scan of every stored point that rebuilds a shard's in-memory state
+/// at open when no key checkpoint can stand in for it (see keyfile.rs):
+/// the offset -> id table, the live set, the text, sparse and named
+/// indexes, and whatever the graph lacks or whose vector-file slot does not
+/// hold the stored vector (`added`, `repaired`).
+fn scan_points(store: &ShardStore, index: &HnswIndex, named: &named::NamedSet, state: &mut State, text: bool, added: &mut usize, repaired: &mut usize) -> Result<()> {
+    let mut pending: Vec<(u64, Vec<f32>)> = Vec::new();
+    let mut scan_err: Option<IndexError> = None;
+    let flush = |pending: &mut Vec<(u64, Vec<f32>)>| -> std::result::Result<(), IndexError> {
+        let items: Vec<(u64, &[f32])> = pending.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        index.add_batch(&items)?;
+        pending.clear();
+        Ok(())
+    };
+    // Named vectors go into their graphs in batches bounded in points
+    // and bytes; a multi-vector needs no graph, so only its presence
+    // is kept (no copy of its rows).
+    let mut named_batch: Vec<(u32, BTreeMap<String, shoal_proto::v1::NamedVector>)> = Vec::new();
+    let mut named_bytes = 0usize;
+    store.scan_points(None, &mut |k, p| {
+        if !p.vectors.is_empty() && !named.is_empty() {
+            let vs: BTreeMap<String, shoal_proto::v1::NamedVector> = p.vectors.iter().map(|(n, v)| (n.clone(), if v.rows.is_empty() { v.clone() } else { Default::default() })).collect();
+            named_bytes += vs.values().map(|v| v.values.len() * 4).sum::<usize>();
+            named_batch.push((p.offset, vs));
+            if named_batch.len() >= 4096 || named_bytes >= 64 << 20 {
+                named_bytes = 0;
+                let items: Vec<(u32, &BTreeMap<String, shoal_proto::v1::NamedVector>)> = named_batch.iter().map(|(o, v)| (*o, v)).collect();
+                if let Err(e) = named.add(&items) {
+                    scan_err = Some(IndexError::Usearch(e.to_string()));
+                    return false;
+                }
+                named_batch.clear();
+            }
+        }
+        state.keys.insert(p.offset, k);
+        state.live.insert(p.offset);
+        if text {
+            state.payload.insert_text(p.payload.as_ref(), p.offset);
+        }
+        for (name, v) in &p.sparse {
+            if let Some(idx) = state.sparse.get_mut(name) {
+                idx.insert(p.offset, v);
+            }
+        }
+        if index.contains(p.offset as u64) {
+            match index.keep_loaded(p.offset as u64, &p.vector) {
+                Ok(true) => *repaired += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    scan_err = Some(e);
+                    return false;
+                }
+            }
+        } else {
+            pending.push((p.offset as u64, p.vector));
+            *added += 1;
+            if pending.len() >= 4096 {
+                if let Err(e) = flush(&mut pending) {
+                    scan_err = Some(e);
+                    return false;
+                }
+            }
+        }
+        true
+    })?;
+    if let Some(e) = scan_err {
+        return Err(e.into());
+    }
+    flush(&mut pending)?;
+    named.add(&named_batch.iter().map(|(o, v)| (*o, v)).collect::<Vec<_>>())?;
+    Ok(())
 }
 
 /// A collection's raw `storage` as the graph's precision (unknown: f32).
@@ -1379,6 +1420,9 @@ pub fn index_file(index_dir: &Path, shard_id: u32) -> PathBuf {
 /// alphabet or longer than 1 MiB is left out: the graph then loads only if
 /// it is f32 or f16, else it is rebuilt from the points.
 pub fn write_sidecar(index_path: &Path, checksum: u64, next_offset: u32, seq: u64, calibration: Option<&str>) -> Result<()> {
+    // A key checkpoint belongs to the graph saved with it (save_index
+    // writes it again after this).
+    let _ = std::fs::remove_file(keyfile::path(index_path));
     let ok = |c: &&str| c.len() <= 1 << 20 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b":;,.-+".contains(&b));
     let calibration = calibration.filter(ok).map_or(String::new(), |c| format!(",\"calibration\":\"{c}\""));
     let meta = format!("{{\"checksum\":{checksum},\"next_offset\":{next_offset},\"seq\":{seq}{calibration}}}");
@@ -1389,8 +1433,8 @@ pub fn write_sidecar(index_path: &Path, checksum: u64, next_offset: u32, seq: u6
 }
 
 /// Loads an index file whose sidecar checksum matches; returns it with the
-/// offset counter recorded at save time.
-fn load_index(params: HnswParams, path: &Path, vectors: Option<Arc<VectorFile>>) -> std::result::Result<(HnswIndex, u32), NodeError> {
+/// offset counter recorded at save time and the checksum.
+fn load_index(params: HnswParams, path: &Path, vectors: Option<Arc<VectorFile>>) -> std::result::Result<(HnswIndex, u32, u64), NodeError> {
     let meta_path = path.with_extension("meta");
     let bad = |d: &str| NodeError::Index(IndexError::File { path: path.display().to_string(), detail: d.to_string() });
     let meta = std::fs::read_to_string(&meta_path).map_err(|_| bad("no sidecar .meta file"))?;
@@ -1403,7 +1447,7 @@ fn load_index(params: HnswParams, path: &Path, vectors: Option<Arc<VectorFile>>)
     }
     drop(bytes);
     let calibration = meta.split_once("\"calibration\":\"").and_then(|(_, rest)| rest.split_once('"')).map(|(c, _)| c);
-    Ok((HnswIndex::load(params, path, calibration, vectors)?, next))
+    Ok((HnswIndex::load(params, path, calibration, vectors)?, next, sum))
 }
 
 /// The checksum and offset counter of an index sidecar
@@ -1423,6 +1467,7 @@ pub mod query;
 mod reindex;
 pub use reindex::SPECS;
 pub mod requests;
+mod keyfile;
 mod keys;
 pub mod split;
 #[cfg(test)]

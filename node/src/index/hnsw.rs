@@ -313,6 +313,20 @@ impl HnswIndex {
         Ok(true)
     }
 
+    /// Keeps `key`, which a loaded graph holds, without its stored vector
+    /// (a shard opening from its key checkpoint): true if there is nothing
+    /// to check (no vector file) or its slot's checksum holds; false means
+    /// the caller must pass the stored vector to [`HnswIndex::keep_loaded`].
+    pub fn keep_checked(&self, key: u64) -> Result<bool, IndexError> {
+        let Some(file) = self.vector_file() else { return Ok(true) };
+        let off = offset_of(key)?;
+        if !file.valid(key) {
+            return Ok(false);
+        }
+        self.keys.lock().insert(off);
+        Ok(true)
+    }
+
     /// Sets the codec from `sample` if the graph has none yet.
     fn calibrate(&self, sample: &[&[f32]]) {
         if sample.is_empty() {

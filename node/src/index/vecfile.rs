@@ -197,6 +197,17 @@ impl VectorFile {
         data == bytemuck::cast_slice::<f32, u8>(v) && sum == checksum(off, data).to_le_bytes()
     }
 
+    /// Whether slot `off` holds a vector whose checksum is valid (what it
+    /// holds is not compared with anything).
+    pub fn valid(&self, off: u64) -> bool {
+        let r = self.reader();
+        let Some(m) = r.map.as_ref() else { return false };
+        let Ok(at) = usize::try_from(HEADER + off * self.stride) else { return false };
+        let Some(slot) = m.get(at..at + self.stride as usize) else { return false };
+        let (data, sum) = slot.split_at(self.dim * 4);
+        sum == checksum(off, data).to_le_bytes()
+    }
+
     /// Flushes written slots to disk.
     pub fn sync(&self) -> std::io::Result<()> {
         self.file.sync_data()

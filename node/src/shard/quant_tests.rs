@@ -96,6 +96,7 @@ fn quantized_shards_search_exactly_after_rescoring_and_survive_reopen() {
         drop(f);
         let s = open();
         assert!(matches!(s.opened, IndexOpen::Loaded { .. }), "the graph loads with its calibration");
+        assert!(s.opened_from_checkpoint(), "a clean restart: damaged slots are found by their checksums");
         let got = top(&s, q, 5, true);
         assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), want.iter().map(|w| w.0).collect::<Vec<_>>());
         for id in [3u64, 7] {

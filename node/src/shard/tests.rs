@@ -291,6 +291,7 @@ fn index_file_is_reloaded_reconciled_or_rebuilt() {
     {
         let (s, how) = open();
         assert_eq!(how, IndexOpen::Loaded { added: 205, removed: 15 });
+        assert!(!s.opened_from_checkpoint(), "writes after the save: the stored points are scanned");
         assert_eq!(s.len(), 590);
         // Re-inserting the unsaved points may link the graph a little
         // differently (insertion order is not replayed exactly), so the
@@ -305,7 +306,9 @@ fn index_file_is_reloaded_reconciled_or_rebuilt() {
     {
         let (s, how) = open();
         assert_eq!(how, IndexOpen::Loaded { added: 0, removed: 0 });
+        assert!(s.opened_from_checkpoint(), "nothing written since the save: the key checkpoint stands in for the scan");
         assert_eq!(results(&s), before, "a clean reload is the same graph");
+        assert_eq!(exact(&s), exact_before);
     }
     let file = d.path().join("idx").join("0.usearch");
     let mut bytes = std::fs::read(&file).unwrap();
@@ -566,4 +569,67 @@ fn digest_is_canonical_and_streams_the_contents() {
     changed[0].payload = Some(Struct::try_from(&json!({"group": "other", "i": 0})).unwrap());
     b.write(&changed, &[], None).unwrap();
     assert_ne!(a.digest().unwrap(), b.digest().unwrap());
+}
+
+/// A clean restart from the key checkpoint rebuilds what the scan of every
+/// stored point would: ids of both kinds, deletes and replaces, payload
+/// filters, and offsets that later writes can use.
+#[test]
+fn a_clean_restart_from_the_key_checkpoint_matches_a_scan() {
+    let d = tempfile::tempdir().unwrap();
+    let dim = 8;
+    let vs = vecs(300, dim, 11);
+    let qs = vecs(10, dim, 12);
+    let open = || {
+        let engine: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&d.path().join("db")).unwrap());
+        Shard::open(config(dim as u32, Metric::L2), 0, ShardStore::new(engine, "c", 0), &d.path().join("idx")).unwrap().0
+    };
+    let uuid = |i: usize| shoal_proto::PointKey::Uuid(0xabc0_0000 + i as u128).to_proto();
+    let all_ids: Vec<PointId> = (0..200u64).map(PointId::from).chain((0..60).map(uuid)).collect();
+    let group = Filter { must: vec![Condition { kind: Some(condition::Kind::Match(MatchCondition { key: "group".into(), value: Some(match_condition::Value::Keyword("g3".into())) })) }], ..Default::default() };
+    // What a reader sees: every id's point, the exact top 10 of each query
+    // (ids of both kinds, as strings), and a filtered count.
+    let view = |s: &Shard| {
+        let got = s.get(&all_ids, true, true).unwrap();
+        let top: Vec<Vec<String>> = qs.iter().map(|q| s.search(&SearchPointsRequest { exact: true, ..search(q, 10) }).unwrap().iter().map(|p| format!("{:?}", p.id)).collect()).collect();
+        (s.count(None).unwrap(), s.count(Some(&group)).unwrap(), got, top)
+    };
+    let before = {
+        let s = open();
+        s.write(&points(&vs[..200], 0), &[], None).unwrap();
+        let mut uuids = points(&vs[200..260], 0);
+        for (i, p) in uuids.iter_mut().enumerate() {
+            p.id = Some(uuid(i));
+        }
+        s.write(&uuids, &[], None).unwrap();
+        s.write(&[], &(0..20u64).map(PointId::from).chain([uuid(5)]).collect::<Vec<_>>(), None).unwrap();
+        s.write(&points(&vs[260..270], 30), &[], None).unwrap();
+        assert!(s.save_index().unwrap());
+        view(&s)
+    };
+    assert_eq!(before.0, 239, "260 written, 21 deleted");
+    {
+        let s = open();
+        assert!(s.opened_from_checkpoint());
+        assert_eq!(view(&s), before);
+        // New writes take offsets the checkpoint left free or new ones and
+        // are found; the next open scans (no save since).
+        s.write(&points(&vs[270..280], 500), &[], None).unwrap();
+        assert_eq!(s.count(None).unwrap(), 249);
+        assert_eq!(ids(&s.search(&SearchPointsRequest { exact: true, ..search(&vs[275], 1) }).unwrap()), vec![505]);
+    }
+    let s = open();
+    assert!(!s.opened_from_checkpoint(), "unsaved writes: scanned");
+    assert_eq!(s.count(None).unwrap(), 249);
+    s.write(&[], &(500..510u64).map(PointId::from).collect::<Vec<_>>(), None).unwrap();
+    s.save_index().unwrap();
+    drop(s);
+    // A damaged checkpoint is not used, and the scan serves the same.
+    let keys = keyfile::path(&index_file(&d.path().join("idx"), 0));
+    let mut bytes = std::fs::read(&keys).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&keys, &bytes).unwrap();
+    let s = open();
+    assert!(!s.opened_from_checkpoint());
+    assert_eq!(view(&s), before);
 }

@@ -1,0 +1,222 @@
+//! The key checkpoint: the shard's live offsets and their point ids as of
+//! its last index save, so a restart need not read every stored point.
+//!
+//! Without it, [`Shard::open`] scans the `points` column family and decodes
+//! every point (vector included) to rebuild the offset -> id table, which
+//! at a million 768-dimension points is gigabytes of reads before the shard
+//! serves. `save_index` writes this file beside the HNSW file, under the
+//! writer lock, so it matches storage at the saved write sequence exactly.
+//! `open` uses it only when that sequence is storage's current one and the
+//! graph it loaded is the one saved with it (same checksum); anything else
+//! (a crash after later writes, a snapshot install, a split child, damage)
+//! falls back to the full scan. The shard's other in-memory indexes that
+//! have no file of their own (text, sparse, named vectors) also need the
+//! scan, so shards with them always take it.
+//!
+//! Layout (little-endian): `SHKEYS01`, write sequence `u64`, graph checksum
+//! `u64`, live-bitmap length `u64`, the bitmap (roaring's portable format),
+//! then each live offset's point id in ascending offset order (the
+//! `PointKey` byte form: a tag and 8 or 16 bytes), and an xxh3-64 of all
+//! the bytes before it.
+use std::path::{Path, PathBuf};
+
+use roaring::RoaringBitmap;
+use shoal_proto::PointKey;
+
+use super::keys::KeyTable;
+use crate::error::Result;
+use crate::index::hnsw::HnswIndex;
+use crate::index::VectorIndex;
+use crate::storage::ShardStore;
+
+const MAGIC: &[u8; 8] = b"SHKEYS01";
+
+/// The checkpoint beside the HNSW file `index_path`.
+pub fn path(index_path: &Path) -> PathBuf {
+    index_path.with_extension("keys")
+}
+
+/// Writes the checkpoint of `live`/`keys` at write sequence `seq`, for the
+/// graph whose sidecar checksum is `graph`. Returns false (writing
+/// nothing) if a live offset has no id, which would be a bug elsewhere;
+/// the next open then scans.
+pub fn write(path: &Path, seq: u64, graph: u64, live: &RoaringBitmap, keys: &KeyTable) -> std::io::Result<bool> {
+    let mut out = Vec::with_capacity(32 + live.serialized_size() + live.len() as usize * 9);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&graph.to_le_bytes());
+    out.extend_from_slice(&(live.serialized_size() as u64).to_le_bytes());
+    live.serialize_into(&mut out)?;
+    for off in live {
+        let Some(k) = keys.get(off) else {
+            tracing::error!(offset = off, "live offset without a point id; key checkpoint not written");
+            let _ = std::fs::remove_file(path);
+            return Ok(false);
+        };
+        out.extend_from_slice(&k.to_bytes());
+    }
+    let sum = xxhash_rust::xxh3::xxh3_64(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    let tmp = path.with_extension("keys.tmp");
+    std::fs::write(&tmp, &out)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    crate::storage::rename_durable(&tmp, path)?;
+    Ok(true)
+}
+
+/// Reads the checkpoint if it is intact and was written at `seq` for the
+/// graph with checksum `graph`; `None` otherwise (the caller scans).
+pub fn read(path: &Path, seq: u64, graph: u64) -> Option<(RoaringBitmap, KeyTable)> {
+    let bytes = std::fs::read(path).ok()?;
+    let stale = |why: &str| {
+        tracing::info!(path = %path.display(), why, "key checkpoint not used; scanning the stored points");
+        None
+    };
+    if bytes.len() < 40 || &bytes[..8] != MAGIC {
+        return stale("malformed");
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 8);
+    if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != sum {
+        return stale("checksum mismatch");
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+    if u64_at(8) != seq {
+        return stale("written at another write sequence");
+    }
+    if u64_at(16) != graph {
+        return stale("written for another graph");
+    }
+    let len = usize::try_from(u64_at(24)).ok()?;
+    let rest = &body[32..];
+    if len > rest.len() {
+        return stale("malformed");
+    }
+    let live = RoaringBitmap::deserialize_from(&rest[..len]).ok()?;
+    let mut ids = &rest[len..];
+    let mut keys = KeyTable::default();
+    let num_tag = PointKey::Num(0).to_bytes()[0];
+    for off in &live {
+        let n = match ids.first() {
+            Some(&t) if t == num_tag => 9,
+            Some(_) => 17,
+            None => return stale("truncated"),
+        };
+        let Some(k) = ids.get(..n).and_then(|b| PointKey::from_bytes(b).ok()) else {
+            return stale("malformed point id");
+        };
+        keys.insert(off, k);
+        ids = &ids[n..];
+    }
+    if !ids.is_empty() {
+        return stale("trailing bytes");
+    }
+    Some((live, keys))
+}
+
+/// What [`restore`] did: points the graph lacked, added from storage, and
+/// vector-file slots rewritten because their checksum failed.
+pub struct Restored {
+    pub added: usize,
+    pub repaired: usize,
+}
+
+/// Brings a loaded graph in line with a checkpoint read by [`read`]: every
+/// live offset the graph holds is kept (a quantized graph's vector-file
+/// slot checked, and rewritten from storage if damaged), and the live
+/// offsets it lacks (indexed after the graph was saved) are read from
+/// storage by id and added. `None` if storage disagrees with the
+/// checkpoint (the caller scans instead; what was added stays valid).
+pub fn restore(store: &ShardStore, index: &HnswIndex, live: &RoaringBitmap, keys: &KeyTable) -> Result<Option<Restored>> {
+    let mut done = Restored { added: 0, repaired: 0 };
+    let mut pending: Vec<(u64, Vec<f32>)> = Vec::new();
+    let flush = |pending: &mut Vec<(u64, Vec<f32>)>| -> Result<()> {
+        let items: Vec<(u64, &[f32])> = pending.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        index.add_batch(&items)?;
+        pending.clear();
+        Ok(())
+    };
+    for off in live {
+        let held = index.contains(off as u64);
+        if held && index.keep_checked(off as u64)? {
+            continue;
+        }
+        let Some(key) = keys.get(off) else {
+            return Ok(None);
+        };
+        let point = match store.get(&key)? {
+            Some(p) if p.offset == off => p,
+            _ => {
+                tracing::warn!(offset = off, "key checkpoint disagrees with storage; scanning the stored points");
+                return Ok(None);
+            }
+        };
+        if held {
+            done.repaired += usize::from(index.keep_loaded(off as u64, &point.vector)?);
+        } else {
+            pending.push((off as u64, point.vector));
+            done.added += 1;
+            if pending.len() >= 4096 {
+                flush(&mut pending)?;
+            }
+        }
+    }
+    flush(&mut pending)?;
+    Ok(Some(done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> (RoaringBitmap, KeyTable) {
+        let mut live = RoaringBitmap::new();
+        let mut keys = KeyTable::default();
+        for (off, k) in [
+            (0u32, PointKey::Num(7)),
+            (3, PointKey::Uuid(0xfeed_beef_u128 << 64)),
+            (4, PointKey::Num(u64::MAX)),
+            (90_000, PointKey::Num(1)),
+        ] {
+            live.insert(off);
+            keys.insert(off, k);
+        }
+        (live, keys)
+    }
+
+    #[test]
+    fn round_trip_and_every_reason_to_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(&dir.path().join("0.usearch"));
+        let (live, keys) = table();
+        assert!(write(&p, 42, 9, &live, &keys).unwrap());
+        let (l, k) = read(&p, 42, 9).expect("fresh checkpoint reads");
+        assert_eq!(l, live);
+        for off in &live {
+            assert_eq!(k.get(off), keys.get(off), "offset {off}");
+        }
+        assert!(read(&p, 43, 9).is_none(), "storage moved on since");
+        assert!(read(&p, 42, 8).is_none(), "another graph was loaded");
+        let good = std::fs::read(&p).unwrap();
+        for at in [0, 10, 35, good.len() / 2, good.len() - 12, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x40;
+            std::fs::write(&p, &bad).unwrap();
+            assert!(read(&p, 42, 9).is_none(), "a flipped byte at {at} is refused");
+        }
+        std::fs::write(&p, &good[..good.len() - 20]).unwrap();
+        assert!(read(&p, 42, 9).is_none(), "truncated");
+        std::fs::remove_file(&p).unwrap();
+        assert!(read(&p, 42, 9).is_none(), "absent");
+    }
+
+    #[test]
+    fn a_live_offset_without_an_id_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(&dir.path().join("0.usearch"));
+        let (mut live, keys) = table();
+        assert!(write(&p, 1, 1, &live, &keys).unwrap());
+        live.insert(5);
+        assert!(!write(&p, 2, 1, &live, &keys).unwrap());
+        assert!(!p.exists(), "the old checkpoint is gone too");
+    }
+}
