@@ -76,7 +76,8 @@ for kind in "${kinds[@]}"; do
   "$bin/shoalctl" --addr "$coord" bench --dataset "$ds" --storage "$kind" --ef "$ef" --shards "$shards" \
     --replication-factor "$replicas" --concurrency "${CONCURRENCY:-2}" --rounds 1 --no-inprocess \
     --json "$run/bench.json" | tee "$run/bench.txt"
-  collection=bench-$(basename "$ds")
+  # shoalctl bench's collection: bench-<dataset name>[-<kind> unless f32].
+  collection=bench-$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['name'])" "$ds/meta.json")$([ "$kind" = f32 ] || echo "-$kind")
   rss=$(for id in $(seq 1 "$nodes"); do ps -o rss= -p "${node_pid[$id]}"; done | paste -sd+ | bc)
   disk=$(du -sb "$run" | cut -f1)
 
@@ -89,7 +90,7 @@ for kind in "${kinds[@]}"; do
   q=$(python3 -c "import struct,sys; f=open(sys.argv[1],'rb'); d=struct.unpack('<i',f.read(4))[0]; print(','.join(str(x) for x in struct.unpack('<%df'%d,f.read(4*d))))" "$ds/query.fvecs")
   for _ in $(seq 1 1200); do
     if [ "$nodes" = 1 ]; then
-      "$bin/shoalctl" --addr "$coord" search -c "$collection" --vector "$q" --top-k 10 > /dev/null 2>&1 && break
+      "$bin/shoalctl" --addr "$coord" search -c "$collection" --vector="$q" --top-k 10 > /dev/null 2>&1 && break
     else
       "$bin/shoal" --log error probe --node "${node_addr[1]}" --ready > /dev/null 2>&1 && break
     fi

@@ -350,9 +350,10 @@ impl Shard {
         // A clean restart: the key checkpoint saved with this graph at
         // storage's current write sequence stands in for the scan below.
         let checkpoint = match graph_sum {
-            Some(sum) if !text && state.sparse.is_empty() && named.is_empty() => keyfile::read(&keyfile::path(&index_path), seq, sum),
+            Some(sum) if !text && state.sparse.is_empty() && named.is_empty() => keyfile::read(&keyfile::path(&index_path), seq, sum, next_offset),
             _ => None,
         };
+        let checkpoint_tried = checkpoint.is_some();
         let restored = match checkpoint {
             Some((live, keys)) => keyfile::restore(&store, &index, &live, &keys)?.map(|r| {
                 (added, repaired) = (r.added, r.repaired);
@@ -360,6 +361,13 @@ impl Shard {
             }),
             None => None,
         };
+        // A checkpoint not used (stale, damaged, for another graph, or one
+        // storage disagreed with) is dropped; the next save writes a true
+        // one, and saves what restore added before it gave up.
+        let abandoned = checkpoint_tried && restored.is_none();
+        if restored.is_none() {
+            let _ = std::fs::remove_file(keyfile::path(&index_path));
+        }
         if restored.is_none() {
             scan_points(&store, &index, &named, &mut state, text, &mut added, &mut repaired)?;
         }
@@ -396,7 +404,7 @@ impl Shard {
             Some(_) => IndexOpen::Loaded { added, removed },
             None => IndexOpen::Rebuilt,
         };
-        let saved = if matches!(outcome, IndexOpen::Loaded { added: 0, removed: 0 }) { seq } else { u64::MAX };
+        let saved = if matches!(outcome, IndexOpen::Loaded { added: 0, removed: 0 }) && !abandoned { seq } else { u64::MAX };
         let range = split::RangeState::decode(store.meta_get(split::RANGE)?.as_deref())?;
         let requests = Self::load_requests(&store)?;
         if repaired > 0 {
@@ -1269,6 +1277,20 @@ impl Shard {
         };
         let indexed = self.indexed.load(Ordering::Relaxed);
         if self.saved_seq.load(Ordering::Relaxed) == seq && self.saved_indexed.load(Ordering::Relaxed) == indexed {
+            // The graph on disk is current, but a shard that opened by
+            // scanning has no key checkpoint yet: write one for that graph
+            // (the checkpoint may be newer than its graph; open adds what
+            // the graph lacks).
+            let keys = keyfile::path(&self.index_path);
+            let meta = std::fs::read_to_string(self.index_path.with_extension("meta")).ok();
+            if let (false, Some((sum, _))) = (keys.exists(), meta.as_deref().and_then(parse_sidecar)) {
+                self.store.engine().sync_log()?;
+                if let Some(f) = self.index.vector_file() {
+                    f.sync().map_err(crate::error::StorageError::from)?;
+                }
+                let st = self.state.read();
+                keyfile::write(&keys, seq, sum, &st.live, &st.keys).map_err(crate::error::StorageError::from)?;
+            }
             return Ok(false);
         }
         // Offsets the indexer may add while the file is written (marked

@@ -260,6 +260,14 @@ impl HnswIndex {
         if index.dimensions() != params.dim {
             return Err(file_err(format!("file has {} dimensions, collection has {}", index.dimensions(), params.dim)));
         }
+        // usearch takes the scalar kind and metric from the file's header:
+        // a file of another kind (a sidecar that names none) or an older
+        // metric (cosine graphs before unit vectors) is rebuilt, and Shoal's
+        // f32 kernels only ever see f32 rows.
+        let want = options(&params);
+        if index.scalar_kind() != want.quantization || index.metric_kind() != want.metric {
+            return Err(file_err(format!("file stores {:?} with {:?}, the collection wants {:?} with {:?}", index.scalar_kind(), index.metric_kind(), want.quantization, want.metric)));
+        }
         use_kernels(&mut index, &params)?;
         let size = index.size();
         index.reserve_capacity_and_threads((size + 1024).max(index.capacity()), max_concurrency())?;

@@ -134,6 +134,17 @@ fn hnsw_save_load_and_damage() {
         assert_eq!(h.search(q, 10, 50, &Allowed::All).unwrap(), l.search(q, 10, 50, &Allowed::All).unwrap());
     }
     l.add(5000, &v[0]).unwrap();
+    // An f16 file under f32 settings with a sidecar that names no kind
+    // (older sidecars): refused, so the shard rebuilds rather than read
+    // 2-byte rows with the 4-byte f32 kernels; likewise another metric.
+    let f32p = params(dim, Metric::Cosine, Precision::F32);
+    let err = HnswIndex::load(f32p, &path, None, None).err().expect("an f16 file is not an f32 graph");
+    assert!(err.to_string().contains("F16"), "{err}");
+    assert!(HnswIndex::load(params(dim, Metric::L2, Precision::F16), &path, None, None).is_err(), "an inner-product file is not an L2 graph");
+    let f = HnswIndex::new(f32p).unwrap();
+    f.add(1, &v[1]).unwrap();
+    f.save(&path).unwrap();
+    assert!(HnswIndex::load(f32p, &path, None, None).is_ok());
     std::fs::write(&path, b"garbage").unwrap();
     assert!(HnswIndex::load(p, &path, None, None).is_err(), "damaged file must not load");
     assert!(HnswIndex::load(p, &dir.path().join("missing"), None, None).is_err());

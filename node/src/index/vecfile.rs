@@ -10,12 +10,15 @@
 //! version reuses the offset, which the shard allows only once no search
 //! can reach the old version.
 //!
-//! The file is derived state: RocksDB holds every vector. A shard checks
-//! each live version's slot against its stored vector when it opens and
-//! rewrites the slots that differ or fail their checksum (a crash between
-//! the apply and the slot write, a damaged disk block), so nothing
-//! acknowledged is lost. A header that does not match starts the file
-//! over.
+//! The file is derived state: RocksDB holds every vector. A shard that
+//! scans its stored points at open checks each live version's slot against
+//! its stored vector and rewrites the slots that differ or fail their
+//! checksum (a crash between the apply and the slot write, a damaged disk
+//! block), so nothing acknowledged is lost. A clean restart from the key
+//! checkpoint (shard/keyfile.rs) checks only each slot's checksum: nothing
+//! was written after the save that synced the file, so a slot with a valid
+//! checksum holds its stored version. A header that does not match starts
+//! the file over.
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

@@ -113,6 +113,7 @@ fn drop_generation(store0: &ShardStore, index_dir: &Path, shard_id: u32, g: u64)
         let _ = std::fs::remove_file(f.with_extension("meta"));
         let _ = std::fs::remove_file(f.with_extension("vectors"));
         let _ = std::fs::remove_file(f.with_extension("vectors.new"));
+        let _ = std::fs::remove_file(f.with_extension("keys"));
         let _ = std::fs::remove_file(f);
     } else {
         let _ = std::fs::remove_dir_all(dir);

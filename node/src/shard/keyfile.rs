@@ -65,8 +65,11 @@ pub fn write(path: &Path, seq: u64, graph: u64, live: &RoaringBitmap, keys: &Key
 }
 
 /// Reads the checkpoint if it is intact and was written at `seq` for the
-/// graph with checksum `graph`; `None` otherwise (the caller scans).
-pub fn read(path: &Path, seq: u64, graph: u64) -> Option<(RoaringBitmap, KeyTable)> {
+/// graph with checksum `graph`; `None` otherwise (the caller scans). Every
+/// offset must be below `next_offset` (storage's counter), so a damaged or
+/// crafted file cannot make the key table allocate past what storage
+/// could hold.
+pub fn read(path: &Path, seq: u64, graph: u64, next_offset: u32) -> Option<(RoaringBitmap, KeyTable)> {
     let bytes = std::fs::read(path).ok()?;
     let stale = |why: &str| {
         tracing::info!(path = %path.display(), why, "key checkpoint not used; scanning the stored points");
@@ -91,11 +94,21 @@ pub fn read(path: &Path, seq: u64, graph: u64) -> Option<(RoaringBitmap, KeyTabl
     if len > rest.len() {
         return stale("malformed");
     }
-    let live = RoaringBitmap::deserialize_from(&rest[..len]).ok()?;
+    let Ok(live) = RoaringBitmap::deserialize_from(&rest[..len]) else {
+        return stale("malformed live set");
+    };
     let mut ids = &rest[len..];
+    if live.max().is_some_and(|m| m >= next_offset) || (live.len() as usize).saturating_mul(9) > ids.len() {
+        return stale("offsets beyond storage's counter, or fewer ids than offsets");
+    }
+    let mut last: Option<u32> = None;
     let mut keys = KeyTable::default();
     let num_tag = PointKey::Num(0).to_bytes()[0];
     for off in &live {
+        if last.is_some_and(|l| off <= l) {
+            return stale("malformed live set");
+        }
+        last = Some(off);
         let n = match ids.first() {
             Some(&t) if t == num_tag => 9,
             Some(_) => 17,
@@ -189,24 +202,42 @@ mod tests {
         let p = path(&dir.path().join("0.usearch"));
         let (live, keys) = table();
         assert!(write(&p, 42, 9, &live, &keys).unwrap());
-        let (l, k) = read(&p, 42, 9).expect("fresh checkpoint reads");
+        let (l, k) = read(&p, 42, 9, 90_001).expect("fresh checkpoint reads");
         assert_eq!(l, live);
         for off in &live {
             assert_eq!(k.get(off), keys.get(off), "offset {off}");
         }
-        assert!(read(&p, 43, 9).is_none(), "storage moved on since");
-        assert!(read(&p, 42, 8).is_none(), "another graph was loaded");
+        assert!(read(&p, 43, 9, 90_001).is_none(), "storage moved on since");
+        assert!(read(&p, 42, 8, 90_001).is_none(), "another graph was loaded");
+        assert!(read(&p, 42, 9, 90_000).is_none(), "an offset storage never handed out");
         let good = std::fs::read(&p).unwrap();
         for at in [0, 10, 35, good.len() / 2, good.len() - 12, good.len() - 1] {
             let mut bad = good.clone();
             bad[at] ^= 0x40;
             std::fs::write(&p, &bad).unwrap();
-            assert!(read(&p, 42, 9).is_none(), "a flipped byte at {at} is refused");
+            assert!(read(&p, 42, 9, 90_001).is_none(), "a flipped byte at {at} is refused");
         }
         std::fs::write(&p, &good[..good.len() - 20]).unwrap();
-        assert!(read(&p, 42, 9).is_none(), "truncated");
+        assert!(read(&p, 42, 9, 90_001).is_none(), "truncated");
         std::fs::remove_file(&p).unwrap();
-        assert!(read(&p, 42, 9).is_none(), "absent");
+        assert!(read(&p, 42, 9, 90_001).is_none(), "absent");
+        // A file with a valid checksum but an offset near 2^32 (crafted, or
+        // written by a bug): refused before the key table grows to it.
+        let mut far = RoaringBitmap::new();
+        far.insert(u32::MAX - 1);
+        let mut keys = KeyTable::default();
+        keys.insert(0, PointKey::Num(1));
+        let mut body = Vec::new();
+        body.extend_from_slice(MAGIC);
+        body.extend_from_slice(&42u64.to_le_bytes());
+        body.extend_from_slice(&9u64.to_le_bytes());
+        body.extend_from_slice(&(far.serialized_size() as u64).to_le_bytes());
+        far.serialize_into(&mut body).unwrap();
+        body.extend_from_slice(&PointKey::Num(1).to_bytes());
+        let sum = xxhash_rust::xxh3::xxh3_64(&body);
+        body.extend_from_slice(&sum.to_le_bytes());
+        std::fs::write(&p, &body).unwrap();
+        assert!(read(&p, 42, 9, 90_001).is_none(), "an offset past the counter is refused");
     }
 
     #[test]

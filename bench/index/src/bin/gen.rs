@@ -104,6 +104,9 @@ fn main() -> Result<()> {
     let k = 100;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let batch = 32;
+    // Rows per block: 256 x 768 floats (768 KiB) stay in L2 while the
+    // batch's queries pass over them.
+    const BLOCK: usize = 256;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut truth: Vec<Vec<i32>> = vec![vec![]; queries.len()];
     let results = std::sync::Mutex::new(&mut truth);
@@ -117,12 +120,12 @@ fn main() -> Result<()> {
                 let qs = &queries[from..(from + batch).min(queries.len())];
                 // Max-heaps of (distance bits, id): the worst on top.
                 let mut heaps: Vec<BinaryHeap<(u32, u32)>> = qs.iter().map(|_| BinaryHeap::with_capacity(k + 1)).collect();
-                for (b, block) in base.chunks(4096).enumerate() {
+                for (b, block) in base.chunks(BLOCK).enumerate() {
                     for (q, heap) in qs.iter().zip(heaps.iter_mut()) {
                         for (i, row) in block.iter().enumerate() {
                             let d = if cosine { 1.0 - kernel::dot(q, row) } else { kernel::l2sq(q, row) };
                             // Non-negative f32s order as their bits do.
-                            let key = (d.max(0.0).to_bits(), (b * 4096 + i) as u32);
+                            let key = (d.max(0.0).to_bits(), (b * BLOCK + i) as u32);
                             if heap.len() < k {
                                 heap.push(key);
                             } else if key < *heap.peek().expect("k > 0") {
