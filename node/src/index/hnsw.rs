@@ -287,7 +287,7 @@ impl HnswIndex {
 
     /// Whether a quantized graph's calibration was made on a sample small
     /// beside what it holds now, so a rebuild would calibrate better
-    /// (its first [`CALIBRATION_ROWS`]). Cosine int8 needs none.
+    /// (its first [`CALIBRATION_ROWS`]).
     pub fn needs_recalibration(&self) -> bool {
         let g = self.index.read();
         let sampled = match &g.codec {

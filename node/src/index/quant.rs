@@ -36,7 +36,8 @@ fn max_abs_scale(v: &[f32]) -> f32 {
 /// A quantized graph's code and its calibration.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Codec {
-    /// `scale == 0`: each vector is scaled on its own (cosine).
+    /// `scale == 0`: each vector scaled on its own (cosine graphs from
+    /// before shared scales; no longer calibrated, see `usearch_kind`).
     I8 { scale: f32 },
     /// An empty centre is zero.
     B1 { center: Vec<f32> },
@@ -53,9 +54,10 @@ impl Codec {
     pub fn calibrate(int8: bool, metric: Metric, dim: usize, sample: &[&[f32]]) -> Codec {
         let sample = &sample[..sample.len().min(CALIBRATION_ROWS)];
         if int8 {
-            if metric == Metric::Cosine {
-                return Codec::I8 { scale: 0.0 };
-            }
+            // Cosine samples are unit vectors: one scale for all makes
+            // every code's norm about the same, so the graph ranks by the
+            // codes' inner product alone (one multiply-add chain instead of
+            // a dot and two norms per distance).
             let mut abs: Vec<f32> = sample.iter().flat_map(|v| v.iter().map(|x| x.abs())).filter(|x| x.is_finite()).collect();
             if abs.is_empty() {
                 return Codec::I8 { scale: 127.0 };
@@ -84,8 +86,10 @@ impl Codec {
         if !int8 {
             return (ScalarKind::B1, MetricKind::Hamming);
         }
+        // Cosine codes share one scale over unit vectors, so their inner
+        // product ranks like the cosine (graphs from before used usearch's
+        // int8 cosine, `Codec::I8 { scale: 0 }`; they are rebuilt).
         let m = match metric {
-            Metric::Cosine => MetricKind::Cos,
             Metric::L2 => MetricKind::L2sq,
             _ => MetricKind::IP,
         };
@@ -102,7 +106,7 @@ impl Codec {
     /// order over the points does not change with its length), so a long
     /// query is not clamped.
     pub fn encode_query(&self, metric: Metric, q: &[f32]) -> (Code, f32) {
-        self.encode_scaled(q, (metric == Metric::Dot).then(|| max_abs_scale(q)))
+        self.encode_scaled(q, (metric != Metric::L2).then(|| max_abs_scale(q)))
     }
 
     fn encode_scaled(&self, v: &[f32], own: Option<f32>) -> (Code, f32) {
@@ -182,11 +186,15 @@ mod tests {
         assert!((scale - 127.0 / 0.998).abs() < 1e-3, "{scale}");
         let Code::I8(c) = Codec::I8 { scale }.encode(&[0.5, -2.0, 0.0]) else { panic!() };
         assert_eq!(c, vec![64, -127, 0]);
-        assert_eq!(Codec::calibrate(true, Metric::Cosine, 10, &refs), Codec::I8 { scale: 0.0 });
+        // Cosine samples (unit vectors) get one shared scale the same way.
+        assert_eq!(Codec::calibrate(true, Metric::Cosine, 10, &refs), Codec::I8 { scale });
     }
 
+    /// Graphs from before shared cosine scales (`scale == 0`, each
+    /// vector scaled on its own) still decode their sidecars; the shard
+    /// rebuilds them because their usearch metric is cosine.
     #[test]
-    fn cosine_int8_codes_use_the_full_range() {
+    fn legacy_cosine_int8_codes_use_the_full_range() {
         let Code::I8(c) = Codec::I8 { scale: 0.0 }.encode(&[0.05, -0.1, 0.02]) else { panic!() };
         assert_eq!(c, vec![64, -127, 25]);
     }

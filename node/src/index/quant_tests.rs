@@ -155,3 +155,29 @@ fn usearch_int8_inner_product_distance_is_one_minus_dot() {
     assert_eq!(m.keys, vec![2, 1, 3]);
     assert_eq!(m.distances, vec![1.0 - 106.0, 1.0 - 10.0, 1.0 + 50.0]);
 }
+
+/// A cosine int8 graph from before shared scales (usearch's int8 cosine,
+/// each vector scaled on its own, sidecar `i8:0`) is refused at load, so
+/// the shard rebuilds it with the inner-product codes.
+#[test]
+fn a_legacy_cosine_int8_graph_is_rebuilt_not_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 16;
+    let path = dir.path().join("old.usearch");
+    let old = usearch::Index::new(&usearch::IndexOptions { dimensions: dim, metric: usearch::MetricKind::Cos, quantization: usearch::ScalarKind::I8, connectivity: 16, expansion_add: 64, expansion_search: 1, multi: false }).unwrap();
+    old.reserve(10).unwrap();
+    for k in 0..5u64 {
+        old.add(k, &vec![k as i8 + 1; dim]).unwrap();
+    }
+    old.save(path.to_str().unwrap()).unwrap();
+    let file = Arc::new(VectorFile::open(&dir.path().join("old.vectors"), dim, Memory::Cached).unwrap());
+    let p = HnswParams { dim, metric: Metric::Cosine, precision: Precision::I8, m: 16, ef_construction: 64 };
+    let err = HnswIndex::load(p, &path, Some("i8:0;5"), Some(file.clone())).err().expect("a Cos graph is not today's cosine int8 graph");
+    assert!(err.to_string().contains("Cos"), "{err}");
+    // Today's cosine int8 graph: one calibrated scale, inner product.
+    let v = data(300, dim, 2);
+    let h = HnswIndex::with_vectors(p, Some(file)).unwrap();
+    h.add_batch(&v.iter().enumerate().map(|(i, x)| (i as u64, x.as_slice())).collect::<Vec<_>>()).unwrap();
+    let cal = h.calibration().unwrap();
+    assert!(!cal.starts_with("i8:0;"), "a shared scale, not per-vector: {cal}");
+}
