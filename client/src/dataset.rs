@@ -47,14 +47,16 @@ fn read_vecs<T>(path: &Path, conv: fn([u8; 4]) -> T) -> Result<Vec<Vec<T>>> {
 
 /// Writes rows as .fvecs (used by tests and sample generation).
 pub fn write_fvecs(path: &Path, rows: &[Vec<f32>]) -> Result<()> {
-    let mut out = Vec::new();
+    use std::io::Write;
+    // Streamed: a 1M x 768 set is 3 GB.
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     for r in rows {
-        out.extend_from_slice(&(r.len() as i32).to_le_bytes());
+        out.write_all(&(r.len() as i32).to_le_bytes())?;
         for x in r {
-            out.extend_from_slice(&x.to_le_bytes());
+            out.write_all(&x.to_le_bytes())?;
         }
     }
-    std::fs::write(path, out)?;
+    out.flush()?;
     Ok(())
 }
 

@@ -367,9 +367,7 @@ impl Shard {
         let abandoned = checkpoint_tried && restored.is_none();
         if restored.is_none() {
             let _ = std::fs::remove_file(keyfile::path(&index_path));
-        }
-        if restored.is_none() {
-            scan_points(&store, &index, &named, &mut state, text, &mut added, &mut repaired)?;
+            keyfile::scan_points(&store, &index, &named, &mut state, text, &mut added, &mut repaired)?;
         }
         let mut removed = 0;
         if let Some(file_next) = file_next {
@@ -1282,8 +1280,8 @@ impl Shard {
             // (the checkpoint may be newer than its graph; open adds what
             // the graph lacks).
             let keys = keyfile::path(&self.index_path);
-            let meta = std::fs::read_to_string(self.index_path.with_extension("meta")).ok();
-            if let (false, Some((sum, _))) = (keys.exists(), meta.as_deref().and_then(parse_sidecar)) {
+            let sidecar = || std::fs::read_to_string(self.index_path.with_extension("meta")).ok().as_deref().and_then(parse_sidecar);
+            if let Some((sum, _)) = (!keys.exists()).then(sidecar).flatten() {
                 self.store.engine().sync_log()?;
                 if let Some(f) = self.index.vector_file() {
                     f.sync().map_err(crate::error::StorageError::from)?;
@@ -1337,79 +1335,6 @@ impl Shard {
     }
 }
 
-/// The scan of every stored point that rebuilds a shard's in-memory state
-/// at open when no key checkpoint can stand in for it (see keyfile.rs):
-/// the offset -> id table, the live set, the text, sparse and named
-/// indexes, and whatever the graph lacks or whose vector-file slot does not
-/// hold the stored vector (`added`, `repaired`).
-fn scan_points(store: &ShardStore, index: &HnswIndex, named: &named::NamedSet, state: &mut State, text: bool, added: &mut usize, repaired: &mut usize) -> Result<()> {
-    let mut pending: Vec<(u64, Vec<f32>)> = Vec::new();
-    let mut scan_err: Option<IndexError> = None;
-    let flush = |pending: &mut Vec<(u64, Vec<f32>)>| -> std::result::Result<(), IndexError> {
-        let items: Vec<(u64, &[f32])> = pending.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-        index.add_batch(&items)?;
-        pending.clear();
-        Ok(())
-    };
-    // Named vectors go into their graphs in batches bounded in points
-    // and bytes; a multi-vector needs no graph, so only its presence
-    // is kept (no copy of its rows).
-    let mut named_batch: Vec<(u32, BTreeMap<String, shoal_proto::v1::NamedVector>)> = Vec::new();
-    let mut named_bytes = 0usize;
-    store.scan_points(None, &mut |k, p| {
-        if !p.vectors.is_empty() && !named.is_empty() {
-            let vs: BTreeMap<String, shoal_proto::v1::NamedVector> = p.vectors.iter().map(|(n, v)| (n.clone(), if v.rows.is_empty() { v.clone() } else { Default::default() })).collect();
-            named_bytes += vs.values().map(|v| v.values.len() * 4).sum::<usize>();
-            named_batch.push((p.offset, vs));
-            if named_batch.len() >= 4096 || named_bytes >= 64 << 20 {
-                named_bytes = 0;
-                let items: Vec<(u32, &BTreeMap<String, shoal_proto::v1::NamedVector>)> = named_batch.iter().map(|(o, v)| (*o, v)).collect();
-                if let Err(e) = named.add(&items) {
-                    scan_err = Some(IndexError::Usearch(e.to_string()));
-                    return false;
-                }
-                named_batch.clear();
-            }
-        }
-        state.keys.insert(p.offset, k);
-        state.live.insert(p.offset);
-        if text {
-            state.payload.insert_text(p.payload.as_ref(), p.offset);
-        }
-        for (name, v) in &p.sparse {
-            if let Some(idx) = state.sparse.get_mut(name) {
-                idx.insert(p.offset, v);
-            }
-        }
-        if index.contains(p.offset as u64) {
-            match index.keep_loaded(p.offset as u64, &p.vector) {
-                Ok(true) => *repaired += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    scan_err = Some(e);
-                    return false;
-                }
-            }
-        } else {
-            pending.push((p.offset as u64, p.vector));
-            *added += 1;
-            if pending.len() >= 4096 {
-                if let Err(e) = flush(&mut pending) {
-                    scan_err = Some(e);
-                    return false;
-                }
-            }
-        }
-        true
-    })?;
-    if let Some(e) = scan_err {
-        return Err(e.into());
-    }
-    flush(&mut pending)?;
-    named.add(&named_batch.iter().map(|(o, v)| (*o, v)).collect::<Vec<_>>())?;
-    Ok(())
-}
-
 /// A collection's raw `storage` as the graph's precision (unknown: f32).
 pub(crate) fn precision_of(raw: i32) -> Precision {
     Precision::of(VectorStorage::try_from(raw).unwrap_or(VectorStorage::F32))
@@ -1448,9 +1373,7 @@ pub fn write_sidecar(index_path: &Path, checksum: u64, next_offset: u32, seq: u6
     let ok = |c: &&str| c.len() <= 1 << 20 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b":;,.-+".contains(&b));
     let calibration = calibration.filter(ok).map_or(String::new(), |c| format!(",\"calibration\":\"{c}\""));
     let meta = format!("{{\"checksum\":{checksum},\"next_offset\":{next_offset},\"seq\":{seq}{calibration}}}");
-    let meta_path = index_path.with_extension("meta");
-    let tmp = meta_path.with_extension("meta.tmp");
-    std::fs::write(&tmp, meta).and_then(|_| std::fs::File::open(&tmp)?.sync_all()).and_then(|_| crate::storage::rename_durable(&tmp, &meta_path)).map_err(crate::error::StorageError::from)?;
+    crate::storage::write_durable(&index_path.with_extension("meta"), meta.as_bytes()).map_err(crate::error::StorageError::from)?;
     Ok(())
 }
 

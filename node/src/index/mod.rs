@@ -3,6 +3,8 @@
 //! - [`hnsw::HnswIndex`]: the production index, usearch HNSW storing f32 or
 //!   f16. Approximate search (optionally with a predicate) and exact search
 //!   over its stored vectors with simsimd kernels.
+//! - [`kernel`]: Shoal's f32 distance kernels (AVX-512F, AVX2+FMA,
+//!   portable), registered as the f32 graphs' metric and used to re-score.
 //! - [`quant`] and [`vecfile`]: the codes of INT8 and BINARY storage and
 //!   the memory-mapped file of full vectors they are re-scored with.
 //! - [`flat::FlatIndex`]: exact brute force over a contiguous array with

@@ -190,25 +190,26 @@ impl VectorFile {
         self.file.write_all_at(&slot, HEADER + off * self.stride)
     }
 
-    /// Whether slot `off` holds exactly `v` with a valid checksum.
-    pub fn holds(&self, off: u64, v: &[f32]) -> bool {
+    /// Whether slot `off` has a valid checksum and its data passes `want`
+    /// (false past the mapped end).
+    fn check_slot(&self, off: u64, want: impl FnOnce(&[u8]) -> bool) -> bool {
         let r = self.reader();
         let Some(m) = r.map.as_ref() else { return false };
         let Ok(at) = usize::try_from(HEADER + off * self.stride) else { return false };
         let Some(slot) = m.get(at..at + self.stride as usize) else { return false };
         let (data, sum) = slot.split_at(self.dim * 4);
-        data == bytemuck::cast_slice::<f32, u8>(v) && sum == checksum(off, data).to_le_bytes()
+        sum == checksum(off, data).to_le_bytes() && want(data)
+    }
+
+    /// Whether slot `off` holds exactly `v` with a valid checksum.
+    pub fn holds(&self, off: u64, v: &[f32]) -> bool {
+        self.check_slot(off, |data| data == bytemuck::cast_slice::<f32, u8>(v))
     }
 
     /// Whether slot `off` holds a vector whose checksum is valid (what it
     /// holds is not compared with anything).
     pub fn valid(&self, off: u64) -> bool {
-        let r = self.reader();
-        let Some(m) = r.map.as_ref() else { return false };
-        let Ok(at) = usize::try_from(HEADER + off * self.stride) else { return false };
-        let Some(slot) = m.get(at..at + self.stride as usize) else { return false };
-        let (data, sum) = slot.split_at(self.dim * 4);
-        sum == checksum(off, data).to_le_bytes()
+        self.check_slot(off, |_| true)
     }
 
     /// Flushes written slots to disk.

@@ -295,13 +295,16 @@ impl ShardStateMachine {
         crate::storage::rename_durable(from, &to)
     }
 
-    /// Defers HNSW inserts of applied writes to the node's indexer (on a
-    /// follower) or makes them part of every apply (on the leader).
+    /// Records the storage kind and vector memory the map now asks for
+    /// (so an install or a split child opens with them) and hands them to
+    /// the shard ([`Shard::set_storage`]).
     pub fn set_storage(&self, storage: i32, memory: i32) {
         *self.recipe.storage.lock() = (storage, memory);
         self.shard().set_storage(storage, memory);
     }
 
+    /// Defers HNSW inserts of applied writes to the node's indexer (on a
+    /// follower) or makes them part of every apply (on the leader).
     pub fn set_defer_index(&self, on: bool) {
         self.defer_index.store(on, Ordering::Relaxed);
         self.shard().set_defer_index(on);

@@ -1,5 +1,9 @@
-//! The key checkpoint: the shard's live offsets and their point ids as of
-//! its last index save, so a restart need not read every stored point.
+//! A shard's in-memory state at open, rebuilt from the key checkpoint
+//! ([`read`], [`restore`]) or, when none can stand in, by the scan of every
+//! stored point ([`scan_points`]).
+//!
+//! The key checkpoint holds the shard's live offsets and their point ids as
+//! of its last index save, so a restart need not read every stored point.
 //!
 //! Without it, [`Shard::open`] scans the `points` column family and decodes
 //! every point (vector included) to rebuild the offset -> id table, which
@@ -18,13 +22,15 @@
 //! then each live offset's point id in ascending offset order (the
 //! `PointKey` byte form: a tag and 8 or 16 bytes), and an xxh3-64 of all
 //! the bytes before it.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use roaring::RoaringBitmap;
 use shoal_proto::PointKey;
 
 use super::keys::KeyTable;
-use crate::error::Result;
+use super::{named, State};
+use crate::error::{IndexError, Result};
 use crate::index::hnsw::HnswIndex;
 use crate::index::VectorIndex;
 use crate::storage::ShardStore;
@@ -57,10 +63,7 @@ pub fn write(path: &Path, seq: u64, graph: u64, live: &RoaringBitmap, keys: &Key
     }
     let sum = xxhash_rust::xxh3::xxh3_64(&out);
     out.extend_from_slice(&sum.to_le_bytes());
-    let tmp = path.with_extension("keys.tmp");
-    std::fs::write(&tmp, &out)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    crate::storage::rename_durable(&tmp, path)?;
+    crate::storage::write_durable(path, &out)?;
     Ok(true)
 }
 
@@ -141,13 +144,7 @@ pub struct Restored {
 /// checkpoint (the caller scans instead; what was added stays valid).
 pub fn restore(store: &ShardStore, index: &HnswIndex, live: &RoaringBitmap, keys: &KeyTable) -> Result<Option<Restored>> {
     let mut done = Restored { added: 0, repaired: 0 };
-    let mut pending: Vec<(u64, Vec<f32>)> = Vec::new();
-    let flush = |pending: &mut Vec<(u64, Vec<f32>)>| -> Result<()> {
-        let items: Vec<(u64, &[f32])> = pending.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-        index.add_batch(&items)?;
-        pending.clear();
-        Ok(())
-    };
+    let mut pending = Pending::new(index);
     for off in live {
         let held = index.contains(off as u64);
         if held && index.keep_checked(off as u64)? {
@@ -166,16 +163,107 @@ pub fn restore(store: &ShardStore, index: &HnswIndex, live: &RoaringBitmap, keys
         if held {
             done.repaired += usize::from(index.keep_loaded(off as u64, &point.vector)?);
         } else {
-            pending.push((off as u64, point.vector));
+            pending.push(off as u64, point.vector)?;
             done.added += 1;
-            if pending.len() >= 4096 {
-                flush(&mut pending)?;
-            }
         }
     }
-    flush(&mut pending)?;
+    pending.flush()?;
     Ok(Some(done))
 }
+
+/// Vectors read from storage that the graph lacks, added in batches.
+struct Pending<'a> {
+    index: &'a HnswIndex,
+    items: Vec<(u64, Vec<f32>)>,
+}
+
+impl<'a> Pending<'a> {
+    const BATCH: usize = 4096;
+
+    fn new(index: &'a HnswIndex) -> Self {
+        Pending { index, items: Vec::new() }
+    }
+
+    fn push(&mut self, key: u64, v: Vec<f32>) -> std::result::Result<(), IndexError> {
+        self.items.push((key, v));
+        if self.items.len() >= Self::BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::result::Result<(), IndexError> {
+        let items: Vec<(u64, &[f32])> = self.items.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        self.index.add_batch(&items)?;
+        self.items.clear();
+        Ok(())
+    }
+}
+
+/// The scan of every stored point that rebuilds a shard's in-memory state
+/// at open when no key checkpoint can stand in for it (see keyfile.rs):
+/// the offset -> id table, the live set, the text, sparse and named
+/// indexes, and whatever the graph lacks or whose vector-file slot does not
+/// hold the stored vector (`added`, `repaired`).
+pub(super) fn scan_points(store: &ShardStore, index: &HnswIndex, named: &named::NamedSet, state: &mut State, text: bool, added: &mut usize, repaired: &mut usize) -> Result<()> {
+    let mut pending = Pending::new(index);
+    let mut scan_err: Option<IndexError> = None;
+    // Named vectors go into their graphs in batches bounded in points
+    // and bytes; a multi-vector needs no graph, so only its presence
+    // is kept (no copy of its rows).
+    let mut named_batch: Vec<(u32, BTreeMap<String, shoal_proto::v1::NamedVector>)> = Vec::new();
+    let mut named_bytes = 0usize;
+    store.scan_points(None, &mut |k, p| {
+        if !p.vectors.is_empty() && !named.is_empty() {
+            let vs: BTreeMap<String, shoal_proto::v1::NamedVector> = p.vectors.iter().map(|(n, v)| (n.clone(), if v.rows.is_empty() { v.clone() } else { Default::default() })).collect();
+            named_bytes += vs.values().map(|v| v.values.len() * 4).sum::<usize>();
+            named_batch.push((p.offset, vs));
+            if named_batch.len() >= 4096 || named_bytes >= 64 << 20 {
+                named_bytes = 0;
+                let items: Vec<(u32, &BTreeMap<String, shoal_proto::v1::NamedVector>)> = named_batch.iter().map(|(o, v)| (*o, v)).collect();
+                if let Err(e) = named.add(&items) {
+                    scan_err = Some(IndexError::Usearch(e.to_string()));
+                    return false;
+                }
+                named_batch.clear();
+            }
+        }
+        state.keys.insert(p.offset, k);
+        state.live.insert(p.offset);
+        if text {
+            state.payload.insert_text(p.payload.as_ref(), p.offset);
+        }
+        for (name, v) in &p.sparse {
+            if let Some(idx) = state.sparse.get_mut(name) {
+                idx.insert(p.offset, v);
+            }
+        }
+        if index.contains(p.offset as u64) {
+            match index.keep_loaded(p.offset as u64, &p.vector) {
+                Ok(true) => *repaired += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    scan_err = Some(e);
+                    return false;
+                }
+            }
+        } else {
+            *added += 1;
+            if let Err(e) = pending.push(p.offset as u64, p.vector) {
+                scan_err = Some(e);
+                return false;
+            }
+        }
+        true
+    })?;
+    if let Some(e) = scan_err {
+        return Err(e.into());
+    }
+    pending.flush()?;
+    named.add(&named_batch.iter().map(|(o, v)| (*o, v)).collect::<Vec<_>>())?;
+    Ok(())
+}
+
 
 #[cfg(test)]
 mod tests {

@@ -39,6 +39,18 @@ pub fn rename_durable(from: &std::path::Path, to: &std::path::Path) -> std::io::
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Writes `bytes` to `path` atomically and durably: a sibling temporary
+/// file, fsynced, then [`rename_durable`]. Sidecars and key checkpoints go
+/// through here (backups have their own, which also refuses symlinks).
+pub fn write_durable(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    rename_durable(&tmp, path)
+}
+
 use crate::error::StorageError;
 
 /// Column families.

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
+use shoal_client::dataset::write_fvecs;
 use shoal_node::index::kernel;
 
 #[derive(Parser, Debug)]
@@ -58,12 +59,14 @@ impl Rng {
     }
 }
 
-fn write_vecs<T: Copy>(path: &PathBuf, rows: &[Vec<T>], bytes: fn(T) -> [u8; 4]) -> Result<()> {
+/// The ground truth as .ivecs (the client's dataset module reads them but
+/// writes only .fvecs).
+fn write_ivecs(path: &PathBuf, rows: &[Vec<i32>]) -> Result<()> {
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     for r in rows {
         w.write_all(&(r.len() as i32).to_le_bytes())?;
         for x in r {
-            w.write_all(&bytes(*x))?;
+            w.write_all(&x.to_le_bytes())?;
         }
     }
     w.flush()?;
@@ -94,8 +97,8 @@ fn main() -> Result<()> {
     let base: Vec<Vec<f32>> = (0..a.n).map(|_| draw(&mut rng)).collect();
     let queries: Vec<Vec<f32>> = (0..a.queries).map(|_| draw(&mut rng)).collect();
     eprintln!("generated {} x {} in {:.1}s", a.n, a.dim, t.elapsed().as_secs_f64());
-    write_vecs(&a.out.join("base.fvecs"), &base, f32::to_le_bytes)?;
-    write_vecs(&a.out.join("query.fvecs"), &queries, f32::to_le_bytes)?;
+    write_fvecs(&a.out.join("base.fvecs"), &base)?;
+    write_fvecs(&a.out.join("query.fvecs"), &queries)?;
 
     // Exact top 100: threads take batches of queries; each batch scans the
     // base once, block by block, so a block is read from memory once per
@@ -143,7 +146,7 @@ fn main() -> Result<()> {
         }
     });
     eprintln!("exact ground truth (top {k}) for {} queries in {:.1}s on {threads} threads", queries.len(), t.elapsed().as_secs_f64());
-    write_vecs(&a.out.join("groundtruth.ivecs"), &truth, i32::to_le_bytes)?;
+    write_ivecs(&a.out.join("groundtruth.ivecs"), &truth)?;
     let name = a.out.file_name().map_or("clustered".into(), |n| n.to_string_lossy().into_owned());
     let meta = serde_json::json!({
         "name": name,
