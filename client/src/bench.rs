@@ -718,7 +718,8 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn collect_keys(f: &serde_json::Value, out: &mut Vec<String>) {
+/// The payload keys a neutral filter (`filters.json`) names.
+pub fn collect_keys(f: &serde_json::Value, out: &mut Vec<String>) {
     for clause in ["must", "should", "must_not"] {
         for c in f.get(clause).and_then(|x| x.as_array()).into_iter().flatten() {
             if let Some(k) = c.get("key").and_then(|k| k.as_str()) {

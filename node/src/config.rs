@@ -39,10 +39,10 @@ pub struct NodeArgs {
     #[arg(long, env = "SHOAL_BLOCK_CACHE_MB", default_value_t = 8)]
     pub block_cache_mb: usize,
     /// Filtered searches whose filter allows at most this many points scan
-    /// them exactly instead of searching HNSW with a predicate (see
-    /// docs/benchmarks.md for the measurement behind the default).
-    #[arg(long, env = "SHOAL_EXACT_SCAN_THRESHOLD", default_value_t = crate::shard::DEFAULT_EXACT_SCAN_THRESHOLD)]
-    pub exact_scan_threshold: u64,
+    /// them exactly instead of searching HNSW with a predicate. Unset, each
+    /// search chooses by its estimated cost (docs/filters.md).
+    #[arg(long, env = "SHOAL_EXACT_SCAN_THRESHOLD")]
+    pub exact_scan_threshold: Option<u64>,
     /// Build a shard snapshot after this many log entries since the last
     /// one; the log behind it is then purged (0 never snapshots: the log
     /// grows without bound).

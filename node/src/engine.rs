@@ -66,7 +66,7 @@ pub struct EngineConfig {
     pub in_memory: bool,
     pub rocks: RocksTuning,
     /// Filtered searches allowing at most this many points scan exactly.
-    pub exact_scan_threshold: u64,
+    pub exact_scan_threshold: Option<u64>,
     /// Raft timing and snapshot policy of every group on the node.
     pub raft: openraft::Config,
     /// Shared directory for backups (none: backups refused).

@@ -7,9 +7,9 @@
 //! once and tests [`matches`] on each point. Both paths implement the same
 //! semantics (documented in `common.proto`); `matches` is also the oracle in
 //! tests.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
-use roaring::RoaringBitmap;
+use roaring::{MultiOps, RoaringBitmap};
 use shoal_proto::payload::{datetime_micros, geo_point, lookup};
 use shoal_proto::v1::{condition, match_condition, value::Kind, Condition, Filter, GeoPoint, PayloadIndexSpec, PayloadIndexType, Struct, TextMatch, Value};
 use shoal_proto::PointKey;
@@ -40,7 +40,7 @@ impl Ord for OrdF64 {
 pub struct PayloadIndex {
     specs: HashMap<String, PayloadIndexType>,
     keyword: HashMap<String, HashMap<String, RoaringBitmap>>,
-    numeric: HashMap<String, BTreeMap<OrdF64, RoaringBitmap>>,
+    numeric: HashMap<String, numeric::Numeric>,
     boolean: HashMap<String, [RoaringBitmap; 2]>,
     text: HashMap<String, TextIndex>,
 }
@@ -145,7 +145,7 @@ impl PayloadIndex {
                 self.keyword.entry(e.field.clone()).or_default().entry(s.clone()).or_default().insert(e.offset);
             }
             IndexValue::Number(x) => {
-                self.numeric.entry(e.field.clone()).or_default().entry(OrdF64(*x)).or_default().insert(e.offset);
+                self.numeric.entry(e.field.clone()).or_default().insert(*x, e.offset);
             }
             IndexValue::Bool(b) => {
                 self.boolean.entry(e.field.clone()).or_default()[*b as usize].insert(e.offset);
@@ -167,12 +167,7 @@ impl PayloadIndex {
             }
             IndexValue::Number(x) => {
                 if let Some(m) = self.numeric.get_mut(&e.field) {
-                    if let Some(b) = m.get_mut(&OrdF64(*x)) {
-                        b.remove(e.offset);
-                        if b.is_empty() {
-                            m.remove(&OrdF64(*x));
-                        }
-                    }
+                    m.remove(*x, e.offset);
                 }
             }
             IndexValue::Bool(b) => {
@@ -203,13 +198,7 @@ impl PayloadIndex {
                 return RoaringBitmap::new();
             }
         }
-        let mut out = RoaringBitmap::new();
-        if let Some(m) = self.numeric.get(key) {
-            for (_, b) in m.range((lo, hi)) {
-                out |= b;
-            }
-        }
-        out
+        self.numeric.get(key).map(|m| m.range(lo, hi)).unwrap_or_default()
     }
 
     /// Answers `c` from the indexes, or None if they cannot.
@@ -228,15 +217,7 @@ impl PayloadIndex {
                     // -0.0 and 0.0 are equal numbers but distinct index keys.
                     Some(if *x == 0.0 { self.numbers(&m.key, Included(-0.0), Included(0.0)) } else { self.numbers(&m.key, Included(*x), Included(*x)) })
                 }
-                (PayloadIndexType::Keyword, match_condition::Value::Prefix(p)) => {
-                    let mut out = RoaringBitmap::new();
-                    for (v, b) in self.keyword.get(&m.key).into_iter().flatten() {
-                        if v.starts_with(p.as_str()) {
-                            out |= b;
-                        }
-                    }
-                    Some(out)
-                }
+                (PayloadIndexType::Keyword, match_condition::Value::Prefix(p)) => Some(self.keyword.get(&m.key).into_iter().flatten().filter(|(v, _)| v.starts_with(p.as_str())).map(|(_, b)| b).union()),
                 _ => None,
             },
             condition::Kind::Text(t) => {
@@ -256,13 +237,7 @@ impl PayloadIndex {
             condition::Kind::MatchAny(m) => match self.ty(&m.key)? {
                 PayloadIndexType::Keyword if m.integers.is_empty() => {
                     let idx = self.keyword.get(&m.key);
-                    let mut out = RoaringBitmap::new();
-                    for s in &m.keywords {
-                        if let Some(b) = idx.and_then(|x| x.get(s)) {
-                            out |= b;
-                        }
-                    }
-                    Some(out)
+                    Some(m.keywords.iter().filter_map(|s| idx.and_then(|x| x.get(s))).union())
                 }
                 PayloadIndexType::Numeric if m.keywords.is_empty() => {
                     let mut out = RoaringBitmap::new();
@@ -285,7 +260,7 @@ impl PayloadIndex {
     /// Rough bytes used, for status output.
     pub fn memory_bytes(&self) -> usize {
         let kw: usize = self.keyword.values().flat_map(|m| m.iter()).map(|(k, b)| k.len() + b.serialized_size()).sum();
-        let num: usize = self.numeric.values().flat_map(|m| m.values()).map(|b| 8 + b.serialized_size()).sum();
+        let num: usize = self.numeric.values().map(numeric::Numeric::memory_bytes).sum();
         let text: usize = self.text.values().map(TextIndex::memory_bytes).sum();
         kw + num + text
     }
@@ -583,5 +558,6 @@ impl<'a> Prepared<'a> {
 }
 
 pub mod geo;
+mod numeric;
 #[cfg(test)]
 mod tests;

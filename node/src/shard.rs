@@ -57,14 +57,42 @@ use crate::index::{Allowed, Distance, Hit, Precision, VectorIndex};
 use crate::storage::{ShardStore, StoreBatch, StoredPoint};
 pub use reindex::Schema;
 
-/// Filtered searches whose filter allows at most this many points scan
-/// them exactly instead of walking the HNSW graph with a predicate.
-/// Measured on debian-384 (docs/benchmarks.md, "Exact-scan threshold"):
-/// exact is faster at 6.6k allowed points (589 vs 316 QPS), predicate
-/// search at 24k (803 vs 124 QPS), and the two cross near 10k. The cost of
-/// a scan grows with the dimension, so lower dimensions favour a higher
-/// threshold; `--exact-scan-threshold` overrides it per node.
-pub const DEFAULT_EXACT_SCAN_THRESHOLD: u64 = 10_000;
+/// The cost of one `ef` of a predicate walk, in points of an exact scan.
+/// Measured on debian-384 in-process (docs/benchmarks.md, "Filtered
+/// search"): an unfiltered walk costs about 3.3 µs per `ef` there (a
+/// predicate adds 1.2x to 1.8x), a scan 0.16 µs per point when its rows
+/// are in cache and 0.38 µs when they are not. Both grow with the
+/// dimension, so their ratio holds better than either.
+pub const WALK_EF_IN_SCANNED_POINTS: u64 = 12;
+
+/// Whether a filtered search scans the `allowed` points exactly rather
+/// than walk the graph with a predicate. With `threshold` (the node's
+/// `--exact-scan-threshold`), it scans at most that many points; without
+/// it, it scans when that costs less than the walk. A walk keeping
+/// [`filtered_ef`] allowed points goes as far out as an unfiltered walk of
+/// `max(ef, fetch / s)` at selectivity `s`: at least `fetch / s`, which is
+/// what makes walks over rare values slow (a 0.2% filter walks like an
+/// unfiltered `ef` of 7,000).
+pub(crate) fn prefer_scan(allowed: u64, total: u64, ef: usize, fetch: usize, threshold: Option<u64>) -> bool {
+    if let Some(t) = threshold {
+        return allowed <= t;
+    }
+    let walk_ef = (ef as u64).max((fetch as u64).saturating_mul(total.max(1)) / allowed.max(1));
+    allowed <= walk_ef.saturating_mul(WALK_EF_IN_SCANNED_POINTS)
+}
+
+/// The `ef` of a predicate walk over a filter allowing `allowed` of
+/// `total` points, for a search asking `ef`. The walk's result list holds
+/// allowed points only, so its radius is that of its `ef'`-th allowed
+/// point: about the `ef'/s`-th point overall at selectivity `s`. Asking
+/// for `ef·s` allowed points (at least `fetch`) walks as far out as an
+/// unfiltered search of `ef` does; asking for `ef` walks `1/s` times as
+/// far and costs about that much more (docs/benchmarks.md, "Filtered
+/// search").
+pub(crate) fn filtered_ef(ef: usize, fetch: usize, allowed: u64, total: u64) -> usize {
+    let s = (allowed as f64 / total.max(1) as f64).min(1.0);
+    ((ef as f64 * s).ceil() as usize).clamp(fetch, ef.max(fetch))
+}
 
 const META_SEQ: &str = "seq";
 const META_NEXT_OFFSET: &str = "next_offset";
@@ -130,7 +158,9 @@ pub struct Shard {
     /// Pending-set changes moved into the graph since open (forces a save).
     indexed: AtomicU64,
     saved_indexed: AtomicU64,
-    pub exact_scan_threshold: u64,
+    /// `--exact-scan-threshold`: filtered searches allowing at most this
+    /// many points scan them; `None` chooses by cost ([`prefer_scan`]).
+    pub exact_scan_threshold: Option<u64>,
     /// Offsets [`Shard::index_pending`] is adding to the graph now (it runs
     /// without the writer lock): a save keeps them out of the reusable
     /// set, since the file may catch one of them before it is removed.
@@ -428,7 +458,7 @@ impl Shard {
             saved_seq: AtomicU64::new(saved),
             indexed: AtomicU64::new(0),
             saved_indexed: AtomicU64::new(0),
-            exact_scan_threshold: DEFAULT_EXACT_SCAN_THRESHOLD,
+            exact_scan_threshold: None,
             pending: RwLock::new(BTreeMap::new()),
             defer_index: AtomicBool::new(false),
             opened: outcome,
@@ -1212,8 +1242,8 @@ impl Shard {
             (Some(a), _) if a.is_empty() => vec![],
             (Some(a), true) => graph.exact(q, fetch, &Allowed::Set(a))?,
             (None, true) => graph.exact(q, fetch, &Allowed::Set(universe))?,
-            (Some(a), false) if a.len() <= self.exact_scan_threshold => graph.exact(q, fetch, &Allowed::Set(a))?,
-            (Some(a), false) => graph.search_with(q, fetch, ef.max(fetch), &Allowed::Set(a), opts)?,
+            (Some(a), false) if prefer_scan(a.len(), universe.len(), ef, fetch, self.exact_scan_threshold) => graph.exact(q, fetch, &Allowed::Set(a))?,
+            (Some(a), false) => graph.search_with(q, fetch, filtered_ef(ef, fetch, a.len(), universe.len()), &Allowed::Set(a), opts)?,
             (None, false) => graph.search_with(q, fetch, ef.max(fetch), &Allowed::All, opts)?,
         })
     }

@@ -136,9 +136,10 @@ enum Cmd {
         /// RocksDB block cache in MiB.
         #[arg(long, env = "SHOAL_BLOCK_CACHE_MB", default_value_t = 8)]
         block_cache_mb: usize,
-        /// Filtered searches allowing at most this many points scan exactly.
-        #[arg(long, env = "SHOAL_EXACT_SCAN_THRESHOLD", default_value_t = shoal_node::shard::DEFAULT_EXACT_SCAN_THRESHOLD)]
-        exact_scan_threshold: u64,
+        /// Filtered searches allowing at most this many points scan
+        /// exactly (unset: chosen per search by estimated cost).
+        #[arg(long, env = "SHOAL_EXACT_SCAN_THRESHOLD")]
+        exact_scan_threshold: Option<u64>,
     },
 }
 

@@ -15,6 +15,12 @@
 //! runs it beside faiss, Qdrant's engine and usearch (`bench/engines.py`)
 //! so that every figure is a ratio from one run.
 //!
+//! With `--filters`, the shard level also loads the payloads, indexes the
+//! fields of the dataset's `filters.json` and measures each filter set at
+//! every `ef` three ways: the node's plan (walk or scan, chosen by the
+//! number of points the filter allows), the predicate walk alone and the
+//! exact scan alone, beside the unfiltered search of the same `ef`.
+//!
 //! `shoal-index-bench --dataset ../shared/data/debian-384 --storage f32,int8,binary --ef 32,64 --json out.json`
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +37,7 @@ use shoal_node::storage::{memory::MemoryEngine, ShardStore};
 use shoal_client::bench::{exact_truth, metric_of};
 use shoal_client::cli::StorageArg;
 use shoal_client::dataset::Dataset;
-use shoal_proto::v1::{CollectionConfig, HnswConfig, PointStruct, SearchPointsRequest, VectorStorage};
+use shoal_proto::v1::{CollectionConfig, Filter, HnswConfig, PayloadIndexSpec, PayloadIndexType, PointStruct, SearchPointsRequest, Struct, VectorStorage};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -68,6 +74,9 @@ struct Args {
     dir: Option<PathBuf>,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Shard level: also measure the dataset's filter sets.
+    #[arg(long)]
+    filters: bool,
 }
 
 fn recall(got: &[u64], want: &[u64]) -> f64 {
@@ -91,12 +100,56 @@ fn measure(queries: &[Vec<f32>], truth: &[Vec<u64>], min_secs: f64, mut search: 
     (n as f64 / start.elapsed().as_secs_f64(), r)
 }
 
+/// One `Shard::search`, the hits' numeric ids.
+fn shard_search(shard: &Shard, q: &[f32], ef: usize, over: Option<f32>, filter: Option<&Filter>, exact: bool) -> Vec<u64> {
+    let req = SearchPointsRequest { vector: q.to_vec(), top_k: 10, ef: Some(ef as u32), oversampling: over, filter: filter.cloned(), exact, ..Default::default() };
+    shard
+        .search(&req)
+        .expect("search")
+        .iter()
+        .map(|p| match p.id.as_ref().and_then(|i| i.kind.as_ref()) {
+            Some(shoal_proto::v1::point_id::Kind::Num(n)) => *n,
+            _ => u64::MAX,
+        })
+        .collect()
+}
+
+/// Payload indexes for the fields the filter sets use, typed by the first
+/// payload's values.
+fn payload_indexes(sets: &[shoal_client::dataset::FilterSet], first: Option<&Struct>) -> Vec<PayloadIndexSpec> {
+    let mut keys = vec![];
+    for s in sets {
+        shoal_client::bench::collect_keys(&s.filter, &mut keys);
+    }
+    keys.sort();
+    keys.dedup();
+    use shoal_proto::v1::value::Kind;
+    keys.into_iter()
+        .filter_map(|k| {
+            let ty = match first?.fields.get(&k)?.kind.as_ref()? {
+                Kind::StringValue(_) => PayloadIndexType::Keyword,
+                Kind::IntegerValue(_) | Kind::DoubleValue(_) => PayloadIndexType::Numeric,
+                Kind::BoolValue(_) => PayloadIndexType::Bool,
+                _ => return None,
+            };
+            Some(PayloadIndexSpec { key: k, r#type: ty as i32, ..Default::default() })
+        })
+        .collect()
+}
+
 fn main() -> Result<()> {
     let a = Args::parse();
     let ds = Dataset::load(&a.dataset)?;
     let name = ds.meta.name.clone();
     let metric = metric_of(&ds.meta.metric)?;
     let (mut base, queries) = (ds.base, ds.queries);
+    let (payloads, filter_sets) = if a.filters {
+        anyhow::ensure!(a.limit.is_none(), "--filters uses the whole base set (the filter sets' ground truth is for it): drop --limit");
+        let p = ds.payloads.ok_or_else(|| anyhow::anyhow!("--filters: the dataset has no payload.jsonl.gz"))?;
+        (p.iter().map(Struct::try_from).collect::<Result<Vec<_>, _>>()?, ds.filters)
+    } else {
+        (vec![], vec![])
+    };
     let truth: Vec<Vec<u64>> = match a.limit {
         Some(n) if n < base.len() => {
             base.truncate(n);
@@ -160,34 +213,38 @@ fn main() -> Result<()> {
                 metric: metric as i32,
                 storage: storage as i32,
                 hnsw: Some(HnswConfig { m: a.m as u32, ef_construction: a.ef_construction as u32, ef_search: 0 }),
+                payload_indexes: payload_indexes(&filter_sets, payloads.first()),
                 ..Default::default()
             })?;
             let sdir = dir.join(format!("shard-{}", kind.replace('/', "-")));
             let _ = std::fs::remove_dir_all(&sdir);
-            let (shard, _) = Shard::open(config, 0, ShardStore::new(Arc::new(MemoryEngine::new()), "bench", 0), &sdir)?;
+            let (mut shard, _) = Shard::open(config, 0, ShardStore::new(Arc::new(MemoryEngine::new()), "bench", 0), &sdir)?;
             let started = Instant::now();
             for (c, chunk) in base.chunks(1000).enumerate() {
-                let points: Vec<PointStruct> = chunk.iter().enumerate().map(|(i, v)| PointStruct { id: Some(((c * 1000 + i) as u64).into()), vector: v.clone(), ..Default::default() }).collect();
+                let points: Vec<PointStruct> = chunk.iter().enumerate().map(|(i, v)| PointStruct { id: Some(((c * 1000 + i) as u64).into()), vector: v.clone(), payload: payloads.get(c * 1000 + i).cloned(), ..Default::default() }).collect();
                 shard.write(&points, &[], None)?;
             }
             let build = started.elapsed().as_secs_f64();
             eprintln!("{name} {kind} shard: {} points written in {build:.1}s", base.len());
             for &ef in &a.ef {
                 for over in &overs {
-                    let (qps, r) = measure(&queries, &truth, a.min_secs, |q| {
-                        let req = SearchPointsRequest { vector: q.to_vec(), top_k: 10, ef: Some(ef as u32), oversampling: *over, ..Default::default() };
-                        shard
-                            .search(&req)
-                            .expect("search")
-                            .iter()
-                            .map(|p| match p.id.as_ref().and_then(|i| i.kind.as_ref()) {
-                                Some(shoal_proto::v1::point_id::Kind::Num(n)) => *n,
-                                _ => u64::MAX,
-                            })
-                            .collect()
-                    });
+                    let (qps, r) = measure(&queries, &truth, a.min_secs, |q| shard_search(&shard, q, ef, *over, None, false));
                     eprintln!("{name} {kind} shard ef={ef} oversampling={over:?}: qps={qps:.0} recall@10={r:.4}");
                     out.push(json!({"dataset": name, "engine": "shoal", "level": "shard", "storage": kind, "ef": ef, "oversampling": over, "qps": qps, "recall_at_10": r, "n": base.len(), "dim": dim}));
+                    for set in &filter_sets {
+                        let f = shoal_client::filter::from_json(&set.filter)?;
+                        let gt: Vec<Vec<u64>> = set.groundtruth.clone();
+                        let threshold = shard.exact_scan_threshold;
+                        let mut row = json!({"dataset": name, "engine": "shoal", "level": "shard", "storage": kind, "ef": ef, "oversampling": over, "filter": set.name, "selectivity": set.selectivity, "unfiltered_qps": qps});
+                        for (plan, t, exact) in [("plan", threshold, false), ("walk", Some(0), false), ("scan", Some(u64::MAX), false), ("exact", threshold, true)] {
+                            shard.exact_scan_threshold = t;
+                            let (fq, fr) = measure(&queries, &gt, a.min_secs, |q| shard_search(&shard, q, ef, *over, Some(&f), exact));
+                            eprintln!("{name} {kind} shard ef={ef} filter {:<28} sel={:.4} {plan:<5}: qps={fq:.0} ({:.2}x unfiltered) recall@10={fr:.4}", set.name, set.selectivity, fq / qps);
+                            row[plan] = json!({"qps": fq, "recall_at_10": fr, "ratio": fq / qps});
+                        }
+                        shard.exact_scan_threshold = threshold;
+                        out.push(row);
+                    }
                 }
             }
         }

@@ -143,7 +143,7 @@ struct Recipe {
     store: ShardStore,
     kv: Arc<dyn KvEngine>,
     index_dir: PathBuf,
-    exact_scan_threshold: u64,
+    exact_scan_threshold: Option<u64>,
     generation: AtomicU64,
 }
 
@@ -181,7 +181,7 @@ pub struct ShardStateMachine {
 impl ShardStateMachine {
     /// Opens the shard (loading or rebuilding its index) for Raft.
     pub fn open(config: CollectionConfig, shard_id: u32, store: ShardStore, index_dir: PathBuf) -> Result<Self, NodeError> {
-        Self::open_with(config, shard_id, store, index_dir, crate::shard::DEFAULT_EXACT_SCAN_THRESHOLD)
+        Self::open_with(config, shard_id, store, index_dir, None)
     }
 
     /// Like [`ShardStateMachine::open`] with a filtered-search exact-scan
@@ -189,7 +189,7 @@ impl ShardStateMachine {
     /// generation-0 store; the live generation is read from the node key,
     /// and leftovers of an install cut short (or of the generation it
     /// replaced) are deleted.
-    pub fn open_with(config: CollectionConfig, shard_id: u32, store: ShardStore, index_dir: PathBuf, exact_scan_threshold: u64) -> Result<Self, NodeError> {
+    pub fn open_with(config: CollectionConfig, shard_id: u32, store: ShardStore, index_dir: PathBuf, exact_scan_threshold: Option<u64>) -> Result<Self, NodeError> {
         let kv = store.engine();
         let g = match shard_store::node_meta_get(&*kv, &generation_key(&config.name, shard_id))? {
             Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| crate::error::StorageError::Corrupt { what: "replica generation", detail: config.name.clone() })?),

@@ -222,7 +222,7 @@ fn filtered_and_exact_search_match_the_oracle() {
     let f = Filter { must: vec![Condition { kind: Some(condition::Kind::Match(MatchCondition { key: "group".into(), value: Some(match_condition::Value::Keyword("g3".into())) })) }], ..Default::default() };
     for threshold in [0, u64::MAX] {
         // Both the predicate path (threshold 0) and the exact-scan path.
-        s.exact_scan_threshold = threshold;
+        s.exact_scan_threshold = Some(threshold);
         let mut recall = 0.0;
         for q in vecs(30, dim, 9) {
             let want: Vec<u64> = oracle.exact(&q, 10, &Allowed::Set(&g3)).unwrap().iter().map(|h| h.key).collect();
@@ -639,4 +639,31 @@ fn a_clean_restart_from_the_key_checkpoint_matches_a_scan() {
     let s = open();
     assert!(s.opened_from_checkpoint());
     assert_eq!(view(&s), before);
+}
+
+/// The filtered-search plan: a walk keeps `ef·s` allowed points (never
+/// fewer than fetched, never more than `ef`); the cost model scans rare
+/// filters and walks common ones; a node threshold overrides it.
+#[test]
+fn filtered_plan_follows_selectivity() {
+    use crate::shard::{filtered_ef, prefer_scan, WALK_EF_IN_SCANNED_POINTS};
+    assert_eq!(filtered_ef(128, 14, 50_000, 100_000), 64);
+    assert_eq!(filtered_ef(128, 14, 1_000, 100_000), 14, "at least what is fetched");
+    assert_eq!(filtered_ef(128, 14, 100_000, 100_000), 128, "an all-passing filter walks like no filter");
+    assert_eq!(filtered_ef(8, 14, 100_000, 100_000), 14);
+    assert_eq!(filtered_ef(128, 14, 0, 0), 14);
+    // 63k points, ef 32, fetch 14 (the debian set's shapes).
+    let n = 63_000;
+    assert!(prefer_scan(136, n, 32, 14, None), "0.2%: a walk would go as far as ef 6,500");
+    assert!(prefer_scan(1_088, n, 32, 14, None), "1.7%: scan");
+    assert!(!prefer_scan(6_600, n, 32, 14, None), "10%: walk");
+    assert!(!prefer_scan(24_000, n, 32, 14, None), "38%: walk");
+    // The crossing point grows with ef.
+    let at = |ef| (1..n).find(|a| !prefer_scan(*a, n, ef, 14, None)).unwrap();
+    assert!(at(512) > at(32), "{} vs {}", at(512), at(32));
+    assert!(at(32) as f64 >= (14.0 * n as f64 * WALK_EF_IN_SCANNED_POINTS as f64).sqrt() * 0.99);
+    // An operator's threshold wins.
+    assert!(prefer_scan(6_600, n, 32, 14, Some(10_000)));
+    assert!(!prefer_scan(136, n, 32, 14, Some(0)));
+    assert!(prefer_scan(0, 0, 32, 14, None), "an empty shard scans nothing");
 }
