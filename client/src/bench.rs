@@ -91,6 +91,11 @@ pub struct BenchArgs {
     /// figures are then null.
     #[arg(long)]
     pub reuse: bool,
+    /// `ef` of the filtered query sets (default: the collection's); each
+    /// set's QPS is also reported as a ratio to the unfiltered QPS at this
+    /// `ef` when `--ef` measured it.
+    #[arg(long)]
+    pub filter_ef: Option<u32>,
     /// Build the in-process baseline for cosine data the way Shoal stores it
     /// (unit vectors, inner product) instead of with usearch's cos metric:
     /// the ratio then measures serving overhead alone.
@@ -649,24 +654,47 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
             "rounds_qps": grpc_qps, "rounds_inprocess_qps": ip_qps, "rounds_server_cpu_us": server_us, "rounds_client_cpu_us": client_us, "rounds_inprocess_cpu_us": ip_us}));
     }
 
+    let default_ef = shoal_proto::limits::DEFAULT_HNSW_EF_SEARCH;
     let mut filtered = vec![];
     if n == ds.base.len() {
         for set in &ds.filters {
             let f = filter::from_json(&set.filter).with_context(|| format!("filter set {}", set.name))?;
             let gt: Arc<Vec<Vec<u64>>> = Arc::new(set.groundtruth.clone());
-            let mk = |exact: bool| -> Arc<Vec<SearchBuilder>> { Arc::new(ds.queries.iter().map(|q| over(SearchBuilder::new(&name, q.clone(), 10).filter(f.clone()).exact(exact))).collect()) };
+            let filter_ef = a.filter_ef;
+            let mk = |exact: bool| -> Arc<Vec<SearchBuilder>> {
+                Arc::new(
+                    ds.queries
+                        .iter()
+                        .map(|q| {
+                            let s = over(SearchBuilder::new(&name, q.clone(), 10).filter(f.clone()).exact(exact));
+                            match filter_ef {
+                                Some(ef) => s.ef(ef),
+                                None => s,
+                            }
+                        })
+                        .collect(),
+                )
+            };
             let approx = grpc_run(&pool, mk(false), gt.clone(), a.inflight.unwrap_or(a.concurrency), 0.0).await?;
             let exact = grpc_run(&pool, mk(true), gt, a.inflight.unwrap_or(a.concurrency), 0.0).await?;
+            let ef = a.filter_ef.unwrap_or(default_ef);
+            let ratio = runs.iter().find(|r| r["ef"] == ef && r["consistency"] == "strong").and_then(|r| r["qps"].as_f64()).map(|u| approx.qps / u);
             eprintln!(
-                "filter {:<28} sel={:.4} recall@10={:.4} qps={:.0} | exact: recall@10={:.4} identical_top10={:.4} qps={:.0}",
-                set.name, set.selectivity, approx.recall, approx.qps, exact.recall, exact.exact_match, exact.qps
+                "filter {:<28} sel={:.4} ef={ef} recall@10={:.4} qps={:.0} ({} unfiltered) | exact: recall@10={:.4} identical_top10={:.4} qps={:.0}",
+                set.name,
+                set.selectivity,
+                approx.recall,
+                approx.qps,
+                ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+                exact.recall,
+                exact.exact_match,
+                exact.qps
             );
-            filtered.push(json!({"name": set.name, "selectivity": set.selectivity, "recall_at_10": approx.recall, "qps": approx.qps, "p99_ms": approx.p99_ms,
+            filtered.push(json!({"name": set.name, "selectivity": set.selectivity, "ef": ef, "recall_at_10": approx.recall, "qps": approx.qps, "ratio_to_unfiltered": ratio, "p99_ms": approx.p99_ms,
                 "exact_recall_at_10": exact.recall, "exact_identical_top10": exact.exact_match, "exact_qps": exact.qps}));
         }
     }
 
-    let default_ef = shoal_proto::limits::DEFAULT_HNSW_EF_SEARCH;
     let raw = ds.meta.dim as f64 * 4.0;
     let links = 2.0 * a.m as f64 * 4.0;
     let out = json!({

@@ -338,7 +338,9 @@ impl Engine {
                     }
                 }
                 // Idle: rebuild one graph full of removed nodes (after a
-                // split, or many replaces), if any.
+                // split, or many replaces), if any; else keep partition
+                // graphs (shard/partition.rs) up to date, one step.
+                let mut worked = false;
                 if moved == 0 {
                     if let Some(s) = shards.iter().find(|s| s.needs_compaction()) {
                         if let Err(e) = s.compact_index(&stopping) {
@@ -348,9 +350,16 @@ impl Engine {
                         if let Err(e) = s.compact_named(&stopping) {
                             tracing::error!(collection = %s.collection, shard = s.shard_id, error = %e, "compacting a named HNSW graph failed");
                         }
+                    } else {
+                        for s in &shards {
+                            match s.maintain_partitions(&stopping) {
+                                Ok(w) => worked |= w,
+                                Err(e) => tracing::error!(collection = %s.collection, shard = s.shard_id, error = %e, "updating partition graphs failed"),
+                            }
+                        }
                     }
                 }
-                if moved == 0 {
+                if moved == 0 && !worked {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }

@@ -84,6 +84,12 @@ impl PayloadIndex {
         }
     }
 
+    /// The versions holding keyword `value` in field `key`, if `key` has a
+    /// keyword index and some version holds it.
+    pub fn keyword_points(&self, key: &str, value: &str) -> Option<&RoaringBitmap> {
+        self.keyword.get(key)?.get(value)
+    }
+
     /// The text index of `key`, if it has one.
     pub fn text_index(&self, key: &str) -> Option<&TextIndex> {
         self.text.get(key)

@@ -168,6 +168,8 @@ pub struct Shard {
     /// Versions applied but not yet in the graph: offset -> prepared vector.
     pending: RwLock<BTreeMap<u32, Vec<f32>>>,
     defer_index: AtomicBool,
+    /// Graphs over frequently filtered keyword values ([`partition`]).
+    partitions: partition::Partitions,
     /// How the HNSW graph was obtained at open.
     opened: IndexOpen,
     /// Whether open used the key checkpoint instead of scanning every
@@ -461,6 +463,7 @@ impl Shard {
             exact_scan_threshold: None,
             pending: RwLock::new(BTreeMap::new()),
             defer_index: AtomicBool::new(false),
+            partitions: Default::default(),
             opened: outcome,
             from_checkpoint: restored.is_some(),
             retired: AtomicBool::new(false),
@@ -516,7 +519,7 @@ impl Shard {
         // Not under the state lock: searches take `named` before `state`.
         let named = self.named.read().memory_bytes();
         let st = self.state.read();
-        self.index.memory_bytes() + self.pending.read().len() * self.config.dimension as usize * 4 + st.payload.memory_bytes() + st.sparse.values().map(SparseIndex::memory_bytes).sum::<usize>() + named + st.keys.memory_bytes() + st.live.serialized_size()
+        self.index.memory_bytes() + self.partitions.memory_bytes() + self.pending.read().len() * self.config.dimension as usize * 4 + st.payload.memory_bytes() + st.sparse.values().map(SparseIndex::memory_bytes).sum::<usize>() + named + st.keys.memory_bytes() + st.live.serialized_size()
     }
 
     fn metric(&self) -> Metric {
@@ -1004,6 +1007,7 @@ impl Shard {
             for off in &reused {
                 st.reusable.remove(*off);
             }
+            self.partitions.note_reused(&reused);
             if let Some(w) = st.reused_watch.as_mut() {
                 w.extend(reused.iter().copied());
             }
@@ -1215,7 +1219,15 @@ impl Shard {
             if let Some(h) = hidden {
                 allowed = Some(allowed.unwrap_or_else(|| st.live.clone()) - h);
             }
-            let mut hits = self.graph_hits(&self.index, &q, fetch, ef, allowed.as_ref(), &st.live, req)?;
+            // A filter on a keyword value with a partition graph walks that.
+            let part = match (&req.filter, &allowed) {
+                (Some(f), Some(a)) if !req.exact => self.partition_for(f, &st, a, ef, fetch).map(|p| (p, a)),
+                _ => None,
+            };
+            let mut hits = match part.map(|(p, a)| self.partition_hits(&p, &q, fetch, ef, a)).transpose()?.flatten() {
+                Some(h) => h,
+                None => self.graph_hits(&self.index, &q, fetch, ef, allowed.as_ref(), &st.live, req)?,
+            };
             let extra = self.pending_hits(&q, allowed.as_ref().unwrap_or(&st.live));
             if !extra.is_empty() {
                 // A version being moved into the graph can be in both.
@@ -1443,6 +1455,9 @@ mod reindex;
 pub use reindex::SPECS;
 pub mod requests;
 mod keyfile;
+mod partition;
+#[cfg(test)]
+mod partition_tests;
 mod keys;
 pub mod split;
 #[cfg(test)]

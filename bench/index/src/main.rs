@@ -17,9 +17,10 @@
 //!
 //! With `--filters`, the shard level also loads the payloads, indexes the
 //! fields of the dataset's `filters.json` and measures each filter set at
-//! every `ef` three ways: the node's plan (walk or scan, chosen by the
-//! number of points the filter allows), the predicate walk alone and the
-//! exact scan alone, beside the unfiltered search of the same `ef`.
+//! every `ef`: the node's plan (walk or scan, chosen by the number of
+//! points the filter allows), the predicate walk alone, the exact scan
+//! alone, and the plan again once the partition graphs the searches asked
+//! for are built, beside the unfiltered search of the same `ef`.
 //!
 //! `shoal-index-bench --dataset ../shared/data/debian-384 --storage f32,int8,binary --ef 32,64 --json out.json`
 use std::path::PathBuf;
@@ -235,6 +236,7 @@ fn main() -> Result<()> {
                         let f = shoal_client::filter::from_json(&set.filter)?;
                         let gt: Vec<Vec<u64>> = set.groundtruth.clone();
                         let threshold = shard.exact_scan_threshold;
+                        shard.clear_partitions();
                         let mut row = json!({"dataset": name, "engine": "shoal", "level": "shard", "storage": kind, "ef": ef, "oversampling": over, "filter": set.name, "selectivity": set.selectivity, "unfiltered_qps": qps});
                         for (plan, t, exact) in [("plan", threshold, false), ("walk", Some(0), false), ("scan", Some(u64::MAX), false), ("exact", threshold, true)] {
                             shard.exact_scan_threshold = t;
@@ -243,6 +245,16 @@ fn main() -> Result<()> {
                             row[plan] = json!({"qps": fq, "recall_at_10": fr, "ratio": fq / qps});
                         }
                         shard.exact_scan_threshold = threshold;
+                        // The plan again once the indexer (here: this
+                        // loop) built the partition graphs searches asked for.
+                        let started = Instant::now();
+                        while shard.maintain_partitions(&std::sync::atomic::AtomicBool::new(false))? {}
+                        let built = started.elapsed().as_secs_f64();
+                        let (fq, fr) = measure(&queries, &gt, a.min_secs, |q| shard_search(&shard, q, ef, *over, Some(&f), false));
+                        let (parts, points) = shard.partition_stats();
+                        eprintln!("{name} {kind} shard ef={ef} filter {:<28} sel={:.4} partitioned: qps={fq:.0} ({:.2}x unfiltered) recall@10={fr:.4} ({parts} partitions, {points} points, built in {built:.1}s)", set.name, set.selectivity, fq / qps);
+                        row["partitioned"] = json!({"qps": fq, "recall_at_10": fr, "ratio": fq / qps, "partitions": parts, "points": points, "build_s": built});
+                        shard.clear_partitions();
                         out.push(row);
                     }
                 }
