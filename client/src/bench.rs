@@ -656,6 +656,18 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
 
     let default_ef = shoal_proto::limits::DEFAULT_HNSW_EF_SEARCH;
     let mut filtered = vec![];
+    if n == ds.base.len() && !ds.filters.is_empty() {
+        // Warm-up: the filtered searches ask for the partition graphs they
+        // would use, and nodes build them when idle (docs/filters.md). The
+        // pause gives them time (debian's largest takes about 0.5 s); the
+        // bench does not check that every build finished.
+        for set in &ds.filters {
+            let f = filter::from_json(&set.filter).with_context(|| format!("filter set {}", set.name))?;
+            let warm: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().take(32).map(|q| over(SearchBuilder::new(&name, q.clone(), 10).filter(f.clone()).ef(a.filter_ef.unwrap_or(default_ef)))).collect());
+            grpc_run(&pool, warm, Arc::new(set.groundtruth.clone()), a.inflight.unwrap_or(a.concurrency), 0.0).await?;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    }
     if n == ds.base.len() {
         for set in &ds.filters {
             let f = filter::from_json(&set.filter).with_context(|| format!("filter set {}", set.name))?;

@@ -43,6 +43,10 @@ pub struct NodeArgs {
     /// search chooses by its estimated cost (docs/filters.md).
     #[arg(long, env = "SHOAL_EXACT_SCAN_THRESHOLD")]
     pub exact_scan_threshold: Option<u64>,
+    /// Build partition graphs for keyword values that filtered searches
+    /// use (docs/filters.md); `false` turns them off.
+    #[arg(long, env = "SHOAL_FILTER_PARTITIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub filter_partitions: bool,
     /// Build a shard snapshot after this many log entries since the last
     /// one; the log behind it is then purged (0 never snapshots: the log
     /// grows without bound).

@@ -66,7 +66,8 @@ pub struct EngineConfig {
     pub in_memory: bool,
     pub rocks: RocksTuning,
     /// Filtered searches allowing at most this many points scan exactly.
-    pub exact_scan_threshold: Option<u64>,
+    /// How filtered searches choose their plan (node flags).
+    pub plan: crate::shard::SearchPlan,
     /// Raft timing and snapshot policy of every group on the node.
     pub raft: openraft::Config,
     /// Shared directory for backups (none: backups refused).
@@ -985,7 +986,7 @@ impl Engine {
             }
             fresh
         };
-        let sm = ShardStateMachine::open_with(config.clone(), shard_id, store, dir, self.cfg.exact_scan_threshold)?;
+        let sm = ShardStateMachine::open_with(config.clone(), shard_id, store, dir, self.cfg.plan)?;
         sm.set_split_hook(self.split_created.clone());
         sm.set_node_id(self.cfg.node_id);
         let network = Network::new(group.clone(), self.peers.clone());

@@ -190,9 +190,14 @@ impl PayloadIndex {
 
     fn numbers(&self, key: &str, lo: std::ops::Bound<f64>, hi: std::ops::Bound<f64>) -> RoaringBitmap {
         use std::ops::Bound::*;
+        // A NaN bound admits nothing (as in `matches`); under the total
+        // order it would admit everything.
+        if [lo, hi].iter().any(|b| matches!(b, Included(x) | Excluded(x) if x.is_nan())) {
+            return RoaringBitmap::new();
+        }
         let map = |b: std::ops::Bound<f64>| match b {
-            Included(x) => Included(OrdF64(x)),
-            Excluded(x) => Excluded(OrdF64(x)),
+            Included(x) => Included(numeric::fold(x)),
+            Excluded(x) => Excluded(numeric::fold(x)),
             Unbounded => Unbounded,
         };
         let (lo, hi) = (map(lo), map(hi));

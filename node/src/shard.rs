@@ -57,6 +57,21 @@ use crate::index::{Allowed, Distance, Hit, Precision, VectorIndex};
 use crate::storage::{ShardStore, StoreBatch, StoredPoint};
 pub use reindex::Schema;
 
+/// Node settings of filtered-search planning.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchPlan {
+    /// `--exact-scan-threshold` ([`prefer_scan`]).
+    pub exact_scan_threshold: Option<u64>,
+    /// `--filter-partitions` ([`partition`]).
+    pub partitions: bool,
+}
+
+impl Default for SearchPlan {
+    fn default() -> Self {
+        SearchPlan { exact_scan_threshold: None, partitions: true }
+    }
+}
+
 /// The cost of one `ef` of a predicate walk, in points of an exact scan.
 /// Measured on debian-384 in-process (docs/benchmarks.md, "Filtered
 /// search"): an unfiltered walk costs about 3.3 µs per `ef` there (a
@@ -161,6 +176,9 @@ pub struct Shard {
     /// `--exact-scan-threshold`: filtered searches allowing at most this
     /// many points scan them; `None` chooses by cost ([`prefer_scan`]).
     pub exact_scan_threshold: Option<u64>,
+    /// `--filter-partitions`: whether filtered searches ask for partition
+    /// graphs.
+    pub use_partitions: bool,
     /// Offsets [`Shard::index_pending`] is adding to the graph now (it runs
     /// without the writer lock): a save keeps them out of the reusable
     /// set, since the file may catch one of them before it is removed.
@@ -461,6 +479,7 @@ impl Shard {
             indexed: AtomicU64::new(0),
             saved_indexed: AtomicU64::new(0),
             exact_scan_threshold: None,
+            use_partitions: true,
             pending: RwLock::new(BTreeMap::new()),
             defer_index: AtomicBool::new(false),
             partitions: Default::default(),
@@ -1184,6 +1203,12 @@ impl Shard {
             true
         })?;
         Ok((out, next))
+    }
+
+    /// Applies the node's filtered-search settings.
+    pub fn set_plan(&mut self, plan: SearchPlan) {
+        self.exact_scan_threshold = plan.exact_scan_threshold;
+        self.use_partitions = plan.partitions;
     }
 
     /// Top-k search. `req` must already be validated for top_k/ef/filter by

@@ -42,19 +42,30 @@ pub struct Numeric {
 
 impl Numeric {
     pub fn insert(&mut self, x: f64, offset: u32) {
-        let x = OrdF64(x);
+        let x = fold(x);
         if !self.values.entry(x).or_default().insert(offset) {
             return;
         }
         let key = match self.blocks.range(..=x).next_back() {
-            Some((k, _)) => *k,
-            None => {
-                // Below every block (or none yet): the first block now
-                // starts at `x`.
-                let first = self.blocks.pop_first().map(|(_, b)| b).unwrap_or_default();
-                self.blocks.insert(x, first);
-                x
-            }
+            // A block sealed around one heavy value takes no other value:
+            // `x` (above it) starts a block of its own.
+            Some((k, _)) if *k != x && self.sealed(*k) => None,
+            Some((k, _)) => Some(*k),
+            // Below every block (or none yet): the first block now starts
+            // at `x`, unless it is sealed (then `x` starts its own).
+            None => match self.blocks.first_key_value() {
+                Some((k, _)) if !self.sealed(*k) => {
+                    let k = *k;
+                    let first = self.blocks.remove(&k).expect("first block");
+                    self.blocks.insert(x, first);
+                    Some(x)
+                }
+                _ => None,
+            },
+        };
+        let Some(key) = key else {
+            self.blocks.insert(x, Block { offsets: RoaringBitmap::from_iter([offset]), entries: 1 });
+            return;
         };
         let b = self.blocks.get_mut(&key).expect("block just found");
         b.offsets.insert(offset);
@@ -64,8 +75,15 @@ impl Numeric {
         }
     }
 
+    /// Whether the block at `key` is past its size and holds one value
+    /// only: splitting it again would copy that value's bitmap for
+    /// nothing, so other values go to blocks of their own.
+    fn sealed(&self, key: OrdF64) -> bool {
+        self.blocks[&key].entries > 2 * BLOCK && self.values.range((Excluded(key), Unbounded)).next().is_none_or(|(v, _)| self.blocks.range((Excluded(key), Included(*v))).next().is_some())
+    }
+
     pub fn remove(&mut self, x: f64, offset: u32) {
-        let x = OrdF64(x);
+        let x = fold(x);
         let Some(v) = self.values.get_mut(&x) else { return };
         if !v.remove(offset) {
             return;
@@ -89,7 +107,7 @@ impl Numeric {
         let total = self.blocks[&key].entries;
         let (mut seen, mut best) = (0u64, None::<(OrdF64, u64)>);
         for (v, b) in self.values.range((Included(key), end)) {
-            if *v > key && best.is_none_or(|(_, below)| seen.abs_diff(total / 2) < below.abs_diff(total / 2)) {
+            if *v > key && seen > 0 && best.is_none_or(|(_, below)| seen.abs_diff(total / 2) < below.abs_diff(total / 2)) {
                 best = Some((*v, seen));
             }
             seen += b.len();
@@ -132,9 +150,22 @@ impl Numeric {
             if admits_lo(*min) && admits_hi(*max) {
                 parts.push(&block.offsets);
             } else {
-                // An end of the range: the block's values one by one (at
-                // most `2 * BLOCK`).
-                parts.extend(in_block().filter(|(v, _)| admits_lo(**v) && admits_hi(**v)).map(|(_, b)| b));
+                // An end of the range: the block's values within it.
+                let a = match lo {
+                    Included(x) if x > *key => Included(x),
+                    Excluded(x) if x >= *key => Excluded(x),
+                    _ => Included(*key),
+                };
+                let b = match (hi, end) {
+                    (h, Unbounded) => h,
+                    (Unbounded, e) => e,
+                    (Included(h) | Excluded(h), Excluded(e)) if h > e => end,
+                    (Included(h), Excluded(e)) if h == e => end,
+                    (h, _) => h,
+                };
+                if !is_empty(a, b) {
+                    parts.extend(self.values.range((a, b)).map(|(_, b)| b));
+                }
             }
         }
         parts.into_iter().union()
@@ -148,6 +179,21 @@ impl Numeric {
     #[cfg(test)]
     pub fn blocks(&self) -> usize {
         self.blocks.len()
+    }
+}
+
+/// -0.0 and 0.0 are one value (as in storage, which folds them).
+pub(super) fn fold(x: f64) -> OrdF64 {
+    OrdF64(if x == 0.0 { 0.0 } else { x })
+}
+
+/// Whether `(a, b)` holds no value; `BTreeMap::range` panics on an
+/// inverted range and on equal excluded ends.
+fn is_empty(a: Bound<OrdF64>, b: Bound<OrdF64>) -> bool {
+    match (a, b) {
+        (Included(x), Included(y)) => x > y,
+        (Included(x) | Excluded(x), Excluded(y)) | (Excluded(x), Included(y)) => x >= y,
+        _ => false,
     }
 }
 
@@ -227,5 +273,41 @@ mod tests {
         let n = idx.blocks();
         assert!(n >= 100_000 / (2 * BLOCK as usize) && n <= 100_000 / BLOCK as usize + 1, "{n} blocks");
         assert_eq!(idx.range(Included(OrdF64(10.5)), Excluded(OrdF64(90_000.0))).len(), 89_989);
+    }
+
+    /// A value held by many points seals its block: values arriving just
+    /// above and below it (descending, the worst order) get blocks of their
+    /// own instead of splitting, and copying, the heavy one again each time.
+    #[test]
+    fn a_heavy_value_seals_its_block() {
+        let mut idx = Numeric::default();
+        for o in 0..50_000u32 {
+            idx.insert(100.0, o);
+        }
+        for (i, o) in (50_000..52_000u32).enumerate() {
+            idx.insert(200.0 - i as f64 * 0.01, o);
+            idx.insert(99.0 - i as f64 * 0.01, o + 10_000);
+        }
+        assert!(idx.sealed(OrdF64(100.0)), "the heavy value's block holds it alone");
+        assert_eq!(idx.blocks[&OrdF64(100.0)].entries, 50_000);
+        assert_eq!(idx.range(Included(OrdF64(100.0)), Included(OrdF64(100.0))).len(), 50_000);
+        assert_eq!(idx.range(Excluded(OrdF64(100.0)), Unbounded).len(), 2_000);
+        assert_eq!(idx.range(Unbounded, Excluded(OrdF64(100.0))).len(), 2_000);
+        let entries: u64 = idx.blocks.values().map(|b| b.entries).sum();
+        assert_eq!(entries, 54_000);
+    }
+
+    /// -0.0 and 0.0 are one value, as storage keeps them: an entry put as
+    /// one and removed as the other leaves nothing behind.
+    #[test]
+    fn negative_zero_is_zero() {
+        let mut idx = Numeric::default();
+        idx.insert(-0.0, 1);
+        idx.insert(0.0, 2);
+        assert_eq!(idx.range(Included(fold(0.0)), Included(fold(-0.0))).len(), 2);
+        idx.remove(0.0, 1);
+        idx.remove(-0.0, 2);
+        assert!(idx.range(Unbounded, Unbounded).is_empty());
+        assert_eq!(idx.blocks(), 0);
     }
 }

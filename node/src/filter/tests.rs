@@ -275,6 +275,10 @@ fn empty_ranges_match_nothing() {
         RangeCondition { key: "size".into(), gte: Some(5.0), lt: Some(5.0), ..Default::default() },
         RangeCondition { key: "size".into(), gt: Some(5.0), lte: Some(5.0), ..Default::default() },
         RangeCondition { key: "size".into(), gt: Some(6.0), lt: Some(5.0), ..Default::default() },
+        // NaN bounds admit nothing, indexed or not (under f64's total
+        // order they would admit every value).
+        RangeCondition { key: "size".into(), lt: Some(f64::NAN), ..Default::default() },
+        RangeCondition { key: "size".into(), gte: Some(-f64::NAN), ..Default::default() },
     ] {
         assert!(evaluate(&f(r.clone()), &s).is_empty(), "{r:?}");
         assert!(reference(&f(r), &s).is_empty());

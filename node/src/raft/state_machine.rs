@@ -143,7 +143,7 @@ struct Recipe {
     store: ShardStore,
     kv: Arc<dyn KvEngine>,
     index_dir: PathBuf,
-    exact_scan_threshold: Option<u64>,
+    plan: crate::shard::SearchPlan,
     generation: AtomicU64,
 }
 
@@ -181,7 +181,7 @@ pub struct ShardStateMachine {
 impl ShardStateMachine {
     /// Opens the shard (loading or rebuilding its index) for Raft.
     pub fn open(config: CollectionConfig, shard_id: u32, store: ShardStore, index_dir: PathBuf) -> Result<Self, NodeError> {
-        Self::open_with(config, shard_id, store, index_dir, None)
+        Self::open_with(config, shard_id, store, index_dir, Default::default())
     }
 
     /// Like [`ShardStateMachine::open`] with a filtered-search exact-scan
@@ -189,7 +189,7 @@ impl ShardStateMachine {
     /// generation-0 store; the live generation is read from the node key,
     /// and leftovers of an install cut short (or of the generation it
     /// replaced) are deleted.
-    pub fn open_with(config: CollectionConfig, shard_id: u32, store: ShardStore, index_dir: PathBuf, exact_scan_threshold: Option<u64>) -> Result<Self, NodeError> {
+    pub fn open_with(config: CollectionConfig, shard_id: u32, store: ShardStore, index_dir: PathBuf, plan: crate::shard::SearchPlan) -> Result<Self, NodeError> {
         let kv = store.engine();
         let g = match shard_store::node_meta_get(&*kv, &generation_key(&config.name, shard_id))? {
             Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| crate::error::StorageError::Corrupt { what: "replica generation", detail: config.name.clone() })?),
@@ -221,8 +221,8 @@ impl ShardStateMachine {
         }
         let dir = generation_dir(&index_dir, shard_id, g);
         let (mut shard, _) = Shard::open(config.clone(), shard_id, store.with_generation(g), &dir)?;
-        shard.exact_scan_threshold = exact_scan_threshold;
-        let recipe = Recipe { specs: parking_lot::Mutex::new(shard.schema()), storage: parking_lot::Mutex::new((config.storage, config.memory)), config, shard_id, store, kv, index_dir, exact_scan_threshold, generation: AtomicU64::new(g) };
+        shard.set_plan(plan);
+        let recipe = Recipe { specs: parking_lot::Mutex::new(shard.schema()), storage: parking_lot::Mutex::new((config.storage, config.memory)), config, shard_id, store, kv, index_dir, plan, generation: AtomicU64::new(g) };
         Self::load_current(&recipe.snapshot_dir());
         Ok(ShardStateMachine { shard: Arc::new(RwLock::new(Arc::new(shard))), defer_index: Arc::default(), recipe: Arc::new(recipe), current: Arc::default(), split_hook: Arc::default(), node_id: Arc::default() })
     }
@@ -695,7 +695,7 @@ impl ShardStateMachine {
         // Commit point: one synced write makes the new generation live.
         shard_store::node_meta_put(&*r.kv, &generation_key(&r.config.name, r.shard_id), new_gen.to_be_bytes().to_vec()).map_err(|e| werr(&e))?;
         r.generation.store(new_gen, Ordering::Relaxed);
-        fresh.exact_scan_threshold = r.exact_scan_threshold;
+        fresh.set_plan(r.plan);
         fresh.set_defer_index(self.defer_index.load(Ordering::Relaxed));
         let points = fresh.len();
         *specs = fresh.schema();

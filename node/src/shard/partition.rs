@@ -85,6 +85,19 @@ pub(super) struct Partitions {
     /// Offsets new versions took again since the indexer last looked: a
     /// partition holding one holds its old vector.
     reused: Mutex<RoaringBitmap>,
+    /// The partition being built, [`STEP_POINTS`] at a time.
+    building: Mutex<Option<Build>>,
+    /// What the last upkeep pass saw (write sequence, versions indexed,
+    /// reused offsets, wishes): an idle pass over an unchanged shard stops
+    /// there.
+    seen: Mutex<Option<(u64, u64, u64, usize)>>,
+}
+
+struct Build {
+    key: Value,
+    part: Arc<Partition>,
+    /// Offsets still to add.
+    todo: RoaringBitmap,
 }
 
 pub(super) struct Partition {
@@ -94,10 +107,18 @@ pub(super) struct Partition {
     last_used: Mutex<Instant>,
 }
 
+impl Partition {
+    /// Points the graph holds, removed ones included (they keep their
+    /// memory until the graph is dropped).
+    fn held(&self) -> u64 {
+        self.members.read().len() + self.graph.removed() as u64
+    }
+}
+
 impl Partitions {
     /// Notes offsets a write takes again (only while partitions exist).
     pub(super) fn note_reused(&self, offsets: &[u32]) {
-        if !offsets.is_empty() && !self.graphs.read().is_empty() {
+        if !offsets.is_empty() && (!self.graphs.read().is_empty() || self.building.lock().is_some()) {
             self.reused.lock().extend(offsets.iter().copied());
         }
     }
@@ -109,8 +130,10 @@ impl Partitions {
     }
 
     pub(super) fn memory_bytes(&self) -> usize {
-        self.graphs.read().values().map(|p| p.graph.memory_bytes() + p.members.read().serialized_size()).sum()
+        let building = self.building.lock().as_ref().map_or(0, |b| b.part.graph.memory_bytes());
+        building + self.graphs.read().values().map(|p| p.graph.memory_bytes() + p.members.read().serialized_size()).sum::<usize>()
     }
+
 }
 
 /// Whether partitions serve a graph of this kind.
@@ -122,7 +145,7 @@ impl Shard {
     /// The partition to search for `filter` (allowing `allowed`), if one
     /// is built; records the wish for one otherwise.
     pub(super) fn partition_for(&self, filter: &Filter, st: &State, allowed: &RoaringBitmap, ef: usize, fetch: usize) -> Option<Arc<Partition>> {
-        if !serves(self.index.params().precision) || prefer_scan(allowed.len(), st.live.len(), ef, fetch, self.exact_scan_threshold) {
+        if !self.use_partitions || !serves(self.index.params().precision) || prefer_scan(allowed.len(), st.live.len(), ef, fetch, self.exact_scan_threshold) {
             return None;
         }
         for c in &filter.must {
@@ -169,10 +192,15 @@ impl Shard {
         Ok(Some(self.index.exact(q, fetch, &Allowed::Set(&cands))?))
     }
 
-    /// Drops every partition graph and wish (benchmarks compare plans).
+    /// Drops every partition graph and wish (benchmarks compare plans;
+    /// a node started with `--filter-partitions=false`).
     pub fn clear_partitions(&self) {
-        self.partitions.graphs.write().clear();
-        self.partitions.wanted.lock().clear();
+        let p = &self.partitions;
+        p.graphs.write().clear();
+        p.wanted.lock().clear();
+        *p.building.lock() = None;
+        p.reused.lock().clear();
+        *p.seen.lock() = None;
     }
 
     /// Partition graphs and the points they hold.
@@ -182,17 +210,17 @@ impl Shard {
 
     /// One step of partition upkeep, for the node's indexer when idle:
     /// drops idle or ineligible partitions, catches one up with the
-    /// shard, or builds one that searches asked for. True if it changed
-    /// anything.
+    /// shard, or adds a step to the one being built or starts building one
+    /// that searches asked for. True if it changed anything.
     pub fn maintain_partitions(&self, stopping: &AtomicBool) -> Result<bool> {
         let parts = &self.partitions;
-        if !serves(self.index.params().precision) {
-            let had = !parts.graphs.read().is_empty();
-            parts.graphs.write().clear();
-            parts.wanted.lock().clear();
+        if !self.use_partitions || !serves(self.index.params().precision) {
+            let had = !parts.graphs.read().is_empty() || parts.building.lock().is_some();
+            self.clear_partitions();
             return Ok(had);
         }
-        if parts.graphs.read().is_empty() && parts.wanted.lock().is_empty() {
+        if parts.graphs.read().is_empty() && parts.wanted.lock().is_empty() && parts.building.lock().is_none() {
+            parts.reused.lock().clear();
             return Ok(false);
         }
         let now = Instant::now();
@@ -202,18 +230,40 @@ impl Shard {
         // The points each value should hold: live and in the shard's graph.
         let (targets, live, wanted) = {
             let st = self.state.read();
+            let seen = (st.seq, self.indexed.load(Ordering::Relaxed), reused.len(), parts.wanted.lock().len());
+            if parts.building.lock().is_none() && parts.seen.lock().replace(seen) == Some(seen) {
+                // Nothing changed since the last pass; idle partitions age
+                // out on the next change.
+                return Ok(false);
+            }
             let pending: RoaringBitmap = self.pending.read().keys().copied().collect();
             let indexing = self.indexing.lock().clone();
             let target = |(f, v): &Value| st.payload.keyword_points(f, v).map(|b| (b & &st.live) - &pending - &indexing).unwrap_or_default();
             let graphs = parts.graphs.read();
             let targets: Vec<(Value, Arc<Partition>, RoaringBitmap)> = graphs.iter().map(|(k, p)| (k.clone(), p.clone(), target(k))).collect();
-            let mut wanted: Vec<(Value, Instant, RoaringBitmap)> = parts.wanted.lock().drain().filter(|(k, _)| !graphs.contains_key(k)).map(|(k, t)| {
-                let b = target(&k);
-                (k, t, b)
-            }).collect();
+            let building = parts.building.lock().as_ref().map(|b| b.key.clone());
+            let mut wanted: Vec<(Value, Instant, RoaringBitmap)> = if building.is_some() {
+                vec![]
+            } else {
+                parts.wanted.lock().drain().filter(|(k, _)| !graphs.contains_key(k)).map(|(k, t)| {
+                    let b = target(&k);
+                    (k, t, b)
+                }).collect()
+            };
             wanted.sort_by_key(|w| std::cmp::Reverse(w.1));
+            // `make_room` takes the graphs exclusively.
+            drop(graphs);
+            if let Some((k, _, t)) = wanted.iter().find(|(_, _, t)| eligible(t.len(), st.live.len())) {
+                // Started under the state lock, so that every offset reused
+                // after `t` was taken is noted.
+                if self.make_room(t.len(), st.live.len(), now) {
+                    let part = Arc::new(Partition { graph: HnswIndex::new(self.index.params())?, members: RwLock::new(RoaringBitmap::new()), last_used: Mutex::new(now) });
+                    *parts.building.lock() = Some(Build { key: k.clone(), part, todo: t.clone() });
+                }
+            }
             (targets, st.live.len(), wanted)
         };
+        drop(wanted);
         // 1. Drop idle and ineligible partitions.
         let mut changed = false;
         for (k, p, t) in &targets {
@@ -226,10 +276,17 @@ impl Shard {
         //    (reused ones come back with their new vectors as missing); a
         //    graph left with more removed nodes than members is dropped
         //    (built again when searches ask).
-        for (k, p, t) in &targets {
+        let mut all: Vec<&Arc<Partition>> = targets.iter().map(|(_, p, _)| p).collect();
+        let build = parts.building.lock().as_ref().map(|b| b.part.clone());
+        all.extend(build.as_ref());
+        for p in all {
             let stale = {
                 let m = p.members.read();
-                (&*m - t) | (&*m & &reused)
+                let t = targets.iter().find(|(_, q, _)| Arc::ptr_eq(p, q)).map(|(_, _, t)| t);
+                match t {
+                    Some(t) => (&*m - t) | (&*m & &reused),
+                    None => &*m & &reused,
+                }
             };
             if stale.is_empty() {
                 continue;
@@ -238,8 +295,13 @@ impl Shard {
             for o in &stale {
                 p.graph.remove(o as u64)?;
             }
-            if p.graph.removed() as u64 > p.members.read().len() {
-                parts.graphs.write().remove(k);
+            if let Some(b) = parts.building.lock().as_mut().filter(|b| Arc::ptr_eq(&b.part, p)) {
+                // Retired ones drop out of the build's remaining offsets by
+                // the check in `add_to_partition`; reused ones go back in.
+                b.todo |= &stale & &reused;
+            }
+            if p.held() > 2 * p.members.read().len() {
+                parts.graphs.write().retain(|_, q| !Arc::ptr_eq(p, q));
             }
             changed = true;
         }
@@ -255,30 +317,28 @@ impl Shard {
                 return Ok(true);
             }
         }
-        if changed {
+        // 4. One step of the partition being built.
+        let mut slot = parts.building.lock();
+        if let Some(b) = slot.as_mut() {
+            if stopping.load(Ordering::Relaxed) {
+                return Ok(changed);
+            }
+            let step: RoaringBitmap = b.todo.iter().take(STEP_POINTS).collect();
+            b.todo -= &step;
+            let (part, done) = (b.part.clone(), b.todo.is_empty());
+            let key = b.key.clone();
+            if done {
+                *slot = None;
+            }
+            drop(slot);
+            self.add_to_partition(&part, &step)?;
+            if done {
+                tracing::debug!(collection = %self.collection, shard = self.shard_id, field = %key.0, value = %key.1, points = part.members.read().len(), "partition graph built");
+                parts.graphs.write().insert(key, part);
+            }
             return Ok(true);
         }
-        // 4. Build the most recently wanted partition that fits.
-        for (k, _, t) in wanted {
-            if !eligible(t.len(), live) || stopping.load(Ordering::Relaxed) {
-                continue;
-            }
-            if !self.make_room(t.len(), live, now) {
-                // Ask again on the next search.
-                continue;
-            }
-            let p = Arc::new(Partition { graph: HnswIndex::new(self.index.params())?, members: RwLock::new(RoaringBitmap::new()), last_used: Mutex::new(now) });
-            for chunk in t.iter().collect::<Vec<u32>>().chunks(STEP_POINTS) {
-                if stopping.load(Ordering::Relaxed) {
-                    return Ok(true);
-                }
-                self.add_to_partition(&p, &chunk.iter().copied().collect())?;
-            }
-            tracing::debug!(collection = %self.collection, shard = self.shard_id, field = %k.0, value = %k.1, points = t.len(), "partition graph built");
-            parts.graphs.write().insert(k, p);
-            return Ok(true);
-        }
-        Ok(false)
+        Ok(changed)
     }
 
     /// Adds up to [`STEP_POINTS`] of `offsets` to `p`, with the vectors the
@@ -300,24 +360,30 @@ impl Shard {
         Ok(())
     }
 
-    /// Whether `points` more fit in the budget, evicting the longest-unused
-    /// partition idle for [`PARTITION_EVICTABLE`] if that makes them fit.
+    /// Whether `points` more fit in the budget, evicting partitions idle
+    /// for [`PARTITION_EVICTABLE`] (longest unused first) if that makes
+    /// them fit; evicts nothing if it would not.
     fn make_room(&self, points: u64, live: u64, now: Instant) -> bool {
         let budget = (live as f64 * PARTITION_BUDGET) as u64;
-        loop {
-            let (_, held) = self.partitions.stats();
-            if held + points <= budget {
-                return true;
-            }
-            let mut g = self.partitions.graphs.write();
-            let victim = g.iter().map(|(k, p)| (k.clone(), *p.last_used.lock())).filter(|(_, t)| now.duration_since(*t) > PARTITION_EVICTABLE).min_by_key(|(_, t)| *t);
-            match victim {
-                Some((k, _)) => {
-                    g.remove(&k);
-                }
-                None => return false,
-            }
+        let mut g = self.partitions.graphs.write();
+        let held: u64 = g.values().map(|p| p.held()).sum();
+        if held + points <= budget {
+            return true;
         }
+        let mut idle: Vec<(Value, Instant, u64)> = g.iter().map(|(k, p)| (k.clone(), *p.last_used.lock(), p.held())).filter(|(_, t, _)| now.duration_since(*t) > PARTITION_EVICTABLE).collect();
+        if held - idle.iter().map(|x| x.2).sum::<u64>() + points > budget {
+            return false;
+        }
+        idle.sort_by_key(|x| x.1);
+        let mut held = held;
+        for (k, _, n) in idle {
+            if held + points <= budget {
+                break;
+            }
+            g.remove(&k);
+            held -= n;
+        }
+        true
     }
 }
 
