@@ -1285,12 +1285,17 @@ impl Shard {
         })
     }
 
+    /// The first `k` hits as answers. With payloads or vectors asked, a hit
+    /// whose point was replaced or deleted after the search matched it is
+    /// left out (the search over-fetches for that): its stored payload is
+    /// not the one the filter saw.
     fn score_hits(&self, dist: Distance, req: &SearchPointsRequest, hits: Vec<Hit>, keys: Vec<Option<PointKey>>, k: usize) -> Result<Vec<ScoredPoint>> {
         let mut seen = HashSet::with_capacity(hits.len());
         let mut out = Vec::with_capacity(k);
+        let mut bytes = 0usize;
         for (h, key) in hits.into_iter().zip(keys) {
             let Some(key) = key else { continue };
-            if !seen.insert(key) {
+            if seen.contains(&key) {
                 continue;
             }
             let score = dist.score(h.distance);
@@ -1300,12 +1305,21 @@ impl Shard {
                     continue;
                 }
             }
-            out.push((key, score));
+            let stored = if req.with_payload || req.with_vector {
+                match self.store.get(&key)? {
+                    Some(p) if p.offset as u64 == h.key => Some(p),
+                    _ => continue,
+                }
+            } else {
+                None
+            };
+            seen.insert(key);
+            self.answer(&mut out, &mut bytes, key, score, stored, req.with_payload, req.with_vector)?;
             if out.len() == k {
                 break;
             }
         }
-        self.scored_points(out, req.with_payload, req.with_vector)
+        Ok(out)
     }
 
     /// Hits as answers, with payloads and vectors read when asked; stops
@@ -1314,20 +1328,27 @@ impl Shard {
         let mut scored = Vec::with_capacity(hits.len());
         let mut bytes = 0usize;
         for (key, score) in hits {
-            let (payload, vector) = if with_payload || with_vector {
-                let p = self.store.get(&key)?.unwrap_or_default();
-                (if with_payload { Some(p.payload.unwrap_or_default()) } else { None }, if with_vector { p.vector } else { vec![] })
-            } else {
-                (None, vec![])
-            };
-            let hit = ScoredPoint { id: Some(key.to_proto()), score, payload, vector };
-            bytes += prost::Message::encoded_len(&hit);
-            if bytes > RESPONSE_BYTES {
-                return Err(crate::error::NodeError::TooLarge(format!("the search's hits pass {RESPONSE_BYTES} bytes at hit {}; lower top_k or leave payloads or vectors out", scored.len() + 1)));
-            }
-            scored.push(hit);
+            let stored = if with_payload || with_vector { Some(self.store.get(&key)?.unwrap_or_default()) } else { None };
+            self.answer(&mut scored, &mut bytes, key, score, stored, with_payload, with_vector)?;
         }
         Ok(scored)
+    }
+
+    /// Appends one answer; `TooLarge` once the answers pass
+    /// [`RESPONSE_BYTES`].
+    #[allow(clippy::too_many_arguments)]
+    fn answer(&self, out: &mut Vec<ScoredPoint>, bytes: &mut usize, key: PointKey, score: f32, stored: Option<StoredPoint>, with_payload: bool, with_vector: bool) -> Result<()> {
+        let (payload, vector) = match stored {
+            Some(p) => (if with_payload { Some(p.payload.unwrap_or_default()) } else { None }, if with_vector { p.vector } else { vec![] }),
+            None => (None, vec![]),
+        };
+        let hit = ScoredPoint { id: Some(key.to_proto()), score, payload, vector };
+        *bytes += prost::Message::encoded_len(&hit);
+        if *bytes > RESPONSE_BYTES {
+            return Err(crate::error::NodeError::TooLarge(format!("the search's hits pass {RESPONSE_BYTES} bytes at hit {}; lower top_k or leave payloads or vectors out", out.len() + 1)));
+        }
+        out.push(hit);
+        Ok(())
     }
 
     /// Saves the HNSW index if writes happened since the last save.
