@@ -102,7 +102,18 @@ pub struct RaftCluster {
 
 impl Node {
     async fn start(&mut self) -> Result<()> {
-        let engine: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&self.dir.join("db"))?);
+        // A restart can come before the stopped instance's last tasks (the
+        // role tracker, in-flight applies) dropped their handles to its
+        // database: wait for RocksDB's lock to be released, as a restarted
+        // process would find it after the old one exited.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let engine: Arc<dyn KvEngine> = loop {
+            match RocksEngine::open(&self.dir.join("db")) {
+                Ok(e) => break Arc::new(e),
+                Err(e) if e.to_string().contains("lock hold by current process") && Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => return Err(e.into()),
+            }
+        };
         let sm = ShardStateMachine::open(self.collection.clone(), 0, ShardStore::new(engine.clone(), "c", 0), self.dir.join("index"))?;
         let log = LogStore::new(engine, GROUP);
         let log_handle = log.clone();
