@@ -349,14 +349,27 @@ impl Shard {
         let text = state.payload.has_text();
         // A clean restart: the key checkpoint saved with this graph at
         // storage's current write sequence stands in for the scan below.
+        let mut replayed = 0u64;
+        // Versions the graph lacks, searched exactly until the indexer adds
+        // them (keyfile::DEFER_AT_OPEN_BYTES).
+        let mut deferred = BTreeMap::new();
         let checkpoint = match graph_sum {
             Some(sum) if !text && state.sparse.is_empty() && named.is_empty() => keyfile::read(&keyfile::path(&index_path), seq, sum, next_offset),
             _ => None,
         };
+        // Writes after the checkpoint (a crash before the next save): its
+        // journal records bring it up to storage's sequence.
+        let checkpoint = match checkpoint {
+            Some((at, mut live, mut keys)) => journal::replay(&store, at, seq, next_offset, &mut live, &mut keys)?.map(|n| {
+                replayed = n;
+                (live, keys)
+            }),
+            None => None,
+        };
         let checkpoint_tried = checkpoint.is_some();
         let restored = match checkpoint {
             Some((live, keys)) => keyfile::restore(&store, &index, &live, &keys)?.map(|r| {
-                (added, repaired) = (r.added, r.repaired);
+                (added, repaired, deferred) = (r.added, r.repaired, r.deferred);
                 (state.live, state.keys) = (live, keys);
             }),
             None => None,
@@ -367,7 +380,7 @@ impl Shard {
         let abandoned = checkpoint_tried && restored.is_none();
         if restored.is_none() {
             let _ = std::fs::remove_file(keyfile::path(&index_path));
-            keyfile::scan_points(&store, &index, &named, &mut state, text, &mut added, &mut repaired)?;
+            deferred = keyfile::scan_points(&store, &index, &named, &mut state, text, &mut added, &mut repaired)?;
         }
         let mut removed = 0;
         if let Some(file_next) = file_next {
@@ -408,7 +421,7 @@ impl Shard {
         if repaired > 0 {
             tracing::warn!(collection = %config.name, shard_id, repaired, "vector file slots rewritten from storage (a new file, a crash before the slot write, or damage)");
         }
-        tracing::info!(collection = %config.name, shard_id, points = state.live.len(), ?outcome, from_checkpoint = restored.is_some(), "shard opened");
+        tracing::info!(collection = %config.name, shard_id, points = state.live.len(), ?outcome, from_checkpoint = restored.is_some(), replayed, "shard opened");
         let shard = Shard {
             collection: config.name.clone(),
             shard_id,
@@ -430,7 +443,7 @@ impl Shard {
             saved_indexed: AtomicU64::new(0),
             exact_scan_threshold: None,
             use_partitions: true,
-            pending: RwLock::new(BTreeMap::new()),
+            pending: RwLock::new(deferred),
             defer_index: AtomicBool::new(false),
             partitions: Default::default(),
             opened: outcome,
@@ -914,6 +927,9 @@ impl Shard {
             batch.put_meta.extend(meta);
             batch.put_meta.push((META_SEQ, (st.seq + 1).to_be_bytes().to_vec()));
             batch.put_meta.push((META_NEXT_OFFSET, (next as u64).to_be_bytes().to_vec()));
+            let journal_added: Vec<(PointKey, u32)> = added.iter().map(|(k, off, _)| (*k, *off)).collect();
+            let journal_retired: Vec<u32> = retire.iter().map(|(_, off)| *off).collect();
+            batch.put_journal = Some((st.seq + 1, journal::encode(&journal_added, &journal_retired)));
             let entries_put = batch.put_index.clone();
             let entries_del = batch.delete_index.clone();
             let texts: Vec<(u32, Option<shoal_proto::v1::Struct>)> = if st.payload.has_text() { batch.put_points.iter().map(|p| (p.offset, p.payload.clone())).collect() } else { vec![] };
@@ -1324,8 +1340,13 @@ impl Shard {
                 if let Some(f) = self.index.vector_file() {
                     f.sync().map_err(crate::error::StorageError::from)?;
                 }
-                let st = self.state.read();
-                keyfile::write(&keys, seq, sum, &st.live, &st.keys).map_err(crate::error::StorageError::from)?;
+                let written = {
+                    let st = self.state.read();
+                    keyfile::write(&keys, seq, sum, &st.live, &st.keys).map_err(crate::error::StorageError::from)?
+                };
+                if written {
+                    self.store.trim_journal(seq)?;
+                }
             }
             return Ok(false);
         }
@@ -1342,9 +1363,14 @@ impl Shard {
         let sum = xxhash_rust::xxh3::xxh3_64(&bytes);
         drop(bytes);
         write_sidecar(&self.index_path, sum, next, seq, self.index.calibration().as_deref())?;
-        {
+        let written = {
             let st = self.state.read();
-            keyfile::write(&keyfile::path(&self.index_path), seq, sum, &st.live, &st.keys).map_err(crate::error::StorageError::from)?;
+            keyfile::write(&keyfile::path(&self.index_path), seq, sum, &st.live, &st.keys).map_err(crate::error::StorageError::from)?
+        };
+        // The checkpoint covers the journal through `seq` (it is durable:
+        // `write_durable`).
+        if written {
+            self.store.trim_journal(seq)?;
         }
         {
             // The file on disk no longer holds the versions retired before
@@ -1450,6 +1476,7 @@ pub mod query;
 mod reindex;
 pub use reindex::SPECS;
 pub mod requests;
+mod journal;
 mod keyfile;
 mod partition;
 mod plan;

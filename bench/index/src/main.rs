@@ -53,9 +53,9 @@ struct Args {
     /// Oversampling factors for quantized kinds (default: the server's).
     #[arg(long, value_delimiter = ',')]
     oversampling: Vec<f32>,
-    /// f32 distance kernels to compare: shoal (node/src/index/kernel.rs),
-    /// usearch (its built-in numkong kernels). Other kinds always use
-    /// usearch's.
+    /// f32 and int8 distance kernels to compare: shoal
+    /// (node/src/index/kernel.rs, kernel_i8.rs), usearch (its built-in
+    /// numkong kernels). F16 and BINARY always use usearch's.
     #[arg(long, value_delimiter = ',', default_value = "shoal")]
     kernels: Vec<String>,
     /// index, shard or both.
@@ -164,11 +164,11 @@ fn main() -> Result<()> {
     let dir = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
     let mut out = vec![];
-    eprintln!("shoal f32 kernels: {}", shoal_node::index::kernel::isa());
+    eprintln!("shoal kernels: f32 {}, int8 {}", shoal_node::index::kernel::isa(), shoal_node::index::kernel_i8::isa());
     let mut runs: Vec<(StorageArg, &str)> = vec![];
     for s in &a.storage {
         for (i, k) in a.kernels.iter().enumerate() {
-            if i == 0 || *s == StorageArg::F32 {
+            if i == 0 || matches!(s, StorageArg::F32 | StorageArg::Int8) {
                 runs.push((*s, k.as_str()));
             }
         }
@@ -180,7 +180,7 @@ fn main() -> Result<()> {
         shoal_node::index::kernel::set_enabled(kernels == "shoal");
         let storage = VectorStorage::from(arg);
         let precision = Precision::of(storage);
-        let kind = if precision == Precision::F32 && a.kernels.len() > 1 { format!("f32/{kernels}") } else { format!("{arg:?}").to_lowercase() };
+        let kind = if matches!(precision, Precision::F32 | Precision::I8) && a.kernels.len() > 1 { format!("{}/{kernels}", format!("{arg:?}").to_lowercase()) } else { format!("{arg:?}").to_lowercase() };
         let overs: Vec<Option<f32>> = if precision.quantized() && !a.oversampling.is_empty() { a.oversampling.iter().map(|o| Some(*o)).collect() } else { vec![None] };
         if a.level == "index" || a.level == "both" {
             let params = HnswParams { dim, metric, precision, m: a.m, ef_construction: a.ef_construction };

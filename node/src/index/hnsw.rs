@@ -27,7 +27,7 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use super::quant::{Code, Codec, CALIBRATION_ROWS};
 use super::vecfile::VectorFile;
-use super::{kernel, sort_hits, Allowed, Distance, Hit, Precision, VectorIndex};
+use super::{kernel, kernel_i8, sort_hits, Allowed, Distance, Hit, Precision, VectorIndex};
 use crate::error::IndexError;
 
 /// Oversampling of an INT8 search when the request names none: measured
@@ -175,10 +175,16 @@ fn options(p: &HnswParams) -> IndexOptions {
 }
 
 /// An f32 graph measures with Shoal's f32-accumulating kernels
-/// (kernel.rs); usearch keeps its own for the other kinds.
+/// (kernel.rs), an INT8 graph with Shoal's int8 kernels (kernel_i8.rs);
+/// usearch keeps its own for F16 and BINARY.
 fn use_kernels(index: &mut Index, p: &HnswParams) -> Result<(), IndexError> {
-    if p.precision == Precision::F32 && kernel::enabled() {
-        kernel::register(index, p.dim, p.metric == Metric::L2)?;
+    if !kernel::enabled() {
+        return Ok(());
+    }
+    match p.precision {
+        Precision::F32 => kernel::register(index, p.dim, p.metric == Metric::L2)?,
+        Precision::I8 => kernel_i8::register(index, p.dim, p.metric == Metric::L2)?,
+        _ => {}
     }
     Ok(())
 }

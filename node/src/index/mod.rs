@@ -25,6 +25,7 @@ use crate::error::IndexError;
 pub mod flat;
 pub mod hnsw;
 pub mod kernel;
+pub mod kernel_i8;
 pub mod quant;
 pub mod vecfile;
 

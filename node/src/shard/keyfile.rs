@@ -10,10 +10,11 @@
 //! at a million 768-dimension points is gigabytes of reads before the shard
 //! serves. `save_index` writes this file beside the HNSW file, under the
 //! writer lock, so it matches storage at the saved write sequence exactly.
-//! `open` uses it only when that sequence is storage's current one and the
-//! graph it loaded is the one saved with it (same checksum); anything else
-//! (a crash after later writes, a snapshot install, a split child, damage)
-//! falls back to the full scan. The shard's other in-memory indexes that
+//! `open` uses it only when the graph it loaded is the one saved with it
+//! (same checksum) and the write journal (journal.rs) holds every write
+//! since its sequence, which it replays (a crash after later writes);
+//! anything else (a snapshot install, a split child, a journal from before
+//! it existed, damage) falls back to the full scan. The shard's other in-memory indexes that
 //! have no file of their own (text, sparse, named vectors) also need the
 //! scan, so shards with them always take it.
 //!
@@ -67,12 +68,13 @@ pub fn write(path: &Path, seq: u64, graph: u64, live: &RoaringBitmap, keys: &Key
     Ok(true)
 }
 
-/// Reads the checkpoint if it is intact and was written at `seq` for the
-/// graph with checksum `graph`; `None` otherwise (the caller scans). Every
-/// offset must be below `next_offset` (storage's counter), so a damaged or
-/// crafted file cannot make the key table allocate past what storage
-/// could hold.
-pub fn read(path: &Path, seq: u64, graph: u64, next_offset: u32) -> Option<(RoaringBitmap, KeyTable)> {
+/// Reads the checkpoint if it is intact and was written at or before
+/// `seq` (storage's write sequence) for the graph with checksum `graph`;
+/// returns its sequence with the live set and keys, `None` otherwise (the
+/// caller scans). Every offset must be below `next_offset` (storage's
+/// counter), so a damaged or crafted file cannot make the key table
+/// allocate past what storage could hold.
+pub fn read(path: &Path, seq: u64, graph: u64, next_offset: u32) -> Option<(u64, RoaringBitmap, KeyTable)> {
     let bytes = std::fs::read(path).ok()?;
     let stale = |why: &str| {
         tracing::info!(path = %path.display(), why, "key checkpoint not used; scanning the stored points");
@@ -86,8 +88,9 @@ pub fn read(path: &Path, seq: u64, graph: u64, next_offset: u32) -> Option<(Roar
         return stale("checksum mismatch");
     }
     let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
-    if u64_at(8) != seq {
-        return stale("written at another write sequence");
+    let at = u64_at(8);
+    if at > seq {
+        return stale("written at a later write sequence than storage's");
     }
     if u64_at(16) != graph {
         return stale("written for another graph");
@@ -126,15 +129,25 @@ pub fn read(path: &Path, seq: u64, graph: u64, next_offset: u32) -> Option<(Roar
     if !ids.is_empty() {
         return stale("trailing bytes");
     }
-    Some((live, keys))
+    Some((at, live, keys))
 }
 
-/// What [`restore`] did: points the graph lacked, added from storage, and
-/// vector-file slots rewritten because their checksum failed.
+/// What [`restore`] did: points the graph lacked, added from storage (or
+/// left for the indexer, `deferred`), and vector-file slots rewritten
+/// because their checksum failed.
 pub struct Restored {
     pub added: usize,
     pub repaired: usize,
+    pub deferred: BTreeMap<u32, Vec<f32>>,
 }
+
+/// The f32 bytes of the versions a graph lacks at open that go to the
+/// shard's pending set (searched exactly, indexed in the background by the
+/// node's indexer) instead of into the graph before the shard serves: 256
+/// MiB, about 87,000 vectors of 768 dimensions, more than a minute of
+/// writes since the last save on one shard. What passes it is added to the
+/// graph during the open, as before. docs/limits.md lists it.
+pub const DEFER_AT_OPEN_BYTES: usize = 256 << 20;
 
 /// Brings a loaded graph in line with a checkpoint read by [`read`]: every
 /// live offset the graph holds is kept (a quantized graph's vector-file
@@ -143,7 +156,7 @@ pub struct Restored {
 /// storage by id and added. `None` if storage disagrees with the
 /// checkpoint (the caller scans instead; what was added stays valid).
 pub fn restore(store: &ShardStore, index: &HnswIndex, live: &RoaringBitmap, keys: &KeyTable) -> Result<Option<Restored>> {
-    let mut done = Restored { added: 0, repaired: 0 };
+    let mut done = Restored { added: 0, repaired: 0, deferred: BTreeMap::new() };
     let mut pending = Pending::new(index);
     for off in live {
         let held = index.contains(off as u64);
@@ -168,23 +181,42 @@ pub fn restore(store: &ShardStore, index: &HnswIndex, live: &RoaringBitmap, keys
         }
     }
     pending.flush()?;
+    done.deferred = pending.deferred;
     Ok(Some(done))
 }
 
-/// Vectors read from storage that the graph lacks, added in batches.
+/// Vectors read from storage that the graph lacks: the first
+/// [`DEFER_AT_OPEN_BYTES`] are kept for the shard's pending set, the rest
+/// added in batches.
 struct Pending<'a> {
     index: &'a HnswIndex,
     items: Vec<(u64, Vec<f32>)>,
+    deferred: BTreeMap<u32, Vec<f32>>,
+    defer_left: usize,
 }
 
 impl<'a> Pending<'a> {
     const BATCH: usize = 4096;
 
     fn new(index: &'a HnswIndex) -> Self {
-        Pending { index, items: Vec::new() }
+        Pending { index, items: Vec::new(), deferred: BTreeMap::new(), defer_left: DEFER_AT_OPEN_BYTES }
     }
 
     fn push(&mut self, key: u64, v: Vec<f32>) -> std::result::Result<(), IndexError> {
+        // Checked as the graph would check it: a stored vector of another
+        // dimension (a snapshot of another collection) fails the open.
+        let want = self.index.params().dim;
+        if v.len() != want {
+            return Err(IndexError::Dimension { got: v.len(), want });
+        }
+        let bytes = v.len() * 4;
+        if bytes <= self.defer_left {
+            if let Ok(off) = u32::try_from(key) {
+                self.defer_left -= bytes;
+                self.deferred.insert(off, v);
+                return Ok(());
+            }
+        }
         self.items.push((key, v));
         if self.items.len() >= Self::BATCH {
             self.flush()?;
@@ -205,7 +237,7 @@ impl<'a> Pending<'a> {
 /// the offset -> id table, the live set, the text, sparse and named
 /// indexes, and whatever the graph lacks or whose vector-file slot does not
 /// hold the stored vector (`added`, `repaired`).
-pub(super) fn scan_points(store: &ShardStore, index: &HnswIndex, named: &named::NamedSet, state: &mut State, text: bool, added: &mut usize, repaired: &mut usize) -> Result<()> {
+pub(super) fn scan_points(store: &ShardStore, index: &HnswIndex, named: &named::NamedSet, state: &mut State, text: bool, added: &mut usize, repaired: &mut usize) -> Result<BTreeMap<u32, Vec<f32>>> {
     let mut pending = Pending::new(index);
     let mut scan_err: Option<IndexError> = None;
     // Named vectors go into their graphs in batches bounded in points
@@ -261,7 +293,7 @@ pub(super) fn scan_points(store: &ShardStore, index: &HnswIndex, named: &named::
     }
     pending.flush()?;
     named.add(&named_batch.iter().map(|(o, v)| (*o, v)).collect::<Vec<_>>())?;
-    Ok(())
+    Ok(pending.deferred)
 }
 
 
@@ -290,12 +322,13 @@ mod tests {
         let p = path(&dir.path().join("0.usearch"));
         let (live, keys) = table();
         assert!(write(&p, 42, 9, &live, &keys).unwrap());
-        let (l, k) = read(&p, 42, 9, 90_001).expect("fresh checkpoint reads");
-        assert_eq!(l, live);
+        let (at, l, k) = read(&p, 42, 9, 90_001).expect("fresh checkpoint reads");
+        assert_eq!((at, &l), (42, &live));
         for off in &live {
             assert_eq!(k.get(off), keys.get(off), "offset {off}");
         }
-        assert!(read(&p, 43, 9, 90_001).is_none(), "storage moved on since");
+        assert_eq!(read(&p, 43, 9, 90_001).map(|r| r.0), Some(42), "storage moved on since: the journal replays the rest");
+        assert!(read(&p, 41, 9, 90_001).is_none(), "newer than storage (storage replaced under it)");
         assert!(read(&p, 42, 8, 90_001).is_none(), "another graph was loaded");
         assert!(read(&p, 42, 9, 90_000).is_none(), "an offset storage never handed out");
         let good = std::fs::read(&p).unwrap();

@@ -118,9 +118,15 @@ pub struct StoreBatch {
     /// Request-id records (`crate::shard::requests`): id -> encoded result.
     pub put_requests: Vec<([u8; 16], Vec<u8>)>,
     pub delete_requests: Vec<[u8; 16]>,
+    /// The write journal record of the write sequence this batch makes
+    /// (`crate::shard::keyfile`): sequence -> encoded changes.
+    pub put_journal: Option<(u64, Vec<u8>)>,
 }
 
 const REQUEST_TAG: &[u8] = b"rq/";
+/// Write journal records live in the meta column family under
+/// `prefix ++ "jn/" ++ sequence (u64 BE)`, in sequence order.
+const JOURNAL_TAG: &[u8] = b"jn/";
 
 /// Handle to one shard's records.
 #[derive(Clone)]
@@ -286,7 +292,41 @@ impl ShardStore {
         for (id, v) in batch.put_requests {
             ops.push(KvOp::Put(Cf::Meta, self.request_key(&id), v));
         }
+        if let Some((seq, v)) = batch.put_journal {
+            ops.push(KvOp::Put(Cf::Meta, self.journal_key(seq), v));
+        }
         self.engine.write(ops, sync)
+    }
+
+    fn journal_key(&self, seq: u64) -> Vec<u8> {
+        [&self.prefix[..], JOURNAL_TAG, &seq.to_be_bytes()].concat()
+    }
+
+    /// Visits the write journal records from sequence `from` on, in order,
+    /// until `visit` returns false.
+    pub fn scan_journal(&self, from: u64, visit: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<(), StorageError> {
+        let tag = [&self.prefix[..], JOURNAL_TAG].concat();
+        let end = prefix_end(&tag);
+        let skip = tag.len();
+        let mut bad = None;
+        self.engine.scan(Cf::Meta, &self.journal_key(from), &end, &mut |k, v| match <[u8; 8]>::try_from(&k[skip..]) {
+            Ok(seq) => visit(u64::from_be_bytes(seq), v),
+            Err(_) => {
+                bad = Some(StorageError::Corrupt { what: "journal key", detail: format!("{} bytes", k.len() - skip) });
+                false
+            }
+        })?;
+        bad.map_or(Ok(()), Err)
+    }
+
+    /// Deletes the write journal records up to and including `through`.
+    pub fn trim_journal(&self, through: u64) -> Result<(), StorageError> {
+        let start = [&self.prefix[..], JOURNAL_TAG].concat();
+        let end = match through.checked_add(1) {
+            Some(n) => self.journal_key(n),
+            None => prefix_end(&start),
+        };
+        self.engine.write(vec![KvOp::DeleteRange(Cf::Meta, start, end)], false)
     }
 
     /// Request-id records live in the meta column family under
