@@ -58,6 +58,11 @@ struct Args {
     /// numkong kernels). F16 and BINARY always use usearch's.
     #[arg(long, value_delimiter = ',', default_value = "shoal")]
     kernels: Vec<String>,
+    /// usearch's vector prefetch in the graph walk (node/vendor/usearch):
+    /// on, off, or ab (each index-level search measured off, on, off, on
+    /// over the same graph).
+    #[arg(long, default_value = "on")]
+    prefetch: String,
     /// index, shard or both.
     #[arg(long, default_value = "both")]
     level: String,
@@ -165,6 +170,11 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let mut out = vec![];
     eprintln!("shoal kernels: f32 {}, int8 {}", shoal_node::index::kernel::isa(), shoal_node::index::kernel_i8::isa());
+    match a.prefetch.as_str() {
+        "on" | "ab" => usearch::set_prefetch(true),
+        "off" => usearch::set_prefetch(false),
+        p => anyhow::bail!("--prefetch takes on, off or ab, not {p:?}"),
+    }
     let mut runs: Vec<(StorageArg, &str)> = vec![];
     for s in &a.storage {
         for (i, k) in a.kernels.iter().enumerate() {
@@ -200,6 +210,16 @@ fn main() -> Result<()> {
             for &ef in &a.ef {
                 for over in &overs {
                     let opts = SearchOpts { oversampling: *over, rescore: None };
+                    if a.prefetch == "ab" {
+                        for on in [false, true, false, true] {
+                            usearch::set_prefetch(on);
+                            let (qps, r) = measure(&queries, &truth, a.min_secs, |q| index.search_with(q, 10, ef, &Allowed::All, opts).expect("search").iter().map(|h| h.key).collect());
+                            eprintln!("{name} {kind} index ef={ef} oversampling={over:?} prefetch={on}: qps={qps:.0} recall@10={r:.4}");
+                            out.push(json!({"dataset": name, "engine": "shoal", "level": "index", "storage": kind, "ef": ef, "oversampling": over, "prefetch": on, "qps": qps, "recall_at_10": r, "n": base.len(), "dim": dim}));
+                        }
+                        usearch::set_prefetch(true);
+                        continue;
+                    }
                     let (qps, r) = measure(&queries, &truth, a.min_secs, |q| index.search_with(q, 10, ef, &Allowed::All, opts).expect("search").iter().map(|h| h.key).collect());
                     eprintln!("{name} {kind} index ef={ef} oversampling={over:?}: qps={qps:.0} recall@10={r:.4}");
                     out.push(json!({"dataset": name, "engine": "shoal", "level": "index", "storage": kind, "ef": ef, "oversampling": over, "qps": qps, "recall_at_10": r,
