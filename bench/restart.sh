@@ -11,7 +11,12 @@
 #
 # NODE_ADDR is the node's old internal address (node-1.log's ready line):
 # the cluster map names it. Delete `<index dir>/<shard>.keys` first to time
-# an open that scans every stored point (the path after a crash).
+# an open that scans every stored point (the path without a checkpoint).
+#
+# CRASH_WRITES=FILE.fvecs (optional): after round 1 serves, imports FILE
+# into the collection (ids from 0: replaces of stored points) and kills the
+# node with SIGKILL, so round 2 times a restart after a crash with those
+# writes unsaved (journal replay, the versions in the pending set).
 set -euo pipefail
 run=$1; addr=$2; coll=$3; ds=$4
 bin=${CARGO_TARGET_DIR:-target}/release
@@ -32,5 +37,12 @@ for round in 1 2; do
   t2=$(date +%s.%N)
   echo "round $round: ready $(echo "$t1 - $t0" | bc) s, first search answered $(echo "$t2 - $t0" | bc) s"
   grep -E "shard opened" "$log/node-$round.log" | sed 's/.*shard opened/  shard opened/'
-  kill -TERM $npid; wait $npid || true
+  if [ "$round" = 1 ] && [ -n "${CRASH_WRITES:-}" ]; then
+    w0=$(date +%s.%N)
+    "$bin/shoalctl" --addr "$coord" point import -c "$coll" "$CRASH_WRITES" --start-id 0 > /dev/null
+    echo "  imported $CRASH_WRITES in $(echo "$(date +%s.%N) - $w0" | bc) s; SIGKILL"
+    kill -KILL $npid; wait $npid || true
+  else
+    kill -TERM $npid; wait $npid || true
+  fi
 done

@@ -40,7 +40,7 @@
 use std::collections::BTreeMap;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -61,6 +61,9 @@ pub use plan::{filtered_ef, prefer_scan, SearchPlan, WALK_EF_IN_SCANNED_POINTS};
 
 const META_SEQ: &str = "seq";
 const META_NEXT_OFFSET: &str = "next_offset";
+/// Live versions after the last write (absent before the write journal):
+/// checked after a journal replay (journal.rs).
+const META_LIVE: &str = "live";
 
 /// In-memory state guarded by one lock.
 struct State {
@@ -135,6 +138,9 @@ pub struct Shard {
     indexing: Mutex<RoaringBitmap>,
     /// Versions applied but not yet in the graph: offset -> prepared vector.
     pending: RwLock<BTreeMap<u32, Vec<f32>>>,
+    /// Bytes of `pending` deferred at open and still reserved in the
+    /// node-wide budget (keyfile::DEFER_AT_OPEN_BYTES).
+    open_deferred: AtomicUsize,
     defer_index: AtomicBool,
     /// Graphs over frequently filtered keyword values ([`partition`]).
     partitions: partition::Partitions,
@@ -289,6 +295,14 @@ impl<'a> WriteOps<'a> {
     }
 }
 
+impl Drop for Shard {
+    /// Versions deferred at open and never indexed give their share of the
+    /// node-wide budget back.
+    fn drop(&mut self) {
+        keyfile::release(*self.open_deferred.get_mut());
+    }
+}
+
 impl Shard {
     /// Opens (or creates) a shard over `store`, loading or rebuilding its
     /// HNSW index from `index_dir`.
@@ -360,7 +374,7 @@ impl Shard {
         // Writes after the checkpoint (a crash before the next save): its
         // journal records bring it up to storage's sequence.
         let checkpoint = match checkpoint {
-            Some((at, mut live, mut keys)) => journal::replay(&store, at, seq, next_offset, &mut live, &mut keys)?.map(|n| {
+            Some((at, mut live, mut keys)) => journal::replay(&store, at, seq, next_offset, store.meta_get(META_LIVE)?.as_deref(), &mut live, &mut keys).map(|n| {
                 replayed = n;
                 (live, keys)
             }),
@@ -443,6 +457,7 @@ impl Shard {
             saved_indexed: AtomicU64::new(0),
             exact_scan_threshold: None,
             use_partitions: true,
+            open_deferred: AtomicUsize::new(keyfile::bytes_of(&deferred)),
             pending: RwLock::new(deferred),
             defer_index: AtomicBool::new(false),
             partitions: Default::default(),
@@ -928,7 +943,13 @@ impl Shard {
             batch.put_meta.push((META_SEQ, (st.seq + 1).to_be_bytes().to_vec()));
             batch.put_meta.push((META_NEXT_OFFSET, (next as u64).to_be_bytes().to_vec()));
             let journal_added: Vec<(PointKey, u32)> = added.iter().map(|(k, off, _)| (*k, *off)).collect();
-            let journal_retired: Vec<u32> = retire.iter().map(|(_, off)| *off).collect();
+            // A write that deletes and upserts one id retires its old
+            // version twice: once in the journal.
+            let mut journal_retired: Vec<u32> = retire.iter().map(|(_, off)| *off).collect();
+            journal_retired.sort_unstable();
+            journal_retired.dedup();
+            let live_after = st.live.len() + added.len() as u64 - journal_retired.len() as u64;
+            batch.put_meta.push((META_LIVE, live_after.to_be_bytes().to_vec()));
             batch.put_journal = Some((st.seq + 1, journal::encode(&journal_added, &journal_retired)));
             let entries_put = batch.put_index.clone();
             let entries_del = batch.delete_index.clone();
@@ -950,7 +971,20 @@ impl Shard {
                 }
             } else {
                 let items: Vec<(u64, &[f32])> = added.iter().map(|(_, off, i)| (*off as u64, prepared[*i].1.as_slice())).collect();
-                self.index.add_batch(&items)?;
+                if let Err(e) = self.index.add_batch(&items) {
+                    // The write is durable, so memory must not fall behind
+                    // storage (the next write's sequence and the journal
+                    // depend on it): what the graph refused waits in the
+                    // pending set, searched exactly, for the indexer to
+                    // retry.
+                    tracing::error!(collection = %self.collection, shard = self.shard_id, error = %e, "graph insert failed after the write committed; the new versions wait in the pending set");
+                    let mut p = self.pending.write();
+                    for (_, off, i) in &added {
+                        if !self.index.contains(*off as u64) {
+                            p.insert(*off, prepared[*i].1.clone());
+                        }
+                    }
+                }
             }
             let mut st = self.state.write();
             for e in &entries_put {
@@ -1001,9 +1035,12 @@ impl Shard {
         }
         if !retire.is_empty() && !self.pending.read().is_empty() {
             let mut p = self.pending.write();
+            let mut freed = 0;
             for (_, off) in &retire {
-                p.remove(off);
+                freed += p.remove(off).map_or(0, |v| v.len() * 4);
             }
+            drop(p);
+            self.release_deferred(freed);
         }
         for (_, off) in &retire {
             self.index.remove(*off as u64)?;
@@ -1068,7 +1105,17 @@ impl Shard {
             self.index.remove(o as u64)?;
         }
         self.indexed.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        self.release_deferred(chunk.iter().map(|(_, v)| v.len() * 4).sum());
         Ok(chunk.len())
+    }
+
+    /// Gives back up to `bytes` of what the open deferred to the node-wide
+    /// budget (the pending set drains versions deferred at open and
+    /// followers' alike; only the former were reserved).
+    fn release_deferred(&self, bytes: usize) {
+        if let Ok(prev) = self.open_deferred.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| (cur > 0).then(|| cur.saturating_sub(bytes))) {
+            keyfile::release(prev.min(bytes));
+        }
     }
 
     /// Exact distances from `q` to the pending versions `allowed` admits

@@ -31,13 +31,13 @@ fn kernels() -> &'static Kernels {
     K.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            let bw = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw");
+            let bw = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl");
             if bw && std::arch::is_x86_feature_detected!("avx512vnni") {
-                // SAFETY of the later calls: AVX-512F, BW and VNNI are present.
+                // SAFETY of the later calls: AVX-512F, BW, VL and VNNI are present.
                 return Kernels { dot: x86::dot_vnni, l2sq: x86::l2sq_avx512bw, name: "avx512vnni" };
             }
             if bw {
-                // SAFETY of the later calls: AVX-512F and BW are present.
+                // SAFETY of the later calls: AVX-512F, BW and VL are present.
                 return Kernels { dot: x86::dot_avx512bw, l2sq: x86::l2sq_avx512bw, name: "avx512bw" };
             }
             if std::arch::is_x86_feature_detected!("avx2") {
@@ -102,7 +102,7 @@ mod x86 {
 
     /// VNNI: `Σ(a ^ 0x80)·b` and `Σb` in two accumulators of 16 i32
     /// lanes, 64 bytes a step, the last step masked.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn dot_vnni(a: *const i8, b: *const i8, n: usize) -> i32 {
         // SAFETY (whole body): every load is masked to the bytes below `n`.
         unsafe {
@@ -125,7 +125,7 @@ mod x86 {
 
     /// Without VNNI: both sides widened to i16, `vpmaddwd`, 32 bytes a
     /// step, the last step masked.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn dot_avx512bw(a: *const i8, b: *const i8, n: usize) -> i32 {
         // SAFETY (whole body): every load is masked to the bytes below `n`.
         unsafe {
@@ -143,7 +143,7 @@ mod x86 {
     }
 
     /// `Σ(a-b)²` widened to i16, 32 bytes a step, the last step masked.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn l2sq_avx512bw(a: *const i8, b: *const i8, n: usize) -> i32 {
         // SAFETY (whole body): every load is masked to the bytes below `n`.
         unsafe {
@@ -226,7 +226,7 @@ mod tests {
             if std::arch::is_x86_feature_detected!("avx2") {
                 v.push(("avx2", x86::dot_avx2, x86::l2sq_avx2));
             }
-            let bw = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw");
+            let bw = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl");
             if bw {
                 v.push(("avx512bw", x86::dot_avx512bw, x86::l2sq_avx512bw));
             }

@@ -23,7 +23,6 @@ use roaring::RoaringBitmap;
 use shoal_proto::PointKey;
 
 use super::keys::KeyTable;
-use crate::error::Result;
 use crate::storage::ShardStore;
 
 /// The record of one write: versions made live, offsets retired.
@@ -79,17 +78,29 @@ pub fn decode(mut b: &[u8]) -> Option<Record> {
 
 /// Applies the journal records after `from` through `to` (storage's write
 /// sequence) to a checkpoint's `live` set and `keys`, in the order the
-/// writes ran them (new versions live, then old ones retired). Returns
-/// `None`, leaving both half-applied, when a record is missing or
-/// malformed, names an offset at or past `next_offset`, adds an offset
-/// already live or retires one that is not: the caller then scans.
-pub fn replay(store: &ShardStore, from: u64, to: u64, next_offset: u32, live: &mut RoaringBitmap, keys: &mut KeyTable) -> Result<Option<u64>> {
+/// writes ran them (new versions live, then old ones retired), and checks
+/// the result's size against `live_count`, the count the last write stored
+/// beside its points (when it did). Returns `None`, leaving both
+/// half-applied, when a record is missing, unreadable or malformed, names
+/// an offset at or past `next_offset`, adds an offset already live or
+/// retires one that is not, or the count differs: the caller then scans.
+pub fn replay(store: &ShardStore, from: u64, to: u64, next_offset: u32, live_count: Option<&[u8]>, live: &mut RoaringBitmap, keys: &mut KeyTable) -> Option<u64> {
+    let applied = apply(store, from, to, next_offset, live, keys)?;
+    let want = live_count.and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+    if want.is_some_and(|n| n != live.len()) {
+        tracing::warn!(from, to, live = live.len(), stored = want, "write journal replay disagrees with the stored live count; scanning the stored points");
+        return None;
+    }
+    Some(applied)
+}
+
+fn apply(store: &ShardStore, from: u64, to: u64, next_offset: u32, live: &mut RoaringBitmap, keys: &mut KeyTable) -> Option<u64> {
     if from >= to {
-        return Ok(Some(0));
+        return Some(0);
     }
     let mut expect = from + 1;
     let mut ok = true;
-    store.scan_journal(expect, &mut |seq, bytes| {
+    let scanned = store.scan_journal(expect, &mut |seq, bytes| {
         if seq > to {
             return false;
         }
@@ -112,12 +123,16 @@ pub fn replay(store: &ShardStore, from: u64, to: u64, next_offset: u32, live: &m
         ok &= fits;
         expect += 1;
         fits
-    })?;
+    });
+    if let Err(e) = scanned {
+        tracing::warn!(from, to, error = %e, "write journal unreadable; scanning the stored points");
+        return None;
+    }
     if !ok || expect != to + 1 {
         tracing::info!(from, to, reached = expect - 1, "write journal incomplete; scanning the stored points");
-        return Ok(None);
+        return None;
     }
-    Ok(Some(to - from))
+    Some(to - from)
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 //! the bytes before it.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use roaring::RoaringBitmap;
 use shoal_proto::PointKey;
@@ -141,13 +142,28 @@ pub struct Restored {
     pub deferred: BTreeMap<u32, Vec<f32>>,
 }
 
-/// The f32 bytes of the versions a graph lacks at open that go to the
-/// shard's pending set (searched exactly, indexed in the background by the
-/// node's indexer) instead of into the graph before the shard serves: 256
-/// MiB, about 87,000 vectors of 768 dimensions, more than a minute of
-/// writes since the last save on one shard. What passes it is added to the
-/// graph during the open, as before. docs/limits.md lists it.
+/// The f32 bytes of the versions graphs lack at open that go to their
+/// shards' pending sets (searched exactly, indexed in the background by the
+/// node's indexer) instead of into the graphs before the shards serve, for
+/// the whole process at any one time: 256 MiB, about 87,000 vectors of 768
+/// dimensions, more than a minute of writes since the last save. What
+/// passes it is added to the graph during the open, as before.
+/// docs/limits.md lists it.
 pub const DEFER_AT_OPEN_BYTES: usize = 256 << 20;
+
+/// Bytes deferred at open, process-wide, not yet indexed ([`release`]).
+static DEFERRED: AtomicUsize = AtomicUsize::new(0);
+
+/// Takes `bytes` of [`DEFER_AT_OPEN_BYTES`] if that much is left.
+fn reserve(bytes: usize) -> bool {
+    DEFERRED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| cur.checked_add(bytes).filter(|n| *n <= DEFER_AT_OPEN_BYTES)).is_ok()
+}
+
+/// Gives back `bytes` a shard deferred at open (indexed, retired, or the
+/// shard closed).
+pub fn release(bytes: usize) {
+    let _ = DEFERRED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| Some(cur.saturating_sub(bytes)));
+}
 
 /// Brings a loaded graph in line with a checkpoint read by [`read`]: every
 /// live offset the graph holds is kept (a quantized graph's vector-file
@@ -181,7 +197,7 @@ pub fn restore(store: &ShardStore, index: &HnswIndex, live: &RoaringBitmap, keys
         }
     }
     pending.flush()?;
-    done.deferred = pending.deferred;
+    done.deferred = pending.take_deferred();
     Ok(Some(done))
 }
 
@@ -192,14 +208,38 @@ struct Pending<'a> {
     index: &'a HnswIndex,
     items: Vec<(u64, Vec<f32>)>,
     deferred: BTreeMap<u32, Vec<f32>>,
-    defer_left: usize,
+    /// Whether versions may be deferred at all.
+    defer: bool,
+}
+
+impl Drop for Pending<'_> {
+    /// An open that failed or fell back to the scan gives back what it
+    /// deferred and did not hand over.
+    fn drop(&mut self) {
+        release(bytes_of(&self.deferred));
+    }
+}
+
+/// The f32 bytes of deferred versions.
+pub fn bytes_of(deferred: &BTreeMap<u32, Vec<f32>>) -> usize {
+    deferred.values().map(|v| v.len() * 4).sum()
 }
 
 impl<'a> Pending<'a> {
     const BATCH: usize = 4096;
 
     fn new(index: &'a HnswIndex) -> Self {
-        Pending { index, items: Vec::new(), deferred: BTreeMap::new(), defer_left: DEFER_AT_OPEN_BYTES }
+        // A quantized graph without codes yet calibrates on its first
+        // insert, which should see a full sample (CALIBRATION_ROWS): its
+        // versions go in here.
+        let defer = !(index.params().precision.quantized() && index.calibration().is_none());
+        Pending { index, items: Vec::new(), deferred: BTreeMap::new(), defer }
+    }
+
+    /// The deferred versions, for the shard's pending set; their bytes stay
+    /// reserved until the shard gives them back ([`release`]).
+    fn take_deferred(&mut self) -> BTreeMap<u32, Vec<f32>> {
+        std::mem::take(&mut self.deferred)
     }
 
     fn push(&mut self, key: u64, v: Vec<f32>) -> std::result::Result<(), IndexError> {
@@ -210,9 +250,8 @@ impl<'a> Pending<'a> {
             return Err(IndexError::Dimension { got: v.len(), want });
         }
         let bytes = v.len() * 4;
-        if bytes <= self.defer_left {
-            if let Ok(off) = u32::try_from(key) {
-                self.defer_left -= bytes;
+        if let (true, Ok(off)) = (self.defer, u32::try_from(key)) {
+            if reserve(bytes) {
                 self.deferred.insert(off, v);
                 return Ok(());
             }
@@ -293,7 +332,7 @@ pub(super) fn scan_points(store: &ShardStore, index: &HnswIndex, named: &named::
     }
     pending.flush()?;
     named.add(&named_batch.iter().map(|(o, v)| (*o, v)).collect::<Vec<_>>())?;
-    Ok(pending.deferred)
+    Ok(pending.take_deferred())
 }
 
 

@@ -2249,7 +2249,7 @@ class index_dense_gt {
     }
 
     /**
-     *  Shoal patch: prefetches the first cache lines (up to 256 bytes) of
+     *  Shoal patch: prefetches the cache lines (up to 2 KiB) of
      *  the vectors a graph walk is about to measure, so the loads of one
      *  expansion's unvisited neighbours overlap instead of each distance
      *  waiting on memory (see node/vendor/usearch/SHOAL.md).
