@@ -47,6 +47,7 @@ pub mod index;
 pub mod memory;
 pub mod metrics;
 pub mod raft;
+pub mod scan;
 pub mod server;
 pub mod service;
 pub mod shard;
