@@ -13,6 +13,9 @@
 //! - [`index`]: the [`index::VectorIndex`] trait; usearch HNSW (f32, f16,
 //!   or int8/binary codes re-scored from a memory-mapped vector file) and
 //!   the flat simsimd oracle.
+//! - [`scan`]: the scan engine: exact top-k of a batch of queries over a
+//!   set of rows by blocked matrix products (CPU backend), with the
+//!   per-row loop as the conformance oracle.
 //! - [`filter`]: payload indexes in memory and filter evaluation to a bitmap
 //!   of allowed point versions.
 //! - [`shard`]: one shard replica: applies write batches (storage first,
@@ -33,7 +36,8 @@
 //! `Shard/Write` arrives in [`service`], which finds the [`shard::Shard`] in
 //! the [`engine::Engine`]. The shard validates vectors, assigns each upserted
 //! point a fresh offset, writes points, payload-index entries and its
-//! sequence number in one synced RocksDB batch, and only then updates the
+//! sequence number (and a write-journal record, shard/journal.rs) in one
+//! synced RocksDB batch, and only then updates the
 //! HNSW and payload indexes and acknowledges. `Shard/Search` evaluates the
 //! filter to a bitmap, chooses HNSW predicate search or an exact scan by the
 //! filter's selectivity, and returns scored hits best first.

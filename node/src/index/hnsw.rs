@@ -27,6 +27,7 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use super::quant::{Code, Codec, CALIBRATION_ROWS};
 use super::vecfile::VectorFile;
+use crate::scan::TopK;
 use super::{kernel, kernel_i8, sort_hits, Allowed, Distance, Hit, Precision, VectorIndex};
 use crate::error::IndexError;
 
@@ -633,17 +634,12 @@ impl VectorIndex for HnswIndex {
                 Allowed::Set(set) => keys & *set,
             };
             let r = file.reader();
-            let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
+            let mut top = TopK::new(k);
             for key in keys.iter() {
                 let Some(v) = r.get(key as u64) else { continue };
-                heap.push(HeapHit(Hit { key: key as u64, distance: self.full_distance(q, v) }));
-                if heap.len() > k {
-                    heap.pop();
-                }
+                top.push(key as u64, self.full_distance(q, v));
             }
-            let mut hits: Vec<Hit> = heap.into_iter().map(|h| h.0).collect();
-            sort_hits(&mut hits, k);
-            return Ok(hits);
+            return Ok(top.into_sorted());
         }
         let g = &g.index;
         let Allowed::Set(set) = allowed else {
@@ -654,20 +650,14 @@ impl VectorIndex for HnswIndex {
         };
         // Rescore the allowed vectors with simsimd, keeping a bounded heap.
         let mut buf = vec![0f32; self.params.dim];
-        let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
+        let mut top = TopK::new(k);
         for key in set.iter() {
             if g.get(key as u64, &mut buf)? == 0 {
                 continue;
             }
-            let d = self.dist.f32(q, &buf);
-            heap.push(HeapHit(Hit { key: key as u64, distance: d }));
-            if heap.len() > k {
-                heap.pop();
-            }
+            top.push(key as u64, self.dist.f32(q, &buf));
         }
-        let mut hits: Vec<Hit> = heap.into_iter().map(|h| h.0).collect();
-        sort_hits(&mut hits, k);
-        Ok(hits)
+        Ok(top.into_sorted())
     }
 
     fn get(&self, key: u64, out: &mut [f32]) -> bool {
@@ -715,22 +705,3 @@ impl VectorIndex for HnswIndex {
     }
 }
 
-/// Max-heap by (distance, key): the worst hit is on top.
-struct HeapHit(Hit);
-
-impl PartialEq for HeapHit {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o) == std::cmp::Ordering::Equal
-    }
-}
-impl Eq for HeapHit {}
-impl PartialOrd for HeapHit {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for HeapHit {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.0.distance.total_cmp(&o.0.distance).then(self.0.key.cmp(&o.0.key))
-    }
-}

@@ -34,15 +34,15 @@ fn kernels() -> &'static Kernels {
             let bw = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl");
             if bw && std::arch::is_x86_feature_detected!("avx512vnni") {
                 // SAFETY of the later calls: AVX-512F, BW, VL and VNNI are present.
-                return Kernels { dot: x86::dot_vnni, l2sq: x86::l2sq_avx512bw, name: "avx512vnni" };
+                return Kernels { dot: x86::dot_vnni, l2sq: x86::sum_avx512bw::<true>, name: "avx512vnni" };
             }
             if bw {
                 // SAFETY of the later calls: AVX-512F, BW and VL are present.
-                return Kernels { dot: x86::dot_avx512bw, l2sq: x86::l2sq_avx512bw, name: "avx512bw" };
+                return Kernels { dot: x86::sum_avx512bw::<false>, l2sq: x86::sum_avx512bw::<true>, name: "avx512bw" };
             }
             if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY of the later calls: AVX2 is present.
-                return Kernels { dot: x86::dot_avx2, l2sq: x86::l2sq_avx2, name: "avx2" };
+                return Kernels { dot: x86::sum_avx2::<false>, l2sq: x86::sum_avx2::<true>, name: "avx2" };
             }
         }
         Kernels { dot: portable::dot, l2sq: portable::l2sq, name: "portable" }
@@ -123,10 +123,11 @@ mod x86 {
         }
     }
 
-    /// Without VNNI: both sides widened to i16, `vpmaddwd`, 32 bytes a
+    /// Without VNNI: both sides widened to i16, `vpmaddwd` of the products
+    /// (or, with `L2`, of the differences with themselves), 32 bytes a
     /// step, the last step masked.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn dot_avx512bw(a: *const i8, b: *const i8, n: usize) -> i32 {
+    pub unsafe fn sum_avx512bw<const L2: bool>(a: *const i8, b: *const i8, n: usize) -> i32 {
         // SAFETY (whole body): every load is masked to the bytes below `n`.
         unsafe {
             let mut acc = _mm512_setzero_si512();
@@ -135,26 +136,13 @@ mod x86 {
                 let m = tail_mask(n - i) as __mmask32;
                 let x = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, a.add(i) as *const _));
                 let y = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, b.add(i) as *const _));
+                let (x, y) = if L2 {
+                    let d = _mm512_sub_epi16(x, y);
+                    (d, d)
+                } else {
+                    (x, y)
+                };
                 acc = _mm512_add_epi32(acc, _mm512_madd_epi16(x, y));
-                i += 32;
-            }
-            _mm512_reduce_add_epi32(acc)
-        }
-    }
-
-    /// `Σ(a-b)²` widened to i16, 32 bytes a step, the last step masked.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn l2sq_avx512bw(a: *const i8, b: *const i8, n: usize) -> i32 {
-        // SAFETY (whole body): every load is masked to the bytes below `n`.
-        unsafe {
-            let mut acc = _mm512_setzero_si512();
-            let mut i = 0;
-            while i < n {
-                let m = tail_mask(n - i) as __mmask32;
-                let x = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, a.add(i) as *const _));
-                let y = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, b.add(i) as *const _));
-                let d = _mm512_sub_epi16(x, y);
-                acc = _mm512_add_epi32(acc, _mm512_madd_epi16(d, d));
                 i += 32;
             }
             _mm512_reduce_add_epi32(acc)
@@ -169,9 +157,10 @@ mod x86 {
         _mm_cvtsi128_si32(h)
     }
 
-    /// AVX2: 16 bytes a step widened to i16, `vpmaddwd`; a scalar tail.
+    /// AVX2: 16 bytes a step widened to i16, `vpmaddwd` (of the differences
+    /// with `L2`); a scalar tail.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn dot_avx2(a: *const i8, b: *const i8, n: usize) -> i32 {
+    pub unsafe fn sum_avx2<const L2: bool>(a: *const i8, b: *const i8, n: usize) -> i32 {
         // SAFETY (whole body): vector loads read 16 bytes below `n`.
         unsafe {
             let mut acc = _mm256_setzero_si256();
@@ -179,35 +168,19 @@ mod x86 {
             while i + 16 <= n {
                 let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(a.add(i) as *const _));
                 let y = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(i) as *const _));
+                let (x, y) = if L2 {
+                    let d = _mm256_sub_epi16(x, y);
+                    (d, d)
+                } else {
+                    (x, y)
+                };
                 acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x, y));
                 i += 16;
             }
             let mut total = hsum256(acc);
             while i < n {
-                total += *a.add(i) as i32 * *b.add(i) as i32;
-                i += 1;
-            }
-            total
-        }
-    }
-
-    /// AVX2 `Σ(a-b)²`, as [`dot_avx2`].
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn l2sq_avx2(a: *const i8, b: *const i8, n: usize) -> i32 {
-        // SAFETY (whole body): vector loads read 16 bytes below `n`.
-        unsafe {
-            let mut acc = _mm256_setzero_si256();
-            let mut i = 0;
-            while i + 16 <= n {
-                let x = _mm256_cvtepi8_epi16(_mm_loadu_si128(a.add(i) as *const _));
-                let y = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(i) as *const _));
-                let d = _mm256_sub_epi16(x, y);
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(d, d));
-                i += 16;
-            }
-            let mut total = hsum256(acc);
-            while i < n {
-                total += (*a.add(i) as i32 - *b.add(i) as i32).pow(2);
+                let (x, y) = (*a.add(i) as i32, *b.add(i) as i32);
+                total += if L2 { (x - y) * (x - y) } else { x * y };
                 i += 1;
             }
             total
@@ -224,14 +197,14 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2") {
-                v.push(("avx2", x86::dot_avx2, x86::l2sq_avx2));
+                v.push(("avx2", x86::sum_avx2::<false>, x86::sum_avx2::<true>));
             }
             let bw = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl");
             if bw {
-                v.push(("avx512bw", x86::dot_avx512bw, x86::l2sq_avx512bw));
+                v.push(("avx512bw", x86::sum_avx512bw::<false>, x86::sum_avx512bw::<true>));
             }
             if bw && std::arch::is_x86_feature_detected!("avx512vnni") {
-                v.push(("avx512vnni", x86::dot_vnni, x86::l2sq_avx512bw));
+                v.push(("avx512vnni", x86::dot_vnni, x86::sum_avx512bw::<true>));
             }
         }
         v

@@ -4,7 +4,10 @@
 //!   f16. Approximate search (optionally with a predicate) and exact search
 //!   over its stored vectors with simsimd kernels.
 //! - [`kernel`]: Shoal's f32 distance kernels (AVX-512F, AVX2+FMA,
-//!   portable), registered as the f32 graphs' metric and used to re-score.
+//!   portable), registered as the f32 graphs' metric and used to re-score;
+//!   [`kernel_i8`]: the int8 code kernels of INT8 graphs (AVX-512 VNNI,
+//!   AVX-512BW, AVX2, portable). The HNSW itself is usearch, vendored with
+//!   one patch (node/vendor/usearch/SHOAL.md: the walk prefetches vectors).
 //! - [`quant`] and [`vecfile`]: the codes of INT8 and BINARY storage and
 //!   the memory-mapped file of full vectors they are re-scored with.
 //! - [`flat::FlatIndex`]: exact brute force over a contiguous array with
