@@ -27,9 +27,9 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use super::quant::{Code, Codec, CALIBRATION_ROWS};
 use super::vecfile::VectorFile;
-use crate::scan::TopK;
 use super::{kernel, kernel_i8, sort_hits, Allowed, Distance, Hit, Precision, VectorIndex};
 use crate::error::IndexError;
+use crate::scan::TopK;
 
 /// Oversampling of an INT8 search when the request names none: measured
 /// in docs/benchmarks.md ("Quantized storage").

@@ -53,6 +53,10 @@ impl Scan for CpuScan {
             return Ok(vec![]);
         }
         let dim = rows.dim();
+        if dim == 0 {
+            // Nothing to measure (the API refuses dimension 0).
+            return Ok(vec![vec![]; queries.len()]);
+        }
         let packed: Vec<f32> = queries.concat();
         let norms: Vec<f32> = match metric {
             ScanMetric::L2 => queries.iter().map(|q| crate::index::kernel::dot(q, q)).collect(),
@@ -177,7 +181,12 @@ impl Job<'_> {
                 for (j, &dot) in s.iter().enumerate() {
                     let d = match self.metric {
                         ScanMetric::InnerProduct => 1.0 - dot,
-                        ScanMetric::L2 => (self.norms[qi] + row_norms[j] - 2.0 * dot).max(0.0),
+                        // Rounding can take a tiny distance below zero;
+                        // NaN stays NaN (TopK drops it).
+                        ScanMetric::L2 => match self.norms[qi] + row_norms[j] - 2.0 * dot {
+                            d if d < 0.0 => 0.0,
+                            d => d,
+                        },
                     };
                     if d <= bound {
                         top.push(used[j], d);

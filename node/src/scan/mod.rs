@@ -129,9 +129,12 @@ impl TopK {
         }
     }
 
+    /// Offers a hit. A NaN distance (a row or query holding NaN or an
+    /// overflow; writes refuse non-finite vectors) cannot be ranked and is
+    /// dropped, on every backend alike.
     #[inline]
     pub(crate) fn push(&mut self, key: u64, distance: f32) {
-        if self.k == 0 {
+        if self.k == 0 || distance.is_nan() {
             return;
         }
         let hit = Ranked(Hit { key, distance });
@@ -200,19 +203,29 @@ impl RowStore for DenseRows<'_> {
     }
 
     fn fill(&self, key: u64, out: &mut [f32]) -> bool {
-        let Ok(i) = usize::try_from(key) else { return false };
-        match self.data.get(i * self.dim..(i + 1) * self.dim) {
-            Some(r) if out.len() == self.dim => {
-                out.copy_from_slice(r);
-                true
-            }
-            _ => false,
+        let Some(r) = usize::try_from(key).ok().and_then(|i| self.rows(i, 1)) else { return false };
+        if out.len() != self.dim {
+            return false;
         }
+        out.copy_from_slice(r);
+        true
     }
 
     fn block(&self, keys: &[u64]) -> Option<&[f32]> {
-        let first = usize::try_from(*keys.first()?).ok()?;
-        let contiguous = keys.iter().enumerate().all(|(i, k)| *k == (first + i) as u64);
-        contiguous.then(|| self.data.get(first * self.dim..(first + keys.len()) * self.dim)).flatten()
+        let first = *keys.first()?;
+        let contiguous = keys.iter().enumerate().all(|(i, k)| first.checked_add(i as u64) == Some(*k));
+        if !contiguous {
+            return None;
+        }
+        self.rows(usize::try_from(first).ok()?, keys.len())
+    }
+}
+
+impl DenseRows<'_> {
+    /// Rows `first..first + n`, if all are present (no overflow).
+    fn rows(&self, first: usize, n: usize) -> Option<&[f32]> {
+        let start = first.checked_mul(self.dim)?;
+        let end = first.checked_add(n)?.checked_mul(self.dim)?;
+        self.data.get(start..end)
     }
 }

@@ -97,7 +97,7 @@ fn every_backend_matches_the_reference() {
             let n = 700;
             let rows_data = if metric == ScanMetric::InnerProduct { unit(data(n, dim, dim as u64, 1.0), dim) } else { data(n, dim, dim as u64, 4.0) };
             let queries_data = if metric == ScanMetric::InnerProduct { unit(data(9, dim, 99, 1.0), dim) } else { data(9, dim, 99, 4.0) };
-            let queries: Vec<&[f32]> = queries_data.chunks_exact(dim).collect();
+            let all_queries: Vec<&[f32]> = queries_data.chunks_exact(dim).collect();
             let dense = DenseRows { dim, data: &rows_data };
             let holey = Holey(DenseRows { dim, data: &rows_data });
             // All rows in order (lent in place), a scattered subset
@@ -107,11 +107,14 @@ fn every_backend_matches_the_reference() {
             let cases: [(&str, &[u64], &dyn RowStore); 3] = [("all", &all, &dense), ("subset", &some, &dense), ("holey", &all, &holey)];
             for backend in backends() {
                 for (case, keys, rows) in cases {
-                    for k in [1usize, 10, 257, 5000] {
-                        let got = backend.top_k(&queries, keys, rows, k, metric).unwrap();
+                    // 1 and 7 queries take CpuScan's kernel path, 8 and 9
+                    // its matrix products.
+                    for (k, nq) in [(1usize, 9usize), (10, 1), (10, 7), (10, 8), (257, 9), (5000, 9)] {
+                        let queries = &all_queries[..nq];
+                        let got = backend.top_k(queries, keys, rows, k, metric).unwrap();
                         assert_eq!(got.len(), queries.len());
                         for (q, hits) in queries.iter().zip(&got) {
-                            conforms(&format!("{} {case} dim={dim} {metric:?} k={k}", backend.name()), q, hits, keys, rows, k, metric);
+                            conforms(&format!("{} {case} dim={dim} {metric:?} k={k} queries={nq}", backend.name()), q, hits, keys, rows, k, metric);
                         }
                     }
                 }
@@ -142,8 +145,7 @@ fn edge_cases_answer_without_panicking() {
 fn lent_and_gathered_rows_agree() {
     let dim = 24;
     let rows_data = data(1000, dim, 5, 2.0);
-    let queries_data = data(4, dim, 6, 2.0);
-    let queries: Vec<&[f32]> = queries_data.chunks_exact(dim).collect();
+    let queries_data = data(12, dim, 6, 2.0);
     let keys: Vec<u64> = (0..1000).collect();
     let lent = DenseRows { dim, data: &rows_data };
     struct Gathered<'a>(DenseRows<'a>);
@@ -156,8 +158,41 @@ fn lent_and_gathered_rows_agree() {
         }
     }
     let gathered = Gathered(DenseRows { dim, data: &rows_data });
-    let scan = CpuScan::with_threads(2);
-    for metric in [ScanMetric::InnerProduct, ScanMetric::L2] {
-        assert_eq!(scan.top_k(&queries, &keys, &lent, 20, metric).unwrap(), scan.top_k(&queries, &keys, &gathered, 20, metric).unwrap());
+    for nq in [4, 12] {
+        let queries: Vec<&[f32]> = queries_data.chunks_exact(dim).take(nq).collect();
+        for metric in [ScanMetric::InnerProduct, ScanMetric::L2] {
+            let one = CpuScan::with_threads(1).top_k(&queries, &keys, &lent, 20, metric).unwrap();
+            assert_eq!(one, CpuScan::with_threads(1).top_k(&queries, &keys, &gathered, 20, metric).unwrap(), "{nq} queries, {metric:?}: lent and gathered");
+            assert_eq!(one, CpuScan::with_threads(3).top_k(&queries, &keys, &lent, 20, metric).unwrap(), "{nq} queries, {metric:?}: one thread and three");
+        }
+    }
+}
+
+/// Rows or queries holding NaN or infinity never panic, never return
+/// more than k hits, and never rank a NaN distance.
+#[test]
+fn non_finite_values_are_never_ranked() {
+    let dim = 16;
+    let mut rows_data = data(40, dim, 7, 1.0);
+    rows_data[3 * dim + 2] = f32::NAN;
+    rows_data[5 * dim] = f32::INFINITY;
+    let rows = DenseRows { dim, data: &rows_data };
+    let keys: Vec<u64> = (0..40).collect();
+    let good = data(9, dim, 8, 1.0);
+    let mut bad = good.clone();
+    bad[0] = f32::INFINITY;
+    for backend in backends() {
+        for queries_data in [&good, &bad] {
+            for nq in [1, 9] {
+                let queries: Vec<&[f32]> = queries_data.chunks_exact(dim).take(nq).collect();
+                for metric in [ScanMetric::InnerProduct, ScanMetric::L2] {
+                    for hits in backend.top_k(&queries, &keys, &rows, 10, metric).unwrap() {
+                        assert!(hits.len() <= 10);
+                        assert!(hits.iter().all(|h| !h.distance.is_nan()), "{}: {metric:?} ranked a NaN distance", backend.name());
+                        assert!(!hits.iter().any(|h| h.key == 3), "{}: {metric:?} ranked the NaN row", backend.name());
+                    }
+                }
+            }
+        }
     }
 }
