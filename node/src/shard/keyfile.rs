@@ -149,7 +149,14 @@ pub struct Restored {
 /// dimensions, more than a minute of writes since the last save. What
 /// passes it is added to the graph during the open, as before.
 /// docs/limits.md lists it.
-pub const DEFER_AT_OPEN_BYTES: usize = 256 << 20;
+///
+/// Set to 0 (nothing deferred) until a race is fixed: usearch publishes a
+/// key before its vector, so `HnswIndex::get` and usearch's exact search
+/// running beside the indexer's inserts can copy from a null vector (a
+/// segfault the kill -9 durability test hit once deferred versions were
+/// indexed while the restarted node served). The mechanism stays, tested
+/// with a budget in the shard tests' replay cases once re-enabled.
+pub const DEFER_AT_OPEN_BYTES: usize = 0;
 
 /// Bytes deferred at open, process-wide, not yet indexed ([`release`]).
 static DEFERRED: AtomicUsize = AtomicUsize::new(0);
