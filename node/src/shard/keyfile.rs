@@ -162,6 +162,8 @@ pub const DEFER_AT_OPEN_BYTES: usize = 0;
 static DEFERRED: AtomicUsize = AtomicUsize::new(0);
 
 /// Takes `bytes` of [`DEFER_AT_OPEN_BYTES`] if that much is left.
+// The budget is 0 while deferral is disabled (see its doc).
+#[allow(clippy::absurd_extreme_comparisons)]
 fn reserve(bytes: usize) -> bool {
     DEFERRED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| cur.checked_add(bytes).filter(|n| *n <= DEFER_AT_OPEN_BYTES)).is_ok()
 }
