@@ -73,16 +73,20 @@ pub struct Load {
     acked: Arc<Mutex<BTreeSet<u64>>>,
     acked_at: Arc<Mutex<Vec<(Instant, Instant)>>>,
     attempted: Arc<Mutex<BTreeSet<u64>>>,
+    /// The latest refusal or failure of a write, with when it came (what
+    /// a test reports when the load stops making progress).
+    last_error: Arc<Mutex<Option<(Instant, String)>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Load {
     pub async fn start(addr: &str, collection: &str, writers: u64, base: u64) -> Load {
-        let load = Load { stop: Arc::default(), acked: Arc::default(), acked_at: Arc::default(), attempted: Arc::default(), tasks: vec![] };
+        let load = Load { stop: Arc::default(), acked: Arc::default(), acked_at: Arc::default(), attempted: Arc::default(), last_error: Arc::default(), tasks: vec![] };
         let mut tasks = vec![];
         for w in 0..writers {
             let ch = channel(addr).await;
             let (stop, acked, acked_at, attempted, collection) = (load.stop.clone(), load.acked.clone(), load.acked_at.clone(), load.attempted.clone(), collection.to_string());
+            let last_error = load.last_error.clone();
             tasks.push(tokio::spawn(async move {
                 let mut c = PointsClient::new(ch);
                 let mut b = 0u64;
@@ -98,12 +102,20 @@ impl Load {
                             acked.lock().unwrap().extend(&ids);
                             acked_at.lock().unwrap().push((sent, Instant::now()));
                         }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        Err(e) => {
+                            *last_error.lock().unwrap() = Some((Instant::now(), format!("{:?}: {} (after {:?})", e.code(), e.message(), sent.elapsed())));
+                            tokio::time::sleep(Duration::from_millis(50)).await
+                        }
                     }
                 }
             }));
         }
         Load { tasks, ..load }
+    }
+
+    /// The latest write failure and how long ago it came.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap().as_ref().map(|(at, e)| format!("{e}, {:?} ago", at.elapsed()))
     }
 
     pub fn acked_len(&self) -> usize {
@@ -144,7 +156,7 @@ impl Load {
 pub async fn wait_acks(load: &Load, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while load.acked_len() < n {
-        assert!(Instant::now() < deadline, "load made no progress: {} acked", load.acked_len());
+        assert!(Instant::now() < deadline, "load made no progress: {} acked; last write failure: {:?}", load.acked_len(), load.last_error());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

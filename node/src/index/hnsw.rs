@@ -138,6 +138,14 @@ pub struct HnswIndex {
     /// once took the index lock exclusively, so searches on async workers
     /// waited for it and Raft heartbeats on those workers were missed.)
     mutate: RwLock<()>,
+    /// Held shared around each usearch insert, exclusively by usearch's
+    /// exact search: usearch counts a new node (which its exact search
+    /// walks) before it stores the node's vector, so an exact search
+    /// beside an insert could read a null vector (a segfault seen when a
+    /// restarted node indexed deferred versions while serving). `get`
+    /// needs no such guard: usearch maps the key and stores the vector
+    /// under one lock.
+    inserting: RwLock<()>,
     gate: Gate,
     live: AtomicUsize,
     /// Removals since the graph was built or loaded: usearch keeps removed
@@ -232,6 +240,7 @@ impl HnswIndex {
             index: RwLock::new(graph),
             keys: Mutex::new(RoaringBitmap::new()),
             mutate: RwLock::new(()),
+            inserting: RwLock::new(()),
             gate: Gate { free: Mutex::new(max_concurrency()), cv: Condvar::new() },
             live: AtomicUsize::new(live),
             removed: AtomicUsize::new(0),
@@ -408,7 +417,10 @@ impl HnswIndex {
     fn insert(&self, g: &Graph, key: u64, v: &[f32]) -> Result<(), IndexError> {
         let v = self.unit(v);
         match (&g.codec, &g.vectors) {
-            (None, None) => g.index.add(key, &v)?,
+            (None, None) => {
+                let _i = self.inserting.read();
+                g.index.add(key, &v)?
+            }
             (Some(codec), Some(file)) => {
                 let off = offset_of(key)?;
                 if g.write_vectors {
@@ -643,7 +655,12 @@ impl VectorIndex for HnswIndex {
         }
         let g = &g.index;
         let Allowed::Set(set) = allowed else {
-            let m = g.exact_search(q, k)?;
+            // Waits for the inserts in flight (each well under a
+            // millisecond), not for whole batches.
+            let m = {
+                let _i = self.inserting.write();
+                g.exact_search(q, k)?
+            };
             let mut hits: Vec<Hit> = m.keys.iter().zip(&m.distances).map(|(k, d)| Hit { key: *k, distance: *d }).collect();
             sort_hits(&mut hits, k);
             return Ok(hits);

@@ -177,6 +177,54 @@ fn memory_bytes_is_safe_during_concurrent_adds() {
     assert!(idx.memory_bytes() >= 20_000 * 16 * 4, "holds at least the raw vectors");
 }
 
+/// Exact searches and gets beside concurrent adds (a shard's pending set
+/// is searched while the indexer moves it into the graph). usearch counts
+/// a new node before it stores the node's vector; its exact search once
+/// read such a null vector and crashed the process.
+#[test]
+fn exact_and_get_are_safe_during_concurrent_adds() {
+    let dim = 32;
+    let idx = HnswIndex::new(params(dim, Metric::L2, Precision::F32)).unwrap();
+    let vs = data(20_000, dim, 22);
+    std::thread::scope(|s| {
+        let idx = &idx;
+        let vs = &vs;
+        s.spawn(move || {
+            for (i, chunk) in vs.chunks(1_000).enumerate() {
+                let items: Vec<(u64, &[f32])> = chunk.iter().enumerate().map(|(j, v)| ((i * 1_000 + j) as u64, v.as_slice())).collect();
+                idx.add_batch(&items).unwrap();
+            }
+        });
+        let (mut searches, mut got) = (0, 0);
+        let mut buf = vec![0f32; dim];
+        while idx.len() < vs.len() {
+            let n = idx.len();
+            // Batches go in one after another: with n added, the batches
+            // below n / 1000 are whole, so their last key is stored and is
+            // its own nearest neighbour.
+            let probe = ((n / 1_000) * 1_000).saturating_sub(1);
+            let hits = idx.exact(&vs[probe], 1, &Allowed::All).unwrap();
+            if n >= 1_000 {
+                assert_eq!(hits[0].distance, 0.0, "exact search for stored vector {probe}: {hits:?}");
+            }
+            // The filtered exact search reads each allowed key's vector
+            // with usearch's get, the keys being added among them.
+            let set: RoaringBitmap = (n.saturating_sub(64) as u32..(n + 64) as u32).collect();
+            let hits = idx.exact(&vs[probe], 1, &Allowed::Set(&set)).unwrap();
+            assert!(hits.iter().all(|h| set.contains(h.key as u32)), "filtered exact search stays in its set");
+            searches += 1;
+            for key in [probe, n, n + 1] {
+                if idx.get(key as u64, &mut buf) {
+                    assert_eq!(buf, vs[key], "get {key} during adds");
+                    got += 1;
+                }
+            }
+        }
+        assert!(searches > 0 && got > 0, "searched ({searches}) and read ({got}) while adds ran");
+    });
+    assert_eq!(idx.len(), 20_000);
+}
+
 /// f64 reference of an index distance on the values as stored.
 fn reference(metric: Metric, a: &[f32], b: &[f32]) -> (f64, f64) {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();

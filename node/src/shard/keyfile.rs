@@ -150,20 +150,15 @@ pub struct Restored {
 /// passes it is added to the graph during the open, as before.
 /// docs/limits.md lists it.
 ///
-/// Set to 0 (nothing deferred) until a race is fixed: usearch publishes a
-/// key before its vector, so `HnswIndex::get` and usearch's exact search
-/// running beside the indexer's inserts can copy from a null vector (a
-/// segfault the kill -9 durability test hit once deferred versions were
-/// indexed while the restarted node served). The mechanism stays, tested
-/// with a budget in the shard tests' replay cases once re-enabled.
-pub const DEFER_AT_OPEN_BYTES: usize = 0;
+/// Deferred versions are searched while the indexer adds them, so the
+/// graph's exact search guards against a node counted before its vector
+/// is stored (`HnswIndex`'s `inserting` lock).
+pub const DEFER_AT_OPEN_BYTES: usize = 256 << 20;
 
 /// Bytes deferred at open, process-wide, not yet indexed ([`release`]).
 static DEFERRED: AtomicUsize = AtomicUsize::new(0);
 
 /// Takes `bytes` of [`DEFER_AT_OPEN_BYTES`] if that much is left.
-// The budget is 0 while deferral is disabled (see its doc).
-#[allow(clippy::absurd_extreme_comparisons)]
 fn reserve(bytes: usize) -> bool {
     DEFERRED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| cur.checked_add(bytes).filter(|n| *n <= DEFER_AT_OPEN_BYTES)).is_ok()
 }

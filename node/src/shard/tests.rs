@@ -302,10 +302,8 @@ fn index_file_is_reloaded_reconciled_or_rebuilt() {
         assert_eq!(exact(&s), exact_before);
         // They wait in the pending set (searched exactly) for the node's
         // indexer, which this test plays.
-        // Versions deferred at open (none while keyfile::DEFER_AT_OPEN_BYTES
-        // is 0) go into the graph as the node's indexer would move them.
-        let deferred = s.unindexed();
-        assert_eq!(s.index_pending(1000).unwrap() as u64, deferred);
+        assert_eq!(s.unindexed(), 205);
+        assert_eq!(s.index_pending(1000).unwrap(), 205);
         let indexed = results(&s);
         let same: usize = indexed.iter().zip(&before).map(|(a, b)| a.iter().filter(|x| b.contains(x)).count()).sum();
         assert!(same as f64 >= 0.97 * (before.len() * 10) as f64, "indexed, the graph agrees on only {same} of {} results", before.len() * 10);

@@ -2222,16 +2222,19 @@ class index_dense_gt {
         }
         bool key_mapped = true;
         auto on_success = [&](member_ref_t member) {
-            if (config_.enable_key_lookups) {
-                unique_lock_t slot_lock(slot_lookup_mutex_);
-                key_mapped = slot_lookup_.try_emplace(key_and_slot_t{key, static_cast<compressed_slot_t>(member.slot)});
-            }
+            // Shoal patch: the vector is stored before the key is mapped, so
+            // a `get` that finds the key (under the lookup lock) reads a
+            // stored vector, never a null or half-written one.
             if (copy_vector) {
                 if (!reuse_node)
                     vectors_lookup_[member.slot] = allocated_vector;
                 std::memcpy(vectors_lookup_[member.slot], vector_data, metric_.bytes_per_vector());
             } else
                 vectors_lookup_[member.slot] = (byte_t*)vector_data;
+            if (config_.enable_key_lookups) {
+                unique_lock_t slot_lock(slot_lookup_mutex_);
+                key_mapped = slot_lookup_.try_emplace(key_and_slot_t{key, static_cast<compressed_slot_t>(member.slot)});
+            }
         };
 
         index_update_config_t update_config;
