@@ -126,6 +126,10 @@ pub struct BenchArgs {
     /// server's per kind).
     #[arg(long)]
     pub oversampling: Option<f32>,
+    /// Exact searches (`exact=true`, the scan engine) instead of the graph
+    /// walk; ef is ignored by the server then.
+    #[arg(long)]
+    pub exact: bool,
 }
 
 /// CPU time (user + system, seconds) a process has used so far, from
@@ -604,7 +608,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
     // was up to 20% slower without it (caches, and the node settling
     // after ingest).
     if let Some(&ef) = a.ef.first() {
-        let warm: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| over(SearchBuilder::new(&name, q.clone(), 10).ef(ef))).collect());
+        let warm: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| over(SearchBuilder::new(&name, q.clone(), 10).ef(ef).exact(a.exact))).collect());
         grpc_run(&pool, warm, truth.clone(), a.inflight.unwrap_or(a.concurrency), 0.0).await?;
         if let Some((idx, _)) = inproc.as_ref() {
             inprocess_qps(idx, &inproc_queries, ef, a.concurrency, 0.0);
@@ -617,7 +621,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
             "leader" => shoal_proto::v1::Consistency::Leader,
             _ => shoal_proto::v1::Consistency::Strong,
         };
-        let searches: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| over(SearchBuilder::new(&name, q.clone(), 10).ef(ef).consistency(consistency))).collect());
+        let searches: Arc<Vec<SearchBuilder>> = Arc::new(ds.queries.iter().map(|q| over(SearchBuilder::new(&name, q.clone(), 10).ef(ef).exact(a.exact).consistency(consistency))).collect());
         // Rounds alternate gRPC and in-process measurements, so a noisy
         // moment on the machine hits both; the medians are reported.
         let (mut grpc_qps, mut ip_qps, mut first) = (vec![], vec![], None);
@@ -714,7 +718,7 @@ pub async fn run(addr: &str, a: BenchArgs) -> Result<()> {
         "vectors": n,
         "dim": ds.meta.dim,
         "metric": ds.meta.metric,
-        "m": a.m, "ef_construction": a.ef_construction, "concurrency": a.concurrency, "inprocess_metric": if a.inprocess_unit_ip && metric == Metric::Cosine { "ip on unit vectors" } else { "usearch cos" }, "inflight": a.inflight.unwrap_or(a.concurrency), "client_threads": a.client_threads, "search_batch": a.search_batch, "stream": a.stream, "threads": threads,
+        "m": a.m, "ef_construction": a.ef_construction, "concurrency": a.concurrency, "inprocess_metric": if a.inprocess_unit_ip && metric == Metric::Cosine { "ip on unit vectors" } else { "usearch cos" }, "inflight": a.inflight.unwrap_or(a.concurrency), "client_threads": a.client_threads, "search_batch": a.search_batch, "stream": a.stream, "exact": a.exact, "threads": threads,
         "ingest_per_s": ingest_per_s,
         "indexed_after_s": indexed_after_s,
         "indexed_per_s": n as f64 / indexed_after_s,

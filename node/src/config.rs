@@ -43,6 +43,12 @@ pub struct NodeArgs {
     /// search chooses by its estimated cost (docs/filters.md).
     #[arg(long, env = "SHOAL_EXACT_SCAN_THRESHOLD")]
     pub exact_scan_threshold: Option<u64>,
+    /// Microseconds a single exact search waits for concurrent exact
+    /// searches of its shard, to score them in one scan (only while others
+    /// are in flight; a lone search never waits). 0 batches only what
+    /// queues while a scan runs.
+    #[arg(long, env = "SHOAL_SCAN_BATCH_WINDOW_US", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub scan_batch_window_us: u64,
     /// Build partition graphs for keyword values that filtered searches
     /// use (docs/filters.md); `false` turns them off.
     #[arg(long, env = "SHOAL_FILTER_PARTITIONS", default_value_t = true, action = clap::ArgAction::Set)]

@@ -98,6 +98,14 @@ pub enum IndexError {
     Dimension { got: usize, want: usize },
 }
 
+impl From<crate::scan::ScanError> for IndexError {
+    fn from(e: crate::scan::ScanError) -> Self {
+        match e {
+            crate::scan::ScanError::Dimension { got, want } => IndexError::Dimension { got, want },
+        }
+    }
+}
+
 impl From<cxx::Exception> for IndexError {
     fn from(e: cxx::Exception) -> Self {
         IndexError::Usearch(e.what().to_string())

@@ -51,9 +51,9 @@ use shoal_proto::{validate, PointKey};
 use crate::error::{IndexError, NodeError, Result};
 use crate::filter::{self, FilterSource, PayloadIndex};
 use crate::sparse::SparseIndex;
-use crate::index::hnsw::{HnswIndex, HnswParams, SearchOpts};
+use crate::index::hnsw::{HnswIndex, HnswParams};
 use crate::index::vecfile::{Memory, VectorFile};
-use crate::index::{Allowed, Distance, Hit, Precision, VectorIndex};
+use crate::index::{Distance, Precision, VectorIndex};
 use crate::storage::{ShardStore, StoreBatch, StoredPoint};
 pub use reindex::Schema;
 
@@ -157,7 +157,13 @@ pub struct Shard {
     range: RwLock<split::RangeState>,
     /// Offsets of the frozen copies of a pending split.
     frozen: RwLock<RoaringBitmap>,
+    /// Concurrent single exact searches, gathered into one scan.
+    exact_batcher: ExactBatcher,
 }
+
+/// Exact searches (and whether each hides a split's frozen copies) and
+/// their answers ([`crate::scan::batcher`]).
+type ExactBatcher = crate::scan::batcher::Batcher<(SearchPointsRequest, bool), Result<Vec<ScoredPoint>>>;
 
 /// When a shard write is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -466,6 +472,7 @@ impl Shard {
             retired: AtomicBool::new(false),
             range: RwLock::new(range),
             frozen: RwLock::new(RoaringBitmap::new()),
+            exact_batcher: ExactBatcher::new(crate::scan::batcher::DEFAULT_WINDOW, crate::scan::batcher::DEFAULT_MAX_BATCH),
         };
         if let Some(p) = shard.pending_split() {
             *shard.frozen.write() = shard.frozen_offsets(p.mid, p.end);
@@ -1118,17 +1125,6 @@ impl Shard {
         }
     }
 
-    /// Exact distances from `q` to the pending versions `allowed` admits
-    /// (index convention: cosine vectors are unit, scored by inner product).
-    fn pending_hits(&self, q: &[f32], allowed: &RoaringBitmap) -> Vec<Hit> {
-        let p = self.pending.read();
-        if p.is_empty() {
-            return vec![];
-        }
-        let d = Distance(if self.metric() == Metric::Cosine { Metric::Dot } else { self.metric() });
-        p.iter().filter(|(o, _)| allowed.contains(**o)).map(|(o, v)| Hit { key: *o as u64, distance: d.f32(q, v) }).collect()
-    }
-
     fn retrieved(&self, k: PointKey, p: Option<StoredPoint>, with_payload: bool, with_vector: bool) -> RetrievedPoint {
         let p = p.unwrap_or_default();
         let (vector, sparse, vectors) = if with_vector { (p.vector, p.sparse, p.vectors) } else { (vec![], Default::default(), Default::default()) };
@@ -1222,146 +1218,7 @@ impl Shard {
     pub fn set_plan(&mut self, plan: SearchPlan) {
         self.exact_scan_threshold = plan.exact_scan_threshold;
         self.use_partitions = plan.partitions;
-    }
-
-    /// Top-k search. `req` must already be validated for top_k/ef/filter by
-    /// the caller; vectors are re-checked here.
-    pub fn search(&self, req: &SearchPointsRequest) -> Result<Vec<ScoredPoint>> {
-        self.search_scoped(req, false)
-    }
-
-    /// [`Shard::search`], leaving out a pending split's frozen copies when
-    /// `hide` (a filtered search over the rest, for the moments between
-    /// the map routing them to the child and the split finishing).
-    pub fn search_scoped(&self, req: &SearchPointsRequest, hide: bool) -> Result<Vec<ScoredPoint>> {
-        if !req.vector_name.is_empty() {
-            return self.search_named(req, hide);
-        }
-        let hidden = self.hidden(hide);
-        validate::vector("vector", &req.vector, self.config.dimension, self.metric())?;
-        let mut q = req.vector.clone();
-        if self.metric() == Metric::Cosine {
-            normalise(&mut q);
-        }
-        let k = req.top_k as usize;
-        let ef = req.ef.unwrap_or(self.config.hnsw.as_ref().map_or(64, |h| h.ef_search)) as usize;
-        // Over-fetch a little so that a concurrent replace (two versions of
-        // one id briefly live) cannot push a result out.
-        let fetch = k + 4;
-        let (hits, keys) = {
-            let st = self.state.read();
-            let mut allowed = match &req.filter {
-                Some(f) if !(f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty()) => Some(filter::evaluate(f, &StoreSource { state: &st, store: &self.store })),
-                _ => None,
-            };
-            if let Some(h) = hidden {
-                allowed = Some(allowed.unwrap_or_else(|| st.live.clone()) - h);
-            }
-            // A filter on a keyword value with a partition graph walks that.
-            let part = match (&req.filter, &allowed) {
-                (Some(f), Some(a)) if !req.exact => self.partition_for(f, &st, a, ef, fetch).map(|p| (p, a)),
-                _ => None,
-            };
-            let mut hits = match part.map(|(p, a)| self.partition_hits(&p, &q, fetch, ef, a)).transpose()?.flatten() {
-                Some(h) => h,
-                None => self.graph_hits(&self.index, &q, fetch, ef, allowed.as_ref(), &st.live, req)?,
-            };
-            let extra = self.pending_hits(&q, allowed.as_ref().unwrap_or(&st.live));
-            if !extra.is_empty() {
-                // A version being moved into the graph can be in both.
-                hits.extend(extra);
-                crate::index::sort_hits(&mut hits, usize::MAX);
-                let mut seen = HashSet::with_capacity(hits.len());
-                hits.retain(|h| seen.insert(h.key));
-                hits.truncate(fetch);
-            }
-            let keys: Vec<Option<PointKey>> = hits.iter().map(|h| st.keys.get(h.key as u32)).collect();
-            (hits, keys)
-        };
-        self.score_hits(self.dist, req, hits, keys, k)
-    }
-
-    /// The `fetch` nearest to `q` in `graph` among `allowed` (all of
-    /// `universe` when `None`): an exact scan when asked or when the
-    /// filter leaves few points, else the graph walk.
-    /// A quantized graph oversamples and re-scores as `req` asks.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn graph_hits(&self, graph: &HnswIndex, q: &[f32], fetch: usize, ef: usize, allowed: Option<&RoaringBitmap>, universe: &RoaringBitmap, req: &SearchPointsRequest) -> Result<Vec<Hit>> {
-        let opts = SearchOpts { oversampling: req.oversampling, rescore: req.rescore };
-        Ok(match (allowed, req.exact) {
-            (Some(a), _) if a.is_empty() => vec![],
-            (Some(a), true) => graph.exact(q, fetch, &Allowed::Set(a))?,
-            (None, true) => graph.exact(q, fetch, &Allowed::Set(universe))?,
-            (Some(a), false) if prefer_scan(a.len(), universe.len(), ef, fetch, self.exact_scan_threshold) => graph.exact(q, fetch, &Allowed::Set(a))?,
-            (Some(a), false) => graph.search_with(q, fetch, filtered_ef(ef, fetch, a.len(), universe.len()), &Allowed::Set(a), opts)?,
-            (None, false) => graph.search_with(q, fetch, ef.max(fetch), &Allowed::All, opts)?,
-        })
-    }
-
-    /// The first `k` hits as answers. With payloads or vectors asked, a hit
-    /// whose point was replaced or deleted after the search matched it is
-    /// left out (the search over-fetches for that): its stored payload is
-    /// not the one the filter saw.
-    fn score_hits(&self, dist: Distance, req: &SearchPointsRequest, hits: Vec<Hit>, keys: Vec<Option<PointKey>>, k: usize) -> Result<Vec<ScoredPoint>> {
-        let mut seen = HashSet::with_capacity(hits.len());
-        let mut out = Vec::with_capacity(k);
-        let mut bytes = 0usize;
-        for (h, key) in hits.into_iter().zip(keys) {
-            let Some(key) = key else { continue };
-            if seen.contains(&key) {
-                continue;
-            }
-            let score = dist.score(h.distance);
-            if let Some(t) = req.score_threshold {
-                let keep = if dist.higher_is_better() { score >= t } else { score <= t };
-                if !keep {
-                    continue;
-                }
-            }
-            let stored = if req.with_payload || req.with_vector {
-                match self.store.get(&key)? {
-                    Some(p) if p.offset as u64 == h.key => Some(p),
-                    _ => continue,
-                }
-            } else {
-                None
-            };
-            seen.insert(key);
-            self.answer(&mut out, &mut bytes, key, score, stored, req.with_payload, req.with_vector)?;
-            if out.len() == k {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Hits as answers, with payloads and vectors read when asked; stops
-    /// with `TooLarge` once they pass [`RESPONSE_BYTES`].
-    pub(crate) fn scored_points(&self, hits: Vec<(PointKey, f32)>, with_payload: bool, with_vector: bool) -> Result<Vec<ScoredPoint>> {
-        let mut scored = Vec::with_capacity(hits.len());
-        let mut bytes = 0usize;
-        for (key, score) in hits {
-            let stored = if with_payload || with_vector { Some(self.store.get(&key)?.unwrap_or_default()) } else { None };
-            self.answer(&mut scored, &mut bytes, key, score, stored, with_payload, with_vector)?;
-        }
-        Ok(scored)
-    }
-
-    /// Appends one answer; `TooLarge` once the answers pass
-    /// [`RESPONSE_BYTES`].
-    #[allow(clippy::too_many_arguments)]
-    fn answer(&self, out: &mut Vec<ScoredPoint>, bytes: &mut usize, key: PointKey, score: f32, stored: Option<StoredPoint>, with_payload: bool, with_vector: bool) -> Result<()> {
-        let (payload, vector) = match stored {
-            Some(p) => (if with_payload { Some(p.payload.unwrap_or_default()) } else { None }, if with_vector { p.vector } else { vec![] }),
-            None => (None, vec![]),
-        };
-        let hit = ScoredPoint { id: Some(key.to_proto()), score, payload, vector };
-        *bytes += prost::Message::encoded_len(&hit);
-        if *bytes > RESPONSE_BYTES {
-            return Err(crate::error::NodeError::TooLarge(format!("the search's hits pass {RESPONSE_BYTES} bytes at hit {}; lower top_k or leave payloads or vectors out", out.len() + 1)));
-        }
-        out.push(hit);
-        Ok(())
+        self.exact_batcher = ExactBatcher::new(plan.batch_window, crate::scan::batcher::DEFAULT_MAX_BATCH);
     }
 
     /// Saves the HNSW index if writes happened since the last save.
@@ -1524,6 +1381,7 @@ mod reindex;
 pub use reindex::SPECS;
 pub mod requests;
 mod journal;
+mod search;
 mod keyfile;
 mod partition;
 mod plan;

@@ -202,7 +202,7 @@ async fn run_node(args: NodeArgs, security: &Security, stop: watch::Receiver<boo
         anyhow::bail!("the node's certificate names no Shoal identity: its URI SAN must be {}", shoal_common::identity::Identity::Node(args.node_id).uri());
     }
     let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory, rocks: args.rocks(), plan: shoal_node::shard::SearchPlan { exact_scan_threshold: args.exact_scan_threshold, partitions: args.filter_partitions }, raft: args.raft(), backup_root: args.backup_root.clone(), min_free_disk: if in_memory { 0 } else { args.min_free_disk_mb.saturating_mul(1 << 20) }, tls: security.tls.clone() };
+    let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory, rocks: args.rocks(), plan: shoal_node::shard::SearchPlan { exact_scan_threshold: args.exact_scan_threshold, partitions: args.filter_partitions, batch_window: std::time::Duration::from_micros(args.scan_batch_window_us) }, raft: args.raft(), backup_root: args.backup_root.clone(), min_free_disk: if in_memory { 0 } else { args.min_free_disk_mb.saturating_mul(1 << 20) }, tls: security.tls.clone() };
     let engine = tokio::task::spawn_blocking(move || Engine::open(cfg)).await?.context("opening node storage")?;
     tracing::info!(node_id = args.node_id, %addr, data_dir = %args.data_dir.display(), simd = %shoal_node::index::simd_backends(), "node serving internal API");
     let every = Duration::from_secs(args.index_save_interval);
@@ -469,6 +469,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 block_cache_mb,
                 exact_scan_threshold,
                 filter_partitions: true,
+                scan_batch_window_us: shoal_node::scan::batcher::DEFAULT_WINDOW.as_micros() as u64,
                 snapshot_every: shoal_node::raft::SNAPSHOT_EVERY,
                 snapshot_keep: shoal_node::raft::SNAPSHOT_KEEP,
                 pod_name: None,

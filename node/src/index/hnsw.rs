@@ -27,9 +27,11 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use super::quant::{Code, Codec, CALIBRATION_ROWS};
 use super::vecfile::VectorFile;
-use super::{kernel, kernel_i8, sort_hits, Allowed, Distance, Hit, Precision, VectorIndex};
+use super::{kernel, kernel_i8, sort_hits, Allowed, Hit, Precision, VectorIndex};
 use crate::error::IndexError;
-use crate::scan::TopK;
+use crate::scan::cpu::{CpuScan, GEMM_MIN_QUERIES};
+use crate::scan::rows::{FileRows, GraphRows};
+use crate::scan::{Scan, ScanMetric};
 
 /// Oversampling of an INT8 search when the request names none: measured
 /// in docs/benchmarks.md ("Quantized storage").
@@ -128,7 +130,6 @@ impl Drop for Permit<'_> {
 
 pub struct HnswIndex {
     params: HnswParams,
-    dist: Distance,
     index: RwLock<Graph>,
     /// Quantized kinds: the keys in the graph (exact scans of all of it).
     keys: Mutex<RoaringBitmap>,
@@ -236,7 +237,6 @@ impl HnswIndex {
         }
         Ok(HnswIndex {
             params,
-            dist: Distance(params.metric),
             index: RwLock::new(graph),
             keys: Mutex::new(RoaringBitmap::new()),
             mutate: RwLock::new(()),
@@ -467,6 +467,57 @@ impl HnswIndex {
         }
     }
 
+    /// How the scan engine measures this graph's vectors (index
+    /// convention: cosine vectors are unit, scored by `1 - dot`).
+    pub fn scan_metric(&self) -> ScanMetric {
+        match self.params.metric {
+            Metric::L2 => ScanMetric::L2,
+            _ => ScanMetric::InnerProduct,
+        }
+    }
+
+    /// The exact top-`k` of each query among the keys `allowed` admits,
+    /// through the scan engine: the rows are read once for the whole batch
+    /// (scan/). Full-precision graphs lend their own vectors, quantized
+    /// ones their vector file. `whole` says `allowed` holds every key the
+    /// graph holds: a few queries over a full-precision graph then use
+    /// usearch's own brute force, which reads its vectors in place (a
+    /// per-row copy out of usearch costs more than the distance).
+    pub fn exact_batch(&self, queries: &[&[f32]], k: usize, allowed: &RoaringBitmap, whole: bool) -> Result<Vec<Vec<Hit>>, IndexError> {
+        for q in queries {
+            self.check_dim(q)?;
+        }
+        let units: Vec<Cow<'_, [f32]>> = queries.iter().map(|q| self.unit(q)).collect();
+        let qs: Vec<&[f32]> = units.iter().map(|q| &**q).collect();
+        let _p = self.gate.acquire();
+        let g = self.index.read();
+        let dim = self.params.dim;
+        let scan = CpuScan::new();
+        if let Some(file) = &g.vectors {
+            let keys: Vec<u64> = (&*self.keys.lock() & allowed).iter().map(u64::from).collect();
+            return Ok(scan.top_k(&qs, &keys, &FileRows { reader: file.reader(), dim }, k, self.scan_metric())?);
+        }
+        if whole && qs.len() < GEMM_MIN_QUERIES {
+            return qs.iter().map(|q| self.usearch_exact(&g, q, k)).collect();
+        }
+        let keys: Vec<u64> = allowed.iter().map(u64::from).collect();
+        Ok(scan.top_k(&qs, &keys, &GraphRows { index: &g.index, dim }, k, self.scan_metric())?)
+    }
+
+    /// usearch's brute force over every node of a full-precision graph
+    /// (`q` already unit for cosine). It waits for the inserts in flight
+    /// (each well under a millisecond), not for whole batches: usearch
+    /// counts a node before it stores its vector.
+    fn usearch_exact(&self, g: &Graph, q: &[f32], k: usize) -> Result<Vec<Hit>, IndexError> {
+        let m = {
+            let _i = self.inserting.write();
+            g.index.exact_search(q, k)?
+        };
+        let mut hits: Vec<Hit> = m.keys.iter().zip(&m.distances).map(|(k, d)| Hit { key: *k, distance: *d }).collect();
+        sort_hits(&mut hits, k);
+        Ok(hits)
+    }
+
     /// Approximate top-`k` with per-search settings for quantized kinds.
     pub fn search_with(&self, q: &[f32], k: usize, ef: usize, allowed: &Allowed<'_>, opts: SearchOpts) -> Result<Vec<Hit>, IndexError> {
         self.check_dim(q)?;
@@ -633,48 +684,19 @@ impl VectorIndex for HnswIndex {
     }
 
     fn exact(&self, q: &[f32], k: usize, allowed: &Allowed<'_>) -> Result<Vec<Hit>, IndexError> {
-        self.check_dim(q)?;
-        let q = self.unit(q);
-        let q = &*q;
-        let _p = self.gate.acquire();
-        let g = self.index.read();
-        if let Some(file) = &g.vectors {
-            // The full vectors of the allowed keys the graph holds.
-            let keys = self.keys.lock().clone();
-            let keys = match allowed {
-                Allowed::All => keys,
-                Allowed::Set(set) => keys & *set,
-            };
-            let r = file.reader();
-            let mut top = TopK::new(k);
-            for key in keys.iter() {
-                let Some(v) = r.get(key as u64) else { continue };
-                top.push(key as u64, self.full_distance(q, v));
+        match allowed {
+            Allowed::Set(set) => Ok(self.exact_batch(&[q], k, set, false)?.pop().unwrap_or_default()),
+            Allowed::All if self.index.read().vectors.is_some() => {
+                let keys = self.keys.lock().clone();
+                Ok(self.exact_batch(&[q], k, &keys, true)?.pop().unwrap_or_default())
             }
-            return Ok(top.into_sorted());
-        }
-        let g = &g.index;
-        let Allowed::Set(set) = allowed else {
-            // Waits for the inserts in flight (each well under a
-            // millisecond), not for whole batches.
-            let m = {
-                let _i = self.inserting.write();
-                g.exact_search(q, k)?
-            };
-            let mut hits: Vec<Hit> = m.keys.iter().zip(&m.distances).map(|(k, d)| Hit { key: *k, distance: *d }).collect();
-            sort_hits(&mut hits, k);
-            return Ok(hits);
-        };
-        // Rescore the allowed vectors with simsimd, keeping a bounded heap.
-        let mut buf = vec![0f32; self.params.dim];
-        let mut top = TopK::new(k);
-        for key in set.iter() {
-            if g.get(key as u64, &mut buf)? == 0 {
-                continue;
+            Allowed::All => {
+                self.check_dim(q)?;
+                let q = self.unit(q);
+                let _p = self.gate.acquire();
+                self.usearch_exact(&self.index.read(), &q, k)
             }
-            top.push(key as u64, self.dist.f32(q, &buf));
         }
-        Ok(top.into_sorted())
     }
 
     fn get(&self, key: u64, out: &mut [f32]) -> bool {

@@ -17,7 +17,7 @@ use crate::index::Hit;
 /// (index/kernel.rs) instead of a matrix product: on debian-384 a product
 /// with one query ran at 40% of the kernel loop's speed, and one with four
 /// below the loop with two (docs/benchmarks.md, "The scan engine").
-const GEMM_MIN_QUERIES: usize = 8;
+pub const GEMM_MIN_QUERIES: usize = 8;
 
 /// Matrix-product scans on the CPU, over up to `threads` threads.
 pub struct CpuScan {

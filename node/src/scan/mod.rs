@@ -15,6 +15,9 @@
 //!   as [`Hit`]s (lower distance is closer, ties by key).
 //! - [`cpu::CpuScan`]: blocked f32 matrix products (the `gemm` crate),
 //!   rows gathered [`BLOCK_ROWS`] at a time, the blocks split over threads.
+//! - [`batcher`]: micro-batching of concurrent single searches.
+//! - [`rows`]: the stores a shard scans: a full-precision graph, a
+//!   quantized graph's vector file, the pending set.
 //! - [`LoopScan`]: one kernel call per query and row (how Shoal scanned
 //!   before); the oracle of the conformance suite (tests.rs), which every
 //!   backend must pass.
@@ -28,7 +31,9 @@ use std::collections::BinaryHeap;
 
 use crate::index::{Hit, Precision};
 
+pub mod batcher;
 pub mod cpu;
+pub mod rows;
 
 #[cfg(test)]
 mod tests;

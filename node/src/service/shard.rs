@@ -256,15 +256,26 @@ impl ShardApi for ShardService {
         // stop building it once it passes the message limit.
         let run = move || {
             let n = req.searches.len();
-            // A batch's searches run on every core, each thread taking a
+            let all: Vec<&SearchPointsRequest> = req.searches.iter().collect();
+            // Exact searches sharing a filter are scored together, one pass
+            // of the scan engine (over every core) per group.
+            if n == 1 && all[0].exact && all[0].vector_name.is_empty() {
+                // A single exact search shares a scan with the shard's
+                // concurrent ones.
+                let r = SearchResult { results: shard.search_exact_batched(all[0].clone(), hide)? };
+                return Ok(vec![r]);
+            }
+            let grouped = if n > 1 { shard.search_exact_groups(&all, hide)? } else { vec![None] };
+            let rest: Vec<&SearchPointsRequest> = all.iter().zip(&grouped).filter(|(_, g)| g.is_none()).map(|(r, _)| *r).collect();
+            // The other searches run on every core, each thread taking a
             // contiguous part (answers stay in request order). Each part
             // stops once it alone passes the response limit.
-            let want = std::thread::available_parallelism().map_or(1, |t| t.get()).min(n / PARALLEL_SEARCHES_MIN).max(1);
+            let want = std::thread::available_parallelism().map_or(1, |t| t.get()).min(rest.len() / PARALLEL_SEARCHES_MIN).max(1);
             // Extra threads are bounded node-wide: many concurrent
             // batches share the cores instead of multiplying threads.
             let extra = BatchThreads::reserve(want - 1);
             let threads = 1 + extra.0;
-            let part = |searches: &[SearchPointsRequest]| -> Result<Vec<SearchResult>, NodeError> {
+            let part = |searches: &[&SearchPointsRequest]| -> Result<Vec<SearchResult>, NodeError> {
                 let mut bytes = 0usize;
                 let mut out = Vec::with_capacity(searches.len());
                 for s in searches {
@@ -277,11 +288,11 @@ impl ShardApi for ShardService {
                 }
                 Ok(out)
             };
-            let parts: Vec<Vec<SearchResult>> = if threads == 1 {
-                vec![part(&req.searches)?]
+            let parts: Vec<Vec<SearchResult>> = if threads == 1 || rest.is_empty() {
+                vec![part(&rest)?]
             } else {
-                let chunk = n.div_ceil(threads);
-                let chunks: Vec<&[SearchPointsRequest]> = req.searches.chunks(chunk).collect();
+                let chunk = rest.len().div_ceil(threads);
+                let chunks: Vec<&[&SearchPointsRequest]> = rest.chunks(chunk).collect();
                 std::thread::scope(|sc| {
                     // The first part runs on this thread, the others on
                     // their own; a part whose thread cannot start runs here.
@@ -299,7 +310,16 @@ impl ShardApi for ShardService {
             // whole answer.
             let mut bytes = 0usize;
             let mut out = Vec::with_capacity(n);
-            for r in parts.into_iter().flatten() {
+            let mut rest = parts.into_iter().flatten();
+            for g in grouped {
+                let r = match g {
+                    Some(results) => SearchResult { results },
+                    // A part stopped early: the answer is too large.
+                    None => match rest.next() {
+                        Some(r) => r,
+                        None => break,
+                    },
+                };
                 bytes += prost::Message::encoded_len(&r) + 11;
                 if bytes > crate::shard::RESPONSE_BYTES {
                     break;

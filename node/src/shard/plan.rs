@@ -8,11 +8,15 @@ pub struct SearchPlan {
     pub exact_scan_threshold: Option<u64>,
     /// `--filter-partitions` ([`partition`]).
     pub partitions: bool,
+    /// `--scan-batch-window-us`: how long a single exact search waits for
+    /// concurrent ones of its shard to share a scan
+    /// ([`crate::scan::batcher`]).
+    pub batch_window: std::time::Duration,
 }
 
 impl Default for SearchPlan {
     fn default() -> Self {
-        SearchPlan { exact_scan_threshold: None, partitions: true }
+        SearchPlan { exact_scan_threshold: None, partitions: true, batch_window: crate::scan::batcher::DEFAULT_WINDOW }
     }
 }
 

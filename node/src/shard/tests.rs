@@ -9,6 +9,7 @@ use shoal_proto::v1::*;
 
 use super::*;
 use crate::index::flat::FlatIndex;
+use crate::index::Allowed;
 use crate::storage::{memory::MemoryEngine, rocks::RocksEngine, KvEngine};
 
 fn config(dim: u32, metric: Metric) -> CollectionConfig {
@@ -716,4 +717,57 @@ fn filtered_plan_follows_selectivity() {
     assert!(prefer_scan(6_600, n, 32, 14, Some(10_000)));
     assert!(!prefer_scan(136, n, 32, 14, Some(0)));
     assert!(prefer_scan(0, 0, 32, 14, None), "an empty shard scans nothing");
+}
+
+/// Exact searches of a batch sharing a filter are scored together by the
+/// scan engine (`search_exact_groups`): each gets the answer it gets on
+/// its own, graph and pending versions alike, per filter group, with a
+/// search that is not exact left to the single path.
+#[test]
+fn batched_exact_searches_answer_as_single_ones() {
+    let keyword = |k: &str, v: &str| Filter { must: vec![Condition { kind: Some(condition::Kind::Match(MatchCondition { key: k.into(), value: Some(match_condition::Value::Keyword(v.into())) })) }], ..Default::default() };
+    for metric in [Metric::L2, Metric::Cosine] {
+        let (engine, dir) = engines().pop().unwrap();
+        let (s, _) = Shard::open(config(16, metric), 0, ShardStore::new(engine, "c", 0), dir.path()).unwrap();
+        let vs = vecs(3_000, 16, 31);
+        s.write(&points(&vs[..2_000], 0), &[], None).unwrap();
+        // A follower's deferred versions wait in the pending set.
+        s.set_defer_index(true);
+        s.write(&points(&vs[2_000..], 2_000), &[], None).unwrap();
+        assert_eq!(s.unindexed(), 1_000);
+        let qs = vecs(24, 16, 32);
+        let mut reqs: Vec<SearchPointsRequest> = qs
+            .iter()
+            .enumerate()
+            .map(|(i, q)| SearchPointsRequest {
+                exact: i % 6 != 5,
+                filter: (i % 3 == 1).then(|| keyword("group", "g3")),
+                top_k: 5 + (i % 4) as u32,
+                with_payload: i % 2 == 0,
+                ..search(q, 10)
+            })
+            .collect();
+        // A query that is a stored point: found first, distance 0.
+        reqs[0].vector = vs[2_500].clone();
+        let refs: Vec<&SearchPointsRequest> = reqs.iter().collect();
+        let grouped = s.search_exact_groups(&refs, false).unwrap();
+        for (i, (r, g)) in reqs.iter().zip(&grouped).enumerate() {
+            let single = s.search(r).unwrap();
+            let Some(g) = g else {
+                assert!(!r.exact, "search {i}: every exact search is in a group of several");
+                continue;
+            };
+            assert_eq!(ids(g), ids(&single), "{metric:?} search {i}");
+            for (a, b) in g.iter().zip(&single) {
+                assert!((a.score - b.score).abs() <= 1e-4 * (1.0 + b.score.abs()), "{metric:?} search {i}: {} vs {}", a.score, b.score);
+                assert_eq!(a.payload, b.payload);
+            }
+            if let Some(f) = &r.filter {
+                let allowed: Vec<u64> = ids(&s.search(&SearchPointsRequest { top_k: 1_000, exact: true, filter: Some(f.clone()), ..search(&r.vector, 1_000) }).unwrap());
+                assert!(ids(g).iter().all(|id| allowed.contains(id)), "search {i} stays in its filter");
+            }
+        }
+        assert_eq!(ids(grouped[0].as_ref().unwrap())[0], 2_500, "{metric:?}: a pending version is found");
+        assert!(grouped.iter().filter(|g| g.is_some()).count() >= 18);
+    }
 }
