@@ -140,6 +140,10 @@ enum Cmd {
         /// exactly (unset: chosen per search by estimated cost).
         #[arg(long, env = "SHOAL_EXACT_SCAN_THRESHOLD")]
         exact_scan_threshold: Option<u64>,
+        /// Microseconds a single exact search waits for concurrent ones
+        /// to share a scan (only while others are in flight).
+        #[arg(long, env = "SHOAL_SCAN_BATCH_WINDOW_US", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+        scan_batch_window_us: u64,
     },
 }
 
@@ -444,7 +448,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             println!("wrote a development CA, certificates for nodes 1..={nodes}, a coordinator and an operator, and an admin API key to {} (valid for {})", dir.display(), hosts.join(", "));
             println!("admin API key: {key}");
         }
-        Cmd::Dev { listen, data_dir, sample, in_memory, memtable_mb, block_cache_mb, exact_scan_threshold } => {
+        Cmd::Dev { listen, data_dir, sample, in_memory, memtable_mb, block_cache_mb, exact_scan_threshold, scan_batch_window_us } => {
             let listens = listen_addrs(&[&listen, &metrics_addr]);
             let mut sec_args = cli.security.clone();
             let configured = sec_args.tls_files(Some(1))?.is_some() || sec_args.api_keys_file.is_some() || sec_args.jwt_secret_file.is_some() || sec_args.jwt_public_key_file.is_some();
@@ -469,7 +473,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 block_cache_mb,
                 exact_scan_threshold,
                 filter_partitions: true,
-                scan_batch_window_us: shoal_node::scan::batcher::DEFAULT_WINDOW.as_micros() as u64,
+                scan_batch_window_us,
                 snapshot_every: shoal_node::raft::SNAPSHOT_EVERY,
                 snapshot_keep: shoal_node::raft::SNAPSHOT_KEEP,
                 pod_name: None,

@@ -3,8 +3,8 @@
 //! engine's batch throughput (issue 18).
 //!
 //! A caller queues its item. If no batch is running it leads: it waits up
-//! to the window for company (only while other callers are already in
-//! flight; a lone caller runs at once), takes up to `max_batch` queued
+//! to the window for company (only while other callers are in flight or
+//! the last batch held several; a lone caller runs at once), takes up to `max_batch` queued
 //! items, runs them with one call, and hands each caller its answer.
 //! Callers that arrive while a batch runs queue for the next one, so under
 //! load batches form by themselves even with a zero window, and one batch
@@ -38,6 +38,9 @@ struct State<T, R> {
     /// Callers between queuing and taking their answer.
     in_flight: usize,
     leading: bool,
+    /// Items in the last batch: more than one means callers are
+    /// concurrent, and the next leader waits for them to come back.
+    last_batch: usize,
     /// Batches run and items they held, for status and tests.
     batches: u64,
     items: u64,
@@ -48,7 +51,7 @@ impl<T, R> Batcher<T, R> {
         Batcher {
             window,
             max_batch: max_batch.max(1),
-            state: Mutex::new(State { queue: vec![], done: HashMap::new(), next: 0, in_flight: 0, leading: false, batches: 0, items: 0 }),
+            state: Mutex::new(State { queue: vec![], done: HashMap::new(), next: 0, in_flight: 0, leading: false, last_batch: 0, batches: 0, items: 0 }),
             cv: Condvar::new(),
         }
     }
@@ -81,10 +84,11 @@ impl<T, R> Batcher<T, R> {
                 continue;
             }
             st.leading = true;
-            // Wait for company only while others are in flight (queued or
-            // about to queue behind a batch that just ended).
+            // Wait for company only under concurrency: others in flight, or
+            // a last batch of several (its callers are sending their next
+            // searches).
             let deadline = Instant::now() + self.window;
-            while st.queue.len() < self.max_batch && st.in_flight > st.queue.len() {
+            while st.queue.len() < self.max_batch && (st.in_flight > st.queue.len() || st.last_batch > 1) {
                 if self.cv.wait_until(&mut st, deadline).timed_out() {
                     break;
                 }
@@ -93,6 +97,7 @@ impl<T, R> Batcher<T, R> {
             let (tickets, items): (Vec<u64>, Vec<T>) = st.queue.drain(..take).unzip();
             st.batches += 1;
             st.items += take as u64;
+            st.last_batch = take;
             let answers = parking_lot::MutexGuard::unlocked(&mut st, || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(items))).ok());
             let mut answers = answers.unwrap_or_default().into_iter();
             for t in tickets {
