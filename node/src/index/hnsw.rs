@@ -29,9 +29,9 @@ use super::quant::{Code, Codec, CALIBRATION_ROWS};
 use super::vecfile::VectorFile;
 use super::{kernel, kernel_i8, sort_hits, Allowed, Hit, Precision, VectorIndex};
 use crate::error::IndexError;
-use crate::scan::cpu::{CpuScan, GEMM_MIN_QUERIES};
+use crate::scan::cpu::GEMM_MIN_QUERIES;
 use crate::scan::rows::{FileRows, GraphRows};
-use crate::scan::{Scan, ScanMetric};
+use crate::scan::ScanMetric;
 
 /// Oversampling of an INT8 search when the request names none: measured
 /// in docs/benchmarks.md ("Quantized storage").
@@ -492,7 +492,7 @@ impl HnswIndex {
         let _p = self.gate.acquire();
         let g = self.index.read();
         let dim = self.params.dim;
-        let scan = CpuScan::new();
+        let scan = crate::scan::backend();
         if let Some(file) = &g.vectors {
             let keys: Vec<u64> = (&*self.keys.lock() & allowed).iter().map(u64::from).collect();
             return Ok(scan.top_k(&qs, &keys, &FileRows { reader: file.reader(), dim }, k, self.scan_metric())?);

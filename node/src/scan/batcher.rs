@@ -71,7 +71,8 @@ impl<T, R> Batcher<T, R> {
         st.next += 1;
         st.queue.push((ticket, item));
         st.in_flight += 1;
-        if st.queue.len() >= self.max_batch {
+        if st.leading {
+            // A gathering leader re-checks whether the batch is complete.
             self.cv.notify_all();
         }
         loop {
@@ -84,11 +85,11 @@ impl<T, R> Batcher<T, R> {
                 continue;
             }
             st.leading = true;
-            // Wait for company only under concurrency: others in flight, or
-            // a last batch of several (its callers are sending their next
-            // searches).
+            // Wait for company only under concurrency: while others are in
+            // flight, or until as many have queued as the last batch held
+            // (its callers are sending their next searches).
             let deadline = Instant::now() + self.window;
-            while st.queue.len() < self.max_batch && (st.in_flight > st.queue.len() || st.last_batch > 1) {
+            while st.queue.len() < self.max_batch && (st.in_flight > st.queue.len() || st.last_batch > st.queue.len()) {
                 if self.cv.wait_until(&mut st, deadline).timed_out() {
                     break;
                 }

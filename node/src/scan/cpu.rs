@@ -70,8 +70,19 @@ impl Scan for CpuScan {
         }
         let per = blocks.div_ceil(threads) * BLOCK_ROWS;
         let parts: Vec<Vec<TopK>> = std::thread::scope(|s| {
-            let handles: Vec<_> = keys.chunks(per).map(|part| s.spawn(|| job.run(part))).collect();
-            handles.into_iter().map(|h| h.join().expect("scan threads do not panic")).collect()
+            // The first part runs on this thread. A part whose thread could
+            // not start (the process at its thread limit) runs here too.
+            let mut chunks = keys.chunks(per);
+            let first = chunks.next().unwrap_or_default();
+            let handles: Vec<_> = chunks.map(|part| (part, std::thread::Builder::new().name("shoal-scan".into()).spawn_scoped(s, || job.run(part)).ok())).collect();
+            let mut parts = vec![job.run(first)];
+            for (part, h) in handles {
+                parts.push(match h {
+                    Some(h) => h.join().expect("scan threads do not panic"),
+                    None => job.run(part),
+                });
+            }
+            parts
         });
         let mut parts = parts.into_iter();
         let mut tops = parts.next().unwrap_or_default();

@@ -15,6 +15,9 @@
 //!   as [`Hit`]s (lower distance is closer, ties by key).
 //! - [`cpu::CpuScan`]: blocked f32 matrix products (the `gemm` crate),
 //!   rows gathered [`BLOCK_ROWS`] at a time, the blocks split over threads.
+//! - [`device`]: a device backend (CUDA, not built yet) behind a
+//!   fallback to the CPU with a circuit breaker; [`backend`] is the scan
+//!   the node's searches use.
 //! - [`batcher`]: micro-batching of concurrent single searches.
 //! - [`rows`]: the stores a shard scans: a full-precision graph, a
 //!   quantized graph's vector file, the pending set.
@@ -33,6 +36,7 @@ use crate::index::{Hit, Precision};
 
 pub mod batcher;
 pub mod cpu;
+pub mod device;
 pub mod rows;
 
 #[cfg(test)]
@@ -67,6 +71,21 @@ pub trait RowStore: Sync {
     fn precision(&self) -> Precision {
         Precision::F32
     }
+}
+
+/// The node's scan backend: the CPU unless [`set_backend`] named another
+/// at startup.
+static BACKEND: std::sync::OnceLock<Box<dyn Scan>> = std::sync::OnceLock::new();
+
+/// The scan the node's searches use.
+pub fn backend() -> &'static dyn Scan {
+    BACKEND.get_or_init(|| Box::new(cpu::CpuScan::new())).as_ref()
+}
+
+/// Sets the node's scan backend once, before the first search; false if
+/// one was already in use.
+pub fn set_backend(scan: Box<dyn Scan>) -> bool {
+    BACKEND.set(scan).is_ok()
 }
 
 /// Errors of a scan backend.

@@ -263,6 +263,9 @@ impl ShardApi for ShardService {
                 // A single exact search shares a scan with the shard's
                 // concurrent ones.
                 let r = SearchResult { results: shard.search_exact_batched(all[0].clone(), hide)? };
+                if prost::Message::encoded_len(&r) + 11 > crate::shard::RESPONSE_BYTES {
+                    return Err(NodeError::TooLarge(format!("the search response passes {} bytes; ask for fewer hits, fewer payload fields or no vectors", crate::shard::RESPONSE_BYTES)));
+                }
                 return Ok(vec![r]);
             }
             let grouped = if n > 1 { shard.search_exact_groups(&all, hide)? } else { vec![None] };

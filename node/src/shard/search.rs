@@ -14,9 +14,7 @@ use crate::error::{IndexError, Result};
 use crate::filter;
 use crate::index::hnsw::{HnswIndex, SearchOpts};
 use crate::index::{Allowed, Distance, Hit, VectorIndex};
-use crate::scan::cpu::CpuScan;
 use crate::scan::rows::MapRows;
-use crate::scan::Scan;
 use crate::storage::StoredPoint;
 
 impl Shard {
@@ -30,7 +28,7 @@ impl Shard {
         }
         let keys: Vec<u64> = p.keys().filter(|o| allowed.contains(**o)).map(|o| u64::from(*o)).collect();
         let rows = MapRows { rows: &p, dim: self.config.dimension as usize };
-        Ok(CpuScan::new().top_k(qs, &keys, &rows, k, self.index.scan_metric()).map_err(IndexError::from)?)
+        Ok(crate::scan::backend().top_k(qs, &keys, &rows, k, self.index.scan_metric()).map_err(IndexError::from)?)
     }
 
     /// [`Shard::pending_batch`] for one query.
@@ -53,25 +51,32 @@ impl Shard {
         hits
     }
 
-    /// Answers for the exact searches of a batch that share a filter,
-    /// two or more at a time, each group scored in one pass over the rows
-    /// (scan/); `None` for the searches left to [`Shard::search_scoped`].
+    /// Answers for the exact searches of a batch that share a filter and
+    /// a `top_k`, two or more at a time, each group scored in one pass over
+    /// the rows (scan/); `None` for the searches left to
+    /// [`Shard::search_scoped`]. The answers together stop at
+    /// [`RESPONSE_BYTES`] (`TooLarge`), as one response must.
     pub fn search_exact_groups(&self, reqs: &[&SearchPointsRequest], hide: bool) -> Result<Vec<Option<Vec<ScoredPoint>>>> {
         let mut out: Vec<Option<Vec<ScoredPoint>>> = vec![None; reqs.len()];
-        let mut groups: Vec<(Option<&Filter>, Vec<usize>)> = vec![];
+        type Group<'a> = ((Option<&'a Filter>, u32), Vec<usize>);
+        let mut groups: Vec<Group<'_>> = vec![];
         for (i, r) in reqs.iter().enumerate() {
             if !r.exact || !r.vector_name.is_empty() {
                 continue;
             }
             let f = r.filter.as_ref().filter(|f| !(f.must.is_empty() && f.should.is_empty() && f.must_not.is_empty()));
-            match groups.iter_mut().find(|(g, _)| *g == f) {
+            // One k per group: a large top_k does not make every query of
+            // the batch keep (and look up) that many hits.
+            let key = (f, r.top_k);
+            match groups.iter_mut().find(|(g, _)| *g == key) {
                 Some(g) => g.1.push(i),
-                None => groups.push((f, vec![i])),
+                None => groups.push((key, vec![i])),
             }
         }
-        for (f, idx) in groups.into_iter().filter(|(_, idx)| idx.len() > 1) {
+        let mut bytes = 0usize;
+        for ((f, _), idx) in groups.into_iter().filter(|(_, idx)| idx.len() > 1) {
             let group: Vec<&SearchPointsRequest> = idx.iter().map(|&i| reqs[i]).collect();
-            for (i, r) in idx.into_iter().zip(self.exact_group(f, &group, hide)?) {
+            for (i, r) in idx.into_iter().zip(self.exact_group(f, &group, hide, &mut bytes)?) {
                 out[i] = Some(r);
             }
         }
@@ -105,11 +110,39 @@ impl Shard {
                 }
             }
         }
-        out.into_iter().zip(&items).map(|(o, (r, hide))| o.unwrap_or_else(|| self.search_scoped(r, *hide))).collect()
+        // The rest (alone in their group, or in a group that failed) on
+        // their own, spread over the cores as separate requests would be.
+        let left: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(left.len()).max(1);
+        let answer = |i: usize| self.search_scoped(&items[i].0, items[i].1);
+        if threads == 1 {
+            for i in left {
+                out[i] = Some(answer(i));
+            }
+        } else {
+            let chunk = left.len().div_ceil(threads);
+            let done: Vec<(usize, Result<Vec<ScoredPoint>>)> = std::thread::scope(|s| {
+                let handles: Vec<_> = left[chunk..].chunks(chunk).map(|c| (c, std::thread::Builder::new().name("shoal-scan".into()).spawn_scoped(s, move || c.iter().map(|&i| (i, answer(i))).collect::<Vec<_>>()).ok())).collect();
+                let mut done: Vec<(usize, Result<Vec<ScoredPoint>>)> = left[..chunk].iter().map(|&i| (i, answer(i))).collect();
+                for (c, h) in handles {
+                    // A part whose thread could not start, or panicked, runs here.
+                    match h.and_then(|h| h.join().ok()) {
+                        Some(part) => done.extend(part),
+                        None => done.extend(c.iter().map(|&i| (i, answer(i)))),
+                    }
+                }
+                done
+            });
+            for (i, r) in done {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter().map(|o| o.unwrap_or_else(|| Err(IndexError::Usearch("an exact search went unanswered".into()).into()))).collect()
     }
 
     /// Exact searches sharing the filter `f`, in one scan.
-    fn exact_group(&self, f: Option<&Filter>, reqs: &[&SearchPointsRequest], hide: bool) -> Result<Vec<Vec<ScoredPoint>>> {
+    /// `bytes` counts the answers built so far, across groups.
+    fn exact_group(&self, f: Option<&Filter>, reqs: &[&SearchPointsRequest], hide: bool, bytes: &mut usize) -> Result<Vec<Vec<ScoredPoint>>> {
         let hidden = self.hidden(hide);
         let mut qs = Vec::with_capacity(reqs.len());
         for r in reqs {
@@ -143,7 +176,17 @@ impl Shard {
                 })
                 .collect()
         };
-        reqs.iter().zip(found).map(|(r, (hits, keys))| self.score_hits(self.dist, r, hits, keys, r.top_k as usize)).collect()
+        let mut out = Vec::with_capacity(reqs.len());
+        for (r, (hits, keys)) in reqs.iter().zip(found) {
+            let answer = self.score_hits(self.dist, r, hits, keys, r.top_k as usize)?;
+            // The result's field tag and length prefix, as the service counts.
+            *bytes += answer.iter().map(|p| prost::Message::encoded_len(p) + 3).sum::<usize>() + 11;
+            if *bytes > RESPONSE_BYTES {
+                return Err(crate::error::NodeError::TooLarge(format!("the search response passes {RESPONSE_BYTES} bytes; ask for fewer hits, fewer payload fields or no vectors")));
+            }
+            out.push(answer);
+        }
+        Ok(out)
     }
 
     /// Top-k search. `req` must already be validated for top_k/ef/filter by

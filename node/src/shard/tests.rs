@@ -742,7 +742,9 @@ fn batched_exact_searches_answer_as_single_ones() {
             .map(|(i, q)| SearchPointsRequest {
                 exact: i % 6 != 5,
                 filter: (i % 3 == 1).then(|| keyword("group", "g3")),
-                top_k: 5 + (i % 4) as u32,
+                // Groups share a filter and a top_k: most ask for 10 (a group
+                // of 8+, scored by matrix products), a few for 3.
+                top_k: if i % 8 == 7 { 3 } else { 10 },
                 with_payload: i % 2 == 0,
                 ..search(q, 10)
             })
@@ -753,10 +755,8 @@ fn batched_exact_searches_answer_as_single_ones() {
         let grouped = s.search_exact_groups(&refs, false).unwrap();
         for (i, (r, g)) in reqs.iter().zip(&grouped).enumerate() {
             let single = s.search(r).unwrap();
-            let Some(g) = g else {
-                assert!(!r.exact, "search {i}: every exact search is in a group of several");
-                continue;
-            };
+            // Not exact, or alone with its filter and top_k: the single path.
+            let Some(g) = g else { continue };
             assert_eq!(ids(g), ids(&single), "{metric:?} search {i}");
             for (a, b) in g.iter().zip(&single) {
                 assert!((a.score - b.score).abs() <= 1e-4 * (1.0 + b.score.abs()), "{metric:?} search {i}: {} vs {}", a.score, b.score);
@@ -768,6 +768,6 @@ fn batched_exact_searches_answer_as_single_ones() {
             }
         }
         assert_eq!(ids(grouped[0].as_ref().unwrap())[0], 2_500, "{metric:?}: a pending version is found");
-        assert!(grouped.iter().filter(|g| g.is_some()).count() >= 18);
+        assert!(grouped.iter().filter(|g| g.is_some()).count() >= 16);
     }
 }
