@@ -210,7 +210,13 @@ async fn search_stream_answers_every_search_like_search() {
         let got = answers.remove(&i).unwrap().unwrap_or_else(|e| panic!("search {i}: {e}"));
         let want = c.search(search(i)).await.unwrap();
         assert!(!want.is_empty());
-        let ids = |v: &[ScoredPoint]| v.iter().map(|p| (num(&p.id), p.score.to_bits(), p.payload.clone())).collect::<Vec<_>>();
+        // Concurrent exact searches may be scored together by a matrix
+        // product: the same points and payloads, scores equal up to the
+        // rounding docs/limits.md states.
+        let ids = |v: &[ScoredPoint]| v.iter().map(|p| (num(&p.id), p.payload.clone())).collect::<Vec<_>>();
         assert_eq!(ids(&got), ids(&want), "search {i}");
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a.score - b.score).abs() <= 1e-5 * (1.0 + b.score.abs()), "search {i}: score {} streamed, {} alone", a.score, b.score);
+        }
     }
 }
