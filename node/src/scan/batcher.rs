@@ -28,7 +28,11 @@ pub struct Batcher<T, R> {
     window: Duration,
     max_batch: usize,
     state: Mutex<State<T, R>>,
+    /// Callers waiting for their answers (woken when a batch ends).
     cv: Condvar,
+    /// The gathering leader alone (woken by each arrival, so arrivals do
+    /// not wake every waiting caller).
+    gather: Condvar,
 }
 
 struct State<T, R> {
@@ -38,6 +42,8 @@ struct State<T, R> {
     /// Callers between queuing and taking their answer.
     in_flight: usize,
     leading: bool,
+    /// The leader is waiting for company (not yet running its batch).
+    gathering: bool,
     /// Items in the last batch: more than one means callers are
     /// concurrent, and the next leader waits for them to come back.
     last_batch: usize,
@@ -51,8 +57,9 @@ impl<T, R> Batcher<T, R> {
         Batcher {
             window,
             max_batch: max_batch.max(1),
-            state: Mutex::new(State { queue: vec![], done: HashMap::new(), next: 0, in_flight: 0, leading: false, last_batch: 0, batches: 0, items: 0 }),
+            state: Mutex::new(State { queue: vec![], done: HashMap::new(), next: 0, in_flight: 0, leading: false, gathering: false, last_batch: 0, batches: 0, items: 0 }),
             cv: Condvar::new(),
+            gather: Condvar::new(),
         }
     }
 
@@ -71,9 +78,9 @@ impl<T, R> Batcher<T, R> {
         st.next += 1;
         st.queue.push((ticket, item));
         st.in_flight += 1;
-        if st.leading {
-            // A gathering leader re-checks whether the batch is complete.
-            self.cv.notify_all();
+        if st.gathering {
+            // The gathering leader re-checks whether the batch is complete.
+            self.gather.notify_one();
         }
         loop {
             if let Some(r) = st.done.remove(&ticket) {
@@ -89,11 +96,13 @@ impl<T, R> Batcher<T, R> {
             // flight, or until as many have queued as the last batch held
             // (its callers are sending their next searches).
             let deadline = Instant::now() + self.window;
+            st.gathering = true;
             while st.queue.len() < self.max_batch && (st.in_flight > st.queue.len() || st.last_batch > st.queue.len()) {
-                if self.cv.wait_until(&mut st, deadline).timed_out() {
+                if self.gather.wait_until(&mut st, deadline).timed_out() {
                     break;
                 }
             }
+            st.gathering = false;
             let take = st.queue.len().min(self.max_batch);
             let (tickets, items): (Vec<u64>, Vec<T>) = st.queue.drain(..take).unzip();
             st.batches += 1;
