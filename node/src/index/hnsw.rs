@@ -144,8 +144,8 @@ pub struct HnswIndex {
     /// walks) before it stores the node's vector, so an exact search
     /// beside an insert could read a null vector (a segfault seen when a
     /// restarted node indexed deferred versions while serving). `get`
-    /// needs no such guard: usearch maps the key and stores the vector
-    /// under one lock.
+    /// needs no such guard: the vendored usearch stores a vector before it
+    /// maps the key (node/vendor/usearch/SHOAL.md).
     inserting: RwLock<()>,
     gate: Gate,
     live: AtomicUsize,
