@@ -671,16 +671,16 @@ impl Cluster for Api {
         });
         let answers = futures::future::join_all(asks).await;
         for (n, status) in map.nodes.iter().zip(answers) {
-            let (state, device, version, rss_bytes, index_bytes, meta_role) = match &status {
-                Some(s) => (NodeState::Up, s.device.clone(), s.version.clone(), s.rss_bytes, s.index_bytes, s.meta_role.clone()),
-                None => (NodeState::Unreachable, String::new(), String::new(), 0, 0, String::new()),
+            let (state, device, version, rss_bytes, index_bytes, meta_role, gpu) = match &status {
+                Some(s) => (NodeState::Up, s.device.clone(), s.version.clone(), s.rss_bytes, s.index_bytes, s.meta_role.clone(), s.gpu.clone()),
+                None => (NodeState::Unreachable, String::new(), String::new(), 0, 0, String::new(), None),
             };
             if let Some(s) = status {
                 for r in s.shards {
                     replica_info.insert((r.collection.clone(), r.shard_id, n.id), r);
                 }
             }
-            nodes.push(NodeStatus { id: n.id, address: n.address.clone(), state: state as i32, device, version, rss_bytes, index_bytes, meta_role });
+            nodes.push(NodeStatus { id: n.id, address: n.address.clone(), state: state as i32, device, version, rss_bytes, index_bytes, meta_role, gpu });
         }
         let mut shards = Vec::new();
         for c in &map.collections {

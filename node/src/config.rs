@@ -49,6 +49,11 @@ pub struct NodeArgs {
     /// queues while a scan runs.
     #[arg(long, env = "SHOAL_SCAN_BATCH_WINDOW_US", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub scan_batch_window_us: u64,
+    /// Exact scans on a GPU: `auto` uses one when the binary has CUDA
+    /// support and the machine a driver and a device, `on` refuses to
+    /// start without one, `off` never uses one (docs/operations.md).
+    #[arg(long, env = "SHOAL_GPU", value_enum, default_value_t = crate::scan::device::GpuMode::Auto)]
+    pub gpu: crate::scan::device::GpuMode,
     /// Build partition graphs for keyword values that filtered searches
     /// use (docs/filters.md); `false` turns them off.
     #[arg(long, env = "SHOAL_FILTER_PARTITIONS", default_value_t = true, action = clap::ArgAction::Set)]

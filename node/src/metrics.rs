@@ -21,6 +21,10 @@ struct Gauges {
     rss: GaugeVec,
     info: GaugeVec,
     gpu: GaugeVec,
+    gpu_memory: GaugeVec,
+    gpu_mirrors: GaugeVec,
+    gpu_mirrored: GaugeVec,
+    gpu_breaker: GaugeVec,
     quarantined: GaugeVec,
     catching_up: GaugeVec,
     disk_free: GaugeVec,
@@ -41,6 +45,10 @@ static GAUGES: LazyLock<Gauges> = LazyLock::new(|| Gauges {
     rss: gauge_vec("shoal_process_resident_bytes", "Resident memory of the process", &[]),
     info: gauge_vec("shoal_node_info", "Always 1; labels describe the node", &["node_id", "device", "version"]),
     gpu: gauge_vec("shoal_gpu_available", "1 when searches can use a GPU on this node", &[]),
+    gpu_memory: gauge_vec("shoal_gpu_memory_bytes", "GPU memory in use and in total (state = used | total)", &["state"]),
+    gpu_mirrors: gauge_vec("shoal_gpu_mirrored_graphs", "Graphs (shard replicas, partition graphs) with rows on the GPU", &[]),
+    gpu_mirrored: gauge_vec("shoal_gpu_mirrored_bytes", "GPU bytes the mirrored rows take", &[]),
+    gpu_breaker: gauge_vec("shoal_gpu_breaker_open", "1 while repeated GPU failures keep scans on the CPU", &[]),
     quarantined: gauge_vec("shoal_replica_quarantined", "1 per local replica that could not be opened and serves nothing (see cluster status for why)", &["collection", "shard"]),
     disk_free: gauge_vec("shoal_disk_free_bytes", "Free bytes on the node's data volume", &[]),
     disk_low: gauge_vec("shoal_disk_low", "1 while the data volume is below the free-space watermark (upserts refused)", &[]),
@@ -101,4 +109,11 @@ pub fn collect(engine: &Engine, device: &str) {
     g.info.reset();
     g.info.with_label_values(&[me.to_string().as_str(), device, st.version.as_str()]).set(1.0);
     g.gpu.with_label_values::<&str>(&[]).set(f64::from(device != "cpu"));
+    if let Some(gpu) = &st.gpu {
+        g.gpu_memory.with_label_values(&["used"]).set(gpu.memory_used_bytes as f64);
+        g.gpu_memory.with_label_values(&["total"]).set(gpu.memory_total_bytes as f64);
+        g.gpu_mirrors.with_label_values::<&str>(&[]).set(gpu.mirrors as f64);
+        g.gpu_mirrored.with_label_values::<&str>(&[]).set(gpu.mirrored_bytes as f64);
+        g.gpu_breaker.with_label_values::<&str>(&[]).set(f64::from(gpu.breaker_open));
+    }
 }

@@ -20,14 +20,15 @@ use crate::engine::Engine;
 use crate::raft::network::RaftService;
 use crate::service::{meta::MetaService, shard::ShardService};
 
-/// Device used for search on this node (the GPU issue adds CUDA devices).
 /// Health service name that reports SERVING only while the node is caught
 /// up ([`Engine::readiness`]); the plain health check ("") means the
 /// process serves.
 pub const READY_SERVICE: &str = "shoal.ready";
 
+/// The device this node's exact scans use: `cpu`, or the GPU
+/// [`crate::scan::device::init`] opened (e.g. `cuda:0 NVIDIA H100`).
 pub fn device() -> String {
-    "cpu".to_string()
+    crate::scan::device::offload().map_or_else(|| "cpu".to_string(), |o| o.name().to_string())
 }
 
 /// How the internal server is secured.

@@ -144,6 +144,10 @@ enum Cmd {
         /// to share a scan (only while others are in flight).
         #[arg(long, env = "SHOAL_SCAN_BATCH_WINDOW_US", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=100_000))]
         scan_batch_window_us: u64,
+        /// Exact scans on a GPU: auto, on (refuse to start without one)
+        /// or off.
+        #[arg(long, env = "SHOAL_GPU", value_enum, default_value_t = shoal_node::scan::device::GpuMode::Auto)]
+        gpu: shoal_node::scan::device::GpuMode,
     },
 }
 
@@ -205,10 +209,11 @@ async fn run_node(args: NodeArgs, security: &Security, stop: watch::Receiver<boo
     } else if security.tls.is_some() {
         anyhow::bail!("the node's certificate names no Shoal identity: its URI SAN must be {}", shoal_common::identity::Identity::Node(args.node_id).uri());
     }
+    let device = shoal_node::scan::device::init(args.gpu).with_context(|| format!("--gpu {:?}", args.gpu).to_lowercase())?;
     let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
     let cfg = EngineConfig { node_id: args.node_id, data_dir: args.data_dir.clone(), advertise, in_memory, rocks: args.rocks(), plan: shoal_node::shard::SearchPlan { exact_scan_threshold: args.exact_scan_threshold, partitions: args.filter_partitions, batch_window: std::time::Duration::from_micros(args.scan_batch_window_us) }, raft: args.raft(), backup_root: args.backup_root.clone(), min_free_disk: if in_memory { 0 } else { args.min_free_disk_mb.saturating_mul(1 << 20) }, tls: security.tls.clone() };
     let engine = tokio::task::spawn_blocking(move || Engine::open(cfg)).await?.context("opening node storage")?;
-    tracing::info!(node_id = args.node_id, %addr, data_dir = %args.data_dir.display(), simd = %shoal_node::index::simd_backends(), "node serving internal API");
+    tracing::info!(node_id = args.node_id, %addr, data_dir = %args.data_dir.display(), simd = %shoal_node::index::simd_backends(), %device, "node serving internal API");
     let every = Duration::from_secs(args.index_save_interval);
     let internal_security = shoal_node::server::Security { tls: security.tls.clone(), audit: security.audit.clone(), reflection: security.reflection };
     let h = tokio::spawn(shoal_node::server::serve_internal(engine.clone(), listener, every, internal_security, wait(stop)));
@@ -448,7 +453,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             println!("wrote a development CA, certificates for nodes 1..={nodes}, a coordinator and an operator, and an admin API key to {} (valid for {})", dir.display(), hosts.join(", "));
             println!("admin API key: {key}");
         }
-        Cmd::Dev { listen, data_dir, sample, in_memory, memtable_mb, block_cache_mb, exact_scan_threshold, scan_batch_window_us } => {
+        Cmd::Dev { listen, data_dir, sample, in_memory, memtable_mb, block_cache_mb, exact_scan_threshold, scan_batch_window_us, gpu } => {
             let listens = listen_addrs(&[&listen, &metrics_addr]);
             let mut sec_args = cli.security.clone();
             let configured = sec_args.tls_files(Some(1))?.is_some() || sec_args.api_keys_file.is_some() || sec_args.jwt_secret_file.is_some() || sec_args.jwt_public_key_file.is_some();
@@ -474,6 +479,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 exact_scan_threshold,
                 filter_partitions: true,
                 scan_batch_window_us,
+                gpu,
                 snapshot_every: shoal_node::raft::SNAPSHOT_EVERY,
                 snapshot_keep: shoal_node::raft::SNAPSHOT_KEEP,
                 pod_name: None,

@@ -760,7 +760,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Cluster(ClusterCmd::Status) => {
             let s = client.cluster_status().await?;
             if json_out {
-                let nodes: Vec<_> = s.nodes.iter().map(|n| json!({"id": n.id, "address": n.address, "state": NodeState::try_from(n.state).map(|x| x.as_str_name()).unwrap_or("?"), "meta_role": n.meta_role, "device": n.device, "version": n.version})).collect();
+                let nodes: Vec<_> = s.nodes.iter().map(|n| json!({"id": n.id, "address": n.address, "state": NodeState::try_from(n.state).map(|x| x.as_str_name()).unwrap_or("?"), "meta_role": n.meta_role, "device": n.device, "version": n.version, "gpu": n.gpu.as_ref().map(|g| json!({"name": g.name, "memory_used_bytes": g.memory_used_bytes, "memory_total_bytes": g.memory_total_bytes, "mirrors": g.mirrors, "mirrored_bytes": g.mirrored_bytes, "scans": g.scans, "fallbacks": g.fallbacks, "breaker_open": g.breaker_open}))})).collect();
                 let shards: Vec<_> = s
                     .shards
                     .iter()
@@ -776,7 +776,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                         n.address.clone(),
                         NodeState::try_from(n.state).map(|x| x.as_str_name()).unwrap_or("?").trim_start_matches("NODE_STATE_").to_string(),
                         n.meta_role.clone(),
-                        n.device.clone(),
+                        match &n.gpu {
+                            Some(g) => format!("{} ({} MiB of {} used, {} graphs mirrored, {} fallbacks{})", n.device, g.memory_used_bytes >> 20, g.memory_total_bytes >> 20, g.mirrors, g.fallbacks, if g.breaker_open { ", breaker open" } else { "" }),
+                            None => n.device.clone(),
+                        },
                         n.version.clone(),
                     ]);
                 }

@@ -30,6 +30,8 @@ use super::vecfile::VectorFile;
 use super::{kernel, kernel_i8, sort_hits, Allowed, Hit, Precision, VectorIndex};
 use crate::error::IndexError;
 use crate::scan::cpu::GEMM_MIN_QUERIES;
+use crate::scan::device::Offload;
+use crate::scan::mirror::Mirror;
 use crate::scan::rows::{FileRows, GraphRows};
 use crate::scan::ScanMetric;
 
@@ -156,6 +158,8 @@ pub struct HnswIndex {
     /// usearch's memory use as of the last time it could be measured
     /// without waiting (see `memory_bytes`).
     memory: AtomicUsize,
+    /// This graph's rows on the node's GPU, when it has one (scan/mirror.rs).
+    mirror: Mirror,
 }
 
 fn options(p: &HnswParams) -> IndexOptions {
@@ -245,6 +249,7 @@ impl HnswIndex {
             live: AtomicUsize::new(live),
             removed: AtomicUsize::new(0),
             memory: AtomicUsize::new(0),
+            mirror: Mirror::new(params.dim),
         })
     }
 
@@ -334,6 +339,7 @@ impl HnswIndex {
             return Ok(false);
         }
         file.put(key, &v).map_err(file_error)?;
+        self.mirror.invalidate(key);
         Ok(true)
     }
 
@@ -403,6 +409,7 @@ impl HnswIndex {
         *self.keys.lock() = std::mem::take(&mut *other.keys.lock());
         self.live.store(other.live.load(Ordering::Relaxed), Ordering::Relaxed);
         self.removed.store(0, Ordering::Relaxed);
+        self.mirror.reset();
     }
 
     /// Adds one vector; the caller holds `mutate`, has grown the index and
@@ -434,6 +441,7 @@ impl HnswIndex {
             }
             _ => return Err(IndexError::Usearch("quantized graph without its calibration or vector file".into())),
         }
+        self.mirror.invalidate(key);
         self.live.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -484,6 +492,13 @@ impl HnswIndex {
     /// usearch's own brute force, which reads its vectors in place (a
     /// per-row copy out of usearch costs more than the distance).
     pub fn exact_batch(&self, queries: &[&[f32]], k: usize, allowed: &RoaringBitmap, whole: bool) -> Result<Vec<Vec<Hit>>, IndexError> {
+        self.exact_batch_on(crate::scan::device::offload(), queries, k, allowed, whole)
+    }
+
+    /// [`HnswIndex::exact_batch`] with the device `off` (the node's, or a
+    /// test's): scans the cost model sends there run on it, and on the
+    /// CPU when it fails.
+    pub(crate) fn exact_batch_on(&self, off: Option<&'static Offload>, queries: &[&[f32]], k: usize, allowed: &RoaringBitmap, whole: bool) -> Result<Vec<Vec<Hit>>, IndexError> {
         for q in queries {
             self.check_dim(q)?;
         }
@@ -492,16 +507,31 @@ impl HnswIndex {
         let _p = self.gate.acquire();
         let g = self.index.read();
         let dim = self.params.dim;
+        let metric = self.scan_metric();
         let scan = crate::scan::backend();
         if let Some(file) = &g.vectors {
-            let keys: Vec<u64> = (&*self.keys.lock() & allowed).iter().map(u64::from).collect();
-            return Ok(scan.top_k(&qs, &keys, &FileRows { reader: file.reader(), dim }, k, self.scan_metric())?);
+            let held = &*self.keys.lock() & allowed;
+            let store = FileRows { reader: file.reader(), dim };
+            if let Some(hits) = off.filter(|o| o.wants(held.len(), k)).and_then(|o| o.scan(&self.mirror, &qs, &held, &store, k, metric)) {
+                return Ok(hits);
+            }
+            let keys: Vec<u64> = held.iter().map(u64::from).collect();
+            return Ok(scan.top_k(&qs, &keys, &store, k, metric)?);
+        }
+        let store = GraphRows { index: &g.index, dim };
+        if let Some(hits) = off.filter(|o| o.wants(allowed.len(), k)).and_then(|o| o.scan(&self.mirror, &qs, allowed, &store, k, metric)) {
+            return Ok(hits);
         }
         if whole && qs.len() < GEMM_MIN_QUERIES {
             return qs.iter().map(|q| self.usearch_exact(&g, q, k)).collect();
         }
         let keys: Vec<u64> = allowed.iter().map(u64::from).collect();
-        Ok(scan.top_k(&qs, &keys, &GraphRows { index: &g.index, dim }, k, self.scan_metric())?)
+        Ok(scan.top_k(&qs, &keys, &store, k, metric)?)
+    }
+
+    /// Rows this graph holds on the device (status, tests).
+    pub fn mirrored_rows(&self) -> u64 {
+        self.mirror.rows_held()
     }
 
     /// usearch's brute force over every node of a full-precision graph

@@ -1,32 +1,50 @@
-//! A device backend behind [`Scan`] with the CPU path as its fallback.
+//! Scans on an accelerator (a GPU), with the CPU as the fallback.
 //!
-//! A [`Device`] (the CUDA backend, or a test double) may fail any call: out
-//! of memory, a driver error, a lost device, even a panic in its binding.
-//! [`FallbackScan`] answers every such call on the CPU instead, so a device
-//! fault never fails a request, and counts it
-//! (`shoal_scan_fallbacks_total`). After [`TRIP_AFTER`] failures in a row
-//! its circuit breaker stops offering work to the device for a cool-down,
-//! then lets one call through to try it again.
+//! - [`Accel`]: what a device offers: allocate a buffer of rows, write rows
+//!   into it, grow it, and take the exact top-k of a batch of queries over
+//!   the rows a bitmap admits. [`super::cuda`] implements it with cuBLAS
+//!   and an NVRTC kernel (cargo feature `cuda`); [`super::host`] is the
+//!   reference implementation on the host, which the tests drive, with
+//!   injected faults, through everything above it.
+//! - [`super::mirror::Mirror`]: one graph's rows on the device, filled on
+//!   demand and kept by offset (a version's offset never changes its
+//!   vector), so each scan uploads only the rows written since the last.
+//! - [`Offload`]: the node's device, its circuit breaker and its counters.
+//!   [`Offload::scan`] answers a scan on the device or returns `None`, and
+//!   the caller then scans on the CPU, so a device fault (an error, an
+//!   out-of-memory, a panic in the binding, a wrong answer count) never
+//!   fails a request. Each fallback is counted
+//!   (`shoal_scan_fallbacks_total`). After [`TRIP_AFTER`] failures in a
+//!   row the breaker keeps work off the device for [`COOL_DOWN`], then lets
+//!   one scan through to try it again.
+//! - [`GpuMode`] and [`init`]: the node's `--gpu auto|on|off`.
 //!
-//! The CUDA device itself (a device mirror of each shard's rows, cuBLAS
-//! products, a top-k kernel from NVRTC) is not built yet: no GPU was lent
-//! to the task that built this layer (docs/decisions.md).
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::LazyLock;
+//! Which scans go to the device is the cost model in [`Offload::wants`].
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prometheus::IntCounterVec;
+use roaring::RoaringBitmap;
 use shoal_common::telemetry::counter_vec;
 
-use super::cpu::CpuScan;
-use super::{check_dims, RowStore, Scan, ScanError, ScanMetric};
+use super::mirror::Mirror;
+use super::{RowStore, ScanMetric};
 use crate::index::Hit;
 
 /// Consecutive device failures that open the breaker.
 pub const TRIP_AFTER: u32 = 3;
 /// How long an open breaker keeps work off the device.
 pub const COOL_DOWN: Duration = Duration::from_secs(30);
+/// Scans of fewer rows than this stay on the CPU: there a scan of one
+/// query takes well under a millisecond on one core, about what a device
+/// round trip (upload, two launches, download) costs. Not yet measured on
+/// a GPU (docs/decisions.md, "The CUDA backend").
+pub const DEVICE_MIN_ROWS: u64 = 4_096;
+/// The largest `k` the device's top-k kernel keeps per thread; larger
+/// scans run on the CPU (not a fault).
+pub const DEVICE_MAX_K: usize = 128;
 
 /// Scans the CPU answered because the device failed or was cooling down,
 /// per device and reason.
@@ -36,40 +54,56 @@ pub static SCAN_FALLBACKS: LazyLock<IntCounterVec> =
 /// Why a device could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
+    /// No device here: no driver, no libraries, no GPU.
+    #[error("no device: {0}")]
+    Unavailable(String),
     #[error("device out of memory: {0}")]
     OutOfMemory(String),
     #[error("device error: {0}")]
     Fault(String),
+    /// A scan the device does not take (a `k` above [`DEVICE_MAX_K`]):
+    /// answered on the CPU without counting against the device.
+    #[error("not supported on the device: {0}")]
+    Unsupported(String),
 }
 
-/// A scan backend that may fail.
-pub trait Device: Send + Sync {
-    fn name(&self) -> &'static str;
-    fn top_k(&self, queries: &[&[f32]], keys: &[u64], rows: &dyn RowStore, k: usize, metric: ScanMetric) -> Result<Vec<Vec<Hit>>, DeviceError>;
+/// An accelerator's operations.
+pub trait Accel: Send + Sync {
+    /// What status shows, e.g. `cuda:0 NVIDIA H100 80GB HBM3`.
+    fn name(&self) -> String;
+    /// Device memory in use and in total, in bytes.
+    fn memory(&self) -> Option<(u64, u64)>;
+    /// A buffer of `rows` rows of `dim` f32 (zeroed).
+    fn alloc(&self, rows: usize, dim: usize) -> Result<Box<dyn DeviceRows>, DeviceError>;
 }
 
-/// The device while it works, the CPU when it does not.
-pub struct FallbackScan<D> {
-    device: D,
-    cpu: CpuScan,
+/// Rows held on a device, addressed by row number.
+pub trait DeviceRows: Send {
+    /// Rows it has room for.
+    fn capacity(&self) -> usize;
+    /// Device bytes it holds.
+    fn bytes(&self) -> usize;
+    /// Grows to room for at least `rows` rows, keeping those written.
+    fn grow(&mut self, rows: usize) -> Result<(), DeviceError>;
+    /// Writes rows `first..first + n` (`data` is n x dim, row-major) and
+    /// their squared norms (`norms`, n).
+    fn write(&mut self, first: usize, data: &[f32], norms: &[f32]) -> Result<(), DeviceError>;
+    /// Each query's `k` closest rows among those whose bit is set in
+    /// `mask` (bit `r % 64` of word `r / 64`), sorted by distance, then
+    /// row; `queries` is `nq` x dim, row-major. `Hit::key` is the row.
+    fn top_k(&mut self, queries: &[f32], nq: usize, mask: &[u64], k: usize, metric: ScanMetric) -> Result<Vec<Vec<Hit>>, DeviceError>;
+}
+
+/// A circuit breaker over a device's failures.
+pub struct Breaker {
     cool_down: Duration,
     failures: AtomicU32,
     open_until: Mutex<Option<Instant>>,
-    fallbacks: AtomicU64,
 }
 
-impl<D: Device> FallbackScan<D> {
-    pub fn new(device: D) -> Self {
-        Self::with_cool_down(device, COOL_DOWN)
-    }
-
-    pub fn with_cool_down(device: D, cool_down: Duration) -> Self {
-        FallbackScan { device, cpu: CpuScan::new(), cool_down, failures: AtomicU32::new(0), open_until: Mutex::new(None), fallbacks: AtomicU64::new(0) }
-    }
-
-    /// Scans the CPU answered instead of the device.
-    pub fn fallbacks(&self) -> u64 {
-        self.fallbacks.load(Ordering::Relaxed)
+impl Breaker {
+    pub fn new(cool_down: Duration) -> Self {
+        Breaker { cool_down, failures: AtomicU32::new(0), open_until: Mutex::new(None) }
     }
 
     /// Whether the breaker keeps work off the device now.
@@ -77,138 +111,190 @@ impl<D: Device> FallbackScan<D> {
         self.open_until.lock().is_some_and(|t| Instant::now() < t)
     }
 
-    fn fell_back(&self, reason: &str) {
-        self.fallbacks.fetch_add(1, Ordering::Relaxed);
-        SCAN_FALLBACKS.with_label_values(&[self.device.name(), reason]).inc();
+    /// A success closes the breaker (a trial after the cool-down, or a
+    /// fault that passed).
+    fn success(&self) {
+        if self.failures.swap(0, Ordering::AcqRel) != 0 {
+            *self.open_until.lock() = None;
+        }
     }
 
-    fn failed(&self, why: &str) {
+    fn failure(&self, device: &str, why: &str) {
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        tracing::warn!(device = self.device.name(), failures = n, why, "device scan failed; answered on the CPU");
+        tracing::warn!(device, failures = n, why, "device scan failed; answered on the CPU");
         if n >= TRIP_AFTER {
             *self.open_until.lock() = Some(Instant::now() + self.cool_down);
-            tracing::warn!(device = self.device.name(), cool_down_s = self.cool_down.as_secs_f64(), "device breaker open: scans stay on the CPU until it cools down");
+            tracing::warn!(device, cool_down_s = self.cool_down.as_secs_f64(), "device breaker open: scans stay on the CPU until it cools down");
         }
     }
 }
 
-impl<D: Device> Scan for FallbackScan<D> {
-    fn name(&self) -> &'static str {
-        self.device.name()
+/// The node's device: the accelerator, its breaker and its counters.
+pub struct Offload {
+    accel: Box<dyn Accel>,
+    name: String,
+    breaker: Breaker,
+    min_rows: u64,
+    fallbacks: AtomicU64,
+    scans: AtomicU64,
+    pub(crate) mirrors: AtomicUsize,
+    pub(crate) mirrored_bytes: AtomicUsize,
+}
+
+/// What status and metrics show of the device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceStatus {
+    pub name: String,
+    pub memory_used: u64,
+    pub memory_total: u64,
+    /// Graphs (shards, partitions) with rows on the device, and the bytes.
+    pub mirrors: u64,
+    pub mirrored_bytes: u64,
+    pub scans: u64,
+    pub fallbacks: u64,
+    pub breaker_open: bool,
+}
+
+impl Offload {
+    pub fn new(accel: Box<dyn Accel>) -> Self {
+        Self::with(accel, COOL_DOWN, DEVICE_MIN_ROWS)
     }
 
-    fn top_k(&self, queries: &[&[f32]], keys: &[u64], rows: &dyn RowStore, k: usize, metric: ScanMetric) -> Result<Vec<Vec<Hit>>, ScanError> {
-        // Bad input is the caller's error on every backend, never a fault.
-        check_dims(queries, rows)?;
-        if self.is_open() {
-            self.fell_back("breaker_open");
-            return self.cpu.top_k(queries, keys, rows, k, metric);
+    /// With a breaker cool-down and a smallest scan of its own (tests).
+    pub fn with(accel: Box<dyn Accel>, cool_down: Duration, min_rows: u64) -> Self {
+        let name = accel.name();
+        Offload { accel, name, breaker: Breaker::new(cool_down), min_rows, fallbacks: AtomicU64::new(0), scans: AtomicU64::new(0), mirrors: AtomicUsize::new(0), mirrored_bytes: AtomicUsize::new(0) }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn accel(&self) -> &dyn Accel {
+        self.accel.as_ref()
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// Scans the CPU answered instead of the device.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    pub fn status(&self) -> DeviceStatus {
+        let (memory_used, memory_total) = self.accel.memory().unwrap_or((0, 0));
+        DeviceStatus {
+            name: self.name.clone(),
+            memory_used,
+            memory_total,
+            mirrors: self.mirrors.load(Ordering::Relaxed) as u64,
+            mirrored_bytes: self.mirrored_bytes.load(Ordering::Relaxed) as u64,
+            scans: self.scans.load(Ordering::Relaxed),
+            fallbacks: self.fallbacks(),
+            breaker_open: self.breaker.is_open(),
         }
-        let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.device.top_k(queries, keys, rows, k, metric)));
+    }
+
+    /// The cost model: an exact scan goes to the device when it covers at
+    /// least `min_rows` rows (fewer are cheaper on the CPU than a device
+    /// round trip) and `k` fits the kernel. Approximate (HNSW) searches
+    /// never come here: whether an unfiltered search on a GPU node should
+    /// scan the device instead of walking the graph is not measured yet.
+    pub fn wants(&self, rows: u64, k: usize) -> bool {
+        rows >= self.min_rows && k <= DEVICE_MAX_K
+    }
+
+    /// Each query's top-k over the rows `allowed` admits, on the device
+    /// through `mirror` (rows it lacks are read from `store`), or `None`
+    /// when the device failed or its breaker is open: the caller then
+    /// scans on the CPU. Callers check dimensions first.
+    pub fn scan(&'static self, mirror: &Mirror, queries: &[&[f32]], allowed: &RoaringBitmap, store: &dyn RowStore, k: usize, metric: ScanMetric) -> Option<Vec<Vec<Hit>>> {
+        if self.breaker.is_open() {
+            self.fell_back("breaker_open");
+            return None;
+        }
+        let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mirror.top_k(self, queries, allowed, store, k, metric)));
         match tried {
             Ok(Ok(hits)) if hits.len() == queries.len() => {
-                // A success closes the breaker (a trial call after the
-                // cool-down, or a fault that passed).
-                self.failures.store(0, Ordering::Release);
-                *self.open_until.lock() = None;
-                return Ok(hits);
+                self.breaker.success();
+                self.scans.fetch_add(1, Ordering::Relaxed);
+                return Some(hits);
             }
-            Ok(Ok(hits)) => self.failed(&format!("{} answers for {} queries", hits.len(), queries.len())),
-            Ok(Err(e)) => self.failed(&e.to_string()),
-            Err(_) => self.failed("the device binding panicked"),
+            Ok(Err(DeviceError::Unsupported(_))) => return None,
+            Ok(Ok(hits)) => self.breaker.failure(&self.name, &format!("{} answers for {} queries", hits.len(), queries.len())),
+            Ok(Err(e)) => self.breaker.failure(&self.name, &e.to_string()),
+            Err(_) => {
+                // The mirror's state after a panic is unknown: upload it
+                // again next time.
+                mirror.reset();
+                self.breaker.failure(&self.name, "the device binding panicked")
+            }
         }
         self.fell_back("error");
-        self.cpu.top_k(queries, keys, rows, k, metric)
+        None
+    }
+
+    fn fell_back(&self, reason: &str) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        SCAN_FALLBACKS.with_label_values(&[self.name.as_str(), reason]).inc();
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::scan::DenseRows;
-    use std::sync::atomic::AtomicUsize;
+static OFFLOAD: OnceLock<Offload> = OnceLock::new();
 
-    /// A device double: fails (or panics) on the calls `fail` says, else
-    /// answers as the CPU does.
-    struct Faulty {
-        calls: AtomicUsize,
-        fail: fn(usize) -> Option<bool>,
+/// The node's device, if [`init`] found one.
+pub fn offload() -> Option<&'static Offload> {
+    OFFLOAD.get()
+}
+
+/// Whether this binary was built with a device backend (cargo feature
+/// `cuda`).
+pub const BUILT_WITH_CUDA: bool = cfg!(feature = "cuda");
+
+/// The node's `--gpu` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GpuMode {
+    /// Use a GPU when the binary has CUDA support and the machine has a
+    /// driver and a device; else the CPU.
+    Auto,
+    /// Require a GPU: the node does not start without one.
+    On,
+    /// Never use a GPU.
+    Off,
+}
+
+/// Opens the device `mode` asks for and makes it the node's. Returns what
+/// status shows as the search device (`cpu` without one). With
+/// [`GpuMode::On`], no device is an error.
+pub fn init(mode: GpuMode) -> Result<String, DeviceError> {
+    if mode == GpuMode::Off {
+        return Ok("cpu".into());
     }
-
-    impl Device for Faulty {
-        fn name(&self) -> &'static str {
-            "test-double"
+    match open_accel() {
+        Ok(accel) => {
+            let name = accel.name();
+            // A second init (tests starting several nodes in one process)
+            // keeps the first device.
+            let _ = OFFLOAD.set(Offload::new(accel));
+            tracing::info!(device = %name, "exact scans run on the GPU");
+            Ok(name)
         }
-
-        fn top_k(&self, queries: &[&[f32]], keys: &[u64], rows: &dyn RowStore, k: usize, metric: ScanMetric) -> Result<Vec<Vec<Hit>>, DeviceError> {
-            let n = self.calls.fetch_add(1, Ordering::Relaxed);
-            match (self.fail)(n) {
-                Some(true) => panic!("injected device panic"),
-                Some(false) => Err(DeviceError::OutOfMemory("injected".into())),
-                None => Ok(CpuScan::new().top_k(queries, keys, rows, k, metric).unwrap()),
-            }
+        Err(e) if mode == GpuMode::On => Err(e),
+        Err(e) => {
+            tracing::info!(why = %e, "no GPU: scans run on the CPU");
+            Ok("cpu".into())
         }
     }
+}
 
-    fn data() -> (Vec<f32>, Vec<Vec<f32>>) {
-        let dim = 16;
-        let rows: Vec<f32> = (0..2_000 * dim).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-        let qs: Vec<Vec<f32>> = (0..10).map(|q| (0..dim).map(|j| ((q * 31 + j * 17) % 100) as f32 / 50.0 - 1.0).collect()).collect();
-        (rows, qs)
-    }
+#[cfg(feature = "cuda")]
+fn open_accel() -> Result<Box<dyn Accel>, DeviceError> {
+    Ok(Box::new(super::cuda::CudaAccel::open(0)?))
+}
 
-    #[test]
-    fn device_faults_never_fail_a_scan_and_the_breaker_retries_later() {
-        let (rows, qs) = data();
-        let store = DenseRows { dim: 16, data: &rows };
-        let keys: Vec<u64> = (0..2_000).collect();
-        let refs: Vec<&[f32]> = qs.iter().map(|q| q.as_slice()).collect();
-        let want = CpuScan::new().top_k(&refs, &keys, &store, 10, ScanMetric::L2).unwrap();
-        // Calls 0..3 fail (an error, a panic, an error): the breaker opens.
-        // Later calls succeed.
-        let scan = FallbackScan::with_cool_down(
-            Faulty { calls: AtomicUsize::new(0), fail: |n| match n {
-                0 | 2 => Some(false),
-                1 => Some(true),
-                _ => None,
-            } },
-            Duration::from_millis(200),
-        );
-        for i in 0..6 {
-            assert_eq!(scan.top_k(&refs, &keys, &store, 10, ScanMetric::L2).unwrap(), want, "scan {i} answered as the CPU does");
-        }
-        assert!(scan.is_open(), "three failures in a row open the breaker");
-        assert_eq!(scan.device.calls.load(Ordering::Relaxed), 3, "an open breaker keeps work off the device");
-        assert_eq!(scan.fallbacks(), 6);
-        std::thread::sleep(Duration::from_millis(250));
-        assert_eq!(scan.top_k(&refs, &keys, &store, 10, ScanMetric::L2).unwrap(), want);
-        assert_eq!(scan.device.calls.load(Ordering::Relaxed), 4, "after the cool-down the device is tried again");
-        assert!(!scan.is_open(), "and a success closes the breaker");
-        assert_eq!(scan.fallbacks(), 6);
-        // Bad input stays the caller's error; it is not a device fault.
-        let short = [1.0f32; 3];
-        assert!(matches!(scan.top_k(&[&short[..]], &keys, &store, 10, ScanMetric::L2), Err(ScanError::Dimension { got: 3, want: 16 })));
-        assert_eq!(scan.device.calls.load(Ordering::Relaxed), 4);
-    }
-
-    #[test]
-    fn a_device_answering_the_wrong_count_is_a_fault() {
-        struct Short;
-        impl Device for Short {
-            fn name(&self) -> &'static str {
-                "short"
-            }
-            fn top_k(&self, _: &[&[f32]], _: &[u64], _: &dyn RowStore, _: usize, _: ScanMetric) -> Result<Vec<Vec<Hit>>, DeviceError> {
-                Ok(vec![])
-            }
-        }
-        let (rows, qs) = data();
-        let store = DenseRows { dim: 16, data: &rows };
-        let keys: Vec<u64> = (0..2_000).collect();
-        let refs: Vec<&[f32]> = qs.iter().map(|q| q.as_slice()).collect();
-        let scan = FallbackScan::new(Short);
-        let got = scan.top_k(&refs, &keys, &store, 5, ScanMetric::InnerProduct).unwrap();
-        assert_eq!(got, CpuScan::new().top_k(&refs, &keys, &store, 5, ScanMetric::InnerProduct).unwrap());
-        assert_eq!(scan.fallbacks(), 1);
-    }
+#[cfg(not(feature = "cuda"))]
+fn open_accel() -> Result<Box<dyn Accel>, DeviceError> {
+    Err(DeviceError::Unavailable("this binary was built without the `cuda` feature".into()))
 }

@@ -15,9 +15,13 @@
 //!   as [`Hit`]s (lower distance is closer, ties by key).
 //! - [`cpu::CpuScan`]: blocked f32 matrix products (the `gemm` crate),
 //!   rows gathered [`BLOCK_ROWS`] at a time, the blocks split over threads.
-//! - [`device`]: a device backend (CUDA, not built yet) behind a
-//!   fallback to the CPU with a circuit breaker; [`backend`] is the scan
-//!   the node's searches use.
+//! - [`device`]: scans on a GPU with the CPU as the fallback: the
+//!   [`device::Accel`] boundary, the node's [`device::Offload`] (circuit
+//!   breaker, counters, cost model) and `--gpu auto|on|off`;
+//!   [`mirror`] keeps a graph's rows on the device; [`cuda`] is the CUDA
+//!   backend (cargo feature `cuda`; not yet run on a GPU), [`host`] the
+//!   host reference and fault-injecting test double. [`backend`] is the
+//!   CPU scan the node's searches use when the device does not answer.
 //! - [`batcher`]: micro-batching of concurrent single searches.
 //! - [`rows`]: the stores a shard scans: a full-precision graph, a
 //!   quantized graph's vector file, the pending set.
@@ -36,9 +40,15 @@ use crate::index::{Hit, Precision};
 
 pub mod batcher;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod device;
+pub mod host;
+pub mod mirror;
 pub mod rows;
 
+#[cfg(test)]
+mod device_tests;
 #[cfg(test)]
 mod tests;
 
@@ -73,19 +83,13 @@ pub trait RowStore: Sync {
     }
 }
 
-/// The node's scan backend: the CPU unless [`set_backend`] named another
-/// at startup.
-static BACKEND: std::sync::OnceLock<Box<dyn Scan>> = std::sync::OnceLock::new();
+/// The CPU scan the node's searches use (a device, when there is one,
+/// is tried first: [`device::Offload::scan`]).
+static BACKEND: std::sync::OnceLock<cpu::CpuScan> = std::sync::OnceLock::new();
 
-/// The scan the node's searches use.
+/// The scan the node's searches use on the CPU.
 pub fn backend() -> &'static dyn Scan {
-    BACKEND.get_or_init(|| Box::new(cpu::CpuScan::new())).as_ref()
-}
-
-/// Sets the node's scan backend once, before the first search; false if
-/// one was already in use.
-pub fn set_backend(scan: Box<dyn Scan>) -> bool {
-    BACKEND.set(scan).is_ok()
+    BACKEND.get_or_init(cpu::CpuScan::new)
 }
 
 /// Errors of a scan backend.
