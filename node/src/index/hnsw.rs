@@ -130,6 +130,21 @@ impl Drop for Permit<'_> {
     }
 }
 
+/// A graph's rows read one at a time, each under its own short lock
+/// ([`VectorIndex::get`]): what the device path uploads from, so no lock
+/// of the graph is held while a device works.
+struct IndexRows<'a>(&'a HnswIndex);
+
+impl crate::scan::RowStore for IndexRows<'_> {
+    fn dim(&self) -> usize {
+        self.0.params.dim
+    }
+
+    fn fill(&self, key: u64, out: &mut [f32]) -> bool {
+        self.0.get(key, out)
+    }
+}
+
 pub struct HnswIndex {
     params: HnswParams,
     index: RwLock<Graph>,
@@ -505,28 +520,33 @@ impl HnswIndex {
         let units: Vec<Cow<'_, [f32]>> = queries.iter().map(|q| self.unit(q)).collect();
         let qs: Vec<&[f32]> = units.iter().map(|q| &**q).collect();
         let _p = self.gate.acquire();
+        let metric = self.scan_metric();
+        if let Some(off) = off {
+            // No lock of the graph's is held while the device works: a
+            // write (or a vector file growing, or a compaction swapping the
+            // graph) never waits for a GPU. Rows are read one lock at a
+            // time (`VectorIndex::get`) while uploading.
+            let quantized = self.vector_file().is_some();
+            let held = if quantized { &*self.keys.lock() & allowed } else { allowed.clone() };
+            if off.wants_set(&held, k) {
+                if let Some(hits) = off.scan(&self.mirror, &qs, &held, &IndexRows(self), k, metric) {
+                    return Ok(hits);
+                }
+            }
+        }
         let g = self.index.read();
         let dim = self.params.dim;
-        let metric = self.scan_metric();
         let scan = crate::scan::backend();
         if let Some(file) = &g.vectors {
             let held = &*self.keys.lock() & allowed;
-            let store = FileRows { reader: file.reader(), dim };
-            if let Some(hits) = off.filter(|o| o.wants(held.len(), k)).and_then(|o| o.scan(&self.mirror, &qs, &held, &store, k, metric)) {
-                return Ok(hits);
-            }
             let keys: Vec<u64> = held.iter().map(u64::from).collect();
-            return Ok(scan.top_k(&qs, &keys, &store, k, metric)?);
-        }
-        let store = GraphRows { index: &g.index, dim };
-        if let Some(hits) = off.filter(|o| o.wants(allowed.len(), k)).and_then(|o| o.scan(&self.mirror, &qs, allowed, &store, k, metric)) {
-            return Ok(hits);
+            return Ok(scan.top_k(&qs, &keys, &FileRows { reader: file.reader(), dim }, k, metric)?);
         }
         if whole && qs.len() < GEMM_MIN_QUERIES {
             return qs.iter().map(|q| self.usearch_exact(&g, q, k)).collect();
         }
         let keys: Vec<u64> = allowed.iter().map(u64::from).collect();
-        Ok(scan.top_k(&qs, &keys, &store, k, metric)?)
+        Ok(scan.top_k(&qs, &keys, &GraphRows { index: &g.index, dim }, k, metric)?)
     }
 
     /// Rows this graph holds on the device (status, tests).
@@ -698,6 +718,8 @@ impl VectorIndex for HnswIndex {
         if g.vectors.is_some() && key <= u32::MAX as u64 {
             self.keys.lock().remove(key as u32);
         }
+        // The offset may be reused by a later version.
+        self.mirror.invalidate(key);
         if removed > 0 {
             self.live.fetch_sub(1, Ordering::Relaxed);
             self.removed.fetch_add(1, Ordering::Relaxed);

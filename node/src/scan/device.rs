@@ -45,11 +45,15 @@ pub const DEVICE_MIN_ROWS: u64 = 4_096;
 /// The largest `k` the device's top-k kernel keeps per thread; larger
 /// scans run on the CPU (not a fault).
 pub const DEVICE_MAX_K: usize = 128;
+/// Rows the device may score per row a scan allows (see
+/// [`Offload::wants`]).
+pub const MAX_SPARSENESS: u64 = 8;
 
-/// Scans the CPU answered because the device failed or was cooling down,
-/// per device and reason.
-pub static SCAN_FALLBACKS: LazyLock<IntCounterVec> =
-    LazyLock::new(|| counter_vec("shoal_scan_fallbacks_total", "Scans the CPU answered because the device failed (error) or its breaker was open (breaker_open)", &["device", "reason"]));
+/// Scans the CPU answered because the device failed, was cooling down or
+/// had no room for the graph, per device and reason.
+pub static SCAN_FALLBACKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec("shoal_scan_fallbacks_total", "Scans the CPU answered because the device failed (error), its breaker was open (breaker_open) or the graph did not fit (no_room)", &["device", "reason"])
+});
 
 /// Why a device could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,10 @@ pub enum DeviceError {
     Unavailable(String),
     #[error("device out of memory: {0}")]
     OutOfMemory(String),
+    /// A graph's rows do not fit beside what the device holds: that graph
+    /// scans on the CPU for a while, without counting against the device.
+    #[error("no room on the device: {0}")]
+    NoRoom(String),
     #[error("device error: {0}")]
     Fault(String),
     /// A scan the device does not take (a `k` above [`DEVICE_MAX_K`]):
@@ -111,11 +119,37 @@ impl Breaker {
         self.open_until.lock().is_some_and(|t| Instant::now() < t)
     }
 
+    /// Whether a scan may use the device. Once an open breaker has cooled
+    /// down, one scan is let through as a trial and the breaker stays open
+    /// for the others until it succeeds or fails.
+    fn allow(&self) -> bool {
+        let mut open = self.open_until.lock();
+        match *open {
+            None => true,
+            Some(t) if Instant::now() < t => false,
+            Some(_) => {
+                *open = Some(Instant::now() + self.cool_down);
+                true
+            }
+        }
+    }
+
     /// A success closes the breaker (a trial after the cool-down, or a
     /// fault that passed).
     fn success(&self) {
         if self.failures.swap(0, Ordering::AcqRel) != 0 {
             *self.open_until.lock() = None;
+        }
+    }
+
+    /// A trial that did not test the device (the scan was not the
+    /// device's to take) leaves the breaker as it was before the trial.
+    fn release_trial(&self) {
+        if self.failures.load(Ordering::Acquire) >= TRIP_AFTER {
+            let mut open = self.open_until.lock();
+            if open.is_some() {
+                *open = Some(Instant::now());
+            }
         }
     }
 
@@ -199,19 +233,33 @@ impl Offload {
 
     /// The cost model: an exact scan goes to the device when it covers at
     /// least `min_rows` rows (fewer are cheaper on the CPU than a device
-    /// round trip) and `k` fits the kernel. Approximate (HNSW) searches
-    /// never come here: whether an unfiltered search on a GPU node should
-    /// scan the device instead of walking the graph is not measured yet.
-    pub fn wants(&self, rows: u64, k: usize) -> bool {
-        rows >= self.min_rows && k <= DEVICE_MAX_K
+    /// round trip), the rows are not too sparse over their offsets (the
+    /// device scores every row from the lowest allowed to the highest,
+    /// `span` of them, skipping only chunks with none allowed: at most
+    /// [`MAX_SPARSENESS`] rows scored per row allowed), and `k` fits the
+    /// kernel. Approximate (HNSW) searches never come here: whether an
+    /// unfiltered search on a GPU node should scan the device instead of
+    /// walking the graph is not measured yet.
+    pub fn wants(&self, rows: u64, span: u64, k: usize) -> bool {
+        rows >= self.min_rows && span <= rows.saturating_mul(MAX_SPARSENESS) && k <= DEVICE_MAX_K
+    }
+
+    /// [`Offload::wants`] for the rows `allowed` admits.
+    pub fn wants_set(&self, allowed: &RoaringBitmap, k: usize) -> bool {
+        let span = match (allowed.min(), allowed.max()) {
+            (Some(lo), Some(hi)) => u64::from(hi - lo) + 1,
+            _ => 0,
+        };
+        self.wants(allowed.len(), span, k)
     }
 
     /// Each query's top-k over the rows `allowed` admits, on the device
     /// through `mirror` (rows it lacks are read from `store`), or `None`
-    /// when the device failed or its breaker is open: the caller then
-    /// scans on the CPU. Callers check dimensions first.
+    /// when the device failed, has no room for the graph, or its breaker
+    /// is open: the caller then scans on the CPU. Callers check
+    /// dimensions first.
     pub fn scan(&'static self, mirror: &Mirror, queries: &[&[f32]], allowed: &RoaringBitmap, store: &dyn RowStore, k: usize, metric: ScanMetric) -> Option<Vec<Vec<Hit>>> {
-        if self.breaker.is_open() {
+        if !self.breaker.allow() {
             self.fell_back("breaker_open");
             return None;
         }
@@ -222,12 +270,24 @@ impl Offload {
                 self.scans.fetch_add(1, Ordering::Relaxed);
                 return Some(hits);
             }
-            Ok(Err(DeviceError::Unsupported(_))) => return None,
-            Ok(Ok(hits)) => self.breaker.failure(&self.name, &format!("{} answers for {} queries", hits.len(), queries.len())),
+            Ok(Err(DeviceError::Unsupported(_))) => {
+                // Not the device's fault: close a trial's breaker again.
+                self.breaker.release_trial();
+                return None;
+            }
+            Ok(Err(DeviceError::NoRoom(why))) => {
+                self.breaker.release_trial();
+                tracing::debug!(device = %self.name, why, "a graph does not fit on the device; it scans on the CPU");
+                self.fell_back("no_room");
+                return None;
+            }
+            Ok(Ok(hits)) => {
+                // The device's state is unknown: upload again next time.
+                mirror.reset();
+                self.breaker.failure(&self.name, &format!("{} answers for {} queries", hits.len(), queries.len()))
+            }
             Ok(Err(e)) => self.breaker.failure(&self.name, &e.to_string()),
             Err(_) => {
-                // The mirror's state after a panic is unknown: upload it
-                // again next time.
                 mirror.reset();
                 self.breaker.failure(&self.name, "the device binding panicked")
             }
@@ -247,6 +307,12 @@ static OFFLOAD: OnceLock<Offload> = OnceLock::new();
 /// The node's device, if [`init`] found one.
 pub fn offload() -> Option<&'static Offload> {
     OFFLOAD.get()
+}
+
+/// Makes `off` the node's device: a program embedding the node with its
+/// own [`Accel`], or a test's. False if the node already has one.
+pub fn install(off: Offload) -> bool {
+    OFFLOAD.set(off).is_ok()
 }
 
 /// Whether this binary was built with a device backend (cargo feature
@@ -277,7 +343,7 @@ pub fn init(mode: GpuMode) -> Result<String, DeviceError> {
             let name = accel.name();
             // A second init (tests starting several nodes in one process)
             // keeps the first device.
-            let _ = OFFLOAD.set(Offload::new(accel));
+            let _ = install(Offload::new(accel));
             tracing::info!(device = %name, "exact scans run on the GPU");
             Ok(name)
         }
@@ -297,4 +363,68 @@ fn open_accel() -> Result<Box<dyn Accel>, DeviceError> {
 #[cfg(not(feature = "cuda"))]
 fn open_accel() -> Result<Box<dyn Accel>, DeviceError> {
     Err(DeviceError::Unavailable("this binary was built without the `cuda` feature".into()))
+}
+
+/// Whether `got` answers as `want` does: per query the same number of
+/// hits, distances rank by rank within `tol` (relative, absolute below
+/// 1), and the same rows except where two rows' distances are within
+/// `tol` of each other (a tie the two computations may break apart).
+pub fn same_answers(got: &[Vec<Hit>], want: &[Vec<Hit>], tol: f32) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("{} answers for {} queries", got.len(), want.len()));
+    }
+    let close = |a: f32, b: f32| (a - b).abs() <= tol * a.abs().max(b.abs()).max(1.0);
+    for (q, (g, w)) in got.iter().zip(want).enumerate() {
+        if g.len() != w.len() {
+            return Err(format!("query {q}: {} hits, want {}", g.len(), w.len()));
+        }
+        for (i, (a, b)) in g.iter().zip(w).enumerate() {
+            if !close(a.distance, b.distance) {
+                return Err(format!("query {q}, rank {i}: distance {} (row {}), want {} (row {})", a.distance, a.key, b.distance, b.key));
+            }
+            if a.key != b.key && !w.iter().any(|x| x.key == a.key && close(x.distance, a.distance)) && !close(w.last().map_or(f32::INFINITY, |x| x.distance), a.distance) {
+                return Err(format!("query {q}, rank {i}: row {}, want row {}", a.key, b.key));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks a device against the host reference before the node uses it:
+/// writes the same pseudo-random rows (`dev` and `reference` must hold at
+/// least 3,000 rows of `dim`) and compares their scans, both metrics, k
+/// of 1, 10 and 128, batches of 1 and 9 queries, every row admitted and a
+/// mask with gaps and a long hole. A device that answers differently is
+/// refused, so a wrong kernel never serves a search.
+pub fn self_test(dev: &mut dyn DeviceRows, reference: &mut dyn DeviceRows, dim: usize) -> Result<(), DeviceError> {
+    const ROWS: usize = 3_000;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    let data: Vec<f32> = (0..ROWS * dim).map(|_| next()).collect();
+    let norms: Vec<f32> = data.chunks_exact(dim).map(|r| crate::index::kernel::dot(r, r)).collect();
+    dev.write(0, &data, &norms)?;
+    reference.write(0, &data, &norms)?;
+    let queries: Vec<f32> = (0..9 * dim).map(|_| next()).collect();
+    let mut all = vec![u64::MAX; ROWS.div_ceil(64)];
+    if !ROWS.is_multiple_of(64) {
+        *all.last_mut().expect("rows") = (1 << (ROWS % 64)) - 1;
+    }
+    let gaps: Vec<u64> = all.iter().enumerate().map(|(w, bits)| if (10..25).contains(&w) { 0 } else { bits & 0x6DB6_DB6D_B6DB_6DB6 }).collect();
+    for mask in [&all, &gaps] {
+        for metric in [ScanMetric::L2, ScanMetric::InnerProduct] {
+            for k in [1, 10, DEVICE_MAX_K] {
+                for nq in [1, 9] {
+                    let got = dev.top_k(&queries[..nq * dim], nq, mask, k, metric)?;
+                    let want = reference.top_k(&queries[..nq * dim], nq, mask, k, metric)?;
+                    same_answers(&got, &want, 1e-4).map_err(|e| DeviceError::Fault(format!("self-test ({metric:?}, k {k}, {nq} queries): {e}")))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use roaring::RoaringBitmap;
 use shoal_proto::v1::Metric;
 
-use super::device::{Offload, DEVICE_MAX_K, TRIP_AFTER};
+use super::device::{Accel, Offload, DEVICE_MAX_K, TRIP_AFTER};
 use super::host::{Fault, FaultPlan, HostAccel};
 use super::mirror::Mirror;
 use super::{cpu::CpuScan, DenseRows, Scan, ScanMetric};
@@ -110,13 +110,12 @@ fn device_faults_never_fail_a_scan_and_the_breaker_retries_later() {
     let allowed: RoaringBitmap = (0..n as u32).collect();
     let keys: Vec<u64> = (0..n as u64).collect();
     let want = CpuScan::new().top_k(&qs, &keys, &store, 10, ScanMetric::L2).unwrap();
-    // Calls 0..3 fail: the allocation (out of memory), the next
-    // allocation (a panic), the third (an error). Then the breaker is
-    // open; after the cool-down every call succeeds.
+    // Calls 0..3 fail: the allocation (an error), the next allocation (a
+    // panic), the third (an error). Then the breaker is open; after the
+    // cool-down every call succeeds.
     let plan: FaultPlan = Arc::new(|n| match n {
-        0 => Some(Fault::OutOfMemory),
+        0 | 2 => Some(Fault::Error),
         1 => Some(Fault::Panic),
-        2 => Some(Fault::Error),
         _ => None,
     });
     let (off, calls) = host(Some(plan), Duration::from_millis(200));
@@ -147,10 +146,10 @@ fn a_fault_mid_upload_or_a_short_answer_leaves_no_wrong_row_behind() {
     let keys: Vec<u64> = (0..n as u64).collect();
     let want = CpuScan::new().top_k(&qs, &keys, &store, 7, ScanMetric::InnerProduct).unwrap();
     // Call 0 allocates, call 1 writes the first 4,096 rows, call 2 (the
-    // second write) fails. The next scan writes again (calls 3 to 5), and
-    // its scan (call 6) answers short.
+    // second write) stores garbage and fails. The next scan writes again
+    // (calls 3 to 5), and its scan (call 6) answers short.
     let plan: FaultPlan = Arc::new(|n| match n {
-        2 => Some(Fault::Error),
+        2 => Some(Fault::Garbage),
         6 => Some(Fault::ShortAnswer),
         _ => None,
     });
@@ -176,9 +175,9 @@ fn scans_the_device_does_not_take_stay_on_the_cpu_without_counting() {
     assert!(off.scan(&mirror, &[&q[..]], &allowed, &store, DEVICE_MAX_K + 1, ScanMetric::L2).is_none());
     assert_eq!((off.fallbacks(), calls.load(Ordering::Relaxed)), (0, 0), "a k above the kernel's is not a device fault");
     let strict = leak(Offload::with(Box::new(HostAccel::new()), Duration::from_secs(30), 4_096));
-    assert!(!strict.wants(500, 10), "a small scan stays on the CPU");
-    assert!(strict.wants(5_000, 10));
-    assert!(!strict.wants(5_000, DEVICE_MAX_K + 1));
+    assert!(!strict.wants(500, 500, 10), "a small scan stays on the CPU");
+    assert!(strict.wants(5_000, 5_000, 10));
+    assert!(!strict.wants(5_000, 5_000, DEVICE_MAX_K + 1));
     // An empty allowed set answers empty without touching the device.
     assert_eq!(off.scan(&mirror, &[&q[..]], &RoaringBitmap::new(), &store, 3, ScanMetric::L2), Some(vec![vec![]]));
 }
@@ -229,4 +228,116 @@ fn graph_exact_searches_on_the_device_answer_as_on_the_cpu() {
     assert_eq!(clean.fallbacks(), 0);
     assert_eq!(clean.status().scans, 4 * 6, "every scan of the working device ran there");
     assert!(faulty.status().scans > 0 && faulty.fallbacks() > 0, "both paths ran: {:?}", faulty.status());
+}
+
+#[test]
+fn a_graph_that_does_not_fit_stays_on_the_cpu_without_tripping_the_breaker() {
+    let (dim, n) = (8, 5_000);
+    let data = rows(n, dim, 11);
+    let store = DenseRows { dim, data: &data };
+    let q = rows(1, dim, 12);
+    let allowed: RoaringBitmap = (0..n as u32).collect();
+    // The first allocation runs out of memory.
+    let plan: FaultPlan = Arc::new(|n| (n == 0).then_some(Fault::OutOfMemory));
+    let (off, calls) = host(Some(plan), Duration::from_secs(30));
+    let big = Mirror::new(dim);
+    for _ in 0..5 {
+        assert!(off.scan(&big, &[&q[..]], &allowed, &store, 5, ScanMetric::L2).is_none());
+    }
+    assert_eq!(calls.load(Ordering::Relaxed), 1, "the graph that did not fit is not tried again at once");
+    assert!(!off.breaker().is_open(), "and does not count against the device");
+    assert_eq!(off.fallbacks(), 5);
+    // Another graph still uses the device.
+    let other = Mirror::new(dim);
+    let keys: Vec<u64> = (0..n as u64).collect();
+    let want = CpuScan::new().top_k(&[&q[..]], &keys, &store, 5, ScanMetric::L2).unwrap();
+    same(&off.scan(&other, &[&q[..]], &allowed, &store, 5, ScanMetric::L2).expect("room for it"), &want, 1e-5);
+}
+
+/// A removed version's offset that comes back with another vector (the
+/// shard reuses retired offsets) is scored with the new vector, and a
+/// removed row the caller still allows (a version waiting for the graph)
+/// is not scored from the device at all: as on the CPU.
+#[test]
+fn removed_and_reused_offsets_are_never_scored_with_their_old_vector() {
+    let (dim, n) = (16, 5_000);
+    let data = rows(n, dim, 13);
+    let (off, _) = host(None, Duration::from_secs(30));
+    for precision in [Precision::F32, Precision::I8] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = HnswParams { dim, metric: Metric::L2, precision, m: 16, ef_construction: 64 };
+        let g = if precision.quantized() {
+            HnswIndex::with_vectors(p, Some(Arc::new(VectorFile::open(&dir.path().join("v"), dim, Memory::Cached).unwrap()))).unwrap()
+        } else {
+            HnswIndex::new(p).unwrap()
+        };
+        let items: Vec<(u64, &[f32])> = data.chunks_exact(dim).enumerate().map(|(i, v)| (i as u64, v)).collect();
+        g.add_batch(&items).unwrap();
+        let all: RoaringBitmap = (0..n as u32).collect();
+        let q: Vec<f32> = data[7 * dim..8 * dim].to_vec();
+        let first = g.exact_batch_on(Some(off), &[&q[..]], 3, &all, true).unwrap();
+        assert_eq!(first[0][0].key, 7, "{precision:?}: row 7 is its own nearest");
+        assert_eq!(g.mirrored_rows(), n as u64, "{precision:?}: every row is on the device");
+        // Offset 7 retired, still allowed (waiting for the graph): not
+        // scored by either path.
+        g.remove(7).unwrap();
+        let cpu = g.exact_batch_on(None, &[&q[..]], 3, &all, false).unwrap();
+        let dev = g.exact_batch_on(Some(off), &[&q[..]], 3, &all, false).unwrap();
+        assert!(!cpu[0].iter().any(|h| h.key == 7), "{precision:?}: the CPU skips a removed row");
+        same(&dev, &cpu, 1e-4);
+        // Offset 7 reused by a far-away vector.
+        let far = vec![9.0f32; dim];
+        g.add(7, &far).unwrap();
+        let dev = g.exact_batch_on(Some(off), &[&far[..]], 1, &all, true).unwrap();
+        assert_eq!(dev[0][0].key, 7, "{precision:?}: the new vector answers");
+        assert!(dev[0][0].distance < 1e-3, "{precision:?}: scored with the new vector: {:?}", dev[0][0]);
+        let dev = g.exact_batch_on(Some(off), &[&q[..]], 3, &all, true).unwrap();
+        assert!(!dev[0].iter().any(|h| h.key == 7), "{precision:?}: not with the old one");
+        // A compaction's swap drops every row.
+        let fresh = g.fresh(p, None).unwrap();
+        fresh.add_batch(&items[..100]).unwrap();
+        g.replace_with(fresh);
+        let some: RoaringBitmap = (0..100u32).collect();
+        let dev = g.exact_batch_on(Some(off), &[&q[..]], 3, &some, true).unwrap();
+        same(&dev, &g.exact_batch_on(None, &[&q[..]], 3, &some, true).unwrap(), 1e-4);
+        assert_eq!(g.mirrored_rows(), 100, "{precision:?}: only the new graph's rows are held");
+    }
+    assert_eq!(off.fallbacks(), 0);
+}
+
+#[test]
+fn the_self_test_passes_the_reference_and_refuses_a_wrong_kernel() {
+    let dim = 40;
+    let mut a = HostAccel::new().alloc(3_000, dim).unwrap();
+    let mut b = HostAccel::new().alloc(3_000, dim).unwrap();
+    super::device::self_test(a.as_mut(), b.as_mut(), dim).expect("the reference agrees with itself");
+    // A device whose 5th scan is off by 0.5 (calls 0 and the writes come
+    // first: one write, then the scans).
+    let plan: FaultPlan = Arc::new(|n| (n == 5).then_some(Fault::WrongDistance));
+    let mut wrong = HostAccel::with_faults(plan).alloc(3_000, dim).unwrap();
+    let e = super::device::self_test(wrong.as_mut(), b.as_mut(), dim).unwrap_err();
+    assert!(e.to_string().contains("self-test"), "{e}");
+}
+
+#[test]
+fn answers_compare_by_rows_and_distances_with_ties_allowed() {
+    let h = |key, distance| Hit { key, distance };
+    let want = vec![vec![h(1, 0.1), h(2, 0.2), h(3, 0.3)]];
+    assert!(super::device::same_answers(&want, &want, 1e-4).is_ok());
+    // A tie broken the other way.
+    assert!(super::device::same_answers(&[vec![h(2, 0.2), h(1, 0.2)]], &[vec![h(1, 0.2), h(2, 0.2)]], 1e-4).is_ok());
+    assert!(super::device::same_answers(&[vec![h(1, 0.1), h(2, 0.2), h(9, 0.3)]], &want, 1e-4).is_ok(), "a tie at the k-th distance");
+    assert!(super::device::same_answers(&[vec![h(1, 0.1), h(9, 0.2), h(3, 0.3)]], &want, 1e-4).is_err(), "a different row inside the top-k");
+    assert!(super::device::same_answers(&[vec![h(1, 0.1), h(2, 0.25), h(3, 0.3)]], &want, 1e-4).is_err(), "a wrong distance");
+    assert!(super::device::same_answers(&[vec![h(1, 0.1)]], &want, 1e-4).is_err(), "too few hits");
+    assert!(super::device::same_answers(&[], &want, 1e-4).is_err(), "too few answers");
+}
+
+#[test]
+fn sparse_sets_stay_on_the_cpu() {
+    let off = leak(Offload::with(Box::new(HostAccel::new()), Duration::from_secs(30), 4_096));
+    let dense: RoaringBitmap = (0..10_000u32).collect();
+    let sparse: RoaringBitmap = (0..10_000u32).map(|k| k * 100).collect();
+    assert!(off.wants_set(&dense, 10));
+    assert!(!off.wants_set(&sparse, 10), "10k rows spread over 1M offsets");
 }

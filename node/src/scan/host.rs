@@ -22,6 +22,10 @@ pub enum Fault {
     Panic,
     /// The scan answers one query fewer than asked.
     ShortAnswer,
+    /// A write stores garbage, then reports an error.
+    Garbage,
+    /// The scan answers with a distance off by 0.5 (a wrong kernel).
+    WrongDistance,
 }
 
 /// Decides, per device call (numbered from 0, allocations, writes and
@@ -109,10 +113,15 @@ impl DeviceRows for HostRows {
     }
 
     fn write(&mut self, first: usize, data: &[f32], norms: &[f32]) -> Result<(), DeviceError> {
-        fault(&self.calls, &self.plan)?;
+        let garbage = fault(&self.calls, &self.plan)? == Some(Fault::Garbage);
         let n = norms.len();
         if data.len() != n * self.dim || first + n > self.norms.len() {
             return Err(DeviceError::Fault(format!("write of {n} rows at {first} past {} rows", self.norms.len())));
+        }
+        if garbage {
+            self.data[first * self.dim..(first + n) * self.dim].fill(0.5);
+            self.norms[first..first + n].fill(0.0);
+            return Err(DeviceError::Fault("injected: a write stored garbage".into()));
         }
         self.data[first * self.dim..(first + n) * self.dim].copy_from_slice(data);
         self.norms[first..first + n].copy_from_slice(norms);
@@ -120,7 +129,7 @@ impl DeviceRows for HostRows {
     }
 
     fn top_k(&mut self, queries: &[f32], nq: usize, mask: &[u64], k: usize, metric: ScanMetric) -> Result<Vec<Vec<Hit>>, DeviceError> {
-        let short = fault(&self.calls, &self.plan)? == Some(Fault::ShortAnswer);
+        let injected = fault(&self.calls, &self.plan)?;
         let dim = self.dim;
         let mut out = Vec::with_capacity(nq);
         for q in queries.chunks_exact(dim).take(nq) {
@@ -146,8 +155,16 @@ impl DeviceRows for HostRows {
             }
             out.push(top.into_sorted());
         }
-        if short {
-            out.pop();
+        match injected {
+            Some(Fault::ShortAnswer) => {
+                out.pop();
+            }
+            Some(Fault::WrongDistance) => {
+                if let Some(h) = out.iter_mut().flatten().next() {
+                    h.distance += 0.5;
+                }
+            }
+            _ => {}
         }
         Ok(out)
     }

@@ -1,19 +1,26 @@
 //! One graph's rows on the device.
 //!
 //! Row `r` of the device buffer holds the vector of key (version offset)
-//! `r`, the layout of the shard's vector file. A version's offset never
-//! changes its vector, so a row once uploaded stays right: each scan
-//! uploads the rows it needs that are not there yet (the writes since the
-//! last scan, or everything on the first), reading them from the scan's
-//! [`RowStore`], and scores only the rows its allowed set admits, so
-//! removed versions never answer. Writes never touch the device: a write
-//! path that waits for a GPU, or fails with it, would put the device on
-//! the path of every acknowledged write.
+//! `r`, the layout of the shard's vector file. Each scan uploads the rows
+//! its allowed set needs that the device does not hold yet (the writes
+//! since the last scan, or everything on the first), reading them from
+//! the scan's [`RowStore`], and scores only the rows its allowed set
+//! admits. Writes never touch the device: a write path that waits for a
+//! GPU, or fails with it, would put the device on the path of every
+//! acknowledged write.
 //!
-//! [`Mirror::invalidate`] drops a row that was rewritten (a repaired
-//! vector-file slot) and [`Mirror::reset`] every row (a graph swapped for
-//! a rebuilt one), both without waiting for a scan in flight.
+//! Offsets are reused once their version is retired, so every change to
+//! the graph marks its row stale ([`Mirror::invalidate`]: an insert, a
+//! removal, a repaired vector-file slot), and a swapped graph marks every
+//! row stale ([`Mirror::reset`]); neither waits for a scan in flight. A
+//! scan drops the stale rows before it uploads, so a removed row is never
+//! scored from the device, and a reused offset is uploaded again.
+//!
+//! A graph that does not fit on the device (its rows plus
+//! [`RESERVE_BYTES`] beyond what is in use) stays on the CPU for
+//! [`NO_ROOM_COOL_DOWN`] without counting against the device.
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use roaring::RoaringBitmap;
@@ -28,6 +35,15 @@ const UPLOAD_ROWS: usize = 4_096;
 const MIN_ROWS: usize = 1_024;
 /// The longest run of rows not held that an upload bridges with zeros.
 const MAX_GAP: usize = 64;
+/// The most rows a mirror holds (the kernel indexes rows with 32-bit
+/// signed integers).
+pub const MAX_DEVICE_ROWS: usize = i32::MAX as usize;
+/// Device memory a mirror leaves free for the scans' own buffers (score
+/// matrices up to 256 MiB, candidate lists).
+pub const RESERVE_BYTES: u64 = 1 << 30;
+/// How long a graph that did not fit stays on the CPU before it is tried
+/// on the device again.
+pub const NO_ROOM_COOL_DOWN: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A graph's rows on the device.
 pub struct Mirror {
@@ -49,6 +65,8 @@ struct State {
     /// The device whose totals count this mirror, and the bytes counted.
     owner: Option<&'static Offload>,
     counted: usize,
+    /// The graph did not fit on the device: not tried again before this.
+    no_room_until: Option<Instant>,
 }
 
 impl Mirror {
@@ -87,7 +105,13 @@ impl Mirror {
         }
         let Some(last) = allowed.max() else { return Ok(vec![vec![]; queries.len()]) };
         let need = last as usize + 1;
+        if need > MAX_DEVICE_ROWS {
+            return Err(DeviceError::Unsupported(format!("offset {last} past the device's {MAX_DEVICE_ROWS} rows")));
+        }
         let mut st = self.state.lock();
+        if st.no_room_until.is_some_and(|t| Instant::now() < t) {
+            return Err(DeviceError::NoRoom("this graph did not fit on the device; it is tried again after a cool-down".into()));
+        }
         if self.reset.swap(false, Ordering::AcqRel) {
             st.held.clear();
         }
@@ -96,33 +120,63 @@ impl Mirror {
             st.held -= &*stale;
             stale.clear();
         }
-        let result = self.scan_locked(&mut st, off, queries, allowed, need, store, k, metric);
+        let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.scan_locked(&mut st, off, queries, allowed, need, store, k, metric)));
         // Account for the device bytes whatever happened (a grow may have
-        // succeeded before a later step failed).
+        // succeeded before a later step failed, or panicked).
         let now = st.rows.as_ref().map_or(0, |r| r.bytes());
         if now != st.counted {
             off.mirrored_bytes.fetch_add(now, Ordering::Relaxed);
             off.mirrored_bytes.fetch_sub(st.counted, Ordering::Relaxed);
             st.counted = now;
         }
-        if result.is_err() {
-            // A failed write may have left rows half written: trust none.
-            st.held.clear();
+        match tried {
+            Ok(Err(Failed::Upload(e))) => {
+                // A failed write may have left rows half written: trust
+                // none. A graph that does not fit backs off on its own,
+                // without counting against the device.
+                st.held.clear();
+                if matches!(e, DeviceError::OutOfMemory(_) | DeviceError::NoRoom(_)) {
+                    st.no_room_until = Some(Instant::now() + NO_ROOM_COOL_DOWN);
+                    return Err(DeviceError::NoRoom(e.to_string()));
+                }
+                Err(e)
+            }
+            Ok(Err(Failed::Scan(e))) => Err(e),
+            Ok(Ok(hits)) => Ok(hits),
+            Err(panic) => {
+                st.held.clear();
+                drop(st);
+                std::panic::resume_unwind(panic)
+            }
         }
-        result
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn scan_locked(&self, st: &mut State, off: &'static Offload, queries: &[&[f32]], allowed: &RoaringBitmap, need: usize, store: &dyn RowStore, k: usize, metric: ScanMetric) -> Result<Vec<Vec<Hit>>, DeviceError> {
+    fn scan_locked(&self, st: &mut State, off: &'static Offload, queries: &[&[f32]], allowed: &RoaringBitmap, need: usize, store: &dyn RowStore, k: usize, metric: ScanMetric) -> Result<Vec<Vec<Hit>>, Failed> {
         let dim = self.dim;
+        let row_bytes = (dim + 1) * 4;
+        // Room for `rows` rows beside what the device holds now, keeping
+        // RESERVE_BYTES free for the scans' own buffers.
+        let fits = |rows: usize, held: usize| -> Result<(), DeviceError> {
+            let Some((used, total)) = off.accel().memory() else { return Ok(()) };
+            let want = (rows.saturating_sub(held) * row_bytes) as u64;
+            if used.saturating_add(want).saturating_add(RESERVE_BYTES) > total {
+                return Err(DeviceError::NoRoom(format!("{rows} rows of {dim} need {want} more bytes; {used} of {total} are in use")));
+            }
+            Ok(())
+        };
         match &mut st.rows {
             Some(rows) if rows.capacity() < need => {
-                let want = need.max(rows.capacity().saturating_mul(2)).min(u32::MAX as usize + 1);
-                rows.grow(want)?;
+                // Grow by half again (a grow briefly holds old and new).
+                let want = need.max(rows.capacity().saturating_add(rows.capacity() / 2)).min(MAX_DEVICE_ROWS);
+                fits(want + rows.capacity(), rows.capacity()).map_err(Failed::Upload)?;
+                rows.grow(want).map_err(Failed::Upload)?;
             }
             Some(_) => {}
             None => {
-                let rows = off.accel().alloc(need.max(MIN_ROWS).next_power_of_two().min(u32::MAX as usize + 1), dim)?;
+                let want = need.saturating_add(need / 4).clamp(MIN_ROWS, MAX_DEVICE_ROWS);
+                fits(want, 0).map_err(Failed::Upload)?;
+                let rows = off.accel().alloc(want, dim).map_err(Failed::Upload)?;
                 off.mirrors.fetch_add(1, Ordering::Relaxed);
                 st.owner = Some(off);
                 st.rows = Some(rows);
@@ -138,9 +192,9 @@ impl Mirror {
         let mut first = 0usize;
         let mut uploaded = RoaringBitmap::new();
         let mut run: Vec<u32> = Vec::new();
-        let flush = |rows: &mut Box<dyn DeviceRows>, first: usize, data: &mut Vec<f32>, norms: &mut Vec<f32>, run: &mut Vec<u32>, uploaded: &mut RoaringBitmap| -> Result<(), DeviceError> {
+        let flush = |rows: &mut Box<dyn DeviceRows>, first: usize, data: &mut Vec<f32>, norms: &mut Vec<f32>, run: &mut Vec<u32>, uploaded: &mut RoaringBitmap| -> Result<(), Failed> {
             if !run.is_empty() {
-                rows.write(first, data, norms)?;
+                rows.write(first, data, norms).map_err(Failed::Upload)?;
                 uploaded.extend(run.iter().copied());
             }
             data.clear();
@@ -182,13 +236,21 @@ impl Mirror {
         st.held |= uploaded;
         let scored = allowed & &st.held;
         let rows = st.rows.as_mut().expect("allocated above");
-        let mut mask = vec![0u64; rows.capacity().div_ceil(64)];
+        // The mask covers rows up to the highest allowed one.
+        let mut mask = vec![0u64; need.div_ceil(64)];
         for r in &scored {
             mask[r as usize / 64] |= 1 << (r % 64);
         }
         let packed: Vec<f32> = queries.concat();
-        rows.top_k(&packed, queries.len(), &mask, k, metric)
+        rows.top_k(&packed, queries.len(), &mask, k, metric).map_err(Failed::Scan)
     }
+}
+
+/// Where a mirrored scan failed: writing rows (which then cannot be
+/// trusted) or scoring them.
+enum Failed {
+    Upload(DeviceError),
+    Scan(DeviceError),
 }
 
 impl Drop for Mirror {
