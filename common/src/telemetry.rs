@@ -288,7 +288,7 @@ impl Drop for Telemetry {
 /// propagator is installed either way.
 pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     // Colour only on a terminal: log files and container logs get plain
     // text (and each request's span fields are formatted without escapes).
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));

@@ -33,7 +33,9 @@ use tokio::sync::watch;
 #[command(name = "shoal", version, about = "Shoal distributed vector database server")]
 struct Cli {
     /// Log filter, e.g. `info` or `shoal_node=debug` (RUST_LOG syntax).
-    #[arg(long, env = "SHOAL_LOG", default_value = "info", global = true)]
+    /// openraft's own INFO lines (whole Raft states) stay off unless asked
+    /// for (`--log info,openraft=info`).
+    #[arg(long, env = "SHOAL_LOG", default_value = "info,openraft=warn", global = true)]
     log: String,
     /// Emit logs as JSON lines.
     #[arg(long, env = "SHOAL_LOG_JSON", global = true)]
@@ -169,6 +171,19 @@ async fn serve_metrics(addr: Option<&str>, security: &Security, collect: std::sy
 fn node_collector(engine: std::sync::Arc<Engine>) -> std::sync::Arc<dyn Fn() + Send + Sync> {
     let device = shoal_node::server::device();
     std::sync::Arc::new(move || shoal_node::metrics::collect(&engine, &device))
+}
+
+/// How to run `shoalctl`, as this process was started: through cargo
+/// (`cargo run` sets `CARGO`), as the `shoalctl` beside this binary, or
+/// from `PATH`.
+fn shoalctl_command() -> String {
+    if std::env::var_os("CARGO").is_some() {
+        return "cargo run --release --bin shoalctl --".into();
+    }
+    match std::env::current_exe().map(|e| e.with_file_name("shoalctl")) {
+        Ok(p) if p.is_file() => p.display().to_string(),
+        _ => "shoalctl".into(),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -507,9 +522,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                     if dial.ip().is_unspecified() {
                         dial.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                     }
-                    println!("try: SHOAL_API_KEY={key} cargo run --release --bin shoalctl -- --addr https://{dial} --ca {} collection list", tls.files().ca.display());
+                    println!("try: SHOAL_API_KEY={key} {} --addr https://{dial} --ca {} collection list", shoalctl_command(), tls.files().ca.display());
                 }
-                _ => println!("try: cargo run --release --bin shoalctl -- --addr {public} collection list"),
+                _ => println!("try: {} --addr {public} collection list", shoalctl_command()),
             }
             coord.await??;
             node.await??;

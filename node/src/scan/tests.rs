@@ -143,10 +143,12 @@ fn edge_cases_answer_without_panicking() {
 /// The same rows lent in place and gathered give the same answer.
 #[test]
 fn lent_and_gathered_rows_agree() {
+    // Rows enough that three threads each get MIN_WORK_PER_THREAD.
     let dim = 24;
-    let rows_data = data(1000, dim, 5, 2.0);
+    let n = 3 * crate::scan::cpu::MIN_WORK_PER_THREAD / (dim * 4) + 1;
+    let rows_data = data(n, dim, 5, 2.0);
     let queries_data = data(12, dim, 6, 2.0);
-    let keys: Vec<u64> = (0..1000).collect();
+    let keys: Vec<u64> = (0..n as u64).collect();
     let lent = DenseRows { dim, data: &rows_data };
     struct Gathered<'a>(DenseRows<'a>);
     impl RowStore for Gathered<'_> {
