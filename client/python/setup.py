@@ -5,6 +5,7 @@ grpcio-tools from the repository's .proto files and never edited by hand;
 they are not in the source tree. Install from a checkout:
 `pip install ./client/python`.
 """
+import importlib.metadata
 import importlib.resources
 import pathlib
 
@@ -31,4 +32,12 @@ class BuildWithStubs(build_py):
         (out / "shoal" / "v1" / "__init__.py").write_text('"""Generated from proto/shoal/v1 at build time; do not edit."""\n')
 
 
-setup(cmdclass={"build_py": BuildWithStubs})
+def runtime_requirements():
+    """The stubs need a grpcio and a protobuf runtime at least as new as
+    the grpcio-tools (and the protobuf it bundles) that generate them."""
+    tools = importlib.metadata.version("grpcio-tools")
+    protobuf = importlib.metadata.version("protobuf")
+    return [f"grpcio>={tools}", f"protobuf>={protobuf}", "numpy>=1.23"]
+
+
+setup(cmdclass={"build_py": BuildWithStubs}, install_requires=runtime_requirements())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import uuid
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -84,8 +85,14 @@ def point_id(i: PointId) -> common.PointId:
         if not 0 <= n < 2**64:
             raise ValueError(f"point id {n} is not an unsigned 64-bit integer")
         return common.PointId(num=n)
+    if isinstance(i, uuid.UUID):
+        return common.PointId(uuid=str(i))
     if isinstance(i, str):
-        return common.PointId(uuid=i)
+        try:
+            # The server answers in the canonical lower-case form.
+            return common.PointId(uuid=str(uuid.UUID(i)))
+        except ValueError:
+            raise ValueError(f"point id {i!r} is not a UUID") from None
     raise TypeError(f"point id {i!r} is not an integer or a UUID string")
 
 
@@ -93,16 +100,59 @@ def from_point_id(p: common.PointId) -> PointId:
     return p.num if p.WhichOneof("kind") == "num" else p.uuid
 
 
-def _geo(g: Mapping[str, Any]) -> common.GeoPoint:
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (numbers.Real, np.floating, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _list(x: Any, what: str) -> Sequence[Any]:
+    if not isinstance(x, (list, tuple)):
+        raise ValueError(f"{what} must be an array")
+    return x
+
+
+def _str(x: Any, what: str) -> str:
+    if not isinstance(x, str):
+        raise ValueError(f"{what} takes a string, not {x!r}")
+    return x
+
+
+def _bounds(b: Any, what: str, check: Any) -> Dict[str, Any]:
+    if not isinstance(b, Mapping):
+        raise ValueError(f"{what} must be an object")
+    unknown = set(b) - {"gt", "gte", "lt", "lte"}
+    if unknown:
+        raise ValueError(f"{what} bounds are gt, gte, lt and lte, not {sorted(unknown)}")
+    return {k: check(v, f"{what} bound {k}") for k, v in b.items()}
+
+
+def _number(v: Any, what: str) -> float:
+    if not _is_number(v):
+        raise ValueError(f"{what} must be a number, not {v!r}")
+    return float(v)
+
+
+def _count(v: Any, what: str) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Integral, np.integer)) or not 0 <= int(v) < 2**32:
+        raise ValueError(f"{what} must be a count, not {v!r}")
+    return int(v)
+
+
+def _geo(g: Any) -> common.GeoPoint:
+    if not isinstance(g, Mapping) or not _is_number(g.get("lat")) or not _is_number(g.get("lon")):
+        raise ValueError(f"geo point {g!r} needs numeric lat and lon")
     return common.GeoPoint(lat=float(g["lat"]), lon=float(g["lon"]))
 
 
 def condition(c: Mapping[str, Any]) -> common.Condition:
     """One condition of a filter's JSON form."""
+    if not isinstance(c, Mapping):
+        raise ValueError(f"a condition must be an object, not {c!r}")
     if "filter" in c:
+        if not isinstance(c["filter"], Mapping):
+            raise ValueError("a nested filter must be an object")
         return common.Condition(filter=filter_(c["filter"]))
     if "has_id" in c:
-        return common.Condition(has_id=common.HasIdCondition(ids=[point_id(i) for i in c["has_id"]]))
+        return common.Condition(has_id=common.HasIdCondition(ids=[point_id(i) for i in _list(c["has_id"], "has_id")]))
     key = c.get("key")
     if not isinstance(key, str):
         raise ValueError(f"condition {dict(c)!r} has no string 'key'")
@@ -110,7 +160,7 @@ def condition(c: Mapping[str, Any]) -> common.Condition:
         m = c["match"]
         if isinstance(m, (bool, np.bool_)):
             return common.Condition(match=common.MatchCondition(key=key, boolean=bool(m)))
-        if isinstance(m, (numbers.Integral, np.integer)):
+        if isinstance(m, (numbers.Integral, np.integer)) and _I64[0] <= int(m) <= _I64[1]:
             return common.Condition(match=common.MatchCondition(key=key, integer=int(m)))
         if isinstance(m, (numbers.Real, np.floating)):
             return common.Condition(match=common.MatchCondition(key=key, float=float(m)))
@@ -118,35 +168,38 @@ def condition(c: Mapping[str, Any]) -> common.Condition:
             return common.Condition(match=common.MatchCondition(key=key, keyword=m))
         raise ValueError(f"match value {m!r} must be a string, integer, float or bool")
     if "match_any" in c:
-        kw = [x for x in c["match_any"] if isinstance(x, str)]
-        ints = [int(x) for x in c["match_any"] if isinstance(x, (numbers.Integral, np.integer)) and not isinstance(x, bool)]
-        if len(kw) + len(ints) != len(c["match_any"]):
-            raise ValueError("match_any values must be strings or integers")
+        values = _list(c["match_any"], "match_any")
+        kw = [x for x in values if isinstance(x, str)]
+        ints = [int(x) for x in values if isinstance(x, (numbers.Integral, np.integer)) and not isinstance(x, (bool, np.bool_))]
+        if len(kw) + len(ints) != len(values) or any(not _I64[0] <= i <= _I64[1] for i in ints):
+            raise ValueError("match_any values must be strings or 64-bit integers")
         return common.Condition(match_any=common.MatchAnyCondition(key=key, keywords=kw, integers=ints))
     if "range" in c:
-        r = {k: float(v) for k, v in c["range"].items() if k in ("gt", "gte", "lt", "lte")}
-        if len(r) != len(c["range"]):
-            raise ValueError(f"range bounds are gt, gte, lt and lte, not {sorted(set(c['range']) - set(r))}")
-        return common.Condition(range=common.RangeCondition(key=key, **r))
+        return common.Condition(range=common.RangeCondition(key=key, **_bounds(c["range"], "range", _number)))
     if "prefix" in c:
-        return common.Condition(match=common.MatchCondition(key=key, prefix=str(c["prefix"])))
+        return common.Condition(match=common.MatchCondition(key=key, prefix=_str(c["prefix"], "prefix")))
     for name, mode in (("text", common.TEXT_MATCH_ALL), ("text_any", common.TEXT_MATCH_ANY), ("phrase", common.TEXT_MATCH_PHRASE)):
         if name in c:
-            return common.Condition(text=common.TextCondition(key=key, text=str(c[name]), mode=mode))
+            return common.Condition(text=common.TextCondition(key=key, text=_str(c[name], name), mode=mode))
     if "values_count" in c:
-        return common.Condition(values_count=common.ValuesCountCondition(key=key, **{k: int(v) for k, v in c["values_count"].items()}))
+        return common.Condition(values_count=common.ValuesCountCondition(key=key, **_bounds(c["values_count"], "values_count", _count)))
     if "is_empty" in c:
         return common.Condition(is_empty=common.IsEmptyCondition(key=key))
     if "datetime_range" in c:
-        return common.Condition(datetime_range=common.DatetimeRangeCondition(key=key, **{k: str(v) for k, v in c["datetime_range"].items()}))
+        # RFC 3339 strings (with a time zone), as the server parses them.
+        return common.Condition(datetime_range=common.DatetimeRangeCondition(key=key, **_bounds(c["datetime_range"], "datetime_range", _str)))
     if "geo_radius" in c:
         g = c["geo_radius"]
-        return common.Condition(geo_radius=common.GeoRadiusCondition(key=key, center=_geo(g), radius_m=float(g["radius_m"])))
+        if not isinstance(g, Mapping):
+            raise ValueError("geo_radius must be an object")
+        return common.Condition(geo_radius=common.GeoRadiusCondition(key=key, center=_geo(g), radius_m=_number(g.get("radius_m"), "geo_radius radius_m")))
     if "geo_bounding_box" in c:
         g = c["geo_bounding_box"]
-        return common.Condition(geo_bounding_box=common.GeoBoundingBoxCondition(key=key, top_left=_geo(g["top_left"]), bottom_right=_geo(g["bottom_right"])))
+        if not isinstance(g, Mapping):
+            raise ValueError("geo_bounding_box must be an object")
+        return common.Condition(geo_bounding_box=common.GeoBoundingBoxCondition(key=key, top_left=_geo(g.get("top_left")), bottom_right=_geo(g.get("bottom_right"))))
     if "geo_polygon" in c:
-        return common.Condition(geo_polygon=common.GeoPolygonCondition(key=key, exterior=[_geo(p) for p in c["geo_polygon"]]))
+        return common.Condition(geo_polygon=common.GeoPolygonCondition(key=key, exterior=[_geo(p) for p in _list(c["geo_polygon"], "geo_polygon")]))
     if "exists" in c:
         return common.Condition(exists=common.ExistsCondition(key=key))
     if "is_null" in c:
@@ -160,10 +213,12 @@ def filter_(f: Optional[Mapping[str, Any]]) -> Optional[common.Filter]:
         return None
     if isinstance(f, common.Filter):
         return f
+    if not isinstance(f, Mapping):
+        raise ValueError(f"a filter must be an object, not {f!r}")
     unknown = set(f) - {"must", "should", "must_not"}
     if unknown:
         raise ValueError(f"unknown filter clauses {sorted(unknown)}: expected must, should or must_not")
-    return common.Filter(**{k: [condition(c) for c in f.get(k, [])] for k in ("must", "should", "must_not")})
+    return common.Filter(**{k: [condition(c) for c in _list(f.get(k, []), k)] for k in ("must", "should", "must_not")})
 
 
 def matrix(vectors: Any, what: str = "vectors") -> np.ndarray:

@@ -16,7 +16,7 @@ import grpc
 
 
 from . import _convert as cv
-from .errors import from_rpc_error
+from .errors import AlreadyExists, NotFound, from_rpc_error
 from .types import CollectionInfo, PointId, Record, ScoredPoint
 from .v1 import collections_pb2 as col
 from .v1 import collections_pb2_grpc as col_grpc
@@ -62,11 +62,33 @@ def _channel_args() -> List[Tuple[str, Any]]:
     return [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 
 
-def _credentials(tls: bool, ca: Optional[bytes], api_key: Optional[str]) -> Tuple[Optional[grpc.ChannelCredentials], List[Tuple[str, str]]]:
-    metadata = [("authorization", f"Bearer {api_key}")] if api_key else []
-    if not tls and ca is None:
-        return None, metadata
-    return grpc.ssl_channel_credentials(root_certificates=ca), metadata
+_LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+# Backoff between retries doubles up to this many seconds.
+_MAX_BACKOFF = 2.0
+
+
+def _target(address: str, tls: bool, ca: Optional[bytes], api_key: Optional[str], insecure: bool) -> Tuple[str, Optional[grpc.ChannelCredentials], List[Tuple[str, str]]]:
+    """The channel target, its credentials and the call metadata.
+
+    ``https://host:port`` turns TLS on, ``http://host:port`` is plain; an
+    API key is never sent in plain text off loopback unless ``insecure``.
+    """
+    if address.startswith("https://"):
+        address, tls = address[len("https://"):], True
+    elif address.startswith("http://"):
+        address = address[len("http://"):]
+    address = address.rstrip("/")
+    tls = tls or ca is not None
+    metadata = []
+    if api_key:
+        if not tls and not insecure and not address.startswith(_LOOPBACK):
+            raise ValueError(f"refusing to send an API key in plain text to {address}: use tls=True (or an https:// address), or insecure=True")
+        metadata.append(("authorization", f"Bearer {api_key.strip()}"))
+    return address, (grpc.ssl_channel_credentials(root_certificates=ca) if tls else None), metadata
+
+
+def _delay(backoff: float, attempt: int) -> float:
+    return min(backoff * (2**attempt), _MAX_BACKOFF) * (0.5 + random.random())
 
 
 class _Requests:
@@ -140,8 +162,10 @@ class Client:
     >>> c.search("docs", np.random.rand(384), k=5, filter={"must": [{"key": "lang", "match": "en"}]})
     """
 
-    def __init__(self, address: str = "127.0.0.1:6333", *, api_key: Optional[str] = None, tls: bool = False, ca_cert: Optional[bytes] = None, timeout: float = 30.0, retries: int = 5, backoff: float = 0.1):
-        creds, self._metadata = _credentials(tls, ca_cert, api_key)
+    def __init__(self, address: str = "127.0.0.1:6333", *, api_key: Optional[str] = None, tls: bool = False, ca_cert: Optional[bytes] = None, insecure: bool = False, timeout: float = 30.0, retries: int = 5, backoff: float = 0.1):
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        address, creds, self._metadata = _target(address, tls, ca_cert, api_key, insecure)
         self._channel = grpc.secure_channel(address, creds, options=_channel_args()) if creds else grpc.insecure_channel(address, options=_channel_args())
         self._points = pts_grpc.PointsStub(self._channel)
         self._collections = col_grpc.CollectionsStub(self._channel)
@@ -162,13 +186,26 @@ class Client:
                 return method(request, timeout=self.timeout, metadata=self._metadata)
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
-                    raise from_rpc_error(e) from None
-                time.sleep(self.backoff * (2**attempt) * (0.5 + random.random()))
+                    err = from_rpc_error(e)
+                    err.retried = attempt > 0
+                    raise err from None
+                time.sleep(_delay(self.backoff, attempt))
         raise AssertionError("unreachable")
 
     # Collections
     def create_collection(self, name: str, dimension: int, metric: str = "cosine", *, shards: int = 1, replication: int = 1, storage: Optional[str] = None, payload_indexes: Optional[Mapping[str, str]] = None) -> CollectionInfo:
-        return _collection_info(self._call(self._collections.Create, _Requests.create(name, dimension, metric, shards, replication, storage, payload_indexes)).collection)
+        """Creates a collection. After a retried attempt (an UNAVAILABLE
+        whose change may have committed), an existing collection of the
+        same dimension and metric counts as created."""
+        req = _Requests.create(name, dimension, metric, shards, replication, storage, payload_indexes)
+        try:
+            return _collection_info(self._call(self._collections.Create, req).collection)
+        except AlreadyExists as e:
+            if e.retried:
+                info = self.get_collection(name)
+                if (info.dimension, info.metric) == (dimension, metric):
+                    return info
+            raise
 
     def get_collection(self, name: str) -> CollectionInfo:
         return _collection_info(self._call(self._collections.Get, col.GetCollectionRequest(name=name)).collection)
@@ -177,7 +214,12 @@ class Client:
         return [_collection_info(c) for c in self._call(self._collections.List, col.ListCollectionsRequest()).collections]
 
     def delete_collection(self, name: str) -> None:
-        self._call(self._collections.Delete, col.DeleteCollectionRequest(name=name))
+        """Deletes a collection (after a retried attempt, one already gone counts as deleted)."""
+        try:
+            self._call(self._collections.Delete, col.DeleteCollectionRequest(name=name))
+        except NotFound as e:
+            if not e.retried:
+                raise
 
     # Points
     def upsert(self, collection: str, ids: Sequence[PointId], vectors: Any, payloads: Optional[Sequence[Optional[Mapping[str, Any]]]] = None) -> int:
@@ -188,10 +230,10 @@ class Client:
         req = _Requests.search(collection, vector, k, filter, exact, ef, with_payload, with_vector, score_threshold)
         return [_scored(r) for r in self._call(self._points.Search, req).results]
 
-    def search_batch(self, collection: str, vectors: Any, k: int = 10, **kw: Any) -> List[List[ScoredPoint]]:
-        """One search per row of ``vectors`` (an (n, dim) array), in one request."""
+    def search_batch(self, collection: str, vectors: Any, k: int = 10, *, filter: Optional[Mapping[str, Any]] = None, exact: bool = False, ef: Optional[int] = None, with_payload: bool = True, with_vector: bool = False, score_threshold: Optional[float] = None) -> List[List[ScoredPoint]]:
+        """One search per row of ``vectors`` (an (n, dim) array, at most 1,024 rows), in one request."""
         m = cv.matrix(vectors)
-        req = pts.SearchBatchRequest(collection=collection, searches=[_Requests.search(collection, row, k, kw.get("filter"), kw.get("exact", False), kw.get("ef"), kw.get("with_payload", True), kw.get("with_vector", False), kw.get("score_threshold")) for row in m])
+        req = pts.SearchBatchRequest(collection=collection, searches=[_Requests.search(collection, row, k, filter, exact, ef, with_payload, with_vector, score_threshold) for row in m])
         return [[_scored(r) for r in res.results] for res in self._call(self._points.SearchBatch, req).results]
 
     def get(self, collection: str, ids: Sequence[PointId], *, with_payload: bool = True, with_vector: bool = False) -> List[Record]:
@@ -212,8 +254,10 @@ class Client:
 class AsyncClient:
     """The asyncio twin of :class:`Client` (``grpc.aio``): the same methods, awaited."""
 
-    def __init__(self, address: str = "127.0.0.1:6333", *, api_key: Optional[str] = None, tls: bool = False, ca_cert: Optional[bytes] = None, timeout: float = 30.0, retries: int = 5, backoff: float = 0.1):
-        creds, self._metadata = _credentials(tls, ca_cert, api_key)
+    def __init__(self, address: str = "127.0.0.1:6333", *, api_key: Optional[str] = None, tls: bool = False, ca_cert: Optional[bytes] = None, insecure: bool = False, timeout: float = 30.0, retries: int = 5, backoff: float = 0.1):
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        address, creds, self._metadata = _target(address, tls, ca_cert, api_key, insecure)
         self._channel = grpc.aio.secure_channel(address, creds, options=_channel_args()) if creds else grpc.aio.insecure_channel(address, options=_channel_args())
         self._points = pts_grpc.PointsStub(self._channel)
         self._collections = col_grpc.CollectionsStub(self._channel)
@@ -234,12 +278,22 @@ class AsyncClient:
                 return await method(request, timeout=self.timeout, metadata=self._metadata)
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
-                    raise from_rpc_error(e) from None
-                await asyncio.sleep(self.backoff * (2**attempt) * (0.5 + random.random()))
+                    err = from_rpc_error(e)
+                    err.retried = attempt > 0
+                    raise err from None
+                await asyncio.sleep(_delay(self.backoff, attempt))
         raise AssertionError("unreachable")
 
     async def create_collection(self, name: str, dimension: int, metric: str = "cosine", *, shards: int = 1, replication: int = 1, storage: Optional[str] = None, payload_indexes: Optional[Mapping[str, str]] = None) -> CollectionInfo:
-        return _collection_info((await self._call(self._collections.Create, _Requests.create(name, dimension, metric, shards, replication, storage, payload_indexes))).collection)
+        req = _Requests.create(name, dimension, metric, shards, replication, storage, payload_indexes)
+        try:
+            return _collection_info((await self._call(self._collections.Create, req)).collection)
+        except AlreadyExists as e:
+            if e.retried:
+                info = await self.get_collection(name)
+                if (info.dimension, info.metric) == (dimension, metric):
+                    return info
+            raise
 
     async def get_collection(self, name: str) -> CollectionInfo:
         return _collection_info((await self._call(self._collections.Get, col.GetCollectionRequest(name=name))).collection)
@@ -248,7 +302,11 @@ class AsyncClient:
         return [_collection_info(c) for c in (await self._call(self._collections.List, col.ListCollectionsRequest())).collections]
 
     async def delete_collection(self, name: str) -> None:
-        await self._call(self._collections.Delete, col.DeleteCollectionRequest(name=name))
+        try:
+            await self._call(self._collections.Delete, col.DeleteCollectionRequest(name=name))
+        except NotFound as e:
+            if not e.retried:
+                raise
 
     async def upsert(self, collection: str, ids: Sequence[PointId], vectors: Any, payloads: Optional[Sequence[Optional[Mapping[str, Any]]]] = None) -> int:
         total = 0
@@ -260,9 +318,9 @@ class AsyncClient:
         req = _Requests.search(collection, vector, k, filter, exact, ef, with_payload, with_vector, score_threshold)
         return [_scored(r) for r in (await self._call(self._points.Search, req)).results]
 
-    async def search_batch(self, collection: str, vectors: Any, k: int = 10, **kw: Any) -> List[List[ScoredPoint]]:
+    async def search_batch(self, collection: str, vectors: Any, k: int = 10, *, filter: Optional[Mapping[str, Any]] = None, exact: bool = False, ef: Optional[int] = None, with_payload: bool = True, with_vector: bool = False, score_threshold: Optional[float] = None) -> List[List[ScoredPoint]]:
         m = cv.matrix(vectors)
-        req = pts.SearchBatchRequest(collection=collection, searches=[_Requests.search(collection, row, k, kw.get("filter"), kw.get("exact", False), kw.get("ef"), kw.get("with_payload", True), kw.get("with_vector", False), kw.get("score_threshold")) for row in m])
+        req = pts.SearchBatchRequest(collection=collection, searches=[_Requests.search(collection, row, k, filter, exact, ef, with_payload, with_vector, score_threshold) for row in m])
         return [[_scored(r) for r in res.results] for res in (await self._call(self._points.SearchBatch, req)).results]
 
     async def get(self, collection: str, ids: Sequence[PointId], *, with_payload: bool = True, with_vector: bool = False) -> List[Record]:

@@ -18,6 +18,12 @@ class ShoalError(Exception):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+        # The call was retried (after UNAVAILABLE) before this error: a
+        # change may have committed on an earlier attempt.
+        self.retried = False
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.code, self.message))
 
 
 class InvalidArgument(ShoalError):

@@ -180,7 +180,7 @@ def test_same_answers_as_the_rust_sdk(server, loaded):
     ctl = pathlib.Path(os.environ.get("SHOALCTL_BIN", shoal_bin().with_name("shoalctl")))
     q = np.random.default_rng(6).standard_normal(DIM).astype(np.float32)
     f = {"must": [{"key": "group", "match_any": ["g1", "g2"]}]}
-    out = subprocess.run([str(ctl), "--addr", server, "-o", "json", "search", "-c", loaded, "--vector", ",".join(repr(float(x)) for x in q), "-k", "7", "--exact", "--with-payload", "--filter", json.dumps(f)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([str(ctl), "--addr", server, "-o", "json", "search", "-c", loaded, "--vector=" + ",".join(repr(float(x)) for x in q), "-k", "7", "--exact", "--with-payload", "--filter", json.dumps(f)], capture_output=True, text=True, check=True).stdout
     rust = json.loads(out.strip().splitlines()[-1])
     rust = rust["results"] if isinstance(rust, dict) else rust
     with shoal.Client(server) as c:
@@ -188,3 +188,53 @@ def test_same_answers_as_the_rust_sdk(server, loaded):
     assert [h.id for h in py] == [r["id"] for r in rust]
     assert all(abs(h.score - r["score"]) < 1e-6 for h, r in zip(py, rust))
     assert [h.payload for h in py] == [r["payload"] for r in rust]
+
+
+def test_payloads_absent_unless_asked_and_uuid_ids(server, loaded, data):
+    with shoal.Client(server) as c:
+        hits = c.search(loaded, data[0], k=2, exact=True, with_payload=False)
+        assert hits[0].id == 0 and all(h.payload is None and h.vector is None for h in hits)
+        name = f"py_{uuid.uuid4().hex[:8]}"
+        c.create_collection(name, dimension=DIM)
+        u = uuid.uuid4()
+        c.upsert(name, ids=[u, str(u).upper().replace("-", "")], vectors=data[:2])
+        assert c.count(name) == 1, "the same UUID written two ways is one point"
+        assert [r.id for r in c.get(name, [u])] == [str(u)]
+        c.delete_collection(name)
+
+
+def test_filters_refuse_what_the_rust_parser_refuses():
+    from shoal import _convert as cv
+    for bad in [
+        {"must": [{"key": "s", "match_any": "net"}]},
+        {"must": {"key": "s", "match": "x"}},
+        {"must": [{"key": "s", "prefix": None}]},
+        {"must": [{"key": "s", "text": 3}]},
+        {"must": [{"key": "n", "values_count": {"lt": 2.5}}]},
+        {"must": [{"key": "n", "range": {"gte": True}}]},
+        {"must": [{"key": "n", "range": {"gte": "10"}}]},
+        {"must": [{"key": "g", "geo_radius": {"lat": "1", "lon": 2, "radius_m": 5}}]},
+        {"must": [{"filter": None}]},
+        {"must": [{"has_id": 5}]},
+        {"must": [{"key": "s"}]},
+        {"any": []},
+    ]:
+        with pytest.raises(ValueError):
+            cv.filter_(bad)
+    f = cv.filter_({"must": [{"key": "n", "match": 2**63}], "should": [{"key": "t", "datetime_range": {"gte": "2026-01-01T00:00:00Z"}}]})
+    assert f.must[0].match.float == float(2**63), "past 64 bits, a float match (as in Rust)"
+
+
+def test_large_requests_are_split_under_the_message_limit():
+    from shoal.client import _Requests
+    reqs = _Requests.upserts("c", list(range(5_000)), np.ones((5_000, 4096), dtype=np.float32), None)
+    assert len(reqs) > 1 and sum(len(r.points) for r in reqs) == 5_000
+    assert all(r.ByteSize() < 64 << 20 for r in reqs)
+
+
+def test_api_keys_are_not_sent_in_plain_text_off_loopback():
+    with pytest.raises(ValueError):
+        shoal.Client("db.example.com:6333", api_key="secret")
+    shoal.Client("127.0.0.1:6333", api_key="secret\n").close()
+    shoal.Client("db.example.com:6333", api_key="secret", insecure=True).close()
+    shoal.Client("https://db.example.com:6333", api_key="secret").close()
