@@ -30,6 +30,13 @@ _INDEX = {"keyword": col.PAYLOAD_INDEX_TYPE_KEYWORD, "numeric": col.PAYLOAD_INDE
 # several requests.
 _MAX_REQUEST_BYTES = 48 << 20
 _MAX_UPSERT_BATCH = 10_000
+_MAX_IDS = 10_000
+_MAX_SEARCH_BATCH = 1_024
+
+
+def _chunks(items: Any, size: int) -> List[Any]:
+    """`items` (a sequence or an array) in slices of at most `size`."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _name(table: Mapping[str, int], value: int) -> str:
@@ -231,17 +238,27 @@ class Client:
         return [_scored(r) for r in self._call(self._points.Search, req).results]
 
     def search_batch(self, collection: str, vectors: Any, k: int = 10, *, filter: Optional[Mapping[str, Any]] = None, exact: bool = False, ef: Optional[int] = None, with_payload: bool = True, with_vector: bool = False, score_threshold: Optional[float] = None) -> List[List[ScoredPoint]]:
-        """One search per row of ``vectors`` (an (n, dim) array, at most 1,024 rows), in one request."""
+        """One search per row of ``vectors`` (an (n, dim) array), in requests of up to 1,024 searches."""
         m = cv.matrix(vectors)
-        req = pts.SearchBatchRequest(collection=collection, searches=[_Requests.search(collection, row, k, filter, exact, ef, with_payload, with_vector, score_threshold) for row in m])
-        return [[_scored(r) for r in res.results] for res in self._call(self._points.SearchBatch, req).results]
+        out: List[List[ScoredPoint]] = []
+        for part in _chunks(m, _MAX_SEARCH_BATCH):
+            req = pts.SearchBatchRequest(collection=collection, searches=[_Requests.search(collection, row, k, filter, exact, ef, with_payload, with_vector, score_threshold) for row in part])
+            out.extend([_scored(r) for r in res.results] for res in self._call(self._points.SearchBatch, req).results)
+        return out
 
     def get(self, collection: str, ids: Sequence[PointId], *, with_payload: bool = True, with_vector: bool = False) -> List[Record]:
-        req = pts.GetPointsRequest(collection=collection, ids=[cv.point_id(i) for i in ids], with_payload=with_payload, with_vector=with_vector)
-        return [_record(r) for r in self._call(self._points.Get, req).points]
+        """The points among ``ids`` that exist (in requests of up to 10,000 ids)."""
+        out: List[Record] = []
+        for part in _chunks(list(ids), _MAX_IDS):
+            req = pts.GetPointsRequest(collection=collection, ids=[cv.point_id(i) for i in part], with_payload=with_payload, with_vector=with_vector)
+            out.extend(_record(r) for r in self._call(self._points.Get, req).points)
+        return out
 
     def delete(self, collection: str, ids: Optional[Sequence[PointId]] = None, *, filter: Optional[Mapping[str, Any]] = None) -> int:
-        return self._call(self._points.Delete, _Requests.delete(collection, ids, filter)).affected
+        """Deletes by ids (in requests of up to 10,000) or by filter; returns how many were deleted."""
+        if ids is None:
+            return self._call(self._points.Delete, _Requests.delete(collection, None, filter)).affected
+        return sum(self._call(self._points.Delete, _Requests.delete(collection, part, filter)).affected for part in _chunks(list(ids), _MAX_IDS))
 
     def count(self, collection: str, filter: Optional[Mapping[str, Any]] = None) -> int:
         req = pts.CountPointsRequest(collection=collection)
@@ -320,15 +337,26 @@ class AsyncClient:
 
     async def search_batch(self, collection: str, vectors: Any, k: int = 10, *, filter: Optional[Mapping[str, Any]] = None, exact: bool = False, ef: Optional[int] = None, with_payload: bool = True, with_vector: bool = False, score_threshold: Optional[float] = None) -> List[List[ScoredPoint]]:
         m = cv.matrix(vectors)
-        req = pts.SearchBatchRequest(collection=collection, searches=[_Requests.search(collection, row, k, filter, exact, ef, with_payload, with_vector, score_threshold) for row in m])
-        return [[_scored(r) for r in res.results] for res in (await self._call(self._points.SearchBatch, req)).results]
+        out: List[List[ScoredPoint]] = []
+        for part in _chunks(m, _MAX_SEARCH_BATCH):
+            req = pts.SearchBatchRequest(collection=collection, searches=[_Requests.search(collection, row, k, filter, exact, ef, with_payload, with_vector, score_threshold) for row in part])
+            out.extend([_scored(r) for r in res.results] for res in (await self._call(self._points.SearchBatch, req)).results)
+        return out
 
     async def get(self, collection: str, ids: Sequence[PointId], *, with_payload: bool = True, with_vector: bool = False) -> List[Record]:
-        req = pts.GetPointsRequest(collection=collection, ids=[cv.point_id(i) for i in ids], with_payload=with_payload, with_vector=with_vector)
-        return [_record(r) for r in (await self._call(self._points.Get, req)).points]
+        out: List[Record] = []
+        for part in _chunks(list(ids), _MAX_IDS):
+            req = pts.GetPointsRequest(collection=collection, ids=[cv.point_id(i) for i in part], with_payload=with_payload, with_vector=with_vector)
+            out.extend(_record(r) for r in (await self._call(self._points.Get, req)).points)
+        return out
 
     async def delete(self, collection: str, ids: Optional[Sequence[PointId]] = None, *, filter: Optional[Mapping[str, Any]] = None) -> int:
-        return (await self._call(self._points.Delete, _Requests.delete(collection, ids, filter))).affected
+        if ids is None:
+            return (await self._call(self._points.Delete, _Requests.delete(collection, None, filter))).affected
+        total = 0
+        for part in _chunks(list(ids), _MAX_IDS):
+            total += (await self._call(self._points.Delete, _Requests.delete(collection, part, filter))).affected
+        return total
 
     async def count(self, collection: str, filter: Optional[Mapping[str, Any]] = None) -> int:
         req = pts.CountPointsRequest(collection=collection)

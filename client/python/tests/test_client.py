@@ -238,3 +238,18 @@ def test_api_keys_are_not_sent_in_plain_text_off_loopback():
     shoal.Client("127.0.0.1:6333", api_key="secret\n").close()
     shoal.Client("db.example.com:6333", api_key="secret", insecure=True).close()
     shoal.Client("https://db.example.com:6333", api_key="secret").close()
+
+
+def test_ids_and_batches_past_the_server_limits_are_split(server):
+    name = f"py_{uuid.uuid4().hex[:8]}"
+    n = 10_500
+    vecs = np.random.default_rng(8).standard_normal((n, 8)).astype(np.float32)
+    with shoal.Client(server) as c:
+        c.create_collection(name, dimension=8, metric="l2")
+        c.upsert(name, ids=range(n), vectors=vecs)
+        assert len(c.get(name, range(n + 10))) == n, "10,510 ids in two requests"
+        hits = c.search_batch(name, vecs[:1_100], k=1, exact=True)
+        assert [h[0].id for h in hits] == list(range(1_100)), "1,100 searches in two requests, answers in order"
+        assert c.delete(name, ids=range(n)) == n
+        assert c.count(name) == 0
+        c.delete_collection(name)
