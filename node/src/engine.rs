@@ -1213,10 +1213,7 @@ impl Engine {
             disk_free_bytes: self.disk.free(),
             disk_low: self.disk.is_low(),
             stopped_groups: self.stopped_groups(),
-            gpu: crate::scan::device::offload().map(|o| {
-                let d = o.status();
-                shoal_proto::v1::GpuStatus { name: d.name, memory_used_bytes: d.memory_used, memory_total_bytes: d.memory_total, mirrors: d.mirrors, mirrored_bytes: d.mirrored_bytes, scans: d.scans, fallbacks: d.fallbacks, breaker_open: d.breaker_open }
-            }),
+            gpu: crate::scan::device::offload().map(|o| o.status()),
             ..Default::default()
         }
     }

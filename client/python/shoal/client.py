@@ -137,7 +137,7 @@ class _Requests:
         return out
 
     @staticmethod
-    def search(collection: str, vector: Any, k: int, filter: Optional[Mapping[str, Any]], exact: bool, ef: Optional[int], with_payload: bool, with_vector: bool, score_threshold: Optional[float]) -> pts.SearchPointsRequest:
+    def search(collection: str, vector: Any, k: int, filter: Any, exact: bool, ef: Optional[int], with_payload: bool, with_vector: bool, score_threshold: Optional[float]) -> pts.SearchPointsRequest:
         v = cv.matrix(vector, "vector")
         if v.shape[0] != 1:
             raise ValueError(f"search takes one vector, not {v.shape[0]} (use search_batch)")
@@ -240,9 +240,11 @@ class Client:
     def search_batch(self, collection: str, vectors: Any, k: int = 10, *, filter: Optional[Mapping[str, Any]] = None, exact: bool = False, ef: Optional[int] = None, with_payload: bool = True, with_vector: bool = False, score_threshold: Optional[float] = None) -> List[List[ScoredPoint]]:
         """One search per row of ``vectors`` (an (n, dim) array), in requests of up to 1,024 searches."""
         m = cv.matrix(vectors)
+        # The filter is converted once for every search of the batch.
+        f = cv.filter_(filter)
         out: List[List[ScoredPoint]] = []
         for part in _chunks(m, _MAX_SEARCH_BATCH):
-            req = pts.SearchBatchRequest(collection=collection, searches=[_Requests.search(collection, row, k, filter, exact, ef, with_payload, with_vector, score_threshold) for row in part])
+            req = pts.SearchBatchRequest(collection=collection, searches=[_Requests.search(collection, row, k, f, exact, ef, with_payload, with_vector, score_threshold) for row in part])
             out.extend([_scored(r) for r in res.results] for res in self._call(self._points.SearchBatch, req).results)
         return out
 
@@ -337,9 +339,11 @@ class AsyncClient:
 
     async def search_batch(self, collection: str, vectors: Any, k: int = 10, *, filter: Optional[Mapping[str, Any]] = None, exact: bool = False, ef: Optional[int] = None, with_payload: bool = True, with_vector: bool = False, score_threshold: Optional[float] = None) -> List[List[ScoredPoint]]:
         m = cv.matrix(vectors)
+        # The filter is converted once for every search of the batch.
+        f = cv.filter_(filter)
         out: List[List[ScoredPoint]] = []
         for part in _chunks(m, _MAX_SEARCH_BATCH):
-            req = pts.SearchBatchRequest(collection=collection, searches=[_Requests.search(collection, row, k, filter, exact, ef, with_payload, with_vector, score_threshold) for row in part])
+            req = pts.SearchBatchRequest(collection=collection, searches=[_Requests.search(collection, row, k, f, exact, ef, with_payload, with_vector, score_threshold) for row in part])
             out.extend([_scored(r) for r in res.results] for res in (await self._call(self._points.SearchBatch, req)).results)
         return out
 

@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 use prometheus::IntCounterVec;
 use roaring::RoaringBitmap;
 use shoal_common::telemetry::counter_vec;
+use shoal_proto::v1::GpuStatus;
 
 use super::mirror::Mirror;
 use super::{RowStore, ScanMetric};
@@ -175,20 +176,6 @@ pub struct Offload {
     pub(crate) mirrored_bytes: AtomicUsize,
 }
 
-/// What status and metrics show of the device.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeviceStatus {
-    pub name: String,
-    pub memory_used: u64,
-    pub memory_total: u64,
-    /// Graphs (shards, partitions) with rows on the device, and the bytes.
-    pub mirrors: u64,
-    pub mirrored_bytes: u64,
-    pub scans: u64,
-    pub fallbacks: u64,
-    pub breaker_open: bool,
-}
-
 impl Offload {
     pub fn new(accel: Box<dyn Accel>) -> Self {
         Self::with(accel, COOL_DOWN, DEVICE_MIN_ROWS)
@@ -217,12 +204,13 @@ impl Offload {
         self.fallbacks.load(Ordering::Relaxed)
     }
 
-    pub fn status(&self) -> DeviceStatus {
-        let (memory_used, memory_total) = self.accel.memory().unwrap_or((0, 0));
-        DeviceStatus {
+    /// What node status and metrics show of the device.
+    pub fn status(&self) -> GpuStatus {
+        let (memory_used_bytes, memory_total_bytes) = self.accel.memory().unwrap_or((0, 0));
+        GpuStatus {
             name: self.name.clone(),
-            memory_used,
-            memory_total,
+            memory_used_bytes,
+            memory_total_bytes,
             mirrors: self.mirrors.load(Ordering::Relaxed) as u64,
             mirrored_bytes: self.mirrored_bytes.load(Ordering::Relaxed) as u64,
             scans: self.scans.load(Ordering::Relaxed),
