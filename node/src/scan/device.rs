@@ -303,10 +303,6 @@ pub fn install(off: Offload) -> bool {
     OFFLOAD.set(off).is_ok()
 }
 
-/// Whether this binary was built with a device backend (cargo feature
-/// `cuda`).
-pub const BUILT_WITH_CUDA: bool = cfg!(feature = "cuda");
-
 /// The node's `--gpu` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GpuMode {
